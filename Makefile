@@ -1,0 +1,19 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first when needed.
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench clean
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(PY) -m sparkdl.cli demo
+
+test: setup
+	@$(PY) -m pytest tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	for b in scripts/benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .sparkdl spark-warehouse

@@ -1,0 +1,25 @@
+"""sparkdl: distributed deep learning on Apache Spark over a Delta Lake lakehouse."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from sparkdl.errors import (  # noqa: E402
+    ConfigError,
+    ModelStoreError,
+    SparkDLError,
+    TableError,
+    TrainingError,
+    ValidationError,
+)
+from sparkdl.session import get_spark  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "get_spark",
+    "SparkDLError",
+    "ConfigError",
+    "TableError",
+    "ValidationError",
+    "TrainingError",
+    "ModelStoreError",
+]

@@ -1,0 +1,275 @@
+"""Typed job configuration loaded from YAML (`conf/*.yaml`).
+
+Each section of a job file is a dataclass below; `load_config(path)` checks every key and type and raises a
+`ConfigError` naming the file and the dotted key (`conf/digits.yaml: train.epochs: expected int, got 'ten'`).
+
+Strings may reference the environment as `${VAR}` or `${VAR:-default}`. Paths can also be overridden without
+editing files: `SPARKDL_WORK_DIR` (work_dir), `SPARKDL_LAKE_DIR` (lake.root), `SPARKDL_MODEL_STORE` (registry.root),
+`SPARKDL_MASTER` (spark.master). Command-line overrides use dotted keys: `train.epochs=3`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparkdl.errors import ConfigError
+
+
+@dataclass
+class SparkSection:
+    """How to get the Spark session. In a notebook or under spark-submit the active session wins."""
+
+    master: str | None = None
+    app_name: str = "sparkdl"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LakeSection:
+    """Where relative table names live: `lake.root/<name>` (a folder or URI)."""
+
+    root: str = "${SPARKDL_WORK_DIR:-~/.sparkdl}/lake"
+
+
+@dataclass
+class RegistrySection:
+    """The model store folder (shared storage on a cluster)."""
+
+    root: str | None = None
+
+
+@dataclass
+class DataSection:
+    """The training input: a Delta table pinned to a version or timestamp, and the features to read."""
+
+    table: str
+    features: list[Any]
+    label: Any = None
+    version: int | None = None
+    timestamp: str | None = None
+    validation: Any = 0.2
+    id_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelSection:
+    """The model: a zoo name (`mlp`, `cnn`, `lstm`, `embedding`), its hyper-parameters and its store name."""
+
+    name: str = "mlp"
+    store_name: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSection:
+    num_proc: int = 2
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 0.001
+    optimizer: str = "adam"
+    early_stopping: int | None = None
+    warmup_epochs: int = 0
+    seed: int = 0
+    run_name: str | None = None
+    resume: bool = True
+
+
+@dataclass
+class ScoreSection:
+    source: str | None = None
+    target: str | None = None
+    source_version: int | None = None
+    mode: str = "append"
+    output: str = "prediction"
+    keep_columns: list[str] = field(default_factory=list)
+    model: str | None = None
+    sql_function: str | None = None
+
+
+@dataclass
+class EvaluateSection:
+    table: str | None = None
+    version: int | None = None
+    model: str | None = None
+    plots: bool = True
+
+
+@dataclass
+class JobConfig:
+    """A whole job file. Only `data` is required for training; scoring and evaluation read their own sections."""
+
+    spark: SparkSection = field(default_factory=SparkSection)
+    work_dir: str = "${SPARKDL_WORK_DIR:-~/.sparkdl}"
+    lake: LakeSection = field(default_factory=LakeSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    data: DataSection | None = None
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    source: str = field(default="<dict>", repr=False, compare=False)
+
+    def table_uri(self, name: str) -> str:
+        """A table name relative to `lake.root`, or an absolute path/URI as is."""
+        if "://" in name or os.path.isabs(os.path.expanduser(name)):
+            return os.path.expanduser(name)
+        return str(Path(os.path.expanduser(self.lake.root)) / name)
+
+
+_ENV_OVERRIDES = {
+    ("work_dir",): "SPARKDL_WORK_DIR",
+    ("lake", "root"): "SPARKDL_LAKE_DIR",
+    ("registry", "root"): "SPARKDL_MODEL_STORE",
+    ("spark", "master"): "SPARKDL_MASTER",
+}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls: type = JobConfig):
+    """Load a YAML job file into `cls` (default `JobConfig`).
+
+    Args:
+        path: the YAML file.
+        overrides: `dotted.key=value` strings applied on top (values parsed as YAML: `3`, `true`, `[1, 2]`).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key is unknown, missing or of the wrong type; the message
+            names the file and the dotted key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return config_from_dict(raw, overrides, cls, source=str(path))
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, cls: type = JobConfig, source: str = "<dict>"):
+    """Like `load_config`, from an already-parsed mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = _apply_overrides(raw, overrides or [], source)
+    if cls is JobConfig:
+        for keys, env in _ENV_OVERRIDES.items():
+            if os.environ.get(env):
+                _set_dotted(raw, list(keys), os.environ[env])
+    config = _build(cls, raw, source, "")
+    if dataclasses.is_dataclass(config) and hasattr(config, "source"):
+        config.source = source
+    return config
+
+
+def _apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip().split("."), parsed)
+    return raw
+
+
+def _set_dotted(raw: dict, keys: list[str], value) -> None:
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _expand(value: str) -> str:
+    def sub(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        return os.environ.get(name) or (default if default is not None else "")
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _build(tp, value, source: str, key: str):
+    where = f"{source}: {key or '<top level>'}"
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return _expand(value) if isinstance(value, str) else value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: a value is required")
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _build(arg, value, source, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}: expected {_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping ({tp.__name__}), got {value!r}")
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source"}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {_join(key, unknown[0])!r}"
+                              f"{' (and ' + ', '.join(unknown[1:]) + ')' if unknown[1:] else ''}; "
+                              f"allowed keys here: {', '.join(sorted(fields))}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for name, fld in fields.items():
+            sub = _join(key, name)
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], source, sub)
+            elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {sub!r}")
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_build(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        return {str(k): _build(val_tp, v, source, _join(key, str(k))) for k, v in value.items()}
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return _expand(str(value))
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,211 @@
+"""Feature specs: what a model reads from a table, declared once and serialized with the model.
+
+A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind:
+
+* ``numeric``     – a scalar numeric column (optionally imputed and scaled);
+* ``vector``      – a fixed-length ``array<float>`` (or Spark ML vector) column; ``shape`` gives its tensor shape,
+                    e.g. ``(64,)`` or ``(8, 8, 1)`` for an 8×8 grey image stored flat in row-major order;
+* ``categorical`` – a string or integer column, indexed with an out-of-vocabulary bucket and one-hot encoded;
+* ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``.
+
+The `Label` says the task: ``binary`` (0/1), ``multiclass`` (class index 0..n-1, or strings mapped to indices by
+the preprocessor) or ``regression``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from sparkdl.errors import ConfigError
+
+FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence")
+TASKS = ("binary", "multiclass", "regression")
+IMPUTE = (None, "mean", "median", "constant")
+SCALE = (None, "standard", "minmax")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column. See the module docstring for the kinds."""
+
+    name: str
+    kind: str = "numeric"
+    shape: tuple[int, ...] = ()
+    impute: str | None = None
+    impute_value: float | None = None
+    scale: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        where = f"feature {self.name!r}"
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"{where}: name must be a non-empty string")
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
+        if self.kind in ("vector", "sequence") and (not self.shape or any(d <= 0 for d in self.shape)):
+            raise ConfigError(f"{where}: a {self.kind} feature needs a positive shape, e.g. [64] or [8, 8, 1]")
+        if self.kind == "sequence" and len(self.shape) != 2:
+            raise ConfigError(f"{where}: a sequence feature has shape [timesteps, features], got {list(self.shape)}")
+        if self.kind in ("numeric", "categorical") and self.shape:
+            raise ConfigError(f"{where}: a {self.kind} feature is a scalar column; remove shape {list(self.shape)}")
+        if self.impute not in IMPUTE:
+            raise ConfigError(f"{where}: impute must be one of {IMPUTE}, got {self.impute!r}")
+        if self.impute == "constant" and self.impute_value is None:
+            raise ConfigError(f"{where}: impute='constant' needs impute_value")
+        if self.scale not in SCALE:
+            raise ConfigError(f"{where}: scale must be one of {SCALE}, got {self.scale!r}")
+        if self.kind == "categorical" and (self.scale or self.impute in ("mean", "median")):
+            raise ConfigError(f"{where}: a categorical feature takes no scaling and no mean/median imputation")
+
+    @property
+    def size(self) -> int:
+        """Number of scalar values per row (1 for numeric and categorical before encoding)."""
+        return math.prod(self.shape) if self.shape else 1
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "kind": self.kind}
+        if self.shape:
+            out["shape"] = list(self.shape)
+        for key in ("impute", "impute_value", "scale"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class Label:
+    """The target column and its task (`binary`, `multiclass`, `regression`)."""
+
+    name: str
+    task: str = "multiclass"
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError("label: name must be a non-empty string")
+        if self.task not in TASKS:
+            raise ConfigError(f"label {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "binary":
+            object.__setattr__(self, "num_classes", 2)
+        if self.task == "regression" and self.num_classes is not None:
+            raise ConfigError(f"label {self.name!r}: a regression label has no num_classes")
+        if self.num_classes is not None and int(self.num_classes) < 2:
+            raise ConfigError(f"label {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "task": self.task}
+        if self.num_classes is not None:
+            out["num_classes"] = int(self.num_classes)
+        return out
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The input features and the label of a model; JSON-serializable.
+
+    Example:
+        >>> FeatureSpec.from_dict({"features": [{"name": "pixels", "kind": "vector", "shape": [8, 8, 1]}],
+        ...                        "label": {"name": "digit", "task": "multiclass", "num_classes": 10}})
+    """
+
+    features: tuple[Feature, ...]
+    label: Label | None = None
+    id_columns: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "id_columns", tuple(self.id_columns))
+        if not self.features:
+            raise ConfigError("feature spec: at least one feature is required")
+        names = [f.name for f in self.features] + ([self.label.name] if self.label else [])
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"feature spec: columns listed more than once: {dupes}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def without_label(self) -> "FeatureSpec":
+        return FeatureSpec(self.features, None, self.id_columns)
+
+    def to_dict(self) -> dict:
+        out = {"features": [f.to_dict() for f in self.features]}
+        if self.label:
+            out["label"] = self.label.to_dict()
+        if self.id_columns:
+            out["id_columns"] = list(self.id_columns)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        """Build from a dict (YAML/JSON). Raises ConfigError naming any unknown or missing key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"feature spec: expected a mapping, got {type(data).__name__}")
+        _check_keys("feature spec", data, {"features", "label", "id_columns"}, {"features"})
+        features = []
+        for i, item in enumerate(data["features"] or []):
+            if isinstance(item, str):
+                item = {"name": item}
+            _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale"},
+                        {"name"})
+            features.append(Feature(**{**item, "shape": tuple(item.get("shape") or ())}))
+        label = data.get("label")
+        if isinstance(label, str):
+            label = {"name": label}
+        if label is not None:
+            _check_keys("label", label, {"name", "task", "num_classes"}, {"name"})
+            label = Label(**label)
+        return cls(tuple(features), label, tuple(data.get("id_columns") or ()))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        return cls.from_dict(json.loads(text))
+
+    def validate(self, df, require_label: bool = True, max_examples: int = 3) -> None:
+        """Check `df` against this spec before any expensive work; see `sparkdl.data.validation`."""
+        from sparkdl.data.validation import validate
+
+        validate(self, df, require_label=require_label, max_examples=max_examples)
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a model builder needs: the prepared input tensor shape and the output (task, classes)."""
+
+    input_shape: tuple[int, ...]
+    task: str
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.task not in TASKS:
+            raise ConfigError(f"model signature: task must be one of {TASKS}, got {self.task!r}")
+
+    def to_dict(self) -> dict:
+        return {"input_shape": list(self.input_shape), "task": self.task, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSignature":
+        return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"))
+
+
+def _check_keys(where: str, data: dict, allowed: set, required: set) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")

@@ -1,0 +1,41 @@
+"""Exceptions raised by sparkdl. Every message names the table, column, key or parameter at fault."""
+
+
+class SparkDLError(Exception):
+    """Base class of all sparkdl errors."""
+
+
+class ConfigError(SparkDLError, ValueError):
+    """A configuration file or value is invalid (unknown key, missing key, wrong type)."""
+
+
+class SessionError(SparkDLError, RuntimeError):
+    """The Spark session cannot be built as configured (e.g. Delta jars that cannot be found)."""
+
+
+class TableError(SparkDLError, ValueError):
+    """A Delta table is missing, cannot be read at the requested version, or rejects a write."""
+
+
+class UnsupportedTableFeature(TableError):
+    """The table uses a Delta feature the active backend cannot read correctly."""
+
+
+class SchemaMismatchError(TableError):
+    """The data to write does not match the table's schema."""
+
+
+class ValidationError(SparkDLError, ValueError):
+    """Input data does not match the feature spec (missing columns, wrong types, bad values)."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class TrainingError(SparkDLError, RuntimeError):
+    """A distributed training job failed; the message carries the failing worker's traceback."""
+
+
+class ModelStoreError(SparkDLError, LookupError):
+    """A model name or version is missing from the model store, or its files are corrupt."""

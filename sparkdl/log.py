@@ -1,0 +1,34 @@
+"""One `sparkdl` logger, and quiet defaults for Spark, TensorFlow, Horovod and Petastorm."""
+from __future__ import annotations
+
+import logging
+import os
+
+LOGGER_NAME = "sparkdl"
+_NOISY = ("py4j", "pyspark", "petastorm", "horovod", "tensorflow", "absl", "matplotlib", "urllib3", "deltalake")
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The `sparkdl` logger, or its child `sparkdl.<name>`."""
+    return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name.removeprefix('sparkdl.')}")
+
+
+def configure_logging(level: str | int | None = None, quiet_third_party: bool = True) -> None:
+    """Send `sparkdl` log records to stderr at `level` (default: $SPARKDL_LOG_LEVEL or INFO).
+
+    With `quiet_third_party`, TensorFlow's C++ logs and the Python loggers of Spark, Horovod and
+    Petastorm are limited to warnings; set SPARKDL_THIRD_PARTY_LOG_LEVEL=INFO to see them.
+    """
+    level = level or os.environ.get("SPARKDL_LOG_LEVEL", "INFO")
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level if isinstance(level, int) else level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    if quiet_third_party:
+        quiet_level = os.environ.get("SPARKDL_THIRD_PARTY_LOG_LEVEL", "WARNING").upper()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for name in _NOISY:
+            logging.getLogger(name).setLevel(quiet_level)

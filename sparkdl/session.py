@@ -1,0 +1,215 @@
+"""The Spark session sparkdl runs on: the notebook's active session, or an embedded local default.
+
+The embedded default is local Spark with the executors on this interpreter (`spark.pyspark.python`), Arrow on,
+Petastorm's cache under the work folder, and the Delta Lake extension only when its jars can really be loaded:
+explicit `spark.jars` files that exist, `spark.jars.packages` whose artifacts are in the Ivy cache or whose
+repository answers, or a delta-spark jar already on Spark's classpath. Anything else would make Ivy try Maven
+Central and kill the JVM ([JAVA_GATEWAY_EXITED]); sparkdl raises a `SessionError` instead, before starting it.
+Without the extension, Delta tables go through delta-rs (see `sparkdl.lake`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sparkdl.errors import SessionError
+from sparkdl.log import configure_logging, get_logger
+
+log = get_logger("session")
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+PETASTORM_CACHE_KEY = "petastorm.spark.converter.parentCacheDirUrl"
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2/"
+
+
+def work_dir(path: str | os.PathLike | None = None) -> Path:
+    """The sparkdl work folder: `path`, else $SPARKDL_WORK_DIR, else `~/.sparkdl` (created if missing)."""
+    folder = Path(path or os.environ.get("SPARKDL_WORK_DIR") or Path.home() / ".sparkdl").expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def default_conf(work: Path, master: str) -> dict[str, str]:
+    """The embedded default's Spark configuration."""
+    cores = os.cpu_count() or 2
+    return {
+        "spark.master": master,
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(max(2, 2 * cores)),
+        "spark.sql.warehouse.dir": str(work / "spark-warehouse"),
+        "spark.driver.memory": os.environ.get("SPARKDL_DRIVER_MEMORY", "4g"),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": os.environ.get("SPARKDL_SPARK_UI", "false"),
+        "spark.python.worker.reuse": "true",
+        PETASTORM_CACHE_KEY: (work / "petastorm-cache").as_uri(),
+    }
+
+
+def get_spark(
+    conf: Mapping[str, str] | None = None,
+    master: str | None = None,
+    app_name: str = "sparkdl",
+    work: str | os.PathLike | None = None,
+) -> "pyspark.sql.SparkSession":  # noqa: F821
+    """Return the active SparkSession, or build the embedded default.
+
+    Args:
+        conf: extra Spark settings (`spark.*` keys). On an active session only runtime-settable keys are
+            applied; static ones are logged and ignored.
+        master: Spark master for a new session; default $SPARKDL_MASTER or `local[*]`.
+        app_name: application name for a new session.
+        work: work folder (Petastorm cache, warehouse); default $SPARKDL_WORK_DIR or ~/.sparkdl.
+
+    Raises:
+        SessionError: Delta jars are configured but cannot be loaded (missing file, unreachable repository).
+    """
+    configure_logging()
+    conf = {str(k): str(v) for k, v in (conf or {}).items()}
+    wants_delta = _check_delta_jars(conf)
+
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        _apply_runtime_conf(active, conf)
+        if not _get_conf(active, PETASTORM_CACHE_KEY):
+            active.conf.set(PETASTORM_CACHE_KEY, (work_dir(work) / "petastorm-cache").as_uri())
+        log.info("using the active Spark session (%s); Delta backend: %s", active.sparkContext.master,
+                 delta_backend(active))
+        return active
+
+    folder = work_dir(work)
+    settings = default_conf(folder, master or conf.get("spark.master") or os.environ.get("SPARKDL_MASTER", "local[*]"))
+    settings.update(conf)
+    if master:
+        settings["spark.master"] = master
+    if wants_delta or _delta_jar_on_classpath():
+        exts = [e for e in settings.get("spark.sql.extensions", "").split(",") if e]
+        if DELTA_EXTENSION not in exts:
+            settings["spark.sql.extensions"] = ",".join(exts + [DELTA_EXTENSION])
+        settings.setdefault("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    # Local-mode Python workers inherit the driver's environment: make them use this interpreter too.
+    os.environ["PYSPARK_PYTHON"] = settings["spark.pyspark.python"]
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        raise SessionError(f"could not start Spark (master={settings['spark.master']}): {exc}") from exc
+    spark.sparkContext.setLogLevel(os.environ.get("SPARKDL_SPARK_LOG_LEVEL", "WARN"))
+    log.info("started Spark %s on %s; work folder %s; Delta backend: %s",
+             spark.version, settings["spark.master"], folder, delta_backend(spark))
+    return spark
+
+
+def delta_backend(spark) -> str:
+    """`"delta-spark"` when the session can use Delta's Spark extension, else `"delta-rs"`."""
+    if _get_conf(spark, "spark.databricks.clusterUsageTags.clusterId"):
+        return "delta-spark"  # Databricks runtimes ship Delta built in
+    if DELTA_EXTENSION not in (_get_conf(spark, "spark.sql.extensions") or ""):
+        return "delta-rs"
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)
+    except Exception:  # noqa: BLE001 - extension configured but its classes are absent
+        return "delta-rs"
+    return "delta-spark"
+
+
+def _get_conf(spark, key: str) -> str | None:
+    try:
+        return spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - Spark Connect may refuse some keys
+        return None
+
+
+def _apply_runtime_conf(spark, conf: Mapping[str, str]) -> None:
+    for key, value in conf.items():
+        try:
+            if spark.conf.isModifiable(key):
+                spark.conf.set(key, value)
+                continue
+        except Exception:  # noqa: BLE001
+            pass
+        if _get_conf(spark, key) != value:
+            log.warning("Spark setting %s=%s ignored: it is static and the session is already running", key, value)
+
+
+def _check_delta_jars(conf: Mapping[str, str]) -> bool:
+    """Validate configured Delta jars before the JVM starts. True when Delta jars are requested."""
+    wants = False
+    for jar in [j.strip() for j in conf.get("spark.jars", "").split(",") if j.strip()]:
+        parsed = urlparse(jar)
+        if parsed.scheme in ("", "file", "local"):
+            path = Path(parsed.path if parsed.scheme else jar)
+            if not path.is_file():
+                raise SessionError(f"spark.jars: file not found: {jar} (Delta Lake needs the delta-spark and "
+                                   f"delta-storage jars; point spark.jars at files that exist, or leave it "
+                                   f"unset to use delta-rs)")
+        if "delta-spark" in jar or "delta-core" in jar:
+            wants = True
+    packages = [p.strip() for p in conf.get("spark.jars.packages", "").split(",") if p.strip()]
+    delta_packages = [p for p in packages if p.startswith("io.delta:")]
+    if delta_packages:
+        wants = True
+        missing = [p for p in delta_packages if not _in_ivy_cache(p, conf)]
+        repos = [r for r in conf.get("spark.jars.repositories", "").split(",") if r] + [MAVEN_CENTRAL]
+        if missing and not any(_reachable(r) for r in repos):
+            raise SessionError(
+                f"spark.jars.packages asks for {', '.join(missing)}, which is not in the local Ivy cache, and no "
+                f"repository is reachable ({', '.join(repos)}). Starting Spark would fail with "
+                f"[JAVA_GATEWAY_EXITED]. Download the jars and set spark.jars to their paths, or drop "
+                f"spark.jars.packages to use the delta-rs backend.")
+    return wants
+
+
+def _in_ivy_cache(coordinate: str, conf: Mapping[str, str]) -> bool:
+    parts = coordinate.split(":")
+    if len(parts) != 3:
+        raise SessionError(f"spark.jars.packages: {coordinate!r} is not group:artifact:version")
+    group, artifact, version = parts
+    roots = [conf.get("spark.jars.ivy"), "~/.ivy2.5.2", "~/.ivy2"]
+    for root in filter(None, roots):
+        base = Path(root).expanduser()
+        if (base / "jars" / f"{group}_{artifact}-{version}.jar").is_file():
+            return True
+        if (base / "cache" / group / artifact / "jars" / f"{artifact}-{version}.jar").is_file():
+            return True
+    return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(parsed.path).exists()
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _delta_jar_on_classpath() -> bool:
+    folders = []
+    try:
+        import pyspark
+
+        folders.append(Path(pyspark.__file__).parent / "jars")
+    except ImportError:
+        pass
+    if os.environ.get("SPARK_HOME"):
+        folders.append(Path(os.environ["SPARK_HOME"]) / "jars")
+    return any(glob.glob(str(f / "delta-spark_*.jar")) for f in folders)

@@ -1,0 +1,85 @@
+"""YAML job configuration: valid files load; each kind of bad file names its key."""
+import textwrap
+
+import pytest
+
+from sparkdl.config import JobConfig, load_config
+from sparkdl.errors import ConfigError
+
+VALID = """
+spark:
+  master: local[2]
+  conf: {spark.sql.shuffle.partitions: 4}
+work_dir: ${SPARKDL_TEST_WORK:-/tmp/sparkdl-work}
+data:
+  table: digits
+  version: 0
+  features: [{name: pixels, kind: vector, shape: [8, 8, 1]}]
+  label: {name: digit, task: multiclass, num_classes: 10}
+model: {name: cnn, hparams: {filters: [8, 16]}}
+train: {num_proc: 2, epochs: 3, batch_size: 32, learning_rate: 0.01}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_file_loads_typed(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARKDL_TEST_WORK", raising=False)
+    monkeypatch.delenv("SPARKDL_WORK_DIR", raising=False)
+    monkeypatch.delenv("SPARKDL_MASTER", raising=False)
+    cfg = load_config(write(tmp_path, VALID))
+    assert isinstance(cfg, JobConfig)
+    assert cfg.spark.master == "local[2]" and cfg.spark.conf == {"spark.sql.shuffle.partitions": "4"}
+    assert cfg.work_dir == "/tmp/sparkdl-work"
+    assert cfg.data.version == 0 and cfg.data.features[0]["shape"] == [8, 8, 1]
+    assert cfg.train.learning_rate == 0.01 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.early_stopping is None and cfg.model.hparams == {"filters": [8, 16]}
+
+
+def test_env_and_command_line_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARKDL_WORK_DIR", raising=False)
+    monkeypatch.setenv("SPARKDL_TEST_WORK", "/data/work")
+    monkeypatch.setenv("SPARKDL_LAKE_DIR", "/data/lake")
+    cfg = load_config(write(tmp_path, VALID), overrides=["train.epochs=7", "model.name=mlp"])
+    assert cfg.work_dir == "/data/work"
+    assert cfg.lake.root == "/data/lake"
+    assert cfg.table_uri("digits") == "/data/lake/digits"
+    assert cfg.table_uri("/abs/t") == "/abs/t"
+    assert cfg.train.epochs == 7 and cfg.model.name == "mlp"
+
+
+def test_unknown_key_is_named_with_file(tmp_path):
+    path = write(tmp_path, VALID + "\n  epoch: 5\n".replace("\n  epoch", "\ntrain2:\n  epoch"))
+    with pytest.raises(ConfigError, match=r"job.yaml: unknown key 'train2'"):
+        load_config(path)
+    path = write(tmp_path, VALID.replace("epochs: 3", "epochs: 3, epoch: 4"))
+    with pytest.raises(ConfigError, match=r"job.yaml: unknown key 'train.epoch'.*allowed keys here: .*epochs"):
+        load_config(path)
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = write(tmp_path, VALID.replace("  table: digits\n", ""))
+    with pytest.raises(ConfigError, match=r"job.yaml: missing required key 'data.table'"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write(tmp_path, VALID.replace("epochs: 3", "epochs: three"))
+    with pytest.raises(ConfigError, match=r"job.yaml: train.epochs: expected an integer, got 'three'"):
+        load_config(path)
+    path = write(tmp_path, VALID.replace("num_proc: 2", "num_proc: true"))
+    with pytest.raises(ConfigError, match=r"train.num_proc: expected an integer, got True"):
+        load_config(path)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed"))
+    with pytest.raises(ConfigError, match=r"override 'train.epochs': expected dotted.key=value"):
+        load_config(write(tmp_path, VALID), overrides=["train.epochs"])

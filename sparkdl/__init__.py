@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+__distribution__ = "sparkdl-lakehouse"  # the PyPI name; `sparkdl` on PyPI is an unrelated project
 
 from sparkdl.errors import (  # noqa: E402
     ConfigError,

@@ -1,0 +1,73 @@
+"""Real demo data bundled with installed packages (scikit-learn), written as Delta tables.
+
+`create_demo_tables(spark, lake_root)` writes `digits_train`, `digits_test`, `breast_cancer_train` and
+`breast_cancer_test` under `lake_root` (80/20 split, fixed seed). Existing tables are left as they are, so a
+re-run trains on the same versions.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sparkdl.log import get_logger
+
+log = get_logger("datasets")
+TEST_FRACTION = 0.2
+SEED = 7
+
+
+def digits_frame() -> pd.DataFrame:
+    """sklearn's digits: `id`, `pixels` (64 floats in [0, 1], row-major 8x8), `digit` (0-9)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pixels = (data.data / 16.0).astype(np.float32)
+    return pd.DataFrame({"id": np.arange(len(pixels), dtype=np.int64), "pixels": list(pixels),
+                         "digit": data.target.astype(np.int32)})
+
+
+def breast_cancer_frame() -> pd.DataFrame:
+    """sklearn's breast_cancer: `id`, 30 numeric columns (snake_case names), `malignant` (1 = malignant)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    columns = [re.sub(r"\W+", "_", n.strip()) for n in data.feature_names]
+    frame = pd.DataFrame(data.data.astype(np.float64), columns=columns)
+    frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
+    frame["malignant"] = (data.target == 0).astype(np.int32)  # sklearn codes malignant as 0
+    return frame
+
+
+def train_test_split_frame(frame: pd.DataFrame, test_fraction: float = TEST_FRACTION, seed: int = SEED):
+    order = np.random.default_rng(seed).permutation(len(frame))
+    n_test = int(round(len(frame) * test_fraction))
+    return frame.iloc[order[n_test:]].reset_index(drop=True), frame.iloc[order[:n_test]].reset_index(drop=True)
+
+
+def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
+    """Write the demo Delta tables under `lake_root` if they do not exist; return {name: table URI}."""
+    from pyspark.sql import functions as F
+
+    from sparkdl import lake
+
+    root = Path(lake_root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for name, frame in (("digits", digits_frame()), ("breast_cancer", breast_cancer_frame())):
+        train, test = train_test_split_frame(frame)
+        for split, part in (("train", train), ("test", test)):
+            table = str(root / f"{name}_{split}")
+            tables[f"{name}_{split}"] = table
+            if lake.exists(table):
+                log.info("demo table %s exists (version %d): kept", table, lake.latest_version(table))
+                continue
+            df = spark.createDataFrame(part)
+            if "pixels" in part.columns:
+                df = df.withColumn("pixels", F.col("pixels").cast("array<float>"))
+            snap = lake.write_table(df.repartition(2), table, mode="error",
+                                    commit_metadata={"source": f"sklearn.datasets.load_{name}", "split": split})
+            log.info("created demo table %s: %d rows, version %d", table, len(part), snap.version)
+    return tables

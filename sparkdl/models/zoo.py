@@ -1,0 +1,280 @@
+"""Model builders by name: `mlp`, `cnn`, `lstm`, `embedding`, plus builders registered at run time.
+
+A builder is `fn(signature: ModelSignature, **hparams) -> tf.keras.Model` (uncompiled). Its keyword arguments
+(with defaults) are the hyper-parameters it accepts; `build` rejects any other one before building anything.
+Default sizes are small: the zoo is meant to train quickly, scale them up with hparams.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from sparkdl.data.spec import ModelSignature
+from sparkdl.errors import ConfigError
+from sparkdl.log import get_logger
+from sparkdl.models.layers import L2Normalize
+from sparkdl.models.losses import TripletSemiHardLoss
+
+log = get_logger("models")
+
+Builder = Callable[..., tf.keras.Model]
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_BUILDERS: dict[str, Builder] = {}
+EMBEDDING = "embedding"
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _check_classification(signature: ModelSignature, model: str) -> None:
+    if signature.task == "multiclass" and (signature.num_classes is None or int(signature.num_classes) < 2):
+        raise ConfigError(f"model {model!r}: a multiclass signature needs num_classes >= 2, "
+                          f"got {signature.num_classes!r}")
+
+
+def _sizes(name: str, value, model: str) -> tuple[int, ...]:
+    values = (value,) if isinstance(value, int) else tuple(value or ())
+    if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+        raise ConfigError(f"model {model!r}: hparam {name!r} must be a positive int or a list of them, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _positive(name: str, value, model: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"model {model!r}: hparam {name!r} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _rate(name: str, value, model: str) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"model {model!r}: hparam {name!r} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _activation(value, model: str):
+    try:
+        tf.keras.activations.get(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model {model!r}: unknown activation {value!r} ({exc})") from None
+    return value
+
+
+def _head(x, signature: ModelSignature):
+    """The output layer for the task: sigmoid(1), softmax(num_classes) or linear(1); float32 for mixed precision."""
+    if signature.task == "binary":
+        return tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
+    if signature.task == "multiclass":
+        return tf.keras.layers.Dense(int(signature.num_classes), activation="softmax", dtype="float32",
+                                     name="output")(x)
+    return tf.keras.layers.Dense(1, activation=None, dtype="float32", name="output")(x)
+
+
+def _dense_stack(x, hidden: tuple[int, ...], dropout: float, activation, prefix: str):
+    for i, units in enumerate(hidden):
+        x = tf.keras.layers.Dense(units, activation=activation, name=f"{prefix}_dense_{i}")(x)
+        if dropout:
+            x = tf.keras.layers.Dropout(dropout, name=f"{prefix}_dropout_{i}")(x)
+    return x
+
+
+def _conv_stack(x, filters: tuple[int, ...], kernel_size: int, activation, prefix: str):
+    """Conv2D + max-pool blocks; pooling stops once the feature map is 1 pixel wide or high."""
+    for i, n in enumerate(filters):
+        x = tf.keras.layers.Conv2D(n, kernel_size, padding="same", activation=activation, name=f"{prefix}_conv_{i}")(x)
+        if x.shape[1] >= 2 and x.shape[2] >= 2:
+            x = tf.keras.layers.MaxPooling2D(2, name=f"{prefix}_pool_{i}")(x)
+    return tf.keras.layers.Flatten(name=f"{prefix}_flatten")(x)
+
+
+def _image_input(signature: ModelSignature, model: str):
+    shape = signature.input_shape
+    if len(shape) not in (2, 3):
+        raise ConfigError(f"model {model!r}: needs an image input (height, width, channels) or (height, width), "
+                          f"got input_shape {list(shape)}")
+    inputs = tf.keras.Input(shape=shape, name="input")
+    x = inputs if len(shape) == 3 else tf.keras.layers.Reshape((*shape, 1), name="add_channel")(inputs)
+    return inputs, x
+
+
+# ---------------------------------------------------------------------------------------------------- builders
+def build_mlp(signature: ModelSignature, *, hidden: Sequence[int] = (64, 64), dropout: float = 0.0,
+              activation: str = "relu") -> tf.keras.Model:
+    """Dense layers for tabular input (any input shape is flattened first)."""
+    hidden, dropout = _sizes("hidden", hidden, "mlp"), _rate("dropout", dropout, "mlp")
+    _check_classification(signature, "mlp")
+    inputs = tf.keras.Input(shape=signature.input_shape, name="input")
+    x = inputs if len(signature.input_shape) == 1 else tf.keras.layers.Flatten(name="flatten")(inputs)
+    x = _dense_stack(x, hidden, dropout, _activation(activation, "mlp"), "mlp")
+    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_mlp")
+
+
+def build_cnn(signature: ModelSignature, *, filters: Sequence[int] = (16, 32), kernel_size: int = 3,
+              dense: int = 64, dropout: float = 0.0, activation: str = "relu") -> tf.keras.Model:
+    """Conv2D/max-pool blocks, then one dense layer, for images (H, W, C) — or (H, W), given one channel."""
+    filters, dropout = _sizes("filters", filters, "cnn"), _rate("dropout", dropout, "cnn")
+    kernel_size, dense = _positive("kernel_size", kernel_size, "cnn"), _positive("dense", dense, "cnn")
+    activation = _activation(activation, "cnn")
+    _check_classification(signature, "cnn")
+    inputs, x = _image_input(signature, "cnn")
+    x = _conv_stack(x, filters, kernel_size, activation, "cnn")
+    x = _dense_stack(x, (dense,), dropout, activation, "cnn")
+    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_cnn")
+
+
+def build_lstm(signature: ModelSignature, *, units: int = 32, dense: int = 0, dropout: float = 0.0,
+               bidirectional: bool = False) -> tf.keras.Model:
+    """LSTM(units) over (timesteps, features) — or (timesteps,), given one feature — then an optional dense layer."""
+    units, dropout = _positive("units", units, "lstm"), _rate("dropout", dropout, "lstm")
+    if not isinstance(dense, int) or dense < 0:
+        raise ConfigError(f"model 'lstm': hparam 'dense' must be an int >= 0 (0 = no dense layer), got {dense!r}")
+    _check_classification(signature, "lstm")
+    shape = signature.input_shape
+    if len(shape) not in (1, 2):
+        raise ConfigError(f"model 'lstm': needs a sequence input (timesteps, features) or (timesteps,), "
+                          f"got input_shape {list(shape)}")
+    inputs = tf.keras.Input(shape=shape, name="input")
+    x = inputs if len(shape) == 2 else tf.keras.layers.Reshape((shape[0], 1), name="add_feature")(inputs)
+    lstm = tf.keras.layers.LSTM(units, name="lstm")
+    x = tf.keras.layers.Bidirectional(lstm, name="bidirectional")(x) if bidirectional else lstm(x)
+    if dropout:
+        x = tf.keras.layers.Dropout(dropout, name="lstm_dropout")(x)
+    if dense:
+        x = tf.keras.layers.Dense(dense, activation="relu", name="lstm_dense")(x)
+    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_lstm")
+
+
+def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidden: Sequence[int] = (128,),
+                    filters: Sequence[int] = (16, 32), dropout: float = 0.0,
+                    activation: str = "relu") -> tf.keras.Model:
+    """A feature extractor ending in Dense(embedding_dim) + L2 normalization; the output is the embedding.
+
+    3-D inputs (H, W, C) go through Conv2D blocks (`filters`) then `hidden` dense layers; other inputs through
+    `hidden` dense layers only. Train it with `TripletSemiHardLoss` on class-index labels (`default_loss`).
+    """
+    if signature.task == "regression":
+        raise ConfigError("model 'embedding': triplet training needs class labels; the signature's task is "
+                          "'regression' (use 'binary' or 'multiclass')")
+    embedding_dim = _positive("embedding_dim", embedding_dim, EMBEDDING)
+    hidden, dropout = _sizes("hidden", hidden, EMBEDDING), _rate("dropout", dropout, EMBEDDING)
+    filters, activation = _sizes("filters", filters, EMBEDDING), _activation(activation, EMBEDDING)
+    inputs = tf.keras.Input(shape=signature.input_shape, name="input")
+    if len(signature.input_shape) == 3:
+        x = _conv_stack(inputs, filters, 3, activation, "embedding")
+    elif len(signature.input_shape) == 1:
+        x = inputs
+    else:
+        x = tf.keras.layers.Flatten(name="embedding_flatten")(inputs)
+    x = _dense_stack(x, hidden, dropout, activation, "embedding")
+    x = tf.keras.layers.Dense(embedding_dim, activation=None, dtype="float32", name="embedding_projection")(x)
+    outputs = L2Normalize(name="embedding", dtype="float32")(x)
+    return tf.keras.Model(inputs, outputs, name="sparkdl_embedding")
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+def register_builder(name: str, fn: Builder, *, overwrite: bool = False) -> None:
+    """Make `fn(signature, **hparams) -> tf.keras.Model` buildable as `build(name, ...)`.
+
+    Raises:
+        ConfigError: `name` is not [A-Za-z0-9_.-]+, `fn` is not callable, or `name` exists and not `overwrite`.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"register_builder: model name must match [A-Za-z0-9_.-]+, got {name!r}")
+    if not callable(fn):
+        raise ConfigError(f"register_builder: builder for {name!r} must be callable, got {type(fn).__name__}")
+    if name in _BUILDERS and not overwrite:
+        raise ConfigError(f"register_builder: a builder named {name!r} already exists (pass overwrite=True)")
+    _BUILDERS[name] = fn
+
+
+def available() -> list[str]:
+    """The names `build` accepts, sorted."""
+    return sorted(_BUILDERS)
+
+
+def accepted_hparams(builder: Builder) -> dict[str, object] | None:
+    """Keyword hparams of a builder and their defaults; None when it takes **kwargs (anything goes)."""
+    params = list(inspect.signature(builder).parameters.values())[1:]  # the first one is the signature
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name: (None if p.default is p.empty else p.default) for p in params
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _check_hparams(label: str, builder: Builder, hparams: dict) -> None:
+    accepted = accepted_hparams(builder)
+    if accepted is None:
+        return
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {label}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
+
+
+def _check_input_shape(model: tf.keras.Model, signature: ModelSignature, label: str) -> None:
+    if not isinstance(model, tf.keras.Model):
+        raise ConfigError(f"model {label}: the builder returned {type(model).__name__}, not a tf.keras.Model")
+    if len(model.inputs or []) != 1:
+        raise ConfigError(f"model {label}: must have exactly one input, it has {len(model.inputs or [])}")
+    got = tuple(model.inputs[0].shape[1:])
+    want = tuple(signature.input_shape)
+    if len(got) != len(want) or any(g is not None and int(g) != w for g, w in zip(got, want)):
+        raise ConfigError(f"model {label}: its input shape {list(got)} does not match the signature's "
+                          f"input_shape {list(want)}")
+
+
+def build(name_or_model: str | tf.keras.Model | Builder, signature: ModelSignature, **hparams) -> tf.keras.Model:
+    """Build an uncompiled Keras model for `signature`.
+
+    Args:
+        name_or_model: a zoo name (`available()`: mlp, cnn, lstm, embedding, ...), a ready `tf.keras.Model`
+            (returned as is once its input shape is checked), or a builder `fn(signature, **hparams)`.
+        signature: input shape of one prepared example, task and number of classes.
+        **hparams: the builder's hyper-parameters (e.g. `hidden=(64, 64)`, `dropout=0.1` for mlp).
+
+    Raises:
+        ConfigError: unknown name (lists the known ones), unknown or invalid hparam (lists the accepted ones),
+            input shape not suited to the model, or a given model whose input shape differs from the signature's.
+    """
+    if not isinstance(signature, ModelSignature):
+        raise ConfigError(f"build: signature must be a ModelSignature, got {type(signature).__name__}")
+    if isinstance(name_or_model, tf.keras.Model):
+        if hparams:
+            raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
+                              f"{name_or_model.name!r}; they would be ignored (pass a builder function instead)")
+        _check_input_shape(name_or_model, signature, repr(name_or_model.name))
+        return name_or_model
+    if isinstance(name_or_model, str):
+        if name_or_model not in _BUILDERS:
+            raise ConfigError(f"unknown model {name_or_model!r}; known models: {available()} "
+                              f"(or pass a tf.keras.Model or a builder function)")
+        label, builder = repr(name_or_model), _BUILDERS[name_or_model]
+    elif callable(name_or_model):
+        label, builder = repr(getattr(name_or_model, "__name__", "builder")), name_or_model
+    else:
+        raise ConfigError(f"build: expected a model name, a tf.keras.Model or a builder function, "
+                          f"got {type(name_or_model).__name__}")
+    _check_hparams(label, builder, hparams)
+    model = builder(signature, **hparams)
+    _check_input_shape(model, signature, label)
+    log.debug("built model %s for %s: %d parameters", label, signature, model.count_params())
+    return model
+
+
+def default_loss(signature: ModelSignature, model_name: str | None = None):
+    """The loss to compile with: binary_crossentropy / sparse_categorical_crossentropy / mse by task, or a
+    `TripletSemiHardLoss` for the `embedding` model."""
+    if model_name == EMBEDDING:
+        return TripletSemiHardLoss()
+    return {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
+            "regression": "mse"}[signature.task]
+
+
+def default_metrics(signature: ModelSignature, model_name: str | None = None) -> list[str]:
+    """Metrics to compile with: accuracy for classification, mae for regression, none for embeddings."""
+    if model_name == EMBEDDING:
+        return []
+    return ["mae"] if signature.task == "regression" else ["accuracy"]
+
+
+for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding)):
+    register_builder(_name, _fn)

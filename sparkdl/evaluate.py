@@ -1,0 +1,499 @@
+"""Evaluation metrics computed in Spark over a whole DataFrame of predictions.
+
+No prediction row is collected to the driver: only small aggregates come back (k×k confusion-matrix counts,
+one summary row per Spark partition for the ROC AUC scan, one row of sums for regression).
+
+ROC AUC is exact: it is the Mann–Whitney U statistic with average ranks for tied scores, ``AUC = Σ_s pos(s) ·
+(neg(< s) + ½ · neg(= s)) / (P · N)``, computed from per-score counts that are globally sorted by Spark (range
+partitioning), scanned with a window inside each partition, and stitched together on the driver from one
+summary row per partition. Integer arithmetic is kept until the final division, so the result equals
+`sklearn.metrics.roc_auc_score` on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparkdl.errors import ValidationError
+from sparkdl.log import get_logger
+
+log = get_logger("evaluate")
+
+TASKS = ("binary", "multiclass", "regression")
+# Most distinct (label, prediction) pairs fetched when num_classes is not given (class count up to ~316).
+_MAX_PAIRS_INFERRED = 100_000
+
+
+# ----------------------------------------------------------------------------------------- validation helpers
+def _field(df: DataFrame, name: str, role: str) -> T.StructField:
+    """The schema field of column `name`, or a ValidationError naming it and listing the columns present."""
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"{role} must be a column name, got {name!r}")
+    for field in df.schema.fields:
+        if field.name == name:
+            return field
+    present = ", ".join(df.columns) or "(none)"
+    raise ValidationError(
+        f"{role} column {name!r} is missing from the DataFrame; columns present: {present}",
+        [{"column": name, "problem": "missing"}],
+    )
+
+
+def _require_numeric(field: T.StructField, role: str) -> None:
+    if not isinstance(field.dataType, (T.NumericType, T.BooleanType)):
+        raise ValidationError(
+            f"{role} column {field.name!r} must be numeric (a class index or a value), "
+            f"got {field.dataType.simpleString()}",
+            [{"column": field.name, "problem": "type", "type": field.dataType.simpleString()}],
+        )
+
+
+def _is_vector(data_type: T.DataType) -> bool:
+    return type(data_type).__name__ == "VectorUDT"
+
+
+def _probability_column(field: T.StructField) -> tuple[Column, bool]:
+    """(column as double or array<double>, is_array) for a probability column; ValidationError otherwise."""
+    data_type = field.dataType
+    col = F.col(f"`{field.name}`")
+    if isinstance(data_type, T.NumericType):
+        return col.cast("double"), False
+    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.NumericType):
+        return col.cast("array<double>"), True
+    if _is_vector(data_type):
+        from pyspark.ml.functions import vector_to_array
+
+        return vector_to_array(col), True
+    raise ValidationError(
+        f"probability column {field.name!r} must be a double (positive-class probability), an "
+        f"array<double|float> or a Spark ML vector of class probabilities, got {data_type.simpleString()}",
+        [{"column": field.name, "problem": "type", "type": data_type.simpleString()}],
+    )
+
+
+# ------------------------------------------------------------------------------------- ordered scan (AUC, KS)
+def ordered_scan(
+    counts: DataFrame,
+    row_aggregates: Mapping[str, tuple[str, Callable[[Column, Column], Column]]],
+) -> list[dict[str, Any]]:
+    """Per-partition summaries of a global ordered scan: exact rank statistics without one-task shuffles.
+
+    `counts` has one row per (`g`, `v`): `g` a group key (int), `v` the sort key (double), and two count
+    columns `a` and `b` (long). Spark sorts it globally by (g, v) (range partitioning: each partition holds a
+    contiguous run of keys), then, within each (partition, g), a window computes the running sums `A` = Σa and
+    `B` = Σb up to and including the row. `row_aggregates` maps an output name to (aggregate: "sum" | "max" |
+    "min", fn(A, B) -> Column), evaluated per row and aggregated per (partition, g); the expression may also
+    use other columns of `counts`.
+
+    Returns one dict per (partition, g) with keys g, v_min, a_tot, b_tot and the named aggregates (Python ints
+    for decimals), sorted by (g, v_min). The caller stitches partitions together with offsets: the true
+    running sums of a row are its local `A`, `B` plus the totals of the earlier partitions of the same g.
+    """
+    ordered = counts.orderBy("g", "v").withColumn("_pid", F.spark_partition_id())
+    window = (
+        Window.partitionBy("_pid", "g").orderBy("v").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    # Not "A"/"B": Spark column names are case-insensitive, they would replace "a" and "b".
+    scanned = ordered.withColumn("_run_a", F.sum("a").over(window)).withColumn(
+        "_run_b", F.sum("b").over(window)
+    )
+    aggs = [F.min("v").alias("v_min"), F.sum("a").alias("a_tot"), F.sum("b").alias("b_tot")]
+    for name, (how, fn) in row_aggregates.items():
+        if how not in ("sum", "max", "min"):
+            raise ValueError(f"row aggregate {name!r}: unknown aggregate {how!r}")
+        aggs.append(getattr(F, how)(fn(F.col("_run_a"), F.col("_run_b"))).alias(name))
+    rows = scanned.groupBy("_pid", "g").agg(*aggs).collect()
+    out = []
+    for row in rows:
+        item = row.asDict()
+        item.pop("_pid")
+        for key, value in item.items():
+            if key not in ("v_min", "g") and value is not None:
+                item[key] = int(value)
+        out.append(item)
+    out.sort(key=lambda r: (r["g"], r["v_min"]))
+    return out
+
+
+def _auc_by_group(counts: DataFrame) -> dict[int, float | None]:
+    """Exact ROC AUC per group g from per-(g, score v) counts: `a` negatives, `b` positives.
+
+    Twice the Mann–Whitney U of one score value is pos·(2·neg_below + neg_at) = b·(2A − a), with A the running
+    negative count including the value. None for a group without positives or without negatives.
+    """
+    dec = "decimal(38,0)"
+
+    def twice_u(A: Column, B: Column) -> Column:  # noqa: N803 - the scan's running sums
+        return F.col("b").cast(dec) * (F.lit(2) * A - F.col("a")).cast(dec)
+
+    parts = ordered_scan(counts, {"u2": ("sum", twice_u)})
+    result: dict[int, float | None] = {}
+    state: dict[int, list[int]] = {}
+    for part in parts:
+        u2, neg_before, pos, neg = state.setdefault(part["g"], [0, 0, 0, 0])
+        u2 += part["u2"] + 2 * part["b_tot"] * neg_before
+        state[part["g"]] = [u2, neg_before + part["a_tot"], pos + part["b_tot"], neg + part["a_tot"]]
+    for group, (u2, _, pos, neg) in state.items():
+        result[group] = u2 / (2 * pos * neg) if pos and neg else None
+    return result
+
+
+# --------------------------------------------------------------------------------------------- classification
+def classification_metrics(
+    df: DataFrame,
+    label_col: str = "label",
+    prediction_col: str = "prediction",
+    probability_col: str | None = None,
+    num_classes: int | None = None,
+    labels: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Classification metrics of a predictions DataFrame, computed in Spark; ROC AUC when scores are given.
+
+    Accuracy, per-class precision/recall/F1/support, macro and weighted averages, the confusion matrix and ROC
+    AUC.
+
+    Params:
+        df: predictions; label and prediction are class indices (integer, or floating with integral values as
+            in Spark ML; booleans count as 0/1).
+        label_col, prediction_col: the true and predicted class index columns.
+        probability_col: optional scores for ROC AUC. With 2 classes: the positive-class probability (a
+            numeric column), or an array / Spark ML vector whose element [1] is used. With more classes: an
+            array / vector of the k class probabilities, and the AUC is one-vs-rest, macro averaged (as
+            ``roc_auc_score(y, p, multi_class="ovr", average="macro")``).
+        num_classes: number of classes k; inferred as max(label, prediction) + 1 (at least 2) when not given.
+        labels: optional class names, index i naming class i (k = len(labels) when num_classes is not given).
+
+    Returns a dict: task ("binary" | "multiclass"), count, num_classes, labels, accuracy, per_class {name:
+    {precision, recall, f1, support}}, macro_avg, weighted_avg, confusion_matrix (rows = true class, columns =
+    predicted class), roc_auc (None without probability_col, or when a class has no positive or no negative
+    rows), roc_auc_per_class (multiclass), and for binary also precision/recall/f1 of class 1.
+    Precision/recall/F1 with a zero denominator are 0 (scikit-learn's zero_division=0).
+
+    Raises ValidationError: a missing column (named, with the columns present), a non-numeric
+    label/prediction, a probability column of the wrong type or length, nulls/NaN, non-integral class values,
+    labels or predictions outside [0, num_classes), an empty DataFrame, or num_classes disagreeing with
+    labels.
+    """
+    label_field = _field(df, label_col, "label")
+    prediction_field = _field(df, prediction_col, "prediction")
+    _require_numeric(label_field, "label")
+    _require_numeric(prediction_field, "prediction")
+    prob_field = _field(df, probability_col, "probability") if probability_col is not None else None
+    prob, prob_is_array = _probability_column(prob_field) if prob_field is not None else (None, False)
+    if labels is not None:
+        labels = list(labels)
+        if num_classes is not None and num_classes != len(labels):
+            raise ValidationError(
+                f"num_classes={num_classes} but {len(labels)} labels were given: {labels!r}"
+            )
+        num_classes = num_classes or len(labels)
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+        raise ValidationError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+    narrow = df.select(
+        F.col(f"`{label_col}`").cast("double").alias("y"),
+        F.col(f"`{prediction_col}`").cast("double").alias("p"),
+        *([prob.alias("s")] if prob is not None else []),
+    )
+    if (
+        prob is not None
+    ):  # two passes (counts, then the AUC scan): do not recompute the input (e.g. a model UDF)
+        narrow = narrow.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        matrix, count, num_classes = _confusion_pass(
+            narrow, label_col, prediction_col, probability_col, prob_is_array, num_classes
+        )
+        metrics = _metrics_from_matrix(matrix, count, num_classes, labels)
+        metrics["roc_auc"] = None
+        if prob is not None:
+            metrics.update(_roc_auc(narrow, num_classes, prob_is_array, metrics["labels"]))
+    finally:
+        if prob is not None:
+            narrow.unpersist()
+    return metrics
+
+
+def _confusion_pass(
+    narrow: DataFrame,
+    label_col: str,
+    prediction_col: str,
+    probability_col: str | None,
+    prob_is_array: bool,
+    num_classes: int | None,
+) -> tuple[list[list[int]], int, int]:
+    """One aggregation: counts per (label, prediction), with the probability checks folded in; validates
+    values."""
+    aggs = [F.count(F.lit(1)).alias("n")]
+    if probability_col is not None:
+        s = F.col("s")
+        if prob_is_array:
+            bad = s.isNull() | F.exists(s, lambda x: x.isNull() | F.isnan(x))
+            aggs += [F.min(F.size(s)).alias("min_len"), F.max(F.size(s)).alias("max_len")]
+        else:
+            bad = s.isNull() | F.isnan(s)
+        aggs.append(F.sum(bad.cast("long")).alias("bad_prob"))
+    limit = num_classes * num_classes + 1 if num_classes else _MAX_PAIRS_INFERRED + 1
+    rows = narrow.groupBy("y", "p").agg(*aggs).limit(limit).collect()
+    if not rows:
+        raise ValidationError(
+            f"cannot evaluate: the predictions DataFrame is empty (label column {label_col!r})"
+        )
+    if len(rows) >= limit:
+        raise ValidationError(
+            f"label {label_col!r} / prediction {prediction_col!r} hold more than {limit - 1} distinct pairs: "
+            f"they must be class indices 0..k-1"
+            + ("" if num_classes else " (pass num_classes for many classes)")
+        )
+
+    def check_value(value: float | None, column: str, role: str) -> int:
+        if value is None or math.isnan(value):
+            raise ValidationError(
+                f"{role} column {column!r} holds null/NaN values; every row needs a class index",
+                [{"column": column, "problem": "null"}],
+            )
+        if value != int(value):
+            raise ValidationError(
+                f"{role} column {column!r} holds non-integral value {value!r}; expected class "
+                f"indices 0..k-1",
+                [{"column": column, "problem": "value", "value": value}],
+            )
+        return int(value)
+
+    pairs = [
+        (check_value(r["y"], label_col, "label"), check_value(r["p"], prediction_col, "prediction"), r)
+        for r in rows
+    ]
+    if num_classes is None:
+        num_classes = max(2, 1 + max(max(t, p) for t, p, _ in pairs))
+    problems, messages = [], []
+    for column, role, values in (
+        (label_col, "label", {t for t, _, _ in pairs}),
+        (prediction_col, "prediction", {p for _, p, _ in pairs}),
+    ):
+        outside = sorted(v for v in values if not 0 <= v < num_classes)
+        if outside:
+            problems.append({"column": column, "problem": "range", "values": outside[:10]})
+            messages.append(
+                f"{role} column {column!r} holds values {outside[:10]} outside [0, {num_classes})"
+            )
+    if problems:
+        raise ValidationError("; ".join(messages), problems)
+    if probability_col is not None:
+        bad = sum(r["bad_prob"] for _, _, r in pairs)
+        if bad:
+            raise ValidationError(
+                f"probability column {probability_col!r} holds {bad} null/NaN value(s)",
+                [{"column": probability_col, "problem": "null", "rows": bad}],
+            )
+        if prob_is_array:
+            low, high = min(r["min_len"] for _, _, r in pairs), max(r["max_len"] for _, _, r in pairs)
+            fits = low >= 2 if num_classes == 2 else low == high == num_classes
+            if not fits:
+                need = (
+                    "at least 2 (element [1] is the positive class)" if num_classes == 2 else str(num_classes)
+                )
+                raise ValidationError(
+                    f"probability column {probability_col!r} must hold {need} class probabilities per row, "
+                    f"found lengths from {low} to {high}",
+                    [{"column": probability_col, "problem": "length", "min": low, "max": high}],
+                )
+    if probability_col is not None and not prob_is_array and num_classes != 2:
+        raise ValidationError(
+            f"probability column {probability_col!r} is a single score, which only fits 2 classes; with "
+            f"{num_classes} classes it must be an array of class probabilities"
+        )
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for t, p, r in pairs:
+        matrix[t][p] += int(r["n"])
+    return matrix, sum(int(r["n"]) for _, _, r in pairs), num_classes
+
+
+def _metrics_from_matrix(
+    matrix: list[list[int]], count: int, k: int, labels: list[Any] | None
+) -> dict[str, Any]:
+    names = [str(x) for x in (labels if labels is not None else range(k))]
+    per_class: dict[str, dict[str, float | int]] = {}
+    for c, name in enumerate(names):
+        tp = matrix[c][c]
+        predicted = sum(matrix[t][c] for t in range(k))
+        support = sum(matrix[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    keys = ("precision", "recall", "f1")
+    macro = {key: sum(m[key] for m in per_class.values()) / k for key in keys}
+    weighted = {key: sum(m[key] * m["support"] for m in per_class.values()) / count for key in keys}
+    metrics: dict[str, Any] = {
+        "task": "binary" if k == 2 else "multiclass",
+        "count": count,
+        "num_classes": k,
+        "labels": names,
+        "accuracy": sum(matrix[c][c] for c in range(k)) / count,
+        "per_class": per_class,
+        "macro_avg": macro,
+        "weighted_avg": weighted,
+        "confusion_matrix": matrix,
+    }
+    if k == 2:
+        metrics.update({key: per_class[names[1]][key] for key in keys})
+    return metrics
+
+
+def _roc_auc(narrow: DataFrame, k: int, prob_is_array: bool, names: list[str]) -> dict[str, Any]:
+    y = F.col("y")
+    if k == 2:
+        score = F.col("s")[1] if prob_is_array else F.col("s")
+        scored = narrow.select(F.lit(0).alias("g"), score.alias("v"), (y == 1).cast("long").alias("b"))
+    else:
+        exploded = narrow.select(y, F.posexplode("s").alias("g", "v"))
+        scored = exploded.select("g", "v", (F.col("y") == F.col("g")).cast("long").alias("b"))
+    counts = scored.groupBy("g", "v").agg(F.sum(1 - F.col("b")).alias("a"), F.sum("b").alias("b"))
+    aucs = _auc_by_group(counts)
+    if k == 2:
+        if aucs.get(0) is None:
+            log.warning("ROC AUC is undefined: only one class is present in the labels")
+        return {"roc_auc": aucs.get(0)}
+    per_class = {names[c]: aucs.get(c) for c in range(k)}
+    defined = [v for v in per_class.values() if v is not None]
+    if len(defined) < k:
+        log.warning(
+            "ROC AUC undefined for classes without positive or negative rows: %s; macro over the rest",
+            [n for n, v in per_class.items() if v is None],
+        )
+    return {"roc_auc": sum(defined) / len(defined) if defined else None, "roc_auc_per_class": per_class}
+
+
+# --------------------------------------------------------------------------------------------- regression
+def regression_metrics(
+    df: DataFrame, label_col: str = "label", prediction_col: str = "prediction"
+) -> dict[str, Any]:
+    """RMSE, MAE, R² and the row count, in one aggregation pass.
+
+    R² = 1 − SSE / SST with SST = n · var_pop(label) (Spark's numerically stable variance); like
+    scikit-learn's r2_score, a constant label gives 1.0 for a perfect fit and 0.0 otherwise.
+
+    Raises ValidationError: a missing or non-numeric column, null/NaN values, or an empty DataFrame.
+    """
+    for name, role in ((label_col, "label"), (prediction_col, "prediction")):
+        _require_numeric(_field(df, name, role), role)
+    y = F.col(f"`{label_col}`").cast("double")
+    p = F.col(f"`{prediction_col}`").cast("double")
+    err = y - p
+    row = df.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum((y.isNull() | F.isnan(y)).cast("long")).alias("bad_y"),
+        F.sum((p.isNull() | F.isnan(p)).cast("long")).alias("bad_p"),
+        F.sum(err * err).alias("sse"),
+        F.sum(F.abs(err)).alias("sae"),
+        F.var_pop(y).alias("var"),
+    ).first()
+    n = int(row["n"])
+    if n == 0:
+        raise ValidationError(
+            f"cannot evaluate: the predictions DataFrame is empty (label column {label_col!r})"
+        )
+    for column, bad in ((label_col, row["bad_y"]), (prediction_col, row["bad_p"])):
+        if bad:
+            raise ValidationError(
+                f"column {column!r} holds {bad} null/NaN value(s); regression metrics need values "
+                f"in every row",
+                [{"column": column, "problem": "null", "rows": int(bad)}],
+            )
+    sse, sst = float(row["sse"]), float(row["var"]) * n
+    if sst > 0:
+        r2 = 1.0 - sse / sst
+    else:
+        r2 = 1.0 if sse == 0 else 0.0
+    return {
+        "task": "regression",
+        "count": n,
+        "rmse": math.sqrt(sse / n),
+        "mae": float(row["sae"]) / n,
+        "mse": sse / n,
+        "r2": r2,
+    }
+
+
+# ---------------------------------------------------------------------------------------- dispatch and report
+def evaluate_predictions(
+    df: DataFrame,
+    task: str,
+    label_col: str = "label",
+    prediction_col: str = "prediction",
+    probability_col: str | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Metrics for `task`: "binary" (num_classes 2), "multiclass" or "regression"; see the functions above.
+
+    Raises ValidationError for an unknown task, num_classes != 2 with "binary", a probability column with
+    "regression", and the errors of classification_metrics / regression_metrics.
+    """
+    if task not in TASKS:
+        raise ValidationError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if task == "regression":
+        if probability_col is not None:
+            raise ValidationError(
+                f"probability column {probability_col!r} makes no sense for task 'regression'"
+            )
+        return regression_metrics(df, label_col, prediction_col)
+    if task == "binary":
+        if num_classes not in (None, 2):
+            raise ValidationError(f"task 'binary' has 2 classes, got num_classes={num_classes}")
+        num_classes = 2
+    metrics = classification_metrics(df, label_col, prediction_col, probability_col, num_classes)
+    if task == "multiclass":
+        metrics["task"] = "multiclass"
+    return metrics
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"metrics value of type {type(value).__name__} is not JSON serializable: {value!r}")
+
+
+def save_report(metrics: Mapping[str, Any], folder: str | os.PathLike) -> str:
+    """Write `metrics` to `folder`/metrics.json (folder created if missing); returns the file's path.
+
+    NaN/inf values are written as null. Raises ValidationError if metrics is not a mapping or holds values
+    that cannot be written as JSON.
+    """
+    if not isinstance(metrics, Mapping):
+        raise ValidationError(f"metrics must be a dict, got {type(metrics).__name__}")
+    path = Path(folder) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        text = json.dumps(_finite(metrics), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"cannot write metrics report to {path}: {exc}") from exc
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

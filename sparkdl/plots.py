@@ -1,0 +1,131 @@
+"""PNG plots of training curves and confusion matrices.
+
+matplotlib is imported lazily, and figures are drawn on the Agg canvas directly (`matplotlib.figure.Figure` +
+`FigureCanvasAgg`), so no display is needed and pyplot's global state and backend are left alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sparkdl.errors import ValidationError
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: str | os.PathLike) -> str:
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise ValidationError(f"plot path must end with .png, got {str(path)!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, format="png")
+    return str(target)
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> str:
+    """Training curves: one panel per metric (loss first), training values and `val_<metric>` when present.
+
+    Params:
+        history: Keras-style history, e.g. {"loss": [...], "val_loss": [...], "accuracy": [...]}; one value
+            per epoch. A `val_` series without its training series gets a panel of its own.
+        path: the PNG file to write (parent folders are created).
+    Returns the path of the PNG.
+    Raises ValidationError: an empty history, a series that is not a list of numbers, or a path not ending in
+    .png.
+    """
+    if not isinstance(history, Mapping) or not history:
+        raise ValidationError("history must be a non-empty dict of metric name -> list of per-epoch values")
+    series: dict[str, list[float]] = {}
+    for name, values in history.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValidationError(f"history[{name!r}] must be a non-empty list of numbers, got {values!r}")
+        try:
+            series[str(name)] = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"history[{name!r}] holds a value that is not a number: {exc}") from exc
+    bases = sorted({name.removeprefix("val_") for name in series}, key=lambda n: (n != "loss", n))
+    columns = min(len(bases), 3)
+    rows = math.ceil(len(bases) / columns)
+    figure = _figure(4.5 * columns, 3.4 * rows)
+    for index, base in enumerate(bases):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        for name, label, style in ((base, "train", "-o"), (f"val_{base}", "validation", "--s")):
+            if name in series:
+                values = series[name]
+                axes.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
+        axes.set_title(base)
+        axes.set_xlabel("epoch")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[Any]],
+    labels: Sequence[Any] | None,
+    path: str | os.PathLike,
+    normalize: bool = False,
+) -> str:
+    """A confusion matrix heat map with the count in each cell (rows = true class, columns = predicted).
+
+    Params:
+        matrix: k×k counts, e.g. classification_metrics(...)["confusion_matrix"].
+        labels: k class names (None: 0..k-1).
+        path: the PNG file to write (parent folders are created).
+        normalize: colour and annotate by the fraction of each true class (row) instead of counts.
+    Returns the path of the PNG.
+    Raises ValidationError: a matrix that is empty, not square or not numeric, labels of the wrong length, or
+    a path not ending in .png.
+    """
+    try:
+        rows = [[float(v) for v in row] for row in matrix]
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"confusion matrix must be a k×k list of numbers: {exc}") from exc
+    k = len(rows)
+    if k == 0 or any(len(row) != k for row in rows):
+        raise ValidationError(
+            f"confusion matrix must be square and non-empty, got row lengths {[len(r) for r in rows]}"
+        )
+    names = [str(x) for x in (labels if labels is not None else range(k))]
+    if len(names) != k:
+        raise ValidationError(f"{len(names)} labels for a {k}×{k} confusion matrix")
+    if normalize:
+        rows = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in rows]
+    size = max(4.0, 0.6 * k + 2.5)
+    figure = _figure(size, size)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(rows, cmap="Blues", vmin=0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    axes.set_xticks(range(k), names, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center")
+    axes.set_yticks(range(k), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    top = max((v for row in rows for v in row), default=0.0)
+    if k <= 30:
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                text = f"{value:.2f}" if normalize else f"{int(value)}"
+                axes.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if top and value > top / 2 else "black",
+                )
+    axes.set_title("confusion matrix" + (" (row-normalized)" if normalize else ""))
+    figure.tight_layout()
+    return _save(figure, path)

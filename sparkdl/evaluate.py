@@ -497,3 +497,98 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A stored model on a Delta table: score with the same UDF as production, then the metrics above.
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate_model(model_ref, table: str, version: int | None = None, store=None, spark=None, plots: bool = True,
+                   history_path: str | None = None) -> dict:
+    """Score `table` (a Delta table, optionally pinned to `version`) with a stored model and compute its metrics.
+
+    The label column and task come from the model's feature spec. Metrics are computed in Spark; `metrics.json`
+    (plus `confusion_matrix.png` and `training_curves.png` with `plots`) is written next to the model version, and
+    one record is appended to the metric history (`<store root>/<name>/metric_history.jsonl` by default).
+
+    Returns:
+        the metrics dict, with `model`, `data` (table, version) and `unscored_rows` (rows the model could not
+        prepare, e.g. nulls without imputation: excluded from the metrics and counted here), and `plots`.
+
+    Raises:
+        ModelStoreError: unknown model; ValidationError: the table lacks the label or feature columns.
+    """
+    from pyspark.sql import functions as F
+
+    from sparkdl import lake
+    from sparkdl.data.spec import FeatureSpec
+    from sparkdl.data.validation import array_column
+    from sparkdl.monitor import MetricHistory
+    from sparkdl.registry import ModelStore
+    from sparkdl.score import model_udf
+
+    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    mv = store.resolve(model_ref)
+    meta = store.metadata(mv)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    if spec.label is None:
+        raise ValidationError(f"model {mv}: its feature spec has no label, so it cannot be evaluated")
+    df, snap = lake.read_table(table, version=version, spark=spark)
+    needed = spec.feature_names + [spec.label.name]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValidationError(f"table {snap.table}@{snap.version}: missing column(s) {missing} needed by model {mv}; "
+                              f"it has {df.columns}")
+    task = spec.label.task
+    classification = task != "regression"
+    fn = model_udf(mv, output="struct" if classification else "prediction", store=store)
+    scored = df.select(F.col(spec.label.name).alias("label"),
+                       fn(*[array_column(df, c) for c in spec.feature_names]).alias("out"))
+    classes = meta.get("label_classes")
+    if classification:
+        pred, prob = F.col("out.label"), F.col("out.probability")
+        label = F.col("label")
+        if classes and any(not isinstance(c, (int, float)) or isinstance(c, bool) or c != i
+                           for i, c in enumerate(classes)):
+            # label classes that are not 0..k-1: compare in index space
+            index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
+            label, pred = index[F.col("label")], index[pred]
+        frame = scored.where(F.col("out").isNotNull()).select(
+            label.cast("double").alias("label"), pred.cast("double").alias("prediction"), prob.alias("probability"))
+        frame = frame.persist()
+        num_classes = spec.label.num_classes or (len(classes) if classes else None)
+        metrics = evaluate_predictions(frame, task, "label", "prediction", "probability", num_classes=num_classes)
+    else:
+        frame = scored.where(F.col("out").isNotNull()).select(
+            F.col("label").cast("double").alias("label"), F.col("out").cast("double").alias("prediction")).persist()
+        metrics = evaluate_predictions(frame, task, "label", "prediction")
+    total = df.count()
+    frame.unpersist()
+    metrics["unscored_rows"] = int(total - metrics.get("count", 0))
+    metrics["model"] = str(mv)
+    metrics["data"] = snap.lineage()
+    plot_paths = []
+    if plots:
+        from sparkdl.plots import plot_confusion_matrix, plot_history
+
+        if classification and metrics.get("confusion_matrix"):
+            names = [str(c) for c in classes] if classes else [str(i) for i in range(len(metrics["confusion_matrix"]))]
+            plot_paths.append(plot_confusion_matrix(metrics["confusion_matrix"], names,
+                                                    store.artifact_path(mv, "confusion_matrix.png", must_exist=False)))
+        if meta.get("history"):
+            plot_paths.append(plot_history(meta["history"],
+                                           store.artifact_path(mv, "training_curves.png", must_exist=False)))
+    metrics["plots"] = [str(p) for p in plot_paths]
+    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(metrics, default=_json_default)))
+    history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
+    history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
+                    "data": snap.lineage()})
+    return metrics
+
+
+_HISTORY_KEYS = ("accuracy", "roc_auc", "macro_avg", "weighted_avg", "rmse", "mae", "r2", "count")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

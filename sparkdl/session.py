@@ -94,13 +94,22 @@ def get_spark(
     settings.update(conf)
     if master:
         settings["spark.master"] = master
+    submitted: dict[str, str] = {}
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Under spark-submit the JVM is already configured: its settings (--master, --conf) win over ours.
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        submitted = dict(SparkConf().getAll())
     if wants_delta or _delta_jar_on_classpath():
-        exts = [e for e in settings.get("spark.sql.extensions", "").split(",") if e]
+        current = submitted.get("spark.sql.extensions") or settings.get("spark.sql.extensions", "")
+        exts = [e for e in current.split(",") if e]
         if DELTA_EXTENSION not in exts:
             settings["spark.sql.extensions"] = ",".join(exts + [DELTA_EXTENSION])
         settings.setdefault("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    settings = {k: v for k, v in settings.items() if k not in submitted or k == "spark.sql.extensions"}
     # Local-mode Python workers inherit the driver's environment: make them use this interpreter too.
-    os.environ["PYSPARK_PYTHON"] = settings["spark.pyspark.python"]
+    os.environ["PYSPARK_PYTHON"] = settings.get("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     builder = SparkSession.builder.appName(app_name)
@@ -109,10 +118,10 @@ def get_spark(
     try:
         spark = builder.getOrCreate()
     except Exception as exc:
-        raise SessionError(f"could not start Spark (master={settings['spark.master']}): {exc}") from exc
+        raise SessionError(f"could not start Spark (master={settings.get('spark.master')}): {exc}") from exc
     spark.sparkContext.setLogLevel(os.environ.get("SPARKDL_SPARK_LOG_LEVEL", "WARN"))
     log.info("started Spark %s on %s; work folder %s; Delta backend: %s",
-             spark.version, settings["spark.master"], folder, delta_backend(spark))
+             spark.version, spark.sparkContext.master, folder, delta_backend(spark))
     return spark
 
 

@@ -1,0 +1,178 @@
+"""The public Delta API: one behaviour over two backends (delta-spark when the session has the Delta extension,
+else delta-rs). See the package docstring of `sparkdl.lake`."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from sparkdl.errors import TableError
+from sparkdl.lake import delta_rs, delta_spark
+from sparkdl.lake.schema import validate_mode
+from sparkdl.lake.snapshot import Snapshot
+from sparkdl.lake.uri import is_catalog_name, normalize_table_uri
+from sparkdl.lake.versions import check_commit_metadata, check_version_args
+from sparkdl.log import get_logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+log = get_logger("lake")
+
+def _session(spark):
+    if spark is not None:
+        return spark
+    active = _active_session()
+    if active is not None:
+        return active
+    from sparkdl.session import get_spark
+
+    return get_spark()
+
+
+def _active_session():
+    try:
+        from pyspark.sql import SparkSession
+
+        return SparkSession.getActiveSession()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _backend(spark) -> str:
+    if spark is None:
+        return "delta-rs"
+    from sparkdl.session import delta_backend
+
+    return delta_backend(spark)
+
+
+def _target(table, backend: str) -> str:
+    """Catalog names stay as they are with delta-spark; everything else becomes a normalized URI."""
+    if backend == "delta-spark" and isinstance(table, str) and is_catalog_name(table):
+        return table
+    return normalize_table_uri(table)
+
+
+def read_table(table: str | os.PathLike, version: int | None = None, timestamp=None,
+               columns: list[str] | None = None, spark: "SparkSession | None" = None) -> tuple["DataFrame", Snapshot]:
+    """Read one version of a Delta table as a Spark DataFrame.
+
+    Args:
+        table: a local path, `file://` URI, any URI the backend supports (`s3://`, `abfss://`, ...), or, with
+            delta-spark, a catalog table name.
+        version: the version to read (default: the latest).
+        timestamp: read the version current at this time (datetime, date or ISO-8601 string; naive = UTC).
+        columns: the columns to return (default: all, in table order).
+        spark: the session (default: `sparkdl.session.get_spark()`).
+
+    Returns:
+        (DataFrame, Snapshot) — the Snapshot records table URI, version, commit time, schema, partition columns,
+        files and row count.
+
+    Raises:
+        TableError: no table there, version past the latest, timestamp before the first commit, unknown columns,
+            both version and timestamp given.
+        UnsupportedTableFeature: the delta-rs backend cannot read this version exactly (deletion vectors, column
+            mapping, unknown reader features); use delta-spark.
+    """
+    spark = _session(spark)
+    backend = _backend(spark)
+    target = _target(table, backend)
+    check_version_args(version, timestamp, target)
+    if backend == "delta-spark":
+        return delta_spark.read(spark, target, version, timestamp, columns)
+    return delta_rs.read(spark, target, version, timestamp, columns)
+
+
+def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append", partition_by: list[str] | None = None,
+                schema_mode: str | None = None, commit_metadata: dict | None = None,
+                spark: "SparkSession | None" = None) -> Snapshot:
+    """Write a DataFrame to a Delta table in one atomic commit.
+
+    Args:
+        df: the data.
+        table: as for `read_table`; created when missing (except with mode='ignore' when it exists).
+        mode: "append", "overwrite" (replaces all rows atomically), "error" (fail if the table exists) or
+            "ignore" (do nothing if it exists).
+        partition_by: partition columns for a new table (or with schema_mode='overwrite'); for an existing
+            table it must match the table's.
+        schema_mode: None (the data must fit the table; lossless widening allowed), "merge" (new columns are
+            added as nullable columns) or "overwrite" (with mode='overwrite': replace schema and partitioning).
+        commit_metadata: dict of str -> str/JSON-able values stored in the commit info (see `history`).
+        spark: the session (default: `sparkdl.session.get_spark()`).
+
+    Returns:
+        The Snapshot of the version this write committed.
+
+    Raises:
+        TableError: bad mode/schema_mode/commit_metadata, the table exists with mode='error', the Spark job or
+            the commit failed (nothing committed; the table keeps its previous version).
+        SchemaMismatchError: columns/types do not fit the table (both sides named), unsupported column types,
+            bad partition columns — raised before anything is written.
+        UnsupportedTableFeature: the table needs delta-spark to be written correctly.
+    """
+    from pyspark.sql import DataFrame
+
+    if not isinstance(df, DataFrame):
+        raise TableError(f"write_table needs a Spark DataFrame, got {type(df).__name__}")
+    validate_mode(mode, schema_mode)
+    if partition_by is not None:
+        if isinstance(partition_by, str):
+            partition_by = [partition_by]
+        partition_by = list(partition_by)
+    spark = spark or df.sparkSession
+    backend = _backend(spark)
+    target = _target(table, backend)
+    metadata = check_commit_metadata(commit_metadata, target)
+    if backend == "delta-spark":
+        return delta_spark.write(spark, df, target, mode, partition_by, schema_mode, metadata)
+    return delta_rs.write(spark, df, target, mode, partition_by, schema_mode, metadata)
+
+
+def snapshot(table: str | os.PathLike, version: int | None = None, timestamp=None,
+             spark: "SparkSession | None" = None) -> Snapshot:
+    """The Snapshot of a table version without building a DataFrame (same arguments and errors as `read_table`)."""
+    spark = spark or _active_session()
+    backend = _backend(spark)
+    target = _target(table, backend)
+    check_version_args(version, timestamp, target)
+    if backend == "delta-spark":
+        return delta_spark.snapshot(spark, target, version, timestamp)
+    return delta_rs.snapshot(target, version, timestamp)
+
+
+def history(table: str | os.PathLike, limit: int | None = None, spark: "SparkSession | None" = None) -> list[dict]:
+    """The table's commits, newest first.
+
+    Each entry: `version`, `timestamp` (ISO-8601 UTC), `operation`, `metadata` (the `commit_metadata` dict of
+    that write, {} for others), `write_id`, and `commit_info` (the raw commit info).
+
+    Raises:
+        TableError: no table there.
+    """
+    spark = spark or _active_session()
+    backend = _backend(spark)
+    target = _target(table, backend)
+    if backend == "delta-spark":
+        return delta_spark.history(spark, target, limit)
+    return delta_rs.history(target, limit)
+
+
+def latest_version(table: str | os.PathLike, spark: "SparkSession | None" = None) -> int:
+    """The latest committed version. Raises TableError when there is no table."""
+    spark = spark or _active_session()
+    backend = _backend(spark)
+    target = _target(table, backend)
+    if backend == "delta-spark":
+        return delta_spark.latest_version(spark, target)
+    return delta_rs.latest_version(target)
+
+
+def exists(table: str | os.PathLike, spark: "SparkSession | None" = None) -> bool:
+    """True when a Delta table is at `table` (path/URI, or catalog name with delta-spark)."""
+    spark = spark or _active_session()
+    backend = _backend(spark)
+    target = _target(table, backend)
+    if backend == "delta-spark":
+        return delta_spark.exists(spark, target)
+    return delta_rs.exists(target)

@@ -1,0 +1,28 @@
+"""Scoring over the lakehouse: a model from the store as a Spark column function, a SQL function, a Delta table
+job and a Delta stream — all sharing one Arrow-native scoring path and one model load per Python worker.
+
+    >>> from sparkdl.score import model_udf, register_sql_function, score_table, score_stream
+    >>> df.select(model_udf("digits@1")("pixels"))
+    >>> report = score_table("digits@1", "/lake/images", "/lake/predictions")
+"""
+from sparkdl.score.model_ref import ModelRef, resolve_model
+from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
+from sparkdl.score.runtime import load_count, loaded_models
+from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
+
+__all__ = [
+    "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "load_count", "loaded_models", "model_udf", "plan_output",
+    "register_sql_function", "resolve_model", "transform_with_model",
+]
+
+
+def __getattr__(name):  # score_table / score_stream import sparkdl.lake lazily
+    if name in ("score_table", "ScoreReport"):
+        from sparkdl.score import table
+
+        return getattr(table, name)
+    if name in ("score_stream", "StreamScorer"):
+        from sparkdl.score import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module 'sparkdl.score' has no attribute {name!r}")

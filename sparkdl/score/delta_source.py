@@ -1,0 +1,159 @@
+"""A Structured Streaming source over a Delta table's commits through delta-rs (no Delta jars needed).
+
+Without delta-spark there is no `readStream.format("delta")`. Streaming the table folder as plain Parquet
+(`readStream.parquet(dir)`) would be wrong: it also picks up files of failed or not-yet-committed writes and files
+that later commits removed. This source follows the Delta log instead, with PySpark's Python data source API:
+
+* an offset is `{"version": v}`: every commit up to `v` has been read;
+* the first batch reads the snapshot at the latest version (or the commits from `startingVersion`), later batches
+  the files *added* by the commits after the previous offset — one input partition per file, read by pyarrow on
+  the executors; each row carries `_source_version`, the commit that added its file;
+* a commit that removes data files (overwrite, delete, compaction) stops the stream with a TableError: the source
+  is append-only, like Delta's own streaming source without `ignoreChanges`.
+
+Spark's checkpoint stores the offsets, so a restarted query resumes after the last committed batch.
+
+    >>> spark.dataSource.register(DeltaLogSource)
+    >>> spark.readStream.format("sparkdl_delta").option("path", "/lake/events").load()
+"""
+from __future__ import annotations
+
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+
+from sparkdl.errors import TableError
+
+FORMAT = "sparkdl_delta"
+SOURCE_VERSION_COL = "_source_version"
+
+
+class DeltaFilesPartition(InputPartition):
+    """Data files of one Delta commit: (file URI, {partition column: string value}) pairs and the version."""
+
+    def __init__(self, files: list[tuple[str, dict]], version: int):
+        super().__init__(version)
+        self.files = files
+        self.version = version
+
+
+def _files(table: str, version: int) -> set[str]:
+    from sparkdl.lake import snapshot
+
+    return set(snapshot(table, version=version).files)
+
+
+def _partition_values(table: str, uri: str, partition_columns: tuple) -> dict:
+    if not partition_columns:
+        return {}
+    from sparkdl.lake.partitions import values_from_path
+
+    relative = uri[len(table.rstrip("/")) + 1:] if uri.startswith(table.rstrip("/") + "/") else uri
+    folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
+    return values_from_path(folder, list(partition_columns))
+
+
+class DeltaLogStreamReader(DataSourceStreamReader):
+    """Offsets are Delta versions; see the module docstring."""
+
+    def __init__(self, table: str, schema, starting_version: int | None):
+        self.table = table
+        self.schema = schema
+        self.starting_version = starting_version
+
+    def initialOffset(self) -> dict:
+        return {"version": -1 if self.starting_version is None else int(self.starting_version) - 1}
+
+    def latestOffset(self) -> dict:
+        from sparkdl.lake import latest_version
+
+        return {"version": int(latest_version(self.table))}
+
+    def partitions(self, start: dict, end: dict):
+        from sparkdl.lake import snapshot
+
+        first, last = int(start["version"]), int(end["version"])
+        if last <= first:
+            return []
+        snap = snapshot(self.table, version=last)
+        parts = []
+        if first < 0 and self.starting_version is None:  # initial snapshot, as of `last`
+            return [DeltaFilesPartition([(f, _partition_values(snap.table, f, snap.partition_columns))], last)
+                    for f in sorted(snap.files)]
+        previous = _files(self.table, first) if first >= 0 else set()
+        for version in range(max(first + 1, 0), last + 1):
+            current = _files(self.table, version)
+            removed = previous - current
+            if removed:
+                raise TableError(f"streaming source {self.table}: version {version} removed {len(removed)} data "
+                                 f"file(s) (overwrite, delete or compaction); the sparkdl Delta stream source "
+                                 f"reads appends only. Restart the stream with a new checkpoint (and "
+                                 f"startingVersion) to read the table as it is now")
+            parts += [DeltaFilesPartition([(f, _partition_values(snap.table, f, snap.partition_columns))], version)
+                      for f in sorted(current - previous)]
+            previous = current
+        return parts
+
+    def read(self, partition: DeltaFilesPartition):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        from sparkdl.lake.uri import filesystem
+
+        target = to_arrow_schema(self.schema)
+        data_fields = [f for f in target if f.name != SOURCE_VERSION_COL]
+        for uri, values in partition.files:
+            fs, path = filesystem(uri)
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                present = set(parquet.schema_arrow.names)
+                for batch in parquet.iter_batches(batch_size=10_000,
+                                                  columns=[f.name for f in data_fields if f.name in present]):
+                    n = batch.num_rows
+                    arrays = []
+                    for f in data_fields:
+                        if f.name in present:
+                            arrays.append(batch.column(f.name).cast(f.type))
+                        elif f.name in values:
+                            arrays.append(pa.array([values[f.name]] * n, pa.string()).cast(f.type))
+                        else:  # a column added to the table after this file was written
+                            arrays.append(pa.nulls(n, f.type))
+                    arrays.append(pa.array([partition.version] * n, pa.int64()))
+                    yield pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def source_schema(table: str):
+    """The stream's Spark schema: the table's columns (from the Delta log, no JVM) + `_source_version`."""
+    from deltalake import DeltaTable
+    from pyspark.sql.types import LongType, StructField
+
+    from sparkdl.lake.delta_rs import _location
+    from sparkdl.lake.schema import spark_schema_from_delta_json
+
+    struct = spark_schema_from_delta_json(DeltaTable(_location(table)).schema().to_json())
+    if SOURCE_VERSION_COL in struct.names:
+        raise TableError(f"{table} already has a column {SOURCE_VERSION_COL!r}, which the stream source adds")
+    return struct.add(StructField(SOURCE_VERSION_COL, LongType(), False))
+
+
+class DeltaLogSource(DataSource):
+    """`spark.readStream.format("sparkdl_delta").option("path", table)`; option `startingVersion` (default: the
+    latest snapshot first, then every later commit)."""
+
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT
+
+    def _table(self) -> str:
+        from sparkdl.lake.uri import normalize_table_uri
+
+        path = self.options.get("path")
+        if not path:
+            raise TableError(f"the {FORMAT} stream source needs option('path', <Delta table>)")
+        return normalize_table_uri(path)
+
+    def schema(self):
+        return source_schema(self._table())
+
+    def streamReader(self, schema) -> DeltaLogStreamReader:
+        start = self.options.get("startingVersion")
+        return DeltaLogStreamReader(self._table(), schema, None if start in (None, "", "latest") else int(start))

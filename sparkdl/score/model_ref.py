@@ -1,0 +1,90 @@
+"""What a scoring closure carries: a small, picklable reference to a model version in a store — never the model.
+
+`resolve_model(model_ref, store)` runs on the driver: it turns a store name, `"name@3"`, a `ModelVersion`, a
+`LoadedModel` or a `SparkDLModel` into a `ModelRef(root, name, version)` and reads the version's metadata (no
+TensorFlow import). Executors load the model themselves from `ref.root` (see `sparkdl.score.runtime`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparkdl.errors import ConfigError, ModelStoreError
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model version: the store root (absolute path), the name and the version number."""
+
+    root: str
+    name: str
+    version: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.root, self.name, self.version)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _store(store):
+    from sparkdl.registry import ModelStore
+
+    if store is None or isinstance(store, ModelStore):
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return ModelStore(store)
+    raise ConfigError(f"store must be a ModelStore, a folder path or None, got {type(store).__name__}")
+
+
+def _from_spark_model(model, store):
+    """(ref, store) from a SparkDLModel-like object: getModelVersion() plus an optional store accessor."""
+    from sparkdl.registry import ModelStore, ModelVersion
+
+    version = model.getModelVersion()
+    if store is None:
+        for attr in ("getModelStore", "getStoreRoot", "getStore"):
+            getter = getattr(model, attr, None)
+            if callable(getter):
+                value = getter()
+                if value:
+                    store = value if isinstance(value, ModelStore) else ModelStore(value)
+                    break
+    if store is None and isinstance(version, ModelVersion):
+        store = ModelStore(Path(version.path).parent.parent)
+    return version, store
+
+
+def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
+    """Resolve `model_ref` to a `ModelRef` and its metadata dict, on the driver.
+
+    Args:
+        model_ref: `"name"` (latest), `"name@3"`, `"name@latest"`, a `ModelVersion`, a `LoadedModel`, or a
+            `SparkDLModel` (anything with `getModelVersion()`).
+        store: a `ModelStore` or its root folder; default: the store the reference came from, else the default
+            store ($SPARKDL_MODEL_STORE or `<work dir>/models`).
+
+    Raises:
+        ConfigError: a malformed reference or an unsupported type.
+        ModelStoreError: the model or version does not exist (the message lists what does).
+    """
+    from sparkdl.registry import LoadedModel, ModelStore, ModelVersion
+
+    store = _store(store)
+    if hasattr(model_ref, "getModelVersion") and callable(model_ref.getModelVersion):
+        model_ref, store = _from_spark_model(model_ref, store)
+    if isinstance(model_ref, (ModelVersion, LoadedModel)) and store is None:
+        store = ModelStore(Path(model_ref.path).parent.parent)
+    if not isinstance(model_ref, (str, ModelVersion, LoadedModel)):
+        raise ConfigError(f"model_ref must be a model name, 'name@version', a ModelVersion or a SparkDLModel, "
+                          f"got {type(model_ref).__name__}")
+    store = store or ModelStore()
+    version = store.resolve(model_ref)
+    metadata = store.metadata(version)
+    if "preprocessing" not in metadata:
+        raise ModelStoreError(f"model {version}: its metadata records no 'preprocessing'; sparkdl scoring needs "
+                              f"the fitted PreprocessorModel (save models through sparkdl.train or pass "
+                              f"metadata={{'preprocessing': preprocessor.to_dict(), ...}} to ModelStore.save)")
+    return ModelRef(str(store.root), version.name, int(version.version)), metadata

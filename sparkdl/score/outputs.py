@@ -1,0 +1,168 @@
+"""What a scoring function returns, decided on the driver from the model's metadata, built on executors in Arrow.
+
+Outputs (`output=`):
+
+* ``prediction``     – regression: the value (double). Classification: the label class when the model records
+                       label classes (string, long, double or boolean column), else the class index (int).
+                       Binary models predict class 1 when the sigmoid output is >= 0.5.
+* ``probabilities``  – classification only: array<float> of class probabilities (binary: [P(0), P(1)]).
+* ``embedding``      – array<float>: the output of an embedding model, or for any other model the input of its
+                       output layer (the penultimate representation).
+* ``struct``         – struct<label, probability>: the prediction and (classification) the probabilities.
+
+Rows that could not be prepared (see `PreprocessorModel.prepare_batch`) get a null output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from sparkdl.errors import ConfigError
+
+OUTPUTS = ("prediction", "probabilities", "embedding", "struct")
+EMBEDDING_MODEL = "embedding"
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """How to turn raw model outputs into the requested column. Picklable; built by `plan_output`."""
+
+    kind: str
+    task: str
+    num_classes: int | None
+    label_classes: tuple | None
+    label_arrow: str  # "int32" (class index), "string", "int64", "double", "bool"
+
+    # ------------------------------------------------------------------ types
+    def label_arrow_type(self) -> pa.DataType:
+        return {"int32": pa.int32(), "string": pa.string(), "int64": pa.int64(), "double": pa.float64(),
+                "bool": pa.bool_()}[self.label_arrow]
+
+    def arrow_type(self) -> pa.DataType:
+        if self.kind == "prediction":
+            return self.label_arrow_type()
+        if self.kind in ("probabilities", "embedding"):
+            return pa.list_(pa.float32())
+        return pa.struct([("label", self.label_arrow_type()), ("probability", pa.list_(pa.float32()))])
+
+    def spark_type(self):
+        """The Spark SQL type of the output column."""
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        return from_arrow_type(self.arrow_type())
+
+    def spark_ddl(self) -> str:
+        return self.spark_type().simpleString()
+
+    # ------------------------------------------------------------------ values
+    def to_arrow(self, raw: np.ndarray | None, valid: np.ndarray) -> pa.Array:
+        """The output column for one batch. `raw` is the model output (n, k) float32 (None when no row is
+        valid); rows where `valid` is False are null."""
+        n = len(valid)
+        if raw is None:
+            return pa.nulls(n, self.arrow_type())
+        raw = np.asarray(raw, dtype=np.float32).reshape(n, -1)
+        mask = ~np.asarray(valid, dtype=bool)
+        if self.kind == "embedding":
+            return _list_array(raw, mask)
+        if self.kind == "probabilities":
+            return _list_array(self._probabilities(raw), mask)
+        label = self._labels(raw, mask)
+        if self.kind == "prediction":
+            return label
+        probs = (_list_array(self._probabilities(raw), mask) if self.task != "regression"
+                 else pa.nulls(n, pa.list_(pa.float32())))
+        return pa.StructArray.from_arrays([label, probs], names=["label", "probability"],
+                                          mask=pa.array(mask) if mask.any() else None)
+
+    def _probabilities(self, raw: np.ndarray) -> np.ndarray:
+        if self.task == "binary":
+            p = raw[:, 0]
+            return np.column_stack([1.0 - p, p]).astype(np.float32)
+        return raw
+
+    def _labels(self, raw: np.ndarray, mask: np.ndarray) -> pa.Array:
+        any_null = bool(mask.any())
+        if self.task == "regression":
+            return pa.array(raw[:, 0].astype(np.float64), mask=mask if any_null else None)
+        index = (raw[:, 0] >= 0.5).astype(np.int32) if self.task == "binary" else raw.argmax(axis=1).astype(np.int32)
+        indices = pa.array(index, mask=mask if any_null else None)
+        if self.label_classes is None:
+            return indices
+        classes = pa.array(list(self.label_classes), type=self.label_arrow_type())
+        return classes.take(indices)
+
+
+def _list_array(values: np.ndarray, mask: np.ndarray) -> pa.Array:
+    n, width = values.shape
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(mask) if mask.any() else None)
+
+
+def _label_kind(classes) -> str:
+    if all(isinstance(c, bool) for c in classes):
+        return "bool"
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return "int64"
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
+        return "double"
+    return "string"
+
+
+def _label_classes(metadata: dict) -> tuple | None:
+    classes = metadata.get("label_classes")
+    if classes is None:
+        classes = ((metadata.get("preprocessing") or {}).get("stats", {}).get("label") or {}).get("classes")
+    if classes is None:
+        return None
+    if isinstance(classes, dict):  # {"0": "cat", "1": "dog"}: index -> label
+        try:
+            classes = [classes[k] for k in sorted(classes, key=lambda k: int(k))]
+        except (TypeError, ValueError):
+            raise ConfigError(f"model metadata: label_classes must be a list or an index -> label mapping, "
+                              f"got keys {sorted(classes)[:5]}") from None
+    return tuple(classes)
+
+
+def task_of(metadata: dict) -> tuple[str, int | None]:
+    """(task, num_classes) from the metadata's signature, else from the preprocessing spec's label."""
+    sig = metadata.get("signature") or {}
+    if sig.get("task"):
+        return sig["task"], sig.get("num_classes")
+    spec = (metadata.get("preprocessing") or {}).get("spec") or metadata.get("feature_spec") or {}
+    label = spec.get("label") or {}
+    if isinstance(label, dict) and label.get("task"):
+        stats_label = ((metadata.get("preprocessing") or {}).get("stats", {}).get("label") or {})
+        return label["task"], label.get("num_classes") or stats_label.get("num_classes")
+    raise ConfigError(f"model {metadata.get('name')}@{metadata.get('version')}: its metadata has no signature "
+                      f"task and no labelled feature spec; cannot tell what the model predicts")
+
+
+def plan_output(output: str, metadata: dict) -> OutputPlan:
+    """Check `output` against the model and return the plan (driver side, no TensorFlow).
+
+    Raises:
+        ConfigError: unknown output; probabilities of a regression model; prediction/probabilities/struct of an
+            embedding model (which only has an embedding).
+    """
+    if output not in OUTPUTS:
+        raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}")
+    where = f"model {metadata.get('name')}@{metadata.get('version')}"
+    if metadata.get("model_name") == EMBEDDING_MODEL and output != "embedding":
+        raise ConfigError(f"{where} is an embedding model: it has no {output!r}; use output='embedding'")
+    task, num_classes = task_of(metadata)
+    if output == "probabilities" and task == "regression":
+        raise ConfigError(f"{where} is a regression model: it has no probabilities; use output='prediction'")
+    classes = _label_classes(metadata) if task != "regression" else None
+    if classes is not None and num_classes is not None and len(classes) != int(num_classes):
+        raise ConfigError(f"{where}: metadata lists {len(classes)} label classes but num_classes={num_classes}")
+    if task == "regression":
+        label_arrow = "double"
+    elif classes is None:
+        label_arrow = "int32"
+    else:
+        label_arrow = _label_kind(classes)
+    return OutputPlan(output, task, num_classes, classes, label_arrow)

@@ -1,0 +1,224 @@
+"""Executor side of scoring: one model load per Python worker, TensorFlow sized to the task, Arrow in and out.
+
+`get_scorer(ref)` returns the process's `Scorer` for a `ModelRef`, loading the model from the store the first time
+only: scorers live in a module-level cache keyed by (store root, name, version), so every batch and every task a
+reused Python worker runs shares one model. Nothing heavy travels in a closure. `load_count()` tells how many
+models this process loaded (tests read it from inside a task).
+
+Before TensorFlow is first imported in a worker, `configure_tensorflow()` pins it to the task: intra-op threads =
+`spark.task.cpus` (so two tasks on two cores do not each start a pool as wide as the machine), and, when the task
+was given GPUs (`TaskContext.resources()["gpu"]`), `CUDA_VISIBLE_DEVICES` = those addresses with memory growth on.
+A reused worker keeps the threads and devices of its first scoring task.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from sparkdl.log import get_logger
+from sparkdl.score.model_ref import ModelRef
+from sparkdl.score.outputs import EMBEDDING_MODEL, OutputPlan
+
+log = get_logger("score.runtime")
+
+_LOCK = threading.RLock()
+_MODELS: dict[tuple, "LoadedScoringModel"] = {}
+_LOADS: list[tuple] = []
+_TF_CONFIGURED = False
+
+
+def load_count(ref: ModelRef | None = None) -> int:
+    """How many times this process loaded a model from the store (all models, or only `ref`)."""
+    with _LOCK:
+        return len(_LOADS) if ref is None else sum(1 for k in _LOADS if k == ref.key)
+
+
+def loaded_models() -> list[tuple[str, str, int]]:
+    """The (store root, name, version) keys of the models cached in this process."""
+    with _LOCK:
+        return list(_MODELS)
+
+
+def clear_cache() -> None:
+    """Drop this process's cached models (the load counter is kept)."""
+    with _LOCK:
+        _MODELS.clear()
+        _SCORERS.clear()
+
+
+def task_cpus(default: int = 1) -> int:
+    """`spark.task.cpus` of the running task (TaskContext), else $SPARKDL_SCORE_THREADS, else `default`."""
+    env = os.environ.get("SPARKDL_SCORE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None:
+            return max(1, int(ctx.cpus()))
+    except Exception:  # noqa: BLE001 - outside a task or an old Spark
+        pass
+    return default
+
+
+def task_gpus() -> list[str]:
+    """GPU addresses Spark gave the running task (empty outside a task or without GPU scheduling)."""
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is None:
+            return []
+        info = ctx.resources().get("gpu")
+        return list(info.addresses) if info is not None else []
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def configure_tensorflow() -> None:
+    """Size TensorFlow to the task before its first use in this process (no-op after the first call)."""
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    _TF_CONFIGURED = True
+    gpus = task_gpus()
+    if gpus and "tensorflow" not in sys.modules:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    threads = task_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:  # TensorFlow already initialized in this process: keep its pools
+        log.debug("TensorFlow already initialized; thread pools left as they are")
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass
+
+
+class LoadedScoringModel:
+    """A model version loaded once per process: the Keras model, its preprocessor and compiled predict fns."""
+
+    def __init__(self, ref: ModelRef):
+        configure_tensorflow()
+        import tensorflow as tf
+
+        from sparkdl.data.preprocess import PreprocessorModel
+        from sparkdl.registry import ModelStore, ModelVersion
+
+        store = ModelStore(ref.root)
+        loaded = store.load(ModelVersion(ref.name, ref.version, store.root / ref.name / str(ref.version)))
+        self.ref = ref
+        self.metadata = loaded.metadata
+        self.model = loaded.model
+        self.preprocessor = PreprocessorModel.from_dict(self.metadata["preprocessing"])
+        self.input_shape = tuple(int(d) for d in self.preprocessor.input_shape)
+        self._tf = tf
+        self._fns: dict[str, object] = {}
+
+    def predict_fn(self, kind: str):
+        """A traced `model(x, training=False)` for `kind` ("embedding" on a non-embedding model uses the input of
+        the output layer); one trace for any batch size."""
+        key = "embedding" if (kind == "embedding" and self.metadata.get("model_name") != EMBEDDING_MODEL) else "out"
+        fn = self._fns.get(key)
+        if fn is None:
+            tf = self._tf
+            model = self.model
+            if key == "embedding":
+                model = tf.keras.Model(self.model.inputs, self._penultimate(), name=f"{self.model.name}_embedding")
+            spec = tf.TensorSpec((None,) + self.input_shape, tf.float32)
+            fn = tf.function(lambda x, m=model: m(x, training=False), input_signature=[spec])
+            self._fns[key] = fn
+        return fn
+
+    def _penultimate(self):
+        model = self.model
+        try:
+            layer = model.get_layer("output")
+        except ValueError:
+            layer = model.layers[-1]
+        return layer.input
+
+
+def get_model(ref: ModelRef) -> LoadedScoringModel:
+    """The process-wide loaded model for `ref` (loaded from the store on first use)."""
+    with _LOCK:
+        model = _MODELS.get(ref.key)
+        if model is None:
+            model = LoadedScoringModel(ref)
+            _MODELS[ref.key] = model
+            _LOADS.append(ref.key)
+            log.info("loaded model %s from %s in process %d (load #%d)", ref, ref.root, os.getpid(), len(_LOADS))
+        return model
+
+
+class Scorer:
+    """Scores Arrow batches with one model and one output plan: prepare (the training code) → predict → Arrow."""
+
+    def __init__(self, ref: ModelRef, plan: OutputPlan, batch_size: int | None = None):
+        self.ref = ref
+        self.plan = plan
+        self.batch_size = batch_size
+        self.loaded = get_model(ref)
+        self.fn = self.loaded.predict_fn(plan.kind)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.loaded.preprocessor.spec.feature_names
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Raw model outputs (n, k) float32 for prepared features, in chunks of `batch_size` rows."""
+        n = features.shape[0]
+        step = self.batch_size or n
+        outs = []
+        for start in range(0, n, step):
+            out = self.fn(features[start:start + step])
+            outs.append(np.asarray(out).reshape(min(step, n - start), -1))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def score(self, batch: pa.RecordBatch | pa.Table) -> tuple[pa.Array, np.ndarray, list]:
+        """(output column, valid mask, reasons) for one batch holding the model's feature columns."""
+        prepared = self.loaded.preprocessor.prepare_batch(batch, with_label=False)
+        valid = prepared.valid
+        if valid.all():
+            raw = self.predict(prepared.features) if len(valid) else np.zeros((0, 1), np.float32)
+        elif valid.any():
+            good = self.predict(prepared.features[valid])
+            raw = np.zeros((len(valid), good.shape[1]), dtype=np.float32)
+            raw[valid] = good
+        else:
+            raw = None
+        return self.plan.to_arrow(raw, valid), valid, prepared.reasons
+
+
+_SCORERS: dict[tuple, Scorer] = {}
+
+
+def get_scorer(ref: ModelRef, plan: OutputPlan, batch_size: int | None = None) -> Scorer:
+    """The process-wide `Scorer` for (ref, output plan, batch size); the model itself is shared across plans."""
+    key = (ref.key, plan, batch_size)
+    with _LOCK:
+        scorer = _SCORERS.get(key)
+        if scorer is None:
+            scorer = Scorer(ref, plan, batch_size)
+            _SCORERS[key] = scorer
+        return scorer
+
+
+def iter_chunks(batch: pa.RecordBatch, size: int | None) -> Iterator[pa.RecordBatch]:
+    """`batch` in slices of at most `size` rows (the whole batch when size is None)."""
+    if not size or batch.num_rows <= size:
+        yield batch
+        return
+    for start in range(0, batch.num_rows, size):
+        yield batch.slice(start, size)

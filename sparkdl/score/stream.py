@@ -1,0 +1,215 @@
+"""`score_stream`: Structured Streaming from a Delta table to a Delta table, each input row written exactly once.
+
+Source: `sparkdl.score.delta_source` (the Delta log followed through delta-rs, appends only; Spark's checkpoint
+holds the offsets = source versions). Sink: `foreachBatch`, where each micro-batch is scored by the same one-pass
+`mapInArrow` as `score_table` (scored rows → target, rows that cannot be prepared → quarantine) and written with
+`sparkdl.lake.write_table` — one atomic commit per table — whose commit metadata carries the stream's app id and
+the batch id (the role of Delta's `txn` action). Before writing, a batch looks for that (app id, batch id) in the
+table's recent history and skips a table that already has it: when a query dies between the commit and Spark's
+checkpoint commit, the restarted query re-runs the batch with the same id and the same files, and nothing is
+written twice. The app id is created once per checkpoint and kept in `<checkpoint>/sparkdl_stream.json`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sparkdl.errors import ConfigError
+from sparkdl.log import get_logger
+from sparkdl.score.delta_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
+from sparkdl.score.model_ref import resolve_model
+from sparkdl.score.outputs import plan_output
+from sparkdl.score.table import (
+    QUARANTINE_SUFFIX,
+    ScoreReport,
+    _check_options,
+    check_columns,
+    count_outcomes,
+    default_keep_columns,
+    scored_frame,
+    split_outcomes,
+)
+
+log = get_logger("score.stream")
+
+APP_ID_KEY = "sparkdl.stream.app_id"
+BATCH_ID_KEY = "sparkdl.stream.batch_id"
+STATE_FILE = "sparkdl_stream.json"
+HISTORY_SCAN = 1000
+
+
+def _trigger_kwargs(trigger) -> dict:
+    if trigger is None:
+        return {}
+    if isinstance(trigger, dict):
+        return dict(trigger)
+    if trigger in ("availableNow", "available_now"):
+        return {"availableNow": True}
+    if trigger == "once":
+        return {"once": True}
+    if isinstance(trigger, str):
+        return {"processingTime": trigger}
+    raise ConfigError(f"trigger must be None, 'availableNow', 'once', a processing-time string like '10 seconds' or "
+                      f"a dict of DataStreamWriter.trigger arguments, got {trigger!r}")
+
+
+def _app_id(checkpoint: str, source: str, target: str) -> str:
+    """The stream's app id, created once per checkpoint folder (local or mounted path)."""
+    folder = Path(checkpoint.removeprefix("file://")) if "://" not in checkpoint or checkpoint.startswith("file:") \
+        else None
+    if folder is None:
+        raise ConfigError(f"checkpoint {checkpoint!r}: sparkdl keeps the stream's app id next to Spark's checkpoint; "
+                          f"use a local or mounted path")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / STATE_FILE
+    if state.is_file():
+        data = json.loads(state.read_text())
+        if data.get("source") != source or data.get("target") != target:
+            raise ConfigError(f"checkpoint {checkpoint} belongs to a stream from {data.get('source')} to "
+                              f"{data.get('target')}, not {source} -> {target}; use a new checkpoint folder")
+        return data["app_id"]
+    data = {"app_id": f"sparkdl-score-{uuid.uuid4().hex}", "source": source, "target": target,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, state)
+    return data["app_id"]
+
+
+def committed_batch(table: str, app_id: str, spark=None) -> int | None:
+    """The highest batch id `app_id` committed to `table` (None when none, or no table)."""
+    from sparkdl.lake import exists, history
+
+    if not exists(table, spark=spark):
+        return None
+    best = None
+    for entry in history(table, limit=HISTORY_SCAN, spark=spark):
+        meta = entry.get("metadata") or {}
+        if meta.get(APP_ID_KEY) == app_id:
+            batch = int(meta.get(BATCH_ID_KEY))
+            best = batch if best is None else max(best, batch)
+    return best
+
+
+def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quarantine: str | None = None,
+                 output: str = "prediction", keep_columns: list[str] | None = None, output_col: str | None = None,
+                 batch_size: int | None = None, starting_version: int | None = None, store=None,
+                 on_batch: Callable[[ScoreReport], None] | None = None, query_name: str | None = None, spark=None):
+    """Start a streaming query scoring the rows appended to the Delta table `source` into `target`.
+
+    Args:
+        model_ref: store name, `"name@version"`, `ModelVersion` or `SparkDLModel`.
+        source: the source Delta table (appends only; see `sparkdl.score.delta_source`).
+        target: the target Delta table (created by the first batch).
+        checkpoint: Spark's checkpoint folder for this query (local or mounted path); reuse it to resume.
+        trigger: None (back-to-back micro-batches), "availableNow" (what is there now, then stop), "once",
+            a processing time ("10 seconds"), or a dict for `DataStreamWriter.trigger`.
+        quarantine: the quarantine table (default `<target>_quarantine`).
+        output, keep_columns, output_col, batch_size, store: as for `score_table`.
+        starting_version: read the commits from this source version on (default: the snapshot at the start,
+            then every later commit).
+        on_batch: called with each batch's `ScoreReport` after its commits.
+        query_name: the streaming query's name.
+
+    Returns:
+        the started `pyspark.sql.streaming.StreamingQuery`.
+
+    Raises:
+        ConfigError / ModelStoreError / ValidationError / TableError: bad options, model, columns or source, before
+            the query starts. Batch failures surface as the query's exception (`query.exception()`).
+    """
+    from pyspark.sql import functions as F
+
+    from sparkdl.lake import exists, write_table
+    from sparkdl.lake.uri import normalize_table_uri
+    from sparkdl.session import get_spark
+
+    spark = spark or get_spark()
+    ref, metadata = resolve_model(model_ref, store)
+    plan = plan_output(output, metadata)
+    output_col = output_col or output
+    source_uri, target_uri = normalize_table_uri(source), normalize_table_uri(target)
+    quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
+    if not exists(source_uri, spark=spark):
+        from sparkdl.errors import TableError
+
+        raise TableError(f"score_stream: no Delta table at {source_uri}")
+    schema = source_schema(source_uri)
+    empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
+    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
+    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, feature_names, metadata)
+    _check_options("append", output_col, keep)
+    where = f"score_stream({ref}, {source_uri} -> {target_uri})"
+    check_columns(empty, feature_names, metadata["preprocessing"]["spec"], keep, where)
+    kwargs = _trigger_kwargs(trigger)
+    app_id = _app_id(checkpoint, source_uri, target_uri)
+
+    def write_batch(batch_df, batch_id: int) -> None:
+        from pyspark import StorageLevel
+
+        done_target = committed_batch(target_uri, app_id, spark)
+        done_quarantine = committed_batch(quarantine_uri, app_id, spark)
+        if done_target is not None and done_target >= batch_id and (
+                done_quarantine is not None and done_quarantine >= batch_id or not _expects_quarantine(
+                    target_uri, app_id, batch_id, spark)):
+            log.info("%s: batch %d is already committed (app id %s); skipping", where, batch_id, app_id)
+            return
+        scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        scored = scored_frame(batch_df, ref, plan, feature_names, keep + [SOURCE_VERSION_COL], output_col,
+                              batch_size).persist(StorageLevel.DISK_ONLY)
+        try:
+            ok, bad, reasons = count_outcomes(scored)
+            if ok + bad == 0:
+                return
+            lineage = [F.lit(ref.name).alias("_model"), F.lit(int(ref.version)).cast("int").alias("_model_version"),
+                       F.col(SOURCE_VERSION_COL).alias("_source_version"),
+                       F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("_scored_at")]
+            good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
+            commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
+                      "source_table": source_uri, APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id),
+                      "scored_rows": ok, "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
+            target_version = quarantine_version = None
+            if done_target is None or done_target < batch_id:
+                target_version = write_table(good_df, target_uri, mode="append", spark=spark,
+                                             commit_metadata={**commit, "part": "scored"}).version
+            if bad and (done_quarantine is None or done_quarantine < batch_id):
+                quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
+                                                 spark=spark,
+                                                 commit_metadata={**commit, "part": "quarantine",
+                                                                  "reasons": reasons}).version
+            report = ScoreReport(ref.name, ref.version, source_uri, None, target_uri, target_version,
+                                 quarantine_uri if bad else None, quarantine_version, ok + bad, ok, bad, reasons,
+                                 scored_at.isoformat())
+            log.info("%s: batch %d: %d scored, %d quarantined", where, batch_id, ok, bad)
+            if on_batch is not None:
+                on_batch(report)
+        finally:
+            scored.unpersist()
+
+    spark.dataSource.register(DeltaLogSource)
+    reader = spark.readStream.format(FORMAT).schema(schema).option("path", source_uri)
+    if starting_version is not None:
+        reader = reader.option("startingVersion", str(int(starting_version)))
+    writer = reader.load().writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint)
+    if query_name:
+        writer = writer.queryName(query_name)
+    if kwargs:
+        writer = writer.trigger(**kwargs)
+    query = writer.start()
+    log.info("%s: started (app id %s, checkpoint %s)", where, app_id, checkpoint)
+    return query
+
+
+def _expects_quarantine(target: str, app_id: str, batch_id: int, spark) -> bool:
+    """Whether the committed target write of (app_id, batch_id) reported quarantined rows."""
+    from sparkdl.lake import history
+
+    for entry in history(target, limit=HISTORY_SCAN, spark=spark):
+        meta = entry.get("metadata") or {}
+        if meta.get(APP_ID_KEY) == app_id and int(meta.get(BATCH_ID_KEY, -1)) == batch_id:
+            return int(meta.get("quarantined_rows", 0)) > 0
+    return True

@@ -1,0 +1,279 @@
+"""`score_table`: score one snapshot of a Delta table into another Delta table, accounting for every row.
+
+    >>> report = score_table("digits@1", "/lake/images", "/lake/digit_predictions")
+    >>> report.input_rows == report.scored_rows + report.quarantined_rows
+    True
+
+One pass: a `mapInArrow` runs the model's `PreprocessorModel.prepare_batch` (the training code) and the model on
+each Arrow batch and emits, per row, the kept columns, the output, and a `_reason` (null when the row scored). The
+result is persisted to disk once, counted (scored / quarantined / reasons), checked against the input row count,
+and only then written: scored rows to `target`, rows that could not be prepared (with their raw feature values
+and the reason) to the quarantine table. Each write is one atomic Delta commit (`sparkdl.lake.write_table`); a job
+that fails while scoring writes nothing.
+
+Lineage: every written row carries `_model`, `_model_version`, `_source_version` and `_scored_at`; each commit's
+metadata records model, model version, source table and version, and the row counts.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+
+from sparkdl.errors import ConfigError, SparkDLError, ValidationError
+from sparkdl.log import get_logger
+from sparkdl.score.model_ref import ModelRef, resolve_model
+from sparkdl.score.outputs import OutputPlan, plan_output
+
+log = get_logger("score.table")
+
+REASON_COL = "_reason"
+LINEAGE_COLUMNS = ("_model", "_model_version", "_source_version", "_scored_at")
+QUARANTINE_SUFFIX = "_quarantine"
+
+
+class ScoringError(SparkDLError, RuntimeError):
+    """A scoring job failed (the message says what was and was not written)."""
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """What a scoring job (or one stream micro-batch) did. `input_rows == scored_rows + quarantined_rows`."""
+
+    model: str
+    model_version: int
+    source: str
+    source_version: int | None
+    target: str
+    target_version: int | None
+    quarantine: str | None
+    quarantine_version: int | None
+    input_rows: int
+    scored_rows: int
+    quarantined_rows: int
+    reasons: dict = field(default_factory=dict)
+    scored_at: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------ the scoring core
+def check_columns(df, feature_names: list[str], spec_dict: dict, keep_columns: list[str], where: str) -> None:
+    """Schema-only checks (no Spark job): features present with usable types, keep columns present.
+
+    Raises:
+        ValidationError: every problem at once, naming the column, what was expected and what was found.
+    """
+    from sparkdl.data.spec import FeatureSpec
+    from sparkdl.data.validation import expected_type, type_ok
+
+    spec = FeatureSpec.from_dict(spec_dict)
+    problems = []
+    for name in feature_names:
+        if name not in df.columns:
+            problems.append({"column": name, "problem": "missing column", "expected": expected_type(spec.feature(name)),
+                             "found": f"columns {df.columns}", "count": None, "samples": []})
+        elif not type_ok(spec.feature(name), df.schema[name].dataType):
+            problems.append({"column": name, "problem": "wrong type", "expected": expected_type(spec.feature(name)),
+                             "found": df.schema[name].dataType.simpleString(), "count": None, "samples": []})
+    for name in keep_columns:
+        if name not in df.columns:
+            problems.append({"column": name, "problem": "missing column", "expected": "a column to keep",
+                             "found": f"columns {df.columns}", "count": None, "samples": []})
+    if problems:
+        text = "; ".join(f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})"
+                         for p in problems)
+        raise ValidationError(f"{where}: {text}", problems)
+
+
+def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], keep_columns: list[str],
+                 output_col: str, batch_size: int | None = None):
+    """`df` mapped through the model in one `mapInArrow`: keep columns, the raw feature columns (null where the
+    row scored, so only quarantined rows carry them), `output_col` (null where it did not), `_reason`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from sparkdl.data.validation import array_column, is_vector_udt
+
+    features_out = [c for c in feature_names if c not in keep_columns]
+    source = df.select(*[array_column(df, c).alias(c) if is_vector_udt(df.schema[c].dataType) else F.col(c)
+                         for c in dict.fromkeys(keep_columns + features_out)])
+    fields = [source.schema[c] for c in keep_columns]
+    fields += [StructField(c, source.schema[c].dataType, True) for c in features_out]
+    fields += [StructField(output_col, plan.spark_type(), True), StructField(REASON_COL, StringType(), True)]
+    schema = StructType(fields)
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow_schema = to_arrow_schema(schema)
+
+    def score_batches(batches):
+        from sparkdl.score.runtime import get_scorer, iter_chunks
+
+        scorer = None
+        for big in batches:
+            for batch in iter_chunks(big, 100_000):
+                if scorer is None:
+                    scorer = get_scorer(ref, plan, batch_size)
+                out, valid, reasons = scorer.score(batch)
+                arrays = [batch.column(c) for c in keep_columns]
+                if features_out:
+                    scored_mask = pa.array(valid)
+                    for c in features_out:
+                        col = batch.column(c)
+                        arrays.append(pc.if_else(scored_mask, pa.nulls(len(col), col.type), col)
+                                      if valid.any() else col)
+                arrays.append(out)
+                arrays.append(pa.array(reasons, type=pa.string()) if not valid.all()
+                              else pa.nulls(len(valid), pa.string()))
+                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+    return source.mapInArrow(score_batches, schema)
+
+
+def count_outcomes(scored) -> tuple[int, int, dict]:
+    """(scored rows, quarantined rows, {reason: count}) of a `scored_frame`, in one small aggregation."""
+    rows = scored.groupBy(REASON_COL).count().collect()
+    reasons = {r[REASON_COL]: int(r["count"]) for r in rows if r[REASON_COL] is not None}
+    ok = sum(int(r["count"]) for r in rows if r[REASON_COL] is None)
+    return ok, sum(reasons.values()), reasons
+
+
+def lineage_columns(ref: ModelRef, source_version: int | None, scored_at: dt.datetime) -> list:
+    from pyspark.sql import functions as F
+
+    return [F.lit(ref.name).alias("_model"), F.lit(int(ref.version)).cast("int").alias("_model_version"),
+            F.lit(source_version).cast("long").alias("_source_version"),
+            F.lit(scored_at).cast("timestamp").alias("_scored_at")]
+
+
+def split_outcomes(scored, keep_columns: list[str], feature_names: list[str], output_col: str, lineage: list):
+    """(scored rows for the target, quarantined rows) of a `scored_frame`, with the lineage columns."""
+    from pyspark.sql import functions as F
+
+    good = scored.where(F.col(REASON_COL).isNull()).select(*keep_columns, output_col, *lineage)
+    raw = list(dict.fromkeys(keep_columns + feature_names))
+    bad = scored.where(F.col(REASON_COL).isNotNull()).select(*raw, F.col(REASON_COL), *lineage)
+    return good, bad
+
+
+def default_keep_columns(df, feature_names: list[str], metadata: dict) -> list[str]:
+    """The spec's id columns when it declares some, else every column that is not a feature."""
+    ids = list((metadata["preprocessing"]["spec"].get("id_columns") or []))
+    if ids:
+        return ids
+    return [c for c in df.columns if c not in feature_names]
+
+
+def _check_options(mode: str, output_col: str, keep_columns: list[str]) -> None:
+    if mode not in ("append", "overwrite"):
+        raise ConfigError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+    clash = sorted(set(keep_columns) & {output_col, REASON_COL, *LINEAGE_COLUMNS})
+    if clash:
+        raise ConfigError(f"keep_columns {clash} collide with the columns scoring adds "
+                          f"({[output_col, REASON_COL, *LINEAGE_COLUMNS]}); rename them or pass output_col")
+
+
+# ------------------------------------------------------------------------------------------------ score_table
+def score_table(model_ref, source, target, mode: str = "append", keep_columns: list[str] | None = None,
+                source_version: int | None = None, output: str = "prediction", quarantine: str | None = None,
+                output_col: str | None = None, batch_size: int | None = None, store=None,
+                spark=None) -> ScoreReport:
+    """Score a Delta table snapshot into a Delta table; quarantine the rows that cannot be scored.
+
+    Args:
+        model_ref: store name, `"name@version"`, `ModelVersion` or `SparkDLModel`.
+        source: the source Delta table (path or URI).
+        target: the target Delta table (created when missing).
+        mode: "append" (the output must fit the target's schema) or "overwrite" (replaces the target's rows and
+            schema); the quarantine table is always appended to (new columns merged).
+        keep_columns: source columns copied to the output (default: the spec's id columns, else every column that
+            is not a feature).
+        source_version: the source version to score (default: the latest).
+        output: "prediction", "probabilities", "embedding" or "struct".
+        quarantine: the quarantine table (default: `<target>_quarantine`).
+        output_col: name of the output column (default: the output kind).
+        batch_size: rows per model call.
+        store: model store or its root.
+        spark: the session (default: `sparkdl.session.get_spark()`).
+
+    Returns:
+        a `ScoreReport` (versions written, row counts, quarantine reasons).
+
+    Raises:
+        ConfigError / ModelStoreError: bad options or model reference (before any Spark job).
+        ValidationError: missing or mistyped feature/keep columns (from the schema, before any Spark job).
+        TableError: the source cannot be read, or a write fails (its table keeps its version).
+        ScoringError: scoring failed, or the row counts do not add up; nothing was written.
+    """
+    from pyspark import StorageLevel
+
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.lake.uri import normalize_table_uri
+
+    started = time.perf_counter()
+    ref, metadata = resolve_model(model_ref, store)
+    plan = plan_output(output, metadata)
+    output_col = output_col or output
+    df, snap = read_table(source, version=source_version, spark=spark)
+    spark = df.sparkSession
+    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
+    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, feature_names, metadata)
+    _check_options(mode, output_col, keep)
+    where = f"score_table({ref}, source={snap.table}@{snap.version})"
+    check_columns(df, feature_names, metadata["preprocessing"]["spec"], keep, where)
+    target_uri = normalize_table_uri(target)
+    quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
+    target_before = _version_or_none(target_uri, spark)
+    scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+    scored = scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size).persist(StorageLevel.DISK_ONLY)
+    try:
+        try:
+            ok, bad, reasons = count_outcomes(scored)
+        except Exception as exc:  # noqa: BLE001 - Py4J/PythonException from the executors
+            raise ScoringError(f"{where}: scoring failed; nothing was written to {target_uri} (still at version "
+                               f"{target_before}): {_brief(exc)}") from exc
+        input_rows = snap.num_rows if snap.num_rows is not None else df.count()
+        if ok + bad != input_rows:
+            raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
+                               f"nothing was written")
+        lineage = lineage_columns(ref, snap.version, scored_at.replace(tzinfo=None))
+        good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
+        commit = {"sparkdl.operation": "score", "model": ref.name, "model_version": ref.version,
+                  "model_store": ref.root, "output": output, "source_table": snap.table,
+                  "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
+                  "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
+        target_snap = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},
+                                  schema_mode="overwrite" if mode == "overwrite" else None, spark=spark)
+        quarantine_version = None
+        if bad:
+            quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
+                                             commit_metadata={**commit, "part": "quarantine",
+                                                              "reasons": reasons}, spark=spark).version
+            log.warning("%s: %d row(s) quarantined to %s: %s", where, bad, quarantine_uri, reasons)
+    finally:
+        scored.unpersist()
+    report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_snap.version,
+                         quarantine_uri if bad else None, quarantine_version, input_rows, ok, bad, reasons,
+                         scored_at.isoformat(), round(time.perf_counter() - started, 3))
+    log.info("%s: %d scored -> %s@%d, %d quarantined", where, ok, target_uri, target_snap.version, bad)
+    return report
+
+
+def _version_or_none(uri: str, spark) -> int | None:
+    from sparkdl.lake import exists, latest_version
+
+    return latest_version(uri, spark=spark) if exists(uri, spark=spark) else None
+
+
+def _brief(exc: BaseException) -> str:
+    """The informative line of an executor error (the Python exception, not the JVM stack)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("sparkdl.errors.") or "Error:" in ln or "Exception:" in ln:
+            return ln[:800]
+    return (lines[0] if lines else type(exc).__name__)[:800]

@@ -1,0 +1,234 @@
+"""`model_udf`: a model from the store as a Spark column function; `register_sql_function` for Spark SQL.
+
+    >>> predict = model_udf("digits@1")                    # prediction: label class or class index
+    >>> df.select("id", predict("pixels").alias("digit"))   # or predict() for the model's own feature columns
+    >>> register_sql_function(spark, "digits", "digits@1")
+    >>> spark.sql("SELECT id, digits(pixels) FROM images")
+
+The column function is a scalar pandas UDF whose body works in Arrow: the array columns Spark hands over are
+re-assembled into one contiguous block without touching rows (see `sparkdl.score.pandas_arrow`), prepared by the
+model's own `PreprocessorModel.prepare_batch` (the training code), run through the model in one traced call per
+batch, and returned as an Arrow-backed Series. The closure carries the `ModelRef` and the output plan only; the
+model is loaded once per Python worker (`sparkdl.score.runtime`).
+
+Rows that cannot be prepared (null or NaN without imputation, wrong array length, infinities) score to null, or
+raise with `on_invalid="error"`. `score_table` quarantines them with the reason instead.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.log import get_logger
+from sparkdl.score.model_ref import ModelRef, resolve_model
+from sparkdl.score.outputs import OutputPlan, plan_output
+
+log = get_logger("score.udf")
+
+ON_INVALID = ("null", "error")
+_SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _kind_expectation(kind: str) -> str:
+    return {"numeric": "a numeric or boolean column", "categorical": "a string, integer or boolean column",
+            "vector": "array<numeric>", "sequence": "array<numeric>"}[kind]
+
+
+def _arrow_type_ok(kind: str, arrow_type) -> bool:
+    import pyarrow as pa
+
+    t = arrow_type
+    if pa.types.is_null(t):
+        return True  # an all-null batch: the preprocessor reports the nulls row by row
+    if kind in ("vector", "sequence"):
+        return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
+            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type) or pa.types.is_null(t.value_type)
+            or pa.types.is_decimal(t.value_type))
+    if kind == "numeric":
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+
+
+def signature_text(features: list[tuple[str, str, tuple]]) -> str:
+    """`name(pixels array<numeric>[64], age numeric)` style description of the expected arguments."""
+    parts = []
+    for name, kind, shape in features:
+        size = f"[{'x'.join(str(d) for d in shape)}]" if shape else ""
+        parts.append(f"{name} {_kind_expectation(kind)}{size}")
+    return ", ".join(parts)
+
+
+def make_udf_function(fn_name: str, ref: ModelRef, plan: OutputPlan, features: list[tuple[str, str, tuple]],
+                      batch_size: int | None, on_invalid: str):
+    """The body of the pandas UDF: a picklable closure over small values only."""
+    names = [f[0] for f in features]
+    expected = signature_text(features)
+
+    def score(*series):
+        from sparkdl.score.pandas_arrow import arrow_to_series, series_to_batch
+        from sparkdl.score.runtime import get_scorer
+
+        if len(series) != len(names):
+            raise ValidationError(f"{fn_name}: expects {len(names)} argument(s) ({expected}), got {len(series)}")
+        batch = series_to_batch(list(series), names)
+        bad = [(i, f, batch.column(i).type) for i, f in enumerate(features)
+               if not _arrow_type_ok(f[1], batch.column(i).type)]
+        if bad:
+            problems = [{"column": f[0], "problem": "wrong type", "expected": _kind_expectation(f[1]),
+                         "found": str(t), "count": None, "samples": []} for _, f, t in bad]
+            found = "; ".join(f"argument {i + 1} ({f[0]}): expected {_kind_expectation(f[1])}, got Arrow type {t}"
+                              for i, f, t in bad)
+            raise ValidationError(f"{fn_name}: wrong argument type(s): {found}. Expected arguments: {expected}",
+                                  problems)
+        scorer = get_scorer(ref, plan, batch_size)
+        out, valid, reasons = scorer.score(batch)
+        if on_invalid == "error" and not valid.all():
+            first = [r for r in reasons if r is not None][:3]
+            raise ValidationError(f"{fn_name}: {int((~valid).sum())} row(s) of a batch cannot be scored, e.g. "
+                                  f"{first}")
+        return arrow_to_series(out)
+
+    score.__name__ = fn_name
+    return score
+
+
+class ModelUDF:
+    """A model as a Spark column function. Call it with the feature columns (names or Columns), in the order of
+    the model's feature spec; with no argument it uses the spec's column names.
+
+    Attributes:
+        ref: the resolved model version (store root, name, version).
+        output: the output kind; `return_type` its Spark type.
+        feature_names: the expected input columns, in order.
+        udf: the underlying pandas UDF (what `register_sql_function` registers).
+    """
+
+    def __init__(self, model_ref, output: str = "prediction", batch_size: int | None = None, store=None,
+                 on_invalid: str = "null", name: str | None = None):
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size <= 0):
+            raise ConfigError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        if on_invalid not in ON_INVALID:
+            raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+        self.ref, self.metadata = resolve_model(model_ref, store)
+        self.plan = plan_output(output, self.metadata)
+        self.output = output
+        self.batch_size = batch_size
+        self.on_invalid = on_invalid
+        spec = self.metadata["preprocessing"]["spec"]
+        self.features = [(f["name"], f.get("kind", "numeric"), tuple(f.get("shape") or ()))
+                         for f in spec["features"]]
+        self.feature_names = [f[0] for f in self.features]
+        self.name = name or f"{self.ref.name}_{output}".replace(".", "_").replace("-", "_")
+        self.return_type = self.plan.spark_type()
+        self.udf = self._build()
+
+    def _build(self):
+        from pyspark.sql.functions import pandas_udf
+        from pyspark.util import PythonEvalType
+
+        fn = make_udf_function(self.name, self.ref, self.plan, self.features, self.batch_size, self.on_invalid)
+        with warnings.catch_warnings():  # the explicit eval type is deliberate: the function takes *args
+            warnings.simplefilter("ignore", UserWarning)
+            return pandas_udf(fn, self.return_type, PythonEvalType.SQL_SCALAR_PANDAS_UDF)
+
+    def __call__(self, *cols):
+        from pyspark.sql import Column
+        from pyspark.sql import functions as F
+
+        if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
+            cols = tuple(cols[0])
+        if not cols:
+            cols = tuple(self.feature_names)
+        if len(cols) != len(self.feature_names):
+            raise ConfigError(f"{self.name}: model {self.ref} takes {len(self.feature_names)} feature column(s) "
+                              f"({signature_text(self.features)}), got {len(cols)}")
+        for c in cols:
+            if not isinstance(c, (str, Column)):
+                raise ConfigError(f"{self.name}: arguments must be column names or Columns, got {type(c).__name__}")
+        return self.udf(*[F.col(c) if isinstance(c, str) else c for c in cols]).alias(self.output)
+
+    def __repr__(self) -> str:
+        return f"ModelUDF({self.ref}, output={self.output!r}, features={self.feature_names})"
+
+
+def model_udf(model_ref, output: str = "prediction", batch_size: int | None = None, store=None,
+              on_invalid: str = "null") -> ModelUDF:
+    """A Spark column function scoring the model's feature columns (preprocessing applied as at training).
+
+    Args:
+        model_ref: store name (latest version), `"name@version"`, a `ModelVersion` or a `SparkDLModel`.
+        output: "prediction", "probabilities", "embedding" or "struct" (see `sparkdl.score.outputs`).
+        batch_size: rows per model call within an Arrow batch (None: the whole batch; Spark's batch size is
+            `spark.sql.execution.arrow.maxRecordsPerBatch`).
+        store: a `ModelStore` or its root (default: the reference's own store, else the default store).
+        on_invalid: "null" (rows that cannot be prepared score to null) or "error".
+
+    Returns:
+        a `ModelUDF`: call it with the feature columns, e.g. `df.select(model_udf("digits@1")("pixels"))`.
+
+    Raises:
+        ConfigError / ModelStoreError: bad reference, unknown output or one the model does not have, bad options.
+    """
+    return ModelUDF(model_ref, output=output, batch_size=batch_size, store=store, on_invalid=on_invalid)
+
+
+def register_sql_function(spark, name: str, model_ref, output: str = "prediction", batch_size: int | None = None,
+                          store=None, on_invalid: str = "null") -> ModelUDF:
+    """Register `name` as a Spark SQL function scoring `model_ref`: `SELECT name(col_a, col_b) FROM t`.
+
+    The arguments are the model's feature columns in spec order; a wrong count or type fails the query with a
+    message naming the function, the expected columns and their types.
+
+    Raises:
+        ConfigError: `name` is not a SQL identifier ([A-Za-z_][A-Za-z0-9_]*); and as `model_udf`.
+    """
+    if not isinstance(name, str) or not _SQL_IDENTIFIER.match(name):
+        raise ConfigError(f"register_sql_function: name must be a SQL identifier ([A-Za-z_][A-Za-z0-9_]*), "
+                          f"got {name!r}")
+    fn = ModelUDF(model_ref, output=output, batch_size=batch_size, store=store, on_invalid=on_invalid, name=name)
+    spark.udf.register(name, fn.udf)
+    log.info("registered SQL function %s(%s) -> %s for model %s", name, ", ".join(fn.feature_names),
+             fn.return_type.simpleString(), fn.ref)
+    return fn
+
+
+def transform_with_model(model, df, output: str | None = None, output_col: str | None = None, store=None):
+    """`df` plus one scored column, for `SparkDLModel.transform`: the same column function as `model_udf`.
+
+    Args:
+        model: a `SparkDLModel` (its model version, and `getOutputCol()`/`getOutput()` when it has them) or any
+            reference `model_udf` accepts.
+        df: a DataFrame with the model's feature columns.
+        output: output kind (default: the model's `getOutput()`, else "prediction").
+        output_col: name of the new column (default: the model's `getOutputCol()`, else the output kind).
+
+    Raises:
+        ValidationError: `df` lacks feature columns (lists them and the columns it has).
+    """
+    output = output or _param(model, ("getOutput", "getOutputType")) or "prediction"
+    output_col = output_col or _param(model, ("getOutputCol", "getPredictionCol")) or output
+    fn = ModelUDF(model, output=output, store=store)
+    missing = [c for c in fn.feature_names if c not in df.columns]
+    if missing:
+        raise ValidationError(f"model {fn.ref}: DataFrame is missing feature column(s) {missing}; it has "
+                              f"{df.columns}", [{"column": c, "problem": "missing column", "expected": "present",
+                                                  "found": f"columns {df.columns}", "count": None, "samples": []}
+                                                 for c in missing])
+    from sparkdl.data.validation import array_column
+
+    return df.withColumn(output_col, fn(*[array_column(df, c) for c in fn.feature_names]))
+
+
+def _param(model, getters) -> str | None:
+    for getter in getters:
+        fn = getattr(model, getter, None)
+        if callable(fn):
+            try:
+                value = fn()
+            except Exception:  # noqa: BLE001 - an unset Spark ML param
+                continue
+            if value:
+                return value
+    return None

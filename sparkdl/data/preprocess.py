@@ -1,0 +1,598 @@
+"""Preprocessing fitted in Spark, applied by ONE numpy/pyarrow function at training and at scoring time.
+
+`Preprocessor(spec).fit(df)` computes every statistic in one Spark aggregation (counts, means, population
+standard deviations, min/max, `percentile_approx` medians, per-element statistics of vector features through
+`pyspark.ml.stat.Summarizer`, the sorted classes of string labels, the largest integer label). Categorical
+vocabularies (the `max_categories` most frequent values per column, ties broken by value) need a second, small
+job: one `groupBy(feature, value).count()` over all categorical columns together, ranked by a window.
+
+`PreprocessorModel.prepare_batch` is the math, written once in numpy/pyarrow; `transform` runs exactly that code
+inside Spark with `mapInArrow`, and a scoring UDF calls it on its Arrow batches: no train/serve skew. Order of
+operations per feature: imputation (nulls and NaN; mean/median/constant) → scaling (standard: (x-mean)/std with
+population std, min-max: (x-min)/(max-min); a zero spread divides by 1) → categorical index (position in the
+vocabulary; values outside it go to one extra out-of-vocabulary bucket, the last one) → one-hot → concatenation
+in spec order.
+
+A row that cannot be prepared is never silently dropped: `prepare_batch` marks it invalid with a reason
+(null without imputation, NaN, infinity, wrong array length, unknown label class, label out of range) and
+`transform_with_report` returns those rows with a `reason` column.
+
+Statistics of vector features are per element and come from complete rows only (rows with a missing element do
+not contribute). Vector features accept ``impute`` = ``constant`` or ``mean`` (per element), not ``median``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkdl.data.arrow_utils import as_array, list_to_matrix, matrix_to_list_array, numeric_to_numpy, to_table
+from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
+from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.log import get_logger
+
+log = get_logger("data.preprocess")
+
+FORMAT_VERSION = 1
+VALID_COLUMN = "_sparkdl_valid"
+REASON_COLUMN = "_sparkdl_reason"
+
+
+@dataclass
+class PreparedBatch:
+    """The output of `PreprocessorModel.prepare_batch`.
+
+    Attributes:
+        features: float32 (n, *input_shape), C-contiguous; invalid rows are zeros.
+        labels: int64 class indices, float32 regression targets, or None (`with_label=False`).
+        valid: bool mask (n,).
+        reasons: why each invalid row could not be prepared (None for valid rows).
+    """
+
+    features: np.ndarray
+    labels: np.ndarray | None
+    valid: np.ndarray
+    reasons: list
+
+    @property
+    def num_invalid(self) -> int:
+        return int((~self.valid).sum())
+
+
+class Preprocessor:
+    """Fits a `PreprocessorModel` for a `FeatureSpec` on a Spark DataFrame.
+
+    Args:
+        spec: the feature spec (imputation and scaling come from its features).
+        max_categories: vocabulary cap per categorical feature (most frequent values); others go to the
+            out-of-vocabulary bucket.
+
+    Raises:
+        ConfigError: a setting the preprocessor cannot honour (median imputation of a vector feature).
+    """
+
+    def __init__(self, spec: FeatureSpec, max_categories: int = 1000):
+        if max_categories < 1:
+            raise ConfigError(f"max_categories must be >= 1, got {max_categories}")
+        for f in spec.features:
+            if f.kind in ("vector", "sequence") and f.impute == "median":
+                raise ConfigError(f"feature {f.name!r}: median imputation is supported for numeric features only; "
+                                  f"use impute='mean' or 'constant' for a {f.kind} feature")
+        self.spec = spec
+        self.max_categories = int(max_categories)
+
+    def fit(self, df, validate: bool = False) -> "PreprocessorModel":
+        """Compute the statistics in Spark (one aggregation + one vocabulary job when there are categoricals).
+
+        Args:
+            df: the training DataFrame.
+            validate: run `spec.validate(df)` first (one more pass).
+
+        Raises:
+            ValidationError: missing columns or wrong types (always checked, from the schema), bad data when
+                `validate`, or a label with more string classes than `num_classes`.
+        """
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.ml.stat import Summarizer
+        from pyspark.sql import functions as F
+
+        from sparkdl.data.validation import array_column, expected_type, type_ok
+
+        spec = self.spec
+        if validate:
+            spec.validate(df)
+        fields = {f.name: f.dataType for f in df.schema.fields}
+        problems = []
+        for item in list(spec.features) + ([spec.label] if spec.label else []):
+            if item.name not in fields:
+                problems.append({"column": item.name, "problem": "missing column", "expected": expected_type(item),
+                                 "found": f"columns {sorted(fields)}", "count": None, "samples": []})
+            elif not type_ok(item, fields[item.name]):
+                problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
+                                 "found": fields[item.name].simpleString(), "count": None, "samples": []})
+        if problems:
+            raise ValidationError("cannot fit the preprocessor: " + "; ".join(
+                f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
+                problems)
+
+        aggs = [F.count(F.lit(1)).alias("_rows")]
+        for i, f in enumerate(spec.features):
+            if f.kind == "numeric":
+                x = F.col(f.name).cast("double")
+                finite = F.when(~F.isnan(x) & (F.abs(x) != float("inf")), x)
+                aggs += [F.count(finite).alias(f"n{i}"), F.avg(finite).alias(f"mean{i}"),
+                         F.stddev_pop(finite).alias(f"std{i}"), F.min(finite).alias(f"min{i}"),
+                         F.max(finite).alias(f"max{i}")]
+                if f.impute == "median":
+                    aggs.append(F.percentile_approx(finite, 0.5, 10000).alias(f"median{i}"))
+            elif f.kind in ("vector", "sequence") and (f.scale or f.impute == "mean"):
+                arr = array_column(df, f.name)
+                good = F.coalesce((F.size(arr) == f.size) & F.forall(
+                    arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False))
+                vec = array_to_vector(F.when(good, arr.cast("array<double>"))
+                                      .otherwise(F.array_repeat(F.lit(0.0), f.size)))
+                aggs.append(Summarizer.metrics("mean", "variance", "min", "max", "count")
+                            .summary(vec, F.when(good, 1.0).otherwise(0.0)).alias(f"vec{i}"))
+        label = spec.label
+        if label is not None and label.task != "regression":
+            lt = fields[label.name]
+            from pyspark.sql.types import StringType
+
+            if isinstance(lt, StringType):
+                aggs.append(F.array_sort(F.collect_set(F.col(label.name))).alias("_classes"))
+            else:
+                aggs.append(F.max(F.col(label.name).cast("double")).alias("_label_max"))
+        row = df.agg(*aggs).first()
+        stats: dict = {"num_rows": int(row["_rows"]), "features": {}}
+        if stats["num_rows"] == 0:
+            raise ValidationError("cannot fit the preprocessor on an empty DataFrame",
+                                  [{"column": "*", "problem": "no rows", "expected": "at least one row",
+                                    "found": "0 rows", "count": 0, "samples": []}])
+        for i, f in enumerate(spec.features):
+            s: dict = {}
+            if f.kind == "numeric":
+                n = int(row[f"n{i}"])
+                s = {"count": n, "mean": _num(row[f"mean{i}"]), "std": _num(row[f"std{i}"]),
+                     "min": _num(row[f"min{i}"]), "max": _num(row[f"max{i}"])}
+                if f.impute == "median":
+                    s["median"] = _num(row[f"median{i}"])
+                if n == 0 and (f.scale or f.impute in ("mean", "median")):
+                    raise ValidationError(f"feature {f.name!r}: no finite values to compute statistics from",
+                                          [{"column": f.name, "problem": "no finite values",
+                                            "expected": "at least one finite value", "found": "none",
+                                            "count": 0, "samples": []}])
+            elif f"vec{i}" in row.asDict():
+                v = row[f"vec{i}"]
+                n = int(v["count"]) if v is not None else 0
+                if n == 0:
+                    raise ValidationError(f"feature {f.name!r}: no complete rows to compute statistics from",
+                                          [{"column": f.name, "problem": "no complete rows",
+                                            "expected": f"rows of {f.size} finite values", "found": "none",
+                                            "count": 0, "samples": []}])
+                var = np.asarray(v["variance"].toArray()) * ((n - 1) / n if n > 1 else 0.0)
+                s = {"count": n, "mean": v["mean"].toArray().tolist(), "std": np.sqrt(var).tolist(),
+                     "min": v["min"].toArray().tolist(), "max": v["max"].toArray().tolist()}
+            stats["features"][f.name] = s
+        cats = [f for f in spec.features if f.kind == "categorical"]
+        if cats:
+            vocab = _vocabularies(df, cats, self.max_categories)
+            for f in cats:
+                stats["features"][f.name] = {"vocabulary": vocab.get(f.name, [])}
+        classes = None
+        num_classes = None
+        if label is not None and label.task != "regression":
+            if "_classes" in row.asDict():
+                classes = [str(c) for c in (row["_classes"] or [])]
+                if label.num_classes and len(classes) > label.num_classes:
+                    raise ValidationError(
+                        f"label {label.name!r}: {len(classes)} distinct classes but num_classes={label.num_classes}",
+                        [{"column": label.name, "problem": "too many classes",
+                          "expected": f"at most {label.num_classes}", "found": f"{len(classes)}: {classes[:10]}",
+                          "count": len(classes), "samples": classes[:3]}])
+                num_classes = label.num_classes or max(len(classes), 2)
+            else:
+                top = row["_label_max"]
+                num_classes = label.num_classes or max(2, int(top) + 1 if top is not None and math.isfinite(top)
+                                                       else 2)
+        stats["label"] = {"classes": classes, "num_classes": num_classes} if label is not None else None
+        model = PreprocessorModel(spec, stats)
+        log.info("fitted preprocessing on %d rows: input_shape=%s, fingerprint %s", stats["num_rows"],
+                 model.signature.input_shape if label else model.input_shape, model.fingerprint)
+        return model
+
+
+def _vocabularies(df, cats: list[Feature], cap: int) -> dict[str, list[str]]:
+    """The `cap` most frequent values of each categorical column, in one small Spark job."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    pairs = F.explode(F.array(*[F.struct(F.lit(f.name).alias("f"), F.col(f.name).cast("string").alias("v"))
+                                for f in cats])).alias("p")
+    counts = (df.select(pairs).select("p.f", "p.v").where(F.col("v").isNotNull())
+              .groupBy("f", "v").count())
+    ranked = counts.withColumn("r", F.row_number().over(
+        Window.partitionBy("f").orderBy(F.col("count").desc(), F.col("v").asc()))).where(F.col("r") <= cap)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for r in ranked.collect():
+        out.setdefault(r["f"], []).append((r["r"], r["v"]))
+    return {name: [v for _, v in sorted(items)] for name, items in out.items()}
+
+
+def _num(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _category_key(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class PreprocessorModel:
+    """Fitted preprocessing: statistics, label classes and the one `prepare_batch` function.
+
+    Attributes:
+        spec: the feature spec.
+        stats: the fitted statistics (JSON-serializable dict).
+        label_classes: sorted string classes of the label, or None (integer labels are kept as they are).
+        signature: `ModelSignature(input_shape, task, num_classes)` for the model builder.
+    """
+
+    def __init__(self, spec: FeatureSpec, stats: dict):
+        self.spec = spec
+        self.stats = stats
+        label_stats = stats.get("label") or {}
+        self.label_classes: list[str] | None = label_stats.get("classes")
+        self.num_classes: int | None = label_stats.get("num_classes")
+        self._layout = self._build_layout()
+
+    # ----- shapes -----
+    def _build_layout(self) -> list[tuple[Feature, int, int]]:
+        layout, start = [], 0
+        for f in self.spec.features:
+            width = f.size if f.kind != "categorical" else len(self._vocab(f.name)) + 1
+            layout.append((f, start, width))
+            start += width
+        self._width = start
+        return layout
+
+    def _vocab(self, name: str) -> list[str]:
+        return self.stats["features"].get(name, {}).get("vocabulary", [])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One vector/sequence feature alone keeps its shape; anything else is concatenated to (D,)."""
+        feats = self.spec.features
+        if len(feats) == 1 and feats[0].kind in ("vector", "sequence"):
+            return tuple(feats[0].shape)
+        return (self._width,)
+
+    @property
+    def signature(self) -> ModelSignature:
+        if self.spec.label is None:
+            raise ConfigError("the feature spec has no label, so there is no model signature")
+        return ModelSignature(self.input_shape, self.spec.label.task, self.num_classes)
+
+    @property
+    def feature_width(self) -> int:
+        """prod(input_shape): the length of the flat `features` array."""
+        return self._width
+
+    # ----- serialization -----
+    def to_dict(self) -> dict:
+        return {"format": FORMAT_VERSION, "spec": self.spec.to_dict(), "stats": self.stats}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessorModel":
+        """Rebuild from `to_dict()`. Raises ConfigError for an unknown format."""
+        if not isinstance(data, dict) or "spec" not in data or "stats" not in data:
+            raise ConfigError("preprocessor model: expected a dict with 'spec' and 'stats'")
+        if data.get("format", 1) > FORMAT_VERSION:
+            raise ConfigError(f"preprocessor model: format {data['format']} is newer than this sparkdl "
+                              f"({FORMAT_VERSION})")
+        return cls(FeatureSpec.from_dict(data["spec"]), data["stats"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessorModel":
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the spec and statistics: what the prepared data depends on."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"PreprocessorModel(features={self.spec.feature_names}, input_shape={self.input_shape})"
+
+    # ----- the math, once -----
+    def prepare_batch(self, batch, with_label: bool = True) -> PreparedBatch:
+        """Prepare one batch of rows with numpy/pyarrow (no per-row Python objects).
+
+        Args:
+            batch: a pyarrow RecordBatch or Table, or a pandas DataFrame, holding the spec's columns.
+            with_label: also prepare the label column.
+
+        Raises:
+            ValidationError: a needed column is missing from the batch.
+        """
+        table = to_table(batch)
+        names = set(table.schema.names)
+        needed = self.spec.feature_names + ([self.spec.label.name] if with_label and self.spec.label else [])
+        if with_label and self.spec.label is None:
+            raise ConfigError("with_label=True but the feature spec has no label")
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise ValidationError(f"batch is missing column(s) {missing}; it has {sorted(names)}",
+                                  [{"column": c, "problem": "missing column", "expected": "present",
+                                    "found": f"columns {sorted(names)}", "count": None, "samples": []}
+                                   for c in missing])
+        n = table.num_rows
+        out = np.empty((n, self._width), dtype=np.float32)
+        reasons = np.full(n, None, dtype=object)
+        for f, start, width in self._layout:
+            column = as_array(table.column(f.name))
+            if f.kind == "numeric":
+                out[:, start] = self._numeric(f, column, reasons)
+            elif f.kind == "categorical":
+                self._categorical(f, column, out[:, start:start + width], reasons)
+            else:
+                out[:, start:start + width] = self._vector(f, column, reasons)
+        labels = self._labels(as_array(table.column(self.spec.label.name)), reasons) if with_label else None
+        valid = np.equal(reasons, None)
+        if not valid.all():
+            out[~valid] = 0.0
+            if labels is not None:
+                labels[~valid] = 0
+        features = out.reshape((n,) + self.input_shape)
+        return PreparedBatch(features, labels, valid, reasons.tolist())
+
+    @staticmethod
+    def _flag(reasons: np.ndarray, mask: np.ndarray, text: str) -> None:
+        mask = mask & np.equal(reasons, None)
+        if mask.any():
+            reasons[mask] = text
+
+    def _numeric(self, f: Feature, column: pa.Array, reasons: np.ndarray) -> np.ndarray:
+        s = self.stats["features"].get(f.name, {})
+        x, null = numeric_to_numpy(column)
+        nan = np.isnan(x) & ~null
+        if f.impute:
+            fill = {"mean": s.get("mean"), "median": s.get("median"), "constant": f.impute_value}[f.impute]
+            x = np.where(null | nan, float(fill), x)
+        else:
+            self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
+            self._flag(reasons, nan, f"feature {f.name!r}: NaN")
+        self._flag(reasons, np.isinf(x), f"feature {f.name!r}: infinite value")
+        if f.scale == "standard":
+            x = (x - s["mean"]) / (s["std"] or 1.0)
+        elif f.scale == "minmax":
+            spread = (s["max"] - s["min"]) or 1.0
+            x = (x - s["min"]) / spread
+        return x
+
+    def _vector(self, f: Feature, column: pa.Array, reasons: np.ndarray) -> np.ndarray:
+        s = self.stats["features"].get(f.name, {})
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+                or pa.types.is_fixed_size_list(column.type)):
+            raise ValidationError(f"feature {f.name!r}: expected a list column, got Arrow type {column.type}",
+                                  [{"column": f.name, "problem": "wrong type", "expected": "list<float>",
+                                    "found": str(column.type), "count": None, "samples": []}])
+        m = list_to_matrix(column, f.size)
+        x = m.values
+        self._flag(reasons, m.wrong_length, f"feature {f.name!r}: wrong length (expected {f.size} values)")
+        missing = np.isnan(x)
+        if f.impute:
+            fill = (np.full(f.size, f.impute_value, dtype=np.float32) if f.impute == "constant"
+                    else np.asarray(s["mean"], dtype=np.float32))
+            if m.null.any():
+                x[m.null] = fill
+            if missing.any():
+                x = np.where(missing, fill[None, :], x)
+        else:
+            self._flag(reasons, m.null, f"feature {f.name!r}: null (no imputation)")
+            self._flag(reasons, missing.any(axis=1), f"feature {f.name!r}: null or NaN element")
+        self._flag(reasons, np.isinf(x).any(axis=1), f"feature {f.name!r}: infinite element")
+        if f.scale == "standard":
+            std = np.asarray(s["std"], dtype=np.float32)
+            x = (x - np.asarray(s["mean"], dtype=np.float32)) / np.where(std > 0, std, 1.0).astype(np.float32)
+        elif f.scale == "minmax":
+            lo = np.asarray(s["min"], dtype=np.float32)
+            spread = np.asarray(s["max"], dtype=np.float32) - lo
+            x = (x - lo) / np.where(spread > 0, spread, 1.0).astype(np.float32)
+        return x
+
+    def _categorical(self, f: Feature, column: pa.Array, out: np.ndarray, reasons: np.ndarray) -> None:
+        vocab = self._vocab(f.name)
+        strings = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
+        null = np.asarray(strings.is_null(), dtype=bool) if strings.null_count else np.zeros(len(strings), bool)
+        if f.impute == "constant" and null.any():
+            strings = pc.fill_null(strings, _category_key(f.impute_value))
+            null = np.zeros(len(strings), bool)
+        else:
+            self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
+        index = pc.index_in(strings, value_set=pa.array(vocab, type=pa.string()))
+        idx = index.fill_null(len(vocab)).to_numpy(zero_copy_only=False).astype(np.int64)
+        out[:] = 0.0
+        out[np.arange(len(idx)), idx] = 1.0
+        if null.any():
+            out[null] = 0.0
+
+    def _labels(self, column: pa.Array, reasons: np.ndarray) -> np.ndarray:
+        label = self.spec.label
+        name = label.name
+        if label.task == "regression":
+            y, null = numeric_to_numpy(column)
+            self._flag(reasons, null, f"label {name!r}: null")
+            self._flag(reasons, np.isnan(y) & ~null, f"label {name!r}: NaN")
+            self._flag(reasons, np.isinf(y), f"label {name!r}: infinite")
+            return np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        if self.label_classes is not None:
+            strings = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
+            null = np.asarray(strings.is_null(), dtype=bool) if strings.null_count else np.zeros(len(strings), bool)
+            index = pc.index_in(strings, value_set=pa.array(self.label_classes, type=pa.string()))
+            unknown = np.asarray(index.is_null(), dtype=bool) & ~null
+            self._flag(reasons, null, f"label {name!r}: null")
+            self._flag(reasons, unknown, f"label {name!r}: unknown class (known: {self.label_classes[:10]})")
+            return index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        y, null = numeric_to_numpy(column)
+        self._flag(reasons, null, f"label {name!r}: null")
+        finite = np.isfinite(y)
+        self._flag(reasons, ~finite & ~null, f"label {name!r}: NaN or infinite")
+        y = np.where(finite, y, 0.0)
+        self._flag(reasons, y != np.floor(y), f"label {name!r}: not a whole number")
+        k = self.num_classes
+        self._flag(reasons, (y < 0) | (y >= k), f"label {name!r}: out of range [0, {k})")
+        return y.astype(np.int64)
+
+    # ----- Spark -----
+    def output_schema(self, df, keep_columns=(), with_label: bool = True, raw: bool = False):
+        """The Spark schema of the mapInArrow output (keep columns, features, label, validity, reason)."""
+        from pyspark.sql.types import (ArrayType, BooleanType, FloatType, LongType, StringType, StructField,
+                                       StructType)
+
+        fields = [df.schema[c] for c in keep_columns]
+        if raw:
+            fields += [df.schema[c] for c in self._input_columns(with_label) if c not in keep_columns]
+        fields.append(StructField("features", ArrayType(FloatType(), False), False))
+        if with_label:
+            fields.append(StructField("label", FloatType() if self.spec.label.task == "regression" else LongType(),
+                                      False))
+        fields += [StructField(VALID_COLUMN, BooleanType(), False), StructField(REASON_COLUMN, StringType(), True)]
+        return StructType(fields)
+
+    def _input_columns(self, with_label: bool) -> list[str]:
+        return self.spec.feature_names + ([self.spec.label.name] if with_label else [])
+
+    def _mapped(self, df, keep_columns, with_label: bool, raw: bool, counter=None):
+        from pyspark.sql import functions as F
+
+        from sparkdl.data.validation import array_column, is_vector_udt
+
+        keep_columns = list(keep_columns)
+        if with_label and self.spec.label is None:
+            raise ConfigError("with_label=True but the feature spec has no label")
+        inputs = self._input_columns(with_label)
+        missing = [c for c in inputs + keep_columns if c not in df.columns]
+        if missing:
+            raise ValidationError(f"transform: DataFrame is missing column(s) {missing}; it has {df.columns}",
+                                  [{"column": c, "problem": "missing column", "expected": "present",
+                                    "found": f"columns {df.columns}", "count": None, "samples": []}
+                                   for c in missing])
+        cols = []
+        for c in dict.fromkeys(keep_columns + inputs):
+            cols.append(array_column(df, c).alias(c) if is_vector_udt(df.schema[c].dataType) else F.col(c))
+        source = df.select(*cols)
+        schema = self.output_schema(source, keep_columns, with_label, raw)
+        passthrough = keep_columns + ([c for c in inputs if c not in keep_columns] if raw else [])
+        payload = self.to_json()
+        names = schema.names
+
+        def prepare(batches):
+            model = PreprocessorModel.from_json(payload)
+            for b in batches:
+                p = model.prepare_batch(b, with_label=with_label)
+                if counter is not None and not p.valid.all():
+                    counter.add(_count_reasons(p.reasons))
+                arrays = [b.column(c) for c in passthrough]
+                arrays.append(matrix_to_list_array(p.features))
+                if with_label:
+                    arrays.append(pa.array(p.labels))
+                arrays += [pa.array(p.valid), pa.array(p.reasons, type=pa.string())]
+                yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+        return source.mapInArrow(prepare, schema)
+
+    def transform(self, df, keep_columns=(), with_label: bool = True, counter=None):
+        """Prepare `df` in Spark: `keep_columns` + `features` (flat array<float>) + `label`, valid rows only.
+
+        Invalid rows are left out here: pass `counter` (from `invalid_row_counter(spark)`) to count them by reason
+        as the data is computed, or use `transform_with_report` to get them. Raises ValidationError for missing
+        columns.
+        """
+        from pyspark.sql import functions as F
+
+        out = self._mapped(df, keep_columns, with_label, raw=False, counter=counter)
+        cols = list(keep_columns) + ["features"] + (["label"] if with_label else [])
+        return out.where(F.col(VALID_COLUMN)).select(*cols)
+
+    def transform_with_report(self, df, keep_columns=(), with_label: bool = True):
+        """(valid_df, invalid_df): `invalid_df` has the keep columns, the raw input columns and `reason`.
+
+        Both come from one mapped DataFrame: cache it (or `df`) when you use both.
+        """
+        from pyspark.sql import functions as F
+
+        out = self._mapped(df, keep_columns, with_label, raw=True)
+        cols = list(keep_columns) + ["features"] + (["label"] if with_label else [])
+        raw = list(dict.fromkeys(list(keep_columns) + self._input_columns(with_label)))
+        valid = out.where(F.col(VALID_COLUMN)).select(*cols)
+        invalid = out.where(~F.col(VALID_COLUMN)).select(*raw, F.col(REASON_COLUMN).alias("reason"))
+        return valid, invalid
+
+    def passthrough_columns(self, schema) -> tuple[str, str | None] | None:
+        """(feature column, label column) when the prepared data would equal the raw columns of `schema`.
+
+        That is: exactly one vector/sequence feature stored as array<float>, with no imputation or scaling, and an
+        integer class label without string classes, or a float/double regression label. Used for the zero-copy
+        path (the table's Parquet files are read directly). None otherwise.
+        """
+        from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegralType
+
+        feats = self.spec.features
+        if len(feats) != 1 or feats[0].kind not in ("vector", "sequence") or feats[0].impute or feats[0].scale:
+            return None
+        f = feats[0]
+        if f.name not in schema.names:
+            return None
+        dt = schema[f.name].dataType
+        if not (isinstance(dt, ArrayType) and isinstance(dt.elementType, FloatType)):
+            return None
+        label = self.spec.label
+        if label is None:
+            return f.name, None
+        if label.name not in schema.names:
+            return None
+        lt = schema[label.name].dataType
+        if label.task == "regression":
+            ok = isinstance(lt, (FloatType, DoubleType))
+        else:
+            ok = self.label_classes is None and isinstance(lt, IntegralType)
+        return (f.name, label.name) if ok else None
+
+
+def _count_reasons(reasons: list) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in reasons:
+        if r is not None:
+            counts[r] = counts.get(r, 0) + 1
+    return counts
+
+
+def invalid_row_counter(spark):
+    """A Spark accumulator of {reason: rows} for `PreprocessorModel.transform(..., counter=...)`.
+
+    Read `.value` on the driver after an action on the transformed DataFrame (task retries may count twice).
+    """
+    return spark.sparkContext.accumulator({}, ReasonCounts())
+
+
+class ReasonCounts:
+    """AccumulatorParam merging {reason: rows} dicts."""
+
+    def zero(self, value) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - Spark's name
+        for k, v in b.items():
+            a[k] = a.get(k, 0) + v
+        return a

@@ -1,0 +1,229 @@
+"""Check a DataFrame against a `FeatureSpec` before any expensive work.
+
+Schema problems (missing columns, wrong types) come from the DataFrame's schema, with no Spark job. Value problems
+(nulls, NaN, infinities, wrong array lengths, labels out of range) are counted in ONE Spark aggregation over the
+data: every check of every column is one `count_if` plus a few sample aggregates (`first`/`last`/`min`/`max` of a
+short description of the offending row, so memory stays constant however many rows are bad). All problems are
+raised together in one `ValidationError`, whose `.problems` is a list of dicts:
+``{"column", "problem", "expected", "found", "count", "samples"}``.
+
+Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare):
+* a feature with an ``impute`` strategy may hold nulls and NaN (they are imputed); infinities are always an error;
+* vector/sequence columns are ``array<numeric>`` or Spark ML vectors (converted with ``vector_to_array``) of
+  exactly ``prod(shape)`` values;
+* labels: no nulls/NaN/inf; ``binary`` numeric labels are 0/1; ``multiclass`` numeric labels are whole numbers,
+  in ``[0, num_classes)`` when ``num_classes`` is set; string class labels have at most ``num_classes`` values.
+"""
+from __future__ import annotations
+
+from sparkdl.data.spec import Feature, FeatureSpec, Label
+from sparkdl.errors import ValidationError
+from sparkdl.log import get_logger
+
+log = get_logger("data.validation")
+
+_SAMPLE_AGGS = ("first", "last", "min", "max")
+
+
+def is_vector_udt(data_type) -> bool:
+    """True for Spark ML (and old MLlib) vector columns."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.mllib.linalg import VectorUDT as OldVectorUDT
+
+    return isinstance(data_type, (VectorUDT, OldVectorUDT))
+
+
+def _numeric(data_type) -> bool:
+    from pyspark.sql.types import BooleanType, NumericType
+
+    return isinstance(data_type, (NumericType, BooleanType))
+
+
+def _floating(data_type) -> bool:
+    from pyspark.sql.types import DecimalType, DoubleType, FloatType
+
+    return isinstance(data_type, (DoubleType, FloatType, DecimalType))
+
+
+def _integral(data_type) -> bool:
+    from pyspark.sql.types import BooleanType, IntegralType
+
+    return isinstance(data_type, (IntegralType, BooleanType))
+
+
+def _string(data_type) -> bool:
+    from pyspark.sql.types import StringType
+
+    return isinstance(data_type, StringType)
+
+
+def expected_type(item: Feature | Label) -> str:
+    """The column type a feature or label accepts, in words."""
+    if isinstance(item, Label):
+        return {"regression": "a numeric column", "binary": "a numeric, boolean or string column",
+                "multiclass": "an integer or string column (or whole-number floats)"}[item.task]
+    return {"numeric": "a numeric or boolean column",
+            "vector": f"array<float> of {item.size} values or a Spark ML vector",
+            "sequence": f"array<float> of {item.size} values (shape {list(item.shape)})",
+            "categorical": "a string, integer or boolean column"}[item.kind]
+
+
+def type_ok(item: Feature | Label, data_type) -> bool:
+    """Whether a column of `data_type` can hold `item` (a Feature or the Label)."""
+    from pyspark.sql.types import ArrayType
+
+    if isinstance(item, Label):
+        if item.task == "regression":
+            return _numeric(data_type)
+        return _numeric(data_type) or _string(data_type)
+    if item.kind == "numeric":
+        return _numeric(data_type)
+    if item.kind == "categorical":
+        return _integral(data_type) or _string(data_type)
+    return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
+
+
+def array_column(df, name: str):
+    """The column `name` as an array: Spark ML vectors go through `vector_to_array` (float32)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    if is_vector_udt(df.schema[name].dataType):
+        return vector_to_array(F.col(name), "float32")
+    return F.col(name)
+
+
+def _value_checks(df, columns_ok: list) -> list[tuple]:
+    """(column, problem, expected, condition Column, sample Column) for every value check on well-typed columns."""
+    from pyspark.sql import functions as F
+
+    q = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
+    checks = []
+    for item in columns_ok:
+        name = item.name
+        dtype = df.schema[name].dataType
+        col = F.col(name)
+        if isinstance(item, Feature) and item.kind in ("vector", "sequence"):
+            arr = array_column(df, name)
+            n = item.size
+            missing_ok = item.impute is not None
+            if not missing_ok:
+                checks.append((item, "null", "no nulls (or set impute)", arr.isNull(), F.lit("null")))
+            checks.append((item, "wrong length", f"{n} values", arr.isNotNull() & (F.size(arr) != n),
+                           F.concat(F.lit("length "), F.size(arr).cast("string"))))
+            if not missing_ok:
+                bad = F.exists(arr, lambda x: x.isNull() | F.isnan(x))
+                checks.append((item, "null or NaN element", "finite values (or set impute)",
+                               F.coalesce(bad, F.lit(False)), F.lit("array with null/NaN")))
+            if not _integral(dtype.elementType if hasattr(dtype, "elementType") else dtype):
+                inf = F.exists(arr, lambda x: F.abs(x) == float("inf"))
+                checks.append((item, "infinite element", "finite values", F.coalesce(inf, F.lit(False)),
+                               F.lit("array with inf")))
+            continue
+        is_label = isinstance(item, Label)
+        missing_ok = (not is_label) and item.impute is not None
+        if not missing_ok:
+            checks.append((item, "null", "no nulls" + ("" if is_label else " (or set impute)"), col.isNull(),
+                           F.lit("null")))
+        if _floating(dtype):
+            if not missing_ok:
+                checks.append((item, "NaN", "no NaN" + ("" if is_label else " (or set impute)"), F.isnan(col),
+                               F.lit("NaN")))
+            checks.append((item, "infinite", "finite values", F.abs(col) == float("inf"), col.cast("string")))
+        if is_label and _numeric(dtype) and item.task in ("binary", "multiclass"):
+            finite = col.isNotNull() & ~F.isnan(col.cast("double")) & (F.abs(col.cast("double")) != float("inf"))
+            d = col.cast("double")
+            if item.task == "binary":
+                checks.append((item, "not 0/1", "0 or 1", finite & ~d.isin(0.0, 1.0), col.cast("string")))
+            else:
+                if _floating(dtype):
+                    checks.append((item, "not a whole number", "class indices 0..n-1", finite & (d != F.floor(d)),
+                                   col.cast("string")))
+                upper = f" and < {item.num_classes}" if item.num_classes else ""
+                bad = (d < 0) if not item.num_classes else ((d < 0) | (d >= item.num_classes))
+                checks.append((item, "out of range", f">= 0{upper}", finite & bad, col.cast("string")))
+    return checks
+
+
+def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: int = 3) -> None:
+    """Check `df` against `spec`; raise one `ValidationError` listing every problem.
+
+    Args:
+        spec: the feature spec.
+        df: a Spark DataFrame.
+        require_label: whether the label column must be present (False for scoring).
+        max_examples: sample values per problem (at most 4: first/last/min/max of the offending rows).
+
+    Raises:
+        ValidationError: missing columns, wrong types, nulls/NaN/inf, wrong array lengths, bad labels, or no rows.
+    """
+    from pyspark.sql import functions as F
+
+    problems: list[dict] = []
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    items: list = list(spec.features)
+    if require_label and spec.label is not None:
+        items.append(spec.label)
+    ok = []
+    for item in items:
+        kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
+        if item.name not in fields:
+            problems.append(_problem(item.name, "missing column", f"{kind} ({expected_type(item)})",
+                                     f"columns {sorted(fields)}"))
+        elif not type_ok(item, fields[item.name]):
+            problems.append(_problem(item.name, "wrong type", expected_type(item), fields[item.name].simpleString()))
+        else:
+            ok.append(item)
+    for name in spec.id_columns:
+        if name not in fields:
+            problems.append(_problem(name, "missing column", "id column", f"columns {sorted(fields)}"))
+
+    checks = _value_checks(df, ok)
+    ids = [c for c in spec.id_columns if c in fields]
+    aggs = [F.count(F.lit(1)).alias("_rows")]
+    label = spec.label if (require_label and spec.label in ok) else None
+    string_classes = bool(label is not None and label.num_classes and _string(fields[label.name]))
+    if string_classes:
+        aggs.append(F.count_distinct(F.col(label.name)).alias("_classes"))
+    for i, (_, _, _, cond, sample) in enumerate(checks):
+        aggs.append(F.count_if(cond).alias(f"c{i}"))
+        if ids:
+            sample = F.concat_ws(", ", *[F.concat(F.lit(f"{c}="), F.col(c).cast("string")) for c in ids],
+                                 F.concat(F.lit("value="), F.coalesce(sample, F.lit("null"))))
+        described = F.when(cond, F.coalesce(sample, F.lit("null")))
+        for agg in _SAMPLE_AGGS[:max(1, min(max_examples, len(_SAMPLE_AGGS)))]:
+            fn = {"first": lambda c: F.first(c, ignorenulls=True), "last": lambda c: F.last(c, ignorenulls=True),
+                  "min": F.min, "max": F.max}[agg]
+            aggs.append(fn(described).alias(f"s{i}_{agg}"))
+    row = df.agg(*aggs).first()  # the one pass over the data
+    rows = row["_rows"]
+    if rows == 0:
+        problems.append(_problem("*", "no rows", "at least one row", "an empty DataFrame"))
+    for i, (item, problem, expected, _, _) in enumerate(checks):
+        count = row[f"c{i}"]
+        if count:
+            samples = []
+            for agg in _SAMPLE_AGGS[:max(1, min(max_examples, len(_SAMPLE_AGGS)))]:
+                value = row[f"s{i}_{agg}"]
+                if value is not None and value not in samples:
+                    samples.append(value)
+            problems.append(_problem(item.name, problem, expected, f"{count} of {rows} rows", count,
+                                     samples[:max_examples]))
+    if string_classes and row["_classes"] > label.num_classes:
+        problems.append(_problem(label.name, "too many classes", f"at most num_classes={label.num_classes}",
+                                 f"{row['_classes']} distinct values"))
+    if problems:
+        lines = [f"  - {p['column']}: {p['problem']}: expected {p['expected']}, found {p['found']}"
+                 + (f"; e.g. {p['samples']}" if p["samples"] else "") for p in problems]
+        raise ValidationError(f"the data does not match the feature spec ({len(problems)} problem(s)):\n"
+                              + "\n".join(lines), problems)
+    log.debug("validated %d rows against %s", rows, spec.feature_names)
+
+
+def _problem(column: str, problem: str, expected: str, found: str, count: int | None = None,
+             samples: list | None = None) -> dict:
+    return {"column": column, "problem": problem, "expected": expected, "found": found,
+            "count": count, "samples": list(samples or [])}
+
+
+__all__ = ["validate", "type_ok", "expected_type", "is_vector_udt", "array_column"]

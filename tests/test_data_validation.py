@@ -1,0 +1,148 @@
+"""FeatureSpec.validate: every bad-input kind, reported together in one ValidationError from one Spark pass."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from sparkdl.data.spec import Feature, FeatureSpec, Label
+from sparkdl.errors import ValidationError
+
+SCHEMA = "id int, x double, n int, cat string, v array<float>, y int"
+
+
+def _rows(n=20):
+    return [(i, float(i), i % 3, "abc"[i % 3], [float(i), 1.0, 2.0], i % 4) for i in range(n)]
+
+
+def _spec(**label):
+    return FeatureSpec(
+        (Feature("x"), Feature("n"), Feature("cat", "categorical"), Feature("v", "vector", (3,))),
+        Label("y", **(label or {"task": "multiclass", "num_classes": 4})),
+        id_columns=("id",),
+    )
+
+
+def _jobs(spark, fn):
+    """Number of Spark jobs `fn` runs (through a job group)."""
+    sc = spark.sparkContext
+    group = f"count-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, "count jobs")
+    try:
+        fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def _by_problem(err):
+    return {(p["column"], p["problem"]): p for p in err.problems}
+
+
+def test_good_data_passes(spark):
+    df = spark.createDataFrame(_rows(), SCHEMA)
+    _spec().validate(df)
+
+
+def test_every_problem_in_one_error(spark):
+    rows = _rows(20)
+    rows[1] = (1, None, 1, "b", [1.0, 1.0, 2.0], 1)             # null numeric
+    rows[2] = (2, float("nan"), 2, "c", [2.0, 1.0, 2.0], 2)     # NaN
+    rows[3] = (3, float("inf"), 0, "a", [3.0, 1.0, 2.0], 3)     # inf
+    rows[4] = (4, 4.0, 1, "b", [4.0, 1.0], 0)                   # wrong length
+    rows[5] = (5, 5.0, 2, "c", [5.0, float("nan"), 2.0], 1)     # NaN element
+    rows[6] = (6, 6.0, 0, None, [6.0, 1.0, 2.0], 2)             # null categorical
+    rows[7] = (7, 7.0, 1, "b", [7.0, 1.0, 2.0], 9)              # label out of range
+    rows[8] = (8, 8.0, 2, "c", [8.0, 1.0, 2.0], None)           # null label
+    rows[9] = (9, 9.0, 0, "a", [9.0, 1.0, 2.0, 4.0, 5.0], -1)   # wrong length again + negative label
+    df = spark.createDataFrame(rows, SCHEMA)
+    with pytest.raises(ValidationError) as info:
+        _spec().validate(df)
+    err = info.value
+    got = _by_problem(err)
+    assert got[("x", "null")]["count"] == 1
+    assert got[("x", "NaN")]["count"] == 1
+    assert got[("x", "infinite")]["count"] == 1
+    assert got[("v", "wrong length")]["count"] == 2
+    assert set(got[("v", "wrong length")]["samples"]) == {"id=4, value=length 2", "id=9, value=length 5"}
+    assert got[("v", "null or NaN element")]["count"] == 1
+    assert got[("cat", "null")]["count"] == 1
+    assert got[("y", "out of range")]["count"] == 2
+    assert got[("y", "null")]["count"] == 1
+    assert got[("y", "out of range")]["expected"] == ">= 0 and < 4"
+    assert len(err.problems) == 8
+    # the message names every column and the counts
+    for col in ("x", "v", "cat", "y"):
+        assert f"- {col}:" in str(err)
+    assert "2 of 20 rows" in str(err)
+
+
+def test_schema_problems_and_value_problems_together(spark):
+    df = spark.createDataFrame([(1, "a", [1.0, 2.0], 0), (2, "b", [1.0, 2.0, 3.0], 5)],
+                               "id int, x string, v array<float>, y int")
+    spec = FeatureSpec((Feature("x"), Feature("missing_col"), Feature("v", "vector", (3,))),
+                       Label("y", "binary"))
+    with pytest.raises(ValidationError) as info:
+        spec.validate(df)
+    got = _by_problem(info.value)
+    assert got[("x", "wrong type")]["found"] == "string"
+    assert "numeric" in got[("x", "wrong type")]["expected"]
+    assert ("missing_col", "missing column") in got
+    assert got[("v", "wrong length")]["count"] == 1
+    assert got[("y", "not 0/1")]["count"] == 1
+    assert got[("y", "not 0/1")]["samples"] == ["5"]
+
+
+def test_imputed_features_may_hold_nulls_but_not_inf(spark):
+    rows = [(i, None if i % 2 else float(i), i % 2, "a", None if i == 3 else [1.0, 2.0, 3.0], 1) for i in range(6)]
+    df = spark.createDataFrame(rows, SCHEMA)
+    spec = FeatureSpec((Feature("x", impute="mean"), Feature("v", "vector", (3,), impute="constant", impute_value=0)),
+                       Label("y", "binary"))
+    spec.validate(df)
+    bad = spark.createDataFrame([(0, float("inf"), 0, "a", [1.0, 2.0, 3.0], 1)], SCHEMA)
+    with pytest.raises(ValidationError, match="infinite"):
+        spec.validate(bad)
+
+
+def test_label_rules(spark):
+    df = spark.createDataFrame([(0, 1.0, 0.5), (1, 2.0, 1.0), (2, 3.0, float("nan"))], "id int, x double, y double")
+    with pytest.raises(ValidationError) as info:
+        FeatureSpec((Feature("x"),), Label("y", "multiclass")).validate(df)
+    got = _by_problem(info.value)
+    assert got[("y", "not a whole number")]["count"] == 1
+    assert got[("y", "NaN")]["count"] == 1
+    # regression: any finite float is fine, NaN is not
+    with pytest.raises(ValidationError, match="NaN"):
+        FeatureSpec((Feature("x"),), Label("y", "regression")).validate(df)
+    # no label needed for scoring
+    FeatureSpec((Feature("x"),), Label("y", "multiclass")).validate(df.drop("y"), require_label=False)
+    # string classes beyond num_classes
+    s = spark.createDataFrame([(1.0, "a"), (2.0, "b"), (3.0, "c")], "x double, y string")
+    with pytest.raises(ValidationError, match="too many classes"):
+        FeatureSpec((Feature("x"),), Label("y", "multiclass", num_classes=2)).validate(s)
+
+
+def test_vector_udt_is_accepted(spark):
+    from pyspark.ml.linalg import Vectors
+
+    df = spark.createDataFrame([(Vectors.dense([1.0, 2.0]), 0), (Vectors.dense([1.0, 2.0, 3.0]), 1)], ["v", "y"])
+    spec = FeatureSpec((Feature("v", "vector", (2,)),), Label("y", "binary"))
+    with pytest.raises(ValidationError) as info:
+        spec.validate(df)
+    assert [(p["column"], p["problem"], p["count"]) for p in info.value.problems] == [("v", "wrong length", 1)]
+    spec.validate(df.limit(1))
+
+
+def test_empty_dataframe(spark):
+    df = spark.createDataFrame([], SCHEMA)
+    with pytest.raises(ValidationError, match="no rows"):
+        _spec().validate(df)
+
+
+def test_one_pass_whatever_the_number_of_columns(spark):
+    df = spark.createDataFrame(_rows(50), SCHEMA).repartition(2)
+    small = FeatureSpec((Feature("x"),), Label("y", "multiclass", num_classes=4))
+    jobs_small = _jobs(spark, lambda: small.validate(df))
+    jobs_all = _jobs(spark, lambda: _spec().validate(df))
+    assert jobs_small >= 1
+    assert jobs_all == jobs_small, "validation must not run one job per column"

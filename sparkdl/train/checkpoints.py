@@ -1,0 +1,178 @@
+"""Per-epoch checkpoints of a training run, written on the driver, and what a rerun resumes from.
+
+Layout under `<work_dir>/runs/<run_name>/`::
+
+    run.json                       what the run trains (model, input shape, ...): a rerun must match it
+    epochs.jsonl                   one line per finished epoch and attempt (epoch, attempt, logs, time)
+    checkpoints/epoch-0003.keras   the model after epoch 3 (Keras v3; load with compile=False)
+    checkpoints/epoch-0003.optimizer.npz   the optimizer's variables (iterations and slots), in order
+    checkpoints/epoch-0003.json    {"epoch": 3, "history": {...}, ...}: written LAST, so it marks the
+                                   checkpoint complete
+
+Every file is written under a temporary name and renamed into place, and the JSON marker only after the model
+and optimizer files: a crash mid-write never leaves a half checkpoint that `latest()` would pick.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparkdl.errors import ConfigError
+from sparkdl.log import get_logger
+
+log = get_logger("train")
+
+_MARKER = re.compile(r"^epoch-(\d{4,})\.json$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_run_name(run_name: str) -> str:
+    """Return `run_name` if it is a safe folder name; else raise ConfigError."""
+    if not isinstance(run_name, str) or not _RUN_NAME.match(run_name) or run_name in (".", ".."):
+        raise ConfigError(f"run_name {run_name!r}: use letters, digits, '_', '.' and '-' only")
+    return run_name
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint: the state after `epoch` (0-based) finished."""
+
+    epoch: int
+    model_path: Path
+    optimizer_path: Path
+    info: dict
+
+    def model_bytes(self) -> bytes:
+        return self.model_path.read_bytes()
+
+    def optimizer_bytes(self) -> bytes:
+        return self.optimizer_path.read_bytes()
+
+    @property
+    def history(self) -> dict[str, list]:
+        return dict(self.info.get("history") or {})
+
+
+class RunFolder:
+    """The folder of one training run: its checkpoints, its epochs log and its settings.
+
+    Args:
+        work_dir: the sparkdl work folder (default `sparkdl.session.work_dir()`).
+        run_name: the run's name ([A-Za-z0-9_.-]+).
+    """
+
+    def __init__(self, work_dir: str | os.PathLike | None, run_name: str):
+        if work_dir is None:
+            from sparkdl.session import work_dir as default_work_dir
+
+            work_dir = default_work_dir()
+        self.run_name = check_run_name(run_name)
+        self.path = Path(work_dir) / "runs" / run_name
+        self.checkpoints = self.path / "checkpoints"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- settings ----------------------------------------------------------------------------------------------
+    def settings(self) -> dict | None:
+        path = self.path / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_settings(self, settings: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.path / "run.json", json.dumps(settings, indent=2, sort_keys=True).encode())
+
+    def reset(self) -> None:
+        """Forget earlier attempts: remove checkpoints, settings and the epochs log."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _stem(self, epoch: int) -> str:
+        return f"epoch-{epoch:04d}"
+
+    def write(self, epoch: int, model: bytes, optimizer: bytes, info: dict) -> Checkpoint:
+        """Write the checkpoint of `epoch`; the JSON marker goes last (write-then-rename for every file)."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(epoch)
+        model_path = self.checkpoints / f"{stem}.keras"
+        optimizer_path = self.checkpoints / f"{stem}.optimizer.npz"
+        _write_atomic(model_path, model)
+        _write_atomic(optimizer_path, optimizer)
+        info = {**info, "epoch": int(epoch), "written_at": time.time(),
+                "model_file": model_path.name, "optimizer_file": optimizer_path.name}
+        _write_atomic(self.checkpoints / f"{stem}.json", json.dumps(info, sort_keys=True, default=str).encode())
+        return Checkpoint(int(epoch), model_path, optimizer_path, info)
+
+    def list(self) -> list[int]:
+        """Epochs with a complete checkpoint, ascending."""
+        if not self.checkpoints.is_dir():
+            return []
+        epochs = []
+        for path in self.checkpoints.iterdir():
+            match = _MARKER.match(path.name)
+            if match:
+                epochs.append(int(match.group(1)))
+        return sorted(epochs)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint whose files are all present, or None."""
+        for epoch in reversed(self.list()):
+            stem = self._stem(epoch)
+            try:
+                info = json.loads((self.checkpoints / f"{stem}.json").read_text())
+            except (OSError, ValueError):
+                log.warning("%s: unreadable checkpoint marker for epoch %d, skipped", self, epoch)
+                continue
+            model_path = self.checkpoints / info.get("model_file", f"{stem}.keras")
+            optimizer_path = self.checkpoints / info.get("optimizer_file", f"{stem}.optimizer.npz")
+            if model_path.is_file() and optimizer_path.is_file():
+                return Checkpoint(epoch, model_path, optimizer_path, info)
+            log.warning("%s: checkpoint of epoch %d lacks its files, skipped", self, epoch)
+        return None
+
+    def prune(self, keep: int) -> None:
+        """Remove all but the newest `keep` complete checkpoints (and stray temporary files)."""
+        epochs = self.list()
+        for epoch in epochs[:-keep] if keep > 0 else []:
+            stem = self._stem(epoch)
+            (self.checkpoints / f"{stem}.json").unlink(missing_ok=True)  # marker first: never a half "latest"
+            for suffix in (".keras", ".optimizer.npz"):
+                (self.checkpoints / f"{stem}{suffix}").unlink(missing_ok=True)
+
+    # -- epochs log --------------------------------------------------------------------------------------------
+    def log_epoch(self, epoch: int, attempt: int, logs: dict, **extra) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"epoch": int(epoch), "attempt": int(attempt), "logs": logs, "time": time.time(),
+                           **extra}, sort_keys=True, default=str)
+        with open(self.path / "epochs.jsonl", "a") as fh:
+            fh.write(line + "\n")
+
+    def epochs_log(self) -> list[dict]:
+        """Every line of the epochs log, in order."""
+        path = self.path / "epochs.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def next_attempt(self) -> int:
+        return 1 + max((e["attempt"] for e in self.epochs_log()), default=0)

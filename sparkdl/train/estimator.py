@@ -1,0 +1,562 @@
+"""`KerasEstimator`: a Spark ML estimator that trains a Keras model with Horovod on a Delta snapshot.
+
+    >>> est = KerasEstimator(model="cnn", feature_spec=spec, epochs=5, num_proc=2, run_name="digits-cnn")
+    >>> fitted = est.fit("/lake/digits")            # a table path, a Snapshot, a DataFrame, or (df, snapshot)
+    >>> fitted.getHistory()["val_accuracy"][-1], fitted.getModelVersion()
+
+Design choice: a real `pyspark.ml.Estimator` with typed `Params` (so it fits `Pipeline`, `copy(extra)` and
+`fit(df, paramMap)`), whose constructor and `setParams` take the snake_case keywords of this module's docs
+(`batch_size=64`) while the Params themselves follow Spark ML's camelCase (`batchSize`, `getBatchSize()`,
+`setBatchSize()`). Objects that Spark ML cannot express (a Keras model, a builder function, callbacks, a loss)
+are Params too, with identity conversion; ML persistence (`MLWritable`) is not provided — the trained model
+goes to the sparkdl model store instead (see `SparkDLModel`).
+
+`fit` order (every check that needs no data runs before any Spark job or Horovod launch):
+1. parameters (model name, hparams, numbers), task slots for `num_proc`, and the input columns from the schema;
+2. the model built on the driver for the signature known from the spec: unknown model or input-shape mismatch;
+3. split train/validation, fit the `Preprocessor` on the training part, transform both, convert with Petastorm
+   (cache key: source table and version, split, preprocessor fingerprint);
+4. train on `num_proc` Horovod ranks (`hvd.DistributedOptimizer`, learning rate x ranks with warmup, broadcast
+   from rank 0, averaged metrics, the same steps per epoch on every rank); rank 0 checkpoints every epoch into
+   `<work_dir>/runs/<run_name>/checkpoints/`, and a rerun of the same `run_name` resumes after the last
+   complete epoch (same weights and optimizer state on every rank; done epochs are not repeated);
+5. the trained model and its metadata go to the model store; a `SparkDLModel` is returned.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pyspark.ml import Estimator
+from pyspark.ml.param import Param, Params, TypeConverters
+
+from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
+from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.log import get_logger
+from sparkdl.train.checkpoints import RunFolder, check_run_name
+
+log = get_logger("train")
+
+# Horovod's background loop waits up to HOROVOD_CYCLE_TIME ms between negotiation rounds, each training step
+# waits for one: at the default the small models here spend most of a step waiting (see bench_train.py).
+WORKER_ENV = {"HOROVOD_CYCLE_TIME": "1"}
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl")
+
+
+def _to_spec(value) -> FeatureSpec:
+    if isinstance(value, FeatureSpec):
+        return value
+    if isinstance(value, Mapping):
+        return FeatureSpec.from_dict(dict(value))
+    if isinstance(value, str):
+        return FeatureSpec.from_json(value)
+    raise TypeError(f"feature_spec must be a FeatureSpec, a dict or JSON, got {type(value).__name__}")
+
+
+def _to_opt_int(value):
+    return None if value is None else TypeConverters.toInt(value)
+
+
+def _to_validation(value):
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return 0.0
+    return TypeConverters.toFloat(value)
+
+
+def _to_list(value):
+    return list(value) if value is not None else []
+
+
+# (snake_case keyword, camelCase Param, doc, converter, default)
+_PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
+    ("model", "model", "zoo model name (mlp, cnn, lstm, embedding, ...), a tf.keras.Model, or a builder "
+                       "fn(signature, **hparams)", None, "mlp"),
+    ("feature_spec", "featureSpec", "the FeatureSpec (or its dict/JSON): input features and label", _to_spec, None),
+    ("label", "label", "label column name overriding the spec's label name, or a Label/dict", None, None),
+    ("loss", "loss", "Keras loss (default: by task and model, see sparkdl.models.default_loss)", None, None),
+    ("optimizer", "optimizer", "optimizer name or tf.keras optimizer instance", None, "adam"),
+    ("learning_rate", "learningRate", "learning rate of ONE process; multiplied by num_proc", TypeConverters.toFloat,
+     1e-3),
+    ("metrics", "metrics", "Keras metrics (default: sparkdl.models.default_metrics)", None, None),
+    ("batch_size", "batchSize", "batch size per process", TypeConverters.toInt, 64),
+    ("epochs", "epochs", "number of epochs", TypeConverters.toInt, 10),
+    ("validation", "validation", "fraction of rows held out for validation (0 = none), or the name of a boolean "
+                                 "column (true = validation row) or string column ('validation'/'val')",
+     _to_validation, 0.2),
+    ("callbacks", "callbacks", "extra Keras callbacks, run on every rank", _to_list, ()),
+    ("num_proc", "numProc", "number of Horovod processes (Spark tasks)", TypeConverters.toInt, 2),
+    ("model_store", "modelStore", "a sparkdl.registry.ModelStore or its root folder (default store if None)",
+     None, None),
+    ("model_name", "modelName", "name of the model in the store (default: the zoo name, else 'keras_model')",
+     None, None),
+    ("run_name", "runName", "run name: its folder keeps the checkpoints; rerunning it resumes (default: new name)",
+     None, None),
+    ("seed", "seed", "random seed (model init, shuffling, split)", TypeConverters.toInt, 0),
+    ("early_stopping", "earlyStopping", "patience in epochs on val_loss (loss without validation); None = off",
+     _to_opt_int, None),
+    ("resume", "resume", "resume the run's last complete checkpoint (False: start the run over)",
+     TypeConverters.toBoolean, True),
+    ("hparams", "hparams", "hyper-parameters for the model builder", None, None),
+    ("warmup_epochs", "warmupEpochs", "epochs of learning-rate warmup from lr to lr x num_proc", TypeConverters.toInt,
+     1),
+    ("checkpoint_every", "checkpointEvery", "checkpoint every N epochs", TypeConverters.toInt, 1),
+    ("keep_checkpoints", "keepCheckpoints", "complete checkpoints kept per run (0 = all)", TypeConverters.toInt, 2),
+    ("work_dir", "workDir", "sparkdl work folder for runs (default: sparkdl.session.work_dir())", None, None),
+    ("use_gpu", "useGpu", "None = GPUs when Spark tasks have them; True/False to force", None, None),
+    ("start_timeout", "startTimeout", "seconds for the Horovod tasks to start", TypeConverters.toInt, 120),
+    ("env", "env", "extra environment variables for the worker processes (e.g. HOROVOD_CYCLE_TIME)", None, None),
+]
+_SNAKE_TO_CAMEL = {snake: camel for snake, camel, *_ in _PARAMS}
+
+
+class _KerasEstimatorParams(Params):
+    """The Params of `KerasEstimator` (getters `getX()` and setters `setX()` generated from `_PARAMS`)."""
+
+
+for _snake, _camel, _doc, _conv, _default in _PARAMS:
+    setattr(_KerasEstimatorParams, _camel,
+            Param(Params._dummy(), _camel, _doc, typeConverter=_conv or TypeConverters.identity))
+    _cap = _camel[0].upper() + _camel[1:]
+    setattr(_KerasEstimatorParams, f"get{_cap}", (lambda c: lambda self: self.getOrDefault(c))(_camel))
+    setattr(_KerasEstimatorParams, f"set{_cap}", (lambda c: lambda self, value: self._set(**{c: value}))(_camel))
+
+
+class KerasEstimator(Estimator, _KerasEstimatorParams):
+    """Train a Keras model on a Spark DataFrame or Delta table with Horovod; `fit` returns a `SparkDLModel`.
+
+    Keywords (all optional except `feature_spec`): model="mlp", feature_spec, label=None, loss=None,
+    optimizer="adam", learning_rate=1e-3, metrics=None, batch_size=64, epochs=10, validation=0.2, callbacks=(),
+    num_proc=2, model_store=None, model_name=None, run_name=None, seed=0, early_stopping=None, resume=True,
+    hparams=None, warmup_epochs=1, checkpoint_every=1, keep_checkpoints=2, work_dir=None, use_gpu=None,
+    start_timeout=120, env=None. See `_PARAMS` (or `explainParams()`) for each one.
+
+    Raises:
+        ConfigError: unknown keyword (at construction).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._setDefault(**{camel: default for _, camel, _, _, default in _PARAMS})
+        self.setParams(**kwargs)
+        self.last_run = None  # RunStats of the last fit's Horovod job
+
+    def setParams(self, **kwargs) -> "KerasEstimator":
+        """Set params by snake_case keyword (camelCase names are accepted too)."""
+        camel = set(_SNAKE_TO_CAMEL.values())
+        unknown = sorted(k for k in kwargs if k not in _SNAKE_TO_CAMEL and k not in camel)
+        if unknown:
+            raise ConfigError(f"KerasEstimator: unknown parameter(s) {unknown}; known: {sorted(_SNAKE_TO_CAMEL)}")
+        try:
+            self._set(**{_SNAKE_TO_CAMEL.get(k, k): v for k, v in kwargs.items()})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"KerasEstimator: {exc}") from None
+        return self
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def _checked(self) -> dict:
+        """All params, validated, as a dict of snake_case names. Raises ConfigError."""
+        p = {snake: self.getOrDefault(camel) for snake, camel, *_ in _PARAMS}
+        if p["feature_spec"] is None:
+            raise ConfigError("KerasEstimator: feature_spec is required")
+        p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
+        if p["feature_spec"].label is None:
+            raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
+        for name in ("batch_size", "epochs", "num_proc", "checkpoint_every"):
+            if p[name] < 1:
+                raise ConfigError(f"KerasEstimator: {name} must be >= 1, got {p[name]}")
+        if p["keep_checkpoints"] < 0:
+            raise ConfigError(f"KerasEstimator: keep_checkpoints must be >= 0, got {p['keep_checkpoints']}")
+        if not isinstance(p["validation"], str) and not 0.0 <= p["validation"] < 1.0:
+            raise ConfigError(f"KerasEstimator: validation must be a fraction in [0, 1) or a column name, "
+                              f"got {p['validation']}")
+        if p["learning_rate"] <= 0 or not math.isfinite(p["learning_rate"]):
+            raise ConfigError(f"KerasEstimator: learning_rate must be a positive number, got {p['learning_rate']}")
+        if p["warmup_epochs"] < 0:
+            raise ConfigError(f"KerasEstimator: warmup_epochs must be >= 0, got {p['warmup_epochs']}")
+        if p["early_stopping"] is not None and p["early_stopping"] < 1:
+            raise ConfigError(f"KerasEstimator: early_stopping (patience) must be >= 1, got {p['early_stopping']}")
+        hparams = p["hparams"] or {}
+        if not isinstance(hparams, Mapping):
+            raise ConfigError(f"KerasEstimator: hparams must be a dict, got {type(hparams).__name__}")
+        p["hparams"] = dict(hparams)
+        p["optimizer_spec"] = _optimizer_spec(p["optimizer"])
+        p["model_name"] = _model_name(p["model"], p["model_name"])
+        p["run_name"] = check_run_name(p["run_name"] or f"{p['model_name']}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                          f"{uuid.uuid4().hex[:6]}")
+        _check_model_choice(p["model"], p["hparams"])
+        return p
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def _fit(self, dataset) -> "SparkDLModel":
+        from sparkdl.data.preprocess import Preprocessor
+        from sparkdl.train.runner import HorovodRunner
+
+        p = self._checked()
+        spec: FeatureSpec = p["feature_spec"]
+        df, snapshot = _resolve_input(dataset)
+        spark = df.sparkSession
+        _check_columns(spec, df)
+        runner = HorovodRunner(p["num_proc"], spark=spark, use_gpu=p["use_gpu"], start_timeout=p["start_timeout"],
+                               total_epochs=p["epochs"], env={**WORKER_ENV, **(p["env"] or {})})
+        runner.check_slots()
+        hint = signature_hint(spec)
+        if hint is not None:
+            _build_model(p, hint)  # unknown model, bad hparams, input-shape mismatch: before any Spark job
+
+        run = RunFolder(p["work_dir"], p["run_name"])
+        settings = _run_settings(p, snapshot)
+        checkpoint = _resume_point(run, settings, p["resume"])
+        if checkpoint is not None:
+            finished = _finished_model(run, p)
+            if finished is not None:
+                return finished
+
+        from sparkdl.data.dataset import split
+
+        train_df, val_df = split(df, p["validation"] or None, p["seed"])
+        if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
+            from sparkdl.data.preprocess import PreprocessorModel
+
+            prep = PreprocessorModel.from_dict(run.settings()["preprocessor"])  # the same stats as attempt 1
+        else:
+            prep = Preprocessor(spec).fit(train_df)
+        signature = prep.signature
+        attempt = int((run.settings() or {}).get("attempts", 0)) + 1
+        run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
+
+        history = _history_until(checkpoint)
+        initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+        if initial_epoch >= p["epochs"]:
+            log.info("run %s: all %d epochs are already done (checkpoint of epoch %d); nothing to train",
+                     p["run_name"], p["epochs"], checkpoint.epoch)
+            result = {"model": checkpoint.model_bytes(), "history": {}, "epochs": []}
+        else:
+            result = self._train(p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
+                                 initial_epoch, history)
+        for i, epoch in enumerate(result["epochs"]):  # rank 0's history is authoritative for this attempt
+            history[epoch] = {k: v[i] for k, v in result["history"].items() if i < len(v)}
+        return self._save(p, run, prep, signature, snapshot, result, history)
+
+    def _train(self, p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
+               initial_epoch, history) -> dict:
+        from sparkdl.data.dataset import steps_per_epoch
+        from sparkdl.data.petastorm_io import to_petastorm
+        from sparkdl.models import default_loss, default_metrics
+        from sparkdl.train.keras_worker import TrainJob, train_on_rank
+        from sparkdl.train.serialization import model_to_bytes
+
+        if checkpoint is not None:
+            model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
+            log.info("run %s: resuming after epoch %d (attempt %d)", p["run_name"], checkpoint.epoch, attempt)
+        else:
+            import tensorflow as tf
+
+            tf.keras.utils.set_random_seed(p["seed"])
+            model_bytes, optimizer_state = model_to_bytes(_build_model(p, signature)), None
+
+        zoo_name = p["model"] if isinstance(p["model"], str) else None
+        # How the split derives from the snapshot: with the snapshot's table and version, it keys the cache.
+        key = {"validation": p["validation"], "seed": p["seed"]}
+        train_data = to_petastorm(train_df, prep, snapshot, key={**key, "split": "train"})
+        val_data = None
+        if val_df is not None:
+            val_data = to_petastorm(val_df, prep, snapshot, key={**key, "split": "validation"})
+        steps = steps_per_epoch(train_data, p["num_proc"], p["batch_size"])
+        val_steps = None
+        if val_data is not None and val_data.num_rows // p["num_proc"] == 0:
+            log.warning("run %s: the validation split has %d row(s), fewer than the %d processes: no validation",
+                        p["run_name"], val_data.num_rows, p["num_proc"])
+            val_data = None
+        elif val_data is not None:
+            val_steps = steps_per_epoch(val_data, p["num_proc"], p["batch_size"])
+
+        job = TrainJob(
+            model=model_bytes, optimizer=p["optimizer_spec"], learning_rate=p["learning_rate"],
+            loss=p["loss"] if p["loss"] is not None else default_loss(signature, zoo_name),
+            metrics=list(p["metrics"]) if p["metrics"] is not None else default_metrics(signature, zoo_name),
+            batch_size=p["batch_size"], epochs=p["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+            train_data=train_data, input_shape=tuple(signature.input_shape), val_data=val_data,
+            validation_steps=val_steps, optimizer_state=optimizer_state, seed=p["seed"],
+            warmup_epochs=p["warmup_epochs"], early_stopping=p["early_stopping"],
+            monitor="val_loss" if val_data is not None else "loss", callbacks=list(p["callbacks"]),
+            checkpoint_every=p["checkpoint_every"])
+
+        def on_epoch(message: dict) -> None:
+            run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
+                          examples_per_s=message.get("examples_per_s"), seconds=message.get("seconds"))
+
+        def on_checkpoint(message: dict) -> None:
+            import base64
+
+            epoch = int(message["epoch"])
+            history[epoch] = dict(message.get("logs") or {})
+            run.write(epoch, base64.b64decode(message["model"]), base64.b64decode(message["optimizer"]),
+                      {"attempt": attempt, "history": _as_keras_history(history, upto=epoch)})
+            if p["keep_checkpoints"]:
+                run.prune(p["keep_checkpoints"])
+
+        runner.message_handlers.update({"epoch": on_epoch, "checkpoint": on_checkpoint})
+        log.info("run %s: training %s on %d process(es): %d steps/epoch of %d, epochs %d..%d, input %s",
+                 p["run_name"], p["model_name"], p["num_proc"], steps, p["batch_size"], initial_epoch,
+                 p["epochs"] - 1, tuple(signature.input_shape))
+        try:
+            return runner.run(train_on_rank, job=job)
+        finally:
+            self.last_run = runner.last_run
+
+    def _save(self, p, run, prep, signature, snapshot, result, history) -> "SparkDLModel":
+        from sparkdl.registry import ModelStore
+        from sparkdl.train.model import SparkDLModel
+        from sparkdl.train.serialization import model_from_bytes
+
+        model = model_from_bytes(result["model"])
+        keras_history = _as_keras_history(history)
+        final = {k: v[-1] for k, v in keras_history.items() if k != "epoch" and v}
+        store = _store(p)
+        metadata = {
+            "feature_spec": p["feature_spec"].to_dict(),
+            "preprocessing": prep.to_dict(),
+            "signature": signature.to_dict(),
+            "label_classes": prep.label_classes,
+            "history": keras_history,
+            "metrics": final,
+            "source": snapshot.lineage() if snapshot is not None else None,
+            "hparams": p["hparams"],
+            "model_name": p["model"] if isinstance(p["model"], str) else p["model_name"],
+            "num_proc": p["num_proc"],
+            "run_name": p["run_name"],
+            "training": {"epochs": p["epochs"], "batch_size": p["batch_size"], "learning_rate": p["learning_rate"],
+                         "optimizer": p["optimizer_spec"], "validation": p["validation"], "seed": p["seed"],
+                         "warmup_epochs": p["warmup_epochs"], "early_stopping": p["early_stopping"],
+                         "run_folder": str(run.path),
+                         "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p["epochs"] - 1},
+        }
+        version = store.save(p["model_name"], model, metadata)
+        run.write_settings({**(run.settings() or {}), "finished": {
+            "name": version.name, "version": version.version, "store": str(store.root), "epochs": p["epochs"],
+            "stopped_early": metadata["training"]["stopped_early"]}})
+        return SparkDLModel(model=model, version=version, metadata=store.metadata(version), store=store)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _store(p: dict):
+    from sparkdl.registry import ModelStore
+
+    return p["model_store"] if isinstance(p["model_store"], ModelStore) else ModelStore(p["model_store"])
+
+
+def _finished_model(run: RunFolder, p: dict):
+    """The model a finished run already saved, when rerunning it would train nothing new; else None."""
+    from sparkdl.errors import ModelStoreError
+    from sparkdl.train.model import SparkDLModel
+
+    done = (run.settings() or {}).get("finished")
+    if not done or not (done.get("stopped_early") or done.get("epochs", 0) >= p["epochs"]):
+        return None
+    store = _store(p)
+    if str(store.root) != done.get("store"):
+        return None
+    try:
+        model = SparkDLModel.load(f"{done['name']}@{done['version']}", store=store)
+    except ModelStoreError:
+        return None
+    log.info("run %s is finished: returning its model %s", run.run_name, model.getModelVersion())
+    return model
+
+
+def _with_label(spec: FeatureSpec, label) -> FeatureSpec:
+    if label is None:
+        return spec
+    if isinstance(label, Label):
+        new = label
+    elif isinstance(label, Mapping):
+        new = Label(**dict(label))
+    elif isinstance(label, str):
+        if spec.label is None:
+            raise ConfigError(f"label={label!r}: the feature spec has no label to take the task from; pass a "
+                              f"Label or a dict such as {{'name': {label!r}, 'task': 'multiclass'}}")
+        new = Label(label, spec.label.task, spec.label.num_classes)
+    else:
+        raise ConfigError(f"label must be a column name, a Label or a dict, got {type(label).__name__}")
+    return FeatureSpec(spec.features, new, spec.id_columns)
+
+
+def _optimizer_spec(optimizer):
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ConfigError(f"KerasEstimator: unknown optimizer {optimizer!r}; known: {list(OPTIMIZERS)} "
+                              f"(or pass a tf.keras optimizer instance)")
+        return optimizer.lower()
+    if hasattr(optimizer, "get_config") and hasattr(optimizer, "apply_gradients"):
+        import tensorflow as tf
+
+        return tf.keras.optimizers.serialize(optimizer)
+    raise ConfigError(f"KerasEstimator: optimizer must be a name or a tf.keras optimizer, "
+                      f"got {type(optimizer).__name__}")
+
+
+def _model_name(model, name) -> str:
+    from sparkdl.registry import validate_name
+
+    if name is None:
+        name = model if isinstance(model, str) else "keras_model"
+    return validate_name(name)
+
+
+def _check_model_choice(model, hparams: dict) -> None:
+    """Unknown zoo names and hparams fail here, with no TensorFlow model built yet."""
+    if isinstance(model, str):
+        from sparkdl.models import accepted_hparams, available
+        from sparkdl.models.zoo import _BUILDERS
+
+        if model not in available():
+            raise ConfigError(f"unknown model {model!r}; known models: {available()} "
+                              f"(or pass a tf.keras.Model or a builder function)")
+        accepted = accepted_hparams(_BUILDERS[model])
+        unknown = sorted(set(hparams) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ConfigError(f"model {model!r}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
+    elif hasattr(model, "get_config") and hasattr(model, "predict"):
+        if hparams:
+            raise ConfigError("hparams were given with a ready-made tf.keras.Model; they would be ignored "
+                              "(pass a builder function instead)")
+    elif not callable(model):
+        raise ConfigError(f"model must be a zoo name, a tf.keras.Model or a builder function, "
+                          f"got {type(model).__name__}")
+
+
+def _build_model(p: dict, signature: ModelSignature):
+    from sparkdl.models import build
+
+    model = p["model"]
+    if hasattr(model, "get_config") and hasattr(model, "predict"):
+        return build(model, signature)
+    return build(model, signature, **p["hparams"])
+
+
+def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
+    """The model signature known from the spec alone (before fitting), or None when it needs the data
+    (categorical vocabularies; multiclass labels without num_classes get a stand-in of 2 classes, which is
+    enough to check the input shape)."""
+    if any(f.kind == "categorical" for f in spec.features) or spec.label is None:
+        return None
+    feats = spec.features
+    if len(feats) == 1 and feats[0].kind in ("vector", "sequence"):
+        shape = tuple(feats[0].shape)
+    else:
+        shape = (sum(f.size for f in feats),)
+    classes = spec.label.num_classes or (2 if spec.label.task == "multiclass" else None)
+    return ModelSignature(shape, spec.label.task, classes)
+
+
+def _resolve_input(dataset):
+    """(DataFrame, Snapshot | None) from a DataFrame, (df, snapshot), a table path or a Snapshot."""
+    from pyspark.sql import DataFrame
+
+    from sparkdl.lake.snapshot import Snapshot
+
+    if isinstance(dataset, DataFrame):
+        return dataset, None
+    if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], DataFrame):
+        return dataset
+    if isinstance(dataset, Snapshot):
+        from sparkdl.lake import read_table
+
+        return read_table(dataset.table, version=dataset.version)
+    if isinstance(dataset, str) or hasattr(dataset, "__fspath__"):
+        from sparkdl.lake import read_table
+
+        return read_table(str(dataset))
+    raise ConfigError(f"fit: expected a DataFrame, a (DataFrame, Snapshot) pair, a table path or a Snapshot, "
+                      f"got {type(dataset).__name__}")
+
+
+def _check_columns(spec: FeatureSpec, df) -> None:
+    """Missing columns and wrong types, from the schema only (no Spark job)."""
+    from sparkdl.data.validation import expected_type, type_ok
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    problems = []
+    for item in list(spec.features) + [spec.label]:
+        kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
+        if item.name not in fields:
+            problems.append({"column": item.name, "problem": "missing column",
+                             "expected": f"{kind} ({expected_type(item)})", "found": f"columns {sorted(fields)}",
+                             "count": None, "samples": []})
+        elif not type_ok(item, fields[item.name]):
+            problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
+                             "found": fields[item.name].simpleString(), "count": None, "samples": []})
+    if problems:
+        raise ValidationError("the training data does not match the feature spec: " + "; ".join(
+            f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
+            problems)
+
+
+def _describe_model(model) -> str:
+    if isinstance(model, str):
+        return model
+    if hasattr(model, "get_config"):  # layer names are auto-numbered per session: describe the structure instead
+        return (f"keras:{model.__class__.__name__}:{model.count_params()} params:"
+                f"{[tuple(t.shape[1:]) for t in model.inputs]}->{[tuple(t.shape[1:]) for t in model.outputs]}")
+    return f"builder:{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
+
+
+def _run_settings(p: dict, snapshot) -> dict:
+    return {"model": _describe_model(p["model"]), "hparams": p["hparams"],
+            "feature_spec": p["feature_spec"].to_dict(),
+            "source": snapshot.lineage() if snapshot is not None else None,
+            "validation": p["validation"], "seed": p["seed"]}
+
+
+_MUST_MATCH = ("model", "hparams", "feature_spec", "source", "validation", "seed")
+
+
+def _resume_point(run: RunFolder, settings: dict, resume: bool):
+    """The checkpoint to resume from (None: start at epoch 0). Raises ConfigError when the run folder holds
+    checkpoints of different settings."""
+    previous = run.settings()
+    if not resume:
+        if previous is not None:
+            log.info("run %s: resume=False, starting over (earlier checkpoints removed)", run.run_name)
+        run.reset()
+        return None
+    checkpoint = run.latest()
+    if previous is None or checkpoint is None:
+        return None
+    import json
+
+    differ = [k for k in _MUST_MATCH
+              if json.dumps(previous.get(k), sort_keys=True, default=str)
+              != json.dumps(settings.get(k), sort_keys=True, default=str)]
+    if differ:
+        raise ConfigError(f"run {run.run_name!r} in {run.path} has checkpoints made with other settings "
+                          f"({', '.join(differ)} differ); use another run_name, or resume=False to start over")
+    return checkpoint
+
+
+def _history_until(checkpoint) -> dict[int, dict]:
+    """Per-epoch logs {epoch: {metric: value}} recorded up to a checkpoint."""
+    if checkpoint is None:
+        return {}
+    keras_history = checkpoint.history
+    epochs = keras_history.get("epoch") or []
+    return {int(e): {k: v[i] for k, v in keras_history.items() if k != "epoch" and i < len(v)}
+            for i, e in enumerate(epochs)}
+
+
+def _as_keras_history(history: Mapping[int, dict], upto: int | None = None) -> dict[str, list]:
+    """{epoch: logs} -> Keras-style {"epoch": [...], "loss": [...], ...} (epochs ascending)."""
+    epochs = sorted(e for e in history if upto is None or e <= upto)
+    keys = sorted({k for e in epochs for k in history[e]})
+    out: dict[str, list] = {"epoch": epochs}
+    for key in keys:
+        out[key] = [history[e].get(key) for e in epochs]
+    return out
+
+
+__all__ = ["KerasEstimator", "signature_hint"]

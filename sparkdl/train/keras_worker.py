@@ -1,0 +1,170 @@
+"""What every Horovod rank runs for `KerasEstimator.fit`: the Keras training loop and its callbacks.
+
+All ranks start from the same state: the model bytes built on the driver (or a checkpoint's model and optimizer
+state, on resume), and `BroadcastGlobalVariablesCallback(0)` on top. Rank 0 reports each epoch to the driver and
+sends the checkpoint of each epoch through the progress channel (acknowledged once written on the driver), so
+checkpoints land in the driver's work folder on a real cluster too.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparkdl.train import progress
+from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs (pickled to the workers once)."""
+
+    model: bytes                      # Keras v3 bytes of the initial (or checkpointed) model
+    optimizer: Any                    # a name ("adam") or a Keras optimizer config dict (tf.keras.optimizers.serialize)
+    learning_rate: float | None       # base LR for one process (None: the optimizer config's own)
+    loss: Any
+    metrics: list
+    batch_size: int
+    epochs: int
+    initial_epoch: int
+    steps_per_epoch: int
+    train_data: Any                   # a sparkdl.data.petastorm_io dataset handle
+    input_shape: tuple
+    val_data: Any = None
+    validation_steps: int | None = None
+    optimizer_state: bytes | None = None   # npz of the optimizer variables (resume)
+    seed: int = 0
+    warmup_epochs: int = 0
+    early_stopping: int | None = None
+    monitor: str = "loss"
+    callbacks: list = field(default_factory=list)
+    checkpoint_every: int = 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def make_optimizer(spec, learning_rate: float | None, size: int):
+    """A Keras optimizer from a name or config, its learning rate scaled by `size` (the number of ranks)."""
+    import tensorflow as tf
+
+    if isinstance(spec, str):
+        config = {"class_name": spec, "config": {}}
+    else:
+        config = {"class_name": spec["class_name"], "config": dict(spec.get("config") or {})}
+        for key in ("module", "registered_name"):
+            if key in spec:
+                config[key] = spec[key]
+    optimizer = tf.keras.optimizers.get(config)
+    base = float(learning_rate) if learning_rate is not None else float(
+        tf.keras.backend.get_value(optimizer.learning_rate))
+    optimizer.learning_rate = base * size
+    return optimizer, base * size
+
+
+def _callbacks_base():
+    import tensorflow as tf
+
+    return tf.keras.callbacks.Callback
+
+
+class EpochReporter(_callbacks_base()):
+    """Rank 0: sends one `epoch` message per epoch (averaged logs, examples/s) and the first-step event."""
+
+    def __init__(self, epochs: int, examples_per_epoch: int):
+        super().__init__()
+        self.epochs, self.examples_per_epoch = epochs, examples_per_epoch
+        self._start = None
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._first:  # sent from a thread: the first connection must not slow the training step down
+            self._first = False
+            threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"},
+                             daemon=True).start()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - (self._start or time.perf_counter())
+        progress.report("epoch", epoch=epoch, epochs=self.epochs, logs=_floats(logs),
+                        seconds=seconds, examples_per_s=self.examples_per_epoch / max(seconds, 1e-9))
+
+
+class ChannelCheckpoint(_callbacks_base()):
+    """Rank 0: after every `every`-th epoch, send the model and optimizer state to the driver and wait for the ack."""
+
+    def __init__(self, every: int = 1):
+        super().__init__()
+        self.every = max(1, int(every))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
+                        model=_b64(model_to_bytes(self.model)),
+                        optimizer=_b64(optimizer_to_bytes(self.model.optimizer)))
+
+
+def _floats(logs) -> dict:
+    return {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def train_on_rank(job: TrainJob) -> dict:
+    """The Horovod function of `KerasEstimator.fit`. Returns (on rank 0) the trained model bytes and history."""
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    from sparkdl.data.dataset import tf_dataset
+    from sparkdl.train.resources import configure_tensorflow
+
+    configure_tensorflow()
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    tf.keras.utils.set_random_seed(job.seed + rank)
+
+    model = model_from_bytes(job.model)
+    optimizer, scaled_lr = make_optimizer(job.optimizer, job.learning_rate, size)
+    model.compile(optimizer=hvd.DistributedOptimizer(optimizer), loss=job.loss, metrics=list(job.metrics))
+    if job.optimizer_state is not None:
+        restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)
+
+    remaining = job.epochs - job.initial_epoch
+    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
+                       seed=job.seed, epochs=remaining)
+    val = None
+    if job.val_data is not None and job.validation_steps:
+        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
+                         seed=job.seed, epochs=remaining)
+
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
+    if job.warmup_epochs and size > 1:
+        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
+            initial_lr=scaled_lr, warmup_epochs=job.warmup_epochs, steps_per_epoch=job.steps_per_epoch))
+    if job.early_stopping:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))
+    callbacks += list(job.callbacks)
+    if rank == 0:
+        examples = job.steps_per_epoch * job.batch_size * size
+        callbacks += [EpochReporter(job.epochs, examples), ChannelCheckpoint(job.checkpoint_every)]
+
+    history = model.fit(train, epochs=job.epochs, initial_epoch=job.initial_epoch,
+                        steps_per_epoch=job.steps_per_epoch, validation_data=val,
+                        validation_steps=job.validation_steps if val is not None else None,
+                        callbacks=callbacks, verbose=0)
+    if rank != 0:
+        return {}
+    return {"model": model_to_bytes(model), "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+            "epochs": [int(e) for e in history.epoch], "scaled_learning_rate": scaled_lr, "size": size}

@@ -1,0 +1,152 @@
+"""`SparkDLModel`: what `KerasEstimator.fit` returns — a Spark ML Transformer over a model-store version."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pyspark.ml import Model
+from pyspark.ml.param import Param, Params, TypeConverters
+
+from sparkdl.errors import ConfigError, ModelStoreError
+from sparkdl.log import get_logger
+
+log = get_logger("train")
+
+
+class SparkDLModel(Model):
+    """A trained model: a version in the model store, its metadata, and (loaded on demand) the Keras model.
+
+    `transform(df)` adds the `outputCol` column using `sparkdl.score` (one model load per Python worker).
+
+    Args:
+        model: the Keras model, if already in memory (else loaded from the store on first `getModel()`).
+        version: the `sparkdl.registry.ModelVersion`.
+        metadata: the version's metadata dict (read from the store if None).
+        store: the `ModelStore` holding the version (default: the one the version's path belongs to).
+    """
+
+    output = Param(Params._dummy(), "output", "what transform adds: prediction, probability, ... "
+                                              "(see sparkdl.score.OUTPUTS)", typeConverter=TypeConverters.toString)
+    outputCol = Param(Params._dummy(), "outputCol", "name of the column transform adds",
+                      typeConverter=TypeConverters.toString)
+
+    def __init__(self, model=None, version=None, metadata: dict | None = None, store=None):
+        super().__init__()
+        self._setDefault(output="prediction", outputCol="prediction")
+        if version is None:
+            raise ConfigError("SparkDLModel needs the model-store version it stands for")
+        if store is None:
+            from sparkdl.registry import ModelStore
+
+            store = ModelStore(Path(version.path).parent.parent)
+        self._keras = model
+        self._version = version
+        self._store = store
+        self._metadata = metadata if metadata is not None else store.metadata(version)
+
+    def __repr__(self) -> str:
+        return f"SparkDLModel({self._version})"
+
+    # ---------------------------------------------------------------------------------------------- accessors
+    def getModel(self):
+        """The Keras model (uncompiled; loaded from the store on first use)."""
+        if self._keras is None:
+            self._keras = self._store.load(self._version).model
+        return self._keras
+
+    def getModelVersion(self):
+        """The `ModelVersion` (name, version, path); `str()` gives the reference `"name@version"`."""
+        return self._version
+
+    def getModelStore(self):
+        return self._store
+
+    def getMetadata(self) -> dict:
+        return dict(self._metadata)
+
+    def getHistory(self) -> dict[str, list]:
+        """Keras-style history over all epochs of the run: {"epoch": [...], "loss": [...], "val_loss": [...], ...}."""
+        return {k: list(v) for k, v in (self._metadata.get("history") or {}).items()}
+
+    def getMetrics(self) -> dict:
+        """The metrics of the last epoch (averaged over the ranks), validation ones included."""
+        return dict(self._metadata.get("metrics") or {})
+
+    def getPreprocessor(self):
+        """The fitted `PreprocessorModel` (its `prepare_batch` prepares numpy input for `getModel()`)."""
+        from sparkdl.data.preprocess import PreprocessorModel
+
+        return PreprocessorModel.from_dict(self._metadata["preprocessing"])
+
+    def getSignature(self):
+        from sparkdl.data.spec import ModelSignature
+
+        return ModelSignature.from_dict(self._metadata["signature"])
+
+    def getOutput(self) -> str:
+        return self.getOrDefault(self.output)
+
+    def setOutput(self, value: str) -> "SparkDLModel":
+        return self._set(output=value)
+
+    def getOutputCol(self) -> str:
+        return self.getOrDefault(self.outputCol)
+
+    def setOutputCol(self, value: str) -> "SparkDLModel":
+        return self._set(outputCol=value)
+
+    # ---------------------------------------------------------------------------------------------- transform
+    def _transform(self, dataset):
+        try:
+            import sparkdl.score as score
+        except ImportError:
+            score = None
+        fn = getattr(score, "transform_with_model", None) if score is not None else None
+        if fn is None:
+            raise NotImplementedError("scoring lands with sparkdl.score")
+        return fn(self, dataset)
+
+    # ---------------------------------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        """The model already lives in the store: without `path`, return its reference `"name@version"`. With
+        `path` (another store root, e.g. for export), copy the version folder to `<path>/<name>/<version>` and
+        return that folder; `SparkDLModel.load(folder)` or `ModelStore(path).load("name@version")` read it back.
+
+        Raises:
+            ConfigError: that version already exists under `path`.
+        """
+        if path is None:
+            return str(self._version)
+        target = Path(path) / self._version.name / str(self._version.version)
+        if target.exists():
+            raise ConfigError(f"SparkDLModel.save: {target} already exists")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+        shutil.copytree(self._version.path, tmp)
+        os.rename(tmp, target)  # readers never see a half-copied version
+        log.info("copied model %s to %s", self._version, target)
+        return str(target)
+
+    @classmethod
+    def load(cls, ref, store=None) -> "SparkDLModel":
+        """Load from the store (`"name"`, `"name@3"`, a ModelVersion) or from a version folder path
+        (`<root>/<name>/<version>`, e.g. a path `save(path)` wrote or a store version's path).
+
+        Raises:
+            ModelStoreError: missing or corrupt model/version.
+        """
+        from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
+
+        folder = Path(ref) if isinstance(ref, (str, os.PathLike)) else None
+        if folder is not None and folder.is_dir() and (folder / METADATA_FILE).is_file():
+            # A version folder: its parent is the name folder, its grandparent a store root.
+            name, version = folder.parent.name, folder.name
+            if not version.isdigit():
+                raise ModelStoreError(f"{folder}: not a model-store version folder (<root>/<name>/<version>)")
+            store = ModelStore(folder.parent.parent)
+            ref = ModelVersion(name, int(version), folder.resolve())
+        if store is None or not isinstance(store, ModelStore):
+            store = ModelStore(store)
+        loaded = store.load(ref)
+        return cls(model=loaded.model, version=loaded.ref, metadata=loaded.metadata, store=store)

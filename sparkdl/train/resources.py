@@ -1,0 +1,153 @@
+"""What a Horovod job may use: task slots, cores per process, GPUs, and the worker's interpreter.
+
+Driver side: `task_slots`, `cores_per_task`, `wants_gpu`, `worker_python` read the Spark configuration before a
+launch. Worker side: `setup_worker` runs first in every Horovod process and pins threads and devices before the
+training function touches TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from sparkdl.log import get_logger
+
+log = get_logger("train")
+
+_LOCAL = re.compile(r"^local(?:-cluster)?\[(\*|\d+)(?:\s*,\s*\d+)?\]$|^local$")
+
+
+def _conf(sc, key: str, default: str | None = None) -> str | None:
+    return sc.getConf().get(key, default)
+
+
+def local_cores(master: str) -> int | None:
+    """Cores of a `local`, `local[N]` or `local[*]` master; None for a cluster master."""
+    match = _LOCAL.match(master.strip())
+    if not match:
+        return None
+    n = match.group(1)
+    if n is None:
+        return 1
+    return (os.cpu_count() or 1) if n == "*" else int(n)
+
+
+def task_slots(sc) -> int:
+    """How many Spark tasks can run at once: in local mode `local[N]`'s N, else defaultParallelism / task.cpus.
+
+    Horovod needs one concurrently running Spark task per process; asking for more makes the launch wait for
+    slots that never come (until `start_timeout`).
+    """
+    cores = local_cores(sc.master)
+    if cores is not None:
+        return cores
+    task_cpus = max(1, int(float(_conf(sc, "spark.task.cpus", "1"))))
+    return max(1, sc.defaultParallelism // task_cpus)
+
+
+def cores_per_task(sc, num_proc: int) -> int:
+    """Threads one Horovod process may use without oversubscribing its host.
+
+    Local mode: the host's cores (bounded by local[N]) shared by `num_proc` processes. Cluster: `spark.task.cpus`.
+    """
+    cores = local_cores(sc.master)
+    if cores is not None:
+        return max(1, min(cores, os.cpu_count() or cores) // max(1, num_proc))
+    return max(1, int(float(_conf(sc, "spark.task.cpus", "1"))))
+
+
+def wants_gpu(sc) -> bool:
+    """True when Spark tasks are given GPUs (`spark.task.resource.gpu.amount` > 0)."""
+    amount = _conf(sc, "spark.task.resource.gpu.amount")
+    try:
+        return amount is not None and float(amount) > 0
+    except ValueError:
+        return False
+
+
+def worker_python(sc) -> str:
+    """The interpreter Horovod workers run: `spark.pyspark.python`, else $PYSPARK_PYTHON, else this one."""
+    return _conf(sc, "spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment variables that cap the math libraries and TensorFlow at `threads` threads."""
+    value = str(int(threads))
+    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value,
+            "TF_NUM_INTRAOP_THREADS": value, "TF_NUM_INTEROP_THREADS": value}
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Settings applied in each Horovod process before the user function runs.
+
+    Attributes:
+        threads: intra/inter-op threads (and OMP threads) of the process.
+        use_gpu: pin the process to its GPU (task resources, else the local rank); otherwise hide all GPUs.
+    """
+
+    threads: int
+    use_gpu: bool
+
+    def apply(self) -> dict:
+        """Pin threads and devices through the environment (TensorFlow reads TF_NUM_INTRAOP_THREADS,
+        TF_NUM_INTEROP_THREADS and TF_FORCE_GPU_ALLOW_GROWTH when it starts), without importing TensorFlow:
+        a function that does not use it does not pay for its import. Returns what was set."""
+        os.environ.update(thread_env(self.threads))
+        local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
+        if self.use_gpu:
+            devices = _task_gpus()
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices) if devices else str(local_rank)
+            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        applied = {"threads": self.threads, "CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]}
+        if "tensorflow" in sys.modules:  # already imported (e.g. by unpickling the function): configure it now
+            applied.update(configure_tensorflow())
+        return applied
+
+
+def _task_gpus() -> list[str]:
+    """GPU addresses Spark gave this task (forwarded by Horovod's task service), or []."""
+    try:
+        from horovod.spark.task.task_info import get_available_devices
+
+        return [str(d) for d in get_available_devices()]
+    except Exception:  # noqa: BLE001 - not inside a Horovod-on-Spark task
+        pass
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None and "gpu" in ctx.resources():
+            return [str(a) for a in ctx.resources()["gpu"].addresses]
+    except Exception:  # noqa: BLE001
+        pass
+    return []
+
+
+def configure_tensorflow() -> dict:
+    """Apply the thread counts and GPU memory growth that `WorkerSetup.apply` put in the environment through
+    TensorFlow's API (call it right after importing TensorFlow, before any op runs; later calls only warn)."""
+    import tensorflow as tf
+
+    out = {}
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS")
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("TF_NUM_INTEROP_THREADS",
+                                                                                    threads)))
+            out["tf_threads"] = int(threads)
+        except RuntimeError as exc:  # the TF runtime is already initialized
+            log.debug("TensorFlow thread counts not set through the API (%s); the environment applies", exc)
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError as exc:
+                log.warning("could not enable memory growth on %s: %s", gpu.name, exc)
+        out["gpus"] = [g.name for g in gpus]
+    return out

@@ -1,0 +1,288 @@
+"""KerasEstimator end to end on local[2]: real Delta tables, real Petastorm, 2 real Horovod processes.
+
+Each fit is small (few epochs, small batches) so the whole file stays within a few minutes on 2 cores.
+Test accuracy is measured on held-out Delta tables with `getModel().predict` on numpy prepared by the fitted
+`PreprocessorModel.prepare_batch` — the same function Spark used to prepare the training data.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sparkdl.data.spec import FeatureSpec
+from sparkdl.errors import ConfigError, TrainingError, ValidationError
+from sparkdl.train import KerasEstimator, SparkDLModel
+from sparkdl.train.checkpoints import RunFolder
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the failing callback travels to the workers
+
+BREAST_CANCER = ["mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness",
+                 "mean_compactness", "mean_concavity", "mean_concave_points", "mean_symmetry",
+                 "mean_fractal_dimension", "radius_error", "texture_error", "perimeter_error", "area_error",
+                 "smoothness_error", "compactness_error", "concavity_error", "concave_points_error",
+                 "symmetry_error", "fractal_dimension_error", "worst_radius", "worst_texture", "worst_perimeter",
+                 "worst_area", "worst_smoothness", "worst_compactness", "worst_concavity", "worst_concave_points",
+                 "worst_symmetry", "worst_fractal_dimension"]
+
+
+def cancer_spec() -> FeatureSpec:
+    return FeatureSpec.from_dict({
+        "features": [{"name": n, "kind": "numeric", "scale": "standard"} for n in BREAST_CANCER],
+        "label": {"name": "malignant", "task": "binary"}})
+
+
+def digits_spec() -> FeatureSpec:
+    return FeatureSpec.from_dict({
+        "features": [{"name": "pixels", "kind": "vector", "shape": [8, 8, 1]}],
+        "label": {"name": "digit", "task": "multiclass", "num_classes": 10}})
+
+
+@pytest.fixture(scope="module")
+def tables(spark, tmp_path_factory):
+    from sparkdl.datasets import create_demo_tables
+
+    return create_demo_tables(spark, tmp_path_factory.mktemp("lake"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from sparkdl.registry import ModelStore
+
+    return ModelStore(tmp_path_factory.mktemp("models"))
+
+
+def prepared(fitted: SparkDLModel, table: str):
+    """Features and labels of a table, prepared by the model's own fitted preprocessor."""
+    from sparkdl.lake import read_table
+
+    df, _ = read_table(table)
+    batch = fitted.getPreprocessor().prepare_batch(df.toPandas())
+    assert batch.valid.all()
+    return batch.features, batch.labels
+
+
+def accuracy(fitted: SparkDLModel, table: str) -> float:
+    x, y = prepared(fitted, table)
+    scores = fitted.getModel().predict(x, batch_size=256, verbose=0)
+    predicted = (scores[:, 0] > 0.5).astype(int) if scores.shape[1] == 1 else scores.argmax(axis=1)
+    return float((predicted == y).mean())
+
+
+# ------------------------------------------------------------------------------------------------ models
+@pytest.mark.slow
+def test_mlp_on_breast_cancer_table(spark, tables, store):
+    from sparkdl.lake import snapshot
+
+    est = KerasEstimator(model="mlp", feature_spec=cancer_spec(), epochs=8, batch_size=16, learning_rate=5e-3,
+                         num_proc=2, model_store=store, model_name="cancer_mlp", run_name="test-cancer-mlp",
+                         hparams={"hidden": [32, 16]})
+    fitted = est.fit(tables["breast_cancer_train"])
+
+    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.95
+    history = fitted.getHistory()
+    assert history["epoch"] == list(range(8))
+    assert len(history["loss"]) == 8 and len(history["val_accuracy"]) == 8
+    assert history["loss"][-1] < history["loss"][0]
+    meta = fitted.getMetadata()
+    source = snapshot(tables["breast_cancer_train"])
+    assert meta["source"]["table"] == source.table and meta["source"]["version"] == source.version
+    assert meta["num_proc"] == 2 and meta["run_name"] == "test-cancer-mlp" and meta["model_name"] == "mlp"
+    assert meta["signature"]["input_shape"] == [30] and meta["label_classes"] is None
+    assert meta["metrics"]["val_accuracy"] == history["val_accuracy"][-1]
+    assert str(fitted.getModelVersion()) == "cancer_mlp@1"
+    # the driver saw one line per epoch, and rank 0 left per-epoch checkpoints in the run folder
+    run = RunFolder(None, "test-cancer-mlp")
+    assert [e["epoch"] for e in run.epochs_log()] == list(range(8))
+    assert run.latest().epoch == 7
+    assert est.last_run.launch_s is not None and est.last_run.launch_s < est.last_run.total_s
+    # load back from the store by reference and by folder
+    again = SparkDLModel.load("cancer_mlp@1", store=store)
+    folder = SparkDLModel.load(fitted.getModelVersion().path)
+    x, _ = prepared(fitted, tables["breast_cancer_test"])
+    np.testing.assert_allclose(again.getModel().predict(x, verbose=0), fitted.getModel().predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert folder.getHistory() == history
+    # transform() scores in Spark through sparkdl.score, agreeing with the in-process predictions
+    from sparkdl.lake import read_table
+
+    test_df, _ = read_table(tables["breast_cancer_test"])
+    frame = test_df.toPandas().sort_values("id")
+    local = (fitted.getModel().predict(fitted.getPreprocessor().prepare_batch(frame).features, verbose=0)[:, 0]
+             >= 0.5).astype(int)
+    scored = fitted.transform(test_df).select("id", "prediction").toPandas().sort_values("id")
+    assert len(scored) == len(frame)
+    assert (scored["prediction"].to_numpy() == local).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_cnn_on_digits_images(spark, tables, store):
+    from sparkdl.lake import snapshot
+
+    snap = snapshot(tables["digits_train"])
+    est = KerasEstimator(model="cnn", feature_spec=digits_spec(), epochs=10, batch_size=32, learning_rate=3e-3,
+                         num_proc=2, model_store=store, model_name="digits_cnn", run_name="test-digits-cnn")
+    fitted = est.fit(snap)  # a Snapshot: that version is read
+    assert accuracy(fitted, tables["digits_test"]) >= 0.95
+    assert fitted.getMetadata()["signature"]["input_shape"] == [8, 8, 1]
+    assert fitted.getMetadata()["source"]["version"] == snap.version
+
+
+@pytest.mark.slow
+def test_lstm_beats_the_naive_baseline_on_a_sequence_task(spark, store):
+    # label: does the sequence sum to more than 0? Order-free for the model to find, 50/50 for a naive guess.
+    rng = np.random.default_rng(3)
+    n, steps = 1600, 12
+    x = rng.normal(size=(n, steps)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int32)
+    import pandas as pd
+
+    frame = pd.DataFrame({"seq": list(x), "up": y})
+    train, test = frame.iloc[:1280], frame.iloc[1280:]
+    df = spark.createDataFrame(train).selectExpr("cast(seq as array<float>) as seq", "up")
+    spec = FeatureSpec.from_dict({"features": [{"name": "seq", "kind": "sequence", "shape": [steps, 1]}],
+                                  "label": {"name": "up", "task": "binary"}})
+    fitted = KerasEstimator(model="lstm", feature_spec=spec, epochs=6, batch_size=32, learning_rate=1e-2,
+                            num_proc=2, model_store=store, model_name="seq_lstm", run_name="test-seq-lstm",
+                            hparams={"units": 16}).fit(df)
+    batch = fitted.getPreprocessor().prepare_batch(test)
+    predicted = (fitted.getModel().predict(batch.features, verbose=0)[:, 0] > 0.5).astype(int)
+    lstm = float((predicted == batch.labels).mean())
+    naive = max(float(train["up"].mean()), 1 - float(train["up"].mean()))  # majority class of the training set
+    naive_on_test = float(((test["up"].values == 1) if train["up"].mean() >= 0.5 else (test["up"].values == 0)).mean())
+    assert lstm >= max(naive, naive_on_test) + 0.2, (lstm, naive, naive_on_test)
+    assert fitted.getMetadata()["source"] is None  # a plain DataFrame has no table lineage
+
+
+@pytest.mark.slow
+def test_triplet_embedding_improves_knn_over_raw_pixels(spark, tables, store):
+    from sparkdl.models import knn_accuracy
+
+    fitted = KerasEstimator(model="embedding", feature_spec=digits_spec(), epochs=6, batch_size=64,
+                            learning_rate=2e-3, validation=0.0, num_proc=2, model_store=store,
+                            model_name="digits_embedding", run_name="test-digits-embedding").fit(
+        tables["digits_train"])
+    x_train, y_train = prepared(fitted, tables["digits_train"])
+    x_test, y_test = prepared(fitted, tables["digits_test"])
+    # few-shot k-NN: 5 labelled references per class, where the metric matters most
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:5] for c in range(10)])
+    model = fitted.getModel()
+    raw = knn_accuracy(x_train[ref].reshape(len(ref), -1), y_train[ref], x_test.reshape(len(x_test), -1), y_test,
+                       k=1)
+    emb = knn_accuracy(model.predict(x_train[ref], verbose=0), y_train[ref], model.predict(x_test, verbose=0),
+                       y_test, k=1)
+    assert emb >= raw + 0.03, (emb, raw)
+    assert "val_loss" not in fitted.getHistory()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+class FailOnce(tf.keras.callbacks.Callback):
+    """Raises at the start of `epoch` unless `marker` exists (i.e. on the first run only), on every rank."""
+
+    def __init__(self, marker: str, epoch: int):
+        super().__init__()
+        self.marker, self.epoch = marker, epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch and not Path(self.marker).exists():
+            raise RuntimeError(f"injected failure at epoch {epoch}")
+
+
+@pytest.mark.slow
+def test_rerun_resumes_after_the_last_complete_epoch(spark, tables, store, tmp_path):
+    marker = tmp_path / "second-run"
+    params = dict(model="mlp", feature_spec=cancer_spec(), epochs=5, batch_size=32, learning_rate=5e-3,
+                  num_proc=2, model_store=store, model_name="cancer_resume", run_name="test-resume",
+                  callbacks=[FailOnce(str(marker), 2)])
+    with pytest.raises(TrainingError, match="injected failure at epoch 2"):
+        KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    run = RunFolder(None, "test-resume")
+    assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
+    assert run.latest().epoch == 1
+
+    marker.touch()
+    fitted = KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
+    assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
+    history = fitted.getHistory()
+    assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
+    # the resumed run continued from the checkpointed state, not from scratch
+    assert history["loss"][2] < history["loss"][0]
+    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.9
+
+    # rerunning a finished run trains nothing and returns the model it saved
+    again = KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == log
+    assert str(again.getModelVersion()) == str(fitted.getModelVersion())
+    assert again.getHistory() == history
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _no_job_runs(spark, fit):
+    """Run `fit` (which must raise) in a job group and return (exception, number of Spark jobs started)."""
+    sc = spark.sparkContext
+    group = f"bad-input-{id(fit)}"
+    sc.setJobGroup(group, "must not start jobs")
+    try:
+        with pytest.raises(Exception) as info:
+            fit()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return info.value, len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.fixture(scope="module")
+def digits_df(spark):
+    import pandas as pd
+
+    from sparkdl.datasets import digits_frame
+
+    frame: pd.DataFrame = digits_frame().head(64)
+    return spark.createDataFrame(frame).selectExpr("id", "cast(pixels as array<float>) as pixels", "digit")
+
+
+def test_unknown_model_name_fails_before_any_spark_job(spark, digits_df):
+    est = KerasEstimator(model="transformer-xxl", feature_spec=digits_spec(), num_proc=2)
+    error, jobs = _no_job_runs(spark, lambda: est.fit(digits_df))
+    assert isinstance(error, ConfigError) and "transformer-xxl" in str(error) and "mlp" in str(error)
+    assert jobs == 0
+
+
+def test_missing_label_column_fails_before_any_spark_job(spark, digits_df):
+    est = KerasEstimator(model="cnn", feature_spec=digits_spec(), num_proc=2)
+    error, jobs = _no_job_runs(spark, lambda: est.fit(digits_df.drop("digit")))
+    assert isinstance(error, ValidationError) and "digit" in str(error) and "missing column" in str(error)
+    assert jobs == 0
+
+
+def test_spec_and_model_shape_mismatch_fails_before_any_spark_job(spark, digits_df):
+    wrong = tf.keras.Sequential([tf.keras.Input((10,)), tf.keras.layers.Dense(10, activation="softmax")])
+    est = KerasEstimator(model=wrong, feature_spec=digits_spec(), num_proc=2)
+    error, jobs = _no_job_runs(spark, lambda: est.fit(digits_df))
+    assert isinstance(error, ConfigError) and "[8, 8, 1]" in str(error) and "[10]" in str(error)
+    assert jobs == 0
+
+
+def test_too_many_processes_fails_before_any_spark_job(spark, digits_df):
+    est = KerasEstimator(model="cnn", feature_spec=digits_spec(), num_proc=4)
+    error, jobs = _no_job_runs(spark, lambda: est.fit(digits_df))
+    assert isinstance(error, ConfigError) and "num_proc=4" in str(error)
+    assert jobs == 0
+
+
+def test_params_follow_spark_ml_conventions():
+    est = KerasEstimator(model="mlp", feature_spec=digits_spec(), batch_size=128)
+    assert est.getBatchSize() == 128 and est.getEpochs() == 10 and est.getOrDefault("learningRate") == 1e-3
+    copy = est.copy({est.batchSize: 8})
+    assert copy.getBatchSize() == 8 and est.getBatchSize() == 128
+    est.setEpochs(3)
+    assert est.getEpochs() == 3
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        KerasEstimator(batchsize=3)
+    with pytest.raises(ConfigError, match="validation"):
+        KerasEstimator(feature_spec=digits_spec(), validation=1.5)._checked()

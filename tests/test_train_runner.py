@@ -1,0 +1,99 @@
+"""HorovodRunner on local[2]: real Spark tasks, real Horovod (Gloo) processes."""
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from sparkdl.errors import ConfigError, TrainingError
+from sparkdl.train import HorovodRunner
+
+# The functions below travel to the workers by value (the tests folder is not on the workers' path).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def allreduce_rank_ids():
+    import os
+
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    from sparkdl.train.resources import configure_tensorflow
+
+    configure_tensorflow()
+    hvd.init()
+    total = hvd.allreduce(tf.constant(hvd.rank(), dtype=tf.int32), op=hvd.Sum)
+    return {"sum": int(total.numpy()), "size": hvd.size(), "rank": hvd.rank(),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "tf_env": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "gpus": tf.config.list_physical_devices("GPU")}
+
+
+def explode_on_rank_one(message: str):
+    import os
+
+    if os.environ["HOROVOD_RANK"] == "1":
+        raise ValueError(message)
+    return "rank 0 finished"
+
+
+def explode_then_others_block(message: str):
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    if hvd.rank() == 1:
+        raise RuntimeError(message)
+    hvd.allreduce(tf.constant(1.0))  # rank 1 never joins
+    return "unreachable"
+
+
+@pytest.mark.slow
+def test_allreduce_of_rank_ids(spark):
+    runner = HorovodRunner(num_proc=2, spark=spark)
+    result = runner.run(allreduce_rank_ids)
+    assert result["sum"] == 0 + 1
+    assert result["size"] == 2 and result["rank"] == 0
+    # local[2] shared by 2 processes: one thread each, no GPU on the CPU path
+    assert result["omp"] == "1" and result["tf_env"] == "1" and result["intra"] == 1
+    assert result["cuda"] == "" and result["gpus"] == []
+    assert runner.last_run.launch_s is not None and runner.last_run.launch_s < runner.last_run.total_s
+
+
+@pytest.mark.slow
+def test_worker_exception_reaches_driver_with_its_traceback(spark):
+    runner = HorovodRunner(num_proc=2, spark=spark)
+    with pytest.raises(TrainingError) as info:
+        runner.run(explode_on_rank_one, message="the rank-one kaboom")
+    text = str(info.value)
+    assert "explode_on_rank_one" in text
+    assert "the rank-one kaboom" in text
+    assert "ValueError" in text
+    assert info.value.rank == 1
+
+
+@pytest.mark.slow
+def test_failure_while_other_ranks_wait_in_a_collective_does_not_hang(spark):
+    runner = HorovodRunner(num_proc=2, spark=spark)
+    started = time.time()
+    with pytest.raises(TrainingError) as info:
+        runner.run(explode_then_others_block, message="rank one gave up")
+    assert "explode_then_others_block" in str(info.value)
+    assert "rank one gave up" in str(info.value)
+    assert info.value.rank == 1
+    assert time.time() - started < 120
+
+
+def test_num_proc_larger_than_task_slots_fails_before_launch(spark):
+    runner = HorovodRunner(num_proc=3, spark=spark)
+    with pytest.raises(ConfigError, match=r"num_proc=3 .* 2 Spark task slot"):
+        runner.run(allreduce_rank_ids)
+    assert runner.last_run is None  # nothing was launched
+
+
+def test_num_proc_must_be_positive():
+    with pytest.raises(ConfigError, match="num_proc"):
+        HorovodRunner(num_proc=0)

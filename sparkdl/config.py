@@ -36,7 +36,7 @@ class SparkSection:
 class LakeSection:
     """Where relative table names live: `lake.root/<name>` (a folder or URI)."""
 
-    root: str = "${SPARKDL_WORK_DIR:-~/.sparkdl}/lake"
+    root: str | None = None  # default: <work_dir>/lake
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TrainSection:
     learning_rate: float = 0.001
     optimizer: str = "adam"
     early_stopping: int | None = None
-    warmup_epochs: int = 0
+    warmup_epochs: int = 1
     seed: int = 0
     run_name: str | None = None
     resume: bool = True
@@ -115,13 +115,17 @@ class JobConfig:
     train: TrainSection = field(default_factory=TrainSection)
     score: ScoreSection = field(default_factory=ScoreSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-    source: str = field(default="<dict>", repr=False, compare=False)
+    origin: str = field(default="<dict>", repr=False, compare=False)  # the file it was loaded from
 
     def table_uri(self, name: str) -> str:
         """A table name relative to `lake.root`, or an absolute path/URI as is."""
         if "://" in name or os.path.isabs(os.path.expanduser(name)):
             return os.path.expanduser(name)
-        return str(Path(os.path.expanduser(self.lake.root)) / name)
+        return str(Path(self.lake_root()) / name)
+
+    def lake_root(self) -> str:
+        """`lake.root`, else `<work_dir>/lake`, with `~` expanded."""
+        return os.path.expanduser(self.lake.root or str(Path(os.path.expanduser(self.work_dir)) / "lake"))
 
 
 _ENV_OVERRIDES = {
@@ -164,8 +168,8 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, cls: type = 
             if os.environ.get(env):
                 _set_dotted(raw, list(keys), os.environ[env])
     config = _build(cls, raw, source, "")
-    if dataclasses.is_dataclass(config) and hasattr(config, "source"):
-        config.source = source
+    if hasattr(config, "origin"):
+        config.origin = source
     return config
 
 
@@ -223,7 +227,7 @@ def _build(tp, value, source: str, key: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping ({tp.__name__}), got {value!r}")
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source"}
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "origin"}
         unknown = sorted(set(value) - set(fields))
         if unknown:
             raise ConfigError(f"{source}: unknown key {_join(key, unknown[0])!r}"

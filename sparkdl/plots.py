@@ -48,6 +48,8 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
         raise ValidationError("history must be a non-empty dict of metric name -> list of per-epoch values")
     series: dict[str, list[float]] = {}
     for name, values in history.items():
+        if name == "epoch":  # the epoch index itself, not a metric
+            continue
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValidationError(f"history[{name!r}] must be a non-empty list of numbers, got {values!r}")
         try:

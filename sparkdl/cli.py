@@ -1,0 +1,136 @@
+"""The `sparkdl` command: train, score, evaluate, demo, models, cache.
+
+Every verb that runs a job takes `--config FILE` (YAML, see conf/) and `--set key=value` overrides, and exits with
+status 1 and a one-line reason on failure (`--debug` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from sparkdl.errors import SparkDLError
+from sparkdl.log import configure_logging, get_logger
+
+log = get_logger("cli")
+
+
+def _add_job_args(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=config_required, metavar="FILE",
+                        help="YAML job file (see conf/digits.yaml for every key)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparkdl", description="Distributed deep learning on Spark over Delta Lake.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n  sparkdl demo\n  sparkdl train --config conf/digits.yaml --set train.epochs=5\n"
+               "  sparkdl score --config conf/digits.yaml --model digits_cnn@2\n  sparkdl models list")
+    parser.add_argument("--log-level", default=None, help="sparkdl log level (default INFO or $SPARKDL_LOG_LEVEL)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("train", help="train a model on a Delta table with Horovod; saves it to the model store",
+                         description="Read data.table (pinned to data.version/timestamp), validate and prepare the "
+                                     "features, train model.name on train.num_proc Horovod processes, save a new "
+                                     "version of model.store_name in the model store.")
+    _add_job_args(p)
+
+    p = verbs.add_parser("score", help="score a Delta table into another Delta table (with quarantine and lineage)",
+                         description="Score score.source with a stored model and write score.target atomically; "
+                                     "rows that fail validation go to <target>_quarantine with a reason.")
+    _add_job_args(p)
+    p.add_argument("--model", help="model ref: name, name@version or name@latest (default: score.model, "
+                                   "else model.store_name@latest)")
+
+    p = verbs.add_parser("evaluate", help="evaluate a stored model on a Delta table (metrics JSON + plots)",
+                         description="Compute metrics in Spark on evaluate.table and store metrics.json and PNG "
+                                     "plots next to the model version.")
+    _add_job_args(p)
+    p.add_argument("--model", help="model ref (default: evaluate.model, else model.store_name@latest)")
+
+    p = verbs.add_parser("demo", help="the end-to-end demo on bundled data (tables, training, scoring, SQL, report)",
+                         description="Create Delta tables from scikit-learn's digits, train a CNN with Horovod on "
+                                     "2 processes, evaluate it, score a table, query the scores with a SQL function.")
+    p.add_argument("--work-dir", help="work folder for the demo (default $SPARKDL_WORK_DIR or ~/.sparkdl)")
+    p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
+    p.add_argument("--config", "-c", default=None, metavar="FILE",
+                   help="demo job file (default: the packaged conf/digits.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3")
+
+    p = verbs.add_parser("models", help="list stored models or show one version's metadata")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("ref", nargs="?", help="for show: name, name@version or name@latest")
+    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+
+    p = verbs.add_parser("cache", help="list or delete Petastorm conversion caches")
+    p.add_argument("action", choices=["list", "cleanup"])
+    p.add_argument("--older-than", type=float, default=None, metavar="HOURS",
+                   help="cleanup: only caches not used for this many hours (default: all)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        result = _dispatch(args)
+    except (SparkDLError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"sparkdl {args.verb}: error: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the one-line contract holds for unexpected failures too
+        if args.debug:
+            raise
+        print(f"sparkdl {args.verb}: failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _dispatch(args: argparse.Namespace):
+    from sparkdl import workflows
+    from sparkdl.config import load_config
+
+    if args.verb in ("train", "score", "evaluate"):
+        cfg = load_config(args.config, args.overrides)
+        if args.verb == "train":
+            return workflows.train(cfg).summary()
+        if args.verb == "score":
+            return workflows.score(cfg, model_ref=args.model).to_dict()
+        return workflows.evaluate(cfg, model_ref=args.model)
+    if args.verb == "demo":
+        summary = workflows.demo(config_path=args.config, overrides=args.overrides, work=args.work_dir)
+        print(workflows.format_demo_report(summary))
+        if args.json:
+            return summary
+        return None
+    if args.verb == "models":
+        from sparkdl.registry import ModelStore
+
+        store = ModelStore(args.store)
+        if args.action == "list":
+            return {name: store.list_versions(name) for name in store.list_models()}
+        if not args.ref:
+            raise SparkDLError("models show: give a model ref, e.g. digits_cnn@latest")
+        return store.metadata(args.ref)
+    if args.verb == "cache":
+        from datetime import timedelta
+
+        from sparkdl.data import petastorm_io
+
+        if args.action == "list":
+            return petastorm_io.list_caches()
+        older = timedelta(hours=args.older_than) if args.older_than is not None else None
+        return {"deleted": petastorm_io.cleanup(older_than=older)}
+    raise AssertionError(args.verb)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

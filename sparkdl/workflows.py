@@ -1,0 +1,213 @@
+"""The jobs behind `sparkdl train|score|evaluate|demo` and `jobs/*.py`: config in, library calls, summary out."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparkdl.config import JobConfig, load_config
+from sparkdl.errors import ConfigError
+from sparkdl.log import get_logger
+
+log = get_logger("workflows")
+PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
+DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml")
+
+
+def spark_for(cfg: JobConfig):
+    """The active session, or the embedded default configured by the job's `spark` section."""
+    from sparkdl.session import get_spark
+
+    return get_spark(conf=cfg.spark.conf, master=cfg.spark.master, app_name=cfg.spark.app_name,
+                     work=os.path.expanduser(cfg.work_dir))
+
+
+def model_store(cfg: JobConfig):
+    from sparkdl.registry import ModelStore
+
+    root = cfg.registry.root or str(Path(os.path.expanduser(cfg.work_dir)) / "models")
+    return ModelStore(os.path.expanduser(root))
+
+
+def store_name(cfg: JobConfig) -> str:
+    if cfg.model.store_name:
+        return cfg.model.store_name
+    if cfg.data is None:
+        raise ConfigError(f"{cfg.origin}: model.store_name is required when there is no data section")
+    return f"{Path(cfg.data.table).name}_{cfg.model.name}"
+
+
+def feature_spec(cfg: JobConfig):
+    from sparkdl.data.spec import FeatureSpec
+
+    if cfg.data is None:
+        raise ConfigError(f"{cfg.origin}: missing required section 'data'")
+    try:
+        return FeatureSpec.from_dict({"features": cfg.data.features, "label": cfg.data.label,
+                                      "id_columns": cfg.data.id_columns})
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.origin}: data: {exc}") from exc
+
+
+@dataclass
+class TrainResult:
+    model_ref: str
+    metrics: dict
+    source: dict
+    seconds: float
+    history: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        return {"model": self.model_ref, "metrics": self.metrics, "source": self.source,
+                "seconds": round(self.seconds, 1)}
+
+
+def train(cfg: JobConfig, spark=None) -> TrainResult:
+    """Train `model.name` on `data.table` (pinned version) with Horovod and save it in the model store."""
+    from sparkdl import lake
+    from sparkdl.models import available
+    from sparkdl.train import KerasEstimator
+
+    spec = feature_spec(cfg)
+    if cfg.model.name not in available():
+        raise ConfigError(f"{cfg.origin}: model.name: unknown model {cfg.model.name!r}; known: {sorted(available())}")
+    table = cfg.table_uri(cfg.data.table)
+    spark = spark or spark_for(cfg)
+    snapshot = lake.snapshot(table, version=cfg.data.version, timestamp=cfg.data.timestamp)
+    started = time.perf_counter()
+    estimator = KerasEstimator(
+        model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams),
+        optimizer=cfg.train.optimizer, learning_rate=cfg.train.learning_rate, batch_size=cfg.train.batch_size,
+        epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
+        model_store=model_store(cfg), model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,
+        early_stopping=cfg.train.early_stopping, resume=cfg.train.resume, warmup_epochs=cfg.train.warmup_epochs,
+        work_dir=os.path.expanduser(cfg.work_dir))
+    model = estimator.fit(snapshot)
+    version = model.getModelVersion()
+    meta = model_store(cfg).metadata(version)
+    log.info("trained %s on %s@%d in %.0f s", version, snapshot.table, snapshot.version,
+             time.perf_counter() - started)
+    return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started,
+                       meta.get("history", {}))
+
+
+def _model_ref(cfg: JobConfig, explicit: str | None, section_model: str | None) -> str:
+    ref = explicit or section_model or f"{store_name(cfg)}@latest"
+    return ref
+
+
+def score(cfg: JobConfig, model_ref: str | None = None, spark=None):
+    """Score `score.source` into `score.target` (Delta, atomic, with quarantine and lineage)."""
+    from sparkdl.score import register_sql_function, score_table
+
+    if not cfg.score.source or not cfg.score.target:
+        raise ConfigError(f"{cfg.origin}: score.source and score.target are required to score")
+    spark = spark or spark_for(cfg)
+    ref = _model_ref(cfg, model_ref, cfg.score.model)
+    store = model_store(cfg)
+    store.resolve(ref)  # a missing model fails before any Spark work
+    report = score_table(ref, cfg.table_uri(cfg.score.source), cfg.table_uri(cfg.score.target), mode=cfg.score.mode,
+                         keep_columns=tuple(cfg.score.keep_columns), source_version=cfg.score.source_version,
+                         output=cfg.score.output, store=store, spark=spark)
+    if cfg.score.sql_function:
+        register_sql_function(spark, cfg.score.sql_function, ref, store=store)
+    return report
+
+
+def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
+    """Evaluate a stored model on `evaluate.table`; metrics.json and plots go next to the model version."""
+    from sparkdl.evaluate import evaluate_model
+
+    table = cfg.evaluate.table or (cfg.score.source if cfg.score.source else None)
+    if not table:
+        raise ConfigError(f"{cfg.origin}: evaluate.table is required to evaluate")
+    spark = spark or spark_for(cfg)
+    ref = _model_ref(cfg, model_ref, cfg.evaluate.model)
+    store = model_store(cfg)
+    store.resolve(ref)
+    return evaluate_model(ref, cfg.table_uri(table), version=cfg.evaluate.version, store=store, spark=spark,
+                          plots=cfg.evaluate.plots)
+
+
+def demo(config_path: str | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
+    """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
+
+    Runs conf/digits.yaml (CNN on images) and conf/breast_cancer.yaml (MLP on a table), or only `config_path`.
+    Returns {"runs": [one summary per config], "seconds": ...}.
+    """
+    started = time.perf_counter()
+    if work:
+        os.environ["SPARKDL_WORK_DIR"] = str(Path(work).expanduser().resolve())
+    paths = [Path(config_path)] if config_path else [PACKAGED_CONF / name for name in DEMO_CONFIGS]
+    configs = [load_config(path, overrides) for path in paths]  # every config is checked before any work
+    runs = [_demo_run(cfg) for cfg in configs]
+    return {"runs": runs, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _demo_run(cfg: JobConfig) -> dict:
+    from sparkdl import lake
+    from sparkdl.datasets import create_demo_tables
+
+    started = time.perf_counter()
+    spark = spark_for(cfg)
+    tables = create_demo_tables(spark, cfg.lake_root())
+    trained = train(cfg, spark=spark)
+    log.info("demo: trained %s (%s)", trained.model_ref, trained.metrics)
+    metrics = evaluate(cfg, model_ref=trained.model_ref, spark=spark)
+    report = score(cfg, model_ref=trained.model_ref, spark=spark)
+    target = cfg.table_uri(cfg.score.target)
+    sql_rows = []
+    if cfg.score.sql_function:
+        # SQL over the scores: per-class accuracy of the scored Delta table, and the SQL function agreeing with it
+        label = cfg.data.label["name"] if isinstance(cfg.data.label, dict) else cfg.data.label
+        features = ", ".join(f"t.{f['name'] if isinstance(f, dict) else f}" for f in cfg.data.features)
+        lake.read_table(target, spark=spark)[0].createOrReplaceTempView("demo_scores")
+        lake.read_table(cfg.table_uri(cfg.score.source), spark=spark)[0].createOrReplaceTempView("demo_source")
+        query = (f"SELECT s.{label} AS label, count(*) AS n, "
+                 f"round(avg(CAST(s.{cfg.score.output} = s.{label} AS DOUBLE)), 4) AS accuracy, "
+                 f"sum(CAST({cfg.score.sql_function}({features}) = s.{cfg.score.output} AS INT)) AS sql_agrees "
+                 f"FROM demo_scores s JOIN demo_source t ON s.id = t.id GROUP BY s.{label} ORDER BY s.{label}")
+        log.info("demo: %s", query)
+        sql_rows = [r.asDict() for r in spark.sql(query).collect()]
+    summary = {
+        "config": cfg.origin,
+        "model": trained.model_ref,
+        "train_seconds": round(trained.seconds, 1),
+        "source_table": trained.source,
+        "test_metrics": {"accuracy": metrics.get("accuracy"), "roc_auc": metrics.get("roc_auc"),
+                         "macro_f1": (metrics.get("macro_avg") or {}).get("f1")},
+        "scored_table": target,
+        "scoring": report.to_dict(),
+        "sql_query": sql_rows,
+        "tables": tables,
+        "model_path": str(model_store(cfg).resolve(trained.model_ref).path),
+        "plots": metrics.get("plots", []),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return summary
+
+
+def format_demo_report(result: dict) -> str:
+    """The demo result as a short human-readable report."""
+    lines = [f"sparkdl demo: done in {result['seconds']:.0f} s"]
+    for summary in result["runs"]:
+        m = summary["test_metrics"]
+        auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
+        lines += [
+            f"  [{Path(summary['config']).name}]",
+            f"  model            {summary['model']}  ({summary['model_path']})",
+            f"  trained on       {summary['source_table']['table']} @ version {summary['source_table']['version']}"
+            f"  ({summary['train_seconds']:.0f} s, Horovod)",
+            f"  test accuracy    {m['accuracy']:.4f}   macro F1 {m['macro_f1'] or 0:.4f}   ROC AUC {auc}",
+            f"  scored table     {summary['scored_table']}  ({summary['scoring']['scored_rows']} scored, "
+            f"{summary['scoring']['quarantined_rows']} quarantined, version {summary['scoring']['target_version']})",
+            "  plots            " + "\n                   ".join(summary["plots"]),
+        ]
+        if summary["sql_query"]:
+            lines.append("  SQL per class    label  n   accuracy  sql_function_agrees")
+            lines += [f"                   {r['label']:>5}  {r['n']:<3} {r['accuracy']:<9} {r['sql_agrees']}"
+                      for r in summary["sql_query"]]
+    tables = {t for run in result["runs"] for t in run["tables"].values()}
+    lines.append("  tables           " + "\n                   ".join(sorted(tables)))
+    return "\n".join(lines) + "\n"

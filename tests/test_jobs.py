@@ -1,0 +1,167 @@
+"""The jobs as users run them: spark-submit on local[2] and on a real standalone cluster on loopback, and the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SPARK_SUBMIT = BIN / "spark-submit"
+
+
+def _env(work: Path) -> dict:
+    env = dict(os.environ)
+    env.update(SPARKDL_WORK_DIR=str(work), SPARKDL_LAKE_DIR=str(work / "lake"), SPARKDL_MODEL_STORE=str(work / "models"),
+               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("SPARKDL_MASTER", None)
+    return env
+
+
+def _job_config(work: Path, epochs: int = 4) -> Path:
+    text = (ROOT / "conf" / "digits.yaml").read_text()
+    path = work / "digits.yaml"
+    path.write_text(text.replace("epochs: 12", f"epochs: {epochs}"))
+    return path
+
+
+def _run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def _submit(job: str, master: str, config: Path, env: dict, *extra: str) -> dict:
+    proc = _run([SPARK_SUBMIT, "--master", master, "--conf", f"spark.pyspark.python={sys.executable}",
+                 "--conf", "spark.ui.enabled=false", "--driver-memory", "2g",
+                 ROOT / "jobs" / f"{job}.py", "--config", config, *extra], env)
+    assert proc.returncode == 0, f"{job} failed:\n{proc.stderr[-4000:]}"
+    out = proc.stdout
+    return json.loads(out[out.index("{"):])
+
+
+@pytest.fixture(scope="module")
+def demo_tables(tmp_path_factory):
+    """The demo Delta tables in a fresh lake, written by a subprocess (the test session's Spark stays untouched)."""
+    work = tmp_path_factory.mktemp("jobs")
+    code = ("from sparkdl.session import get_spark; from sparkdl.datasets import create_demo_tables; "
+            f"s = get_spark(master='local[2]'); create_demo_tables(s, {str(work / 'lake')!r}); s.stop()")
+    proc = _run([sys.executable, "-c", code], _env(work))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def _check_pipeline(work: Path, master: str, env: dict) -> None:
+    config = _job_config(work)
+    trained = _submit("train", master, config, env)
+    assert trained["model"].startswith("digits_cnn@")
+    assert trained["source"]["table"].endswith("digits_train") and trained["source"]["version"] == 0
+    assert (work / "models" / "digits_cnn").is_dir()
+
+    scored = _submit("score", master, config, env, "--model", trained["model"])
+    assert scored["input_rows"] == 359 and scored["scored_rows"] + scored["quarantined_rows"] == 359
+
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(work / "lake" / "digits_scored")).to_pyarrow_table().to_pandas()
+    assert len(table) == scored["scored_rows"]
+    assert set(table["_model"]) == {"digits_cnn"}
+    accuracy = float((table["prediction"] == table["digit"]).mean())
+    assert accuracy > 0.8, accuracy
+
+    evaluated = _submit("evaluate", master, config, env, "--model", trained["model"])
+    assert abs(evaluated["accuracy"] - accuracy) < 1e-9
+    assert evaluated["data"]["table"].endswith("digits_test")
+    for plot in evaluated["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_spark_submit_train_score_evaluate_local(demo_tables):
+    _check_pipeline(demo_tables, "local[2]", _env(demo_tables))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standalone_cluster(tmp_path):
+    """A Spark standalone master and two 1-core workers on loopback, stopped afterwards."""
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    env = dict(os.environ, SPARK_HOME=str(spark_home), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               SPARK_LOG_DIR=str(tmp_path / "logs"), SPARK_WORKER_DIR=str(tmp_path / "work"))
+    spark_class = spark_home / "bin" / "spark-class"
+    port = _free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = [subprocess.Popen([str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(_free_port())], env=env,
+                              stdout=open(tmp_path / "master.log", "w"), stderr=subprocess.STDOUT)]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(1)
+    for i in range(2):
+        procs.append(subprocess.Popen(
+            [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--cores", "1", "--memory", "3g",
+             "--host", "127.0.0.1", "--webui-port", str(_free_port()), url], env=env,
+            stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
+    deadline = time.time() + 90
+    while time.time() < deadline and sum("Successfully registered with master" in (tmp_path / f"worker{i}.log")
+                                         .read_text() for i in range(2)) < 2:
+        time.sleep(1)
+    try:
+        yield url
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.slow
+def test_spark_submit_on_standalone_cluster(demo_tables, standalone_cluster, tmp_path):
+    work = tmp_path / "cluster-work"
+    shutil.copytree(demo_tables / "lake", work / "lake")
+    _check_pipeline(work, standalone_cluster, _env(work))
+
+
+def test_cli_help_explains_every_verb():
+    proc = _run([sys.executable, "-m", "sparkdl.cli", "--help"], dict(os.environ))
+    assert proc.returncode == 0
+    for verb in ("train", "score", "evaluate", "demo", "models", "cache"):
+        assert verb in proc.stdout
+    proc = _run([sys.executable, "-m", "sparkdl.cli", "train", "--help"], dict(os.environ))
+    assert "--config" in proc.stdout and "--set" in proc.stdout
+
+
+@pytest.mark.parametrize("override, reason", [
+    ("train.epoch=3", "unknown key 'train.epoch'"),
+    ("model.name=resnet", "unknown model 'resnet'"),
+    ("data.table=/nonexistent/table", "/nonexistent/table"),
+])
+def test_bad_config_fails_fast_with_one_line(tmp_path, override, reason):
+    env = _env(tmp_path)
+    started = time.time()
+    proc = _run([sys.executable, str(ROOT / "jobs" / "train.py"), "--config", str(ROOT / "conf" / "digits.yaml"),
+                 "--set", override], env, timeout=120)
+    assert proc.returncode != 0
+    last = [line for line in proc.stderr.strip().splitlines() if line.startswith("sparkdl train:")]
+    assert len(last) == 1 and reason in last[0], proc.stderr[-2000:]
+    assert time.time() - started < 60

@@ -126,7 +126,9 @@ def _dispatch(args: argparse.Namespace):
         from sparkdl.data import petastorm_io
 
         if args.action == "list":
-            return petastorm_io.list_caches()
+            from dataclasses import asdict
+
+            return [asdict(info) for info in petastorm_io.list_caches()]
         older = timedelta(hours=args.older_than) if args.older_than is not None else None
         return {"deleted": petastorm_io.cleanup(older_than=older)}
     raise AssertionError(args.verb)

@@ -84,7 +84,19 @@ def _check_pipeline(work: Path, master: str, env: dict) -> None:
 
 @pytest.mark.slow
 def test_spark_submit_train_score_evaluate_local(demo_tables):
-    _check_pipeline(demo_tables, "local[2]", _env(demo_tables))
+    env = _env(demo_tables)
+    _check_pipeline(demo_tables, "local[2]", env)
+
+    # the store and the Petastorm caches the jobs left, through the CLI
+    listed = json.loads(_run([BIN / "sparkdl", "models", "list"], env).stdout)
+    assert listed == {"digits_cnn": [1]}
+    shown = json.loads(_run([BIN / "sparkdl", "models", "show", "digits_cnn@latest"], env).stdout)
+    assert shown["source"]["version"] == 0 and shown["feature_spec"]["label"]["name"] == "digit"
+    caches = json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout)
+    assert caches and all(c["key"]["table"].endswith("digits_train") for c in caches)
+    deleted = json.loads(_run([BIN / "sparkdl", "cache", "cleanup"], env).stdout)["deleted"]
+    assert sorted(deleted) == sorted(c["url"] for c in caches)
+    assert json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout) == []
 
 
 def _free_port() -> int:

@@ -1,0 +1,45 @@
+"""The README's main command, `sparkdl demo`, end to end on the embedded default; and re-runnable."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SPARKDL_WORK_DIR=str(work), TF_CPP_MIN_LOG_LEVEL="2")
+    for key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "sparkdl.cli", "demo", "--json", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_rerun(tmp_path):
+    first = _demo(tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "sparkdl demo: done" in first.stdout and "test accuracy" in first.stdout
+    result = json.loads(first.stdout[first.stdout.index("\n{") + 1:])
+    runs = {Path(r["config"]).name: r for r in result["runs"]}
+    assert set(runs) == {"digits.yaml", "breast_cancer.yaml"}
+    assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
+    assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
+    for run in runs.values():
+        scoring = run["scoring"]
+        assert scoring["input_rows"] == scoring["scored_rows"] + scoring["quarantined_rows"]
+        assert all(Path(p).is_file() for p in run["plots"])
+        assert sum(r["n"] for r in run["sql_query"]) == scoring["input_rows"]
+        assert all(r["sql_agrees"] == r["n"] for r in run["sql_query"])  # SQL function == table scoring
+        assert Path(run["model_path"], "model.keras").is_file()
+    assert (tmp_path / "lake" / "digits_train" / "_delta_log").is_dir()
+
+    # re-run (one config to keep it short): same source table version, a new model version
+    again = _demo(tmp_path, "--config", str(ROOT / "conf" / "breast_cancer.yaml"))
+    assert again.returncode == 0, again.stderr[-4000:]
+    rerun = json.loads(again.stdout[again.stdout.index("\n{") + 1:])["runs"][0]
+    assert rerun["model"] == "breast_cancer_mlp@2"
+    assert rerun["source_table"]["version"] == runs["breast_cancer.yaml"]["source_table"]["version"] == 0

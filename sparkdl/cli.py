@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="work folder for the demo (default $SPARKDL_WORK_DIR or ~/.sparkdl)")
     p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
     p.add_argument("--config", "-c", default=None, metavar="FILE",
-                   help="demo job file (default: the packaged conf/digits.yaml)")
+                   help="run only this job file (default: conf/digits.yaml and conf/breast_cancer.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3")
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("cache", help="list or delete Petastorm conversion caches")
     p.add_argument("action", choices=["list", "cleanup"])
     p.add_argument("--older-than", type=float, default=None, metavar="HOURS",
-                   help="cleanup: only caches not used for this many hours (default: all)")
+                   help="cleanup: only caches created more than this many hours ago (default: all)")
     return parser
 
 

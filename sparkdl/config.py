@@ -162,11 +162,12 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, cls: type = 
     """Like `load_config`, from an already-parsed mapping."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    raw = _apply_overrides(raw, overrides or [], source)
-    if cls is JobConfig:
+    raw = _apply_overrides(raw, [], source)  # a copy
+    if cls is JobConfig:  # environment over the file, command line over both
         for keys, env in _ENV_OVERRIDES.items():
             if os.environ.get(env):
                 _set_dotted(raw, list(keys), os.environ[env])
+    raw = _apply_overrides(raw, overrides or [], source)
     config = _build(cls, raw, source, "")
     if hasattr(config, "origin"):
         config.origin = source

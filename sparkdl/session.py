@@ -190,7 +190,7 @@ def _in_ivy_cache(coordinate: str, conf: Mapping[str, str]) -> bool:
     if len(parts) != 3:
         raise SessionError(f"spark.jars.packages: {coordinate!r} is not group:artifact:version")
     group, artifact, version = parts
-    roots = [conf.get("spark.jars.ivy"), "~/.ivy2.5.2", "~/.ivy2"]
+    roots = [conf["spark.jars.ivy"]] if conf.get("spark.jars.ivy") else ["~/.ivy2.5.2", "~/.ivy2"]
     for root in filter(None, roots):
         base = Path(root).expanduser()
         if (base / "jars" / f"{group}_{artifact}-{version}.jar").is_file():

@@ -73,6 +73,7 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
     if cfg.model.name not in available():
         raise ConfigError(f"{cfg.origin}: model.name: unknown model {cfg.model.name!r}; known: {sorted(available())}")
     table = cfg.table_uri(cfg.data.table)
+    _require_table(cfg, table, "data.table")
     spark = spark or spark_for(cfg)
     snapshot = lake.snapshot(table, version=cfg.data.version, timestamp=cfg.data.timestamp)
     started = time.perf_counter()
@@ -92,6 +93,15 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
                        meta.get("history", {}))
 
 
+def _require_table(cfg: JobConfig, table: str, key: str) -> None:
+    """Fail before Spark starts when a local table path has no Delta log (remote URIs are checked by the read)."""
+    from sparkdl.errors import TableError
+
+    path = table[len("file://"):] if table.startswith("file://") else table
+    if "://" not in path and not (Path(path) / "_delta_log").is_dir():
+        raise TableError(f"{cfg.origin}: {key}: no Delta table at {table} (no _delta_log folder)")
+
+
 def _model_ref(cfg: JobConfig, explicit: str | None, section_model: str | None) -> str:
     ref = explicit or section_model or f"{store_name(cfg)}@latest"
     return ref
@@ -103,12 +113,13 @@ def score(cfg: JobConfig, model_ref: str | None = None, spark=None):
 
     if not cfg.score.source or not cfg.score.target:
         raise ConfigError(f"{cfg.origin}: score.source and score.target are required to score")
+    _require_table(cfg, cfg.table_uri(cfg.score.source), "score.source")
     spark = spark or spark_for(cfg)
     ref = _model_ref(cfg, model_ref, cfg.score.model)
     store = model_store(cfg)
     store.resolve(ref)  # a missing model fails before any Spark work
     report = score_table(ref, cfg.table_uri(cfg.score.source), cfg.table_uri(cfg.score.target), mode=cfg.score.mode,
-                         keep_columns=tuple(cfg.score.keep_columns), source_version=cfg.score.source_version,
+                         keep_columns=list(cfg.score.keep_columns) or None, source_version=cfg.score.source_version,
                          output=cfg.score.output, store=store, spark=spark)
     if cfg.score.sql_function:
         register_sql_function(spark, cfg.score.sql_function, ref, store=store)
@@ -122,6 +133,7 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     table = cfg.evaluate.table or (cfg.score.source if cfg.score.source else None)
     if not table:
         raise ConfigError(f"{cfg.origin}: evaluate.table is required to evaluate")
+    _require_table(cfg, cfg.table_uri(table), "evaluate.table")
     spark = spark or spark_for(cfg)
     ref = _model_ref(cfg, model_ref, cfg.evaluate.model)
     store = model_store(cfg)
@@ -140,6 +152,9 @@ def demo(config_path: str | None = None, overrides: list[str] | None = None, wor
     if work:
         os.environ["SPARKDL_WORK_DIR"] = str(Path(work).expanduser().resolve())
     paths = [Path(config_path)] if config_path else [PACKAGED_CONF / name for name in DEMO_CONFIGS]
+    if not config_path and not all(p.is_file() for p in paths):
+        raise ConfigError(f"the demo configs {list(DEMO_CONFIGS)} are in the source checkout's conf/ folder, not "
+                          f"found at {PACKAGED_CONF}; run the demo from a checkout or pass --config FILE")
     configs = [load_config(path, overrides) for path in paths]  # every config is checked before any work
     runs = [_demo_run(cfg) for cfg in configs]
     return {"runs": runs, "seconds": round(time.perf_counter() - started, 1)}

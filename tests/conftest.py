@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Quiet TensorFlow's C++ logging before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every run gets a fresh work folder, whatever the user's environment says (a user's SPARKDL_* settings must not
+# leak old checkpoints, models or tables into the tests).
 _WORK = tempfile.mkdtemp(prefix="sparkdl-tests-")
-os.environ.setdefault("SPARKDL_WORK_DIR", _WORK)
+os.environ["SPARKDL_WORK_DIR"] = _WORK
+for _key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER"):
+    os.environ.pop(_key, None)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +33,7 @@ def spark(work_dir):
     session = get_spark(master="local[2]", app_name="sparkdl-tests", conf={"spark.sql.shuffle.partitions": "4"})
     yield session
     session.stop()
+    shutil.rmtree(_WORK, ignore_errors=True)
 
 
 @pytest.fixture

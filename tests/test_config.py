@@ -50,6 +50,8 @@ def test_env_and_command_line_overrides(tmp_path, monkeypatch):
     assert cfg.table_uri("digits") == "/data/lake/digits"
     assert cfg.table_uri("/abs/t") == "/abs/t"
     assert cfg.train.epochs == 7 and cfg.model.name == "mlp"
+    # the command line wins over the environment
+    assert load_config(write(tmp_path, VALID), overrides=["lake.root=/cli/lake"]).lake.root == "/cli/lake"
 
 
 def test_unknown_key_is_named_with_file(tmp_path):

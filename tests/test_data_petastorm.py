@@ -250,9 +250,7 @@ def test_rows_that_cannot_be_prepared_are_counted(spark, parent):
 def test_zero_copy_through_lake_read_table(spark, lake, parent):
     from deltalake import write_deltalake
 
-    lake_api = pytest.importorskip("sparkdl.lake")
-    if not hasattr(lake_api, "read_table"):
-        pytest.skip("sparkdl.lake.read_table is not there yet")
+    import sparkdl.lake as lake_api
     n = 40
     rng = np.random.default_rng(0)
     table = pa.table({"features": pa.array(list(rng.uniform(size=(n, WIDTH)).astype(np.float32)),

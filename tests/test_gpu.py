@@ -1,11 +1,11 @@
 """GPU code paths: device pinning per Horovod local rank (runs anywhere) and real GPU runs (skipped without one)."""
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-
-from sparkdl.train.resources import WorkerSetup
 
 
 def _has_gpu() -> bool:
@@ -14,29 +14,26 @@ def _has_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
-WORKER_ENV = ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+def _apply_in_subprocess(use_gpu: bool, env: dict) -> dict:
+    """WorkerSetup.apply in a fresh interpreter: it writes os.environ and may configure TensorFlow's threads."""
+    code = ("import json, os; from sparkdl.train.resources import WorkerSetup; "
+            f"applied = WorkerSetup(threads=3, use_gpu={use_gpu}).apply(); "
+            "print(json.dumps({k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', 'TF_FORCE_GPU_ALLOW_GROWTH', "
+            "'TF_NUM_INTRAOP_THREADS', 'OMP_NUM_THREADS')}))")
+    base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.fixture(autouse=True)
-def restore_worker_env(monkeypatch):
-    """WorkerSetup.apply writes os.environ: register every key so monkeypatch restores it."""
-    for key in WORKER_ENV:
-        monkeypatch.delenv(key, raising=False)
+def test_gpu_worker_is_pinned_to_its_local_rank_with_memory_growth():
+    seen = _apply_in_subprocess(True, {"HOROVOD_LOCAL_RANK": "1"})
+    assert seen == {"CUDA_VISIBLE_DEVICES": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_NUM_INTRAOP_THREADS": "3",
+                    "OMP_NUM_THREADS": "3"}
 
 
-def test_gpu_worker_is_pinned_to_its_local_rank_with_memory_growth(monkeypatch):
-    monkeypatch.setenv("HOROVOD_LOCAL_RANK", "1")
-    applied = WorkerSetup(threads=3, use_gpu=True).apply()
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1" and applied["CUDA_VISIBLE_DEVICES"] == "1"
-    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3" and os.environ["OMP_NUM_THREADS"] == "3"
-
-
-def test_cpu_worker_hides_gpus(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    WorkerSetup(threads=1, use_gpu=False).apply()
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+def test_cpu_worker_hides_gpus():
+    assert _apply_in_subprocess(False, {"CUDA_VISIBLE_DEVICES": "0,1"})["CUDA_VISIBLE_DEVICES"] == ""
 
 
 @pytest.mark.gpu

@@ -275,6 +275,21 @@ def test_too_many_processes_fails_before_any_spark_job(spark, digits_df):
     assert jobs == 0
 
 
+def test_bad_values_fail_in_one_validation_pass_before_horovod(spark, digits_df, tmp_path):
+    from pyspark.sql import functions as F
+
+    bad = digits_df.withColumn("pixels", F.when(F.col("id") < 3, F.array_repeat(F.lit(float("nan")).cast("float"), 64))
+                               .otherwise(F.col("pixels"))) \
+        .withColumn("digit", F.when(F.col("id") == 5, F.lit(12)).otherwise(F.col("digit")))
+    est = KerasEstimator(model="cnn", feature_spec=digits_spec(), num_proc=2, work_dir=str(tmp_path))
+    with pytest.raises(ValidationError) as info:
+        est.fit(bad)
+    message = str(info.value)
+    assert "pixels" in message and "digit" in message
+    assert {p["column"] for p in info.value.problems} == {"pixels", "digit"}
+    assert not list((tmp_path / "runs").rglob("*.keras"))  # nothing trained, no checkpoint
+
+
 def test_params_follow_spark_ml_conventions():
     est = KerasEstimator(model="mlp", feature_spec=digits_spec(), batch_size=128)
     assert est.getBatchSize() == 128 and est.getEpochs() == 10 and est.getOrDefault("learningRate") == 1e-3

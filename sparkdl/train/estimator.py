@@ -218,6 +218,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
         from sparkdl.data.dataset import split
 
+        # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
+        spec.validate(df, require_label=True)
         train_df, val_df = split(df, p["validation"] or None, p["seed"])
         if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
             from sparkdl.data.preprocess import PreprocessorModel
@@ -225,6 +227,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             prep = PreprocessorModel.from_dict(run.settings()["preprocessor"])  # the same stats as attempt 1
         else:
             prep = Preprocessor(spec).fit(train_df)
+        _check_label_classes(spec, prep)
         signature = prep.signature
         attempt = int((run.settings() or {}).get("attempts", 0)) + 1
         run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
@@ -560,3 +563,13 @@ def _as_keras_history(history: Mapping[int, dict], upto: int | None = None) -> d
 
 
 __all__ = ["KerasEstimator", "signature_hint"]
+
+
+def _check_label_classes(spec: FeatureSpec, prep) -> None:
+    """A model whose recorded classes disagree with `num_classes` could never be scored: refuse to train it."""
+    classes, expected = prep.label_classes, spec.label.num_classes
+    if classes is not None and expected is not None and len(classes) != int(expected):
+        raise ValidationError(
+            f"label {spec.label.name!r}: num_classes is {expected} but the training split holds {len(classes)} "
+            f"class(es) {list(classes)[:20]}; a class present only in the validation rows (or absent) cannot be "
+            f"learned. Use a larger training fraction, a stratified validation column, or fix num_classes.")

@@ -1,10 +1,12 @@
 """Scoring over the lakehouse: a model from the store as a Spark column function, a SQL function, a Delta table
 job and a Delta stream — all sharing one Arrow-native scoring path and one model load per Python worker.
 
-    >>> from sparkdl.score import model_udf, register_sql_function, score_table, score_stream
+    >>> from sparkdl.score import model_udf, register_sql_function, score_dataframe, score_table, score_stream
     >>> df.select(model_udf("digits@1")("pixels"))
+    >>> score_dataframe(df, "digits@1", keep_columns=["id"])      # the fast path: Arrow batches, no pandas
     >>> report = score_table("digits@1", "/lake/images", "/lake/predictions")
 """
+from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
 from sparkdl.score.runtime import load_count, loaded_models
@@ -12,7 +14,7 @@ from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transf
 
 __all__ = [
     "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "load_count", "loaded_models", "model_udf", "plan_output",
-    "register_sql_function", "resolve_model", "transform_with_model",
+    "register_sql_function", "resolve_model", "score_dataframe", "transform_with_model",
 ]
 
 

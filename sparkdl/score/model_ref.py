@@ -61,8 +61,9 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
     """Resolve `model_ref` to a `ModelRef` and its metadata dict, on the driver.
 
     Args:
-        model_ref: `"name"` (latest), `"name@3"`, `"name@latest"`, a `ModelVersion`, a `LoadedModel`, or a
-            `SparkDLModel` (anything with `getModelVersion()`).
+        model_ref: `"name"` (latest), `"name@3"`, `"name@latest"`, a `ModelVersion`, a `LoadedModel`, a
+            `ModelRef` (its own store unless `store` is given), or a `SparkDLModel` (anything with
+            `getModelVersion()`).
         store: a `ModelStore` or its root folder; default: the store the reference came from, else the default
             store ($SPARKDL_MODEL_STORE or `<work dir>/models`).
 
@@ -73,6 +74,9 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
     from sparkdl.registry import LoadedModel, ModelStore, ModelVersion
 
     store = _store(store)
+    if isinstance(model_ref, ModelRef):
+        store = store or ModelStore(model_ref.root)
+        model_ref = str(model_ref)
     if hasattr(model_ref, "getModelVersion") and callable(model_ref.getModelVersion):
         model_ref, store = _from_spark_model(model_ref, store)
     if isinstance(model_ref, (ModelVersion, LoadedModel)) and store is None:

@@ -4,11 +4,12 @@
     >>> report.input_rows == report.scored_rows + report.quarantined_rows
     True
 
-One pass: a `mapInArrow` runs the model's `PreprocessorModel.prepare_batch` (the training code) and the model on
-each Arrow batch and emits, per row, the kept columns, the output, and a `_reason` (null when the row scored). The
-result is persisted to disk once, counted (scored / quarantined / reasons), checked against the input row count,
-and only then written: scored rows to `target`, rows that could not be prepared (with their raw feature values
-and the reason) to the quarantine table. Each write is one atomic Delta commit (`sparkdl.lake.write_table`); a job
+One pass: a `mapInArrow` (whose tasks read the snapshot's Parquet files themselves, see `sparkdl.score.scan`) runs
+the model's `PreprocessorModel.prepare_batch` (the training code) and the model on each Arrow batch and emits, per
+row, the kept columns, the output, and a `_reason` (null when the row scored). The result is persisted to disk
+once, counted (scored / quarantined / reasons), checked against the input row count, and only then written:
+scored rows to `target`, rows that could not be prepared (with their raw feature values and the reason) to the
+quarantine table. Each write is one atomic Delta commit (`sparkdl.lake.write_table`); a job
 that fails while scoring writes nothing.
 
 Lineage: every written row carries `_model`, `_model_version`, `_source_version` and `_scored_at`; each commit's
@@ -91,7 +92,9 @@ def check_columns(df, feature_names: list[str], spec_dict: dict, keep_columns: l
 def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], keep_columns: list[str],
                  output_col: str, batch_size: int | None = None):
     """`df` mapped through the model in one `mapInArrow`: keep columns, the raw feature columns (null where the
-    row scored, so only quarantined rows carry them), `output_col` (null where it did not), `_reason`."""
+    row scored, so only quarantined rows carry them), `output_col` (null where it did not), `_reason`. When the
+    selected source is a plain Parquet scan (an unpartitioned delta-rs snapshot), the tasks read its files with
+    pyarrow (`sparkdl.score.scan.map_batches`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyspark.sql import functions as F
@@ -131,7 +134,9 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
                               else pa.nulls(len(valid), pa.string()))
                 yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
-    return source.mapInArrow(score_batches, schema)
+    from sparkdl.score.scan import map_batches
+
+    return map_batches(source, score_batches, schema)
 
 
 def count_outcomes(scored) -> tuple[int, int, dict]:

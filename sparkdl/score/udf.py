@@ -195,30 +195,47 @@ def register_sql_function(spark, name: str, model_ref, output: str = "prediction
 
 
 def transform_with_model(model, df, output: str | None = None, output_col: str | None = None, store=None):
-    """`df` plus one scored column, for `SparkDLModel.transform`: the same column function as `model_udf`.
+    """`df` plus one scored column (as `df.withColumn`), for `SparkDLModel.transform`: `score_dataframe` under
+    the hood (Arrow batches through `mapInArrow`; a plain Parquet scan is read by the tasks directly), or the
+    column UDF of `model_udf` when `df` has a column type Arrow cannot carry.
 
     Args:
         model: a `SparkDLModel` (its model version, and `getOutputCol()`/`getOutput()` when it has them) or any
             reference `model_udf` accepts.
         df: a DataFrame with the model's feature columns.
         output: output kind (default: the model's `getOutput()`, else "prediction").
-        output_col: name of the new column (default: the model's `getOutputCol()`, else the output kind).
+        output_col: name of the new column (default: the model's `getOutputCol()`, else the output kind); an
+            existing column of that name is replaced in place.
 
     Raises:
         ValidationError: `df` lacks feature columns (lists them and the columns it has).
     """
+    from sparkdl.score.frame import score_dataframe
+
     output = output or _param(model, ("getOutput", "getOutputType")) or "prediction"
     output_col = output_col or _param(model, ("getOutputCol", "getPredictionCol")) or output
-    fn = ModelUDF(model, output=output, store=store)
-    missing = [c for c in fn.feature_names if c not in df.columns]
+    ref, metadata = resolve_model(model, store)
+    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
+    missing = [c for c in feature_names if c not in df.columns]
     if missing:
-        raise ValidationError(f"model {fn.ref}: DataFrame is missing feature column(s) {missing}; it has "
+        raise ValidationError(f"model {ref}: DataFrame is missing feature column(s) {missing}; it has "
                               f"{df.columns}", [{"column": c, "problem": "missing column", "expected": "present",
                                                   "found": f"columns {df.columns}", "count": None, "samples": []}
                                                  for c in missing])
-    from sparkdl.data.validation import array_column
+    try:
+        from pyspark.sql.pandas.types import to_arrow_schema
 
-    return df.withColumn(output_col, fn(*[array_column(df, c) for c in fn.feature_names]))
+        to_arrow_schema(df.schema)
+    except Exception:  # noqa: BLE001 - a column Arrow cannot carry (e.g. an interval): the column UDF
+        from sparkdl.data.validation import array_column
+
+        fn = ModelUDF(ref, output=output)
+        return df.withColumn(output_col, fn(*[array_column(df, c) for c in fn.feature_names]))
+    keep = [c for c in df.columns if c != output_col]
+    scored = score_dataframe(df, ref, output=output, output_col=output_col, keep_columns=keep)
+    if output_col in df.columns:  # withColumn keeps a replaced column where it was
+        scored = scored.select(*[scored[c] for c in df.columns])
+    return scored
 
 
 def _param(model, getters) -> str | None:

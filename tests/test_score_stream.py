@@ -7,6 +7,8 @@ from test_score_udf import digits_df, digits_mlp, score_store  # noqa: F401 - sh
 
 def _run(query, timeout: int = 240) -> None:
     finished = query.awaitTermination(timeout)
+    if not finished:
+        query.stop()  # never leave a query running in the shared session
     assert finished, "the availableNow query did not finish in time"
     if query.exception() is not None:
         raise query.exception()
@@ -43,8 +45,11 @@ def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, dig
 
     query = score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id"],
                          on_batch=crash)
-    with pytest.raises(Exception, match="simulated crash"):
-        query.awaitTermination(240)
+    try:
+        with pytest.raises(Exception, match="simulated crash"):
+            query.awaitTermination(240)
+    finally:
+        query.stop()
     assert len(seen) == 1 and seen[0].scored_rows == 80 and seen[0].quarantined_rows == 3
     assert _ids(target) == list(range(180))  # the batch was committed ...
     commits_before = len(history(target))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_score_udf import (  # noqa: F401 - fixtures shared with the UDF tests
     DIGITS_SPEC,
@@ -43,6 +44,9 @@ def test_score_table_with_quarantine_and_lineage(spark, lake, digits_df, digits_
     pdf = scored.orderBy("id").toPandas()
     assert set(pdf["_model"]) == {"digits_mlp"} and set(pdf["_model_version"]) == {version.version}
     assert set(pdf["_source_version"]) == {src.version} and pdf["_scored_at"].notna().all()
+    # stored in UTC whatever the driver's local timezone: within a minute of now (Spark returns session-tz naive)
+    now_utc = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    assert (abs(pdf["_scored_at"] - now_utc) < pd.Timedelta(minutes=1)).all()
     raw = digits_df.orderBy("id").toPandas()
     want, _ = expected_outputs(prep, model, raw, ["pixels"])
     np.testing.assert_allclose(as_matrix([s["probability"] for s in pdf["struct"]]), want, atol=1e-5)
@@ -94,6 +98,23 @@ def test_bad_input_is_refused_before_any_job(spark, lake, digits_df, digits_mlp)
         score_table(version, source, str(lake / "t"), mode="merge")
     with pytest.raises(TableError):
         score_table(version, str(lake / "missing"), str(lake / "t"))
+
+    # appending to a target whose schema does not fit the scores: refused from the schemas, before scoring
+    from sparkdl.errors import SchemaMismatchError
+    from sparkdl.lake import latest_version
+
+    good_source, target = str(lake / "good"), str(lake / "other_target")
+    write_table(digits_df.limit(20), good_source)
+    write_table(spark.createDataFrame([(1, "x")], "id long, prediction string"), target)
+    sc = spark.sparkContext
+    sc.setJobGroup("append-mismatch", "no scoring job may start")
+    try:
+        with pytest.raises(SchemaMismatchError, match=r"prediction: table string, data int"):
+            score_table(version, good_source, target, keep_columns=["id"])
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert sc.statusTracker().getJobIdsForGroup("append-mismatch") == []
+    assert latest_version(target) == 0
 
 
 def _poison_model(store, spark):

@@ -167,7 +167,7 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
                 return
             lineage = [F.lit(ref.name).alias("_model"), F.lit(int(ref.version)).cast("int").alias("_model_version"),
                        F.col(SOURCE_VERSION_COL).alias("_source_version"),
-                       F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("_scored_at")]
+                       F.lit(scored_at).cast("timestamp").alias("_scored_at")]  # aware: UTC
             good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
             commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
                       "source_table": source_uri, APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id),

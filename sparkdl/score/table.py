@@ -235,7 +235,13 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     target_before = _version_or_none(target_uri, spark)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
-    scored = scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size).persist(StorageLevel.DISK_ONLY)
+    scored = scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size)
+    if mode == "append" and target_before is not None:
+        # the appended rows must fit the target: find out from the schemas, before scoring the whole source
+        lineage = lineage_columns(ref, snap.version, scored_at)
+        _check_appendable(split_outcomes(scored, keep, feature_names, output_col, lineage)[0].schema,
+                          target_uri, spark)
+    scored = scored.persist(StorageLevel.DISK_ONLY)
     try:
         try:
             ok, bad, reasons = count_outcomes(scored)
@@ -246,7 +252,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         if ok + bad != input_rows:
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
                                f"nothing was written")
-        lineage = lineage_columns(ref, snap.version, scored_at.replace(tzinfo=None))
+        lineage = lineage_columns(ref, snap.version, scored_at)  # aware: Spark converts it as UTC
         good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
         commit = {"sparkdl.operation": "score", "model": ref.name, "model_version": ref.version,
                   "model_store": ref.root, "output": output, "source_table": snap.table,
@@ -267,6 +273,16 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                          scored_at.isoformat(), round(time.perf_counter() - started, 3))
     log.info("%s: %d scored -> %s@%d, %d quarantined", where, ok, target_uri, target_snap.version, bad)
     return report
+
+
+def _check_appendable(schema, target_uri: str, spark) -> None:
+    """Raise SchemaMismatchError (naming both sides) when rows of `schema` cannot be appended to the target."""
+    from sparkdl.lake import read_table
+    from sparkdl.lake.schema import plan_existing_table
+
+    table_df, table_snap = read_table(target_uri, spark=spark)
+    plan_existing_table(schema, table_df.schema, list(table_snap.partition_columns), "append", None, None,
+                        target_uri)
 
 
 def _version_or_none(uri: str, spark) -> int | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkdl.errors import ConfigError, ModelStoreError
+from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
 
 log = get_logger("registry")
@@ -132,16 +133,7 @@ def _dumps(value, where: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, data, _TMP_PREFIX)
 
 
 def _content_bytes(filename: str, content) -> bytes:

@@ -13,8 +13,17 @@ and on every Horovod worker::
     model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch(train, hvd.size(), batch_size))
 """
 from sparkdl.data.dataset import iterate_batches, shard_plan, split, steps_per_epoch, tf_dataset
-from sparkdl.data.petastorm_io import (CacheInfo, PetastormDataset, cache_key, cleanup, convert, from_snapshot,
-                                       list_caches, parent_cache_dir, to_petastorm)
+from sparkdl.data.petastorm_io import (
+                                       CacheInfo,
+                                       PetastormDataset,
+                                       cache_key,
+                                       cleanup,
+                                       convert,
+                                       from_snapshot,
+                                       list_caches,
+                                       parent_cache_dir,
+                                       to_petastorm,
+)
 from sparkdl.data.preprocess import PreparedBatch, Preprocessor, PreprocessorModel
 from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
 from sparkdl.data.validation import validate

@@ -31,7 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sparkdl.data.arrow_utils import as_array, list_to_matrix, matrix_to_list_array, numeric_to_numpy, to_table
+from sparkdl.data.arrow_utils import (
+    as_array,
+    list_to_matrix,
+    matrix_to_list_array,
+    numeric_to_numpy,
+    to_table,
+)
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
@@ -101,24 +107,12 @@ class Preprocessor:
         from pyspark.ml.stat import Summarizer
         from pyspark.sql import functions as F
 
-        from sparkdl.data.validation import array_column, expected_type, type_ok
+        from sparkdl.data.validation import array_column, check_schema
 
         spec = self.spec
         if validate:
             spec.validate(df)
-        fields = {f.name: f.dataType for f in df.schema.fields}
-        problems = []
-        for item in list(spec.features) + ([spec.label] if spec.label else []):
-            if item.name not in fields:
-                problems.append({"column": item.name, "problem": "missing column", "expected": expected_type(item),
-                                 "found": f"columns {sorted(fields)}", "count": None, "samples": []})
-            elif not type_ok(item, fields[item.name]):
-                problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
-                                 "found": fields[item.name].simpleString(), "count": None, "samples": []})
-        if problems:
-            raise ValidationError("cannot fit the preprocessor: " + "; ".join(
-                f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
-                problems)
+        check_schema(spec, df.schema, "cannot fit the preprocessor")
 
         aggs = [F.count(F.lit(1)).alias("_rows")]
         for i, f in enumerate(spec.features):
@@ -140,7 +134,7 @@ class Preprocessor:
                             .summary(vec, F.when(good, 1.0).otherwise(0.0)).alias(f"vec{i}"))
         label = spec.label
         if label is not None and label.task != "regression":
-            lt = fields[label.name]
+            lt = df.schema[label.name].dataType
             from pyspark.sql.types import StringType
 
             if isinstance(lt, StringType):
@@ -457,8 +451,15 @@ class PreprocessorModel:
     # ----- Spark -----
     def output_schema(self, df, keep_columns=(), with_label: bool = True, raw: bool = False):
         """The Spark schema of the mapInArrow output (keep columns, features, label, validity, reason)."""
-        from pyspark.sql.types import (ArrayType, BooleanType, FloatType, LongType, StringType, StructField,
-                                       StructType)
+        from pyspark.sql.types import (
+            ArrayType,
+            BooleanType,
+            FloatType,
+            LongType,
+            StringType,
+            StructField,
+            StructType,
+        )
 
         fields = [df.schema[c] for c in keep_columns]
         if raw:

@@ -83,6 +83,30 @@ def type_ok(item: Feature | Label, data_type) -> bool:
     return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
 
 
+def check_schema(spec: FeatureSpec, schema, what: str, require_label: bool = True) -> None:
+    """Missing columns and wrong types, from the schema only (no Spark job).
+
+    Raises:
+        ValidationError: "<what>: <column>: missing column (expected ..., found columns [...])", one entry per problem.
+    """
+    fields = {f.name: f.dataType for f in schema.fields}
+    items = list(spec.features) + ([spec.label] if spec.label is not None and require_label else [])
+    problems = []
+    for item in items:
+        kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
+        if item.name not in fields:
+            problems.append({"column": item.name, "problem": "missing column",
+                             "expected": f"{kind} ({expected_type(item)})", "found": f"columns {sorted(fields)}",
+                             "count": None, "samples": []})
+        elif not type_ok(item, fields[item.name]):
+            problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
+                             "found": fields[item.name].simpleString(), "count": None, "samples": []})
+    if problems:
+        raise ValidationError(f"{what}: " + "; ".join(
+            f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
+            problems)
+
+
 def array_column(df, name: str):
     """The column `name` as an array: Spark ML vectors go through `vector_to_array` (float32)."""
     from pyspark.ml.functions import vector_to_array
@@ -97,7 +121,6 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
     """(column, problem, expected, condition Column, sample Column) for every value check on well-typed columns."""
     from pyspark.sql import functions as F
 
-    q = lambda name: "`" + name.replace("`", "``") + "`"  # noqa: E731
     checks = []
     for item in columns_ok:
         name = item.name

@@ -24,13 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sparkdl.errors import SparkDLError, TableError
 from sparkdl.lake import features, partitions
-from sparkdl.lake.schema import (WritePlan, delta_schema_json, plan_existing_table, plan_new_table, quote_name,
-                                 schema_ddl, spark_schema_from_delta_json)
+from sparkdl.lake.schema import (
+    WritePlan,
+    delta_schema_json,
+    plan_existing_table,
+    plan_new_table,
+    quote_name,
+    schema_ddl,
+    spark_schema_from_delta_json,
+)
 from sparkdl.lake.snapshot import Snapshot
 from sparkdl.lake.stats import file_stats
 from sparkdl.lake.uri import filesystem, join_table_path, local_path
-from sparkdl.lake.versions import (WRITE_ID_KEY, history_entry, iso_ms, parse_timestamp, to_millis,
-                                   user_metadata)
+from sparkdl.lake.versions import (
+    WRITE_ID_KEY,
+    history_entry,
+    iso_ms,
+    parse_timestamp,
+    to_millis,
+    user_metadata,
+)
 from sparkdl.log import get_logger
 
 log = get_logger("lake.delta_rs")
@@ -340,9 +353,8 @@ def _add_actions(fs, root: str, staging: str, plan: WritePlan) -> list:
     """One AddAction per data file Spark wrote under `root/staging`, with stats from the footers."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-    from pyspark.sql import types as T
-
     from deltalake.transaction import AddAction
+    from pyspark.sql import types as T
 
     base = root.rstrip("/") + "/" + staging
     infos = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))

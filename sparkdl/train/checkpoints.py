@@ -19,11 +19,11 @@ import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from sparkdl.errors import ConfigError
+from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
 
 log = get_logger("train")
@@ -40,16 +40,7 @@ def check_run_name(run_name: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, data, ".tmp-")
 
 
 @dataclass(frozen=True)

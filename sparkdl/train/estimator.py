@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -37,6 +37,9 @@ from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.train.checkpoints import RunFolder, check_run_name
+
+if TYPE_CHECKING:
+    from sparkdl.train.model import SparkDLModel
 
 log = get_logger("train")
 
@@ -313,7 +316,6 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             self.last_run = runner.last_run
 
     def _save(self, p, run, prep, signature, snapshot, result, history) -> "SparkDLModel":
-        from sparkdl.registry import ModelStore
         from sparkdl.train.model import SparkDLModel
         from sparkdl.train.serialization import model_from_bytes
 
@@ -481,23 +483,9 @@ def _resolve_input(dataset):
 
 def _check_columns(spec: FeatureSpec, df) -> None:
     """Missing columns and wrong types, from the schema only (no Spark job)."""
-    from sparkdl.data.validation import expected_type, type_ok
+    from sparkdl.data.validation import check_schema
 
-    fields = {f.name: f.dataType for f in df.schema.fields}
-    problems = []
-    for item in list(spec.features) + [spec.label]:
-        kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
-        if item.name not in fields:
-            problems.append({"column": item.name, "problem": "missing column",
-                             "expected": f"{kind} ({expected_type(item)})", "found": f"columns {sorted(fields)}",
-                             "count": None, "samples": []})
-        elif not type_ok(item, fields[item.name]):
-            problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
-                             "found": fields[item.name].simpleString(), "count": None, "samples": []})
-    if problems:
-        raise ValidationError("the training data does not match the feature spec: " + "; ".join(
-            f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
-            problems)
+    check_schema(spec, df.schema, "the training data does not match the feature spec")
 
 
 def _describe_model(model) -> str:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkdl.train import progress
-from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
+from sparkdl.train.serialization import (
+    model_from_bytes,
+    model_to_bytes,
+    optimizer_to_bytes,
+    restore_optimizer,
+)
 
 
 @dataclass

@@ -52,7 +52,6 @@ def default_conf(work: Path, master: str) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": os.environ.get("SPARKDL_SPARK_UI", "false"),
         "spark.python.worker.reuse": "true",
-        PETASTORM_CACHE_KEY: (work / "petastorm-cache").as_uri(),
     }
 
 
@@ -120,6 +119,8 @@ def get_spark(
     except Exception as exc:
         raise SessionError(f"could not start Spark (master={settings.get('spark.master')}): {exc}") from exc
     spark.sparkContext.setLogLevel(os.environ.get("SPARKDL_SPARK_LOG_LEVEL", "WARN"))
+    # not a spark.* key, so spark-submit would warn and drop it at launch: set it on the running session
+    spark.conf.set(PETASTORM_CACHE_KEY, conf.get(PETASTORM_CACHE_KEY) or (folder / "petastorm-cache").as_uri())
     log.info("started Spark %s on %s; work folder %s; Delta backend: %s",
              spark.version, spark.sparkContext.master, folder, delta_backend(spark))
     return spark

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=2, help="timed passes per path (best one counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds over all paths (best one counts)")
     args = parser.parse_args(argv)
 
     from sparkdl.session import get_spark
@@ -101,14 +101,15 @@ def main(argv=None) -> int:
                  "sparkdl tf_dataset": (run_sparkdl, data, args.batch_size, False),
                  "sparkdl tf_dataset (shuffled)": (run_sparkdl, data, args.batch_size, True),
                  "petastorm make_tf_dataset": (run_petastorm, data, args.batch_size)}
-        for name, (fn, *fargs) in paths.items():
-            best = None
-            for _ in range(args.repeat):
+        best: dict[str, float] = {}
+        for _ in range(args.repeat):  # rounds interleave the paths, so a noisy moment hits all of them alike
+            for name, (fn, *fargs) in paths.items():
                 seconds, rows = timed(fn, *fargs)
                 assert rows == data.num_rows, f"{name} read {rows} rows, expected {data.num_rows}"
-                best = seconds if best is None else min(best, seconds)
-            results[name] = data.num_rows / best
-            print(f"{name:32s} {results[name]:>12,.0f} rows/s  ({best:.2f}s)")
+                best[name] = min(best.get(name, seconds), seconds)
+        for name, seconds in best.items():
+            results[name] = data.num_rows / seconds
+            print(f"{name:32s} {results[name]:>12,.0f} rows/s  ({seconds:.2f}s)")
         raw, pet = results["raw pyarrow"], results["petastorm make_tf_dataset"]
         for name in ("sparkdl tf_dataset", "sparkdl tf_dataset (shuffled)"):
             print(f"{name}: {results[name] / pet:.1f}x petastorm (target >= 3x), "

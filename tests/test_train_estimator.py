@@ -301,3 +301,6 @@ def test_params_follow_spark_ml_conventions():
         KerasEstimator(batchsize=3)
     with pytest.raises(ConfigError, match="validation"):
         KerasEstimator(feature_spec=digits_spec(), validation=1.5)._checked()
+    assert est.getStepsPerExecution() == 8
+    with pytest.raises(ConfigError, match="steps_per_execution"):
+        KerasEstimator(feature_spec=digits_spec(), steps_per_execution=0)._checked()

@@ -43,9 +43,11 @@ if TYPE_CHECKING:
 
 log = get_logger("train")
 
-# Horovod's background loop waits up to HOROVOD_CYCLE_TIME ms between negotiation rounds, each training step
-# waits for one: at the default the small models here spend most of a step waiting (see bench_train.py).
-WORKER_ENV = {"HOROVOD_CYCLE_TIME": "1"}
+# Horovod's background loop waits up to HOROVOD_CYCLE_TIME ms between negotiation rounds,
+# and every training step waits for one round: with small models most of a step is that wait. Measured on 2 CPU
+# ranks (MLP 32-64-64-1, batch 2048, Gloo): a custom step with one grouped allreduce took ~3.9 ms at 1 ms and
+# ~2.5-3.3 ms at 0.1 ms (compute alone ~0.8 ms); see scripts/benchmarks/bench_train.py. Override with env=.
+WORKER_ENV = {"HOROVOD_CYCLE_TIME": "0.1"}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl")
 
 
@@ -88,6 +90,9 @@ _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
     ("metrics", "metrics", "Keras metrics (default: sparkdl.models.default_metrics)", None, None),
     ("batch_size", "batchSize", "batch size per process", TypeConverters.toInt, 64),
     ("epochs", "epochs", "number of epochs", TypeConverters.toInt, 10),
+    ("steps_per_execution", "stepsPerExecution", "training steps run per tf.function call (Keras compile's "
+     "steps_per_execution): less Python overhead per step, the same SGD steps; per-batch callbacks (and the "
+     "warmup's learning-rate updates) run every N steps", TypeConverters.toInt, 8),
     ("validation", "validation", "fraction of rows held out for validation (0 = none), or the name of a boolean "
                                  "column (true = validation row) or string column ('validation'/'val')",
      _to_validation, 0.2),
@@ -133,7 +138,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
     """Train a Keras model on a Spark DataFrame or Delta table with Horovod; `fit` returns a `SparkDLModel`.
 
     Keywords (all optional except `feature_spec`): model="mlp", feature_spec, label=None, loss=None,
-    optimizer="adam", learning_rate=1e-3, metrics=None, batch_size=64, epochs=10, validation=0.2, callbacks=(),
+    optimizer="adam", learning_rate=1e-3, metrics=None, batch_size=64, epochs=10, steps_per_execution=8,
+    validation=0.2, callbacks=(),
     num_proc=2, model_store=None, model_name=None, run_name=None, seed=0, early_stopping=None, resume=True,
     hparams=None, warmup_epochs=1, checkpoint_every=1, keep_checkpoints=2, work_dir=None, use_gpu=None,
     start_timeout=120, env=None. See `_PARAMS` (or `explainParams()`) for each one.
@@ -169,7 +175,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
         if p["feature_spec"].label is None:
             raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
-        for name in ("batch_size", "epochs", "num_proc", "checkpoint_every"):
+        for name in ("batch_size", "epochs", "num_proc", "checkpoint_every", "steps_per_execution"):
             if p[name] < 1:
                 raise ConfigError(f"KerasEstimator: {name} must be >= 1, got {p[name]}")
         if p["keep_checkpoints"] < 0:
@@ -290,7 +296,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             validation_steps=val_steps, optimizer_state=optimizer_state, seed=p["seed"],
             warmup_epochs=p["warmup_epochs"], early_stopping=p["early_stopping"],
             monitor="val_loss" if val_data is not None else "loss", callbacks=list(p["callbacks"]),
-            checkpoint_every=p["checkpoint_every"])
+            checkpoint_every=p["checkpoint_every"], steps_per_execution=p["steps_per_execution"])
 
         def on_epoch(message: dict) -> None:
             run.log_epoch(message["epoch"], attempt, message.get("logs") or {},

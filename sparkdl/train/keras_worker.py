@@ -46,6 +46,7 @@ class TrainJob:
     monitor: str = "loss"
     callbacks: list = field(default_factory=list)
     checkpoint_every: int = 1
+    steps_per_execution: int = 1      # steps per tf.function call (Keras compile); same SGD steps either way
 
 
 def _b64(data: bytes) -> str:
@@ -142,7 +143,12 @@ def train_on_rank(job: TrainJob) -> dict:
 
     model = model_from_bytes(job.model)
     optimizer, scaled_lr = make_optimizer(job.optimizer, job.learning_rate, size)
-    model.compile(optimizer=hvd.DistributedOptimizer(optimizer), loss=job.loss, metrics=list(job.metrics))
+    # The allreduce runs inside each step's gradient computation, so several steps per tf.function call
+    # (steps_per_execution) keep one allreduce per step: synchronous SGD as with 1. The broadcast callback runs
+    # after the first call (N steps), which is safe because every rank starts from the same model bytes and
+    # optimizer state (checked: identical weights on both ranks after training with N=8).
+    model.compile(optimizer=hvd.DistributedOptimizer(optimizer), loss=job.loss, metrics=list(job.metrics),
+                  steps_per_execution=max(1, int(job.steps_per_execution)))
     if job.optimizer_state is not None:
         restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)
 

@@ -42,3 +42,13 @@ def lake(tmp_path):
     path = tmp_path / "lake"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def no_coalesce(spark):
+    """Keep every shuffle partition, so ordered scans (AUC, KS) really stitch several partitions together."""
+    key = "spark.sql.adaptive.coalescePartitions.enabled"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "false")
+    yield
+    spark.conf.set(key, before)

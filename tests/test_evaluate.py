@@ -276,16 +276,6 @@ def test_plot_confusion_matrix_writes_png(spark, multiclass_data, tmp_path):
         plot_confusion_matrix(matrix, ["a", "b", "c"], tmp_path / "bad.png")
 
 
-@pytest.fixture
-def no_coalesce(spark):
-    """Keep every shuffle partition, so the ordered AUC scan really stitches several partitions together."""
-    key = "spark.sql.adaptive.coalescePartitions.enabled"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "false")
-    yield
-    spark.conf.set(key, before)
-
-
 def test_auc_scan_stitches_partitions(spark, multiclass_data, no_coalesce):
     from pyspark.sql import functions as F
 

@@ -38,16 +38,6 @@ def reference(spark):
     return spark.createDataFrame(_sample(1), SCHEMA).repartition(3)
 
 
-@pytest.fixture
-def no_coalesce(spark):
-    """Keep every shuffle partition, so the ordered KS scan really stitches several partitions together."""
-    key = "spark.sql.adaptive.coalescePartitions.enabled"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "false")
-    yield
-    spark.conf.set(key, before)
-
-
 def test_same_distribution_does_not_drift(spark, reference):
     current = spark.createDataFrame(_sample(2), SCHEMA)
     report = drift_report(reference, current)

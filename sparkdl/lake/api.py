@@ -132,9 +132,7 @@ def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append",
 def snapshot(table: str | os.PathLike, version: int | None = None, timestamp=None,
              spark: "SparkSession | None" = None) -> Snapshot:
     """The Snapshot of a table version without building a DataFrame (same arguments and errors as `read_table`)."""
-    spark = spark or _active_session()
-    backend = _backend(spark)
-    target = _target(table, backend)
+    spark, backend, target = _locate(table, spark)
     check_version_args(version, timestamp, target)
     if backend == "delta-spark":
         return delta_spark.snapshot(spark, target, version, timestamp)
@@ -150,9 +148,7 @@ def history(table: str | os.PathLike, limit: int | None = None, spark: "SparkSes
     Raises:
         TableError: no table there.
     """
-    spark = spark or _active_session()
-    backend = _backend(spark)
-    target = _target(table, backend)
+    spark, backend, target = _locate(table, spark)
     if backend == "delta-spark":
         return delta_spark.history(spark, target, limit)
     return delta_rs.history(target, limit)
@@ -160,9 +156,7 @@ def history(table: str | os.PathLike, limit: int | None = None, spark: "SparkSes
 
 def latest_version(table: str | os.PathLike, spark: "SparkSession | None" = None) -> int:
     """The latest committed version. Raises TableError when there is no table."""
-    spark = spark or _active_session()
-    backend = _backend(spark)
-    target = _target(table, backend)
+    spark, backend, target = _locate(table, spark)
     if backend == "delta-spark":
         return delta_spark.latest_version(spark, target)
     return delta_rs.latest_version(target)
@@ -170,9 +164,14 @@ def latest_version(table: str | os.PathLike, spark: "SparkSession | None" = None
 
 def exists(table: str | os.PathLike, spark: "SparkSession | None" = None) -> bool:
     """True when a Delta table is at `table` (path/URI, or catalog name with delta-spark)."""
-    spark = spark or _active_session()
-    backend = _backend(spark)
-    target = _target(table, backend)
+    spark, backend, target = _locate(table, spark)
     if backend == "delta-spark":
         return delta_spark.exists(spark, target)
     return delta_rs.exists(target)
+
+
+def _locate(table, spark):
+    """(session, backend name, backend-specific table target) for a table path/URI or catalog name."""
+    spark = spark or _active_session()
+    backend = _backend(spark)
+    return spark, backend, _target(table, backend)

@@ -521,10 +521,9 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
 
     from sparkdl import lake
     from sparkdl.data.spec import FeatureSpec
-    from sparkdl.data.validation import array_column
     from sparkdl.monitor import MetricHistory
     from sparkdl.registry import ModelStore
-    from sparkdl.score import model_udf
+    from sparkdl.score import score_dataframe
 
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     mv = store.resolve(model_ref)
@@ -540,9 +539,10 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
                               f"it has {df.columns}")
     task = spec.label.task
     classification = task != "regression"
-    fn = model_udf(mv, output="struct" if classification else "prediction", store=store)
-    scored = df.select(F.col(spec.label.name).alias("label"),
-                       fn(*[array_column(df, c) for c in spec.feature_names]).alias("out"))
+    # the production scoring path (Arrow batches, direct Parquet reads of the snapshot), not a separate one
+    scored = score_dataframe(df, mv, output="struct" if classification else "prediction", output_col="out",
+                             keep_columns=[spec.label.name], store=store)
+    scored = scored.withColumnRenamed(spec.label.name, "label") if spec.label.name != "label" else scored
     classes = meta.get("label_classes")
     if classification:
         pred, prob = F.col("out.label"), F.col("out.probability")
@@ -554,15 +554,13 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
             label, pred = index[F.col("label")], index[pred]
         frame = scored.where(F.col("out").isNotNull()).select(
             label.cast("double").alias("label"), pred.cast("double").alias("prediction"), prob.alias("probability"))
-        frame = frame.persist()
         num_classes = spec.label.num_classes or (len(classes) if classes else None)
         metrics = evaluate_predictions(frame, task, "label", "prediction", "probability", num_classes=num_classes)
     else:
         frame = scored.where(F.col("out").isNotNull()).select(
-            F.col("label").cast("double").alias("label"), F.col("out").cast("double").alias("prediction")).persist()
+            F.col("label").cast("double").alias("label"), F.col("out").cast("double").alias("prediction"))
         metrics = evaluate_predictions(frame, task, "label", "prediction")
-    total = df.count()
-    frame.unpersist()
+    total = snap.num_rows if snap.num_rows is not None else df.count()  # the Delta log's stats when it has them
     metrics["unscored_rows"] = int(total - metrics.get("count", 0))
     metrics["model"] = str(mv)
     metrics["data"] = snap.lineage()
@@ -578,7 +576,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
             plot_paths.append(plot_history(meta["history"],
                                            store.artifact_path(mv, "training_curves.png", must_exist=False)))
     metrics["plots"] = [str(p) for p in plot_paths]
-    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(metrics, default=_json_default)))
+    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=_json_default)))
     history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
     history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
                     "data": snap.lineage()})
@@ -586,9 +584,3 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
 
 
 _HISTORY_KEYS = ("accuracy", "roc_auc", "macro_avg", "weighted_avg", "rmse", "mae", "r2", "count")
-
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)

@@ -132,9 +132,6 @@ def _dumps(value, where: str) -> str:
         raise ConfigError(f"{where}: not JSON-serializable ({exc})") from None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, data, _TMP_PREFIX)
-
 
 def _content_bytes(filename: str, content) -> bytes:
     if isinstance(content, (bytes, bytearray, memoryview)):
@@ -281,7 +278,7 @@ class ModelStore:
             ModelStoreError: the model or version does not exist.
         """
         path = self.artifact_path(ref, filename, must_exist=False)
-        _write_atomic(path, _content_bytes(filename, content))
+        write_atomic(path, _content_bytes(filename, content), _TMP_PREFIX)
         return path
 
     def artifact_path(self, ref, filename: str, must_exist: bool = True) -> Path:

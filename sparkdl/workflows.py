@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sparkdl.config import JobConfig, load_config
@@ -56,7 +56,6 @@ class TrainResult:
     metrics: dict
     source: dict
     seconds: float
-    history: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         return {"model": self.model_ref, "metrics": self.metrics, "source": self.source,
@@ -76,21 +75,21 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
     _require_table(cfg, table, "data.table")
     spark = spark or spark_for(cfg)
     snapshot = lake.snapshot(table, version=cfg.data.version, timestamp=cfg.data.timestamp)
+    store = model_store(cfg)
     started = time.perf_counter()
     estimator = KerasEstimator(
         model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams),
         optimizer=cfg.train.optimizer, learning_rate=cfg.train.learning_rate, batch_size=cfg.train.batch_size,
         epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
-        model_store=model_store(cfg), model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,
+        model_store=store, model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,
         early_stopping=cfg.train.early_stopping, resume=cfg.train.resume, warmup_epochs=cfg.train.warmup_epochs,
         work_dir=os.path.expanduser(cfg.work_dir))
     model = estimator.fit(snapshot)
     version = model.getModelVersion()
-    meta = model_store(cfg).metadata(version)
+    meta = store.metadata(version)
     log.info("trained %s on %s@%d in %.0f s", version, snapshot.table, snapshot.version,
              time.perf_counter() - started)
-    return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started,
-                       meta.get("history", {}))
+    return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started)
 
 
 def _require_table(cfg: JobConfig, table: str, key: str) -> None:
@@ -103,8 +102,7 @@ def _require_table(cfg: JobConfig, table: str, key: str) -> None:
 
 
 def _model_ref(cfg: JobConfig, explicit: str | None, section_model: str | None) -> str:
-    ref = explicit or section_model or f"{store_name(cfg)}@latest"
-    return ref
+    return explicit or section_model or f"{store_name(cfg)}@latest"
 
 
 def score(cfg: JobConfig, model_ref: str | None = None, spark=None):

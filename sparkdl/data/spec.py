@@ -133,9 +133,6 @@ class FeatureSpec:
                 return f
         raise KeyError(name)
 
-    def without_label(self) -> "FeatureSpec":
-        return FeatureSpec(self.features, None, self.id_columns)
-
     def to_dict(self) -> dict:
         out = {"features": [f.to_dict() for f in self.features]}
         if self.label:

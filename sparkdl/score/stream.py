@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from sparkdl.errors import ConfigError
+from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
 from sparkdl.score.delta_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.score.model_ref import resolve_model
@@ -74,9 +74,7 @@ def _app_id(checkpoint: str, source: str, target: str) -> str:
         return data["app_id"]
     data = {"app_id": f"sparkdl-score-{uuid.uuid4().hex}", "source": source, "target": target,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, state)
+    write_atomic(state, json.dumps(data).encode())
     return data["app_id"]
 
 

@@ -236,9 +236,9 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
     scored = scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size)
+    lineage = lineage_columns(ref, snap.version, scored_at)  # aware datetime: Spark converts it as UTC
     if mode == "append" and target_before is not None:
         # the appended rows must fit the target: find out from the schemas, before scoring the whole source
-        lineage = lineage_columns(ref, snap.version, scored_at)
         _check_appendable(split_outcomes(scored, keep, feature_names, output_col, lineage)[0].schema,
                           target_uri, spark)
     scored = scored.persist(StorageLevel.DISK_ONLY)
@@ -252,7 +252,6 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         if ok + bad != input_rows:
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
                                f"nothing was written")
-        lineage = lineage_columns(ref, snap.version, scored_at)  # aware: Spark converts it as UTC
         good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
         commit = {"sparkdl.operation": "score", "model": ref.name, "model_version": ref.version,
                   "model_store": ref.root, "output": output, "source_table": snap.table,

@@ -39,9 +39,6 @@ def check_run_name(run_name: str) -> str:
     return run_name
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, data, ".tmp-")
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -90,7 +87,7 @@ class RunFolder:
 
     def write_settings(self, settings: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path / "run.json", json.dumps(settings, indent=2, sort_keys=True).encode())
+        write_atomic(self.path / "run.json", json.dumps(settings, indent=2, sort_keys=True).encode())
 
     def reset(self) -> None:
         """Forget earlier attempts: remove checkpoints, settings and the epochs log."""
@@ -107,11 +104,11 @@ class RunFolder:
         stem = self._stem(epoch)
         model_path = self.checkpoints / f"{stem}.keras"
         optimizer_path = self.checkpoints / f"{stem}.optimizer.npz"
-        _write_atomic(model_path, model)
-        _write_atomic(optimizer_path, optimizer)
+        write_atomic(model_path, model)
+        write_atomic(optimizer_path, optimizer)
         info = {**info, "epoch": int(epoch), "written_at": time.time(),
                 "model_file": model_path.name, "optimizer_file": optimizer_path.name}
-        _write_atomic(self.checkpoints / f"{stem}.json", json.dumps(info, sort_keys=True, default=str).encode())
+        write_atomic(self.checkpoints / f"{stem}.json", json.dumps(info, sort_keys=True, default=str).encode())
         return Checkpoint(int(epoch), model_path, optimizer_path, info)
 
     def list(self) -> list[int]:

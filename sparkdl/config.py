@@ -66,6 +66,7 @@ class ModelSection:
     name: str = "mlp"
     store_name: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
+    keras: str = "tf_keras"  # the Keras flavour the zoo builds: tf_keras (Keras 2) or keras3 (current stack)
 
 
 @dataclass

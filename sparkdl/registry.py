@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sparkdl import stack
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
@@ -39,7 +40,8 @@ log = get_logger("registry")
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 RESERVED_FILES = (MODEL_FILE, METADATA_FILE)
-STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file", "model_format", "model_sha256")
+STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file", "model_format", "keras_flavour",
+              "model_sha256")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TMP_PREFIX = ".tmp-"
 _MAX_PUBLISH_TRIES = 1000
@@ -162,6 +164,8 @@ def library_versions() -> dict[str, str | None]:
         "tensorflow": tf_version or dist_version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
         "pyspark": dist_version("pyspark"),
         "petastorm": dist_version("petastorm"),
+        "keras": stack.keras_version("tf_keras"),
+        "keras3": stack.keras_version("keras3"),
         "numpy": dist_version("numpy"),
     }
     if importlib.util.find_spec("horovod") is not None:
@@ -203,7 +207,8 @@ class ModelStore:
                 ``hparams``, ``model_name``, ``num_proc``, ``run_name``. None of them is required.
                 The store adds (and overrides): ``name``, ``version``, ``created_at`` (UTC ISO 8601),
                 ``library_versions`` (sparkdl, python, tensorflow, pyspark, petastorm, numpy, horovod when
-                installed), ``model_file``, ``model_format`` ("keras_v3") and ``model_sha256``.
+                installed), ``model_file``, ``model_format`` ("keras_v3"), ``keras_flavour`` ("tf_keras" or "keras3", see
+                `sparkdl.stack`) and ``model_sha256``.
             artifacts: extra files for the version folder: filename -> bytes, str (UTF-8) or dict (JSON).
 
         Raises:
@@ -244,6 +249,7 @@ class ModelStore:
                 "library_versions": library_versions(),
                 "model_file": MODEL_FILE,
                 "model_format": "keras_v3",
+                "keras_flavour": stack.flavour_of(model),
                 "model_sha256": _sha256(model_path),
             })
             version = self._publish(parent, tmp, metadata)
@@ -398,12 +404,10 @@ class ModelStore:
             if actual != expected:
                 raise ModelStoreError(f"model {version}: {model_path} is corrupt: its sha256 is {actual}, "
                                       f"metadata.json records {expected}")
-        import tensorflow as tf
-
-        import sparkdl.models  # noqa: F401 - registers sparkdl's custom layers and losses
+        from sparkdl.models.saving import load_keras_file
 
         try:
-            model = tf.keras.models.load_model(str(model_path), compile=compile, safe_mode=True)
+            model = load_keras_file(model_path, compile=compile)
         except Exception as exc:  # noqa: BLE001 - zip, JSON, HDF5 and Keras errors all mean "cannot load"
             raise ModelStoreError(f"model {version}: cannot load {model_path}: {type(exc).__name__}: {exc}") from exc
         log.debug("loaded model %s from %s", version, model_path)

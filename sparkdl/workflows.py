@@ -78,7 +78,7 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
     store = model_store(cfg)
     started = time.perf_counter()
     estimator = KerasEstimator(
-        model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams),
+        model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
         optimizer=cfg.train.optimizer, learning_rate=cfg.train.learning_rate, batch_size=cfg.train.batch_size,
         epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
         model_store=store, model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,

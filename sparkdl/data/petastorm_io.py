@@ -91,7 +91,15 @@ class PetastormDataset:
         return key_hash(self.key)
 
     def converter(self):
-        """Petastorm's `SparkDatasetConverter` over the same files (for `make_tf_dataset` etc.)."""
+        """Petastorm's `SparkDatasetConverter` over the same files (for `make_tf_dataset` etc.).
+
+        Raises:
+            SparkDLError: Petastorm cannot be imported here (it needs the pinned stack's PyArrow 14 and NumPy 1;
+                the message names the pin).
+        """
+        from sparkdl import stack
+
+        stack.require_petastorm()
         from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
 
         files = [_as_url(f) for f in self.files]

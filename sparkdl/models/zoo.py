@@ -3,30 +3,41 @@
 A builder is `fn(signature: ModelSignature, **hparams) -> tf.keras.Model` (uncompiled). Its keyword arguments
 (with defaults) are the hyper-parameters it accepts; `build` rejects any other one before building anything.
 Default sizes are small: the zoo is meant to train quickly, scale them up with hparams.
+
+Zoo builders build with the Keras flavour `build(..., keras=...)` asks for (`sparkdl.stack`): "tf_keras" (Keras 2,
+the default, trained with Horovod's Keras wrappers) or "keras3" (Keras 3, current stack, trained by sparkdl's own
+Horovod step). Builders of your own may ignore it and return a model of either flavour.
 """
 from __future__ import annotations
 
+import contextvars
 import inspect
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
-import tensorflow as tf
-
+from sparkdl import stack
 from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
-from sparkdl.models.layers import L2Normalize
-from sparkdl.models.losses import TripletSemiHardLoss
+from sparkdl.models.layers import layer_classes
+from sparkdl.models.losses import loss_classes
 
 log = get_logger("models")
 
-Builder = Callable[..., tf.keras.Model]
+Builder = Callable[..., Any]
+_FLAVOUR: contextvars.ContextVar[str] = contextvars.ContextVar("sparkdl_keras_flavour", default="tf_keras")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _BUILDERS: dict[str, Builder] = {}
 EMBEDDING = "embedding"
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _k():
+    """The Keras module of the flavour being built (see the module docstring)."""
+    return stack.keras_module(_FLAVOUR.get())
+
+
 def _check_classification(signature: ModelSignature, model: str) -> None:
     if signature.task == "multiclass" and (signature.num_classes is None or int(signature.num_classes) < 2):
         raise ConfigError(f"model {model!r}: a multiclass signature needs num_classes >= 2, "
@@ -54,7 +65,7 @@ def _rate(name: str, value, model: str) -> float:
 
 def _activation(value, model: str):
     try:
-        tf.keras.activations.get(value)
+        _k().activations.get(value)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model {model!r}: unknown activation {value!r} ({exc})") from None
     return value
@@ -63,28 +74,28 @@ def _activation(value, model: str):
 def _head(x, signature: ModelSignature):
     """The output layer for the task: sigmoid(1), softmax(num_classes) or linear(1); float32 for mixed precision."""
     if signature.task == "binary":
-        return tf.keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
+        return _k().layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
     if signature.task == "multiclass":
-        return tf.keras.layers.Dense(int(signature.num_classes), activation="softmax", dtype="float32",
+        return _k().layers.Dense(int(signature.num_classes), activation="softmax", dtype="float32",
                                      name="output")(x)
-    return tf.keras.layers.Dense(1, activation=None, dtype="float32", name="output")(x)
+    return _k().layers.Dense(1, activation=None, dtype="float32", name="output")(x)
 
 
 def _dense_stack(x, hidden: tuple[int, ...], dropout: float, activation, prefix: str):
     for i, units in enumerate(hidden):
-        x = tf.keras.layers.Dense(units, activation=activation, name=f"{prefix}_dense_{i}")(x)
+        x = _k().layers.Dense(units, activation=activation, name=f"{prefix}_dense_{i}")(x)
         if dropout:
-            x = tf.keras.layers.Dropout(dropout, name=f"{prefix}_dropout_{i}")(x)
+            x = _k().layers.Dropout(dropout, name=f"{prefix}_dropout_{i}")(x)
     return x
 
 
 def _conv_stack(x, filters: tuple[int, ...], kernel_size: int, activation, prefix: str):
     """Conv2D + max-pool blocks; pooling stops once the feature map is 1 pixel wide or high."""
     for i, n in enumerate(filters):
-        x = tf.keras.layers.Conv2D(n, kernel_size, padding="same", activation=activation, name=f"{prefix}_conv_{i}")(x)
+        x = _k().layers.Conv2D(n, kernel_size, padding="same", activation=activation, name=f"{prefix}_conv_{i}")(x)
         if x.shape[1] >= 2 and x.shape[2] >= 2:
-            x = tf.keras.layers.MaxPooling2D(2, name=f"{prefix}_pool_{i}")(x)
-    return tf.keras.layers.Flatten(name=f"{prefix}_flatten")(x)
+            x = _k().layers.MaxPooling2D(2, name=f"{prefix}_pool_{i}")(x)
+    return _k().layers.Flatten(name=f"{prefix}_flatten")(x)
 
 
 def _image_input(signature: ModelSignature, model: str):
@@ -92,25 +103,25 @@ def _image_input(signature: ModelSignature, model: str):
     if len(shape) not in (2, 3):
         raise ConfigError(f"model {model!r}: needs an image input (height, width, channels) or (height, width), "
                           f"got input_shape {list(shape)}")
-    inputs = tf.keras.Input(shape=shape, name="input")
-    x = inputs if len(shape) == 3 else tf.keras.layers.Reshape((*shape, 1), name="add_channel")(inputs)
+    inputs = _k().Input(shape=shape, name="input")
+    x = inputs if len(shape) == 3 else _k().layers.Reshape((*shape, 1), name="add_channel")(inputs)
     return inputs, x
 
 
 # ---------------------------------------------------------------------------------------------------- builders
 def build_mlp(signature: ModelSignature, *, hidden: Sequence[int] = (64, 64), dropout: float = 0.0,
-              activation: str = "relu") -> tf.keras.Model:
+              activation: str = "relu"):
     """Dense layers for tabular input (any input shape is flattened first)."""
     hidden, dropout = _sizes("hidden", hidden, "mlp"), _rate("dropout", dropout, "mlp")
     _check_classification(signature, "mlp")
-    inputs = tf.keras.Input(shape=signature.input_shape, name="input")
-    x = inputs if len(signature.input_shape) == 1 else tf.keras.layers.Flatten(name="flatten")(inputs)
+    inputs = _k().Input(shape=signature.input_shape, name="input")
+    x = inputs if len(signature.input_shape) == 1 else _k().layers.Flatten(name="flatten")(inputs)
     x = _dense_stack(x, hidden, dropout, _activation(activation, "mlp"), "mlp")
-    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_mlp")
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_mlp")
 
 
 def build_cnn(signature: ModelSignature, *, filters: Sequence[int] = (16, 32), kernel_size: int = 3,
-              dense: int = 64, dropout: float = 0.0, activation: str = "relu") -> tf.keras.Model:
+              dense: int = 64, dropout: float = 0.0, activation: str = "relu"):
     """Conv2D/max-pool blocks, then one dense layer, for images (H, W, C) — or (H, W), given one channel."""
     filters, dropout = _sizes("filters", filters, "cnn"), _rate("dropout", dropout, "cnn")
     kernel_size, dense = _positive("kernel_size", kernel_size, "cnn"), _positive("dense", dense, "cnn")
@@ -119,11 +130,11 @@ def build_cnn(signature: ModelSignature, *, filters: Sequence[int] = (16, 32), k
     inputs, x = _image_input(signature, "cnn")
     x = _conv_stack(x, filters, kernel_size, activation, "cnn")
     x = _dense_stack(x, (dense,), dropout, activation, "cnn")
-    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_cnn")
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_cnn")
 
 
 def build_lstm(signature: ModelSignature, *, units: int = 32, dense: int = 0, dropout: float = 0.0,
-               bidirectional: bool = False) -> tf.keras.Model:
+               bidirectional: bool = False):
     """LSTM(units) over (timesteps, features) — or (timesteps,), given one feature — then an optional dense layer."""
     units, dropout = _positive("units", units, "lstm"), _rate("dropout", dropout, "lstm")
     if not isinstance(dense, int) or dense < 0:
@@ -133,20 +144,20 @@ def build_lstm(signature: ModelSignature, *, units: int = 32, dense: int = 0, dr
     if len(shape) not in (1, 2):
         raise ConfigError(f"model 'lstm': needs a sequence input (timesteps, features) or (timesteps,), "
                           f"got input_shape {list(shape)}")
-    inputs = tf.keras.Input(shape=shape, name="input")
-    x = inputs if len(shape) == 2 else tf.keras.layers.Reshape((shape[0], 1), name="add_feature")(inputs)
-    lstm = tf.keras.layers.LSTM(units, name="lstm")
-    x = tf.keras.layers.Bidirectional(lstm, name="bidirectional")(x) if bidirectional else lstm(x)
+    inputs = _k().Input(shape=shape, name="input")
+    x = inputs if len(shape) == 2 else _k().layers.Reshape((shape[0], 1), name="add_feature")(inputs)
+    lstm = _k().layers.LSTM(units, name="lstm")
+    x = _k().layers.Bidirectional(lstm, name="bidirectional")(x) if bidirectional else lstm(x)
     if dropout:
-        x = tf.keras.layers.Dropout(dropout, name="lstm_dropout")(x)
+        x = _k().layers.Dropout(dropout, name="lstm_dropout")(x)
     if dense:
-        x = tf.keras.layers.Dense(dense, activation="relu", name="lstm_dense")(x)
-    return tf.keras.Model(inputs, _head(x, signature), name="sparkdl_lstm")
+        x = _k().layers.Dense(dense, activation="relu", name="lstm_dense")(x)
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_lstm")
 
 
 def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidden: Sequence[int] = (128,),
                     filters: Sequence[int] = (16, 32), dropout: float = 0.0,
-                    activation: str = "relu") -> tf.keras.Model:
+                    activation: str = "relu"):
     """A feature extractor ending in Dense(embedding_dim) + L2 normalization; the output is the embedding.
 
     3-D inputs (H, W, C) go through Conv2D blocks (`filters`) then `hidden` dense layers; other inputs through
@@ -158,17 +169,17 @@ def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidde
     embedding_dim = _positive("embedding_dim", embedding_dim, EMBEDDING)
     hidden, dropout = _sizes("hidden", hidden, EMBEDDING), _rate("dropout", dropout, EMBEDDING)
     filters, activation = _sizes("filters", filters, EMBEDDING), _activation(activation, EMBEDDING)
-    inputs = tf.keras.Input(shape=signature.input_shape, name="input")
+    inputs = _k().Input(shape=signature.input_shape, name="input")
     if len(signature.input_shape) == 3:
         x = _conv_stack(inputs, filters, 3, activation, "embedding")
     elif len(signature.input_shape) == 1:
         x = inputs
     else:
-        x = tf.keras.layers.Flatten(name="embedding_flatten")(inputs)
+        x = _k().layers.Flatten(name="embedding_flatten")(inputs)
     x = _dense_stack(x, hidden, dropout, activation, "embedding")
-    x = tf.keras.layers.Dense(embedding_dim, activation=None, dtype="float32", name="embedding_projection")(x)
-    outputs = L2Normalize(name="embedding", dtype="float32")(x)
-    return tf.keras.Model(inputs, outputs, name="sparkdl_embedding")
+    x = _k().layers.Dense(embedding_dim, activation=None, dtype="float32", name="embedding_projection")(x)
+    outputs = layer_classes(_FLAVOUR.get())["L2Normalize"](name="embedding", dtype="float32")(x)
+    return _k().Model(inputs, outputs, name="sparkdl_embedding")
 
 
 # ---------------------------------------------------------------------------------------------------- registry
@@ -210,9 +221,9 @@ def _check_hparams(label: str, builder: Builder, hparams: dict) -> None:
         raise ConfigError(f"model {label}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
 
 
-def _check_input_shape(model: tf.keras.Model, signature: ModelSignature, label: str) -> None:
-    if not isinstance(model, tf.keras.Model):
-        raise ConfigError(f"model {label}: the builder returned {type(model).__name__}, not a tf.keras.Model")
+def _check_input_shape(model, signature: ModelSignature, label: str) -> None:
+    if stack.flavour_of(model) is None or not hasattr(model, "inputs"):
+        raise ConfigError(f"model {label}: the builder returned {type(model).__name__}, not a Keras model")
     if len(model.inputs or []) != 1:
         raise ConfigError(f"model {label}: must have exactly one input, it has {len(model.inputs or [])}")
     got = tuple(model.inputs[0].shape[1:])
@@ -222,22 +233,25 @@ def _check_input_shape(model: tf.keras.Model, signature: ModelSignature, label: 
                           f"input_shape {list(want)}")
 
 
-def build(name_or_model: str | tf.keras.Model | Builder, signature: ModelSignature, **hparams) -> tf.keras.Model:
+def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, keras: str = "tf_keras", **hparams):
     """Build an uncompiled Keras model for `signature`.
 
     Args:
-        name_or_model: a zoo name (`available()`: mlp, cnn, lstm, embedding, ...), a ready `tf.keras.Model`
-            (returned as is once its input shape is checked), or a builder `fn(signature, **hparams)`.
+        name_or_model: a zoo name (`available()`: mlp, cnn, lstm, embedding, ...), a ready Keras model of either
+            flavour (returned as is once its input shape is checked), or a builder `fn(signature, **hparams)`.
         signature: input shape of one prepared example, task and number of classes.
+        keras: the Keras flavour zoo builders build with: "tf_keras" (default) or "keras3" (current stack).
         **hparams: the builder's hyper-parameters (e.g. `hidden=(64, 64)`, `dropout=0.1` for mlp).
 
     Raises:
         ConfigError: unknown name (lists the known ones), unknown or invalid hparam (lists the accepted ones),
-            input shape not suited to the model, or a given model whose input shape differs from the signature's.
+            input shape not suited to the model, a given model whose input shape differs from the signature's,
+            or a Keras flavour that is not installed.
     """
     if not isinstance(signature, ModelSignature):
         raise ConfigError(f"build: signature must be a ModelSignature, got {type(signature).__name__}")
-    if isinstance(name_or_model, tf.keras.Model):
+    stack.check_flavour(keras)
+    if stack.is_keras_model(name_or_model):
         if hparams:
             raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
                               f"{name_or_model.name!r}; they would be ignored (pass a builder function instead)")
@@ -246,25 +260,29 @@ def build(name_or_model: str | tf.keras.Model | Builder, signature: ModelSignatu
     if isinstance(name_or_model, str):
         if name_or_model not in _BUILDERS:
             raise ConfigError(f"unknown model {name_or_model!r}; known models: {available()} "
-                              f"(or pass a tf.keras.Model or a builder function)")
+                              f"(or pass a Keras model or a builder function)")
         label, builder = repr(name_or_model), _BUILDERS[name_or_model]
     elif callable(name_or_model):
         label, builder = repr(getattr(name_or_model, "__name__", "builder")), name_or_model
     else:
-        raise ConfigError(f"build: expected a model name, a tf.keras.Model or a builder function, "
+        raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
                           f"got {type(name_or_model).__name__}")
     _check_hparams(label, builder, hparams)
-    model = builder(signature, **hparams)
+    token = _FLAVOUR.set(keras)
+    try:
+        model = builder(signature, **hparams)
+    finally:
+        _FLAVOUR.reset(token)
     _check_input_shape(model, signature, label)
     log.debug("built model %s for %s: %d parameters", label, signature, model.count_params())
     return model
 
 
-def default_loss(signature: ModelSignature, model_name: str | None = None):
+def default_loss(signature: ModelSignature, model_name: str | None = None, keras: str = "tf_keras"):
     """The loss to compile with: binary_crossentropy / sparse_categorical_crossentropy / mse by task, or a
-    `TripletSemiHardLoss` for the `embedding` model."""
+    `TripletSemiHardLoss` (of the Keras flavour `keras`) for the `embedding` model."""
     if model_name == EMBEDDING:
-        return TripletSemiHardLoss()
+        return loss_classes(keras)["TripletSemiHardLoss"]()
     return {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
             "regression": "mse"}[signature.task]
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from sparkdl import stack
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import EMBEDDING_MODEL, OutputPlan
@@ -135,7 +136,8 @@ class LoadedScoringModel:
             tf = self._tf
             model = self.model
             if key == "embedding":
-                model = tf.keras.Model(self.model.inputs, self._penultimate(), name=f"{self.model.name}_embedding")
+                keras = stack.keras_module(stack.flavour_of(self.model) or "tf_keras")
+                model = keras.Model(self.model.inputs, self._penultimate(), name=f"{self.model.name}_embedding")
             spec = tf.TensorSpec((None,) + self.input_shape, tf.float32)
             fn = tf.function(lambda x, m=model: m(x, training=False), input_signature=[spec])
             self._fns[key] = fn

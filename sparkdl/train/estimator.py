@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params, TypeConverters
 
+from sparkdl import stack
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
@@ -79,12 +80,15 @@ def _to_list(value):
 
 # (snake_case keyword, camelCase Param, doc, converter, default)
 _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
-    ("model", "model", "zoo model name (mlp, cnn, lstm, embedding, ...), a tf.keras.Model, or a builder "
+    ("model", "model", "zoo model name (mlp, cnn, lstm, embedding, ...), a Keras model (either flavour), or a builder "
                        "fn(signature, **hparams)", None, "mlp"),
+    ("keras", "keras", "Keras flavour the zoo model is built with: 'tf_keras' (Keras 2, Horovod's Keras wrappers) "
+                       "or 'keras3' (Keras 3 with sparkdl's Horovod step; TensorFlow >= 2.16). A ready model or a "
+                       "builder's model trains in its own flavour", None, "tf_keras"),
     ("feature_spec", "featureSpec", "the FeatureSpec (or its dict/JSON): input features and label", _to_spec, None),
     ("label", "label", "label column name overriding the spec's label name, or a Label/dict", None, None),
     ("loss", "loss", "Keras loss (default: by task and model, see sparkdl.models.default_loss)", None, None),
-    ("optimizer", "optimizer", "optimizer name or tf.keras optimizer instance", None, "adam"),
+    ("optimizer", "optimizer", "optimizer name or Keras optimizer instance (of the model's flavour)", None, "adam"),
     ("learning_rate", "learningRate", "learning rate of ONE process; multiplied by num_proc", TypeConverters.toFloat,
      1e-3),
     ("metrics", "metrics", "Keras metrics (default: sparkdl.models.default_metrics)", None, None),
@@ -193,7 +197,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         if not isinstance(hparams, Mapping):
             raise ConfigError(f"KerasEstimator: hparams must be a dict, got {type(hparams).__name__}")
         p["hparams"] = dict(hparams)
+        stack.check_flavour(p["keras"])
+        for callback in p["callbacks"]:
+            if not hasattr(callback, "on_epoch_end"):
+                raise ConfigError(f"KerasEstimator: callbacks must be Keras callbacks, got {type(callback).__name__}")
         p["optimizer_spec"] = _optimizer_spec(p["optimizer"])
+        p["optimizer_flavour"] = None if isinstance(p["optimizer"], str) else stack.flavour_of(p["optimizer"])
         p["model_name"] = _model_name(p["model"], p["model_name"])
         p["run_name"] = check_run_name(p["run_name"] or f"{p['model_name']}-{time.strftime('%Y%m%d-%H%M%S')}-"
                                                           f"{uuid.uuid4().hex[:6]}")
@@ -260,17 +269,24 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         from sparkdl.data.petastorm_io import to_petastorm
         from sparkdl.models import default_loss, default_metrics
         from sparkdl.train.keras_worker import TrainJob, train_on_rank
-        from sparkdl.train.serialization import model_to_bytes
+        from sparkdl.train.serialization import model_flavour, model_to_bytes
 
         if checkpoint is not None:
             model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
             log.info("run %s: resuming after epoch %d (attempt %d)", p["run_name"], checkpoint.epoch, attempt)
         else:
-            import tensorflow as tf
+            stack.keras_module(p["keras"]).utils.set_random_seed(p["seed"])
+            model = _build_model(p, signature)
+            model_bytes, optimizer_state = model_to_bytes(model), None
 
-            tf.keras.utils.set_random_seed(p["seed"])
-            model_bytes, optimizer_state = model_to_bytes(_build_model(p, signature)), None
-
+        flavour = model_flavour(model_bytes)
+        wrong = [type(c).__name__ for c in p["callbacks"] if _callback_flavour(c) not in (None, flavour)]
+        if wrong:
+            raise ConfigError(f"KerasEstimator: callbacks {wrong} are not {flavour} callbacks, but the model is a "
+                              f"{flavour} model; give callbacks of the model's Keras")
+        if not isinstance(p["optimizer_spec"], str) and p["optimizer_flavour"] not in (None, flavour):
+            raise ConfigError(f"KerasEstimator: the optimizer is a {p['optimizer_flavour']} optimizer but the model "
+                              f"is a {flavour} model; pass an optimizer of the model's Keras or its name")
         zoo_name = p["model"] if isinstance(p["model"], str) else None
         # How the split derives from the snapshot: with the snapshot's table and version, it keys the cache.
         key = {"validation": p["validation"], "seed": p["seed"]}
@@ -289,14 +305,14 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
         job = TrainJob(
             model=model_bytes, optimizer=p["optimizer_spec"], learning_rate=p["learning_rate"],
-            loss=p["loss"] if p["loss"] is not None else default_loss(signature, zoo_name),
+            loss=p["loss"] if p["loss"] is not None else default_loss(signature, zoo_name, flavour),
             metrics=list(p["metrics"]) if p["metrics"] is not None else default_metrics(signature, zoo_name),
             batch_size=p["batch_size"], epochs=p["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
             train_data=train_data, input_shape=tuple(signature.input_shape), val_data=val_data,
             validation_steps=val_steps, optimizer_state=optimizer_state, seed=p["seed"],
             warmup_epochs=p["warmup_epochs"], early_stopping=p["early_stopping"],
             monitor="val_loss" if val_data is not None else "loss", callbacks=list(p["callbacks"]),
-            checkpoint_every=p["checkpoint_every"], steps_per_execution=p["steps_per_execution"])
+            checkpoint_every=p["checkpoint_every"], steps_per_execution=p["steps_per_execution"], flavour=flavour)
 
         def on_epoch(message: dict) -> None:
             run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
@@ -401,14 +417,24 @@ def _optimizer_spec(optimizer):
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(f"KerasEstimator: unknown optimizer {optimizer!r}; known: {list(OPTIMIZERS)} "
-                              f"(or pass a tf.keras optimizer instance)")
+                              f"(or pass a Keras optimizer instance)")
         return optimizer.lower()
     if hasattr(optimizer, "get_config") and hasattr(optimizer, "apply_gradients"):
-        import tensorflow as tf
-
-        return tf.keras.optimizers.serialize(optimizer)
-    raise ConfigError(f"KerasEstimator: optimizer must be a name or a tf.keras optimizer, "
+        return stack.keras_module(stack.flavour_of(optimizer) or "tf_keras").optimizers.serialize(optimizer)
+    raise ConfigError(f"KerasEstimator: optimizer must be a name or a Keras optimizer, "
                       f"got {type(optimizer).__name__}")
+
+
+def _callback_flavour(callback) -> str | None:
+    """"keras3" or "tf_keras" for a Keras callback (by its base class), None when it cannot be told."""
+    import sys
+
+    for flavour in ("keras3", "tf_keras"):
+        if flavour == "keras3" and "keras" not in sys.modules:
+            continue
+        if stack.keras_version(flavour) and isinstance(callback, stack.keras_module(flavour).callbacks.Callback):
+            return flavour
+    return None
 
 
 def _model_name(model, name) -> str:
@@ -427,17 +453,17 @@ def _check_model_choice(model, hparams: dict) -> None:
 
         if model not in available():
             raise ConfigError(f"unknown model {model!r}; known models: {available()} "
-                              f"(or pass a tf.keras.Model or a builder function)")
+                              f"(or pass a Keras model or a builder function)")
         accepted = accepted_hparams(_BUILDERS[model])
         unknown = sorted(set(hparams) - set(accepted)) if accepted is not None else []
         if unknown:
             raise ConfigError(f"model {model!r}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
     elif hasattr(model, "get_config") and hasattr(model, "predict"):
         if hparams:
-            raise ConfigError("hparams were given with a ready-made tf.keras.Model; they would be ignored "
+            raise ConfigError("hparams were given with a ready-made Keras model; they would be ignored "
                               "(pass a builder function instead)")
     elif not callable(model):
-        raise ConfigError(f"model must be a zoo name, a tf.keras.Model or a builder function, "
+        raise ConfigError(f"model must be a zoo name, a Keras model or a builder function, "
                           f"got {type(model).__name__}")
 
 
@@ -447,7 +473,7 @@ def _build_model(p: dict, signature: ModelSignature):
     model = p["model"]
     if hasattr(model, "get_config") and hasattr(model, "predict"):
         return build(model, signature)
-    return build(model, signature, **p["hparams"])
+    return build(model, signature, keras=p["keras"], **p["hparams"])
 
 
 def signature_hint(spec: FeatureSpec) -> ModelSignature | None:

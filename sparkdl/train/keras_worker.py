@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparkdl import stack
 from sparkdl.train import progress
 from sparkdl.train.serialization import (
     model_from_bytes,
@@ -47,16 +48,16 @@ class TrainJob:
     callbacks: list = field(default_factory=list)
     checkpoint_every: int = 1
     steps_per_execution: int = 1      # steps per tf.function call (Keras compile); same SGD steps either way
+    flavour: str = "tf_keras"         # the Keras flavour of `model` (sparkdl.stack); keras3 trains in keras3_worker
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def make_optimizer(spec, learning_rate: float | None, size: int):
-    """A Keras optimizer from a name or config, its learning rate scaled by `size` (the number of ranks)."""
-    import tensorflow as tf
-
+def make_optimizer(spec, learning_rate: float | None, size: int, flavour: str = "tf_keras"):
+    """A Keras optimizer (of `flavour`) from a name or config, its learning rate scaled by `size` (the ranks)."""
+    keras = stack.keras_module(flavour)
     if isinstance(spec, str):
         config = {"class_name": spec, "config": {}}
     else:
@@ -64,17 +65,16 @@ def make_optimizer(spec, learning_rate: float | None, size: int):
         for key in ("module", "registered_name"):
             if key in spec:
                 config[key] = spec[key]
-    optimizer = tf.keras.optimizers.get(config)
+    optimizer = keras.optimizers.get(config)
     base = float(learning_rate) if learning_rate is not None else float(
-        tf.keras.backend.get_value(optimizer.learning_rate))
+        keras.ops.convert_to_numpy(optimizer.learning_rate) if flavour == "keras3"
+        else keras.backend.get_value(optimizer.learning_rate))
     optimizer.learning_rate = base * size
     return optimizer, base * size
 
 
 def _callbacks_base():
-    import tensorflow as tf
-
-    return tf.keras.callbacks.Callback
+    return stack.keras_module("tf_keras").callbacks.Callback
 
 
 class EpochReporter(_callbacks_base()):
@@ -129,17 +129,29 @@ def _is_number(value) -> bool:
 
 
 def train_on_rank(job: TrainJob) -> dict:
-    """The Horovod function of `KerasEstimator.fit`. Returns (on rank 0) the trained model bytes and history."""
-    import horovod.tensorflow.keras as hvd
-    import tensorflow as tf
+    """The Horovod function of `KerasEstimator.fit`. Returns (on rank 0) the trained model bytes and history.
 
-    from sparkdl.data.dataset import tf_dataset
+    A tf_keras model trains with `model.fit` and Horovod's Keras wrappers; a Keras 3 model with sparkdl's own
+    step (`keras3_worker`)."""
     from sparkdl.train.resources import configure_tensorflow
 
     configure_tensorflow()
+    if job.flavour == "keras3":
+        import horovod.tensorflow
+
+        from sparkdl.train.keras3_worker import train_keras3_on_rank
+
+        horovod.tensorflow.init()
+        return train_keras3_on_rank(job)
+    stack.require_legacy_tf_keras()
+    import horovod.tensorflow.keras as hvd
+
+    from sparkdl.data.dataset import tf_dataset
+
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
-    tf.keras.utils.set_random_seed(job.seed + rank)
+    keras = stack.keras_module("tf_keras")
+    keras.utils.set_random_seed(job.seed + rank)
 
     model = model_from_bytes(job.model)
     optimizer, scaled_lr = make_optimizer(job.optimizer, job.learning_rate, size)
@@ -165,7 +177,7 @@ def train_on_rank(job: TrainJob) -> dict:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=scaled_lr, warmup_epochs=job.warmup_epochs, steps_per_epoch=job.steps_per_epoch))
     if job.early_stopping:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))
     callbacks += list(job.callbacks)
     if rank == 0:
         examples = job.steps_per_epoch * job.batch_size * size

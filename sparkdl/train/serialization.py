@@ -22,17 +22,22 @@ def model_to_bytes(model) -> bytes:
             return fh.read()
 
 
-def model_from_bytes(data: bytes):
-    """Load a model from Keras v3 bytes, uncompiled (sparkdl's custom layers are registered first)."""
-    import tensorflow as tf
+def model_flavour(data: bytes) -> str:
+    """The Keras flavour ("tf_keras" or "keras3") that saved these model bytes (see `sparkdl.stack`)."""
+    from sparkdl import stack
 
-    import sparkdl.models  # noqa: F401 - registers custom layers and losses
+    return stack.saved_flavour(io.BytesIO(data))
+
+
+def model_from_bytes(data: bytes):
+    """Load a model from Keras v3 bytes, uncompiled, with the Keras flavour that saved it."""
+    from sparkdl.models.saving import load_keras_file
 
     with tempfile.TemporaryDirectory(prefix="sparkdl-model-") as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as fh:
             fh.write(data)
-        return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+        return load_keras_file(path, compile=False)
 
 
 def _variables(optimizer) -> list:

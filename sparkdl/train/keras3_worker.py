@@ -1,0 +1,188 @@
+"""What every Horovod rank runs for a Keras 3 model: sparkdl's own synchronous data-parallel training step.
+
+Keras 3 cannot go through Horovod's Keras wrappers (`'Variable' object has no attribute 'ref'`, horovod#4290) nor
+through `tf.distribute` in `model.fit` (keras-team/keras#20585). What works, unpatched, is a custom step over
+the *underlying* `tf.Variable`s (`v.value`): `hvd.DistributedGradientTape` averages the gradients of those
+variables across ranks and `hvd.broadcast_variables` gives every rank rank 0's starting state. On top of that
+step this module keeps the contract of `keras_worker.train_on_rank` (the tf_keras path): the same `TrainJob`,
+learning rate scaled by the number of ranks with Horovod's warm-up formula, metrics averaged across ranks every
+epoch, early stopping on the averaged monitor, per-epoch checkpoints through the progress channel, resume from
+a checkpoint's model and optimizer state, and the same returned history. User callbacks (Keras 3
+`keras.callbacks.Callback`) get `on_train_begin`, `on_epoch_begin`, `on_epoch_end` (with the averaged logs) and
+`on_train_end`, and may set `model.stop_training`; batch-level hooks are not called.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from sparkdl.train import progress
+from sparkdl.train.keras_worker import TrainJob, _b64, _floats, make_optimizer
+from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
+
+__all__ = ["train_keras3_on_rank", "warmup_learning_rate"]
+
+
+def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch: int, step: int,
+                         steps_per_epoch: int) -> float:
+    """Horovod's `LearningRateWarmupCallback` schedule: from `scaled_lr / size` to `scaled_lr` linearly over
+    `warmup_epochs` epochs (`epoch` counted from 0, `step` within it), then `scaled_lr`."""
+    if warmup_epochs <= 0 or size <= 1:
+        return scaled_lr
+    progress_epochs = epoch + step / max(1, steps_per_epoch)
+    if progress_epochs >= warmup_epochs:
+        return scaled_lr
+    return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+
+
+def _metrics(keras, names, output_dim: int, integer_labels: bool) -> list:
+    """Keras 3 metric objects for compile-style names ("accuracy" picks the variant the task needs)."""
+    out = []
+    for item in names:
+        if not isinstance(item, str):
+            out.append(item)
+        elif item in ("accuracy", "acc"):
+            if output_dim == 1:
+                out.append(keras.metrics.BinaryAccuracy(name="accuracy"))
+            elif integer_labels:
+                out.append(keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+            else:
+                out.append(keras.metrics.CategoricalAccuracy(name="accuracy"))
+        else:
+            metric = keras.metrics.get(item)
+            out.append(metric if isinstance(metric, keras.metrics.Metric)
+                       else keras.metrics.MeanMetricWrapper(metric, name=item))
+    return out
+
+
+class _Monitor:
+    """Early stopping on an averaged epoch value: stop after `patience` epochs without improvement."""
+
+    def __init__(self, name: str, patience: int | None):
+        self.name, self.patience = name, patience
+        self.mode = max if ("acc" in name or "auc" in name) else min
+        self.best, self.wait = None, 0
+
+    def should_stop(self, logs: dict) -> bool:
+        if not self.patience or self.name not in logs:
+            return False
+        value = logs[self.name]
+        if self.best is None or self.mode(value, self.best) != self.best:
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
+def train_keras3_on_rank(job: TrainJob) -> dict:
+    """The Horovod function for a Keras 3 model (called by `keras_worker.train_on_rank`)."""
+    import horovod.tensorflow as hvd
+    import keras
+    import tensorflow as tf
+
+    from sparkdl.data.dataset import tf_dataset
+
+    rank, size = hvd.rank(), hvd.size()
+    keras.utils.set_random_seed(job.seed + rank)
+    model = model_from_bytes(job.model)
+    optimizer, scaled_lr = make_optimizer(job.optimizer, job.learning_rate, size, "keras3")
+    if job.optimizer_state is not None:
+        restore_optimizer(optimizer, model.trainable_variables, job.optimizer_state)  # builds the optimizer
+    else:
+        optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.get(job.loss)
+
+    remaining = job.epochs - job.initial_epoch
+    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
+                       seed=job.seed, epochs=remaining)
+    val = None
+    if job.val_data is not None and job.validation_steps:
+        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
+                         seed=job.seed, epochs=remaining)
+    integer_labels = train.element_spec[1].dtype.is_integer
+    output_dim = int(model.outputs[0].shape[-1] or 1)
+    metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
+    val_metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
+    loss_mean, val_loss_mean = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
+    trainable = [v.value for v in model.trainable_variables]  # the tf.Variables Horovod can reduce
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = loss_fn(y, pred)
+            if model.losses:
+                loss = loss + tf.add_n(model.losses)
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        loss_mean.update_state(loss)
+        for metric in metrics:
+            metric.update_state(y, pred)
+
+    @tf.function
+    def val_step(x, y):
+        pred = model(x, training=False)
+        val_loss_mean.update_state(loss_fn(y, pred))
+        for metric in val_metrics:
+            metric.update_state(y, pred)
+
+    def averaged(tracked, prefix: str = "") -> dict:
+        values = tf.stack([tf.cast(m.result(), tf.float32) for m in tracked])
+        values = hvd.allreduce(values, op=hvd.Average, name=f"sparkdl_epoch_metrics_{prefix}")
+        return {prefix + m.name: float(v) for m, v in zip(tracked, values.numpy())}
+
+    hvd.broadcast_variables([v.value for v in model.variables], root_rank=0)
+    hvd.broadcast_variables([v.value for v in optimizer.variables], root_rank=0)
+    monitor = _Monitor(job.monitor, job.early_stopping)
+    callbacks = list(job.callbacks)
+    model.stop_training = False
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin({})
+    history: dict[str, list[float]] = {}
+    epochs_done: list[int] = []
+    train_iter = iter(train)
+    val_iter = iter(val) if val is not None else None
+    examples = job.steps_per_epoch * job.batch_size * size
+    for epoch in range(job.initial_epoch, job.epochs):
+        started = time.perf_counter()
+        for callback in callbacks:
+            callback.on_epoch_begin(epoch, {})
+        for tracked in (loss_mean, *metrics, val_loss_mean, *val_metrics):
+            tracked.reset_state()
+        for step in range(job.steps_per_epoch):
+            if job.warmup_epochs and size > 1:
+                optimizer.learning_rate = warmup_learning_rate(
+                    scaled_lr, size, job.warmup_epochs, epoch, step, job.steps_per_epoch)
+            x, y = next(train_iter)
+            train_step(x, y)
+            if rank == 0 and epoch == job.initial_epoch and step == 0:
+                threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"},
+                                 daemon=True).start()
+        logs = averaged([loss_mean, *metrics])
+        if val_iter is not None:
+            for _ in range(job.validation_steps):
+                x, y = next(val_iter)
+                val_step(x, y)
+            logs.update(averaged([val_loss_mean, *val_metrics], "val_"))
+        seconds = time.perf_counter() - started
+        for callback in callbacks:  # before the epoch is reported and checkpointed, as in model.fit
+            callback.on_epoch_end(epoch, dict(logs))
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        epochs_done.append(epoch)
+        if rank == 0:
+            progress.report("epoch", epoch=epoch, epochs=job.epochs, logs=_floats(logs), seconds=seconds,
+                            examples_per_s=examples / max(seconds, 1e-9))
+            if (epoch + 1) % max(1, int(job.checkpoint_every)) == 0:
+                progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
+                                model=_b64(model_to_bytes(model)), optimizer=_b64(optimizer_to_bytes(optimizer)))
+        if monitor.should_stop(logs) or model.stop_training:  # averaged logs: every rank decides the same
+            break
+    for callback in callbacks:
+        callback.on_train_end(dict(history and {k: v[-1] for k, v in history.items()}))
+    if rank != 0:
+        return {}
+    return {"model": model_to_bytes(model), "history": history, "epochs": epochs_done,
+            "scaled_learning_rate": scaled_lr, "size": size}

@@ -2,7 +2,7 @@
 # Idempotent set-up of sparkdl's two development environments:
 #   pinned  -> .venv          (constraints.txt:         TF 2.15.1, Keras 2, NumPy 1.26, PyArrow 14, Petastorm 0.13.1)
 #   current -> .venv-current  (constraints-current.txt: TF 2.18, tf_keras + Keras 3, NumPy 2, PyArrow 26, Spark 4.3)
-# Usage: scripts/setup.sh [pinned|current|all]   (default: all; `make setup` sets up both)
+# Usage: scripts/setup.sh [pinned|current|all]   (default: pinned; `make setup-current` sets up the current one)
 # For each stack it
 #   1. checks Python 3.11 and Java >= 17,
 #   2. creates the venv and installs that stack's constraints, TensorFlow first,
@@ -17,7 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3.11}"
-WHICH="${1:-all}"
+WHICH="${1:-pinned}"
 HOROVOD_VERSION=0.28.1
 
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
@@ -35,6 +35,7 @@ JAVA_MAJOR="$(java -version 2>&1 | sed -nE 's/.*version "([0-9]+)(\.[0-9]+)*.*/\
 verify() {  # $1: venv
   TF_CPP_MIN_LOG_LEVEL=2 "$1/bin/python" - <<'PY'
 import sys
+import sparkdl  # noqa: F401  (first: routes tf.keras to Keras 2 before Horovod's Keras module resolves it)
 problems = []
 try:
     import horovod.tensorflow as hvd

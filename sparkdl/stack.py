@@ -113,9 +113,8 @@ def require_legacy_tf_keras() -> None:
         return
     import tensorflow as tf
 
-    module = getattr(tf.keras, "__name__", "")
-    if not module.startswith("tf_keras"):
-        raise ConfigError(f"tf.keras is Keras 3 ({module}) in this process: set TF_USE_LEGACY_KERAS=1 before "
+    if tf.keras.Model is not keras_module("tf_keras").Model:
+        raise ConfigError(f"tf.keras is Keras 3 ({tf.keras.Model.__module__}) in this process: set TF_USE_LEGACY_KERAS=1 before "
                           f"TensorFlow is first used (or import sparkdl first) to train tf_keras models with "
                           f"Horovod, or build the model with Keras 3 (`import keras`, keras='keras3')")
 

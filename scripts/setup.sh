@@ -11,7 +11,9 @@
 #      built wheel kept in a cache keyed by TensorFlow version and patch contents (beside pip's own cache),
 #   4. installs this package editable with its test extra,
 #   5. checks the result (horovod.tensorflow imports with Gloo built, the stack's Keras, Spark, delta-rs).
-# On a ready machine it only re-runs the checks (seconds). Set PYTHON to choose the interpreter.
+# On a ready machine it only re-runs the checks (seconds). Set PYTHON to choose the interpreter,
+# SPARKDL_VENV / SPARKDL_VENV_CURRENT to put a stack's venv elsewhere, and SPARKDL_TENSORFLOW=gpu to install
+# TensorFlow's CUDA build (tensorflow[and-cuda], same version as the constraints' tensorflow-cpu) instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,7 +65,7 @@ PY
 horovod_patched_wheel() {  # $1: venv, $2: patch folder -> prints the path of a built wheel (cached)
   local venv="$1" patches="$2" tfv key cache src wheel
   tfv="$("$venv/bin/python" -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null)"
-  key="$( { echo "horovod-$HOROVOD_VERSION tf-$tfv"; cat "$patches"/*.patch; } | sha256sum | cut -c1-16)"
+  key="$( { echo "horovod-$HOROVOD_VERSION tf-$tfv ${SPARKDL_TENSORFLOW:-cpu}"; cat "$patches"/*.patch; } | sha256sum | cut -c1-16)"
   cache="${SPARKDL_WHEEL_CACHE:-$("$venv/bin/python" -m pip cache dir 2>/dev/null || echo "$HOME/.cache/pip")/sparkdl-wheels}/$key"
   wheel="$(ls "$cache"/horovod-*.whl 2>/dev/null | head -1 || true)"
   if [ -z "$wheel" ]; then
@@ -94,7 +96,7 @@ setup_stack() {  # $1: pinned | current
     *) die "unknown stack '$STACK' (expected pinned, current or all)" ;;
   esac
   stamp="$venv/.sparkdl-setup-stamp"
-  hash="$(cat "$constraints" setup.cfg scripts/setup.sh ${patches:+"$patches"/*.patch} | sha256sum | cut -d' ' -f1)"
+  hash="$( { echo "${SPARKDL_TENSORFLOW:-cpu}"; cat "$constraints" setup.cfg scripts/setup.sh ${patches:+"$patches"/*.patch}; } | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && verify "$venv"; then
     return 0
   fi
@@ -106,7 +108,14 @@ setup_stack() {  # $1: pinned | current
     "${pip[@]}" install -q "cmake>=3.20,<4"
   fi
   say "installing TensorFlow and the stack of $constraints"
-  "${pip[@]}" install -q -c "$constraints" tensorflow-cpu numpy pyarrow pandas
+  if [ "${SPARKDL_TENSORFLOW:-cpu}" = gpu ]; then
+    local tf_pin
+    tf_pin="$(sed -nE 's/^tensorflow-cpu==([0-9.]+).*/\1/p' "$constraints")"
+    extras="${extras/cpu/gpu}"
+    "${pip[@]}" install -q -c "$constraints" "tensorflow[and-cuda]==$tf_pin" numpy pyarrow pandas
+  else
+    "${pip[@]}" install -q -c "$constraints" tensorflow-cpu numpy pyarrow pandas
+  fi
   if ! "$venv/bin/python" -c 'import horovod.tensorflow as h, sys; sys.exit(0 if h.gloo_built() else 1)' 2>/dev/null; then
     if [ -z "$patches" ]; then
       say "building Horovod $HOROVOD_VERSION against TensorFlow with Gloo (about 10 minutes on 2 cores the first time; pip caches the wheel)"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -147,29 +146,21 @@ def _content_bytes(filename: str, content) -> bytes:
 
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries a model depends on (None when not installed); imports none of them."""
-    def dist_version(*names: str) -> str | None:
-        for name in names:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return None
-
     tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None)
     # (`sparkdl` on PyPI is an unrelated project: never ask for that distribution)
-    sparkdl_version = getattr(sys.modules.get("sparkdl"), "__version__", None) or dist_version("sparkdl-lakehouse")
+    sparkdl_version = getattr(sys.modules.get("sparkdl"), "__version__", None) or stack.dist_version("sparkdl-lakehouse")
     out = {
         "sparkdl": sparkdl_version,
         "python": sys.version.split()[0],
-        "tensorflow": tf_version or dist_version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
-        "pyspark": dist_version("pyspark"),
-        "petastorm": dist_version("petastorm"),
+        "tensorflow": tf_version or stack.dist_version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+        "pyspark": stack.dist_version("pyspark"),
+        "petastorm": stack.dist_version("petastorm"),
         "keras": stack.keras_version("tf_keras"),
         "keras3": stack.keras_version("keras3"),
-        "numpy": dist_version("numpy"),
+        "numpy": stack.dist_version("numpy"),
     }
     if importlib.util.find_spec("horovod") is not None:
-        out["horovod"] = dist_version("horovod")
+        out["horovod"] = stack.dist_version("horovod")
     return out
 
 

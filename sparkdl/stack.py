@@ -29,12 +29,13 @@ KerasFlavour = Literal["tf_keras", "keras3"]
 KERAS_FLAVOURS: tuple[str, ...] = ("tf_keras", "keras3")
 PETASTORM_PIN = "petastorm==0.13.1 with pyarrow==14.0.2 and numpy==1.26.4 (constraints.txt, the pinned stack)"
 
-__all__ = ["KERAS_FLAVOURS", "KerasFlavour", "check", "describe", "flavour_of", "is_keras_model", "keras_module",
+__all__ = ["KERAS_FLAVOURS", "KerasFlavour", "check", "describe", "dist_version", "flavour_of", "is_keras_model", "keras_module",
            "keras_version", "petastorm_available", "require_petastorm", "saved_keras_version", "stack_name",
            "tensorflow_version"]
 
 
-def _dist_version(*names: str) -> str | None:
+def dist_version(*names: str) -> str | None:
+    """The installed version of the first of these distributions that is installed (None if none is)."""
     for name in names:
         try:
             return importlib.metadata.version(name)
@@ -50,7 +51,7 @@ def _major_minor(version: str | None) -> tuple[int, int]:
 
 def tensorflow_version() -> str | None:
     """The installed TensorFlow version (without importing it), or None."""
-    return _dist_version("tensorflow-cpu", "tensorflow", "tensorflow-macos")
+    return dist_version("tensorflow-cpu", "tensorflow", "tensorflow-macos")
 
 
 def legacy_keras_is_separate() -> bool:
@@ -70,9 +71,9 @@ def stack_name() -> str:
 def keras_version(flavour: str = "tf_keras") -> str | None:
     """The installed version of a Keras flavour (None when it is not installed)."""
     if flavour == "keras3":
-        version = _dist_version("keras")
+        version = dist_version("keras")
         return version if version and version.startswith("3.") else None
-    return _dist_version("tf-keras", "tf_keras") if legacy_keras_is_separate() else _dist_version("keras")
+    return dist_version("tf-keras", "tf_keras") if legacy_keras_is_separate() else dist_version("keras")
 
 
 def check_flavour(flavour: str) -> str:
@@ -83,7 +84,7 @@ def check_flavour(flavour: str) -> str:
         if flavour == "keras3":
             raise ConfigError(f"keras flavour 'keras3' needs Keras 3 on TensorFlow >= 2.16 (the current stack, "
                               f"constraints-current.txt); this environment has TensorFlow {tensorflow_version()} "
-                              f"and keras {_dist_version('keras')}")
+                              f"and keras {dist_version('keras')}")
         raise ConfigError(f"keras flavour 'tf_keras' needs Keras 2: on TensorFlow {tensorflow_version()} install "
                           f"tf-keras of the same line (pip install 'sparkdl-lakehouse[tf-keras]')")
     return flavour
@@ -177,16 +178,16 @@ def saved_flavour(path: str | os.PathLike) -> str:
 
 def petastorm_available() -> bool:
     """True when Petastorm is installed and importable with this PyArrow and NumPy."""
-    if _dist_version("petastorm") is None:
+    if dist_version("petastorm") is None:
         return False
-    return _major_minor(_dist_version("pyarrow")) < (15, 0) and _major_minor(_dist_version("numpy")) < (2, 0)
+    return _major_minor(dist_version("pyarrow")) < (15, 0) and _major_minor(dist_version("numpy")) < (2, 0)
 
 
 def require_petastorm() -> None:
     """Raise SparkDLError naming the pin when Petastorm cannot be used in this environment."""
     if not petastorm_available():
-        raise SparkDLError(f"Petastorm is not usable here (pyarrow {_dist_version('pyarrow')}, numpy "
-                           f"{_dist_version('numpy')}, petastorm {_dist_version('petastorm')}): Petastorm's "
+        raise SparkDLError(f"Petastorm is not usable here (pyarrow {dist_version('pyarrow')}, numpy "
+                           f"{dist_version('numpy')}, petastorm {dist_version('petastorm')}): Petastorm's "
                            f"converter needs {PETASTORM_PIN}. sparkdl's own caches and tf.data input need no "
                            f"Petastorm; use PetastormDataset.files with pyarrow, or the pinned stack")
 
@@ -194,8 +195,8 @@ def require_petastorm() -> None:
 def describe() -> str:
     """One line: the stack, TensorFlow, the Keras flavours, NumPy, PyArrow, PySpark."""
     flavours = ", ".join(f"{f} {keras_version(f)}" for f in KERAS_FLAVOURS if keras_version(f))
-    return (f"{stack_name()} stack: tensorflow {tensorflow_version()} ({flavours}), numpy {_dist_version('numpy')}, "
-            f"pyarrow {_dist_version('pyarrow')}, pyspark {_dist_version('pyspark')}, "
+    return (f"{stack_name()} stack: tensorflow {tensorflow_version()} ({flavours}), numpy {dist_version('numpy')}, "
+            f"pyarrow {dist_version('pyarrow')}, pyspark {dist_version('pyspark')}, "
             f"petastorm {'usable' if petastorm_available() else 'not usable'}")
 
 

@@ -36,6 +36,22 @@ def spark(work_dir):
     shutil.rmtree(_WORK, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def demo_tables(spark, tmp_path_factory):
+    """The demo's Delta tables (breast_cancer and digits, train/test), written once per run; read, never change."""
+    from sparkdl.datasets import create_demo_tables
+
+    return create_demo_tables(spark, tmp_path_factory.mktemp("demo-lake"))
+
+
+@pytest.fixture(scope="session")
+def training_store(tmp_path_factory):
+    """A model store shared by the training tests (each test uses its own model name)."""
+    from sparkdl.registry import ModelStore
+
+    return ModelStore(tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture
 def lake(tmp_path):
     """A fresh lakehouse folder for one test."""

@@ -37,12 +37,13 @@ def cancer_rows():
     return names, rows
 
 
-def train_and_save(store, name, spec_dict, df, model_kind, hparams=None, epochs=3, model_name=None):
-    """Fit the preprocessor in Spark, train a zoo model in-process with model.fit, save it in the store.
+def train_and_save(store, name, spec_dict, df, model_kind, hparams=None, epochs=3, model_name=None,
+                   keras="tf_keras"):
+    """Fit the preprocessor in Spark, train a zoo model (of Keras flavour `keras`) in-process with model.fit,
+    save it in the store.
 
     Returns (ModelVersion, PreprocessorModel, keras model)."""
-    import tensorflow as tf
-
+    from sparkdl import stack
     from sparkdl.data.preprocess import Preprocessor
     from sparkdl.data.spec import FeatureSpec
     from sparkdl.models import build, default_loss
@@ -51,9 +52,9 @@ def train_and_save(store, name, spec_dict, df, model_kind, hparams=None, epochs=
     prep = Preprocessor(spec).fit(df)
     table = pa.Table.from_pandas(df.toPandas(), preserve_index=False)
     prepared = prep.prepare_batch(table, with_label=True)
-    tf.keras.utils.set_random_seed(0)
-    model = build(model_kind, prep.signature, **(hparams or {}))
-    model.compile("adam", default_loss(prep.signature, model_kind))
+    stack.keras_module(keras).utils.set_random_seed(0)
+    model = build(model_kind, prep.signature, keras=keras, **(hparams or {}))
+    model.compile("adam", default_loss(prep.signature, model_kind, keras))
     model.fit(prepared.features[prepared.valid], prepared.labels[prepared.valid], epochs=epochs, batch_size=64,
               verbose=0)
     metadata = {"preprocessing": prep.to_dict(), "signature": prep.signature.to_dict(),

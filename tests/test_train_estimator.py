@@ -1,7 +1,7 @@
-"""KerasEstimator end to end on local[2]: real Delta tables, real Petastorm, 2 real Horovod processes.
+"""KerasEstimator end to end on local[2]: real Delta demo_tables, real Petastorm, 2 real Horovod processes.
 
 Each fit is small (few epochs, small batches) so the whole file stays within a few minutes on 2 cores.
-Test accuracy is measured on held-out Delta tables with `getModel().predict` on numpy prepared by the fitted
+Test accuracy is measured on held-out Delta demo_tables with `getModel().predict` on numpy prepared by the fitted
 `PreprocessorModel.prepare_batch` — the same function Spark used to prepare the training data.
 """
 from __future__ import annotations
@@ -42,20 +42,6 @@ def digits_spec() -> FeatureSpec:
         "label": {"name": "digit", "task": "multiclass", "num_classes": 10}})
 
 
-@pytest.fixture(scope="module")
-def tables(spark, tmp_path_factory):
-    from sparkdl.datasets import create_demo_tables
-
-    return create_demo_tables(spark, tmp_path_factory.mktemp("lake"))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from sparkdl.registry import ModelStore
-
-    return ModelStore(tmp_path_factory.mktemp("models"))
-
-
 def prepared(fitted: SparkDLModel, table: str):
     """Features and labels of a table, prepared by the model's own fitted preprocessor."""
     from sparkdl.lake import read_table
@@ -75,21 +61,21 @@ def accuracy(fitted: SparkDLModel, table: str) -> float:
 
 # ------------------------------------------------------------------------------------------------ models
 @pytest.mark.slow
-def test_mlp_on_breast_cancer_table(spark, tables, store):
+def test_mlp_on_breast_cancer_table(spark, demo_tables, training_store):
     from sparkdl.lake import snapshot
 
     est = KerasEstimator(model="mlp", feature_spec=cancer_spec(), epochs=8, batch_size=16, learning_rate=5e-3,
-                         num_proc=2, model_store=store, model_name="cancer_mlp", run_name="test-cancer-mlp",
+                         num_proc=2, model_store=training_store, model_name="cancer_mlp", run_name="test-cancer-mlp",
                          hparams={"hidden": [32, 16]})
-    fitted = est.fit(tables["breast_cancer_train"])
+    fitted = est.fit(demo_tables["breast_cancer_train"])
 
-    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.95
+    assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.95
     history = fitted.getHistory()
     assert history["epoch"] == list(range(8))
     assert len(history["loss"]) == 8 and len(history["val_accuracy"]) == 8
     assert history["loss"][-1] < history["loss"][0]
     meta = fitted.getMetadata()
-    source = snapshot(tables["breast_cancer_train"])
+    source = snapshot(demo_tables["breast_cancer_train"])
     assert meta["source"]["table"] == source.table and meta["source"]["version"] == source.version
     assert meta["num_proc"] == 2 and meta["run_name"] == "test-cancer-mlp" and meta["model_name"] == "mlp"
     assert meta["signature"]["input_shape"] == [30] and meta["label_classes"] is None
@@ -101,16 +87,16 @@ def test_mlp_on_breast_cancer_table(spark, tables, store):
     assert run.latest().epoch == 7
     assert est.last_run.launch_s is not None and est.last_run.launch_s < est.last_run.total_s
     # load back from the store by reference and by folder
-    again = SparkDLModel.load("cancer_mlp@1", store=store)
+    again = SparkDLModel.load("cancer_mlp@1", store=training_store)
     folder = SparkDLModel.load(fitted.getModelVersion().path)
-    x, _ = prepared(fitted, tables["breast_cancer_test"])
+    x, _ = prepared(fitted, demo_tables["breast_cancer_test"])
     np.testing.assert_allclose(again.getModel().predict(x, verbose=0), fitted.getModel().predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert folder.getHistory() == history
     # transform() scores in Spark through sparkdl.score, agreeing with the in-process predictions
     from sparkdl.lake import read_table
 
-    test_df, _ = read_table(tables["breast_cancer_test"])
+    test_df, _ = read_table(demo_tables["breast_cancer_test"])
     frame = test_df.toPandas().sort_values("id")
     local = (fitted.getModel().predict(fitted.getPreprocessor().prepare_batch(frame).features, verbose=0)[:, 0]
              >= 0.5).astype(int)
@@ -120,20 +106,20 @@ def test_mlp_on_breast_cancer_table(spark, tables, store):
 
 
 @pytest.mark.slow
-def test_cnn_on_digits_images(spark, tables, store):
+def test_cnn_on_digits_images(spark, demo_tables, training_store):
     from sparkdl.lake import snapshot
 
-    snap = snapshot(tables["digits_train"])
+    snap = snapshot(demo_tables["digits_train"])
     est = KerasEstimator(model="cnn", feature_spec=digits_spec(), epochs=10, batch_size=32, learning_rate=3e-3,
-                         num_proc=2, model_store=store, model_name="digits_cnn", run_name="test-digits-cnn")
+                         num_proc=2, model_store=training_store, model_name="digits_cnn", run_name="test-digits-cnn")
     fitted = est.fit(snap)  # a Snapshot: that version is read
-    assert accuracy(fitted, tables["digits_test"]) >= 0.95
+    assert accuracy(fitted, demo_tables["digits_test"]) >= 0.95
     assert fitted.getMetadata()["signature"]["input_shape"] == [8, 8, 1]
     assert fitted.getMetadata()["source"]["version"] == snap.version
 
 
 @pytest.mark.slow
-def test_lstm_beats_the_naive_baseline_on_a_sequence_task(spark, store):
+def test_lstm_beats_the_naive_baseline_on_a_sequence_task(spark, training_store):
     # label: does the sequence sum to more than 0? Order-free for the model to find, 50/50 for a naive guess.
     rng = np.random.default_rng(3)
     n, steps = 1600, 12
@@ -147,7 +133,7 @@ def test_lstm_beats_the_naive_baseline_on_a_sequence_task(spark, store):
     spec = FeatureSpec.from_dict({"features": [{"name": "seq", "kind": "sequence", "shape": [steps, 1]}],
                                   "label": {"name": "up", "task": "binary"}})
     fitted = KerasEstimator(model="lstm", feature_spec=spec, epochs=6, batch_size=32, learning_rate=1e-2,
-                            num_proc=2, model_store=store, model_name="seq_lstm", run_name="test-seq-lstm",
+                            num_proc=2, model_store=training_store, model_name="seq_lstm", run_name="test-seq-lstm",
                             hparams={"units": 16}).fit(df)
     batch = fitted.getPreprocessor().prepare_batch(test)
     predicted = (fitted.getModel().predict(batch.features, verbose=0)[:, 0] > 0.5).astype(int)
@@ -159,15 +145,15 @@ def test_lstm_beats_the_naive_baseline_on_a_sequence_task(spark, store):
 
 
 @pytest.mark.slow
-def test_triplet_embedding_improves_knn_over_raw_pixels(spark, tables, store):
+def test_triplet_embedding_improves_knn_over_raw_pixels(spark, demo_tables, training_store):
     from sparkdl.models import knn_accuracy
 
     fitted = KerasEstimator(model="embedding", feature_spec=digits_spec(), epochs=6, batch_size=64,
-                            learning_rate=2e-3, validation=0.0, num_proc=2, model_store=store,
+                            learning_rate=2e-3, validation=0.0, num_proc=2, model_store=training_store,
                             model_name="digits_embedding", run_name="test-digits-embedding").fit(
-        tables["digits_train"])
-    x_train, y_train = prepared(fitted, tables["digits_train"])
-    x_test, y_test = prepared(fitted, tables["digits_test"])
+        demo_tables["digits_train"])
+    x_train, y_train = prepared(fitted, demo_tables["digits_train"])
+    x_test, y_test = prepared(fitted, demo_tables["digits_test"])
     # few-shot k-NN: 5 labelled references per class, where the metric matters most
     rng = np.random.default_rng(0)
     ref = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:5] for c in range(10)])
@@ -194,29 +180,29 @@ class FailOnce(tf.keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_after_the_last_complete_epoch(spark, tables, store, tmp_path):
+def test_rerun_resumes_after_the_last_complete_epoch(spark, demo_tables, training_store, tmp_path):
     marker = tmp_path / "second-run"
     params = dict(model="mlp", feature_spec=cancer_spec(), epochs=5, batch_size=32, learning_rate=5e-3,
-                  num_proc=2, model_store=store, model_name="cancer_resume", run_name="test-resume",
+                  num_proc=2, model_store=training_store, model_name="cancer_resume", run_name="test-resume",
                   callbacks=[FailOnce(str(marker), 2)])
     with pytest.raises(TrainingError, match="injected failure at epoch 2"):
-        KerasEstimator(**params).fit(tables["breast_cancer_train"])
+        KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
     run = RunFolder(None, "test-resume")
     assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
     assert run.latest().epoch == 1
 
     marker.touch()
-    fitted = KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    fitted = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
     log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
     assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
     history = fitted.getHistory()
     assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
     # the resumed run continued from the checkpointed state, not from scratch
     assert history["loss"][2] < history["loss"][0]
-    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.9
+    assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
 
     # rerunning a finished run trains nothing and returns the model it saved
-    again = KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    again = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
     assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == log
     assert str(again.getModelVersion()) == str(fitted.getModelVersion())
     assert again.getHistory() == history

@@ -23,20 +23,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the callbacks bel
 from test_train_estimator import accuracy, cancer_spec, digits_spec  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tables(spark, tmp_path_factory):
-    from sparkdl.datasets import create_demo_tables
-
-    return create_demo_tables(spark, tmp_path_factory.mktemp("lake"))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from sparkdl.registry import ModelStore
-
-    return ModelStore(tmp_path_factory.mktemp("models"))
-
-
 def _keras3_callback_base():
     import keras
 
@@ -72,20 +58,20 @@ class FailOnceKeras3(_keras3_callback_base()):
 
 
 @pytest.mark.slow
-def test_keras3_mlp_on_breast_cancer_equal_weights_on_both_ranks(spark, tables, store, tmp_path):
+def test_keras3_mlp_on_breast_cancer_equal_weights_on_both_ranks(spark, demo_tables, training_store, tmp_path):
     import keras
 
     from sparkdl.score import score_dataframe
 
     est = KerasEstimator(model="mlp", keras="keras3", feature_spec=cancer_spec(), epochs=8, batch_size=16,
-                         learning_rate=5e-3, num_proc=2, model_store=store, model_name="cancer_mlp_k3",
+                         learning_rate=5e-3, num_proc=2, model_store=training_store, model_name="cancer_mlp_k3",
                          run_name="test-cancer-mlp-k3", hparams={"hidden": [32, 16]},
                          callbacks=[WeightDigest(str(tmp_path))])
-    fitted = est.fit(tables["breast_cancer_train"])
+    fitted = est.fit(demo_tables["breast_cancer_train"])
 
     assert isinstance(fitted.getModel(), keras.Model)
     assert fitted.getMetadata()["keras_flavour"] == "keras3"
-    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.95
+    assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.95
     history = fitted.getHistory()
     assert history["epoch"] == list(range(8)) and len(history["val_accuracy"]) == 8
     assert history["loss"][-1] < history["loss"][0]
@@ -96,44 +82,44 @@ def test_keras3_mlp_on_breast_cancer_equal_weights_on_both_ranks(spark, tables, 
     # scoring in Spark equals in-process predict on the same rows
     from sparkdl.lake import read_table
 
-    test_df, _ = read_table(tables["breast_cancer_test"])
+    test_df, _ = read_table(demo_tables["breast_cancer_test"])
     frame = test_df.toPandas().sort_values("id")
     local = fitted.getModel().predict(fitted.getPreprocessor().prepare_batch(frame).features, verbose=0)[:, 0]
-    scored = (score_dataframe(test_df, str(fitted.getModelVersion()), store=store, output="probabilities",
+    scored = (score_dataframe(test_df, str(fitted.getModelVersion()), store=training_store, output="probabilities",
                               keep_columns=["id"]).toPandas().sort_values("id"))
     probabilities = np.array([np.ravel(p)[-1] for p in scored["probabilities"]], dtype=np.float64)
     np.testing.assert_allclose(probabilities, local, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_keras3_cnn_on_digits(spark, tables, store):
+def test_keras3_cnn_on_digits(spark, demo_tables, training_store):
     est = KerasEstimator(model="cnn", keras="keras3", feature_spec=digits_spec(), epochs=10, batch_size=32,
-                         learning_rate=3e-3, num_proc=2, model_store=store, model_name="digits_cnn_k3",
+                         learning_rate=3e-3, num_proc=2, model_store=training_store, model_name="digits_cnn_k3",
                          run_name="test-digits-cnn-k3")
-    fitted = est.fit(tables["digits_train"])
-    assert accuracy(fitted, tables["digits_test"]) >= 0.95
+    fitted = est.fit(demo_tables["digits_train"])
+    assert accuracy(fitted, demo_tables["digits_test"]) >= 0.95
 
 
 @pytest.mark.slow
-def test_keras3_rerun_resumes_after_the_last_complete_epoch(spark, tables, store, tmp_path):
+def test_keras3_rerun_resumes_after_the_last_complete_epoch(spark, demo_tables, training_store, tmp_path):
     marker = tmp_path / "second-run"
     params = dict(model="mlp", keras="keras3", feature_spec=cancer_spec(), epochs=5, batch_size=32,
-                  learning_rate=5e-3, num_proc=2, model_store=store, model_name="cancer_resume_k3",
+                  learning_rate=5e-3, num_proc=2, model_store=training_store, model_name="cancer_resume_k3",
                   run_name="test-resume-k3", callbacks=[FailOnceKeras3(str(marker), 2)])
     with pytest.raises(TrainingError, match="injected failure at epoch 2"):
-        KerasEstimator(**params).fit(tables["breast_cancer_train"])
+        KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
     run = RunFolder(None, "test-resume-k3")
     assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
     assert run.latest().epoch == 1
 
     marker.touch()
-    fitted = KerasEstimator(**params).fit(tables["breast_cancer_train"])
+    fitted = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
     log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
     assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
     history = fitted.getHistory()
     assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
     assert history["loss"][2] < history["loss"][0]  # continued from the checkpointed state
-    assert accuracy(fitted, tables["breast_cancer_test"]) >= 0.9
+    assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
 
 
 def test_a_ready_keras3_model_is_accepted_and_keeps_its_flavour():

@@ -17,7 +17,7 @@ import threading
 import time
 
 from sparkdl.train import progress
-from sparkdl.train.keras_worker import TrainJob, _b64, _floats, make_optimizer
+from sparkdl.train.keras_worker import TrainJob, _b64, _floats, job_datasets, make_optimizer
 from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
 
 __all__ = ["train_keras3_on_rank", "warmup_learning_rate"]
@@ -80,8 +80,6 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     import keras
     import tensorflow as tf
 
-    from sparkdl.data.dataset import tf_dataset
-
     rank, size = hvd.rank(), hvd.size()
     keras.utils.set_random_seed(job.seed + rank)
     model = model_from_bytes(job.model)
@@ -92,13 +90,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
         optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.get(job.loss)
 
-    remaining = job.epochs - job.initial_epoch
-    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
-                       seed=job.seed, epochs=remaining)
-    val = None
-    if job.val_data is not None and job.validation_steps:
-        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
-                         seed=job.seed, epochs=remaining)
+    train, val = job_datasets(job, rank, size)
     integer_labels = train.element_spec[1].dtype.is_integer
     output_dim = int(model.outputs[0].shape[-1] or 1)
     metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
@@ -106,10 +98,16 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     loss_mean, val_loss_mean = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
     trainable = [v.value for v in model.trainable_variables]  # the tf.Variables Horovod can reduce
 
+    def labels_like(y, pred):
+        # tf_keras losses expand (batch,) labels to a (batch, 1) output themselves; Keras 3 refuses the rank
+        # mismatch (binary) or broadcasts it silently to (batch, batch) (mse): expand them here.
+        return tf.expand_dims(y, -1) if y.shape.rank == 1 and pred.shape.rank == 2 and pred.shape[-1] == 1 else y
+
     @tf.function
     def train_step(x, y):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
+            y = labels_like(y, pred)
             loss = loss_fn(y, pred)
             if model.losses:
                 loss = loss + tf.add_n(model.losses)
@@ -123,6 +121,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     @tf.function
     def val_step(x, y):
         pred = model(x, training=False)
+        y = labels_like(y, pred)
         val_loss_mean.update_state(loss_fn(y, pred))
         for metric in val_metrics:
             metric.update_state(y, pred)

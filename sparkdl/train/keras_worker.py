@@ -128,6 +128,21 @@ def _is_number(value) -> bool:
         return False
 
 
+def job_datasets(job: TrainJob, rank: int, size: int):
+    """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
+    repeated for the epochs still to run."""
+    from sparkdl.data.dataset import tf_dataset
+
+    remaining = job.epochs - job.initial_epoch
+    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
+                       seed=job.seed, epochs=remaining)
+    val = None
+    if job.val_data is not None and job.validation_steps:
+        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
+                         seed=job.seed, epochs=remaining)
+    return train, val
+
+
 def train_on_rank(job: TrainJob) -> dict:
     """The Horovod function of `KerasEstimator.fit`. Returns (on rank 0) the trained model bytes and history.
 
@@ -146,8 +161,6 @@ def train_on_rank(job: TrainJob) -> dict:
     stack.require_legacy_tf_keras()
     import horovod.tensorflow.keras as hvd
 
-    from sparkdl.data.dataset import tf_dataset
-
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     keras = stack.keras_module("tf_keras")
@@ -164,13 +177,7 @@ def train_on_rank(job: TrainJob) -> dict:
     if job.optimizer_state is not None:
         restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)
 
-    remaining = job.epochs - job.initial_epoch
-    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
-                       seed=job.seed, epochs=remaining)
-    val = None
-    if job.val_data is not None and job.validation_steps:
-        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
-                         seed=job.seed, epochs=remaining)
+    train, val = job_datasets(job, rank, size)
 
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
     if job.warmup_epochs and size > 1:

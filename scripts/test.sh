@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`, called by .ci/run): set up both stacks, then run the whole suite on
+# each, the pinned stack first. Each suite gets the other stack's interpreter in SPARKDL_OTHER_PYTHON for the
+# cross-stack model tests. Prints the seconds of every stage; exits non-zero when a set-up or either suite
+# fails (pytest's exit 5, no tests collected, counts as a failure). Extra arguments go to both pytest runs.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+declare -a SUMMARY=()
+stage() {  # $1: name; the rest: the command
+  local name="$1" started rc
+  shift
+  started=$(date +%s)
+  echo "test: stage '$name' started $(date -u +%H:%M:%S)" >&2
+  "$@"
+  rc=$?
+  if [ "$rc" -eq 5 ]; then echo "test: pytest collected no tests in '$name'" >&2; rc=1; fi
+  SUMMARY+=("$(printf '%-16s %5d s  exit %d' "$name" $(( $(date +%s) - started )) "$rc")")
+  return "$rc"
+}
+
+failed=0
+stage setup-pinned scripts/setup.sh pinned || failed=1
+stage setup-current scripts/setup.sh current || failed=1
+if [ "$failed" -eq 0 ]; then
+  SPARKDL_OTHER_PYTHON="$PWD/.venv-current/bin/python" stage tests-pinned .venv/bin/python -m pytest tests "$@" \
+    || failed=1
+  SPARKDL_OTHER_PYTHON="$PWD/.venv/bin/python" stage tests-current .venv-current/bin/python -m pytest tests "$@" \
+    || failed=1
+fi
+echo "test: stages (load average now: $(cut -d' ' -f1-3 /proc/loadavg)):" >&2
+printf '  %s\n' "${SUMMARY[@]}" >&2
+exit "$failed"

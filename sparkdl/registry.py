@@ -148,7 +148,8 @@ def library_versions() -> dict[str, str | None]:
     """Versions of the libraries a model depends on (None when not installed); imports none of them."""
     tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None)
     # (`sparkdl` on PyPI is an unrelated project: never ask for that distribution)
-    sparkdl_version = getattr(sys.modules.get("sparkdl"), "__version__", None) or stack.dist_version("sparkdl-lakehouse")
+    sparkdl_version = (getattr(sys.modules.get("sparkdl"), "__version__", None)
+                       or stack.dist_version("sparkdl-lakehouse"))
     out = {
         "sparkdl": sparkdl_version,
         "python": sys.version.split()[0],
@@ -198,8 +199,8 @@ class ModelStore:
                 ``hparams``, ``model_name``, ``num_proc``, ``run_name``. None of them is required.
                 The store adds (and overrides): ``name``, ``version``, ``created_at`` (UTC ISO 8601),
                 ``library_versions`` (sparkdl, python, tensorflow, pyspark, petastorm, numpy, horovod when
-                installed), ``model_file``, ``model_format`` ("keras_v3"), ``keras_flavour`` ("tf_keras" or "keras3", see
-                `sparkdl.stack`) and ``model_sha256``.
+                installed), ``model_file``, ``model_format`` ("keras_v3"), ``keras_flavour`` ("tf_keras" or
+                "keras3", see `sparkdl.stack`) and ``model_sha256``.
             artifacts: extra files for the version folder: filename -> bytes, str (UTF-8) or dict (JSON).
 
         Raises:

@@ -108,7 +108,8 @@ def get_spark(
         settings.setdefault("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
     settings = {k: v for k, v in settings.items() if k not in submitted or k == "spark.sql.extensions"}
     # Local-mode Python workers inherit the driver's environment: make them use this interpreter too.
-    os.environ["PYSPARK_PYTHON"] = settings.get("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+    os.environ["PYSPARK_PYTHON"] = settings.get("spark.pyspark.python",
+                                                os.environ.get("PYSPARK_PYTHON", sys.executable))
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     builder = SparkSession.builder.appName(app_name)

@@ -29,9 +29,9 @@ KerasFlavour = Literal["tf_keras", "keras3"]
 KERAS_FLAVOURS: tuple[str, ...] = ("tf_keras", "keras3")
 PETASTORM_PIN = "petastorm==0.13.1 with pyarrow==14.0.2 and numpy==1.26.4 (constraints.txt, the pinned stack)"
 
-__all__ = ["KERAS_FLAVOURS", "KerasFlavour", "check", "describe", "dist_version", "flavour_of", "is_keras_model", "keras_module",
-           "keras_version", "petastorm_available", "require_petastorm", "saved_keras_version", "stack_name",
-           "tensorflow_version"]
+__all__ = ["KERAS_FLAVOURS", "KerasFlavour", "check", "describe", "dist_version", "flavour_of", "is_keras_model",
+           "keras_module", "keras_version", "petastorm_available", "require_petastorm", "saved_keras_version",
+           "stack_name", "tensorflow_version"]
 
 
 def dist_version(*names: str) -> str | None:
@@ -115,9 +115,10 @@ def require_legacy_tf_keras() -> None:
     import tensorflow as tf
 
     if tf.keras.Model is not keras_module("tf_keras").Model:
-        raise ConfigError(f"tf.keras is Keras 3 ({tf.keras.Model.__module__}) in this process: set TF_USE_LEGACY_KERAS=1 before "
-                          f"TensorFlow is first used (or import sparkdl first) to train tf_keras models with "
-                          f"Horovod, or build the model with Keras 3 (`import keras`, keras='keras3')")
+        raise ConfigError(f"tf.keras is Keras 3 ({tf.keras.Model.__module__}) in this process: set "
+                          f"TF_USE_LEGACY_KERAS=1 before TensorFlow is first used (or import sparkdl first) to train "
+                          f"tf_keras models with Horovod, or build the model with Keras 3 (`import keras`, "
+                          f"keras='keras3')")
 
 
 def is_keras_model(obj) -> bool:

@@ -52,6 +52,60 @@ def training_store(tmp_path_factory):
     return ModelStore(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session")
+def score_store(tmp_path_factory):
+    """The model store of the scoring tests; the models below are trained in-process (Keras fit) and saved once."""
+    from sparkdl.registry import ModelStore
+
+    return ModelStore(tmp_path_factory.mktemp("score-models"))
+
+
+@pytest.fixture(scope="session")
+def digits_df(spark):
+    """scikit-learn's digits as a cached DataFrame (id, pixels array<float>, digit)."""
+    from test_score_udf import digits_rows
+
+    return spark.createDataFrame(digits_rows(), "id long, pixels array<float>, digit int").cache()
+
+
+@pytest.fixture(scope="session")
+def digits_mlp(score_store, digits_df):
+    """(ModelVersion, PreprocessorModel, model) of an MLP on the digits; the same for the next two."""
+    from test_score_udf import DIGITS_SPEC, train_and_save
+
+    return train_and_save(score_store, "digits_mlp", DIGITS_SPEC, digits_df, "mlp", {"hidden": (32,)})
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(score_store, digits_df):
+    from test_score_udf import DIGITS_IMAGE_SPEC, train_and_save
+
+    return train_and_save(score_store, "digits_cnn", DIGITS_IMAGE_SPEC, digits_df, "cnn",
+                          {"filters": (8,), "dense": 16}, epochs=2)
+
+
+@pytest.fixture(scope="session")
+def digits_embedding(score_store, digits_df):
+    from test_score_udf import DIGITS_SPEC, train_and_save
+
+    return train_and_save(score_store, "digits_emb", DIGITS_SPEC, digits_df, "embedding",
+                          {"embedding_dim": 8, "hidden": (32,)}, epochs=1)
+
+
+@pytest.fixture(scope="session")
+def cancer(spark, score_store):
+    """(DataFrame, feature names, ModelVersion, PreprocessorModel, model) of an MLP on 4 breast_cancer columns."""
+    from test_score_udf import cancer_rows, train_and_save
+
+    names, rows = cancer_rows()
+    ddl = "id long, " + ", ".join(f"{n} double" for n in names) + ", diagnosis string"
+    df = spark.createDataFrame(rows, ddl).cache()
+    spec = {"features": [{"name": n, "scale": "standard"} for n in names],
+            "label": {"name": "diagnosis", "task": "binary"}}
+    version, prep, model = train_and_save(score_store, "cancer", spec, df, "mlp", {"hidden": (8,)}, epochs=5)
+    return df, names, version, prep, model
+
+
 @pytest.fixture
 def lake(tmp_path):
     """A fresh lakehouse folder for one test."""

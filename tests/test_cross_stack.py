@@ -78,6 +78,8 @@ def test_demo_models_saved_here_score_on_the_other_stack(request, fixture, colum
     assert json.loads(done.stdout.strip().splitlines()[-1])["stack"].split()[0] != stack.stack_name()
     scored = pd.read_parquet(tmp_path / "scored.parquet").sort_values("id")
     assert scored["id"].tolist() == pdf["id"].tolist()
+    if expected.shape[1] == 1:  # a sigmoid output: "probabilities" holds [P(class 0), P(class 1)]
+        expected = np.hstack([1.0 - expected, expected])
     np.testing.assert_allclose(as_matrix(scored["probabilities"]), expected, atol=1e-5)
 
 

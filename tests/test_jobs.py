@@ -19,8 +19,9 @@ SPARK_SUBMIT = BIN / "spark-submit"
 
 def _env(work: Path) -> dict:
     env = dict(os.environ)
-    env.update(SPARKDL_WORK_DIR=str(work), SPARKDL_LAKE_DIR=str(work / "lake"), SPARKDL_MODEL_STORE=str(work / "models"),
-               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(SPARKDL_WORK_DIR=str(work), SPARKDL_LAKE_DIR=str(work / "lake"),
+               SPARKDL_MODEL_STORE=str(work / "models"), PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("SPARKDL_MASTER", None)
     return env
 
@@ -46,17 +47,6 @@ def _submit(job: str, master: str, config: Path, env: dict, *extra: str) -> dict
     return json.loads(out[out.index("{"):])
 
 
-@pytest.fixture(scope="module")
-def demo_tables(tmp_path_factory):
-    """The demo Delta tables in a fresh lake, written by a subprocess (the test session's Spark stays untouched)."""
-    work = tmp_path_factory.mktemp("jobs")
-    code = ("from sparkdl.session import get_spark; from sparkdl.datasets import create_demo_tables; "
-            f"s = get_spark(master='local[2]'); create_demo_tables(s, {str(work / 'lake')!r}); s.stop()")
-    proc = _run([sys.executable, "-c", code], _env(work))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
-
-
 def _check_pipeline(work: Path, master: str, env: dict) -> None:
     config = _job_config(work)
     trained = _submit("train", master, config, env)
@@ -80,23 +70,6 @@ def _check_pipeline(work: Path, master: str, env: dict) -> None:
     assert evaluated["data"]["table"].endswith("digits_test")
     for plot in evaluated["plots"]:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.slow
-def test_spark_submit_train_score_evaluate_local(demo_tables):
-    env = _env(demo_tables)
-    _check_pipeline(demo_tables, "local[2]", env)
-
-    # the store and the Petastorm caches the jobs left, through the CLI
-    listed = json.loads(_run([BIN / "sparkdl", "models", "list"], env).stdout)
-    assert listed == {"digits_cnn": [1]}
-    shown = json.loads(_run([BIN / "sparkdl", "models", "show", "digits_cnn@latest"], env).stdout)
-    assert shown["source"]["version"] == 0 and shown["feature_spec"]["label"]["name"] == "digit"
-    caches = json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout)
-    assert caches and all(c["key"]["table"].endswith("digits_train") for c in caches)
-    deleted = json.loads(_run([BIN / "sparkdl", "cache", "cleanup"], env).stdout)["deleted"]
-    assert sorted(deleted) == sorted(c["url"] for c in caches)
-    assert json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout) == []
 
 
 def _free_port() -> int:
@@ -153,10 +126,23 @@ def standalone_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_spark_submit_on_standalone_cluster(demo_tables, standalone_cluster, tmp_path):
+def test_spark_submit_on_standalone_cluster_then_the_cli(demo_tables, standalone_cluster, tmp_path):
+    """train, score, evaluate through spark-submit on a real standalone cluster (local[N] is a special case of
+    it: the same jobs, one JVM), then the store and the Petastorm caches the jobs left, through the CLI."""
     work = tmp_path / "cluster-work"
-    shutil.copytree(demo_tables / "lake", work / "lake")
-    _check_pipeline(work, standalone_cluster, _env(work))
+    shutil.copytree(Path(demo_tables["digits_train"]).parent, work / "lake")
+    env = _env(work)
+    _check_pipeline(work, standalone_cluster, env)
+
+    listed = json.loads(_run([BIN / "sparkdl", "models", "list"], env).stdout)
+    assert listed == {"digits_cnn": [1]}
+    shown = json.loads(_run([BIN / "sparkdl", "models", "show", "digits_cnn@latest"], env).stdout)
+    assert shown["source"]["version"] == 0 and shown["feature_spec"]["label"]["name"] == "digit"
+    caches = json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout)
+    assert caches and all(c["key"]["table"].endswith("digits_train") for c in caches)
+    deleted = json.loads(_run([BIN / "sparkdl", "cache", "cleanup"], env).stdout)["deleted"]
+    assert sorted(deleted) == sorted(c["url"] for c in caches)
+    assert json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout) == []
 
 
 def test_cli_help_explains_every_verb():

@@ -5,13 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_score_udf import (  # noqa: F401 - fixtures shared with the UDF tests
-    as_matrix,
-    digits_df,
-    digits_mlp,
-    expected_outputs,
-    score_store,
-)
+from test_score_udf import as_matrix, expected_outputs
 
 
 @pytest.fixture(scope="module")

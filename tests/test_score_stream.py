@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from test_score_udf import digits_df, digits_mlp, score_store  # noqa: F401 - shared fixtures
 
 
 def _run(query, timeout: int = 240) -> None:

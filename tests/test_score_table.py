@@ -4,14 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_score_udf import (  # noqa: F401 - fixtures shared with the UDF tests
-    DIGITS_SPEC,
-    as_matrix,
-    digits_df,
-    digits_mlp,
-    expected_outputs,
-    score_store,
-)
+from test_score_udf import as_matrix, expected_outputs
 
 
 def _bad_digits(spark, digits_df):

@@ -1,6 +1,6 @@
 """sparkdl.score column UDF and SQL function: real Spark (local[2]), real ModelStore, tiny Keras models trained here.
 
-The other score test files import the helpers and fixtures of this module.
+The other score test files import the helpers of this module; the models they score are conftest's fixtures.
 """
 from __future__ import annotations
 
@@ -72,47 +72,6 @@ def expected_outputs(prep, model, pdf, feature_cols):
 
 def as_matrix(values) -> np.ndarray:
     return np.asarray([np.asarray(v, dtype=np.float32) for v in values], dtype=np.float32)
-
-
-# ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="session")
-def score_store(tmp_path_factory):
-    from sparkdl.registry import ModelStore
-
-    return ModelStore(tmp_path_factory.mktemp("score-models"))
-
-
-@pytest.fixture(scope="session")
-def digits_df(spark):
-    return spark.createDataFrame(digits_rows(), "id long, pixels array<float>, digit int").cache()
-
-
-@pytest.fixture(scope="session")
-def digits_mlp(score_store, digits_df):
-    return train_and_save(score_store, "digits_mlp", DIGITS_SPEC, digits_df, "mlp", {"hidden": (32,)})
-
-
-@pytest.fixture(scope="session")
-def digits_cnn(score_store, digits_df):
-    return train_and_save(score_store, "digits_cnn", DIGITS_IMAGE_SPEC, digits_df, "cnn",
-                          {"filters": (8,), "dense": 16}, epochs=2)
-
-
-@pytest.fixture(scope="session")
-def digits_embedding(score_store, digits_df):
-    return train_and_save(score_store, "digits_emb", DIGITS_SPEC, digits_df, "embedding",
-                          {"embedding_dim": 8, "hidden": (32,)}, epochs=1)
-
-
-@pytest.fixture(scope="session")
-def cancer(spark, score_store):
-    names, rows = cancer_rows()
-    ddl = "id long, " + ", ".join(f"{n} double" for n in names) + ", diagnosis string"
-    df = spark.createDataFrame(rows, ddl).cache()
-    spec = {"features": [{"name": n, "scale": "standard"} for n in names],
-            "label": {"name": "diagnosis", "task": "binary"}}
-    version, prep, model = train_and_save(score_store, "cancer", spec, df, "mlp", {"hidden": (8,)}, epochs=5)
-    return df, names, version, prep, model
 
 
 # ------------------------------------------------------------------------------------------------ tests

@@ -95,7 +95,8 @@ def unsupported_types(schema: T.StructType) -> list[str]:
             problems.append(f"{path}: {dtype.simpleString()} (interval types cannot be stored in Delta)")
         elif type(dtype).__name__ == "VariantType":
             problems.append(f"{path}: variant (not supported by sparkdl.lake)")
-        elif isinstance(dtype, T.StringType) and getattr(dtype, "collation", "UTF8_BINARY") not in (None, "UTF8_BINARY"):
+        elif (isinstance(dtype, T.StringType)
+              and getattr(dtype, "collation", "UTF8_BINARY") not in (None, "UTF8_BINARY")):
             problems.append(f"{path}: {dtype.simpleString()} (collated strings are not supported)")
 
     visit(schema, "")

@@ -89,7 +89,8 @@ def loss_classes(flavour: str = "tf_keras") -> dict[str, type]:
             _, negative, positive = _label_masks(y_true)
             hardest_positive = tf.reduce_max(tf.where(positive, dist, 0.0), axis=1)
             hardest_negative = tf.reduce_min(tf.where(negative, dist, _BIG), axis=1)
-            valid = tf.cast(tf.logical_and(tf.reduce_any(positive, axis=1), tf.reduce_any(negative, axis=1)), tf.float32)
+            valid = tf.cast(tf.logical_and(tf.reduce_any(positive, axis=1), tf.reduce_any(negative, axis=1)),
+                            tf.float32)
             losses = tf.maximum(hardest_positive - hardest_negative + self.margin, 0.0)
             return tf.reduce_sum(losses * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
 

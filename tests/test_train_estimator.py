@@ -74,6 +74,10 @@ def test_mlp_on_breast_cancer_table(spark, demo_tables, training_store):
     assert history["epoch"] == list(range(8))
     assert len(history["loss"]) == 8 and len(history["val_accuracy"]) == 8
     assert history["loss"][-1] < history["loss"][0]
+    # warm-up from 5e-3 to 5e-3 x 2 ranks over epoch 0, exact afterwards although Keras calls batch hooks only
+    # every steps_per_execution (8) steps
+    assert 5e-3 <= history["learning_rate"][0] < 1e-2
+    assert history["learning_rate"][1:] == pytest.approx([1e-2] * 7)
     meta = fitted.getMetadata()
     source = snapshot(demo_tables["breast_cancer_train"])
     assert meta["source"]["table"] == source.table and meta["source"]["version"] == source.version
@@ -179,27 +183,37 @@ class FailOnce(tf.keras.callbacks.Callback):
             raise RuntimeError(f"injected failure at epoch {epoch}")
 
 
+def fail_then_resume(params: dict, table: str, marker: Path):
+    """Fit twice with `params` (5 epochs, 2 ranks; a callback fails at epoch 2 until `marker` exists): the first
+    attempt fails after checkpointing epochs 0-1, the second resumes at epoch 2. Returns (SparkDLModel, RunFolder)."""
+    with pytest.raises(TrainingError, match="injected failure at epoch 2"):
+        KerasEstimator(**params).fit(table)
+    run = RunFolder(None, params["run_name"])
+    assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
+    assert run.latest().epoch == 1
+
+    marker.touch()
+    fitted = KerasEstimator(**params).fit(table)
+    log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
+    assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
+    history = fitted.getHistory()
+    assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
+    assert history["loss"][2] < history["loss"][0]  # continued from the checkpointed state, not from scratch
+    # the same rate before and after resuming: warm-up ended in epoch 0
+    assert history["learning_rate"][1:] == pytest.approx([params["learning_rate"] * params["num_proc"]] * 4)
+    return fitted, run
+
+
 @pytest.mark.slow
 def test_rerun_resumes_after_the_last_complete_epoch(spark, demo_tables, training_store, tmp_path):
     marker = tmp_path / "second-run"
     params = dict(model="mlp", feature_spec=cancer_spec(), epochs=5, batch_size=32, learning_rate=5e-3,
                   num_proc=2, model_store=training_store, model_name="cancer_resume", run_name="test-resume",
                   callbacks=[FailOnce(str(marker), 2)])
-    with pytest.raises(TrainingError, match="injected failure at epoch 2"):
-        KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
-    run = RunFolder(None, "test-resume")
-    assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
-    assert run.latest().epoch == 1
-
-    marker.touch()
-    fitted = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
-    log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
-    assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
-    history = fitted.getHistory()
-    assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
-    # the resumed run continued from the checkpointed state, not from scratch
-    assert history["loss"][2] < history["loss"][0]
+    fitted, run = fail_then_resume(params, demo_tables["breast_cancer_train"], marker)
     assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
+    log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
+    history = fitted.getHistory()
 
     # rerunning a finished run trains nothing and returns the model it saved
     again = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])

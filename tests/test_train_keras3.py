@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from sparkdl import stack
-from sparkdl.errors import TrainingError
 from sparkdl.train import KerasEstimator
 from sparkdl.train.checkpoints import RunFolder
 
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.skipif(stack.keras_version("keras3") is None,
                                 reason="Keras 3 exists on the current stack only (constraints-current.txt)")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the callbacks below travel to the workers
 
-from test_train_estimator import accuracy, cancer_spec, digits_spec  # noqa: E402
+from test_train_estimator import accuracy, cancer_spec, digits_spec, fail_then_resume  # noqa: E402
 
 
 def _keras3_callback_base():
@@ -75,6 +74,7 @@ def test_keras3_mlp_on_breast_cancer_equal_weights_on_both_ranks(spark, demo_tab
     history = fitted.getHistory()
     assert history["epoch"] == list(range(8)) and len(history["val_accuracy"]) == 8
     assert history["loss"][-1] < history["loss"][0]
+    assert 5e-3 <= history["learning_rate"][0] < 1e-2 and history["learning_rate"][1:] == pytest.approx([1e-2] * 7)
     assert [e["epoch"] for e in RunFolder(None, "test-cancer-mlp-k3").epochs_log()] == list(range(8))
     rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     np.testing.assert_array_equal(rank0, rank1)  # synchronous SGD: both ranks hold the same weights
@@ -106,20 +106,43 @@ def test_keras3_rerun_resumes_after_the_last_complete_epoch(spark, demo_tables, 
     params = dict(model="mlp", keras="keras3", feature_spec=cancer_spec(), epochs=5, batch_size=32,
                   learning_rate=5e-3, num_proc=2, model_store=training_store, model_name="cancer_resume_k3",
                   run_name="test-resume-k3", callbacks=[FailOnceKeras3(str(marker), 2)])
-    with pytest.raises(TrainingError, match="injected failure at epoch 2"):
-        KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
-    run = RunFolder(None, "test-resume-k3")
-    assert [(e["epoch"], e["attempt"]) for e in run.epochs_log()] == [(0, 1), (1, 1)]
-    assert run.latest().epoch == 1
-
-    marker.touch()
-    fitted = KerasEstimator(**params).fit(demo_tables["breast_cancer_train"])
-    log = [(e["epoch"], e["attempt"]) for e in run.epochs_log()]
-    assert log == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]  # epochs 0-1 were not repeated
-    history = fitted.getHistory()
-    assert history["epoch"] == [0, 1, 2, 3, 4] and len(history["loss"]) == 5
-    assert history["loss"][2] < history["loss"][0]  # continued from the checkpointed state
+    fitted, _ = fail_then_resume(params, demo_tables["breast_cancer_train"], marker)
     assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
+
+
+def _own_keras3_loop(epochs: int) -> dict:
+    """A user's HorovodRunner function: a Keras 3 model trained with sparkdl's step and broadcast helpers."""
+    import horovod.tensorflow as hvd
+    import keras
+    import numpy as np
+
+    from sparkdl.train.keras3_worker import broadcast_state, make_train_step
+
+    hvd.init()
+    keras.utils.set_random_seed(hvd.rank())  # different initial weights per rank: the broadcast must fix that
+    rng = np.random.default_rng(hvd.rank())  # and a different shard of data per rank
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("float32")
+    inputs = keras.Input(shape=(8,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(16, "relu")(inputs)))
+    optimizer = keras.optimizers.Adam(0.01 * hvd.size())
+    accuracy = keras.metrics.BinaryAccuracy()
+    step = make_train_step(model, optimizer, keras.losses.BinaryCrossentropy(), [accuracy])
+    broadcast_state(model, optimizer)
+    for _ in range(epochs):
+        for i in range(0, len(x), 32):
+            step(x[i:i + 32], y[i:i + 32])
+    sums = [float(np.asarray(v).astype(np.float64).sum()) for v in model.get_weights()]
+    return {"rank": hvd.rank(), "weights": hvd.allgather_object(sums), "accuracy": float(accuracy.result())}
+
+
+@pytest.mark.slow
+def test_a_horovod_runner_function_trains_keras3_with_sparkdls_step(spark):
+    from sparkdl.train import HorovodRunner
+
+    result = HorovodRunner(num_proc=2).run(_own_keras3_loop, epochs=3)
+    assert result["rank"] == 0 and result["accuracy"] > 0.9
+    np.testing.assert_array_equal(result["weights"][0], result["weights"][1])
 
 
 def test_a_ready_keras3_model_is_accepted_and_keeps_its_flavour():

@@ -129,13 +129,13 @@ class RunFolder:
             try:
                 info = json.loads((self.checkpoints / f"{stem}.json").read_text())
             except (OSError, ValueError):
-                log.warning("%s: unreadable checkpoint marker for epoch %d, skipped", self, epoch)
+                log.warning("%s: unreadable checkpoint marker %s.json, skipped", self, stem)
                 continue
             model_path = self.checkpoints / info.get("model_file", f"{stem}.keras")
             optimizer_path = self.checkpoints / info.get("optimizer_file", f"{stem}.optimizer.npz")
             if model_path.is_file() and optimizer_path.is_file():
                 return Checkpoint(epoch, model_path, optimizer_path, info)
-            log.warning("%s: checkpoint of epoch %d lacks its files, skipped", self, epoch)
+            log.warning("%s: checkpoint %s lacks its files, skipped", self, stem)
         return None
 
     def prune(self, keep: int) -> None:

@@ -253,8 +253,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         history = _history_until(checkpoint)
         initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
         if initial_epoch >= p["epochs"]:
-            log.info("run %s: all %d epochs are already done (checkpoint of epoch %d); nothing to train",
-                     p["run_name"], p["epochs"], checkpoint.epoch)
+            log.info("run %s: all %d epochs are already done (checkpoint of epoch %d/%d); nothing to train",
+                     p["run_name"], p["epochs"], checkpoint.epoch + 1, p["epochs"])
             result = {"model": checkpoint.model_bytes(), "history": {}, "epochs": []}
         else:
             result = self._train(p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
@@ -273,7 +273,10 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
         if checkpoint is not None:
             model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
-            log.info("run %s: resuming after epoch %d (attempt %d)", p["run_name"], checkpoint.epoch, attempt)
+            # printed epochs count from 1 as in the progress lines and Keras's own "Epoch 1/8"; history and
+            # epochs log keep Keras's 0-based History.epoch
+            log.info("run %s: resuming after epoch %d/%d (attempt %d)", p["run_name"], checkpoint.epoch + 1,
+                     p["epochs"], attempt)
         else:
             stack.keras_module(p["keras"]).utils.set_random_seed(p["seed"])
             model = _build_model(p, signature)

@@ -10,6 +10,19 @@ epoch, early stopping on the averaged monitor, per-epoch checkpoints through the
 a checkpoint's model and optimizer state, and the same returned history. User callbacks (Keras 3
 `keras.callbacks.Callback`) get `on_train_begin`, `on_epoch_begin`, `on_epoch_end` (with the averaged logs) and
 `on_train_end`, and may set `model.stop_training`; batch-level hooks are not called.
+
+`broadcast_state` and `make_train_step` are the two pieces for a `HorovodRunner` function of one's own:
+
+    >>> def train(epochs):
+    ...     import horovod.tensorflow as hvd, keras
+    ...     from sparkdl.train.keras3_worker import broadcast_state, make_train_step
+    ...     hvd.init()
+    ...     model, optimizer = build_model(), keras.optimizers.Adam(1e-3 * hvd.size())
+    ...     step = make_train_step(model, optimizer, keras.losses.BinaryCrossentropy())
+    ...     broadcast_state(model, optimizer)
+    ...     for x, y in shard_of_the_data(hvd.rank(), hvd.size()):
+    ...         step(x, y)
+    >>> HorovodRunner(num_proc=2).run(train, epochs=3)
 """
 from __future__ import annotations
 
@@ -17,22 +30,67 @@ import threading
 import time
 
 from sparkdl.train import progress
-from sparkdl.train.keras_worker import TrainJob, _b64, _floats, job_datasets, make_optimizer
+from sparkdl.train.keras_worker import (
+    TrainJob,
+    _b64,
+    _floats,
+    job_datasets,
+    make_optimizer,
+    warmup_learning_rate,
+)
 from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
 
-__all__ = ["train_keras3_on_rank", "warmup_learning_rate"]
+__all__ = ["broadcast_state", "make_train_step", "train_keras3_on_rank"]
 
 
-def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch: int, step: int,
-                         steps_per_epoch: int) -> float:
-    """Horovod's `LearningRateWarmupCallback` schedule: from `scaled_lr / size` to `scaled_lr` linearly over
-    `warmup_epochs` epochs (`epoch` counted from 0, `step` within it), then `scaled_lr`."""
-    if warmup_epochs <= 0 or size <= 1:
-        return scaled_lr
-    progress_epochs = epoch + step / max(1, steps_per_epoch)
-    if progress_epochs >= warmup_epochs:
-        return scaled_lr
-    return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+def broadcast_state(model, optimizer=None, root_rank: int = 0) -> None:
+    """Give every rank `root_rank`'s variables of a Keras 3 `model` (and of a built `optimizer`), through their
+    underlying `tf.Variable`s. Call it after `make_train_step` (which builds the optimizer) and before training."""
+    import horovod.tensorflow as hvd
+
+    hvd.broadcast_variables([v.value for v in model.variables], root_rank=root_rank)
+    if optimizer is not None and optimizer.variables:
+        hvd.broadcast_variables([v.value for v in optimizer.variables], root_rank=root_rank)
+
+
+def labels_like(y, pred):
+    """`y` shaped for a Keras 3 loss against `pred`: (batch,) labels become (batch, 1) for a one-unit output
+    (tf_keras losses do this themselves; Keras 3 refuses the rank mismatch, or for mse broadcasts it silently
+    to (batch, batch))."""
+    import tensorflow as tf
+
+    return tf.expand_dims(y, -1) if y.shape.rank == 1 and pred.shape.rank == 2 and pred.shape[-1] == 1 else y
+
+
+def make_train_step(model, optimizer, loss_fn, metrics=(), loss_mean=None):
+    """A `tf.function` `step(x, y) -> loss` of synchronous data-parallel SGD for a Keras 3 `model`: forward pass,
+    `loss_fn(y, pred)` plus the model's own losses, gradients of the underlying variables averaged across ranks by
+    `hvd.DistributedGradientTape`, applied by `optimizer` (built here when it is not yet). `metrics` (Keras 3
+    metric objects) and `loss_mean` (a `keras.metrics.Mean`) are updated with this rank's batch."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    trainable = [v.value for v in model.trainable_variables]  # the tf.Variables Horovod can reduce
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            y = labels_like(y, pred)
+            loss = loss_fn(y, pred)
+            if model.losses:
+                loss = loss + tf.add_n(model.losses)
+        grads = hvd.DistributedGradientTape(tape).gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if loss_mean is not None:
+            loss_mean.update_state(loss)
+        for metric in metrics:
+            metric.update_state(y, pred)
+        return loss
+
+    return step
 
 
 def _metrics(keras, names, output_dim: int, integer_labels: bool) -> list:
@@ -86,8 +144,6 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     optimizer, scaled_lr = make_optimizer(job.optimizer, job.learning_rate, size, "keras3")
     if job.optimizer_state is not None:
         restore_optimizer(optimizer, model.trainable_variables, job.optimizer_state)  # builds the optimizer
-    else:
-        optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.get(job.loss)
 
     train, val = job_datasets(job, rank, size)
@@ -96,27 +152,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
     val_metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
     loss_mean, val_loss_mean = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
-    trainable = [v.value for v in model.trainable_variables]  # the tf.Variables Horovod can reduce
-
-    def labels_like(y, pred):
-        # tf_keras losses expand (batch,) labels to a (batch, 1) output themselves; Keras 3 refuses the rank
-        # mismatch (binary) or broadcasts it silently to (batch, batch) (mse): expand them here.
-        return tf.expand_dims(y, -1) if y.shape.rank == 1 and pred.shape.rank == 2 and pred.shape[-1] == 1 else y
-
-    @tf.function
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            y = labels_like(y, pred)
-            loss = loss_fn(y, pred)
-            if model.losses:
-                loss = loss + tf.add_n(model.losses)
-        tape = hvd.DistributedGradientTape(tape)
-        grads = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        loss_mean.update_state(loss)
-        for metric in metrics:
-            metric.update_state(y, pred)
+    train_step = make_train_step(model, optimizer, loss_fn, metrics, loss_mean)
 
     @tf.function
     def val_step(x, y):
@@ -131,8 +167,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
         values = hvd.allreduce(values, op=hvd.Average, name=f"sparkdl_epoch_metrics_{prefix}")
         return {prefix + m.name: float(v) for m, v in zip(tracked, values.numpy())}
 
-    hvd.broadcast_variables([v.value for v in model.variables], root_rank=0)
-    hvd.broadcast_variables([v.value for v in optimizer.variables], root_rank=0)
+    broadcast_state(model, optimizer)
     monitor = _Monitor(job.monitor, job.early_stopping)
     callbacks = list(job.callbacks)
     model.stop_training = False
@@ -160,6 +195,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
                 threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"},
                                  daemon=True).start()
         logs = averaged([loss_mean, *metrics])
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         if val_iter is not None:
             for _ in range(job.validation_steps):
                 x, y = next(val_iter)

@@ -73,6 +73,18 @@ def make_optimizer(spec, learning_rate: float | None, size: int, flavour: str = 
     return optimizer, base * size
 
 
+def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch: int, step: int,
+                         steps_per_epoch: int) -> float:
+    """Horovod's `LearningRateWarmupCallback` schedule: from `scaled_lr / size` to `scaled_lr` linearly over
+    `warmup_epochs` epochs (`epoch` counted from 0, `step` within it), then `scaled_lr`."""
+    if warmup_epochs <= 0 or size <= 1:
+        return scaled_lr
+    progress_epochs = epoch + step / max(1, steps_per_epoch)
+    if progress_epochs >= warmup_epochs:
+        return scaled_lr
+    return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+
+
 def _callbacks_base():
     return stack.keras_module("tf_keras").callbacks.Callback
 
@@ -99,6 +111,35 @@ class EpochReporter(_callbacks_base()):
         seconds = time.perf_counter() - (self._start or time.perf_counter())
         progress.report("epoch", epoch=epoch, epochs=self.epochs, logs=_floats(logs),
                         seconds=seconds, examples_per_s=self.examples_per_epoch / max(seconds, 1e-9))
+
+
+class LearningRateWarmup(_callbacks_base()):
+    """Every rank: the learning rate of `warmup_learning_rate`, set at the start of every epoch and before every
+    call of the train function; logs `learning_rate` at each epoch's end. Unlike Horovod's
+    `LearningRateWarmupCallback` it stays exact with `steps_per_execution` > 1 (Keras then calls batch hooks once
+    per k steps) and in resumed runs: after warm-up the rate is `scaled_lr` in every epoch."""
+
+    def __init__(self, scaled_lr: float, size: int, warmup_epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.scaled_lr, self.size, self.warmup_epochs = scaled_lr, size, warmup_epochs
+        self.steps_per_epoch, self._epoch = steps_per_epoch, 0
+
+    def _set(self, step: int) -> None:
+        rate = warmup_learning_rate(self.scaled_lr, self.size, self.warmup_epochs, self._epoch, step,
+                                    self.steps_per_epoch)
+        stack.keras_module("tf_keras").backend.set_value(self.model.optimizer.learning_rate, rate)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._set(0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._set(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(stack.keras_module("tf_keras").backend.get_value(
+                self.model.optimizer.learning_rate))
 
 
 class ChannelCheckpoint(_callbacks_base()):
@@ -180,9 +221,7 @@ def train_on_rank(job: TrainJob) -> dict:
     train, val = job_datasets(job, rank, size)
 
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
-    if job.warmup_epochs and size > 1:
-        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
-            initial_lr=scaled_lr, warmup_epochs=job.warmup_epochs, steps_per_epoch=job.steps_per_epoch))
+    callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))
     if job.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))
     callbacks += list(job.callbacks)

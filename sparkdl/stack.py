@@ -59,8 +59,12 @@ def legacy_keras_is_separate() -> bool:
     return _major_minor(tensorflow_version()) >= (2, 16)
 
 
-if legacy_keras_is_separate():  # on TF 2.15 the variable would send tf.keras to a tf_keras that is not there
+if legacy_keras_is_separate():
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+elif os.environ.get("TF_USE_LEGACY_KERAS") and dist_version("tf-keras", "tf_keras") is None:
+    # On TF 2.15 the variable (inherited, e.g., from a process of the current stack) would send tf.keras to a
+    # tf_keras that is not installed ("Keras cannot be imported"); tf.keras is Keras 2 there anyway.
+    del os.environ["TF_USE_LEGACY_KERAS"]
 
 
 def stack_name() -> str:

@@ -3,10 +3,18 @@
 A model saved by Keras 2 (TF 2.15's keras, or tf_keras on TF >= 2.16) loads as tf_keras on either stack; a model
 saved by Keras 3 loads only where Keras 3 is installed (the current stack). sparkdl's custom layers and losses
 are registered for that flavour first, and `safe_mode` stays on (no Lambda bytecode is ever executed).
+
+tf_keras >= 2.16 records its own package in each object's `module` (`tf_keras.src.engine.functional`), which the
+pinned stack's Keras 2.15 (the same code as `keras.src...`) cannot import, and writes `InputLayer(optional=False)`,
+an argument 2.15 predates. There the archive's config is read with those module paths mapped back to `keras.` and
+that default argument dropped (from a temporary copy; the file itself is never changed).
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+import zipfile
 
 from sparkdl import stack
 from sparkdl.models.layers import layer_classes
@@ -26,4 +34,33 @@ def load_keras_file(path: str | os.PathLike, compile: bool = False):
     flavour = stack.saved_flavour(path)
     layer_classes(flavour)
     loss_classes(flavour)
-    return stack.keras_module(flavour).models.load_model(str(path), compile=compile, safe_mode=True)
+    load = stack.keras_module(flavour).models.load_model
+    if flavour == "tf_keras" and not stack.legacy_keras_is_separate():
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json").decode("utf-8")
+            if '"tf_keras.' in config:
+                with tempfile.TemporaryDirectory(prefix="sparkdl-keras-") as tmp:
+                    copy = os.path.join(tmp, "model.keras")
+                    with zipfile.ZipFile(copy, "w") as out:
+                        for item in archive.infolist():
+                            data = archive.read(item.filename)
+                            if item.filename == "config.json":
+                                data = json.dumps(_as_keras_215(json.loads(config))).encode("utf-8")
+                            out.writestr(item, data)
+                    return load(copy, compile=compile, safe_mode=True)
+    return load(str(path), compile=compile, safe_mode=True)
+
+
+def _as_keras_215(node):
+    """A tf_keras >= 2.16 object config as Keras 2.15 reads it (see the module docstring)."""
+    if isinstance(node, list):
+        return [_as_keras_215(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _as_keras_215(value) for key, value in node.items()}
+    if isinstance(out.get("module"), str) and out["module"].startswith("tf_keras."):
+        out["module"] = "keras." + out["module"][len("tf_keras."):]
+    if out.get("class_name") == "InputLayer" and isinstance(out.get("config"), dict) \
+            and out["config"].get("optional") is False:
+        out["config"] = {k: v for k, v in out["config"].items() if k != "optional"}
+    return out

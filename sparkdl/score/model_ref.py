@@ -70,8 +70,11 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
     Raises:
         ConfigError: a malformed reference or an unsupported type.
         ModelStoreError: the model or version does not exist (the message lists what does).
+        SparkDLError: the model was saved by a Keras this environment lacks (a Keras 3 model on the pinned stack;
+            the message names both Keras versions), found here before any Spark job starts.
     """
-    from sparkdl.registry import LoadedModel, ModelStore, ModelVersion
+    from sparkdl import stack
+    from sparkdl.registry import MODEL_FILE, LoadedModel, ModelStore, ModelVersion
 
     store = _store(store)
     if isinstance(model_ref, ModelRef):
@@ -91,4 +94,5 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
         raise ModelStoreError(f"model {version}: its metadata records no 'preprocessing'; sparkdl scoring needs "
                               f"the fitted PreprocessorModel (save models through sparkdl.train or pass "
                               f"metadata={{'preprocessing': preprocessor.to_dict(), ...}} to ModelStore.save)")
+    stack.saved_flavour(Path(version.path) / metadata.get("model_file", MODEL_FILE))  # executors run this Python
     return ModelRef(str(store.root), version.name, int(version.version)), metadata

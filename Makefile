@@ -13,7 +13,7 @@ endif
 setup:
 	@scripts/setup.sh pinned
 
-# The current stack (TF 2.18 + tf_keras/Keras 3, NumPy 2, PyArrow 26, Spark 4.3) in .venv-current.
+# The current stack (TF 2.21 + tf_keras/Keras 3, NumPy 2, PyArrow 26, Spark 4.3) in .venv-current.
 setup-current:
 	@scripts/setup.sh current
 

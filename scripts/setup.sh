@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of sparkdl's two development environments:
 #   pinned  -> .venv          (constraints.txt:         TF 2.15.1, Keras 2, NumPy 1.26, PyArrow 14, Petastorm 0.13.1)
-#   current -> .venv-current  (constraints-current.txt: TF 2.18, tf_keras + Keras 3, NumPy 2, PyArrow 26, Spark 4.3)
+#   current -> .venv-current  (constraints-current.txt: TF 2.21, tf_keras + Keras 3, NumPy 2, PyArrow 26, Spark 4.3)
 # Usage: scripts/setup.sh [pinned|current|all]   (default: pinned; `make setup-current` sets up the current one)
 # For each stack it
 #   1. checks Python 3.11 and Java >= 17,

@@ -2,7 +2,7 @@
 
 `make test` runs the suite once per stack and points SPARKDL_OTHER_PYTHON at the other stack's interpreter, so the
 pinned suite checks pinned -> current and the current suite checks current -> pinned. Keras 2 models (TF 2.15's
-keras, tf_keras 2.18) score on both stacks to 1e-5 of in-process predict; a Keras 3 model is refused on the pinned
+keras, tf_keras 2.21) score on both stacks to 1e-5 of in-process predict; a Keras 3 model is refused on the pinned
 stack with an error naming both Keras versions.
 """
 from __future__ import annotations

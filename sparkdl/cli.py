@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from sparkdl.errors import SparkDLError
+from sparkdl.errors import SparkDLError, one_line_reason
 from sparkdl.log import configure_logging, get_logger
 
 log = get_logger("cli")
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one-line contract holds for unexpected failures too
         if args.debug:
             raise
-        print(f"sparkdl {args.verb}: failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        print(f"sparkdl {args.verb}: failed: {one_line_reason(exc)}", file=sys.stderr)
         return 1
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

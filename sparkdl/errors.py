@@ -1,4 +1,5 @@
 """Exceptions raised by sparkdl. Every message names the table, column, key or parameter at fault."""
+import re
 
 
 class SparkDLError(Exception):
@@ -39,3 +40,18 @@ class TrainingError(SparkDLError, RuntimeError):
 
 class ModelStoreError(SparkDLError, LookupError):
     """A model name or version is missing from the model store, or its files are corrupt."""
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """`exc` as one non-empty line, for a command's one-line failure message. For an exception raised in a Spark
+    Python worker (`PythonException`, whose message is the worker's traceback) it is the worker's own last
+    exception line (`ValueError: could not convert string to float: 'abc'`)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if type(exc).__name__ == "PythonException" or not lines or "Traceback (most recent call last)" in lines[0]:
+        for line in reversed(lines):
+            if _EXCEPTION_LINE.match(line):
+                return line
+    return f"{type(exc).__name__}: {lines[0]}" if lines else f"{type(exc).__name__} (no message)"

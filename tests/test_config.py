@@ -78,6 +78,22 @@ def test_wrong_type_is_named(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("old, new, message", [
+    ("shape: [8, 8, 1]", "shape: oops", r"feature 'pixels': shape must be a list of integers .* got 'oops'"),
+    ("shape: [8, 8, 1]", "shape: [8, eight, 1]", r"feature 'pixels': shape must be a list of integers"),
+    ("num_classes: 10", "num_classes: three", r"label 'digit': num_classes must be an integer, got 'three'"),
+    ("kind: vector, shape: [8, 8, 1]", "impute: constant, impute_value: abc",
+     r"feature 'pixels': impute_value must be a number, got 'abc'"),
+])
+def test_feature_spec_values_are_type_checked_naming_file_and_key(tmp_path, old, new, message):
+    """Checked when the job builds its FeatureSpec (before Spark starts), the file and the key named."""
+    from sparkdl.workflows import feature_spec
+
+    cfg = load_config(write(tmp_path, VALID.replace(old, new)))
+    with pytest.raises(ConfigError, match=r"job.yaml: data: " + message):
+        feature_spec(cfg)
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -168,3 +168,17 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, override, reason):
     last = [line for line in proc.stderr.strip().splitlines() if line.startswith("sparkdl train:")]
     assert len(last) == 1 and reason in last[0], proc.stderr[-2000:]
     assert time.time() - started < 90  # no Spark/JVM start: the config and the table are checked first
+
+
+def test_a_worker_side_failure_gives_the_workers_own_reason(spark):
+    """What the CLI prints for a job that dies in a Spark Python worker: the worker's last exception line."""
+    from pyspark.sql.functions import udf
+
+    from sparkdl.errors import one_line_reason
+
+    parse = udf(float, "double")
+    with pytest.raises(Exception) as info:
+        spark.createDataFrame([("abc",)], "v string").select(parse("v")).collect()
+    assert one_line_reason(info.value) == "ValueError: could not convert string to float: 'abc'"
+    assert one_line_reason(ValueError("bad\nmore")) == "ValueError: bad"
+    assert one_line_reason(RuntimeError()) == "RuntimeError (no message)"

@@ -75,6 +75,31 @@ def test_score_table_overwrite_keeps_columns_and_source_version(spark, lake, dig
     assert df.count() == 150 and {r[0] for r in df.select("_source_version").distinct().collect()} == {v0 + 1}
 
 
+def test_nothing_scored_commits_no_empty_target_version(spark, lake, digits_df, digits_mlp):
+    from pyspark.sql import functions as F
+
+    from sparkdl.lake import exists, latest_version, write_table
+    from sparkdl.score import score_table
+
+    version, _, _ = digits_mlp
+    target = str(lake / "out")
+    first = score_table(version, write_table(digits_df.where("id < 10"), str(lake / "some")).table, target,
+                        keep_columns=["id"])
+    assert first.scored_rows == 10
+    # every row quarantined: the quarantine gets them, the target no new version
+    all_bad = write_table(digits_df.where("id < 5").withColumn("pixels", F.slice("pixels", 1, 3)),
+                          str(lake / "bad")).table
+    report = score_table(version, all_bad, target, keep_columns=["id"])
+    assert (report.input_rows, report.scored_rows, report.quarantined_rows) == (5, 0, 5)
+    assert report.target_version == first.target_version == latest_version(target)
+    assert report.quarantine_version is not None and exists(target + "_quarantine")
+    # an empty source: a report of zeros, no table created
+    empty = write_table(digits_df.where("id < 0"), str(lake / "empty")).table
+    nothing = score_table(version, empty, str(lake / "never"), keep_columns=["id"])
+    assert (nothing.input_rows, nothing.scored_rows, nothing.target_version) == (0, 0, None)
+    assert not exists(str(lake / "never")) and not exists(str(lake / "never") + "_quarantine")
+
+
 def test_bad_input_is_refused_before_any_job(spark, lake, digits_df, digits_mlp):
     from sparkdl.errors import ConfigError, TableError, ValidationError
     from sparkdl.lake import write_table

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from sparkdl.errors import ConfigError
@@ -37,10 +38,12 @@ class Feature:
     scale: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         where = f"feature {self.name!r}"
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"{where}: name must be a non-empty string")
+        object.__setattr__(self, "shape", _shape(f"{where}: shape", self.shape))
+        if self.impute_value is not None and not _is_number(self.impute_value):
+            raise ConfigError(f"{where}: impute_value must be a number, got {self.impute_value!r}")
         if self.kind not in FEATURE_KINDS:
             raise ConfigError(f"{where}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
         if self.kind in ("vector", "sequence") and (not self.shape or any(d <= 0 for d in self.shape)):
@@ -88,6 +91,9 @@ class Label:
             raise ConfigError(f"label {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
         if self.task == "binary":
             object.__setattr__(self, "num_classes", 2)
+        if self.num_classes is not None and (isinstance(self.num_classes, bool)
+                                             or not isinstance(self.num_classes, numbers.Integral)):
+            raise ConfigError(f"label {self.name!r}: num_classes must be an integer, got {self.num_classes!r}")
         if self.task == "regression" and self.num_classes is not None:
             raise ConfigError(f"label {self.name!r}: a regression label has no num_classes")
         if self.num_classes is not None and int(self.num_classes) < 2:
@@ -115,6 +121,8 @@ class FeatureSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(self.features))
+        if isinstance(self.id_columns, str) or not all(isinstance(c, str) and c for c in self.id_columns):
+            raise ConfigError(f"feature spec: id_columns must be a list of column names, got {self.id_columns!r}")
         object.__setattr__(self, "id_columns", tuple(self.id_columns))
         if not self.features:
             raise ConfigError("feature spec: at least one feature is required")
@@ -156,14 +164,14 @@ class FeatureSpec:
                 item = {"name": item}
             _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale"},
                         {"name"})
-            features.append(Feature(**{**item, "shape": tuple(item.get("shape") or ())}))
+            features.append(Feature(**{**item, "shape": item.get("shape") or ()}))
         label = data.get("label")
         if isinstance(label, str):
             label = {"name": label}
         if label is not None:
             _check_keys("label", label, {"name", "task", "num_classes"}, {"name"})
             label = Label(**label)
-        return cls(tuple(features), label, tuple(data.get("id_columns") or ()))
+        return cls(tuple(features), label, data.get("id_columns") or ())
 
     @classmethod
     def from_json(cls, text: str) -> "FeatureSpec":
@@ -206,3 +214,17 @@ def _check_keys(where: str, data: dict, allowed: set, required: set) -> None:
     missing = sorted(required - set(data))
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {missing}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shape(where: str, value) -> tuple[int, ...]:
+    """A shape as a tuple of ints: a list/tuple of integers, or one integer (`64` is `(64,)`)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                                       for d in value):
+        raise ConfigError(f"{where} must be a list of integers such as [64] or [8, 8, 1], got {value!r}")
+    return tuple(int(d) for d in value)

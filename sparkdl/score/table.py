@@ -189,6 +189,10 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                 spark=None) -> ScoreReport:
     """Score a Delta table snapshot into a Delta table; quarantine the rows that cannot be scored.
 
+    When no row is scored (an empty source, or every row quarantined) the target gets no new version: the report's
+    `target_version` is the version it already had (None when it does not exist) and `scored_rows` is 0; the
+    quarantine is still written. An empty source is a no-op with a report of zeros, not an error.
+
     Args:
         model_ref: store name, `"name@version"`, `ModelVersion` or `SparkDLModel`.
         source: the source Delta table (path or URI).
@@ -257,8 +261,14 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                   "model_store": ref.root, "output": output, "source_table": snap.table,
                   "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
-        target_snap = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},
-                                  schema_mode="overwrite" if mode == "overwrite" else None, spark=spark)
+        target_version = target_before
+        if ok:
+            target_version = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},
+                                         schema_mode="overwrite" if mode == "overwrite" else None,
+                                         spark=spark).version
+        else:
+            log.warning("%s: no row was scored (%d input, %d quarantined): %s stays at version %s", where,
+                        input_rows, bad, target_uri, target_before)
         quarantine_version = None
         if bad:
             quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
@@ -267,10 +277,10 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
             log.warning("%s: %d row(s) quarantined to %s: %s", where, bad, quarantine_uri, reasons)
     finally:
         scored.unpersist()
-    report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_snap.version,
+    report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_version,
                          quarantine_uri if bad else None, quarantine_version, input_rows, ok, bad, reasons,
                          scored_at.isoformat(), round(time.perf_counter() - started, 3))
-    log.info("%s: %d scored -> %s@%d, %d quarantined", where, ok, target_uri, target_snap.version, bad)
+    log.info("%s: %d scored -> %s@%s, %d quarantined", where, ok, target_uri, target_version, bad)
     return report
 
 

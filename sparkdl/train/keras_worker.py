@@ -123,11 +123,12 @@ class LearningRateWarmup(_callbacks_base()):
         super().__init__()
         self.scaled_lr, self.size, self.warmup_epochs = scaled_lr, size, warmup_epochs
         self.steps_per_epoch, self._epoch = steps_per_epoch, 0
+        self._backend = stack.keras_module("tf_keras").backend  # looked up once: _set runs every k steps
 
     def _set(self, step: int) -> None:
         rate = warmup_learning_rate(self.scaled_lr, self.size, self.warmup_epochs, self._epoch, step,
                                     self.steps_per_epoch)
-        stack.keras_module("tf_keras").backend.set_value(self.model.optimizer.learning_rate, rate)
+        self._backend.set_value(self.model.optimizer.learning_rate, rate)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -138,8 +139,7 @@ class LearningRateWarmup(_callbacks_base()):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(stack.keras_module("tf_keras").backend.get_value(
-                self.model.optimizer.learning_rate))
+            logs["learning_rate"] = float(self._backend.get_value(self.model.optimizer.learning_rate))
 
 
 class ChannelCheckpoint(_callbacks_base()):

@@ -69,6 +69,17 @@ def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, dig
     assert {r[0] for r in scored.where("id >= 180").select("_source_version").distinct().collect()} == {v3}
     assert scored.columns == ["id", "prediction", "_model", "_model_version", "_source_version", "_scored_at"]
 
+    # 5. a micro-batch of bad rows only: quarantined, and no (empty) new version of the target
+    target_version = len(history(target)) - 1
+    only_bad = spark.createDataFrame([(6000 + i, None, 0) for i in range(2)], "id long, pixels array<float>, digit int")
+    write_table(only_bad, source)
+    reports = []
+    _run(score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id"],
+                      on_batch=reports.append))
+    assert [(r.scored_rows, r.quarantined_rows, r.target_version) for r in reports] == [(0, 2, None)]
+    assert len(history(target)) - 1 == target_version
+    assert sorted(read_table(target + "_quarantine")[0].toPandas()["id"]) == [5000, 5001, 5002, 6000, 6001]
+
 
 def test_stream_refuses_bad_setup(spark, lake, digits_df, digits_mlp):
     from sparkdl.errors import ConfigError, TableError

@@ -2,6 +2,7 @@
 else delta-rs). See the package docstring of `sparkdl.lake`."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 from typing import TYPE_CHECKING
 
@@ -175,3 +176,25 @@ def _locate(table, spark):
     spark = spark or _active_session()
     backend = _backend(spark)
     return spark, backend, _target(table, backend)
+
+
+def clean_staging(table: str | os.PathLike, older_than_hours: float = 1.0, dry_run: bool = False) -> list[str]:
+    """Remove the `sparkdl-write-*` folders that killed delta-rs writes left inside a table (files no version
+    references; readers never see them). Successful writes do this too; see `sparkdl.lake.staging` for exactly
+    which folders count as left behind.
+
+    Args:
+        table: a path or URI (not a catalog name).
+        older_than_hours: only folders older than this (a younger one may belong to a write still running).
+        dry_run: list them without removing.
+
+    Returns:
+        The names of the folders removed (or found, with `dry_run`).
+
+    Raises:
+        TableError: no table there, or a negative age.
+    """
+    target = normalize_table_uri(table)
+    if isinstance(older_than_hours, bool) or not isinstance(older_than_hours, (int, float)) or older_than_hours < 0:
+        raise TableError(f"older_than_hours must be a number >= 0, got {older_than_hours!r}")
+    return delta_rs.clean_staging(target, dt.timedelta(hours=older_than_hours), dry_run)

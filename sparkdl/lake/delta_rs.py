@@ -2,19 +2,24 @@
 
 Read: delta-rs resolves the snapshot; Spark reads exactly that snapshot's files (never a directory listing) with
 the schema from the log, and partition values from the log are added as typed literal columns per file group.
+Rows deleted by deletion vectors are dropped (`sparkdl.lake.deletion_vectors`), and with column mapping the
+physical columns are returned under their logical names (`sparkdl.lake.column_mapping`). Commit times are the
+ones Delta defines (`sparkdl.lake.commit_clock`). Each call opens the table once and reads its history at most once.
 
 Write: executors write Parquet files with `df.write.parquet` into a fresh sub-folder of the table
 (`sparkdl-write-<time>-<id>/`, which stays the files' home); the driver reads the footers for per-file stats and
 commits all files in ONE transaction (`create_table_with_add_actions` for a new table or a schema replacement,
 `DeltaTable.create_write_transaction` otherwise; an overwrite removes every old file in the same commit).
-A failed Spark job or commit commits nothing and the sub-folder is deleted (best-effort). Conflicting appends
-are retried. `schema_mode="merge"` first commits the added nullable columns (a metadata-only commit), then the
-data. Timestamps are written as Parquet TIMESTAMP_MICROS: the session's `spark.sql.parquet.outputTimestampType`
-is set to it when a written column holds timestamps.
+A failed Spark job or commit commits nothing and the sub-folder is deleted (best-effort); folders left by killed
+writes are removed later (`sparkdl.lake.staging`). Conflicting appends are retried. `schema_mode="merge"` first
+commits the added nullable columns (a metadata-only commit), then the data. Timestamps are written as Parquet
+TIMESTAMP_MICROS: the session's `spark.sql.parquet.outputTimestampType` is set to it when a written column holds
+timestamps.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import threading
 import time
@@ -22,8 +27,10 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from sparkdl.errors import SparkDLError, TableError
-from sparkdl.lake import features, partitions
+from sparkdl.errors import SparkDLError, TableError, one_line_reason
+from sparkdl.lake import column_mapping, features, partitions, staging
+from sparkdl.lake.commit_clock import commit_times, log_file_times, version_at
+from sparkdl.lake.deletion_vectors import DeletedRows, deleted_rows, drop_deleted, split_by_name
 from sparkdl.lake.schema import (
     WritePlan,
     delta_schema_json,
@@ -49,7 +56,6 @@ from sparkdl.log import get_logger
 log = get_logger("lake.delta_rs")
 
 BACKEND = "delta-rs"
-STAGING_PREFIX = "sparkdl-write-"
 COMMIT_ATTEMPTS = 8
 _TIMESTAMP_CONF = "spark.sql.parquet.outputTimestampType"
 _conf_lock = threading.Lock()
@@ -68,6 +74,62 @@ def _spark_location(uri: str) -> str:
 
 # -- metadata --------------------------------------------------------------------------------------------------
 
+class _Table:
+    """One open of a table for one call: the `DeltaTable`, its commit times and its history each read at most once.
+
+    Raises (from `open`):
+        TableError: no table at `uri`, or it cannot be opened.
+    """
+
+    def __init__(self, uri: str, dt):
+        self.uri = uri
+        self.dt = dt
+        self._history: list[dict] | None = None
+        self._times: dict[int, int] | None = None
+
+    @classmethod
+    def open(cls, uri: str) -> "_Table":
+        table = cls.open_if_exists(uri)
+        if table is None:
+            raise TableError(f"no Delta table at {uri} (no _delta_log with commits)")
+        return table
+
+    @classmethod
+    def open_if_exists(cls, uri: str) -> "_Table | None":
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return cls(uri, DeltaTable(_location(uri)))
+        except TableNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - unreadable log, storage errors
+            raise TableError(f"cannot open the Delta table at {uri}: {one_line_reason(exc)}") from exc
+
+    def history(self) -> list[dict]:
+        """Every commit's info, newest first."""
+        if self._history is None:
+            self._history = list(self.dt.history())
+        return self._history
+
+    def times(self) -> dict[int, int]:
+        """Version -> commit time (epoch ms), see `sparkdl.lake.commit_clock`."""
+        if self._times is None:
+            fs, root = filesystem(self.uri)
+            config = self.dt.metadata().configuration or {}
+            self._times = commit_times(log_file_times(fs, root), config, lambda: {
+                int(h["version"]): h.get("inCommitTimestamp") for h in self.history() if "version" in h})
+        return self._times
+
+    def load(self, version: int) -> None:
+        if version == self.dt.version():
+            return
+        try:
+            self.dt.load_as_version(int(version))
+        except Exception as exc:  # noqa: BLE001 - log files removed by log cleanup, corrupt log
+            raise TableError(f"{self.uri}: cannot load version {version}: {one_line_reason(exc)}") from exc
+
+
 def exists(uri: str) -> bool:
     """True when a Delta table (a `_delta_log` with commits) is at `uri`."""
     from deltalake import DeltaTable
@@ -78,78 +140,48 @@ def exists(uri: str) -> bool:
         return False
 
 
-def _open(uri: str):
-    from deltalake import DeltaTable
-
-    if not exists(uri):
-        raise TableError(f"no Delta table at {uri} (no _delta_log with commits)")
-    try:
-        return DeltaTable(_location(uri))
-    except Exception as exc:  # noqa: BLE001
-        raise TableError(f"cannot open the Delta table at {uri}: {exc}") from exc
-
-
 def latest_version(uri: str) -> int:
     """The latest committed version of the table at `uri`.
 
     Raises:
         TableError: no table there.
     """
-    return _open(uri).version()
+    return _Table.open(uri).dt.version()
 
 
 def history(uri: str, limit: int | None = None) -> list[dict]:
-    """Commits of the table at `uri`, newest first (see `sparkdl.lake.versions.history_entry`)."""
-    dt = _open(uri)
-    return [history_entry(h["version"], h) for h in dt.history(limit)]
+    """Commits of the table at `uri`, newest first (see `sparkdl.lake.versions.history_entry`); each entry's
+    timestamp is the commit time Delta defines (`sparkdl.lake.commit_clock`)."""
+    table = _Table.open(uri)
+    times = table.times()
+    return [history_entry(h["version"], h, times.get(int(h["version"]))) for h in table.dt.history(limit)]
 
 
-def _commit_millis(uri: str, version: int, latest: int) -> int | None:
-    dt = _open(uri)
-    for entry in dt.history(max(1, latest - version + 1)):
-        if entry.get("version") == version:
-            return entry.get("timestamp")
-    return None
-
-
-def _resolve(uri: str, version: int | None, timestamp):
-    """Load the table at the requested version; returns (DeltaTable, commit millis).
+def _resolve(uri: str, version: int | None, timestamp) -> tuple[_Table, int | None]:
+    """The table loaded at the requested version, and that version's commit time (epoch ms).
 
     Raises:
         TableError: unknown table, version past the latest, timestamp before the first commit.
     """
-    dt = _open(uri)
-    latest = dt.version()
+    table = _Table.open(uri)
+    latest = table.dt.version()
     if timestamp is not None:
-        wanted = parse_timestamp(timestamp, uri)
-        commits = [(h["version"], h.get("timestamp")) for h in dt.history() if h.get("timestamp") is not None]
-        if not commits:
-            raise TableError(f"{uri}: no commit timestamps in the log")
-        first_version, first_ms = min(commits)
-        if to_millis(wanted) < first_ms:
-            raise TableError(f"{uri}: timestamp {wanted.isoformat()} is before the first available commit "
-                             f"(version {first_version} at {iso_ms(first_ms)})")
-        version, millis = max((v, ms) for v, ms in commits if ms <= to_millis(wanted))
+        version = version_at(table.times(), to_millis(parse_timestamp(timestamp, uri)), uri)
     elif version is not None:
         if version > latest:
             raise TableError(f"{uri}: version {version} does not exist; the latest version is {latest}")
-        millis = None
     else:
-        version, millis = latest, None
-    if version != latest:
-        try:
-            dt.load_as_version(int(version))
-        except Exception as exc:  # noqa: BLE001 - log files removed by log cleanup, corrupt log
-            raise TableError(f"{uri}: cannot load version {version}: {exc}") from exc
-    if millis is None:
-        millis = _commit_millis(uri, version, latest)
-    return dt, millis
+        version = latest
+    millis = table.times().get(int(version))
+    table.load(int(version))
+    return table, millis
 
 
-def _snapshot(dt, uri: str, millis: int | None) -> tuple[Snapshot, list[tuple[str, dict]]]:
-    """The Snapshot of a loaded DeltaTable and its files as (location, typed partition values)."""
+def _snapshot(table: _Table, millis: int | None) -> tuple[Snapshot, list[tuple[str, dict]], DeletedRows]:
+    """The Snapshot of a loaded table, its files as (location, typed partition values) and its deleted rows."""
     import pyarrow as pa
 
+    dt, uri = table.dt, table.uri
     meta = dt.metadata()
     parts = list(meta.partition_columns)
     actions = pa.table(dt.get_add_actions(flatten=False))
@@ -159,13 +191,15 @@ def _snapshot(dt, uri: str, millis: int | None) -> tuple[Snapshot, list[tuple[st
     else:
         values = [{} for _ in paths]
     files = [(join_table_path(uri, p), v or {}) for p, v in zip(paths, values)]
+    deleted = deleted_rows(dt) if "deletionVectors" in (dt.protocol().reader_features or []) else DeletedRows({})
     counts = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else [None]
-    num_rows = sum(counts) if paths and all(c is not None for c in counts) else (0 if not paths else None)
+    num_rows = sum(counts) - deleted.count if paths and all(c is not None for c in counts) else (
+        0 if not paths else None)
     schema = spark_schema_from_delta_json(dt.schema().to_json())
-    snap = Snapshot(table=uri, version=dt.version(), timestamp=iso_ms(millis), schema=schema_ddl(schema),
-                    partition_columns=tuple(parts), files=tuple(f for f, _ in files), num_files=len(files),
-                    num_rows=num_rows, backend=BACKEND)
-    return snap, files
+    snap = Snapshot(table=uri, version=dt.version(), timestamp=iso_ms(millis),
+                    schema=schema_ddl(column_mapping.logical_type(schema)), partition_columns=tuple(parts),
+                    files=tuple(f for f, _ in files), num_files=len(files), num_rows=num_rows, backend=BACKEND)
+    return snap, files, deleted
 
 
 def snapshot(uri: str, version: int | None = None, timestamp=None) -> Snapshot:
@@ -175,27 +209,33 @@ def snapshot(uri: str, version: int | None = None, timestamp=None) -> Snapshot:
         TableError: see `_resolve`.
         UnsupportedTableFeature: the version uses a feature the delta-rs path cannot read.
     """
-    dt, millis = _resolve(uri, version, timestamp)
-    features.check_readable(dt, uri)
-    return _snapshot(dt, uri, millis)[0]
+    table, millis = _resolve(uri, version, timestamp)
+    features.check_readable(table.dt, uri)
+    return _snapshot(table, millis)[0]
+
+
+def plain_files(uri: str, version: int) -> Snapshot:
+    """The Snapshot of `version` for readers of raw data files (the stream source): a version whose files do not
+    hold its rows as they are — column mapping, deletion vectors — raises `UnsupportedTableFeature`."""
+    table, millis = _resolve(uri, version, None)
+    features.check_readable(table.dt, uri)
+    snap, _, deleted = _snapshot(table, millis)
+    features.check_plain_files(table.dt, uri, deleted.count)
+    return snap
 
 
 # -- read ------------------------------------------------------------------------------------------------------
 
 def read(spark, uri: str, version: int | None = None, timestamp=None, columns: list[str] | None = None):
     """Read one version of the table as a Spark DataFrame: (DataFrame, Snapshot). See `sparkdl.lake.read_table`."""
-    from pyspark.sql import types as T
-
-    dt, millis = _resolve(uri, version, timestamp)
-    features.check_readable(dt, uri)
-    snap, files = _snapshot(dt, uri, millis)
-    schema = spark_schema_from_delta_json(dt.schema().to_json())
+    table, millis = _resolve(uri, version, timestamp)
+    features.check_readable(table.dt, uri)
+    snap, files, deleted = _snapshot(table, millis)
+    schema = spark_schema_from_delta_json(table.dt.schema().to_json())
+    mapped = column_mapping.mode(table.dt.metadata().configuration) != "none"
     selected = _resolve_columns(columns, schema, uri)
-    parts = list(snap.partition_columns)
-    data_schema = T.StructType([f for f in schema.fields if f.name not in parts])
-
     with _driver_side_listing(spark, uri, len(files)):
-        df = _dataframe(spark, schema, data_schema, parts, files)
+        df = _dataframe(spark, schema, list(snap.partition_columns), files, deleted, mapped)
     if selected is not None:
         df = df.select(*[quote_name(c) for c in selected])
     return df, snap
@@ -222,35 +262,53 @@ def _driver_side_listing(spark, uri: str, num_files: int):
                 spark.conf.set(key, previous)
 
 
-def _dataframe(spark, schema, data_schema, parts: list[str], files: list[tuple[str, dict]]):
+def _dataframe(spark, schema, parts: list[str], files: list[tuple[str, dict]], deleted: DeletedRows,
+               mapped: bool):
+    """The rows of `files`: partition values from the log as typed columns, rows deleted by vectors dropped, and
+    with column mapping the physical columns renamed to the logical schema."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    part_types = {f.name: f.dataType for f in schema.fields if f.name in parts}
-    order = [quote_name(f.name) for f in schema.fields]
+    logical = column_mapping.logical_type(schema) if mapped else schema
     if not files:
-        df = spark.createDataFrame([], schema)
-    elif not parts:
-        df = spark.read.schema(data_schema).parquet(*[f for f, _ in files])
+        return spark.createDataFrame([], logical)
+    fields = {f.name: f for f in schema.fields}
+    data_fields = [f for f in schema.fields if f.name not in parts]
+    if mapped:
+        read_fields = [T.StructField(column_mapping.physical_name(f), column_mapping.physical_type(f.dataType),
+                                     f.nullable) for f in data_fields]
+        data_columns = [column_mapping.to_logical(f) for f in data_fields]
     else:
-        groups: dict[tuple, list[str]] = defaultdict(list)
-        for location, values in files:
-            groups[tuple(values.get(p) for p in parts)].append(location)
-        # A column absent from every file reads as null; `when(absent IS NULL, value)` is the partition value,
-        # nullable as in the table schema (a bare literal would make the column non-nullable).
-        absent = f"__sparkdl_absent_{uuid.uuid4().hex}"
-        read_schema = T.StructType(list(data_schema.fields) + [T.StructField(absent, T.BooleanType(), True)])
-        frames = []
-        for key, locations in groups.items():
-            frame = spark.read.schema(read_schema).parquet(*locations)
-            values = [F.when(F.col(absent).isNull(), partitions.literal(value, part_types[p])).alias(p)
-                      for p, value in zip(parts, key)]
-            frames.append(frame.select(*[quote_name(f.name) for f in data_schema.fields], *values))
-        df = frames[0]
-        for frame in frames[1:]:
-            df = df.unionByName(frame)
-        df = df.select(*order)
-    return df
+        read_fields = list(data_fields)
+        data_columns = [F.col(quote_name(f.name)) for f in data_fields]
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for location, values in files:
+        groups[tuple(_partition_value(values, fields[p]) for p in parts)].append(location)
+    # A column absent from every file reads as null; `when(absent IS NULL, value)` is the partition value,
+    # nullable as in the table schema (a bare literal would make the column non-nullable).
+    absent = f"__sparkdl_absent_{uuid.uuid4().hex}"
+    read_schema = T.StructType(read_fields + ([T.StructField(absent, T.BooleanType(), True)] if parts else []))
+    frames = []
+    for key, locations in groups.items():
+        values = [F.when(F.col(absent).isNull(), partitions.literal(value, fields[p].dataType)).alias(p)
+                  for p, value in zip(parts, key)]
+        for batch in (split_by_name(locations) if deleted.count else [locations]):
+            frame = spark.read.schema(read_schema).parquet(*batch)
+            if deleted.count:
+                frame = drop_deleted(spark, frame, batch, deleted)
+            frames.append(frame.select(*data_columns, *values))
+    df = frames[0]
+    for frame in frames[1:]:
+        df = df.unionByName(frame)
+    return df.select(*[quote_name(f.name) for f in schema.fields])
+
+
+def _partition_value(values: dict, field):
+    """A file's value of partition column `field` (the log keys it by logical or, with column mapping, physical
+    name)."""
+    if field.name in values:
+        return values[field.name]
+    return values.get(column_mapping.physical_name(field))
 
 
 def _resolve_columns(columns, schema, uri: str) -> list[str] | None:
@@ -271,29 +329,32 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
           schema_mode: str | None = None, commit_metadata: dict | None = None) -> Snapshot:
     """Write `df` to the table at `uri` in one commit; returns the Snapshot of the new version.
 
-    See `sparkdl.lake.write_table` for the semantics and errors.
+    The table is opened once (and once more after the commit, to find the committed version), and its history is
+    read once, limited to the commits since this write's read version. After the commit, `sparkdl-write-*` folders
+    left by killed writes are removed (see `sparkdl.lake.staging`). See `sparkdl.lake.write_table` for the
+    semantics and errors.
     """
     from pyspark.sql import functions as F
 
     commit_metadata = commit_metadata or {}
-    if exists(uri):
-        dt = _open(uri)
-        features.check_writable(dt, uri)
+    table = _Table.open_if_exists(uri)
+    if table is not None:
+        features.check_writable(table.dt, uri)
         if mode == "error":
             raise TableError(f"a Delta table already exists at {uri} (mode='error')")
         if mode == "ignore":
             log.info("%s exists; mode='ignore' writes nothing", uri)
-            return _snapshot(dt, uri, _commit_millis(uri, dt.version(), dt.version()))[0]
-        table_schema = spark_schema_from_delta_json(dt.schema().to_json())
-        plan = plan_existing_table(df.schema, table_schema, list(dt.metadata().partition_columns), mode,
+            return _snapshot(table, table.times().get(table.dt.version()))[0]
+        table_schema = spark_schema_from_delta_json(table.dt.schema().to_json())
+        plan = plan_existing_table(df.schema, table_schema, list(table.dt.metadata().partition_columns), mode,
                                    partition_by, schema_mode, uri)
-        read_version = dt.version()
+        read_version = table.dt.version()
     else:
         plan = plan_new_table(df.schema, partition_by, uri)
         read_version = None
 
     write_id = uuid.uuid4().hex
-    staging = f"{STAGING_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{write_id[:12]}"
+    staging_dir = staging.folder_name(write_id)
     out = df.select(*plan.casts(df.schema))
     tz = spark.conf.get("spark.sql.session.timeZone")
     types = {f.name: f.dataType for f in plan.schema.fields}
@@ -302,26 +363,54 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
     fs, root = filesystem(uri)
     state = "unchanged" if read_version is not None else "not created"
     try:
-        _spark_write(spark, out, _spark_location(uri) + "/" + staging, plan)
-        adds = _add_actions(fs, root, staging, plan)
+        _spark_write(spark, out, _spark_location(uri) + "/" + staging_dir, plan)
+        adds = _add_actions(fs, root, staging_dir, plan)
     except BaseException as exc:
-        _cleanup(fs, root, staging)
+        staging.remove(fs, root, staging_dir)
         if isinstance(exc, SparkDLError):
             raise
         raise TableError(f"writing to {uri} failed before the commit; the table is {state}"
-                         f"{'' if read_version is None else f' (version {read_version})'}: {_brief(exc)}") from exc
+                         f"{'' if read_version is None else f' (version {read_version})'}: "
+                         f"{one_line_reason(exc)[:500]}") from exc
     try:
-        version = _commit(uri, plan, adds, mode, commit_metadata, write_id)
-    except BaseException as exc:
-        version = _find_write(uri, write_id)
+        table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id)
+        version = _find_write(table, write_id, read_version)
         if version is None:
-            _cleanup(fs, root, staging)
+            raise TableError(f"the commit of write {write_id} to {uri} reported success but is not in the log")
+    except BaseException as exc:
+        version = _find_write(_Table.open_if_exists(uri), write_id, read_version)
+        if version is None:
+            staging.remove(fs, root, staging_dir)
             if isinstance(exc, SparkDLError):
                 raise
-            raise TableError(f"committing the write to {uri} failed; nothing was committed: {_brief(exc)}") from exc
+            raise TableError(f"committing the write to {uri} failed; nothing was committed: "
+                             f"{one_line_reason(exc)[:500]}") from exc
         log.warning("the commit of %s to %s landed as version %s but reported: %s", write_id, uri, version, exc)
+        table = _Table.open(uri)
     log.info("wrote %d file(s) to %s as version %s", len(adds), uri, version)
-    return snapshot(uri, version=version)
+    table.load(version)
+    snap = _snapshot(table, table.times().get(version))[0]
+    try:
+        staging.remove_debris(fs, root, table, active_files=snap.files)
+    except Exception as exc:  # noqa: BLE001 - the write is committed; debris only costs space
+        log.warning("could not clean uncommitted write folders in %s: %s", uri, one_line_reason(exc))
+    return snap
+
+
+def clean_staging(uri: str, min_age: dt.timedelta = staging.DEFAULT_MIN_AGE, dry_run: bool = False) -> list[str]:
+    """Remove the `sparkdl-write-*` folders killed writes left in the table at `uri` (see `sparkdl.lake.staging`);
+    returns their names.
+
+    Raises:
+        TableError: no table there.
+    """
+    table = _Table.open(uri)
+    fs, root = filesystem(uri)
+    import pyarrow as pa
+
+    paths = pa.table(table.dt.get_add_actions(flatten=False)).column("path").to_pylist()
+    files = [join_table_path(uri, p) for p in paths]
+    return staging.remove_debris(fs, root, table, files, min_age, dry_run)
 
 
 def _spark_write(spark, out, target: str, plan: WritePlan) -> None:
@@ -384,9 +473,10 @@ def _add_actions(fs, root: str, staging: str, plan: WritePlan) -> list:
     return kept
 
 
-def _commit(uri: str, plan: WritePlan, adds: list, mode: str, commit_metadata: dict, write_id: str) -> int:
-    """Commit `adds` in one transaction, retrying conflicts of appends; returns the new version."""
-    from deltalake import DeltaTable
+def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode: str, commit_metadata: dict,
+            write_id: str) -> _Table:
+    """Commit `adds` in one transaction, retrying conflicts of appends; returns the table, opened (or refreshed) after
+    the commit."""
     from deltalake.exceptions import CommitFailedError
     from deltalake.schema import Field, Schema
     from deltalake.transaction import CommitProperties, create_table_with_add_actions
@@ -399,18 +489,20 @@ def _commit(uri: str, plan: WritePlan, adds: list, mode: str, commit_metadata: d
         try:
             create_table_with_add_actions(location, schema, adds, mode="error", partition_by=plan.partition_columns,
                                           commit_properties=props)
-            return _find_write(uri, write_id, default_latest=True)
+            return _Table.open(uri)
         except Exception as exc:  # noqa: BLE001 - lost a creation race?
-            if not exists(uri) or mode not in ("append", "overwrite"):
+            table = _Table.open_if_exists(uri)
+            if table is None or mode not in ("append", "overwrite"):
                 raise
             log.info("%s was created concurrently (%s); committing as %s", uri, exc, mode)
-            _check_same_layout(uri, plan)
+            _check_same_layout(table, plan)
     if plan.replace_schema:
         create_table_with_add_actions(location, schema, adds, mode="overwrite", partition_by=plan.partition_columns,
                                       commit_properties=props)
-        return _find_write(uri, write_id, default_latest=True)
+        table.dt.update_incremental()
+        return table
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        dt = DeltaTable(location)
+        dt = table.dt
         try:
             if plan.new_fields:
                 have = {f.name.lower() for f in spark_schema_from_delta_json(dt.schema().to_json()).fields}
@@ -420,23 +512,25 @@ def _commit(uri: str, plan: WritePlan, adds: list, mode: str, commit_metadata: d
                                                               WRITE_ID_KEY + ".merge": write_id})}
                     dt.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in missing],
                                          commit_properties=CommitProperties(custom_metadata=merge_meta))
-                    dt = DeltaTable(location)
+                    dt.update_incremental()
             dt.create_write_transaction(adds, "overwrite" if mode == "overwrite" else "append", schema,
                                         partition_by=plan.partition_columns, commit_properties=props)
-            return _find_write(uri, write_id, default_latest=True)
+            dt.update_incremental()
+            return table
         except CommitFailedError as exc:
             if mode == "overwrite" or attempt == COMMIT_ATTEMPTS:
                 raise
             log.info("commit conflict on %s (attempt %d): %s; retrying", uri, attempt, exc)
             time.sleep(0.05 * attempt)
+            dt.update_incremental()
     raise AssertionError("unreachable")
 
 
-def _check_same_layout(uri: str, plan: WritePlan) -> None:
+def _check_same_layout(table: _Table, plan: WritePlan) -> None:
     from sparkdl.errors import SchemaMismatchError
     from sparkdl.lake.schema import same_type
 
-    dt = _open(uri)
+    dt, uri = table.dt, table.uri
     table_schema = spark_schema_from_delta_json(dt.schema().to_json())
     ours = {f.name.lower(): f.dataType for f in plan.schema.fields}
     theirs = {f.name.lower(): f.dataType for f in table_schema.fields}
@@ -448,31 +542,14 @@ def _check_same_layout(uri: str, plan: WritePlan) -> None:
     plan.create = False
 
 
-def _find_write(uri: str, write_id: str, default_latest: bool = False) -> int | None:
-    """The version whose commit carries `write_id`, searching the newest commits first."""
-    if not exists(uri):
+def _find_write(table: "_Table | None", write_id: str, read_version: int | None) -> int | None:
+    """The version whose commit carries `write_id`: one history read of the commits after `read_version` (the
+    version the write was planned against; None for a new table)."""
+    if table is None:
         return None
-    dt = _open(uri)
-    for limit in (16, 256, None):
-        for entry in dt.history(limit):
-            if entry.get(WRITE_ID_KEY) == write_id:
-                return int(entry["version"])
-    if default_latest:
-        return dt.version()
+    latest = table.dt.version()
+    limit = latest - (read_version if read_version is not None else -1)
+    for entry in table.dt.history(max(limit, 1)):
+        if entry.get(WRITE_ID_KEY) == write_id:
+            return int(entry["version"])
     return None
-
-
-def _cleanup(fs, root: str, staging: str) -> None:
-    try:
-        fs.delete_dir(root.rstrip("/") + "/" + staging)
-    except Exception as exc:  # noqa: BLE001 - best-effort: unreferenced files are harmless (vacuum removes them)
-        log.debug("could not remove %s/%s: %s", root, staging, exc)
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if "Exception:" in line or "Error:" in line:
-            return line[:500]
-    return (text.splitlines()[0] if text else type(exc).__name__)[:500]

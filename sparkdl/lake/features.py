@@ -1,8 +1,9 @@
 """Which Delta tables the delta-rs path can read and write correctly; the rest raise `UnsupportedTableFeature`.
 
 Spark reads the snapshot's Parquet files directly, so anything that changes how file rows map to table rows
-must be refused: deletion vectors (rows marked deleted outside the file), column mapping (physical column names
-differ from the schema), type widening (files hold narrower types) and reader features unknown here.
+must be handled or refused. Handled: deletion vectors (`sparkdl.lake.deletion_vectors`) and column mapping in
+`name` and `id` modes (`sparkdl.lake.column_mapping`). Refused: type widening (files hold narrower types), variant
+columns and reader features unknown here. Readers of raw files (the stream source) also refuse the handled two.
 Writes are refused for features whose rules sparkdl does not apply: generated/identity columns, CHECK
 constraints, invariants, row tracking, column mapping.
 """
@@ -38,14 +39,20 @@ def check_readable(dt, table: str) -> None:
                                       f"delta-rs path cannot read correctly; {_NEEDS}")
     if '"variant"' in dt.schema().to_json():
         raise UnsupportedTableFeature(f"{table} has variant columns, which the delta-rs path cannot read; {_NEEDS}")
+
+
+def check_plain_files(dt, table: str, deleted_rows: int) -> None:
+    """Raise `UnsupportedTableFeature` when the rows of `dt`'s loaded version are not simply the rows of its files
+    (column mapping, or rows deleted by deletion vectors), for readers that read the files as they are."""
     mode = (dt.metadata().configuration or {}).get("delta.columnMapping.mode", "none")
     if mode and mode.lower() != "none":
-        raise UnsupportedTableFeature(f"{table} uses column mapping (delta.columnMapping.mode={mode}); the "
-                                      f"delta-rs path reads Parquet columns by name and cannot map them; {_NEEDS}")
-    if "deletionVectors" in features and _has_deletion_vectors(dt):
-        raise UnsupportedTableFeature(f"{table} has deletion vectors at version {dt.version()} (rows deleted "
-                                      f"without rewriting files); the delta-rs path would return deleted rows; "
-                                      f"{_NEEDS}")
+        raise UnsupportedTableFeature(f"{table} uses column mapping (delta.columnMapping.mode={mode}), which the "
+                                      f"sparkdl Delta stream source cannot map; read it in batch with "
+                                      f"sparkdl.lake.read_table, or {_NEEDS}")
+    if deleted_rows:
+        raise UnsupportedTableFeature(f"{table} has {deleted_rows} row(s) deleted by deletion vectors at version "
+                                      f"{dt.version()}, which the sparkdl Delta stream source cannot drop; read it "
+                                      f"in batch with sparkdl.lake.read_table, or {_NEEDS}")
 
 
 def check_writable(dt, table: str) -> None:
@@ -54,6 +61,8 @@ def check_writable(dt, table: str) -> None:
     proto = dt.protocol()
     refused = sorted(set(proto.writer_features or []) & WRITE_REFUSED)
     config = dt.metadata().configuration or {}
+    if str(config.get("delta.columnMapping.mode", "none")).lower() != "none":  # also on writer version 5
+        refused.append("columnMapping")
     if any(key.startswith("delta.constraints.") for key in config):
         refused.append("CHECK constraints")
     for fld in json.loads(dt.schema().to_json()).get("fields", []):
@@ -68,11 +77,3 @@ def check_writable(dt, table: str) -> None:
     if refused:
         raise UnsupportedTableFeature(f"{table} uses {', '.join(sorted(set(refused)))}, which the delta-rs write "
                                       f"path does not enforce; {_NEEDS}")
-
-
-def _has_deletion_vectors(dt) -> bool:
-    reader = dt.deletion_vectors()
-    for batch in reader:
-        if getattr(batch, "num_rows", 0):
-            return True
-    return False

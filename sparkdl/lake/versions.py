@@ -83,9 +83,10 @@ def user_metadata(metadata: dict, write_id: str) -> str:
     return json.dumps({**metadata, WRITE_ID_KEY: write_id}, sort_keys=True)
 
 
-def history_entry(version: int, info: dict) -> dict:
-    """One `history()` entry: version, timestamp (ISO UTC), operation, metadata (the commit_metadata dict),
-    write_id, and the raw commit info."""
+def history_entry(version: int, info: dict, commit_millis: int | None = None) -> dict:
+    """One `history()` entry: version, timestamp (ISO UTC: `commit_millis` when given — the commit time Delta
+    defines — else the commit info's own), operation, metadata (the commit_metadata dict), write_id, and the raw
+    commit info."""
     raw = info.get("userMetadata")
     metadata: dict = {}
     if isinstance(raw, str) and raw:
@@ -95,7 +96,7 @@ def history_entry(version: int, info: dict) -> dict:
         except ValueError:
             metadata = {"userMetadata": raw}
     write_id = metadata.pop(WRITE_ID_KEY, None) or info.get(WRITE_ID_KEY)
-    stamp = info.get("timestamp")
+    stamp = info.get("timestamp") if commit_millis is None else commit_millis
     if isinstance(stamp, dt.datetime):
         stamp = stamp.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
     elif isinstance(stamp, (int, float)):

@@ -36,9 +36,9 @@ class DeltaFilesPartition(InputPartition):
 
 
 def _files(table: str, version: int) -> set[str]:
-    from sparkdl.lake import snapshot
+    from sparkdl.lake.delta_rs import plain_files
 
-    return set(snapshot(table, version=version).files)
+    return set(plain_files(table, version).files)
 
 
 def _partition_values(table: str, uri: str, partition_columns: tuple) -> dict:
@@ -68,12 +68,12 @@ class DeltaLogStreamReader(DataSourceStreamReader):
         return {"version": int(latest_version(self.table))}
 
     def partitions(self, start: dict, end: dict):
-        from sparkdl.lake import snapshot
+        from sparkdl.lake.delta_rs import plain_files
 
         first, last = int(start["version"]), int(end["version"])
         if last <= first:
             return []
-        snap = snapshot(self.table, version=last)
+        snap = plain_files(self.table, last)
         parts = []
         if first < 0 and self.starting_version is None:  # initial snapshot, as of `last`
             return [DeltaFilesPartition([(f, _partition_values(snap.table, f, snap.partition_columns))], last)

@@ -8,6 +8,8 @@ the batch id (the role of Delta's `txn` action). Before writing, a batch looks f
 table's recent history and skips a table that already has it: when a query dies between the commit and Spark's
 checkpoint commit, the restarted query re-runs the batch with the same id and the same files, and nothing is
 written twice. The app id is created once per checkpoint and kept in `<checkpoint>/sparkdl_stream.json`.
+As in `score_table`, nothing is committed for nothing: an empty micro-batch writes nothing, and one whose rows are
+all quarantined commits to the quarantine table only (its report has `target_version=None`).
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
                       "source_table": source_uri, APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id),
                       "scored_rows": ok, "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
             target_version = quarantine_version = None
-            if done_target is None or done_target < batch_id:
+            if ok and (done_target is None or done_target < batch_id):  # no empty target commit for 0 scored rows
                 target_version = write_table(good_df, target_uri, mode="append", spark=spark,
                                              commit_metadata={**commit, "part": "scored"}).version
             if bad and (done_quarantine is None or done_quarantine < batch_id):

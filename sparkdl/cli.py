@@ -1,4 +1,4 @@
-"""The `sparkdl` command: train, score, evaluate, demo, models, cache.
+"""The `sparkdl` command: train, score, evaluate, demo, models, cache, lake.
 
 Every verb that runs a job takes `--config FILE` (YAML, see conf/) and `--set key=value` overrides, and exits with
 status 1 and a one-line reason on failure (`--debug` shows the traceback).
@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "cleanup"])
     p.add_argument("--older-than", type=float, default=None, metavar="HOURS",
                    help="cleanup: only caches created more than this many hours ago (default: all)")
+
+    p = verbs.add_parser("lake", help="Delta table upkeep: remove folders left by killed sparkdl writes",
+                         description="clean: remove the sparkdl-write-* folders inside TABLE that no commit "
+                                     "references (left by a write killed before its commit).")
+    p.add_argument("action", choices=["clean"])
+    p.add_argument("table", help="table path or URI")
+    p.add_argument("--older-than", type=float, default=1.0, metavar="HOURS",
+                   help="only folders older than this many hours (default 1: younger ones may be writes in flight)")
+    p.add_argument("--dry-run", action="store_true", help="list the folders without removing them")
     return parser
 
 
@@ -131,6 +140,11 @@ def _dispatch(args: argparse.Namespace):
             return [asdict(info) for info in petastorm_io.list_caches()]
         older = timedelta(hours=args.older_than) if args.older_than is not None else None
         return {"deleted": petastorm_io.cleanup(older_than=older)}
+    if args.verb == "lake":
+        from sparkdl.lake import clean_staging
+
+        found = clean_staging(args.table, older_than_hours=args.older_than, dry_run=args.dry_run)
+        return {"found" if args.dry_run else "removed": found}
     raise AssertionError(args.verb)
 
 

@@ -7,6 +7,7 @@ The deletion-vector and column-mapping tables are real tables written by Delta L
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from deltalake import DeltaTable, QueryBuilder
 
 import sparkdl.lake as lk
+from sparkdl import cli
 from sparkdl.errors import TableError, UnsupportedTableFeature
 from sparkdl.lake import delta_rs, staging
 from sparkdl.lake.commit_clock import ICT_ENABLED, ICT_VERSION, commit_times
@@ -178,7 +180,7 @@ def _staged(table: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, lake):
+def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, lake, capsys):
     table = lake / "killed"
     lk.write_table(spark.range(10).withColumnRenamed("id", "x"), table)
     committed = _staged(table)
@@ -201,6 +203,8 @@ def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, 
     assert old not in _staged(table) and left[0] in _staged(table)
     assert lk.clean_staging(table, dry_run=True) == []  # younger than the default hour
     assert lk.clean_staging(table, older_than_hours=0, dry_run=True) == left
+    assert cli.main(["lake", "clean", str(table), "--older-than", "0", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"found": left}
     assert lk.clean_staging(table, older_than_hours=0) == left
     remaining = _staged(table)
     assert left[0] not in remaining and set(committed) <= set(remaining) and len(remaining) == 2

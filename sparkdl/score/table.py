@@ -21,7 +21,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
-from sparkdl.errors import ConfigError, SparkDLError, ValidationError
+from sparkdl.errors import ConfigError, SparkDLError, ValidationError, one_line_reason
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OutputPlan, plan_output
@@ -251,7 +251,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
             ok, bad, reasons = count_outcomes(scored)
         except Exception as exc:  # noqa: BLE001 - Py4J/PythonException from the executors
             raise ScoringError(f"{where}: scoring failed; nothing was written to {target_uri} (still at version "
-                               f"{target_before}): {_brief(exc)}") from exc
+                               f"{target_before}): {one_line_reason(exc)[:800]}") from exc
         input_rows = snap.num_rows if snap.num_rows is not None else df.count()
         if ok + bad != input_rows:
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
@@ -298,12 +298,3 @@ def _version_or_none(uri: str, spark) -> int | None:
     from sparkdl.lake import exists, latest_version
 
     return latest_version(uri, spark=spark) if exists(uri, spark=spark) else None
-
-
-def _brief(exc: BaseException) -> str:
-    """The informative line of an executor error (the Python exception, not the JVM stack)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("sparkdl.errors.") or "Error:" in ln or "Exception:" in ln:
-            return ln[:800]
-    return (lines[0] if lines else type(exc).__name__)[:800]

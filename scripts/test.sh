@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`, called by .ci/run): set up both stacks, then run the whole suite on
-# each, the pinned stack first. Each suite gets the other stack's interpreter in SPARKDL_OTHER_PYTHON for the
+# each, the pinned stack first, after the linter (ruff, configured in pyproject.toml). Each suite gets the other stack's interpreter in SPARKDL_OTHER_PYTHON for the
 # cross-stack model tests. Prints the seconds of every stage; exits non-zero when a set-up or either suite
 # fails (pytest's exit 5, no tests collected, counts as a failure). Extra arguments go to both pytest runs.
 set -uo pipefail
@@ -22,6 +22,7 @@ stage() {  # $1: name; the rest: the command
 failed=0
 stage setup-pinned scripts/setup.sh pinned || failed=1
 stage setup-current scripts/setup.sh current || failed=1
+[ "$failed" -eq 0 ] && { stage lint .venv/bin/ruff check sparkdl tests scripts jobs || failed=1; }
 if [ "$failed" -eq 0 ]; then
   SPARKDL_OTHER_PYTHON="$PWD/.venv-current/bin/python" stage tests-pinned .venv/bin/python -m pytest tests "$@" \
     || failed=1

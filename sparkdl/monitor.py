@@ -11,7 +11,7 @@ Drift, per column kind:
   - the two-sample Kolmogorov–Smirnov statistic D = sup |F_ref − F_cur|. By default it is exact (equal to
     `scipy.stats.ks_2samp(...).statistic`): the non-null values of both frames are unioned in long format,
     counted per distinct value, sorted by Spark and scanned per partition (see
-    `sparkdl.evaluate.ordered_scan`). With `exact_ks=False` it is read from the binned CDFs instead (no extra
+    `sparkdl.ordered_scan`). With `exact_ks=False` it is read from the binned CDFs instead (no extra
     pass, a lower bound of the exact D).
 * array<numeric> columns (e.g. embeddings or a flattened image): the drift of the per-row mean of the array
   (empty or null arrays are null), handled as a numeric column; kind "array_mean".
@@ -40,8 +40,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkdl.errors import SparkDLError, ValidationError
-from sparkdl.evaluate import ordered_scan
 from sparkdl.log import get_logger
+from sparkdl.ordered_scan import ordered_scan
 
 log = get_logger("monitor")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_score_udf import as_matrix, expected_outputs
 
 from sparkdl import stack
-from test_score_udf import as_matrix, expected_outputs
 
 OTHER_PYTHON = os.environ.get("SPARKDL_OTHER_PYTHON")
 REPO = Path(__file__).resolve().parents[1]

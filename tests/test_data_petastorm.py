@@ -1,13 +1,12 @@
 """Petastorm conversion (cache keyed, reused, listed, cleaned), zero-copy from Delta, tf.data shards per rank."""
 from __future__ import annotations
 
-import uuid
-
 import datetime as dt
 import os
 import pickle
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pyarrow as pa

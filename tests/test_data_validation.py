@@ -1,4 +1,4 @@
-"""FeatureSpec.validate: every bad-input kind, reported together in one ValidationError from one Spark pass."""
+"""data.validation.validate: every bad-input kind, reported together in one ValidationError from one Spark pass."""
 from __future__ import annotations
 
 import uuid
@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from sparkdl.data.spec import Feature, FeatureSpec, Label
+from sparkdl.data.validation import validate
 from sparkdl.errors import ValidationError
 
 SCHEMA = "id int, x double, n int, cat string, v array<float>, y int"
@@ -41,7 +42,7 @@ def _by_problem(err):
 
 def test_good_data_passes(spark):
     df = spark.createDataFrame(_rows(), SCHEMA)
-    _spec().validate(df)
+    validate(_spec(), df)
 
 
 def test_every_problem_in_one_error(spark):
@@ -57,7 +58,7 @@ def test_every_problem_in_one_error(spark):
     rows[9] = (9, 9.0, 0, "a", [9.0, 1.0, 2.0, 4.0, 5.0], -1)   # wrong length again + negative label
     df = spark.createDataFrame(rows, SCHEMA)
     with pytest.raises(ValidationError) as info:
-        _spec().validate(df)
+        validate(_spec(), df)
     err = info.value
     got = _by_problem(err)
     assert got[("x", "null")]["count"] == 1
@@ -83,7 +84,7 @@ def test_schema_problems_and_value_problems_together(spark):
     spec = FeatureSpec((Feature("x"), Feature("missing_col"), Feature("v", "vector", (3,))),
                        Label("y", "binary"))
     with pytest.raises(ValidationError) as info:
-        spec.validate(df)
+        validate(spec, df)
     got = _by_problem(info.value)
     assert got[("x", "wrong type")]["found"] == "string"
     assert "numeric" in got[("x", "wrong type")]["expected"]
@@ -98,28 +99,28 @@ def test_imputed_features_may_hold_nulls_but_not_inf(spark):
     df = spark.createDataFrame(rows, SCHEMA)
     spec = FeatureSpec((Feature("x", impute="mean"), Feature("v", "vector", (3,), impute="constant", impute_value=0)),
                        Label("y", "binary"))
-    spec.validate(df)
+    validate(spec, df)
     bad = spark.createDataFrame([(0, float("inf"), 0, "a", [1.0, 2.0, 3.0], 1)], SCHEMA)
     with pytest.raises(ValidationError, match="infinite"):
-        spec.validate(bad)
+        validate(spec, bad)
 
 
 def test_label_rules(spark):
     df = spark.createDataFrame([(0, 1.0, 0.5), (1, 2.0, 1.0), (2, 3.0, float("nan"))], "id int, x double, y double")
     with pytest.raises(ValidationError) as info:
-        FeatureSpec((Feature("x"),), Label("y", "multiclass")).validate(df)
+        validate(FeatureSpec((Feature("x"),), Label("y", "multiclass")), df)
     got = _by_problem(info.value)
     assert got[("y", "not a whole number")]["count"] == 1
     assert got[("y", "NaN")]["count"] == 1
     # regression: any finite float is fine, NaN is not
     with pytest.raises(ValidationError, match="NaN"):
-        FeatureSpec((Feature("x"),), Label("y", "regression")).validate(df)
+        validate(FeatureSpec((Feature("x"),), Label("y", "regression")), df)
     # no label needed for scoring
-    FeatureSpec((Feature("x"),), Label("y", "multiclass")).validate(df.drop("y"), require_label=False)
+    validate(FeatureSpec((Feature("x"),), Label("y", "multiclass")), df.drop("y"), require_label=False)
     # string classes beyond num_classes
     s = spark.createDataFrame([(1.0, "a"), (2.0, "b"), (3.0, "c")], "x double, y string")
     with pytest.raises(ValidationError, match="too many classes"):
-        FeatureSpec((Feature("x"),), Label("y", "multiclass", num_classes=2)).validate(s)
+        validate(FeatureSpec((Feature("x"),), Label("y", "multiclass", num_classes=2)), s)
 
 
 def test_vector_udt_is_accepted(spark):
@@ -128,21 +129,21 @@ def test_vector_udt_is_accepted(spark):
     df = spark.createDataFrame([(Vectors.dense([1.0, 2.0]), 0), (Vectors.dense([1.0, 2.0, 3.0]), 1)], ["v", "y"])
     spec = FeatureSpec((Feature("v", "vector", (2,)),), Label("y", "binary"))
     with pytest.raises(ValidationError) as info:
-        spec.validate(df)
+        validate(spec, df)
     assert [(p["column"], p["problem"], p["count"]) for p in info.value.problems] == [("v", "wrong length", 1)]
-    spec.validate(df.limit(1))
+    validate(spec, df.limit(1))
 
 
 def test_empty_dataframe(spark):
     df = spark.createDataFrame([], SCHEMA)
     with pytest.raises(ValidationError, match="no rows"):
-        _spec().validate(df)
+        validate(_spec(), df)
 
 
 def test_one_pass_whatever_the_number_of_columns(spark):
     df = spark.createDataFrame(_rows(50), SCHEMA).repartition(2)
     small = FeatureSpec((Feature("x"),), Label("y", "multiclass", num_classes=4))
-    jobs_small = _jobs(spark, lambda: small.validate(df))
-    jobs_all = _jobs(spark, lambda: _spec().validate(df))
+    jobs_small = _jobs(spark, lambda: validate(small, df))
+    jobs_all = _jobs(spark, lambda: validate(_spec(), df))
     assert jobs_small >= 1
     assert jobs_all == jobs_small, "validation must not run one job per column"

@@ -282,7 +282,7 @@ def test_plot_confusion_matrix_writes_png(spark, multiclass_data, tmp_path):
 def test_auc_scan_stitches_partitions(spark, multiclass_data, no_coalesce):
     from pyspark.sql import functions as F
 
-    from sparkdl.evaluate import ordered_scan
+    from sparkdl.ordered_scan import ordered_scan
 
     y, pred, prob, k = multiclass_data
     pdf = pd.DataFrame({"label": y, "prediction": pred, "probability": list(prob)})

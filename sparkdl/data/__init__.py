@@ -2,7 +2,7 @@
 
 Typical flow (driver)::
 
-    spec.validate(df)                                   # one pass, one ValidationError listing every problem
+    validate(spec, df)                                  # one pass, one ValidationError listing every problem
     train_df, val_df = split(df, 0.2, seed=0)
     prep = Preprocessor(spec).fit(train_df)             # one aggregation (+ a small vocabulary job)
     train = to_petastorm(train_df, prep, snapshot, key={"split": "train", "validation": 0.2, "seed": 0})

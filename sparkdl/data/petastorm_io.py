@@ -17,7 +17,7 @@ Petastorm's own `SparkDatasetConverter` on the same files (its `make_tf_dataset`
 Zero-copy: when the DataFrame is a plain projection of a Delta snapshot and the preprocessing is the identity on
 its columns (one `array<float>` feature without imputation/scaling + an integer class or float label, see
 `PreprocessorModel.passthrough_columns`), the snapshot's Parquet files are handed to the reader as they are.
-That path assumes `spec.validate(df)` passed (it checks every row for nulls, NaN and lengths).
+That path assumes `validate(spec, df)` passed (it checks every row for nulls, NaN and lengths).
 """
 from __future__ import annotations
 

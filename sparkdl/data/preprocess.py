@@ -39,6 +39,7 @@ from sparkdl.data.arrow_utils import (
     to_table,
 )
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
+from sparkdl.data.validation import validate as validate_data
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 
@@ -97,7 +98,7 @@ class Preprocessor:
 
         Args:
             df: the training DataFrame.
-            validate: run `spec.validate(df)` first (one more pass).
+            validate: run `sparkdl.data.validation.validate(spec, df)` first (one more pass).
 
         Raises:
             ValidationError: missing columns or wrong types (always checked, from the schema), bad data when
@@ -111,7 +112,7 @@ class Preprocessor:
 
         spec = self.spec
         if validate:
-            spec.validate(df)
+            validate_data(spec, df)
         check_schema(spec, df.schema, "cannot fit the preprocessor")
 
         aggs = [F.count(F.lit(1)).alias("_rows")]

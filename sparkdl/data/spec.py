@@ -177,12 +177,6 @@ class FeatureSpec:
     def from_json(cls, text: str) -> "FeatureSpec":
         return cls.from_dict(json.loads(text))
 
-    def validate(self, df, require_label: bool = True, max_examples: int = 3) -> None:
-        """Check `df` against this spec before any expensive work; see `sparkdl.data.validation`."""
-        from sparkdl.data.validation import validate
-
-        validate(self, df, require_label=require_label, max_examples=max_examples)
-
 
 @dataclass(frozen=True)
 class ModelSignature:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import OutputPlan, plan_output
+from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
 
 log = get_logger("score.frame")
 
@@ -87,7 +87,6 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     from sparkdl.data.validation import array_column, is_vector_udt
     from sparkdl.score.scan import map_batches
     from sparkdl.score.table import check_columns
-    from sparkdl.score.udf import ON_INVALID
 
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                    or batch_size <= 0):

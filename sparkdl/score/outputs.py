@@ -22,6 +22,7 @@ import pyarrow as pa
 from sparkdl.errors import ConfigError
 
 OUTPUTS = ("prediction", "probabilities", "embedding", "struct")
+ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
 EMBEDDING_MODEL = "embedding"
 
 

@@ -22,11 +22,10 @@ import warnings
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import OutputPlan, plan_output
+from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
 
 log = get_logger("score.udf")
 
-ON_INVALID = ("null", "error")
 _SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

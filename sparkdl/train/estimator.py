@@ -35,6 +35,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 
 from sparkdl import stack
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
+from sparkdl.data.validation import validate
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.train.checkpoints import RunFolder, check_run_name
@@ -237,7 +238,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         from sparkdl.data.dataset import split
 
         # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
-        spec.validate(df, require_label=True)
+        validate(spec, df, require_label=True)
         train_df, val_df = split(df, p["validation"] or None, p["seed"])
         if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
             from sparkdl.data.preprocess import PreprocessorModel
@@ -268,7 +269,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         from sparkdl.data.dataset import steps_per_epoch
         from sparkdl.data.petastorm_io import to_petastorm
         from sparkdl.models import default_loss, default_metrics
-        from sparkdl.train.keras_worker import TrainJob, train_on_rank
+        from sparkdl.train.keras_worker import train_on_rank
+        from sparkdl.train.rank_job import TrainJob
         from sparkdl.train.serialization import model_flavour, model_to_bytes
 
         if checkpoint is not None:

@@ -30,7 +30,7 @@ import threading
 import time
 
 from sparkdl.train import progress
-from sparkdl.train.keras_worker import (
+from sparkdl.train.rank_job import (
     TrainJob,
     _b64,
     _floats,

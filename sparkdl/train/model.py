@@ -98,14 +98,9 @@ class SparkDLModel(Model):
 
     # ---------------------------------------------------------------------------------------------- transform
     def _transform(self, dataset):
-        try:
-            import sparkdl.score as score
-        except ImportError:
-            score = None
-        fn = getattr(score, "transform_with_model", None) if score is not None else None
-        if fn is None:
-            raise NotImplementedError("scoring lands with sparkdl.score")
-        return fn(self, dataset)
+        from sparkdl.score import transform_with_model  # lazy: keeps scoring off the import path of training
+
+        return transform_with_model(self, dataset)
 
     # ---------------------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike | None = None) -> str:

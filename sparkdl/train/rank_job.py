@@ -1,0 +1,98 @@
+"""What every Horovod rank of `KerasEstimator.fit` shares, whatever its Keras: the job record, the optimizer with its
+learning rate scaled by the number of ranks, the warm-up schedule and the rank's shards of the data."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparkdl import stack
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs (pickled to the workers once)."""
+
+    model: bytes                      # Keras v3 bytes of the initial (or checkpointed) model
+    optimizer: Any                    # a name ("adam") or a Keras optimizer config dict (tf.keras.optimizers.serialize)
+    learning_rate: float | None       # base LR for one process (None: the optimizer config's own)
+    loss: Any
+    metrics: list
+    batch_size: int
+    epochs: int
+    initial_epoch: int
+    steps_per_epoch: int
+    train_data: Any                   # a sparkdl.data.petastorm_io dataset handle
+    input_shape: tuple
+    val_data: Any = None
+    validation_steps: int | None = None
+    optimizer_state: bytes | None = None   # npz of the optimizer variables (resume)
+    seed: int = 0
+    warmup_epochs: int = 0
+    early_stopping: int | None = None
+    monitor: str = "loss"
+    callbacks: list = field(default_factory=list)
+    checkpoint_every: int = 1
+    steps_per_execution: int = 1      # steps per tf.function call (Keras compile); same SGD steps either way
+    flavour: str = "tf_keras"         # the Keras flavour of `model` (sparkdl.stack); keras3 trains in keras3_worker
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def make_optimizer(spec, learning_rate: float | None, size: int, flavour: str = "tf_keras"):
+    """A Keras optimizer (of `flavour`) from a name or config, its learning rate scaled by `size` (the ranks)."""
+    keras = stack.keras_module(flavour)
+    if isinstance(spec, str):
+        config = {"class_name": spec, "config": {}}
+    else:
+        config = {"class_name": spec["class_name"], "config": dict(spec.get("config") or {})}
+        for key in ("module", "registered_name"):
+            if key in spec:
+                config[key] = spec[key]
+    optimizer = keras.optimizers.get(config)
+    base = float(learning_rate) if learning_rate is not None else float(
+        keras.ops.convert_to_numpy(optimizer.learning_rate) if flavour == "keras3"
+        else keras.backend.get_value(optimizer.learning_rate))
+    optimizer.learning_rate = base * size
+    return optimizer, base * size
+
+
+def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch: int, step: int,
+                         steps_per_epoch: int) -> float:
+    """Horovod's `LearningRateWarmupCallback` schedule: from `scaled_lr / size` to `scaled_lr` linearly over
+    `warmup_epochs` epochs (`epoch` counted from 0, `step` within it), then `scaled_lr`."""
+    if warmup_epochs <= 0 or size <= 1:
+        return scaled_lr
+    progress_epochs = epoch + step / max(1, steps_per_epoch)
+    if progress_epochs >= warmup_epochs:
+        return scaled_lr
+    return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+
+
+def _floats(logs) -> dict:
+    return {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def job_datasets(job: TrainJob, rank: int, size: int):
+    """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
+    repeated for the epochs still to run."""
+    from sparkdl.data.dataset import tf_dataset
+
+    remaining = job.epochs - job.initial_epoch
+    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
+                       seed=job.seed, epochs=remaining)
+    val = None
+    if job.val_data is not None and job.validation_steps:
+        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
+                         seed=job.seed, epochs=remaining)
+    return train, val

@@ -1,0 +1,118 @@
+"""The import layering of sparkdl (README, Architecture): imports flow one way, with no cycle — including the imports
+made inside functions, which are where cycles used to hide — and the light entry points stay free of TensorFlow."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
+
+# Lowest first. A module may import modules of its own layer or below, never above.
+LAYERS: list[tuple[str, ...]] = [
+    ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.stack", "sparkdl.plots", "sparkdl.ordered_scan"),
+    ("sparkdl.config", "sparkdl.session"),
+    ("sparkdl.lake",),
+    ("sparkdl.data", "sparkdl.datasets"),
+    ("sparkdl.models",),
+    ("sparkdl.registry",),
+    ("sparkdl.score",),
+    ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
+    ("sparkdl.monitor",),
+    ("sparkdl.evaluate",),  # records metric history with sparkdl.monitor
+    ("sparkdl.workflows",),
+    ("sparkdl.cli",),
+    ("sparkdl",),           # the package itself: lazy names only
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _layer(module: str) -> int:
+    best, layer = "", None
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, layer = prefix, index
+    assert layer is not None, f"{module} is in no layer of {__file__}"
+    return layer
+
+
+def _imports(module: str) -> list[tuple[str, int, bool]]:
+    """(imported sparkdl module, line, inside a function) for each import of `module` (TYPE_CHECKING blocks and a
+    module's own parent packages excluded: importing a submodule always runs its parents first)."""
+    tree = ast.parse(MODULES[module].read_text())
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                names = [f"{child.module}.{alias.name}" if f"{child.module}.{alias.name}" in MODULES else child.module
+                         for alias in child.names]
+            for name in names:
+                if name.startswith("sparkdl") and name in MODULES and not module.startswith(name + ".") \
+                        and name != module:
+                    found.append((name, child.lineno, in_function))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(tree, False)
+    return found
+
+
+GRAPH = {module: _imports(module) for module in MODULES}
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        _layer(module)
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = [f"{m}:{line} imports {target} ({'in a function' if lazy else 'at the top'})"
+              for m, edges in GRAPH.items() for target, line, lazy in edges if _layer(target) > _layer(m)]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_even_through_function_level_imports():
+    edges = {m: sorted({t for t, _, _ in found}) for m, found in GRAPH.items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+    cycles: list[str] = []
+
+    def walk(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in edges[module]:
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                walk(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            walk(module)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("entry", ["sparkdl", "sparkdl.score", "sparkdl.lake", "sparkdl.data"])
+def test_light_entry_points_do_not_import_tensorflow_or_horovod(entry):
+    code = (f"import sys, {entry}; heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'horovod') "
+            f"if m in sys.modules); print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"import {entry} pulled in {out}"

@@ -8,6 +8,7 @@ from sparkdl import stack  # noqa: E402, F401  (first: sets TF_USE_LEGACY_KERAS 
 from sparkdl.errors import (  # noqa: E402
     ConfigError,
     ModelStoreError,
+    ScoringError,
     SparkDLError,
     TableError,
     TrainingError,
@@ -24,4 +25,5 @@ __all__ = [
     "ValidationError",
     "TrainingError",
     "ModelStoreError",
+    "ScoringError",
 ]

@@ -38,6 +38,10 @@ class TrainingError(SparkDLError, RuntimeError):
     """A distributed training job failed; the message carries the failing worker's traceback."""
 
 
+class ScoringError(SparkDLError, RuntimeError):
+    """A scoring job failed (the message says what was and was not written)."""
+
+
 class ModelStoreError(SparkDLError, LookupError):
     """A model name or version is missing from the model store, or its files are corrupt."""
 

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.stack", "sparkdl.plots", "sparkdl.ordered_scan"),
+    ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
+     "sparkdl.ordered_scan", "sparkdl.tf_runtime"),
     ("sparkdl.config", "sparkdl.session"),
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
@@ -116,3 +117,15 @@ def test_light_entry_points_do_not_import_tensorflow_or_horovod(entry):
             f"if m in sys.modules); print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"import {entry} pulled in {out}"
+
+
+def test_every_error_class_is_in_errors_py():
+    elsewhere = []
+    for module, path in MODULES.items():
+        if module == "sparkdl.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith(("Error", "Exception"))
+                                                      for b in node.bases):
+                elsewhere.append(f"{module}.{node.name}")
+    assert not elsewhere, f"error classes outside sparkdl/errors.py: {elsewhere}"

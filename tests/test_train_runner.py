@@ -20,7 +20,7 @@ def allreduce_rank_ids():
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
-    from sparkdl.train.resources import configure_tensorflow
+    from sparkdl.tf_runtime import configure_tensorflow
 
     configure_tensorflow()
     hvd.init()

@@ -59,11 +59,11 @@ def run_petastorm(data, batch_size: int) -> int:
 
 
 def run_raw(data, batch_size: int) -> int:
-    from sparkdl.data.files import resolve
+    from sparkdl.uri import filesystem
 
     rows = 0
     for f in data.files:
-        fs, path = resolve(f)
+        fs, path = filesystem(f)
         with fs.open_input_file(path) as handle:
             for b in pq.ParquetFile(handle).iter_batches(batch_size=65_536, columns=["features", "label"]):
                 x = b.column(0).flatten().to_numpy().reshape(-1, FEATURES)

@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sparkdl.data.arrow_utils import list_to_matrix, numeric_to_numpy
-from sparkdl.data.files import resolve
 from sparkdl.data.petastorm_io import PetastormDataset
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.uri import filesystem
 
 log = get_logger("data.dataset")
 
@@ -74,7 +74,7 @@ def _row_groups(data: PetastormDataset) -> list[tuple[int, int, int]]:
         return [tuple(r) for r in data.row_groups]
     out = []
     for i, f in enumerate(data.files):
-        fs, path = resolve(f)
+        fs, path = filesystem(f)
         with fs.open_input_file(path) as handle:
             meta = pq.ParquetFile(handle).metadata
         out += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
@@ -118,7 +118,7 @@ class _Reader:
 
     def _file(self, index: int) -> pq.ParquetFile:
         if index not in self._files:
-            fs, path = resolve(self.data.files[index])
+            fs, path = filesystem(self.data.files[index])
             self._files[index] = pq.ParquetFile(fs.open_input_file(path))
         return self._files[index]
 
@@ -178,7 +178,7 @@ def label_dtype(data: PetastormDataset):
     """int64 for integer/boolean labels, float32 otherwise (read from the first file's schema)."""
     import pyarrow as pa
 
-    fs, path = resolve(data.files[0])
+    fs, path = filesystem(data.files[0])
     with fs.open_input_file(path) as handle:
         schema = pq.ParquetFile(handle).schema_arrow
     t = schema.field(data.label_column).type

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sparkdl.data.files import _norm, join, local_path, resolve, same_file
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
+from sparkdl.uri import filesystem, join, local_path, normalized, same_file
 
 log = get_logger("data.petastorm")
 
@@ -199,7 +199,7 @@ def is_plain_scan(df, snapshot) -> bool:
 
 
 def _norm_key(uri: str) -> str:
-    return _norm(uri)
+    return normalized(uri)
 
 
 def from_snapshot(snapshot, feature_column: str, label_column: str | None = None) -> PetastormDataset | None:
@@ -232,7 +232,7 @@ def _row_groups(files, columns) -> tuple[tuple | None, int]:
 
     out, total = [], 0
     for i, f in enumerate(files):
-        fs, path = resolve(f)
+        fs, path = filesystem(f)
         with fs.open_input_file(path) as handle:
             meta = pq.ParquetFile(handle).metadata
             schema = meta.schema.to_arrow_schema()
@@ -367,10 +367,10 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
             "label_column": label_column, "temporary": bool(temporary),
             "invalid_rows": dict(counter.value) if counter is not None else {},
             "size_bytes": _folder_size(tmp_url)}
-    fs, tmp_path = resolve(tmp_url)
+    fs, tmp_path = filesystem(tmp_url)
     with fs.open_output_stream(tmp_path + "/" + MARKER) as stream:
         stream.write(json.dumps(meta, sort_keys=True).encode())
-    _, final_path = resolve(url)
+    _, final_path = filesystem(url)
     try:
         fs.move(tmp_path, final_path)
     except OSError:
@@ -413,7 +413,7 @@ def _cast(df, dtype):
 
 
 def _list_parquet(url: str) -> list[str]:
-    fs, path = resolve(url)
+    fs, path = filesystem(url)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                   and not i.base_name.startswith(("_", ".")))
@@ -422,7 +422,7 @@ def _list_parquet(url: str) -> list[str]:
 def _footers(files: list[str]) -> tuple[list, int]:
     out, total = [], 0
     for i, f in enumerate(files):
-        fs, path = resolve(f)
+        fs, path = filesystem(f)
         with fs.open_input_file(path) as handle:
             meta = pq.ParquetFile(handle).metadata
         for g in range(meta.num_row_groups):
@@ -433,7 +433,7 @@ def _footers(files: list[str]) -> tuple[list, int]:
 
 
 def _read_marker(url: str) -> dict | None:
-    fs, path = resolve(url)
+    fs, path = filesystem(url)
     try:
         with fs.open_input_stream(path + "/" + MARKER) as stream:
             return json.loads(stream.read().decode())
@@ -453,18 +453,18 @@ def _load(url: str) -> PetastormDataset | None:
 
 
 def _exists(url: str) -> bool:
-    fs, path = resolve(url)
+    fs, path = filesystem(url)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def _folder_size(url: str) -> int:
-    fs, path = resolve(url)
+    fs, path = filesystem(url)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
 
 
 def _delete_folder(url: str) -> bool:
-    fs, path = resolve(url)
+    fs, path = filesystem(url)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return False
     fs.delete_dir(path)
@@ -505,7 +505,7 @@ def _as_url(folder: str) -> str:
 def list_caches(parent: str | None = None) -> list[CacheInfo]:
     """The sparkdl cache folders under `parent` (default: the Spark conf / work folder), oldest first."""
     parent = _as_url(parent) if parent else parent_cache_dir()
-    fs, path = resolve(parent)
+    fs, path = filesystem(parent)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     out = []
@@ -551,7 +551,7 @@ def cleanup(older_than: dt.timedelta | None = None, key: dict | str | None = Non
             deleted.append(info.url)
     if wanted is None:
         limit = (older_than or dt.timedelta(hours=1)).total_seconds()
-        fs, path = resolve(parent)
+        fs, path = filesystem(parent)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
                 if info.base_name.startswith(TMP_PREFIX) and info.mtime is not None and \

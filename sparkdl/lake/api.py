@@ -10,9 +10,9 @@ from sparkdl.errors import TableError
 from sparkdl.lake import delta_rs, delta_spark
 from sparkdl.lake.schema import validate_mode
 from sparkdl.lake.snapshot import Snapshot
-from sparkdl.lake.uri import is_catalog_name, normalize_table_uri
 from sparkdl.lake.versions import check_commit_metadata, check_version_args
 from sparkdl.log import get_logger
+from sparkdl.uri import is_catalog_name, normalize_table_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -39,17 +39,20 @@ def _active_session():
         return None
 
 
-def _backend(spark) -> str:
+def _backend(spark):
+    """The backend module for a session, chosen once per call: `delta_spark` when the session has the Delta
+    extension, else `delta_rs`. Both offer read, write, snapshot, history, latest_version and exists, each taking
+    the session first."""
     if spark is None:
-        return "delta-rs"
+        return delta_rs
     from sparkdl.session import delta_backend
 
-    return delta_backend(spark)
+    return delta_spark if delta_backend(spark) == "delta-spark" else delta_rs
 
 
-def _target(table, backend: str) -> str:
+def _target(table, backend) -> str:
     """Catalog names stay as they are with delta-spark; everything else becomes a normalized URI."""
-    if backend == "delta-spark" and isinstance(table, str) and is_catalog_name(table):
+    if backend is delta_spark and isinstance(table, str) and is_catalog_name(table):
         return table
     return normalize_table_uri(table)
 
@@ -80,9 +83,7 @@ def read_table(table: str | os.PathLike, version: int | None = None, timestamp=N
     backend = _backend(spark)
     target = _target(table, backend)
     check_version_args(version, timestamp, target)
-    if backend == "delta-spark":
-        return delta_spark.read(spark, target, version, timestamp, columns)
-    return delta_rs.read(spark, target, version, timestamp, columns)
+    return backend.read(spark, target, version, timestamp, columns)
 
 
 def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append", partition_by: list[str] | None = None,
@@ -125,9 +126,7 @@ def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append",
     backend = _backend(spark)
     target = _target(table, backend)
     metadata = check_commit_metadata(commit_metadata, target)
-    if backend == "delta-spark":
-        return delta_spark.write(spark, df, target, mode, partition_by, schema_mode, metadata)
-    return delta_rs.write(spark, df, target, mode, partition_by, schema_mode, metadata)
+    return backend.write(spark, df, target, mode, partition_by, schema_mode, metadata)
 
 
 def snapshot(table: str | os.PathLike, version: int | None = None, timestamp=None,
@@ -135,9 +134,7 @@ def snapshot(table: str | os.PathLike, version: int | None = None, timestamp=Non
     """The Snapshot of a table version without building a DataFrame (same arguments and errors as `read_table`)."""
     spark, backend, target = _locate(table, spark)
     check_version_args(version, timestamp, target)
-    if backend == "delta-spark":
-        return delta_spark.snapshot(spark, target, version, timestamp)
-    return delta_rs.snapshot(target, version, timestamp)
+    return backend.snapshot(spark, target, version, timestamp)
 
 
 def history(table: str | os.PathLike, limit: int | None = None, spark: "SparkSession | None" = None) -> list[dict]:
@@ -150,29 +147,23 @@ def history(table: str | os.PathLike, limit: int | None = None, spark: "SparkSes
         TableError: no table there.
     """
     spark, backend, target = _locate(table, spark)
-    if backend == "delta-spark":
-        return delta_spark.history(spark, target, limit)
-    return delta_rs.history(target, limit)
+    return backend.history(spark, target, limit)
 
 
 def latest_version(table: str | os.PathLike, spark: "SparkSession | None" = None) -> int:
     """The latest committed version. Raises TableError when there is no table."""
     spark, backend, target = _locate(table, spark)
-    if backend == "delta-spark":
-        return delta_spark.latest_version(spark, target)
-    return delta_rs.latest_version(target)
+    return backend.latest_version(spark, target)
 
 
 def exists(table: str | os.PathLike, spark: "SparkSession | None" = None) -> bool:
     """True when a Delta table is at `table` (path/URI, or catalog name with delta-spark)."""
     spark, backend, target = _locate(table, spark)
-    if backend == "delta-spark":
-        return delta_spark.exists(spark, target)
-    return delta_rs.exists(target)
+    return backend.exists(spark, target)
 
 
 def _locate(table, spark):
-    """(session, backend name, backend-specific table target) for a table path/URI or catalog name."""
+    """(session, backend module, backend-specific table target) for a table path/URI or catalog name."""
     spark = spark or _active_session()
     backend = _backend(spark)
     return spark, backend, _target(table, backend)

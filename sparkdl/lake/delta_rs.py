@@ -42,7 +42,6 @@ from sparkdl.lake.schema import (
 )
 from sparkdl.lake.snapshot import Snapshot
 from sparkdl.lake.stats import file_stats
-from sparkdl.lake.uri import filesystem, join_table_path, local_path
 from sparkdl.lake.versions import (
     WRITE_ID_KEY,
     history_entry,
@@ -52,6 +51,7 @@ from sparkdl.lake.versions import (
     user_metadata,
 )
 from sparkdl.log import get_logger
+from sparkdl.uri import filesystem, join_table_path, local_path
 
 log = get_logger("lake.delta_rs")
 
@@ -130,8 +130,9 @@ class _Table:
             raise TableError(f"{self.uri}: cannot load version {version}: {one_line_reason(exc)}") from exc
 
 
-def exists(uri: str) -> bool:
-    """True when a Delta table (a `_delta_log` with commits) is at `uri`."""
+def exists(spark, uri: str) -> bool:
+    """True when a Delta table (a `_delta_log` with commits) is at `uri`. (`spark` is unused here: every backend
+    takes the session first.)"""
     from deltalake import DeltaTable
 
     try:
@@ -140,7 +141,7 @@ def exists(uri: str) -> bool:
         return False
 
 
-def latest_version(uri: str) -> int:
+def latest_version(spark, uri: str) -> int:
     """The latest committed version of the table at `uri`.
 
     Raises:
@@ -149,7 +150,7 @@ def latest_version(uri: str) -> int:
     return _Table.open(uri).dt.version()
 
 
-def history(uri: str, limit: int | None = None) -> list[dict]:
+def history(spark, uri: str, limit: int | None = None) -> list[dict]:
     """Commits of the table at `uri`, newest first (see `sparkdl.lake.versions.history_entry`); each entry's
     timestamp is the commit time Delta defines (`sparkdl.lake.commit_clock`)."""
     table = _Table.open(uri)
@@ -202,7 +203,7 @@ def _snapshot(table: _Table, millis: int | None) -> tuple[Snapshot, list[tuple[s
     return snap, files, deleted
 
 
-def snapshot(uri: str, version: int | None = None, timestamp=None) -> Snapshot:
+def snapshot(spark, uri: str, version: int | None = None, timestamp=None) -> Snapshot:
     """The Snapshot of the table at `uri` (latest, a version, or the version current at `timestamp`).
 
     Raises:

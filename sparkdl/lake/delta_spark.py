@@ -12,9 +12,9 @@ import uuid
 from sparkdl.errors import SparkDLError, TableError
 from sparkdl.lake.schema import plan_existing_table, plan_new_table, quote_name, schema_ddl
 from sparkdl.lake.snapshot import Snapshot
-from sparkdl.lake.uri import local_path
 from sparkdl.lake.versions import history_entry, parse_timestamp, user_metadata
 from sparkdl.log import get_logger
+from sparkdl.uri import local_path
 
 log = get_logger("lake.delta_spark")
 

@@ -5,15 +5,14 @@ only: scorers live in a module-level cache keyed by (store root, name, version),
 reused Python worker runs shares one model. Nothing heavy travels in a closure. `load_count()` tells how many
 models this process loaded (tests read it from inside a task).
 
-Before TensorFlow is first imported in a worker, `configure_tensorflow()` pins it to the task: intra-op threads =
-`spark.task.cpus` (so two tasks on two cores do not each start a pool as wide as the machine), and, when the task
-was given GPUs (`TaskContext.resources()["gpu"]`), `CUDA_VISIBLE_DEVICES` = those addresses with memory growth on.
-A reused worker keeps the threads and devices of its first scoring task.
+Before TensorFlow is first imported in a worker, `sparkdl.tf_runtime.configure_tensorflow()` (the set-up training
+ranks use too) pins it to the task: intra-op threads = `spark.task.cpus` (so two tasks on two cores do not each start
+a pool as wide as the machine), and, when the task was given GPUs, `CUDA_VISIBLE_DEVICES` = those addresses with
+memory growth on. A reused worker keeps the threads and devices of its first scoring task.
 """
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -24,13 +23,13 @@ from sparkdl import stack
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import EMBEDDING_MODEL, OutputPlan
+from sparkdl.tf_runtime import configure_tensorflow
 
 log = get_logger("score.runtime")
 
 _LOCK = threading.RLock()
 _MODELS: dict[tuple, "LoadedScoringModel"] = {}
 _LOADS: list[tuple] = []
-_TF_CONFIGURED = False
 
 
 def load_count(ref: ModelRef | None = None) -> int:
@@ -50,61 +49,6 @@ def clear_cache() -> None:
     with _LOCK:
         _MODELS.clear()
         _SCORERS.clear()
-
-
-def task_cpus(default: int = 1) -> int:
-    """`spark.task.cpus` of the running task (TaskContext), else $SPARKDL_SCORE_THREADS, else `default`."""
-    env = os.environ.get("SPARKDL_SCORE_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        if ctx is not None:
-            return max(1, int(ctx.cpus()))
-    except Exception:  # noqa: BLE001 - outside a task or an old Spark
-        pass
-    return default
-
-
-def task_gpus() -> list[str]:
-    """GPU addresses Spark gave the running task (empty outside a task or without GPU scheduling)."""
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        if ctx is None:
-            return []
-        info = ctx.resources().get("gpu")
-        return list(info.addresses) if info is not None else []
-    except Exception:  # noqa: BLE001
-        return []
-
-
-def configure_tensorflow() -> None:
-    """Size TensorFlow to the task before its first use in this process (no-op after the first call)."""
-    global _TF_CONFIGURED
-    if _TF_CONFIGURED:
-        return
-    _TF_CONFIGURED = True
-    gpus = task_gpus()
-    if gpus and "tensorflow" not in sys.modules:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    threads = task_cpus()
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-    except RuntimeError:  # TensorFlow already initialized in this process: keep its pools
-        log.debug("TensorFlow already initialized; thread pools left as they are")
-    try:
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        pass
 
 
 class LoadedScoringModel:

@@ -97,7 +97,7 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
         return None
     if not files:
         return None
-    from sparkdl.lake.uri import filesystem
+    from sparkdl.uri import filesystem
 
     try:
         filesystem(files[0])
@@ -131,7 +131,7 @@ def read_scan_batches(scan: ParquetScan, arrow_schema, unit_ids, batch_rows: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sparkdl.lake.uri import filesystem
+    from sparkdl.uri import filesystem
 
     for unit in unit_ids:
         uri, groups = scan.units[unit]

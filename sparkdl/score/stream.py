@@ -1,6 +1,6 @@
 """`score_stream`: Structured Streaming from a Delta table to a Delta table, each input row written exactly once.
 
-Source: `sparkdl.score.delta_source` (the Delta log followed through delta-rs, appends only; Spark's checkpoint
+Source: `sparkdl.lake.stream_source` (the Delta log followed through delta-rs, appends only; Spark's checkpoint
 holds the offsets = source versions). Sink: `foreachBatch`, where each micro-batch is scored by the same one-pass
 `mapInArrow` as `score_table` (scored rows → target, rows that cannot be prepared → quarantine) and written with
 `sparkdl.lake.write_table` — one atomic commit per table — whose commit metadata carries the stream's app id and
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from sparkdl.errors import ConfigError
 from sparkdl.fileutil import write_atomic
+from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
-from sparkdl.score.delta_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import plan_output
 from sparkdl.score.table import (
@@ -103,7 +103,7 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
     Args:
         model_ref: store name, `"name@version"`, `ModelVersion` or `SparkDLModel`.
-        source: the source Delta table (appends only; see `sparkdl.score.delta_source`).
+        source: the source Delta table (appends only; see `sparkdl.lake.stream_source`).
         target: the target Delta table (created by the first batch).
         checkpoint: Spark's checkpoint folder for this query (local or mounted path); reuse it to resume.
         trigger: None (back-to-back micro-batches), "availableNow" (what is there now, then stop), "once",
@@ -125,8 +125,8 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     from pyspark.sql import functions as F
 
     from sparkdl.lake import exists, write_table
-    from sparkdl.lake.uri import normalize_table_uri
     from sparkdl.session import get_spark
+    from sparkdl.uri import normalize_table_uri
 
     spark = spark or get_spark()
     ref, metadata = resolve_model(model_ref, store)

@@ -21,7 +21,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
-from sparkdl.errors import ConfigError, SparkDLError, ValidationError, one_line_reason
+from sparkdl.errors import ConfigError, ScoringError, ValidationError, one_line_reason
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OutputPlan, plan_output
@@ -31,10 +31,6 @@ log = get_logger("score.table")
 REASON_COL = "_reason"
 LINEAGE_COLUMNS = ("_model", "_model_version", "_source_version", "_scored_at")
 QUARANTINE_SUFFIX = "_quarantine"
-
-
-class ScoringError(SparkDLError, RuntimeError):
-    """A scoring job failed (the message says what was and was not written)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +217,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     from pyspark import StorageLevel
 
     from sparkdl.lake import read_table, write_table
-    from sparkdl.lake.uri import normalize_table_uri
+    from sparkdl.uri import normalize_table_uri
 
     started = time.perf_counter()
     ref, metadata = resolve_model(model_ref, store)

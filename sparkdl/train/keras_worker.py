@@ -11,6 +11,7 @@ import threading
 import time
 
 from sparkdl import stack
+from sparkdl.tf_runtime import configure_tensorflow
 from sparkdl.train import progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import TrainJob, _b64, _floats, job_datasets, make_optimizer, warmup_learning_rate
@@ -99,8 +100,6 @@ def train_on_rank(job: TrainJob) -> dict:
 
     A tf_keras model trains with `model.fit` and Horovod's Keras wrappers; a Keras 3 model with sparkdl's own
     step (`keras3_worker`)."""
-    from sparkdl.train.resources import configure_tensorflow
-
     configure_tensorflow()
     if job.flavour == "keras3":
         import horovod.tensorflow

@@ -2,7 +2,7 @@
 
 Driver side: `task_slots`, `cores_per_task`, `wants_gpu`, `worker_python` read the Spark configuration before a
 launch. Worker side: `setup_worker` runs first in every Horovod process and pins threads and devices before the
-training function touches TensorFlow.
+training function touches TensorFlow (`sparkdl.tf_runtime`, shared with scoring, applies them to TensorFlow).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from sparkdl.log import get_logger
+from sparkdl.tf_runtime import configure_tensorflow, task_gpus, thread_env
 
 log = get_logger("train")
 
@@ -71,13 +72,6 @@ def worker_python(sc) -> str:
     return _conf(sc, "spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment variables that cap the math libraries and TensorFlow at `threads` threads."""
-    value = str(int(threads))
-    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value,
-            "TF_NUM_INTRAOP_THREADS": value, "TF_NUM_INTEROP_THREADS": value}
-
-
 @dataclass(frozen=True)
 class WorkerSetup:
     """Settings applied in each Horovod process before the user function runs.
@@ -97,7 +91,7 @@ class WorkerSetup:
         os.environ.update(thread_env(self.threads))
         local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
         if self.use_gpu:
-            devices = _task_gpus()
+            devices = task_gpus(horovod_task=True)
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices) if devices else str(local_rank)
             os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         else:
@@ -106,48 +100,3 @@ class WorkerSetup:
         if "tensorflow" in sys.modules:  # already imported (e.g. by unpickling the function): configure it now
             applied.update(configure_tensorflow())
         return applied
-
-
-def _task_gpus() -> list[str]:
-    """GPU addresses Spark gave this task (forwarded by Horovod's task service), or []."""
-    try:
-        from horovod.spark.task.task_info import get_available_devices
-
-        return [str(d) for d in get_available_devices()]
-    except Exception:  # noqa: BLE001 - not inside a Horovod-on-Spark task
-        pass
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        if ctx is not None and "gpu" in ctx.resources():
-            return [str(a) for a in ctx.resources()["gpu"].addresses]
-    except Exception:  # noqa: BLE001
-        pass
-    return []
-
-
-def configure_tensorflow() -> dict:
-    """Apply the thread counts and GPU memory growth that `WorkerSetup.apply` put in the environment through
-    TensorFlow's API (call it right after importing TensorFlow, before any op runs; later calls only warn)."""
-    import tensorflow as tf
-
-    out = {}
-    threads = os.environ.get("TF_NUM_INTRAOP_THREADS")
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("TF_NUM_INTEROP_THREADS",
-                                                                                    threads)))
-            out["tf_threads"] = int(threads)
-        except RuntimeError as exc:  # the TF runtime is already initialized
-            log.debug("TensorFlow thread counts not set through the API (%s); the environment applies", exc)
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError as exc:
-                log.warning("could not enable memory growth on %s: %s", gpu.name, exc)
-        out["gpus"] = [g.name for g in gpus]
-    return out

@@ -21,6 +21,7 @@ from typing import Any
 
 from sparkdl.errors import ConfigError, TrainingError
 from sparkdl.log import get_logger
+from sparkdl.tf_runtime import thread_env
 from sparkdl.train import resources
 from sparkdl.train.progress import Handler, ProgressServer, report
 
@@ -143,7 +144,7 @@ class HorovodRunner:
         self.last_run = stats
 
         server = ProgressServer.for_spark(self.spark, handlers=self.message_handlers, total_epochs=self.total_epochs)
-        env = {**resources.thread_env(threads), **self.env}
+        env = {**thread_env(threads), **self.env}
         if not use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
         executable = resources.worker_python(sc)

@@ -21,6 +21,9 @@ from __future__ import annotations
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
 from sparkdl.errors import TableError
+from sparkdl.lake.delta_rs import _location, latest_version, plain_files
+from sparkdl.lake.partitions import values_from_path
+from sparkdl.lake.schema import spark_schema_from_delta_json
 
 FORMAT = "sparkdl_delta"
 SOURCE_VERSION_COL = "_source_version"
@@ -36,16 +39,12 @@ class DeltaFilesPartition(InputPartition):
 
 
 def _files(table: str, version: int) -> set[str]:
-    from sparkdl.lake.delta_rs import plain_files
-
     return set(plain_files(table, version).files)
 
 
 def _partition_values(table: str, uri: str, partition_columns: tuple) -> dict:
     if not partition_columns:
         return {}
-    from sparkdl.lake.partitions import values_from_path
-
     relative = uri[len(table.rstrip("/")) + 1:] if uri.startswith(table.rstrip("/") + "/") else uri
     folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
     return values_from_path(folder, list(partition_columns))
@@ -63,13 +62,9 @@ class DeltaLogStreamReader(DataSourceStreamReader):
         return {"version": -1 if self.starting_version is None else int(self.starting_version) - 1}
 
     def latestOffset(self) -> dict:
-        from sparkdl.lake import latest_version
-
-        return {"version": int(latest_version(self.table))}
+        return {"version": int(latest_version(None, self.table))}
 
     def partitions(self, start: dict, end: dict):
-        from sparkdl.lake.delta_rs import plain_files
-
         first, last = int(start["version"]), int(end["version"])
         if last <= first:
             return []
@@ -97,7 +92,7 @@ class DeltaLogStreamReader(DataSourceStreamReader):
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        from sparkdl.lake.uri import filesystem
+        from sparkdl.uri import filesystem
 
         target = to_arrow_schema(self.schema)
         data_fields = [f for f in target if f.name != SOURCE_VERSION_COL]
@@ -126,8 +121,6 @@ def source_schema(table: str):
     from deltalake import DeltaTable
     from pyspark.sql.types import LongType, StructField
 
-    from sparkdl.lake.delta_rs import _location
-    from sparkdl.lake.schema import spark_schema_from_delta_json
 
     struct = spark_schema_from_delta_json(DeltaTable(_location(table)).schema().to_json())
     if SOURCE_VERSION_COL in struct.names:
@@ -144,7 +137,7 @@ class DeltaLogSource(DataSource):
         return FORMAT
 
     def _table(self) -> str:
-        from sparkdl.lake.uri import normalize_table_uri
+        from sparkdl.uri import normalize_table_uri
 
         path = self.options.get("path")
         if not path:

@@ -1,4 +1,5 @@
-"""Table locations: normalizing paths to URIs, telling catalog names apart, and reaching files from Python.
+"""Locations, the one module for them: table paths normalized to URIs, catalog names told apart, and files and
+folders (tables, caches, data files) reached from Python through pyarrow filesystems.
 
 Local paths become absolute `file:///...` URIs. Data-file locations handed to Spark are *not* percent-encoded:
 Spark (Hadoop `Path`) and pyarrow take the literal file name, so `p=a b/part-0.parquet` stays as it is on disk.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -46,9 +48,12 @@ def is_catalog_name(table: str) -> bool:
 
 
 def local_path(uri: str) -> str | None:
-    """The local filesystem path of a `file:` URI, else None."""
+    """The local filesystem path of a `file:` URI (percent-decoded) or of a plain path (made absolute); None for
+    other schemes."""
     if uri.startswith("file:"):
-        return unquote(urlparse(uri).path)
+        return unquote(urlparse(uri).path) if uri.startswith("file://") else uri[len("file:"):]
+    if not _SCHEME.match(uri) or re.match(r"^[A-Za-z]:[\\/]", uri):
+        return os.path.abspath(uri)
     return None
 
 
@@ -77,7 +82,7 @@ def filesystem(uri: str):
 
     path = local_path(uri)
     if path is not None:
-        return pafs.LocalFileSystem(), path
+        return _local_filesystem(), path
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # noqa: BLE001 - fall back to fsspec below
@@ -89,4 +94,29 @@ def filesystem(uri: str):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), fs_path
     except Exception as exc:  # noqa: BLE001
         raise TableError(f"cannot open {uri} from Python (pyarrow: {first}; fsspec: {exc}); the delta-rs backend "
-                         f"needs the table's storage reachable from the driver") from exc
+                         f"and the caches need that storage reachable from the driver and workers") from exc
+
+
+@lru_cache(maxsize=1)
+def _local_filesystem():
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two URIs/paths name the same file (scheme-insensitive for local files, percent-decoded)."""
+    return normalized(a) == normalized(b)
+
+
+def normalized(uri: str) -> str:
+    """A comparable form of a location: `file:` + the normalized local path, else the decoded URI."""
+    path = local_path(uri)
+    if path is not None:
+        return "file:" + os.path.normpath(unquote(path))
+    return unquote(uri).rstrip("/")
+
+
+def join(url: str, name: str) -> str:
+    """`url` + "/" + `name`."""
+    return url.rstrip("/") + "/" + name

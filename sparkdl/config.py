@@ -81,6 +81,8 @@ class TrainSection:
     seed: int = 0
     run_name: str | None = None
     resume: bool = True
+    mlflow: bool | None = None
+    mlflow_experiment: str | None = None
 
 
 @dataclass

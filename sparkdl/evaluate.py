@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 
 from sparkdl.errors import ValidationError
 from sparkdl.log import get_logger
+from sparkdl.mlflow import tracking
 from sparkdl.ordered_scan import ordered_scan
 
 log = get_logger("evaluate")
@@ -537,6 +538,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
     history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
                     "data": snap.lineage()})
+    tracking.log_evaluation(meta, metrics, metrics["plots"])  # into the fit's MLflow run, when it had one
     return metrics
 
 

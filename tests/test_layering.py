@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
 LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
      "sparkdl.ordered_scan", "sparkdl.tf_runtime"),
-    ("sparkdl.config", "sparkdl.session"),
+    ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking"),
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
     ("sparkdl.models",),
@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
     ("sparkdl.monitor",),
     ("sparkdl.evaluate",),  # records metric history with sparkdl.monitor
+    ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score
     ("sparkdl.workflows",),
     ("sparkdl.cli",),
     ("sparkdl",),           # the package itself: lazy names only

@@ -11,13 +11,14 @@ with its PreprocessorModel), same sink (Spark's `noop` writer, which evaluates e
 * (a') the same with `direct=False` (Spark's scan + Arrow conversion), warm;
 * (b) sparkdl column UDF `model_udf(ref)("features")` (scalar pandas UDF), warm;
 * (c) `predict_batch_udf` with the model cached per worker (its documented pattern), cold and warm;
+* (f) `mlflow.pyfunc.spark_udf` on the same model logged with `sparkdl.mlflow.log_model` (warm);
 * (d) the ceiling: `model.predict(x, batch_size=--batch-size)` on the same rows as one numpy array, in this process;
 * (e) context: a pyarrow scan of the same files into numpy, in this process.
 
 A job that only imports TensorFlow in the Python workers runs first, so "cold" is the model load (and trace) of
 each path, not who imported TensorFlow first. Warm rounds run every path once, the ceiling included, interleaved
 (same machine load); the best of the rounds is kept.
-Prints rows/s and the ratios (a)/(c), (b)/(c), (a)/(d). `--scale` also scores 10× the rows with (a) and prints
+Prints rows/s and the ratios (a)/(c), (b)/(c), (a)/(d), (a)/(f). `--scale` also scores 10× the rows with (a) and prints
 the time ratio (target ≤ 11) and each Python worker's peak RSS after 1× and 10× (target: flat).
 
 Figures are noisy on shared machines: compare the ratios of one run, and note the load average printed.
@@ -50,6 +51,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -105,6 +107,19 @@ def save_model(spark, store_root: str, data_dir: str):
     version = ModelStore(store_root).save("bench_mlp", model, metadata)
     tf.keras.backend.clear_session()
     return version, model
+
+
+def mlflow_peer(spark, version, work: str):
+    """`mlflow.pyfunc.spark_udf` over the same model logged with `sparkdl.mlflow.log_model` (a file store in `work`).
+    The pyfunc runs sparkdl's scorer per pandas batch: the peer many Databricks users call."""
+    import mlflow
+
+    import sparkdl.mlflow
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    mlflow.set_tracking_uri(Path(work, "mlruns").resolve().as_uri())
+    info = sparkdl.mlflow.log_model(version)
+    return mlflow.pyfunc.spark_udf(spark, info.model_uri, result_type="double", env_manager="local")
 
 
 def noop_write(df) -> None:
@@ -167,6 +182,7 @@ def main(argv=None) -> int:
                         help="rows per model call in predict_batch_udf and the ceiling; Spark's Arrow batch size")
     parser.add_argument("--scale", action="store_true", help="also score 10x the rows with score_dataframe")
     parser.add_argument("--skip-peer", action="store_true", help="skip predict_batch_udf")
+    parser.add_argument("--skip-mlflow", action="store_true", help="skip mlflow.pyfunc.spark_udf (the sparkdl flavour)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp folder, removed)")
     args = parser.parse_args(argv)
 
@@ -217,6 +233,9 @@ def main(argv=None) -> int:
         }
         if not args.skip_peer:
             paths["c"] = lambda: noop_write(df.select("id", peer("features")))
+        if not args.skip_mlflow:
+            mlflow_udf = mlflow_peer(spark, version, work)
+            paths["f"] = lambda: noop_write(df.select("id", mlflow_udf("features")))
 
         import_tensorflow_in_workers(spark)
         cold = {"a": timed(paths["a"])}
@@ -243,6 +262,9 @@ def main(argv=None) -> int:
         if not args.skip_peer:
             lines += [f"{'(c) predict_batch_udf, warm':58s} {rate(best['c']):12,.0f}",
                       f"{'(c) predict_batch_udf, cold (model load)':58s} {rate(cold['c']):12,.0f}"]
+        if not args.skip_mlflow:
+            lines.append(f"{'(f) mlflow.pyfunc.spark_udf of sparkdl.mlflow.log_model, warm':58s} "
+                         f"{rate(best['f']):12,.0f}")
         ok = True
         share = t_ceiling / best["a"]
         lines.append(f"(a)/(d) score_dataframe warm / ceiling          = {share:6.2f}  (target >= 0.60)")
@@ -253,6 +275,8 @@ def main(argv=None) -> int:
             lines.append(f"(b)/(c) column UDF / predict_batch_udf warm      = {best['c'] / best['b']:6.2f}x")
             lines.append(f"(a)/(c) cold                                     = {cold['c'] / cold['a']:6.2f}x")
             ok &= speedup >= 3.0
+        if not args.skip_mlflow:
+            lines.append(f"(a)/(f) score_dataframe / mlflow spark_udf warm  = {best['f'] / best['a']:6.2f}x")
 
         if args.scale:
             rss_before = worker_peak_rss(spark)

@@ -38,6 +38,7 @@ from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.validation import validate
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.mlflow import tracking
 from sparkdl.train.checkpoints import RunFolder, check_run_name
 
 if TYPE_CHECKING:
@@ -123,6 +124,10 @@ _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
     ("use_gpu", "useGpu", "None = GPUs when Spark tasks have them; True/False to force", None, None),
     ("start_timeout", "startTimeout", "seconds for the Horovod tasks to start", TypeConverters.toInt, 120),
     ("env", "env", "extra environment variables for the worker processes (e.g. HOROVOD_CYCLE_TIME)", None, None),
+    ("mlflow", "mlflow", "log the fit as an MLflow run: True, False, or None = when MLflow is installed and a "
+                         "tracking URI is set or a run is active (see sparkdl.mlflow.tracking)", None, None),
+    ("mlflow_experiment", "mlflowExperiment", "MLflow experiment name of the run (default: the active one)", None,
+     None),
 ]
 _SNAKE_TO_CAMEL = {snake: camel for snake, camel, *_ in _PARAMS}
 
@@ -158,6 +163,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         self._setDefault(**{camel: default for _, camel, _, _, default in _PARAMS})
         self.setParams(**kwargs)
         self.last_run = None  # RunStats of the last fit's Horovod job
+        self._fit_run = None  # the MLflow run of the fit in progress (sparkdl.mlflow.tracking.FitRun)
 
     def setParams(self, **kwargs) -> "KerasEstimator":
         """Set params by snake_case keyword (camelCase names are accepted too)."""
@@ -208,11 +214,11 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         p["run_name"] = check_run_name(p["run_name"] or f"{p['model_name']}-{time.strftime('%Y%m%d-%H%M%S')}-"
                                                           f"{uuid.uuid4().hex[:6]}")
         _check_model_choice(p["model"], p["hparams"])
+        p["track"] = tracking.tracking_wanted(p["mlflow"])
         return p
 
     # ------------------------------------------------------------------------------------------------ fit
     def _fit(self, dataset) -> "SparkDLModel":
-        from sparkdl.data.preprocess import Preprocessor
         from sparkdl.train.runner import HorovodRunner
 
         p = self._checked()
@@ -235,7 +241,23 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             if finished is not None:
                 return finished
 
+        self._fit_run = None
+        if p["track"]:
+            self._fit_run = tracking.FitRun.start(p["run_name"], p["mlflow_experiment"], _tracked_params(p),
+                                                  tracking.source_tags(snapshot))
+        try:
+            model = self._fit_prepared(p, spec, df, snapshot, runner, run, settings, checkpoint)
+        except BaseException:
+            if self._fit_run is not None:
+                self._fit_run.finish(None, status="FAILED")
+            raise
+        if self._fit_run is not None:
+            self._fit_run.finish(str(model.getModelVersion()))
+        return model
+
+    def _fit_prepared(self, p, spec, df, snapshot, runner, run, settings, checkpoint) -> "SparkDLModel":
         from sparkdl.data.dataset import split
+        from sparkdl.data.preprocess import Preprocessor
 
         # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
         validate(spec, df, require_label=True)
@@ -322,6 +344,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         def on_epoch(message: dict) -> None:
             run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
                           examples_per_s=message.get("examples_per_s"), seconds=message.get("seconds"))
+            if self._fit_run is not None:
+                self._fit_run.log_epoch(int(message["epoch"]), message.get("logs") or {})
 
         def on_checkpoint(message: dict) -> None:
             import base64
@@ -368,6 +392,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
                          "run_folder": str(run.path),
                          "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p["epochs"] - 1},
         }
+        if getattr(self, "_fit_run", None) is not None:
+            metadata[tracking.RUN_ID_KEY] = self._fit_run.run_id
         version = store.save(p["model_name"], model, metadata)
         run.write_settings({**(run.settings() or {}), "finished": {
             "name": version.name, "version": version.version, "store": str(store.root), "epochs": p["epochs"],
@@ -376,6 +402,17 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _tracked_params(p: dict) -> dict:
+    """The fit's parameters as logged to MLflow."""
+    return {"model": p["model"] if isinstance(p["model"], str) else p["model_name"], "model_name": p["model_name"],
+            "keras": p["keras"], "num_proc": p["num_proc"], "batch_size": p["batch_size"], "epochs": p["epochs"],
+            "learning_rate": p["learning_rate"], "optimizer": p["optimizer_spec"], "validation": p["validation"],
+            "seed": p["seed"], "warmup_epochs": p["warmup_epochs"], "early_stopping": p["early_stopping"],
+            "steps_per_execution": p["steps_per_execution"], "run_name": p["run_name"],
+            **{f"hparams.{k}": v for k, v in sorted(p["hparams"].items())}}
+
+
+
 def _store(p: dict):
     from sparkdl.registry import ModelStore
 

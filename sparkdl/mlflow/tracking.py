@@ -1,0 +1,143 @@
+"""MLflow tracking of `KerasEstimator.fit` and of evaluations, from the driver only — optional, off the import path.
+
+Tracking is decided once per fit by `tracking_wanted(setting)`:
+
+* `True`: log a run (an error naming the `mlflow-skinny` package when MLflow is not installed);
+* `False`: never;
+* `None` (the default, estimator param `mlflow` / YAML `train.mlflow`): log when MLflow is installed **and** either a
+  tracking URI is set (`MLFLOW_TRACKING_URI` or `mlflow.set_tracking_uri`) or a run is active (as in a Databricks
+  notebook). Without MLflow nothing is imported and nothing changes.
+
+A fit's run (nested under the active run when there is one) gets: the parameters (model, hyper-parameters,
+`num_proc`, batch size, epochs, learning rate, optimizer, validation, seed, Keras flavour), per-epoch metrics from the
+driver's progress channel (rank 0's epoch reports — never from every rank), tags with the source table URI, its Delta
+version and commit time, and at the end the model-store reference (`sparkdl.model_ref`). `evaluate_model` logs its
+metrics and plots into the run that trained the model (its id is kept in the model's metadata as `mlflow_run_id`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+
+from sparkdl.errors import ConfigError
+from sparkdl.log import get_logger
+
+log = get_logger("mlflow")
+
+RUN_ID_KEY = "mlflow_run_id"
+MODEL_REF_TAG = "sparkdl.model_ref"
+_NEEDS = "install MLflow (pip install 'mlflow-skinny>=3.1') or set mlflow to False/None"
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def tracking_wanted(setting: bool | None) -> bool:
+    """Whether to log to MLflow (see the module docstring).
+
+    Raises:
+        ConfigError: `setting` is not True/False/None, or True without MLflow installed.
+    """
+    if setting is not None and not isinstance(setting, bool):
+        raise ConfigError(f"mlflow must be True, False or None (automatic), got {setting!r}")
+    if setting is False:
+        return False
+    if not installed():
+        if setting:
+            raise ConfigError(f"mlflow=True but MLflow is not installed; {_NEEDS}")
+        return False
+    if setting:
+        return True
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    return bool(is_tracking_uri_set() or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.active_run())
+
+
+def _flat(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:6000]  # MLflow's limit on a param value
+
+
+@dataclass
+class FitRun:
+    """The MLflow run of one fit (driver side)."""
+
+    run_id: str
+    experiment_id: str
+    _client: object
+
+    @classmethod
+    def start(cls, run_name: str, experiment: str | None, params: dict, tags: dict) -> "FitRun":
+        import mlflow
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        active = mlflow.active_run()
+        if experiment:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        elif active is not None:
+            experiment_id = active.info.experiment_id
+        else:
+            experiment_id = mlflow.tracking.fluent._get_experiment_id()
+        all_tags = {**{k: str(v) for k, v in tags.items()}, "mlflow.runName": run_name}
+        if active is not None:
+            all_tags["mlflow.parentRunId"] = active.info.run_id
+        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, _flat(v)) for k, v in params.items()])
+        log.info("MLflow run %s (experiment %s)", run.info.run_id, experiment_id)
+        return cls(run.info.run_id, experiment_id, client)
+
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        """Metrics of one epoch (0-based, as Keras counts it; the MLflow step)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(epoch)) for k, v in (logs or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if metrics:
+            try:
+                self._client.log_batch(self.run_id, metrics=metrics)
+            except Exception as exc:  # noqa: BLE001 - tracking never fails the training
+                log.warning("MLflow: could not log epoch %d metrics: %s", epoch, exc)
+
+    def finish(self, model_ref: str | None, status: str = "FINISHED") -> None:
+        if model_ref:
+            self._client.set_tag(self.run_id, MODEL_REF_TAG, model_ref)
+        self._client.set_terminated(self.run_id, status=status)
+
+
+def source_tags(snapshot) -> dict:
+    """Tags of the training data: the Delta table URI, version and commit time."""
+    if snapshot is None:
+        return {}
+    tags = {"sparkdl.source_table": snapshot.table, "sparkdl.source_version": snapshot.version}
+    if snapshot.timestamp:
+        tags["sparkdl.source_timestamp"] = snapshot.timestamp
+    return tags
+
+
+def log_evaluation(metadata: dict, metrics: dict, plot_paths: list[str]) -> None:
+    """Log an evaluation's numeric metrics and plots into the run that trained the model, when there is one and
+    MLflow is installed (nothing otherwise)."""
+    run_id = (metadata or {}).get(RUN_ID_KEY)
+    if not run_id or not installed():
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    flat = {f"eval_{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:
+        for key, value in flat.items():
+            client.log_metric(run_id, key, value)
+        for path in plot_paths:
+            client.log_artifact(run_id, path, artifact_path="evaluation")
+    except Exception as exc:  # noqa: BLE001 - the evaluation itself succeeded
+        log.warning("MLflow: could not log the evaluation to run %s: %s", run_id, exc)

@@ -29,26 +29,24 @@ def physical_name(field) -> str:
 
 def physical_type(dtype):
     """`dtype` with every struct field renamed to its physical name (inside arrays and maps too)."""
-    if isinstance(dtype, T.StructType):
-        return T.StructType([T.StructField(physical_name(f), physical_type(f.dataType), f.nullable)
-                             for f in dtype.fields])
-    if isinstance(dtype, T.ArrayType):
-        return T.ArrayType(physical_type(dtype.elementType), dtype.containsNull)
-    if isinstance(dtype, T.MapType):
-        return T.MapType(physical_type(dtype.keyType), physical_type(dtype.valueType), dtype.valueContainsNull)
-    return dtype
+    return _map_fields(dtype, lambda f, t: T.StructField(physical_name(f), t, f.nullable))
 
 
 def logical_type(dtype):
     """`dtype` without the column-mapping metadata (what the DataFrame a user gets carries)."""
+    return _map_fields(dtype, lambda f, t: T.StructField(
+        f.name, t, f.nullable, {k: v for k, v in (f.metadata or {}).items() if k not in _MAPPING_KEYS}))
+
+
+def _map_fields(dtype, field_fn):
+    """`dtype` rebuilt bottom-up, every struct field replaced by `field_fn(field, its rebuilt type)`."""
     if isinstance(dtype, T.StructType):
-        return T.StructType([T.StructField(f.name, logical_type(f.dataType), f.nullable,
-                                           {k: v for k, v in (f.metadata or {}).items() if k not in _MAPPING_KEYS})
-                             for f in dtype.fields])
+        return T.StructType([field_fn(f, _map_fields(f.dataType, field_fn)) for f in dtype.fields])
     if isinstance(dtype, T.ArrayType):
-        return T.ArrayType(logical_type(dtype.elementType), dtype.containsNull)
+        return T.ArrayType(_map_fields(dtype.elementType, field_fn), dtype.containsNull)
     if isinstance(dtype, T.MapType):
-        return T.MapType(logical_type(dtype.keyType), logical_type(dtype.valueType), dtype.valueContainsNull)
+        return T.MapType(_map_fields(dtype.keyType, field_fn), _map_fields(dtype.valueType, field_fn),
+                         dtype.valueContainsNull)
     return dtype
 
 

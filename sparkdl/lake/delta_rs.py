@@ -330,10 +330,10 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
           schema_mode: str | None = None, commit_metadata: dict | None = None) -> Snapshot:
     """Write `df` to the table at `uri` in one commit; returns the Snapshot of the new version.
 
-    The table is opened once (and once more after the commit, to find the committed version), and its history is
-    read once, limited to the commits since this write's read version. After the commit, `sparkdl-write-*` folders
-    left by killed writes are removed (see `sparkdl.lake.staging`). See `sparkdl.lake.write_table` for the
-    semantics and errors.
+    An existing table is opened once (refreshed incrementally after the commit; a new table is opened once it is
+    created), and its history is read once, limited to the commits since this write's read version. After the
+    commit, `sparkdl-write-*` folders left by killed writes are removed (see `sparkdl.lake.staging`). See
+    `sparkdl.lake.write_table` for the semantics and errors.
     """
     from pyspark.sql import functions as F
 

@@ -259,8 +259,18 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         from sparkdl.data.dataset import split
         from sparkdl.data.preprocess import Preprocessor
 
+        phases = self._phases = {}
+        started = mark = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phases[name] = round(now - mark, 3)
+            mark = now
+
         # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
         validate(spec, df, require_label=True)
+        phase("validate")
         train_df, val_df = split(df, p["validation"] or None, p["seed"])
         if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
             from sparkdl.data.preprocess import PreprocessorModel
@@ -272,6 +282,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         signature = prep.signature
         attempt = int((run.settings() or {}).get("attempts", 0)) + 1
         run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
+        phase("preprocess")
 
         history = _history_until(checkpoint)
         initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
@@ -282,9 +293,17 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         else:
             result = self._train(p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
                                  initial_epoch, history)
+            phases["cache"] = result.pop("cache_s", 0.0)
+            run_phases = self.last_run.phases() if self.last_run is not None else {}
+            phases.update({k: round(v, 3) for k, v in run_phases.items()})
         for i, epoch in enumerate(result["epochs"]):  # rank 0's history is authoritative for this attempt
             history[epoch] = {k: v[i] for k, v in result["history"].items() if i < len(v)}
-        return self._save(p, run, prep, signature, snapshot, result, history)
+        fitted = self._save(p, run, prep, signature, snapshot, result, history, started)
+        recorded = fitted.getMetadata()["training"]["phases"]
+        log.info("run %s: fit phases (s): %s, save %.1f; total %.1f", p["run_name"],
+                 ", ".join(f"{k} {v:.1f}" for k, v in recorded.items()),
+                 time.perf_counter() - started - sum(recorded.values()), time.perf_counter() - started)
+        return fitted
 
     def _train(self, p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
                initial_epoch, history) -> dict:
@@ -317,10 +336,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         zoo_name = p["model"] if isinstance(p["model"], str) else None
         # How the split derives from the snapshot: with the snapshot's table and version, it keys the cache.
         key = {"validation": p["validation"], "seed": p["seed"]}
+        cache_started = time.perf_counter()
         train_data = to_petastorm(train_df, prep, snapshot, key={**key, "split": "train"})
         val_data = None
         if val_df is not None:
             val_data = to_petastorm(val_df, prep, snapshot, key={**key, "split": "validation"})
+        cache_s = round(time.perf_counter() - cache_started, 3)
         steps = steps_per_epoch(train_data, p["num_proc"], p["batch_size"])
         val_steps = None
         if val_data is not None and val_data.num_rows // p["num_proc"] == 0:
@@ -362,11 +383,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
                  p["run_name"], p["model_name"], p["num_proc"], steps, p["batch_size"], initial_epoch,
                  p["epochs"] - 1, tuple(signature.input_shape))
         try:
-            return runner.run(train_on_rank, job=job)
+            return {**runner.run(train_on_rank, job=job), "cache_s": cache_s}
         finally:
             self.last_run = runner.last_run
 
-    def _save(self, p, run, prep, signature, snapshot, result, history) -> "SparkDLModel":
+    def _save(self, p, run, prep, signature, snapshot, result, history, started: float | None = None
+              ) -> "SparkDLModel":
         from sparkdl.train.model import SparkDLModel
         from sparkdl.train.serialization import model_from_bytes
 
@@ -394,6 +416,10 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         }
         if getattr(self, "_fit_run", None) is not None:
             metadata[tracking.RUN_ID_KEY] = self._fit_run.run_id
+        phases = dict(getattr(self, "_phases", None) or {})
+        if started is not None:  # the rest of the fit so far (model build, job set-up, history): all time is counted
+            phases["other"] = round(time.perf_counter() - started - sum(phases.values()), 3)
+        metadata["training"]["phases"] = phases  # seconds until the save; the save itself is logged
         version = store.save(p["model_name"], model, metadata)
         run.write_settings({**(run.settings() or {}), "finished": {
             "name": version.name, "version": version.version, "store": str(store.root), "epochs": p["epochs"],

@@ -219,5 +219,6 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
         callback.on_train_end(dict(history and {k: v[-1] for k, v in history.items()}))
     if rank != 0:
         return {}
+    progress.report("event", name="train_end")
     return {"model": model_to_bytes(model), "history": history, "epochs": epochs_done,
             "scaled_learning_rate": scaled_lr, "size": size}

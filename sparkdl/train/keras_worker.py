@@ -142,5 +142,6 @@ def train_on_rank(job: TrainJob) -> dict:
                         callbacks=callbacks, verbose=0)
     if rank != 0:
         return {}
+    progress.report("event", name="train_end")
     return {"model": model_to_bytes(model), "history": {k: [float(x) for x in v] for k, v in history.history.items()},
             "epochs": [int(e) for e in history.epoch], "scaled_learning_rate": scaled_lr, "size": size}

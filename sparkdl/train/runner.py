@@ -48,6 +48,19 @@ class RunStats:
         """From the call to the first training step (event `first_step`), or to the function start."""
         return self.events.get("first_step", self.events.get("fn_start"))
 
+    def phases(self) -> dict[str, float]:
+        """Seconds of launch (call → first step), training (first step → rank 0's `train_end` event) and tear-down
+        (→ the call's return), as far as the events were reported."""
+        out: dict[str, float] = {}
+        launch, end = self.launch_s, self.events.get("train_end")
+        if launch is not None:
+            out["launch"] = launch
+        if launch is not None and end is not None:
+            out["training"] = end - launch
+        if end is not None and self.total_s is not None:
+            out["teardown"] = self.total_s - end
+        return out
+
 
 def _worker_main(fn: Callable, kwargs: dict, setup: resources.WorkerSetup) -> dict:
     """Runs in every Horovod process: set up threads/devices, call `fn`, return its result or its traceback."""

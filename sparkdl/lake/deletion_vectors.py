@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from sparkdl.uri import normalized
 
 _FILE = "__sparkdl_dv_file"
 _ROW = "__sparkdl_dv_row"
@@ -23,7 +24,7 @@ _ROW = "__sparkdl_dv_row"
 @dataclass(frozen=True)
 class DeletedRows:
     """Deleted row positions per data file (keyed by the file's location as `DeltaTable.deletion_vectors` gives it,
-    made comparable with `key`)."""
+    made comparable with `sparkdl.uri.normalized`)."""
 
     rows: dict[str, np.ndarray]
 
@@ -32,14 +33,7 @@ class DeletedRows:
         return int(sum(len(r) for r in self.rows.values()))
 
     def of(self, location: str) -> np.ndarray | None:
-        return self.rows.get(key(location))
-
-
-def key(location: str) -> str:
-    """A file location without scheme and percent-encoding differences (`file:///t/a b` == `/t/a%20b`)."""
-    parsed = urlparse(location)
-    path = unquote(parsed.path) if parsed.scheme else location
-    return (parsed.netloc + path) if parsed.scheme not in ("", "file") else path
+        return self.rows.get(normalized(location))
 
 
 def deleted_rows(dt) -> DeletedRows:
@@ -52,7 +46,7 @@ def deleted_rows(dt) -> DeletedRows:
         for path, selection in zip(table.column("filepath").to_pylist(), table.column("selection_vector").to_pylist()):
             deleted = np.flatnonzero(~np.asarray(selection, dtype=bool)).astype(np.int64)
             if len(deleted):
-                rows[key(path)] = deleted
+                rows[normalized(path)] = deleted
     return DeletedRows(rows)
 
 

@@ -18,12 +18,11 @@ Debris is removed after every successful delta-rs write and on demand by `sparkd
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import time
 from dataclasses import dataclass
 
-from sparkdl.lake.versions import WRITE_ID_KEY
+from sparkdl.lake.versions import history_entry
 from sparkdl.log import get_logger
 
 log = get_logger("lake.staging")
@@ -106,21 +105,8 @@ def remove_debris(fs, root: str, table, active_files, min_age: dt.timedelta = DE
 
 def _committed_write_ids(history: list[dict]) -> tuple[set[str], int | None, bool]:
     """(write ids of the commits in `history`, the first commit's writer time in ms, whether version 0 is there)."""
-    ids: set[str] = set()
-    for info in history:
-        for value in (info.get(WRITE_ID_KEY), _from_user_metadata(info.get("userMetadata"))):
-            if isinstance(value, str):
-                ids.add(value)
+    ids = {w for w in (history_entry(h["version"], h)["write_id"] for h in history if "version" in h)
+           if isinstance(w, str)}
     versions = [(int(h["version"]), h.get("timestamp")) for h in history if "version" in h]
     first = min(versions) if versions else None
     return ids, (first[1] if first else None), bool(first and first[0] == 0)
-
-
-def _from_user_metadata(raw) -> str | None:
-    if not isinstance(raw, str) or WRITE_ID_KEY not in raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value.get(WRITE_ID_KEY) if isinstance(value, dict) else None

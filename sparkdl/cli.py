@@ -1,4 +1,4 @@
-"""The `sparkdl` command: train, score, evaluate, demo, models, cache, lake.
+"""The `sparkdl` command: train, score, evaluate, explain, demo, models, cache, lake.
 
 Every verb that runs a job takes `--config FILE` (YAML, see conf/) and `--set key=value` overrides, and exits with
 status 1 and a one-line reason on failure (`--debug` shows the traceback).
@@ -128,7 +128,7 @@ def _dispatch(args: argparse.Namespace):
             return {name: store.list_versions(name) for name in store.list_models()}
         if not args.ref:
             raise SparkDLError("models show: give a model ref, e.g. digits_cnn@latest")
-        return store.metadata(args.ref)
+        return _show_model(store, args.ref)
     if args.verb == "cache":
         from datetime import timedelta
 
@@ -146,6 +146,22 @@ def _dispatch(args: argparse.Namespace):
         found = clean_staging(args.table, older_than_hours=args.older_than, dry_run=args.dry_run)
         return {"found" if args.dry_run else "removed": found}
     raise AssertionError(args.verb)
+
+
+def _show_model(store, ref: str) -> dict:
+    """A version's metadata, its artifacts, and the top features of its explanation when it has one."""
+    from sparkdl.explain.model import EXPLANATION_FILE, ModelExplanation
+
+    version = store.resolve(ref)
+    shown = {**store.metadata(version), "artifacts": store.artifacts(version)}
+    if EXPLANATION_FILE in shown["artifacts"]:
+        explanation = ModelExplanation.from_dict(json.loads(store.artifact_path(version, EXPLANATION_FILE)
+                                                            .read_text()))
+        shown["explanation"] = {"table": explanation.table, "table_version": explanation.table_version,
+                                "rows": explanation.explained_rows, "top_attribution": explanation.top(10),
+                                "top_permutation": explanation.top(10, by="permutation"),
+                                "metric": explanation.metric, "plots": list(explanation.plots)}
+    return shown
 
 
 if __name__ == "__main__":

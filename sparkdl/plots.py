@@ -1,4 +1,4 @@
-"""PNG plots of training curves and confusion matrices.
+"""PNG plots: training curves, confusion matrices, feature importance, saliency maps and attributions over time.
 
 matplotlib is imported lazily, and figures are drawn on the Agg canvas directly (`matplotlib.figure.Figure` +
 `FigureCanvasAgg`), so no display is needed and pyplot's global state and backend are left alone.
@@ -129,5 +129,102 @@ def plot_confusion_matrix(
                     color="white" if top and value > top / 2 else "black",
                 )
     axes.set_title("confusion matrix" + (" (row-normalized)" if normalize else ""))
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_feature_importance(panels: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                            errors: Mapping[str, Mapping[str, float]] | None = None, top: int = 20) -> str:
+    """Horizontal bar charts of feature importance, one panel per method, features in each panel's own order.
+
+    Params:
+        panels: method title -> {feature name: importance}, e.g. {"mean |integrated gradients|": {...},
+            "permutation (accuracy drop)": {...}}.
+        path: the PNG file to write.
+        errors: optional method title -> {feature: standard deviation} drawn as error bars.
+        top: at most this many features per panel (the largest).
+    Returns the path of the PNG. Raises ValidationError: no panel, an empty panel, or a non-numeric value.
+    """
+    if not panels:
+        raise ValidationError("feature importance: no panel to plot")
+    ranked = {}
+    for title, values in panels.items():
+        if not values:
+            raise ValidationError(f"feature importance: panel {title!r} is empty")
+        try:
+            items = sorted(((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1])[:top]
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"feature importance: panel {title!r} holds a value that is not a number: "
+                                  f"{exc}") from exc
+        ranked[title] = items
+    height = max(2.5, 0.28 * max(len(items) for items in ranked.values()) + 1.2)
+    figure = _figure(5.5 * len(ranked), height)
+    for index, (title, items) in enumerate(ranked.items()):
+        axes = figure.add_subplot(1, len(ranked), index + 1)
+        names = [name for name, _ in items][::-1]
+        values = [value for _, value in items][::-1]
+        spread = [(errors or {}).get(title, {}).get(name, 0.0) for name in names] if errors else None
+        axes.barh(range(len(names)), values, xerr=spread, color="#4477aa")
+        axes.set_yticks(range(len(names)), names, fontsize=8)
+        axes.set_title(title, fontsize=10)
+        axes.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_saliency(images: Sequence[Any], maps: Sequence[Any], titles: Sequence[str], path: str | os.PathLike) -> str:
+    """A grid of sample rows: the input image above its saliency map (|attribution| summed over channels).
+
+    Params:
+        images, maps: per row an array of shape (height, width) or (height, width, channels).
+        titles: one caption per row (e.g. "pred 3").
+        path: the PNG file to write.
+    Returns the path of the PNG. Raises ValidationError: no rows, or images and maps of different counts/shapes.
+    """
+    import numpy as np
+
+    if not images or len(images) != len(maps) or len(titles) != len(images):
+        raise ValidationError(f"saliency grid: need as many maps and titles as images, got {len(images)} images, "
+                              f"{len(maps)} maps, {len(titles)} titles")
+    count = len(images)
+    figure = _figure(1.6 * count, 3.4)
+    for index, (image, heat, title) in enumerate(zip(images, maps, titles)):
+        image, heat = np.asarray(image, dtype=float), np.abs(np.asarray(heat, dtype=float))
+        if image.shape != heat.shape:
+            raise ValidationError(f"saliency grid: image {index} has shape {image.shape}, its map {heat.shape}")
+        if image.ndim == 3:
+            heat = heat.sum(axis=-1)
+            image = image[..., 0] if image.shape[-1] == 1 else image / max(float(image.max()), 1e-12)
+        top = figure.add_subplot(2, count, index + 1)
+        top.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        top.set_title(title, fontsize=8)
+        top.axis("off")
+        bottom = figure.add_subplot(2, count, count + index + 1)
+        bottom.imshow(heat, cmap="inferno")
+        bottom.axis("off")
+    figure.suptitle("inputs (top) and |integrated gradients| (bottom)", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_over_time(series: Mapping[str, Sequence[float]], path: str | os.PathLike) -> str:
+    """Mean |attribution| per time step of sequence features, one line per feature.
+
+    Params:
+        series: feature name -> one value per time step.
+        path: the PNG file to write.
+    Returns the path of the PNG. Raises ValidationError: no series or an empty one.
+    """
+    if not series or any(len(values) == 0 for values in series.values()):
+        raise ValidationError("attribution over time: need at least one non-empty series")
+    figure = _figure(6.0, 3.2)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, values in series.items():
+        axes.plot(range(len(values)), [float(v) for v in values], "-o", markersize=3, label=name)
+    axes.set_xlabel("time step")
+    axes.set_ylabel("mean |attribution|")
+    axes.set_title("attribution over time steps")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
     figure.tight_layout()
     return _save(figure, path)

@@ -18,12 +18,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking"),
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
-    ("sparkdl.models",),
+    ("sparkdl.models", "sparkdl.explain.integrated_gradients"),  # the math of the "attributions" output
     ("sparkdl.registry",),
     ("sparkdl.score",),
     ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
     ("sparkdl.monitor",),
     ("sparkdl.evaluate",),  # records metric history with sparkdl.monitor
+    ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated
     ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score
     ("sparkdl.workflows",),
     ("sparkdl.cli",),

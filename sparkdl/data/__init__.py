@@ -24,13 +24,13 @@ from sparkdl.data.petastorm_io import (
                                        parent_cache_dir,
                                        to_petastorm,
 )
-from sparkdl.data.preprocess import PreparedBatch, Preprocessor, PreprocessorModel
+from sparkdl.data.preprocess import FeatureSlots, PreparedBatch, Preprocessor, PreprocessorModel
 from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
 from sparkdl.data.validation import validate
 
 __all__ = [
     "Feature", "FeatureSpec", "Label", "ModelSignature", "validate",
-    "Preprocessor", "PreprocessorModel", "PreparedBatch",
+    "Preprocessor", "PreprocessorModel", "PreparedBatch", "FeatureSlots",
     "PetastormDataset", "CacheInfo", "to_petastorm", "convert", "from_snapshot", "cache_key", "cleanup",
     "list_caches", "parent_cache_dir",
     "tf_dataset", "steps_per_epoch", "split", "shard_plan", "iterate_batches",

@@ -50,6 +50,18 @@ VALID_COLUMN = "_sparkdl_valid"
 REASON_COLUMN = "_sparkdl_reason"
 
 
+@dataclass(frozen=True)
+class FeatureSlots:
+    """Where one feature lives in the flat prepared row: `width` values from `start` (a categorical's one-hot
+    slots, out-of-vocabulary last; a vector's or sequence's values in row-major order of `shape`)."""
+
+    name: str
+    kind: str
+    start: int
+    width: int
+    shape: tuple[int, ...]
+
+
 @dataclass
 class PreparedBatch:
     """The output of `PreprocessorModel.prepare_batch`.
@@ -260,6 +272,30 @@ class PreprocessorModel:
 
     def _vocab(self, name: str) -> list[str]:
         return self.stats["features"].get(name, {}).get("vocabulary", [])
+
+    @property
+    def slots(self) -> list[FeatureSlots]:
+        """Each feature's place in the flat prepared row, in spec order."""
+        return [FeatureSlots(f.name, f.kind, start, width, tuple(f.shape)) for f, start, width in self._layout]
+
+    def prepared_means(self) -> np.ndarray:
+        """The training means as a prepared row (float32, `input_shape`): each numeric feature's and each fitted
+        vector/sequence element's mean, imputed and scaled as `prepare_batch` would; zeros where no mean was
+        fitted (categoricals — no one-hot slot set — and vectors without scaling or mean imputation)."""
+        row = np.zeros(self._width, dtype=np.float32)
+        for f, start, width in self._layout:
+            s = self.stats["features"].get(f.name, {})
+            if f.kind == "categorical" or s.get("mean") is None:
+                continue
+            mean = np.asarray(s["mean"], dtype=np.float64).reshape(-1)
+            if f.scale == "standard":
+                mean = np.zeros_like(mean)  # (mean - mean) / std
+            elif f.scale == "minmax":
+                lo = np.asarray(s["min"], dtype=np.float64).reshape(-1)
+                spread = np.asarray(s["max"], dtype=np.float64).reshape(-1) - lo
+                mean = (mean - lo) / np.where(spread > 0, spread, 1.0)
+            row[start:start + width] = mean
+        return row.reshape(self.input_shape)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

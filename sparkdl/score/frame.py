@@ -59,19 +59,22 @@ def scoring_function(ref: ModelRef, plan: OutputPlan, inputs: list[tuple[str, st
 
 def score_dataframe(df, model_ref, output: str = "prediction", output_col: str | None = None,
                     keep_columns: list[str] | None = None, store=None, batch_size: int | None = None,
-                    on_invalid: str = "null", direct: bool = True):
+                    on_invalid: str = "null", direct: bool = True, attribution=None):
     """`df`'s kept columns plus one scored column, computed in Arrow batches by `mapInArrow`.
 
     Args:
         df: a DataFrame holding the model's feature columns (Spark ML vectors are converted to arrays).
         model_ref: store name (latest version), `"name@version"`, a `ModelVersion` or a `SparkDLModel`.
-        output: "prediction", "probabilities", "embedding" or "struct" (see `sparkdl.score.outputs`).
+        output: "prediction", "probabilities", "embedding", "struct" or "attributions" (see
+            `sparkdl.score.outputs`).
         output_col: name of the scored column (default: the output kind).
         keep_columns: columns of `df` to keep, in this order (default: all of them except `output_col`).
         store: a `ModelStore` or its root (default: the reference's own store, else the default store).
         batch_size: rows per model call (None: up to 100,000, the whole Arrow batch).
         on_invalid: "null" (rows that cannot be prepared score to null) or "error" (the job fails).
         direct: read a plain Parquet scan's files in the tasks (see `sparkdl.score.scan`); False: Spark's scan.
+        attribution: for output "attributions", a `sparkdl.explain.Attribution` (steps, baseline, target class);
+            default `Attribution()`.
 
     Returns:
         a lazy DataFrame: `keep_columns` then `output_col`.
@@ -94,7 +97,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     if on_invalid not in ON_INVALID:
         raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     ref, metadata = resolve_model(model_ref, store)
-    plan = plan_output(output, metadata)
+    plan = plan_output(output, metadata, attribution)
     output_col = output_col or output
     spec = metadata["preprocessing"]["spec"]
     feature_names = [f["name"] for f in spec["features"]]

@@ -9,6 +9,12 @@ Outputs (`output=`):
 * ``embedding``      – array<float>: the output of an embedding model, or for any other model the input of its
                        output layer (the penultimate representation).
 * ``struct``         – struct<label, probability>: the prediction and (classification) the probabilities.
+* ``attributions``   – struct<prediction, explained_class, output, baseline_output, delta, features>: the
+                       prediction, which class was explained (null for regression), f(x) and f(baseline) of the
+                       explained output, the completeness gap `delta` = Σ attributions − (output − baseline_output),
+                       and `features`, the attributions: a struct with one field per feature: a double for a numeric or
+                       categorical feature, array<float> (row-major in its shape) for a vector or sequence.
+                       Integrated gradients, see `sparkdl.explain.integrated_gradients`; options in `Attribution`.
 
 Rows that could not be prepared (see `PreprocessorModel.prepare_batch`) get a null output.
 """
@@ -20,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from sparkdl.errors import ConfigError
+from sparkdl.explain.integrated_gradients import Attribution
 
-OUTPUTS = ("prediction", "probabilities", "embedding", "struct")
+OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions")
 ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
 EMBEDDING_MODEL = "embedding"
 
@@ -35,6 +42,8 @@ class OutputPlan:
     num_classes: int | None
     label_classes: tuple | None
     label_arrow: str  # "int32" (class index), "string", "int64", "double", "bool"
+    attribution: Attribution | None = None  # output "attributions" only
+    features: tuple[tuple[str, bool], ...] = ()  # output "attributions": (feature name, is an array) in spec order
 
     # ------------------------------------------------------------------ types
     def label_arrow_type(self) -> pa.DataType:
@@ -46,7 +55,14 @@ class OutputPlan:
             return self.label_arrow_type()
         if self.kind in ("probabilities", "embedding"):
             return pa.list_(pa.float32())
+        if self.kind == "attributions":
+            return pa.struct([("prediction", self.label_arrow_type()), ("explained_class", pa.int32()),
+                              ("output", pa.float64()), ("baseline_output", pa.float64()), ("delta", pa.float64()),
+                              ("features", self.attributions_type())])
         return pa.struct([("label", self.label_arrow_type()), ("probability", pa.list_(pa.float32()))])
+
+    def attributions_type(self) -> pa.DataType:
+        return pa.struct([(name, pa.list_(pa.float32()) if array else pa.float64()) for name, array in self.features])
 
     def spark_type(self):
         """The Spark SQL type of the output column."""
@@ -58,12 +74,15 @@ class OutputPlan:
         return self.spark_type().simpleString()
 
     # ------------------------------------------------------------------ values
-    def to_arrow(self, raw: np.ndarray | None, valid: np.ndarray) -> pa.Array:
+    def to_arrow(self, raw: np.ndarray | None, valid: np.ndarray, explained: "Explained | None" = None) -> pa.Array:
         """The output column for one batch. `raw` is the model output (n, k) float32 (None when no row is
-        valid); rows where `valid` is False are null."""
+        valid); rows where `valid` is False are null. Output "attributions" also takes `explained`, the
+        attributions of every row (zeros where not valid)."""
         n = len(valid)
         if raw is None:
             return pa.nulls(n, self.arrow_type())
+        if self.kind == "attributions":
+            return self._attributions(raw, valid, explained)
         raw = np.asarray(raw, dtype=np.float32).reshape(n, -1)
         mask = ~np.asarray(valid, dtype=bool)
         if self.kind == "embedding":
@@ -77,6 +96,24 @@ class OutputPlan:
                  else pa.nulls(n, pa.list_(pa.float32())))
         return pa.StructArray.from_arrays([label, probs], names=["label", "probability"],
                                           mask=pa.array(mask) if mask.any() else None)
+
+    def _attributions(self, raw: np.ndarray, valid: np.ndarray, explained: "Explained") -> pa.Array:
+        raw = np.asarray(raw, dtype=np.float32).reshape(len(valid), -1)
+        mask = ~np.asarray(valid, dtype=bool)
+        null = mask if mask.any() else None
+        per_feature = []
+        for name, array in self.features:
+            values = explained.features[name]
+            per_feature.append(_list_array(values, mask) if array else pa.array(values, mask=null))
+        classes = None if self.task == "regression" else pa.array(explained.index + (self.task == "binary"),
+                                                                    type=pa.int32(), mask=null)
+        fields = [self._labels(raw, mask), classes if classes is not None else pa.nulls(len(valid), pa.int32()),
+                  pa.array(explained.output, mask=null), pa.array(explained.baseline_output, mask=null),
+                  pa.array(explained.delta, mask=null),
+                  pa.StructArray.from_arrays(per_feature, fields=list(self.attributions_type()),
+                                             mask=pa.array(mask) if null is not None else None)]
+        return pa.StructArray.from_arrays(fields, fields=list(self.arrow_type()),
+                                          mask=pa.array(mask) if null is not None else None)
 
     def _probabilities(self, raw: np.ndarray) -> np.ndarray:
         if self.task == "binary":
@@ -94,6 +131,18 @@ class OutputPlan:
             return indices
         classes = pa.array(list(self.label_classes), type=self.label_arrow_type())
         return classes.take(indices)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """The attributions of one batch (see `sparkdl.score.runtime.Scorer.score`): per row the explained output
+    column, f(x) and f(baseline) of it, the completeness gap, and each feature's attributions."""
+
+    index: np.ndarray
+    output: np.ndarray
+    baseline_output: np.ndarray
+    delta: np.ndarray
+    features: dict
 
 
 def _list_array(values: np.ndarray, mask: np.ndarray) -> pa.Array:
@@ -142,15 +191,24 @@ def task_of(metadata: dict) -> tuple[str, int | None]:
                       f"task and no labelled feature spec; cannot tell what the model predicts")
 
 
-def plan_output(output: str, metadata: dict) -> OutputPlan:
+def plan_output(output: str, metadata: dict, attribution: Attribution | None = None) -> OutputPlan:
     """Check `output` against the model and return the plan (driver side, no TensorFlow).
 
+    Args:
+        output: one of `OUTPUTS`.
+        metadata: the model version's metadata.
+        attribution: for output "attributions", how they are computed (default: `Attribution()`).
+
     Raises:
-        ConfigError: unknown output; probabilities of a regression model; prediction/probabilities/struct of an
-            embedding model (which only has an embedding).
+        ConfigError: unknown output; probabilities of a regression model; anything but an embedding of an
+            embedding model; `attribution` with another output, or a target class the model does not have.
     """
     if output not in OUTPUTS:
         raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if attribution is not None and output != "attributions":
+        raise ConfigError(f"attribution options apply to output='attributions' only, not output={output!r}")
+    if attribution is not None and not isinstance(attribution, Attribution):
+        raise ConfigError(f"attribution must be a sparkdl.explain.Attribution, got {type(attribution).__name__}")
     where = f"model {metadata.get('name')}@{metadata.get('version')}"
     if metadata.get("model_name") == EMBEDDING_MODEL and output != "embedding":
         raise ConfigError(f"{where} is an embedding model: it has no {output!r}; use output='embedding'")
@@ -166,4 +224,17 @@ def plan_output(output: str, metadata: dict) -> OutputPlan:
         label_arrow = "int32"
     else:
         label_arrow = _label_kind(classes)
-    return OutputPlan(output, task, num_classes, classes, label_arrow)
+    if output != "attributions":
+        return OutputPlan(output, task, num_classes, classes, label_arrow)
+    attribution = attribution or Attribution()
+    if attribution.target is not None and task == "regression":
+        raise ConfigError(f"{where} is a regression model: it has no class to explain; leave target unset")
+    if attribution.target is not None and num_classes is not None and attribution.target >= int(num_classes):
+        raise ConfigError(f"{where}: attribution target {attribution.target} out of range: the model has "
+                          f"{num_classes} classes")
+    if task == "binary" and attribution.target == 0:
+        raise ConfigError(f"{where} is binary: its output is P(class 1), so target=0 cannot be explained "
+                          f"separately; leave target unset (the attributions of class 0 are the negatives)")
+    spec = metadata["preprocessing"]["spec"]
+    features = tuple((f["name"], f.get("kind", "numeric") in ("vector", "sequence")) for f in spec["features"])
+    return OutputPlan(output, task, num_classes, classes, label_arrow, attribution, features)

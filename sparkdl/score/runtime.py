@@ -22,7 +22,7 @@ import pyarrow as pa
 from sparkdl import stack
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef
-from sparkdl.score.outputs import EMBEDDING_MODEL, OutputPlan
+from sparkdl.score.outputs import EMBEDDING_MODEL, Explained, OutputPlan
 from sparkdl.tf_runtime import configure_tensorflow
 
 log = get_logger("score.runtime")
@@ -70,6 +70,18 @@ class LoadedScoringModel:
         self.input_shape = tuple(int(d) for d in self.preprocessor.input_shape)
         self._tf = tf
         self._fns: dict[str, object] = {}
+        self._kernels: dict[tuple, object] = {}
+
+    def attribution_kernel(self, steps: int, baseline: str):
+        """The model's traced integrated-gradients kernel for (steps, baseline), built once per process."""
+        from sparkdl.explain.integrated_gradients import AttributionKernel, baseline_row
+
+        key = (steps, baseline)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = AttributionKernel(self.model, self.input_shape, baseline_row(self.preprocessor, baseline), steps)
+            self._kernels[key] = kernel
+        return kernel
 
     def predict_fn(self, kind: str):
         """A traced `model(x, training=False)` for `kind` ("embedding" on a non-embedding model uses the input of
@@ -117,6 +129,8 @@ class Scorer:
         self.batch_size = batch_size
         self.loaded = get_model(ref)
         self.fn = self.loaded.predict_fn(plan.kind)
+        self.kernel = (self.loaded.attribution_kernel(plan.attribution.steps, plan.attribution.baseline)
+                       if plan.attribution is not None else None)
 
     @property
     def feature_names(self) -> list[str]:
@@ -144,7 +158,24 @@ class Scorer:
             raw[valid] = good
         else:
             raw = None
-        return self.plan.to_arrow(raw, valid), valid, prepared.reasons
+        explained = self.explain(prepared.features, raw, valid) if self.kernel is not None and raw is not None \
+            else None
+        return self.plan.to_arrow(raw, valid, explained), valid, prepared.reasons
+
+    def explain(self, features: np.ndarray, raw: np.ndarray, valid: np.ndarray) -> Explained:
+        """Integrated gradients of the valid rows (zeros elsewhere), per feature, with the completeness gap."""
+        from sparkdl.explain.integrated_gradients import explained_index, feature_attributions
+
+        n = len(valid)
+        raw = raw.reshape(n, -1)
+        index = explained_index(raw, self.plan.task, self.plan.attribution.target)
+        attributions = np.zeros(features.shape, dtype=np.float32)
+        attributions[valid] = self.kernel.attribute(features[valid], index[valid])
+        output = raw[np.arange(n), index].astype(np.float64)
+        baseline_output = self.kernel.baseline_output[index]
+        total = attributions.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        return Explained(index, output, baseline_output, total - (output - baseline_output),
+                         feature_attributions(self.loaded.preprocessor, attributions))
 
 
 _SCORERS: dict[tuple, Scorer] = {}

@@ -182,7 +182,7 @@ def _check_options(mode: str, output_col: str, keep_columns: list[str]) -> None:
 def score_table(model_ref, source, target, mode: str = "append", keep_columns: list[str] | None = None,
                 source_version: int | None = None, output: str = "prediction", quarantine: str | None = None,
                 output_col: str | None = None, batch_size: int | None = None, store=None,
-                spark=None) -> ScoreReport:
+                spark=None, attribution=None) -> ScoreReport:
     """Score a Delta table snapshot into a Delta table; quarantine the rows that cannot be scored.
 
     When no row is scored (an empty source, or every row quarantined) the target gets no new version: the report's
@@ -198,12 +198,13 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         keep_columns: source columns copied to the output (default: the spec's id columns, else every column that
             is not a feature).
         source_version: the source version to score (default: the latest).
-        output: "prediction", "probabilities", "embedding" or "struct".
+        output: "prediction", "probabilities", "embedding", "struct" or "attributions" (`explain_table`).
         quarantine: the quarantine table (default: `<target>_quarantine`).
         output_col: name of the output column (default: the output kind).
         batch_size: rows per model call.
         store: model store or its root.
         spark: the session (default: `sparkdl.session.get_spark()`).
+        attribution: for output "attributions", a `sparkdl.explain.Attribution`.
 
     Returns:
         a `ScoreReport` (versions written, row counts, quarantine reasons).
@@ -221,7 +222,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
 
     started = time.perf_counter()
     ref, metadata = resolve_model(model_ref, store)
-    plan = plan_output(output, metadata)
+    plan = plan_output(output, metadata, attribution)
     output_col = output_col or output
     df, snap = read_table(source, version=source_version, spark=spark)
     spark = df.sparkSession
@@ -253,10 +254,13 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
                                f"nothing was written")
         good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
-        commit = {"sparkdl.operation": "score", "model": ref.name, "model_version": ref.version,
+        operation = "explain" if output == "attributions" else "score"
+        commit = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
                   "model_store": ref.root, "output": output, "source_table": snap.table,
                   "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
+        if plan.attribution is not None:
+            commit["attribution"] = asdict(plan.attribution)
         target_version = target_before
         if ok:
             target_version = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},

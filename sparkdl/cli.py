@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(p)
     p.add_argument("--model", help="model ref (default: evaluate.model, else model.store_name@latest)")
 
+    p = verbs.add_parser("explain", help="explain a stored model on a Delta table (attributions, importance, plots)",
+                         description="Integrated gradients per row and permutation importance per feature on "
+                                     "explain.table, computed in Spark; explanation.json and PNG plots next to the "
+                                     "model version; per-row attributions to explain.output_table when set.")
+    _add_job_args(p)
+    p.add_argument("--model", help="model ref (default: explain.model, else model.store_name@latest)")
+
     p = verbs.add_parser("demo", help="the end-to-end demo on bundled data (tables, training, scoring, SQL, report)",
                          description="Create Delta tables from scikit-learn's digits, train a CNN with Horovod on "
                                      "2 processes, evaluate it, score a table, query the scores with a SQL function.")
@@ -107,12 +114,14 @@ def _dispatch(args: argparse.Namespace):
     from sparkdl import workflows
     from sparkdl.config import load_config
 
-    if args.verb in ("train", "score", "evaluate"):
+    if args.verb in ("train", "score", "evaluate", "explain"):
         cfg = load_config(args.config, args.overrides)
         if args.verb == "train":
             return workflows.train(cfg).summary()
         if args.verb == "score":
             return workflows.score(cfg, model_ref=args.model).to_dict()
+        if args.verb == "explain":
+            return workflows.explain(cfg, model_ref=args.model)
         return workflows.evaluate(cfg, model_ref=args.model)
     if args.verb == "demo":
         summary = workflows.demo(config_path=args.config, overrides=args.overrides, work=args.work_dir)

@@ -106,6 +106,22 @@ class EvaluateSection:
 
 
 @dataclass
+class ExplainSection:
+    table: str | None = None            # the table explained (default: evaluate.table)
+    version: int | None = None
+    model: str | None = None
+    steps: int = 64                     # integrated-gradients steps
+    baseline: str = "zeros"             # zeros | mean
+    target: int | None = None           # class explained (default: the predicted class)
+    sample_rows: int | None = 10000
+    permutation: bool = True
+    repeats: int = 3
+    metric: str | None = None           # accuracy | log_loss | rmse | mae (default: accuracy / rmse)
+    output_table: str | None = None     # also write per-row attributions here (explain_table)
+    plots: bool = True
+
+
+@dataclass
 class JobConfig:
     """A whole job file. Only `data` is required for training; scoring and evaluation read their own sections."""
 
@@ -118,6 +134,7 @@ class JobConfig:
     train: TrainSection = field(default_factory=TrainSection)
     score: ScoreSection = field(default_factory=ScoreSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    explain: ExplainSection = field(default_factory=ExplainSection)
     origin: str = field(default="<dict>", repr=False, compare=False)  # the file it was loaded from
 
     def table_uri(self, name: str) -> str:

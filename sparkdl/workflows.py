@@ -1,4 +1,5 @@
-"""The jobs behind `sparkdl train|score|evaluate|demo` and `jobs/*.py`: config in, library calls, summary out."""
+"""The jobs behind `sparkdl train|score|evaluate|explain|demo` and `jobs/*.py`: config in, library calls, summary
+out."""
 from __future__ import annotations
 
 import os
@@ -141,6 +142,39 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
                           plots=cfg.evaluate.plots)
 
 
+def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
+    """Explain a stored model on `explain.table` (default `evaluate.table`): explanation.json and plots next to the
+    model version; with `explain.output_table`, per-row attributions written there too (Delta, with quarantine)."""
+    from sparkdl.explain import Attribution, explain_model, explain_table
+
+    table = cfg.explain.table or cfg.evaluate.table
+    if not table:
+        raise ConfigError(f"{cfg.origin}: explain.table (or evaluate.table) is required to explain")
+    try:
+        attribution = Attribution(steps=cfg.explain.steps, baseline=cfg.explain.baseline, target=cfg.explain.target)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.origin}: explain: {exc}") from exc
+    _require_table(cfg, cfg.table_uri(table), "explain.table")
+    spark = spark or spark_for(cfg)
+    ref = _model_ref(cfg, model_ref, cfg.explain.model)
+    store = model_store(cfg)
+    store.resolve(ref)
+    explanation = explain_model(ref, cfg.table_uri(table), version=cfg.explain.version, store=store, spark=spark,
+                                attribution=attribution, sample_rows=cfg.explain.sample_rows,
+                                permutation=cfg.explain.permutation, repeats=cfg.explain.repeats,
+                                metric=cfg.explain.metric, plots=cfg.explain.plots)
+    summary = {"model": explanation.model, "table": explanation.table, "table_version": explanation.table_version,
+               "rows": explanation.explained_rows, "top_attribution": explanation.top(10),
+               "top_permutation": explanation.top(10, by="permutation"), "metric": explanation.metric,
+               "baseline_metric": explanation.baseline_metric, "plots": list(explanation.plots)}
+    if cfg.explain.output_table:
+        report = explain_table(ref, cfg.table_uri(table), cfg.table_uri(cfg.explain.output_table),
+                               attribution=attribution, mode="overwrite", source_version=cfg.explain.version,
+                               store=store, spark=spark)
+        summary["attributions"] = report.to_dict()
+    return summary
+
+
 def demo(config_path: str | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
     """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
 
@@ -170,6 +204,7 @@ def _demo_run(cfg: JobConfig) -> dict:
     log.info("demo: trained %s (%s)", trained.model_ref, trained.metrics)
     metrics = evaluate(cfg, model_ref=trained.model_ref, spark=spark)
     report = score(cfg, model_ref=trained.model_ref, spark=spark)
+    explained = explain(cfg, model_ref=trained.model_ref, spark=spark) if cfg.explain.table else None
     target = cfg.table_uri(cfg.score.target)
     sql_rows = []
     if cfg.score.sql_function:
@@ -196,7 +231,8 @@ def _demo_run(cfg: JobConfig) -> dict:
         "sql_query": sql_rows,
         "tables": tables,
         "model_path": str(model_store(cfg).resolve(trained.model_ref).path),
-        "plots": metrics.get("plots", []),
+        "plots": metrics.get("plots", []) + (explained["plots"] if explained else []),
+        "explanation": explained,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
@@ -218,6 +254,13 @@ def format_demo_report(result: dict) -> str:
             f"{summary['scoring']['quarantined_rows']} quarantined, version {summary['scoring']['target_version']})",
             "  plots            " + "\n                   ".join(summary["plots"]),
         ]
+        if summary.get("explanation"):
+            explained = summary["explanation"]
+            lines.append("  top features     (mean |integrated gradients|; permutation "
+                         f"{explained['metric']} drop)")
+            permutation = dict(explained["top_permutation"])
+            lines += [f"                   {name:<24} {value:.4f}   {permutation.get(name, float('nan')):+.4f}"
+                      for name, value in explained["top_attribution"][:5]]
         if summary["sql_query"]:
             lines.append("  SQL per class    label  n   accuracy  sql_function_agrees")
             lines += [f"                   {r['label']:>5}  {r['n']:<3} {r['accuracy']:<9} {r['sql_agrees']}"

@@ -71,6 +71,12 @@ def _check_pipeline(work: Path, master: str, env: dict) -> None:
     for plot in evaluated["plots"]:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    explained = _submit("explain", master, config, env, "--model", trained["model"], "--set",
+                        "explain.sample_rows=120", "--set", "explain.repeats=1")
+    assert explained["rows"] == 120 and explained["table"].endswith("digits_test")
+    assert explained["top_attribution"][0][0] == "pixels" and explained["metric"] == "accuracy"
+    assert {Path(p).name for p in explained["plots"]} == {"feature_importance.png", "saliency.png"}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -148,7 +154,7 @@ def test_spark_submit_on_standalone_cluster_then_the_cli(demo_tables, standalone
 def test_cli_help_explains_every_verb():
     proc = _run([sys.executable, "-m", "sparkdl.cli", "--help"], dict(os.environ))
     assert proc.returncode == 0
-    for verb in ("train", "score", "evaluate", "demo", "models", "cache"):
+    for verb in ("train", "score", "evaluate", "explain", "demo", "models", "cache", "lake"):
         assert verb in proc.stdout
     proc = _run([sys.executable, "-m", "sparkdl.cli", "train", "--help"], dict(os.environ))
     assert "--config" in proc.stdout and "--set" in proc.stdout

@@ -113,7 +113,7 @@ def test_no_import_cycle_even_through_function_level_imports():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-@pytest.mark.parametrize("entry", ["sparkdl", "sparkdl.score", "sparkdl.lake", "sparkdl.data"])
+@pytest.mark.parametrize("entry", ["sparkdl", "sparkdl.score", "sparkdl.lake", "sparkdl.data", "sparkdl.explain"])
 def test_light_entry_points_do_not_import_tensorflow_or_horovod(entry):
     code = (f"import sys, {entry}; heavy = sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'horovod') "
             f"if m in sys.modules); print(','.join(heavy))")

@@ -36,6 +36,13 @@ def test_demo_end_to_end_then_rerun(tmp_path):
         assert all(r["sql_agrees"] == r["n"] for r in run["sql_query"])  # SQL function == table scoring
         assert Path(run["model_path"], "model.keras").is_file()
     assert (tmp_path / "lake" / "digits_train" / "_delta_log").is_dir()
+    # the breast_cancer job explains its model: top features printed, plots and per-row attributions written
+    explained = runs["breast_cancer.yaml"]["explanation"]
+    assert "top features" in first.stdout and explained["top_attribution"][0][0] in first.stdout
+    assert len(explained["top_attribution"]) == 10 and len(explained["top_permutation"]) == 10
+    assert explained["baseline_metric"] == pytest.approx(runs["breast_cancer.yaml"]["test_metrics"]["accuracy"])
+    assert explained["attributions"]["scored_rows"] == runs["breast_cancer.yaml"]["scoring"]["input_rows"]
+    assert any(p.endswith("feature_importance.png") for p in runs["breast_cancer.yaml"]["plots"])
 
     # re-run (one config to keep it short): same source table version, a new model version
     again = _demo(tmp_path, "--config", str(ROOT / "conf" / "breast_cancer.yaml"))

@@ -1,5 +1,6 @@
 """Exceptions raised by sparkdl. Every message names the table, column, key or parameter at fault."""
 import re
+from dataclasses import asdict, dataclass
 
 
 class SparkDLError(Exception):
@@ -26,12 +27,41 @@ class SchemaMismatchError(TableError):
     """The data to write does not match the table's schema."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, as every check reports it: the column, what is wrong ("missing column",
+    "wrong type", "null", "wrong length", ...), what was expected, what was found, how many rows (None: a schema
+    problem) and a few sample values. Reads like the dict it serializes to: `problem["column"]`."""
+
+    column: str
+    problem: str
+    expected: str = ""
+    found: str = ""
+    count: int | None = None
+    samples: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "samples", tuple(self.samples))
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def __str__(self) -> str:
+        return f"{self.column}: {self.problem} (expected {self.expected}, found {self.found})"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "samples": list(self.samples)}
+
+
 class ValidationError(SparkDLError, ValueError):
-    """Input data does not match the feature spec (missing columns, wrong types, bad values)."""
+    """Input data does not match the feature spec (missing columns, wrong types, bad values); `problems` lists
+    every `Problem` found."""
 
     def __init__(self, message: str, problems: list | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
+        if not all(isinstance(p, Problem) for p in self.problems):
+            raise TypeError("ValidationError problems must be sparkdl.errors.Problem records")
 
 
 class TrainingError(SparkDLError, RuntimeError):

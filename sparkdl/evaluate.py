@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkdl.errors import ValidationError
+from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.ordered_scan import ordered_scan
@@ -47,7 +47,7 @@ def _field(df: DataFrame, name: str, role: str) -> T.StructField:
     present = ", ".join(df.columns) or "(none)"
     raise ValidationError(
         f"{role} column {name!r} is missing from the DataFrame; columns present: {present}",
-        [{"column": name, "problem": "missing"}],
+        [Problem(name, "missing column", "present", f"columns {df.columns}")],
     )
 
 
@@ -56,7 +56,7 @@ def _require_numeric(field: T.StructField, role: str) -> None:
         raise ValidationError(
             f"{role} column {field.name!r} must be numeric (a class index or a value), "
             f"got {field.dataType.simpleString()}",
-            [{"column": field.name, "problem": "type", "type": field.dataType.simpleString()}],
+            [Problem(field.name, "wrong type", found=field.dataType.simpleString())],
         )
 
 
@@ -79,7 +79,7 @@ def _probability_column(field: T.StructField) -> tuple[Column, bool]:
     raise ValidationError(
         f"probability column {field.name!r} must be a double (positive-class probability), an "
         f"array<double|float> or a Spark ML vector of class probabilities, got {data_type.simpleString()}",
-        [{"column": field.name, "problem": "type", "type": data_type.simpleString()}],
+        [Problem(field.name, "wrong type", found=data_type.simpleString())],
     )
 
 
@@ -217,13 +217,13 @@ def _confusion_pass(
         if value is None or math.isnan(value):
             raise ValidationError(
                 f"{role} column {column!r} holds null/NaN values; every row needs a class index",
-                [{"column": column, "problem": "null"}],
+                [Problem(column, "null", "a class index")],
             )
         if value != int(value):
             raise ValidationError(
                 f"{role} column {column!r} holds non-integral value {value!r}; expected class "
                 f"indices 0..k-1",
-                [{"column": column, "problem": "value", "value": value}],
+                [Problem(column, "non-integral value", "class indices 0..k-1", str(value), samples=(value,))],
             )
         return int(value)
 
@@ -240,7 +240,8 @@ def _confusion_pass(
     ):
         outside = sorted(v for v in values if not 0 <= v < num_classes)
         if outside:
-            problems.append({"column": column, "problem": "range", "values": outside[:10]})
+            problems.append(Problem(column, "out of range", f"0..{num_classes - 1}", f"{outside[:10]}",
+                                    samples=outside[:10]))
             messages.append(
                 f"{role} column {column!r} holds values {outside[:10]} outside [0, {num_classes})"
             )
@@ -251,7 +252,7 @@ def _confusion_pass(
         if bad:
             raise ValidationError(
                 f"probability column {probability_col!r} holds {bad} null/NaN value(s)",
-                [{"column": probability_col, "problem": "null", "rows": bad}],
+                [Problem(probability_col, "null", count=bad)],
             )
         if prob_is_array:
             low, high = min(r["min_len"] for _, _, r in pairs), max(r["max_len"] for _, _, r in pairs)
@@ -263,7 +264,7 @@ def _confusion_pass(
                 raise ValidationError(
                     f"probability column {probability_col!r} must hold {need} class probabilities per row, "
                     f"found lengths from {low} to {high}",
-                    [{"column": probability_col, "problem": "length", "min": low, "max": high}],
+                    [Problem(probability_col, "wrong length", expected=need, found=f"lengths {low} to {high}")],
                 )
     if probability_col is not None and not prob_is_array and num_classes != 2:
         raise ValidationError(
@@ -366,7 +367,7 @@ def regression_metrics(
             raise ValidationError(
                 f"column {column!r} holds {bad} null/NaN value(s); regression metrics need values "
                 f"in every row",
-                [{"column": column, "problem": "null", "rows": int(bad)}],
+                [Problem(column, "null", count=int(bad))],
             )
     sse, sst = float(row["sse"]), float(row["var"]) * n
     if sst > 0:
@@ -478,7 +479,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     from pyspark.sql import functions as F
 
     from sparkdl import lake
-    from sparkdl.data.spec import FeatureSpec
+    from sparkdl.model_metadata import ModelMetadata
     from sparkdl.monitor import MetricHistory
     from sparkdl.registry import ModelStore
     from sparkdl.score import score_dataframe
@@ -486,7 +487,8 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     mv = store.resolve(model_ref)
     meta = store.metadata(mv)
-    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    info = ModelMetadata.from_dict(meta)
+    spec = info.spec
     if spec.label is None:
         raise ValidationError(f"model {mv}: its feature spec has no label, so it cannot be evaluated")
     df, snap = lake.read_table(table, version=version, spark=spark)
@@ -501,7 +503,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     scored = score_dataframe(df, mv, output="struct" if classification else "prediction", output_col="out",
                              keep_columns=[spec.label.name], store=store)
     scored = scored.withColumnRenamed(spec.label.name, "label") if spec.label.name != "label" else scored
-    classes = meta.get("label_classes")
+    classes = info.label_classes
     if classification:
         pred, prob = F.col("out.label"), F.col("out.probability")
         label = F.col("label")

@@ -39,7 +39,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkdl.errors import SparkDLError, ValidationError
+from sparkdl.errors import Problem, SparkDLError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.ordered_scan import ordered_scan
 
@@ -119,18 +119,17 @@ def _resolve_columns(
         names = list(dict.fromkeys(columns))
         if not names:
             raise ValidationError("columns is empty: name at least one column to check for drift")
-        problems = []
+        problems, messages = [], []
         for frame, types in (("reference", ref_types), ("current", cur_types)):
             missing = [n for n in names if n not in types]
             if missing:
-                problems.append({"frame": frame, "problem": "missing", "columns": missing})
+                present = ", ".join(types)
+                messages.append(f"column(s) {', '.join(map(repr, missing))} missing from the {frame} data "
+                                f"(columns present: {present})")
+                problems += [Problem(n, "missing column", f"present in the {frame} data", f"columns {present}")
+                             for n in missing]
         if problems:
-            text = "; ".join(
-                f"column(s) {', '.join(map(repr, p['columns']))} missing from the {p['frame']} data "
-                f"(columns present: {', '.join(ref_types if p['frame'] == 'reference' else cur_types)})"
-                for p in problems
-            )
-            raise ValidationError(text, problems)
+            raise ValidationError("; ".join(messages), problems)
     kinds: dict[str, str] = {}
     for name in names:
         ref_kind, cur_kind = _kind(ref_types[name]), _kind(cur_types[name])
@@ -143,7 +142,7 @@ def _resolve_columns(
             if columns is not None:
                 raise ValidationError(
                     f"column {name!r}: {reason}",
-                    [{"column": name, "problem": "type", "type": bad.simpleString()}],
+                    [Problem(name, "wrong type", found=bad.simpleString())],
                 )
             skipped[name] = reason
             continue
@@ -152,12 +151,7 @@ def _resolve_columns(
                 f"column {name!r} is {ref_types[name].simpleString()} in the reference but "
                 f"{cur_types[name].simpleString()} in the current data",
                 [
-                    {
-                        "column": name,
-                        "problem": "type",
-                        "reference": ref_types[name].simpleString(),
-                        "current": cur_types[name].simpleString(),
-                    }
+                    Problem(name, "wrong type", ref_types[name].simpleString(), cur_types[name].simpleString())
                 ],
             )
         kinds[name] = ref_kind

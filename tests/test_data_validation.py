@@ -91,7 +91,7 @@ def test_schema_problems_and_value_problems_together(spark):
     assert ("missing_col", "missing column") in got
     assert got[("v", "wrong length")]["count"] == 1
     assert got[("y", "not 0/1")]["count"] == 1
-    assert got[("y", "not 0/1")]["samples"] == ["5"]
+    assert got[("y", "not 0/1")].samples == ("5",)
 
 
 def test_imputed_features_may_hold_nulls_but_not_inf(spark):

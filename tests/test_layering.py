@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
     ("sparkdl.models", "sparkdl.explain.integrated_gradients"),  # the math of the "attributions" output
-    ("sparkdl.registry",),
+    ("sparkdl.registry", "sparkdl.model_metadata"),
     ("sparkdl.score",),
     ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
     ("sparkdl.monitor",),

@@ -15,6 +15,17 @@ Warm rounds run the three interleaved (same machine load); the best of the round
 (target >= 0.60) and (s)/(a), the cost of an attribution in scoring passes (target: close to --steps — the
 batching holds, no per-row work).
 
+Last measured (2026-12-01, `--rows 1000000`, local[2] on the 2 shared cores, load average 1.54 -> 2.20):
+
+    (s) score_dataframe prediction, warm                 600,753 rows/s
+    (a) score_dataframe attributions, warm                27,139 rows/s
+    (c) in-process attribution, one numpy array           23,198 rows/s (ceiling)
+    (a)/(c) 1.17 (target >= 0.60)   (s)/(a) 22.1 scoring passes per attribution (steps 64)
+
+Two single-threaded tasks beat one process whose TensorFlow spreads each gradient call over both cores; an
+attribution costs fewer than `steps` scoring passes because scoring's per-row costs (Arrow I/O, preparation) are
+paid once per row, not once per step.
+
     .venv/bin/python scripts/benchmarks/bench_explain.py --rows 1000000
 """
 from __future__ import annotations

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from sparkdl.data.arrow_utils import list_to_matrix, numeric_to_numpy
 from sparkdl.data.petastorm_io import PetastormDataset
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.uri import filesystem
 
@@ -149,8 +149,8 @@ class _Reader:
                 f"{self.data.files[file_index]} (row group {row_group}): {bad} row(s) of column "
                 f"{self.data.feature_column!r} are null or not {self.width} values long (lengths seen: {found}); "
                 f"input_shape {self.shape} needs {self.width}",
-                [{"column": self.data.feature_column, "problem": "wrong length", "expected": f"{self.width} values",
-                  "found": f"lengths {found}", "count": bad, "samples": []}])
+                [Problem(self.data.feature_column, "wrong length", f"{self.width} values", f"lengths {found}",
+                         count=bad)])
         features = m.values.reshape((len(m.values),) + self.shape)
         labels = _labels(batch.column(self.data.label_column)) if self.with_label else None
         return features, labels

@@ -40,7 +40,7 @@ from sparkdl.data.arrow_utils import (
 )
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
 from sparkdl.data.validation import validate as validate_data
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
 
 log = get_logger("data.preprocess")
@@ -158,8 +158,7 @@ class Preprocessor:
         stats: dict = {"num_rows": int(row["_rows"]), "features": {}}
         if stats["num_rows"] == 0:
             raise ValidationError("cannot fit the preprocessor on an empty DataFrame",
-                                  [{"column": "*", "problem": "no rows", "expected": "at least one row",
-                                    "found": "0 rows", "count": 0, "samples": []}])
+                                  [Problem("*", "no rows", expected="at least one row", found="0 rows", count=0)])
         for i, f in enumerate(spec.features):
             s: dict = {}
             if f.kind == "numeric":
@@ -170,17 +169,15 @@ class Preprocessor:
                     s["median"] = _num(row[f"median{i}"])
                 if n == 0 and (f.scale or f.impute in ("mean", "median")):
                     raise ValidationError(f"feature {f.name!r}: no finite values to compute statistics from",
-                                          [{"column": f.name, "problem": "no finite values",
-                                            "expected": "at least one finite value", "found": "none",
-                                            "count": 0, "samples": []}])
+                                          [Problem(f.name, "no finite values", "at least one finite value", "none",
+                                                   count=0)])
             elif f"vec{i}" in row.asDict():
                 v = row[f"vec{i}"]
                 n = int(v["count"]) if v is not None else 0
                 if n == 0:
                     raise ValidationError(f"feature {f.name!r}: no complete rows to compute statistics from",
-                                          [{"column": f.name, "problem": "no complete rows",
-                                            "expected": f"rows of {f.size} finite values", "found": "none",
-                                            "count": 0, "samples": []}])
+                                          [Problem(f.name, "no complete rows", f"rows of {f.size} finite values",
+                                                   "none", count=0)])
                 var = np.asarray(v["variance"].toArray()) * ((n - 1) / n if n > 1 else 0.0)
                 s = {"count": n, "mean": v["mean"].toArray().tolist(), "std": np.sqrt(var).tolist(),
                      "min": v["min"].toArray().tolist(), "max": v["max"].toArray().tolist()}
@@ -198,9 +195,8 @@ class Preprocessor:
                 if label.num_classes and len(classes) > label.num_classes:
                     raise ValidationError(
                         f"label {label.name!r}: {len(classes)} distinct classes but num_classes={label.num_classes}",
-                        [{"column": label.name, "problem": "too many classes",
-                          "expected": f"at most {label.num_classes}", "found": f"{len(classes)}: {classes[:10]}",
-                          "count": len(classes), "samples": classes[:3]}])
+                        [Problem(label.name, "too many classes", f"at most {label.num_classes}",
+                                 f"{len(classes)}: {classes[:10]}", len(classes), classes[:3])])
                 num_classes = label.num_classes or max(len(classes), 2)
             else:
                 top = row["_label_max"]
@@ -364,8 +360,7 @@ class PreprocessorModel:
         missing = [c for c in needed if c not in names]
         if missing:
             raise ValidationError(f"batch is missing column(s) {missing}; it has {sorted(names)}",
-                                  [{"column": c, "problem": "missing column", "expected": "present",
-                                    "found": f"columns {sorted(names)}", "count": None, "samples": []}
+                                  [Problem(c, "missing column", expected="present", found=f"columns {sorted(names)}")
                                    for c in missing])
         n = table.num_rows
         out = np.empty((n, self._width), dtype=np.float32)
@@ -416,8 +411,7 @@ class PreprocessorModel:
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
                 or pa.types.is_fixed_size_list(column.type)):
             raise ValidationError(f"feature {f.name!r}: expected a list column, got Arrow type {column.type}",
-                                  [{"column": f.name, "problem": "wrong type", "expected": "list<float>",
-                                    "found": str(column.type), "count": None, "samples": []}])
+                                  [Problem(f.name, "wrong type", expected="list<float>", found=str(column.type))])
         m = list_to_matrix(column, f.size)
         x = m.values
         self._flag(reasons, m.wrong_length, f"feature {f.name!r}: wrong length (expected {f.size} values)")
@@ -523,8 +517,7 @@ class PreprocessorModel:
         missing = [c for c in inputs + keep_columns if c not in df.columns]
         if missing:
             raise ValidationError(f"transform: DataFrame is missing column(s) {missing}; it has {df.columns}",
-                                  [{"column": c, "problem": "missing column", "expected": "present",
-                                    "found": f"columns {df.columns}", "count": None, "samples": []}
+                                  [Problem(c, "missing column", expected="present", found=f"columns {df.columns}")
                                    for c in missing])
         cols = []
         for c in dict.fromkeys(keep_columns + inputs):

@@ -4,8 +4,8 @@ Schema problems (missing columns, wrong types) come from the DataFrame's schema,
 (nulls, NaN, infinities, wrong array lengths, labels out of range) are counted in ONE Spark aggregation over the
 data: every check of every column is one `count_if` plus a few sample aggregates (`first`/`last`/`min`/`max` of a
 short description of the offending row, so memory stays constant however many rows are bad). All problems are
-raised together in one `ValidationError`, whose `.problems` is a list of dicts:
-``{"column", "problem", "expected", "found", "count", "samples"}``.
+raised together in one `ValidationError`, whose `.problems` is a list of `sparkdl.errors.Problem` records
+(column, problem, expected, found, count, samples).
 
 Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare):
 * a feature with an ``impute`` strategy may hold nulls and NaN (they are imputed); infinities are always an error;
@@ -17,7 +17,7 @@ Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare
 from __future__ import annotations
 
 from sparkdl.data.spec import Feature, FeatureSpec, Label
-from sparkdl.errors import ValidationError
+from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
 
 log = get_logger("data.validation")
@@ -83,28 +83,35 @@ def type_ok(item: Feature | Label, data_type) -> bool:
     return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
 
 
-def check_schema(spec: FeatureSpec, schema, what: str, require_label: bool = True) -> None:
-    """Missing columns and wrong types, from the schema only (no Spark job).
-
-    Raises:
-        ValidationError: "<what>: <column>: missing column (expected ..., found columns [...])", one entry per problem.
-    """
+def schema_problems(spec: FeatureSpec, schema, require_label: bool = True) -> list[Problem]:
+    """Missing columns and wrong types of the spec's features (and label), from the schema only (no Spark job)."""
     fields = {f.name: f.dataType for f in schema.fields}
     items = list(spec.features) + ([spec.label] if spec.label is not None and require_label else [])
     problems = []
     for item in items:
         kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
         if item.name not in fields:
-            problems.append({"column": item.name, "problem": "missing column",
-                             "expected": f"{kind} ({expected_type(item)})", "found": f"columns {sorted(fields)}",
-                             "count": None, "samples": []})
+            problems.append(Problem(item.name, "missing column", f"{kind} ({expected_type(item)})",
+                                    f"columns {sorted(fields)}"))
         elif not type_ok(item, fields[item.name]):
-            problems.append({"column": item.name, "problem": "wrong type", "expected": expected_type(item),
-                             "found": fields[item.name].simpleString(), "count": None, "samples": []})
+            problems.append(Problem(item.name, "wrong type", expected_type(item), fields[item.name].simpleString()))
+    return problems
+
+
+def check_schema(spec: FeatureSpec, schema, what: str, require_label: bool = True,
+                 also_present: list[str] = ()) -> None:
+    """Missing columns and wrong types, from the schema only (no Spark job); `also_present` are further columns
+    that must exist (e.g. the columns a scoring job keeps).
+
+    Raises:
+        ValidationError: "<what>: <column>: missing column (expected ..., found columns [...])", one entry per problem.
+    """
+    problems = schema_problems(spec, schema, require_label)
+    names = set(schema.fieldNames())
+    problems += [Problem(c, "missing column", "a column to keep", f"columns {sorted(names)}")
+                 for c in also_present if c not in names]
     if problems:
-        raise ValidationError(f"{what}: " + "; ".join(
-            f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})" for p in problems),
-            problems)
+        raise ValidationError(f"{what}: " + "; ".join(str(p) for p in problems), problems)
 
 
 def array_column(df, name: str):
@@ -182,24 +189,14 @@ def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: in
     """
     from pyspark.sql import functions as F
 
-    problems: list[dict] = []
     fields = {f.name: f.dataType for f in df.schema.fields}
-    items: list = list(spec.features)
-    if require_label and spec.label is not None:
-        items.append(spec.label)
-    ok = []
-    for item in items:
-        kind = "label" if isinstance(item, Label) else f"{item.kind} feature"
-        if item.name not in fields:
-            problems.append(_problem(item.name, "missing column", f"{kind} ({expected_type(item)})",
-                                     f"columns {sorted(fields)}"))
-        elif not type_ok(item, fields[item.name]):
-            problems.append(_problem(item.name, "wrong type", expected_type(item), fields[item.name].simpleString()))
-        else:
-            ok.append(item)
+    problems = schema_problems(spec, df.schema, require_label)
+    wrong = {p.column for p in problems}
+    ok = [item for item in list(spec.features) + ([spec.label] if require_label and spec.label is not None else [])
+          if item.name not in wrong]
     for name in spec.id_columns:
         if name not in fields:
-            problems.append(_problem(name, "missing column", "id column", f"columns {sorted(fields)}"))
+            problems.append(Problem(name, "missing column", "id column", f"columns {sorted(fields)}"))
 
     checks = _value_checks(df, ok)
     ids = [c for c in spec.id_columns if c in fields]
@@ -221,7 +218,7 @@ def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: in
     row = df.agg(*aggs).first()  # the one pass over the data
     rows = row["_rows"]
     if rows == 0:
-        problems.append(_problem("*", "no rows", "at least one row", "an empty DataFrame"))
+        problems.append(Problem("*", "no rows", "at least one row", "an empty DataFrame"))
     for i, (item, problem, expected, _, _) in enumerate(checks):
         count = row[f"c{i}"]
         if count:
@@ -230,23 +227,17 @@ def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: in
                 value = row[f"s{i}_{agg}"]
                 if value is not None and value not in samples:
                     samples.append(value)
-            problems.append(_problem(item.name, problem, expected, f"{count} of {rows} rows", count,
+            problems.append(Problem(item.name, problem, expected, f"{count} of {rows} rows", count,
                                      samples[:max_examples]))
     if string_classes and row["_classes"] > label.num_classes:
-        problems.append(_problem(label.name, "too many classes", f"at most num_classes={label.num_classes}",
+        problems.append(Problem(label.name, "too many classes", f"at most num_classes={label.num_classes}",
                                  f"{row['_classes']} distinct values"))
     if problems:
         lines = [f"  - {p['column']}: {p['problem']}: expected {p['expected']}, found {p['found']}"
-                 + (f"; e.g. {p['samples']}" if p["samples"] else "") for p in problems]
+                 + (f"; e.g. {list(p.samples)}" if p.samples else "") for p in problems]
         raise ValidationError(f"the data does not match the feature spec ({len(problems)} problem(s)):\n"
                               + "\n".join(lines), problems)
     log.debug("validated %d rows against %s", rows, spec.feature_names)
-
-
-def _problem(column: str, problem: str, expected: str, found: str, count: int | None = None,
-             samples: list | None = None) -> dict:
-    return {"column": column, "problem": problem, "expected": expected, "found": found,
-            "count": count, "samples": list(samples or [])}
 
 
 __all__ = ["validate", "type_ok", "expected_type", "is_vector_udt", "array_column"]

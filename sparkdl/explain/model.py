@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.explain.integrated_gradients import Attribution
 from sparkdl.log import get_logger
 
@@ -145,7 +145,6 @@ def explain_model(model_ref, table, version: int | None = None, store=None, spar
         ModelStoreError / TableError: unknown model or unreadable table.
     """
     from sparkdl import lake
-    from sparkdl.data.spec import FeatureSpec
     from sparkdl.registry import ModelStore
     from sparkdl.score.model_ref import resolve_model
     from sparkdl.score.outputs import plan_output
@@ -160,14 +159,14 @@ def explain_model(model_ref, table, version: int | None = None, store=None, spar
     store = ModelStore(ref.root)
     mv = store.resolve(str(ref))
     plan = plan_output("attributions", meta, attribution)  # refuses embedding models and bad targets
-    spec = FeatureSpec.from_dict(meta["preprocessing"]["spec"])
+    spec = meta.spec
     family = "regression" if plan.task == "regression" else "classification"
     metric = metric or METRICS[family][0]
     if permutation and metric not in METRICS[family]:
         raise ConfigError(f"metric must be one of {METRICS[family]} for a {plan.task} model, got {metric!r}")
     df, snap = lake.read_table(table, version=version, spark=spark)
     where = f"explain_model({ref}, table={snap.table}@{snap.version})"
-    check_columns(df, spec.feature_names, meta["preprocessing"]["spec"], [], where)
+    check_columns(df, spec, [], where)
     if permutation:
         if spec.label is None:
             raise ConfigError(f"{where}: the model's spec has no label, so permutation importance has no metric; "
@@ -175,8 +174,7 @@ def explain_model(model_ref, table, version: int | None = None, store=None, spar
         if spec.label.name not in df.columns:
             raise ValidationError(f"{where}: permutation importance needs the label column {spec.label.name!r}; "
                                   f"the table has {df.columns}",
-                                  [{"column": spec.label.name, "problem": "missing column", "expected": "the label",
-                                    "found": f"columns {df.columns}", "count": None, "samples": []}])
+                                  [Problem(spec.label.name, "missing column", "the label", f"columns {df.columns}")])
     columns = spec.feature_names + ([spec.label.name] if permutation else [])
     sample = _sample(df.select(*dict.fromkeys(columns)), snap.num_rows, sample_rows, seed).persist()
     try:

@@ -55,18 +55,17 @@ class SparkDLPyfunc(mlflow.pyfunc.PythonModel):
         return pd.Series(out.to_pandas(), name=self.output)
 
 
-def _signature(metadata: dict, plan):
+def _signature(metadata, plan):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
     scalar = {"numeric": DataType.double, "categorical": DataType.string}
     cols = []
-    for feature in metadata["preprocessing"]["spec"]["features"]:
-        kind = feature.get("kind", "numeric")
-        if kind in scalar:
-            cols.append(ColSpec(scalar[kind], feature["name"], required=False))
+    for feature in metadata.spec.features:
+        if feature.kind in scalar:
+            cols.append(ColSpec(scalar[feature.kind], feature.name, required=False))
         else:  # vector / sequence: an array of numbers
-            cols.append(ColSpec(Array(DataType.double), feature["name"], required=False))
+            cols.append(ColSpec(Array(DataType.double), feature.name, required=False))
     out_type = {"int64": DataType.long, "int32": DataType.integer, "string": DataType.string,
                 "large_string": DataType.string}.get(str(plan.arrow_type()), DataType.double)
     outputs = Schema([ColSpec(out_type, plan.kind)]) if plan.kind == "prediction" else None

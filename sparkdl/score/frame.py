@@ -16,14 +16,13 @@ not when the DataFrame is defined, so it is left to the session; the direct rout
 """
 from __future__ import annotations
 
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
 
 log = get_logger("score.frame")
 
-CHUNK_ROWS = 100_000
 _HIDDEN = "__sparkdl_feature_"
 
 
@@ -32,27 +31,16 @@ def scoring_function(ref: ModelRef, plan: OutputPlan, inputs: list[tuple[str, st
     """The `mapInArrow` body: batches with the kept and feature columns in, batches of `arrow_schema` out.
 
     `inputs` pairs each model feature name with the batch column holding it."""
-    feature_names = [f for f, _ in inputs]
-    columns = [c for _, c in inputs]
 
     def score_batches(batches):
         import pyarrow as pa
 
-        from sparkdl.score.runtime import get_scorer, iter_chunks
+        from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 
-        scorer = None
-        for big in batches:
-            for batch in iter_chunks(big, CHUNK_ROWS):
-                if scorer is None:
-                    scorer = get_scorer(ref, plan, batch_size)
-                features = pa.RecordBatch.from_arrays([batch.column(c) for c in columns], names=feature_names)
-                out, valid, reasons = scorer.score(features)
-                if on_invalid == "error" and not valid.all():
-                    first = [r for r in reasons if r is not None][:3]
-                    raise ValidationError(f"{where}: {int((~valid).sum())} row(s) of a batch cannot be scored, "
-                                          f"e.g. {first}")
-                arrays = [batch.column(c) for c in keep_columns] + [out]
-                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+        for chunk, out, valid, reasons in scored_chunks(batches, ref, plan, batch_size, inputs):
+            if on_invalid == "error":
+                raise_if_invalid(where, valid, reasons)
+            yield pa.RecordBatch.from_arrays([chunk.column(c) for c in keep_columns] + [out], schema=arrow_schema)
 
     return score_batches
 
@@ -99,8 +87,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     ref, metadata = resolve_model(model_ref, store)
     plan = plan_output(output, metadata, attribution)
     output_col = output_col or output
-    spec = metadata["preprocessing"]["spec"]
-    feature_names = [f["name"] for f in spec["features"]]
+    feature_names = metadata.spec.feature_names
     keep = list(keep_columns) if keep_columns is not None else [c for c in df.columns if c != output_col]
     if output_col in keep:
         raise ConfigError(f"output_col {output_col!r} is also in keep_columns; drop it from keep_columns or choose "
@@ -108,7 +95,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     if len(set(keep)) != len(keep):
         raise ConfigError(f"keep_columns has duplicates: {keep}")
     where = f"score_dataframe({ref})"
-    check_columns(df, feature_names, spec, keep, where)
+    check_columns(df, metadata.spec, keep, where)
 
     # the batch columns: kept columns as they are, then each feature not kept (vectors as arrays)
     selected, inputs, chosen = [df[c] for c in keep], [], set(keep)

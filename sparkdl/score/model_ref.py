@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparkdl.errors import ConfigError, ModelStoreError
+from sparkdl.errors import ConfigError
+from sparkdl.model_metadata import ModelMetadata
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def _from_spark_model(model, store):
     return version, store
 
 
-def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
-    """Resolve `model_ref` to a `ModelRef` and its metadata dict, on the driver.
+def resolve_model(model_ref, store=None) -> tuple[ModelRef, ModelMetadata]:
+    """Resolve `model_ref` to a `ModelRef` and its typed metadata, on the driver.
 
     Args:
         model_ref: `"name"` (latest), `"name@3"`, `"name@latest"`, a `ModelVersion`, a `LoadedModel`, a
@@ -69,7 +70,8 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
 
     Raises:
         ConfigError: a malformed reference or an unsupported type.
-        ModelStoreError: the model or version does not exist (the message lists what does).
+        ModelStoreError: the model or version does not exist (the message lists what does), or its metadata
+            records no fitted preprocessing.
         SparkDLError: the model was saved by a Keras this environment lacks (a Keras 3 model on the pinned stack;
             the message names both Keras versions), found here before any Spark job starts.
     """
@@ -89,10 +91,7 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, dict]:
                           f"got {type(model_ref).__name__}")
     store = store or ModelStore()
     version = store.resolve(model_ref)
-    metadata = store.metadata(version)
-    if "preprocessing" not in metadata:
-        raise ModelStoreError(f"model {version}: its metadata records no 'preprocessing'; sparkdl scoring needs "
-                              f"the fitted PreprocessorModel (save models through sparkdl.train or pass "
-                              f"metadata={{'preprocessing': preprocessor.to_dict(), ...}} to ModelStore.save)")
-    stack.saved_flavour(Path(version.path) / metadata.get("model_file", MODEL_FILE))  # executors run this Python
+    raw = store.metadata(version)
+    metadata = ModelMetadata.from_dict({"name": version.name, "version": int(version.version), **raw})
+    stack.saved_flavour(Path(version.path) / raw.get("model_file", MODEL_FILE))  # executors run this Python
     return ModelRef(str(store.root), version.name, int(version.version)), metadata

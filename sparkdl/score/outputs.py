@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from sparkdl.errors import ConfigError
 from sparkdl.explain.integrated_gradients import Attribution
+from sparkdl.model_metadata import ModelMetadata
 
 OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions")
 ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
@@ -162,41 +163,12 @@ def _label_kind(classes) -> str:
     return "string"
 
 
-def _label_classes(metadata: dict) -> tuple | None:
-    classes = metadata.get("label_classes")
-    if classes is None:
-        classes = ((metadata.get("preprocessing") or {}).get("stats", {}).get("label") or {}).get("classes")
-    if classes is None:
-        return None
-    if isinstance(classes, dict):  # {"0": "cat", "1": "dog"}: index -> label
-        try:
-            classes = [classes[k] for k in sorted(classes, key=lambda k: int(k))]
-        except (TypeError, ValueError):
-            raise ConfigError(f"model metadata: label_classes must be a list or an index -> label mapping, "
-                              f"got keys {sorted(classes)[:5]}") from None
-    return tuple(classes)
-
-
-def task_of(metadata: dict) -> tuple[str, int | None]:
-    """(task, num_classes) from the metadata's signature, else from the preprocessing spec's label."""
-    sig = metadata.get("signature") or {}
-    if sig.get("task"):
-        return sig["task"], sig.get("num_classes")
-    spec = (metadata.get("preprocessing") or {}).get("spec") or metadata.get("feature_spec") or {}
-    label = spec.get("label") or {}
-    if isinstance(label, dict) and label.get("task"):
-        stats_label = ((metadata.get("preprocessing") or {}).get("stats", {}).get("label") or {})
-        return label["task"], label.get("num_classes") or stats_label.get("num_classes")
-    raise ConfigError(f"model {metadata.get('name')}@{metadata.get('version')}: its metadata has no signature "
-                      f"task and no labelled feature spec; cannot tell what the model predicts")
-
-
-def plan_output(output: str, metadata: dict, attribution: Attribution | None = None) -> OutputPlan:
+def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution | None = None) -> OutputPlan:
     """Check `output` against the model and return the plan (driver side, no TensorFlow).
 
     Args:
         output: one of `OUTPUTS`.
-        metadata: the model version's metadata.
+        metadata: the model version's metadata (`resolve_model`'s second value).
         attribution: for output "attributions", how they are computed (default: `Attribution()`).
 
     Raises:
@@ -209,13 +181,16 @@ def plan_output(output: str, metadata: dict, attribution: Attribution | None = N
         raise ConfigError(f"attribution options apply to output='attributions' only, not output={output!r}")
     if attribution is not None and not isinstance(attribution, Attribution):
         raise ConfigError(f"attribution must be a sparkdl.explain.Attribution, got {type(attribution).__name__}")
-    where = f"model {metadata.get('name')}@{metadata.get('version')}"
-    if metadata.get("model_name") == EMBEDDING_MODEL and output != "embedding":
+    where = metadata.where
+    if metadata.model_name == EMBEDDING_MODEL and output != "embedding":
         raise ConfigError(f"{where} is an embedding model: it has no {output!r}; use output='embedding'")
-    task, num_classes = task_of(metadata)
+    task, num_classes = metadata.task, metadata.num_classes
+    if not task:
+        raise ConfigError(f"{where}: its metadata has no signature task and no labelled feature spec; cannot tell "
+                          f"what the model predicts")
     if output == "probabilities" and task == "regression":
         raise ConfigError(f"{where} is a regression model: it has no probabilities; use output='prediction'")
-    classes = _label_classes(metadata) if task != "regression" else None
+    classes = metadata.label_classes if task != "regression" else None
     if classes is not None and num_classes is not None and len(classes) != int(num_classes):
         raise ConfigError(f"{where}: metadata lists {len(classes)} label classes but num_classes={num_classes}")
     if task == "regression":
@@ -235,6 +210,5 @@ def plan_output(output: str, metadata: dict, attribution: Attribution | None = N
     if task == "binary" and attribution.target == 0:
         raise ConfigError(f"{where} is binary: its output is P(class 1), so target=0 cannot be explained "
                           f"separately; leave target unset (the attributions of class 0 are the negatives)")
-    spec = metadata["preprocessing"]["spec"]
-    features = tuple((f["name"], f.get("kind", "numeric") in ("vector", "sequence")) for f in spec["features"])
+    features = tuple((f.name, f.kind in ("vector", "sequence")) for f in metadata.spec.features)
     return OutputPlan(output, task, num_classes, classes, label_arrow, attribution, features)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkdl import stack
+from sparkdl.errors import ValidationError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import EMBEDDING_MODEL, Explained, OutputPlan
@@ -27,6 +28,7 @@ from sparkdl.tf_runtime import configure_tensorflow
 
 log = get_logger("score.runtime")
 
+CHUNK_ROWS = 100_000  # rows per scoring call on a long Arrow batch (bounds a call's memory)
 _LOCK = threading.RLock()
 _MODELS: dict[tuple, "LoadedScoringModel"] = {}
 _LOADS: list[tuple] = []
@@ -58,15 +60,15 @@ class LoadedScoringModel:
         configure_tensorflow()
         import tensorflow as tf
 
-        from sparkdl.data.preprocess import PreprocessorModel
+        from sparkdl.model_metadata import ModelMetadata
         from sparkdl.registry import ModelStore, ModelVersion
 
         store = ModelStore(ref.root)
         loaded = store.load(ModelVersion(ref.name, ref.version, store.root / ref.name / str(ref.version)))
         self.ref = ref
-        self.metadata = loaded.metadata
+        self.metadata = ModelMetadata.from_dict(loaded.metadata)
         self.model = loaded.model
-        self.preprocessor = PreprocessorModel.from_dict(self.metadata["preprocessing"])
+        self.preprocessor = self.metadata.preprocessor()
         self.input_shape = tuple(int(d) for d in self.preprocessor.input_shape)
         self._tf = tf
         self._fns: dict[str, object] = {}
@@ -86,7 +88,7 @@ class LoadedScoringModel:
     def predict_fn(self, kind: str):
         """A traced `model(x, training=False)` for `kind` ("embedding" on a non-embedding model uses the input of
         the output layer); one trace for any batch size."""
-        key = "embedding" if (kind == "embedding" and self.metadata.get("model_name") != EMBEDDING_MODEL) else "out"
+        key = "embedding" if (kind == "embedding" and self.metadata.model_name != EMBEDDING_MODEL) else "out"
         fn = self._fns.get(key)
         if fn is None:
             tf = self._tf
@@ -199,3 +201,32 @@ def iter_chunks(batch: pa.RecordBatch, size: int | None) -> Iterator[pa.RecordBa
         return
     for start in range(0, batch.num_rows, size):
         yield batch.slice(start, size)
+
+
+def scored_chunks(batches, ref: ModelRef, plan: OutputPlan, batch_size: int | None = None,
+                  inputs: list[tuple[str, str]] | None = None):
+    """The one scoring loop of the Arrow paths (`score_dataframe`, `score_table`, `score_stream`).
+
+    Each batch is cut into chunks of at most `CHUNK_ROWS` rows and scored by this process's `Scorer` (made on the
+    first chunk, so a task without rows loads no model). `inputs` pairs each model feature name with the chunk
+    column holding it (default: the columns named as the features).
+
+    Yields:
+        (chunk, output column, valid mask, reasons) per chunk.
+    """
+    scorer = None
+    for big in batches:
+        for chunk in iter_chunks(big, CHUNK_ROWS):
+            if scorer is None:
+                scorer = get_scorer(ref, plan, batch_size)
+            features = chunk if inputs is None else pa.RecordBatch.from_arrays(
+                [chunk.column(column) for _, column in inputs], names=[name for name, _ in inputs])
+            out, valid, reasons = scorer.score(features)
+            yield chunk, out, valid, reasons
+
+
+def raise_if_invalid(where: str, valid: np.ndarray, reasons: list) -> None:
+    """`on_invalid="error"`: fail the task when a row of the batch cannot be prepared, with the first reasons."""
+    if not valid.all():
+        first = [r for r in reasons if r is not None][:3]
+        raise ValidationError(f"{where}: {int((~valid).sum())} row(s) of a batch cannot be scored, e.g. {first}")

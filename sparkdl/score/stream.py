@@ -140,11 +140,11 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
         raise TableError(f"score_stream: no Delta table at {source_uri}")
     schema = source_schema(source_uri)
     empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
-    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
-    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, feature_names, metadata)
+    feature_names = metadata.spec.feature_names
+    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, metadata.spec)
     _check_options("append", output_col, keep)
     where = f"score_stream({ref}, {source_uri} -> {target_uri})"
-    check_columns(empty, feature_names, metadata["preprocessing"]["spec"], keep, where)
+    check_columns(empty, metadata.spec, keep, where)
     kwargs = _trigger_kwargs(trigger)
     app_id = _app_id(checkpoint, source_uri, target_uri)
 

@@ -21,7 +21,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
-from sparkdl.errors import ConfigError, ScoringError, ValidationError, one_line_reason
+from sparkdl.errors import ConfigError, ScoringError, one_line_reason
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OutputPlan, plan_output
@@ -57,32 +57,15 @@ class ScoreReport:
 
 
 # ------------------------------------------------------------------------------------------------ the scoring core
-def check_columns(df, feature_names: list[str], spec_dict: dict, keep_columns: list[str], where: str) -> None:
+def check_columns(df, spec, keep_columns: list[str], where: str) -> None:
     """Schema-only checks (no Spark job): features present with usable types, keep columns present.
 
     Raises:
         ValidationError: every problem at once, naming the column, what was expected and what was found.
     """
-    from sparkdl.data.spec import FeatureSpec
-    from sparkdl.data.validation import expected_type, type_ok
+    from sparkdl.data.validation import check_schema
 
-    spec = FeatureSpec.from_dict(spec_dict)
-    problems = []
-    for name in feature_names:
-        if name not in df.columns:
-            problems.append({"column": name, "problem": "missing column", "expected": expected_type(spec.feature(name)),
-                             "found": f"columns {df.columns}", "count": None, "samples": []})
-        elif not type_ok(spec.feature(name), df.schema[name].dataType):
-            problems.append({"column": name, "problem": "wrong type", "expected": expected_type(spec.feature(name)),
-                             "found": df.schema[name].dataType.simpleString(), "count": None, "samples": []})
-    for name in keep_columns:
-        if name not in df.columns:
-            problems.append({"column": name, "problem": "missing column", "expected": "a column to keep",
-                             "found": f"columns {df.columns}", "count": None, "samples": []})
-    if problems:
-        text = "; ".join(f"{p['column']}: {p['problem']} (expected {p['expected']}, found {p['found']})"
-                         for p in problems)
-        raise ValidationError(f"{where}: {text}", problems)
+    check_schema(spec, df.schema, where, require_label=False, also_present=keep_columns)
 
 
 def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], keep_columns: list[str],
@@ -110,25 +93,19 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
     arrow_schema = to_arrow_schema(schema)
 
     def score_batches(batches):
-        from sparkdl.score.runtime import get_scorer, iter_chunks
+        from sparkdl.score.runtime import scored_chunks
 
-        scorer = None
-        for big in batches:
-            for batch in iter_chunks(big, 100_000):
-                if scorer is None:
-                    scorer = get_scorer(ref, plan, batch_size)
-                out, valid, reasons = scorer.score(batch)
-                arrays = [batch.column(c) for c in keep_columns]
-                if features_out:
-                    scored_mask = pa.array(valid)
-                    for c in features_out:
-                        col = batch.column(c)
-                        arrays.append(pc.if_else(scored_mask, pa.nulls(len(col), col.type), col)
-                                      if valid.any() else col)
-                arrays.append(out)
-                arrays.append(pa.array(reasons, type=pa.string()) if not valid.all()
-                              else pa.nulls(len(valid), pa.string()))
-                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+        for chunk, out, valid, reasons in scored_chunks(batches, ref, plan, batch_size):
+            arrays = [chunk.column(c) for c in keep_columns]
+            if features_out:
+                scored_mask = pa.array(valid)
+                for c in features_out:
+                    col = chunk.column(c)
+                    arrays.append(pc.if_else(scored_mask, pa.nulls(len(col), col.type), col) if valid.any() else col)
+            arrays.append(out)
+            arrays.append(pa.array(reasons, type=pa.string()) if not valid.all()
+                          else pa.nulls(len(valid), pa.string()))
+            yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
 
     from sparkdl.score.scan import map_batches
 
@@ -161,12 +138,11 @@ def split_outcomes(scored, keep_columns: list[str], feature_names: list[str], ou
     return good, bad
 
 
-def default_keep_columns(df, feature_names: list[str], metadata: dict) -> list[str]:
+def default_keep_columns(df, spec) -> list[str]:
     """The spec's id columns when it declares some, else every column that is not a feature."""
-    ids = list((metadata["preprocessing"]["spec"].get("id_columns") or []))
-    if ids:
-        return ids
-    return [c for c in df.columns if c not in feature_names]
+    if spec.id_columns:
+        return list(spec.id_columns)
+    return [c for c in df.columns if c not in spec.feature_names]
 
 
 def _check_options(mode: str, output_col: str, keep_columns: list[str]) -> None:
@@ -226,11 +202,11 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     output_col = output_col or output
     df, snap = read_table(source, version=source_version, spark=spark)
     spark = df.sparkSession
-    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
-    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, feature_names, metadata)
+    feature_names = metadata.spec.feature_names
+    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
     _check_options(mode, output_col, keep)
     where = f"score_table({ref}, source={snap.table}@{snap.version})"
-    check_columns(df, feature_names, metadata["preprocessing"]["spec"], keep, where)
+    check_columns(df, metadata.spec, keep, where)
     target_uri = normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     target_before = _version_or_none(target_uri, spark)

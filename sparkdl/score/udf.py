@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
@@ -66,7 +66,7 @@ def make_udf_function(fn_name: str, ref: ModelRef, plan: OutputPlan, features: l
 
     def score(*series):
         from sparkdl.score.pandas_arrow import arrow_to_series, series_to_batch
-        from sparkdl.score.runtime import get_scorer
+        from sparkdl.score.runtime import get_scorer, raise_if_invalid
 
         if len(series) != len(names):
             raise ValidationError(f"{fn_name}: expects {len(names)} argument(s) ({expected}), got {len(series)}")
@@ -74,18 +74,14 @@ def make_udf_function(fn_name: str, ref: ModelRef, plan: OutputPlan, features: l
         bad = [(i, f, batch.column(i).type) for i, f in enumerate(features)
                if not _arrow_type_ok(f[1], batch.column(i).type)]
         if bad:
-            problems = [{"column": f[0], "problem": "wrong type", "expected": _kind_expectation(f[1]),
-                         "found": str(t), "count": None, "samples": []} for _, f, t in bad]
+            problems = [Problem(f[0], "wrong type", expected=_kind_expectation(f[1]), found=str(t)) for _, f, t in bad]
             found = "; ".join(f"argument {i + 1} ({f[0]}): expected {_kind_expectation(f[1])}, got Arrow type {t}"
                               for i, f, t in bad)
             raise ValidationError(f"{fn_name}: wrong argument type(s): {found}. Expected arguments: {expected}",
                                   problems)
-        scorer = get_scorer(ref, plan, batch_size)
-        out, valid, reasons = scorer.score(batch)
-        if on_invalid == "error" and not valid.all():
-            first = [r for r in reasons if r is not None][:3]
-            raise ValidationError(f"{fn_name}: {int((~valid).sum())} row(s) of a batch cannot be scored, e.g. "
-                                  f"{first}")
+        out, valid, reasons = get_scorer(ref, plan, batch_size).score(batch)
+        if on_invalid == "error":
+            raise_if_invalid(fn_name, valid, reasons)
         return arrow_to_series(out)
 
     score.__name__ = fn_name
@@ -115,9 +111,7 @@ class ModelUDF:
         self.output = output
         self.batch_size = batch_size
         self.on_invalid = on_invalid
-        spec = self.metadata["preprocessing"]["spec"]
-        self.features = [(f["name"], f.get("kind", "numeric"), tuple(f.get("shape") or ()))
-                         for f in spec["features"]]
+        self.features = [(f.name, f.kind, tuple(f.shape)) for f in self.metadata.spec.features]
         self.feature_names = [f[0] for f in self.features]
         self.name = name or f"{self.ref.name}_{output}".replace(".", "_").replace("-", "_")
         self.return_type = self.plan.spark_type()
@@ -214,12 +208,11 @@ def transform_with_model(model, df, output: str | None = None, output_col: str |
     output = output or _param(model, ("getOutput", "getOutputType")) or "prediction"
     output_col = output_col or _param(model, ("getOutputCol", "getPredictionCol")) or output
     ref, metadata = resolve_model(model, store)
-    feature_names = [f["name"] for f in metadata["preprocessing"]["spec"]["features"]]
+    feature_names = metadata.spec.feature_names
     missing = [c for c in feature_names if c not in df.columns]
     if missing:
         raise ValidationError(f"model {ref}: DataFrame is missing feature column(s) {missing}; it has "
-                              f"{df.columns}", [{"column": c, "problem": "missing column", "expected": "present",
-                                                  "found": f"columns {df.columns}", "count": None, "samples": []}
+                              f"{df.columns}", [Problem(c, "missing column", "present", f"columns {df.columns}")
                                                  for c in missing])
     try:
         from pyspark.sql.pandas.types import to_arrow_schema

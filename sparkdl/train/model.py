@@ -75,9 +75,9 @@ class SparkDLModel(Model):
 
     def getPreprocessor(self):
         """The fitted `PreprocessorModel` (its `prepare_batch` prepares numpy input for `getModel()`)."""
-        from sparkdl.data.preprocess import PreprocessorModel
+        from sparkdl.model_metadata import ModelMetadata
 
-        return PreprocessorModel.from_dict(self._metadata["preprocessing"])
+        return ModelMetadata.from_dict(self._metadata).preprocessor()
 
     def getSignature(self):
         from sparkdl.data.spec import ModelSignature

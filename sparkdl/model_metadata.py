@@ -1,0 +1,85 @@
+"""`ModelMetadata`: a model version's metadata.json as a typed record, read once on the driver.
+
+Every module that scores, explains or evaluates a stored model reads what it needs from here — the feature spec
+(one copy: the fitted preprocessing's), the task, the classes — instead of reaching into the nested dict.
+
+    >>> meta = ModelMetadata.from_dict(store.metadata("digits@1"))
+    >>> meta.spec.feature_names, meta.task, meta.num_classes, meta.label_classes
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sparkdl.data.spec import FeatureSpec
+from sparkdl.errors import ConfigError, ModelStoreError
+
+if TYPE_CHECKING:
+    from sparkdl.data.preprocess import PreprocessorModel
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What scoring needs of a model version.
+
+    Attributes:
+        name, version: the version in its store.
+        spec: the feature spec the preprocessing was fitted with.
+        preprocessing: the fitted `PreprocessorModel.to_dict()`.
+        model_name: the zoo builder ("mlp", "cnn", "lstm", "embedding") or None for a custom model.
+        task, num_classes: from the signature, else the spec's label (None when neither says).
+        label_classes: the label values by class index, or None (class indices are the labels).
+        raw: the whole metadata.json (history, metrics, lineage, ...).
+    """
+
+    name: str | None
+    version: int | None
+    spec: FeatureSpec
+    preprocessing: dict
+    model_name: str | None
+    task: str | None
+    num_classes: int | None
+    label_classes: tuple | None
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, metadata: dict) -> "ModelMetadata":
+        """Raises ModelStoreError: the metadata records no fitted preprocessing (not saved through sparkdl)."""
+        where = f"model {metadata.get('name')}@{metadata.get('version')}"
+        preprocessing = metadata.get("preprocessing")
+        if not isinstance(preprocessing, dict) or "spec" not in preprocessing:
+            raise ModelStoreError(f"{where}: its metadata records no 'preprocessing'; sparkdl scoring needs the "
+                                  f"fitted PreprocessorModel (save models through sparkdl.train or pass "
+                                  f"metadata={{'preprocessing': preprocessor.to_dict(), ...}} to ModelStore.save)")
+        spec = FeatureSpec.from_dict(preprocessing["spec"])
+        stats_label = (preprocessing.get("stats") or {}).get("label") or {}
+        signature = metadata.get("signature") or {}
+        task, num_classes = signature.get("task"), signature.get("num_classes")
+        if not task and spec.label is not None:
+            task, num_classes = spec.label.task, spec.label.num_classes or stats_label.get("num_classes")
+        classes = metadata.get("label_classes")
+        if classes is None:
+            classes = stats_label.get("classes")
+        return cls(metadata.get("name"), metadata.get("version"), spec, preprocessing, metadata.get("model_name"),
+                   task, num_classes, _classes(classes, where), metadata)
+
+    @property
+    def where(self) -> str:
+        return f"model {self.name}@{self.version}"
+
+    def preprocessor(self) -> "PreprocessorModel":
+        from sparkdl.data.preprocess import PreprocessorModel
+
+        return PreprocessorModel.from_dict(self.preprocessing)
+
+
+def _classes(classes, where: str) -> tuple | None:
+    if classes is None:
+        return None
+    if isinstance(classes, dict):  # {"0": "cat", "1": "dog"}: index -> label
+        try:
+            classes = [classes[k] for k in sorted(classes, key=lambda k: int(k))]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} metadata: label_classes must be a list or an index -> label mapping, "
+                              f"got keys {sorted(classes)[:5]}") from None
+    return tuple(classes)

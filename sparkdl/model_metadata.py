@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, ModelStoreError
 
 if TYPE_CHECKING:
     from sparkdl.data.preprocess import PreprocessorModel
+    from sparkdl.data.spec import FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelMetadata:
 
     name: str | None
     version: int | None
-    spec: FeatureSpec
+    spec: "FeatureSpec"
     preprocessing: dict
     model_name: str | None
     task: str | None
@@ -45,6 +45,8 @@ class ModelMetadata:
     @classmethod
     def from_dict(cls, metadata: dict) -> "ModelMetadata":
         """Raises ModelStoreError: the metadata records no fitted preprocessing (not saved through sparkdl)."""
+        from sparkdl.data.spec import FeatureSpec  # sparkdl.data loads pyarrow.parquet: off `import sparkdl.score`
+
         where = f"model {metadata.get('name')}@{metadata.get('version')}"
         preprocessing = metadata.get("preprocessing")
         if not isinstance(preprocessing, dict) or "spec" not in preprocessing:

@@ -28,6 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator
@@ -132,6 +133,46 @@ _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
 _SNAKE_TO_CAMEL = {snake: camel for snake, camel, *_ in _PARAMS}
 
 
+@dataclass(frozen=True)
+class FitSettings:
+    """A fit's settings, validated once by `KerasEstimator._checked`: every param of `_PARAMS` (snake_case) and what
+    the checks derive from them."""
+
+    model: Any
+    keras: Any
+    feature_spec: Any
+    label: Any
+    loss: Any
+    optimizer: Any
+    learning_rate: Any
+    metrics: Any
+    batch_size: Any
+    epochs: Any
+    steps_per_execution: Any
+    validation: Any
+    callbacks: Any
+    num_proc: Any
+    model_store: Any
+    model_name: Any
+    run_name: Any
+    seed: Any
+    early_stopping: Any
+    resume: Any
+    hparams: Any
+    warmup_epochs: Any
+    checkpoint_every: Any
+    keep_checkpoints: Any
+    work_dir: Any
+    use_gpu: Any
+    start_timeout: Any
+    env: Any
+    mlflow: Any
+    mlflow_experiment: Any
+    optimizer_spec: Any          # the optimizer name, or the instance's serialized config
+    optimizer_flavour: str | None  # the Keras flavour of an optimizer instance
+    track: bool                  # log the fit to MLflow
+
+
 class _KerasEstimatorParams(Params):
     """The Params of `KerasEstimator` (getters `getX()` and setters `setX()` generated from `_PARAMS`)."""
 
@@ -178,8 +219,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         return self
 
     # ------------------------------------------------------------------------------------------------ checks
-    def _checked(self) -> dict:
-        """All params, validated, as a dict of snake_case names. Raises ConfigError."""
+    def _checked(self) -> FitSettings:
+        """All params, validated, as one typed record. Raises ConfigError."""
         p = {snake: self.getOrDefault(camel) for snake, camel, *_ in _PARAMS}
         if p["feature_spec"] is None:
             raise ConfigError("KerasEstimator: feature_spec is required")
@@ -215,35 +256,35 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
                                                           f"{uuid.uuid4().hex[:6]}")
         _check_model_choice(p["model"], p["hparams"])
         p["track"] = tracking.tracking_wanted(p["mlflow"])
-        return p
+        return FitSettings(**p)
 
     # ------------------------------------------------------------------------------------------------ fit
     def _fit(self, dataset) -> "SparkDLModel":
         from sparkdl.train.runner import HorovodRunner
 
         p = self._checked()
-        spec: FeatureSpec = p["feature_spec"]
+        spec: FeatureSpec = p.feature_spec
         df, snapshot = _resolve_input(dataset)
         spark = df.sparkSession
         _check_columns(spec, df)
-        runner = HorovodRunner(p["num_proc"], spark=spark, use_gpu=p["use_gpu"], start_timeout=p["start_timeout"],
-                               total_epochs=p["epochs"], env={**WORKER_ENV, **(p["env"] or {})})
+        runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
+                               total_epochs=p.epochs, env={**WORKER_ENV, **(p.env or {})})
         runner.check_slots()
         hint = signature_hint(spec)
         if hint is not None:
             _build_model(p, hint)  # unknown model, bad hparams, input-shape mismatch: before any Spark job
 
-        run = RunFolder(p["work_dir"], p["run_name"])
+        run = RunFolder(p.work_dir, p.run_name)
         settings = _run_settings(p, snapshot)
-        checkpoint = _resume_point(run, settings, p["resume"])
+        checkpoint = _resume_point(run, settings, p.resume)
         if checkpoint is not None:
             finished = _finished_model(run, p)
             if finished is not None:
                 return finished
 
         self._fit_run = None
-        if p["track"]:
-            self._fit_run = tracking.FitRun.start(p["run_name"], p["mlflow_experiment"], _tracked_params(p),
+        if p.track:
+            self._fit_run = tracking.FitRun.start(p.run_name, p.mlflow_experiment, _tracked_params(p),
                                                   tracking.source_tags(snapshot))
         try:
             model = self._fit_prepared(p, spec, df, snapshot, runner, run, settings, checkpoint)
@@ -255,7 +296,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             self._fit_run.finish(str(model.getModelVersion()))
         return model
 
-    def _fit_prepared(self, p, spec, df, snapshot, runner, run, settings, checkpoint) -> "SparkDLModel":
+    def _fit_prepared(self, p: FitSettings, spec, df, snapshot, runner, run, settings, checkpoint) -> "SparkDLModel":
         from sparkdl.data.dataset import split
         from sparkdl.data.preprocess import Preprocessor
 
@@ -271,7 +312,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
         validate(spec, df, require_label=True)
         phase("validate")
-        train_df, val_df = split(df, p["validation"] or None, p["seed"])
+        train_df, val_df = split(df, p.validation or None, p.seed)
         if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
             from sparkdl.data.preprocess import PreprocessorModel
 
@@ -286,9 +327,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
         history = _history_until(checkpoint)
         initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
-        if initial_epoch >= p["epochs"]:
+        if initial_epoch >= p.epochs:
             log.info("run %s: all %d epochs are already done (checkpoint of epoch %d/%d); nothing to train",
-                     p["run_name"], p["epochs"], checkpoint.epoch + 1, p["epochs"])
+                     p.run_name, p.epochs, checkpoint.epoch + 1, p.epochs)
             result = {"model": checkpoint.model_bytes(), "history": {}, "epochs": []}
         else:
             result = self._train(p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
@@ -300,12 +341,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             history[epoch] = {k: v[i] for k, v in result["history"].items() if i < len(v)}
         fitted = self._save(p, run, prep, signature, snapshot, result, history, started)
         recorded = fitted.getMetadata()["training"]["phases"]
-        log.info("run %s: fit phases (s): %s, save %.1f; total %.1f", p["run_name"],
+        log.info("run %s: fit phases (s): %s, save %.1f; total %.1f", p.run_name,
                  ", ".join(f"{k} {v:.1f}" for k, v in recorded.items()),
                  time.perf_counter() - started - sum(recorded.values()), time.perf_counter() - started)
         return fitted
 
-    def _train(self, p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
+    def _train(self, p: FitSettings, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
                initial_epoch, history) -> dict:
         from sparkdl.data.dataset import steps_per_epoch
         from sparkdl.data.petastorm_io import to_petastorm
@@ -318,49 +359,49 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
             # printed epochs count from 1 as in the progress lines and Keras's own "Epoch 1/8"; history and
             # epochs log keep Keras's 0-based History.epoch
-            log.info("run %s: resuming after epoch %d/%d (attempt %d)", p["run_name"], checkpoint.epoch + 1,
-                     p["epochs"], attempt)
+            log.info("run %s: resuming after epoch %d/%d (attempt %d)", p.run_name, checkpoint.epoch + 1,
+                     p.epochs, attempt)
         else:
-            stack.keras_module(p["keras"]).utils.set_random_seed(p["seed"])
+            stack.keras_module(p.keras).utils.set_random_seed(p.seed)
             model = _build_model(p, signature)
             model_bytes, optimizer_state = model_to_bytes(model), None
 
         flavour = model_flavour(model_bytes)
-        wrong = [type(c).__name__ for c in p["callbacks"] if _callback_flavour(c) not in (None, flavour)]
+        wrong = [type(c).__name__ for c in p.callbacks if _callback_flavour(c) not in (None, flavour)]
         if wrong:
             raise ConfigError(f"KerasEstimator: callbacks {wrong} are not {flavour} callbacks, but the model is a "
                               f"{flavour} model; give callbacks of the model's Keras")
-        if not isinstance(p["optimizer_spec"], str) and p["optimizer_flavour"] not in (None, flavour):
-            raise ConfigError(f"KerasEstimator: the optimizer is a {p['optimizer_flavour']} optimizer but the model "
+        if not isinstance(p.optimizer_spec, str) and p.optimizer_flavour not in (None, flavour):
+            raise ConfigError(f"KerasEstimator: the optimizer is a {p.optimizer_flavour} optimizer but the model "
                               f"is a {flavour} model; pass an optimizer of the model's Keras or its name")
-        zoo_name = p["model"] if isinstance(p["model"], str) else None
+        zoo_name = p.model if isinstance(p.model, str) else None
         # How the split derives from the snapshot: with the snapshot's table and version, it keys the cache.
-        key = {"validation": p["validation"], "seed": p["seed"]}
+        key = {"validation": p.validation, "seed": p.seed}
         cache_started = time.perf_counter()
         train_data = to_petastorm(train_df, prep, snapshot, key={**key, "split": "train"})
         val_data = None
         if val_df is not None:
             val_data = to_petastorm(val_df, prep, snapshot, key={**key, "split": "validation"})
         cache_s = round(time.perf_counter() - cache_started, 3)
-        steps = steps_per_epoch(train_data, p["num_proc"], p["batch_size"])
+        steps = steps_per_epoch(train_data, p.num_proc, p.batch_size)
         val_steps = None
-        if val_data is not None and val_data.num_rows // p["num_proc"] == 0:
+        if val_data is not None and val_data.num_rows // p.num_proc == 0:
             log.warning("run %s: the validation split has %d row(s), fewer than the %d processes: no validation",
-                        p["run_name"], val_data.num_rows, p["num_proc"])
+                        p.run_name, val_data.num_rows, p.num_proc)
             val_data = None
         elif val_data is not None:
-            val_steps = steps_per_epoch(val_data, p["num_proc"], p["batch_size"])
+            val_steps = steps_per_epoch(val_data, p.num_proc, p.batch_size)
 
         job = TrainJob(
-            model=model_bytes, optimizer=p["optimizer_spec"], learning_rate=p["learning_rate"],
-            loss=p["loss"] if p["loss"] is not None else default_loss(signature, zoo_name, flavour),
-            metrics=list(p["metrics"]) if p["metrics"] is not None else default_metrics(signature, zoo_name),
-            batch_size=p["batch_size"], epochs=p["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+            model=model_bytes, optimizer=p.optimizer_spec, learning_rate=p.learning_rate,
+            loss=p.loss if p.loss is not None else default_loss(signature, zoo_name, flavour),
+            metrics=list(p.metrics) if p.metrics is not None else default_metrics(signature, zoo_name),
+            batch_size=p.batch_size, epochs=p.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
             train_data=train_data, input_shape=tuple(signature.input_shape), val_data=val_data,
-            validation_steps=val_steps, optimizer_state=optimizer_state, seed=p["seed"],
-            warmup_epochs=p["warmup_epochs"], early_stopping=p["early_stopping"],
-            monitor="val_loss" if val_data is not None else "loss", callbacks=list(p["callbacks"]),
-            checkpoint_every=p["checkpoint_every"], steps_per_execution=p["steps_per_execution"], flavour=flavour)
+            validation_steps=val_steps, optimizer_state=optimizer_state, seed=p.seed,
+            warmup_epochs=p.warmup_epochs, early_stopping=p.early_stopping,
+            monitor="val_loss" if val_data is not None else "loss", callbacks=list(p.callbacks),
+            checkpoint_every=p.checkpoint_every, steps_per_execution=p.steps_per_execution, flavour=flavour)
 
         def on_epoch(message: dict) -> None:
             run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
@@ -375,19 +416,19 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             history[epoch] = dict(message.get("logs") or {})
             run.write(epoch, base64.b64decode(message["model"]), base64.b64decode(message["optimizer"]),
                       {"attempt": attempt, "history": _as_keras_history(history, upto=epoch)})
-            if p["keep_checkpoints"]:
-                run.prune(p["keep_checkpoints"])
+            if p.keep_checkpoints:
+                run.prune(p.keep_checkpoints)
 
         runner.message_handlers.update({"epoch": on_epoch, "checkpoint": on_checkpoint})
         log.info("run %s: training %s on %d process(es): %d steps/epoch of %d, epochs %d..%d, input %s",
-                 p["run_name"], p["model_name"], p["num_proc"], steps, p["batch_size"], initial_epoch,
-                 p["epochs"] - 1, tuple(signature.input_shape))
+                 p.run_name, p.model_name, p.num_proc, steps, p.batch_size, initial_epoch,
+                 p.epochs - 1, tuple(signature.input_shape))
         try:
             return {**runner.run(train_on_rank, job=job), "cache_s": cache_s}
         finally:
             self.last_run = runner.last_run
 
-    def _save(self, p, run, prep, signature, snapshot, result, history, started: float | None = None
+    def _save(self, p: FitSettings, run, prep, signature, snapshot, result, history, started: float | None = None
               ) -> "SparkDLModel":
         from sparkdl.train.model import SparkDLModel
         from sparkdl.train.serialization import model_from_bytes
@@ -397,22 +438,22 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         final = {k: v[-1] for k, v in keras_history.items() if k != "epoch" and v}
         store = _store(p)
         metadata = {
-            "feature_spec": p["feature_spec"].to_dict(),
+            "feature_spec": p.feature_spec.to_dict(),
             "preprocessing": prep.to_dict(),
             "signature": signature.to_dict(),
             "label_classes": prep.label_classes,
             "history": keras_history,
             "metrics": final,
             "source": snapshot.lineage() if snapshot is not None else None,
-            "hparams": p["hparams"],
-            "model_name": p["model"] if isinstance(p["model"], str) else p["model_name"],
-            "num_proc": p["num_proc"],
-            "run_name": p["run_name"],
-            "training": {"epochs": p["epochs"], "batch_size": p["batch_size"], "learning_rate": p["learning_rate"],
-                         "optimizer": p["optimizer_spec"], "validation": p["validation"], "seed": p["seed"],
-                         "warmup_epochs": p["warmup_epochs"], "early_stopping": p["early_stopping"],
+            "hparams": p.hparams,
+            "model_name": p.model if isinstance(p.model, str) else p.model_name,
+            "num_proc": p.num_proc,
+            "run_name": p.run_name,
+            "training": {"epochs": p.epochs, "batch_size": p.batch_size, "learning_rate": p.learning_rate,
+                         "optimizer": p.optimizer_spec, "validation": p.validation, "seed": p.seed,
+                         "warmup_epochs": p.warmup_epochs, "early_stopping": p.early_stopping,
                          "run_folder": str(run.path),
-                         "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p["epochs"] - 1},
+                         "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p.epochs - 1},
         }
         if getattr(self, "_fit_run", None) is not None:
             metadata[tracking.RUN_ID_KEY] = self._fit_run.run_id
@@ -420,38 +461,38 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         if started is not None:  # the rest of the fit so far (model build, job set-up, history): all time is counted
             phases["other"] = round(time.perf_counter() - started - sum(phases.values()), 3)
         metadata["training"]["phases"] = phases  # seconds until the save; the save itself is logged
-        version = store.save(p["model_name"], model, metadata)
+        version = store.save(p.model_name, model, metadata)
         run.write_settings({**(run.settings() or {}), "finished": {
-            "name": version.name, "version": version.version, "store": str(store.root), "epochs": p["epochs"],
+            "name": version.name, "version": version.version, "store": str(store.root), "epochs": p.epochs,
             "stopped_early": metadata["training"]["stopped_early"]}})
         return SparkDLModel(model=model, version=version, metadata=store.metadata(version), store=store)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _tracked_params(p: dict) -> dict:
+def _tracked_params(p: FitSettings) -> dict:
     """The fit's parameters as logged to MLflow."""
-    return {"model": p["model"] if isinstance(p["model"], str) else p["model_name"], "model_name": p["model_name"],
-            "keras": p["keras"], "num_proc": p["num_proc"], "batch_size": p["batch_size"], "epochs": p["epochs"],
-            "learning_rate": p["learning_rate"], "optimizer": p["optimizer_spec"], "validation": p["validation"],
-            "seed": p["seed"], "warmup_epochs": p["warmup_epochs"], "early_stopping": p["early_stopping"],
-            "steps_per_execution": p["steps_per_execution"], "run_name": p["run_name"],
-            **{f"hparams.{k}": v for k, v in sorted(p["hparams"].items())}}
+    return {"model": p.model if isinstance(p.model, str) else p.model_name, "model_name": p.model_name,
+            "keras": p.keras, "num_proc": p.num_proc, "batch_size": p.batch_size, "epochs": p.epochs,
+            "learning_rate": p.learning_rate, "optimizer": p.optimizer_spec, "validation": p.validation,
+            "seed": p.seed, "warmup_epochs": p.warmup_epochs, "early_stopping": p.early_stopping,
+            "steps_per_execution": p.steps_per_execution, "run_name": p.run_name,
+            **{f"hparams.{k}": v for k, v in sorted(p.hparams.items())}}
 
 
 
-def _store(p: dict):
+def _store(p: FitSettings):
     from sparkdl.registry import ModelStore
 
-    return p["model_store"] if isinstance(p["model_store"], ModelStore) else ModelStore(p["model_store"])
+    return p.model_store if isinstance(p.model_store, ModelStore) else ModelStore(p.model_store)
 
 
-def _finished_model(run: RunFolder, p: dict):
+def _finished_model(run: RunFolder, p: FitSettings):
     """The model a finished run already saved, when rerunning it would train nothing new; else None."""
     from sparkdl.errors import ModelStoreError
     from sparkdl.train.model import SparkDLModel
 
     done = (run.settings() or {}).get("finished")
-    if not done or not (done.get("stopped_early") or done.get("epochs", 0) >= p["epochs"]):
+    if not done or not (done.get("stopped_early") or done.get("epochs", 0) >= p.epochs):
         return None
     store = _store(p)
     if str(store.root) != done.get("store"):
@@ -535,13 +576,13 @@ def _check_model_choice(model, hparams: dict) -> None:
                           f"got {type(model).__name__}")
 
 
-def _build_model(p: dict, signature: ModelSignature):
+def _build_model(p: FitSettings, signature: ModelSignature):
     from sparkdl.models import build
 
-    model = p["model"]
+    model = p.model
     if hasattr(model, "get_config") and hasattr(model, "predict"):
         return build(model, signature)
-    return build(model, signature, keras=p["keras"], **p["hparams"])
+    return build(model, signature, keras=p.keras, **p.hparams)
 
 
 def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
@@ -597,11 +638,11 @@ def _describe_model(model) -> str:
     return f"builder:{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', repr(model))}"
 
 
-def _run_settings(p: dict, snapshot) -> dict:
-    return {"model": _describe_model(p["model"]), "hparams": p["hparams"],
-            "feature_spec": p["feature_spec"].to_dict(),
+def _run_settings(p: FitSettings, snapshot) -> dict:
+    return {"model": _describe_model(p.model), "hparams": p.hparams,
+            "feature_spec": p.feature_spec.to_dict(),
             "source": snapshot.lineage() if snapshot is not None else None,
-            "validation": p["validation"], "seed": p["seed"]}
+            "validation": p.validation, "seed": p.seed}
 
 
 _MUST_MATCH = ("model", "hparams", "feature_spec", "source", "validation", "seed")

@@ -159,17 +159,12 @@ def _dispatch(args: argparse.Namespace):
 
 def _show_model(store, ref: str) -> dict:
     """A version's metadata, its artifacts, and the top features of its explanation when it has one."""
-    from sparkdl.explain.model import EXPLANATION_FILE, ModelExplanation
+    from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
 
     version = store.resolve(ref)
     shown = {**store.metadata(version), "artifacts": store.artifacts(version)}
     if EXPLANATION_FILE in shown["artifacts"]:
-        explanation = ModelExplanation.from_dict(json.loads(store.artifact_path(version, EXPLANATION_FILE)
-                                                            .read_text()))
-        shown["explanation"] = {"table": explanation.table, "table_version": explanation.table_version,
-                                "rows": explanation.explained_rows, "top_attribution": explanation.top(10),
-                                "top_permutation": explanation.top(10, by="permutation"),
-                                "metric": explanation.metric, "plots": list(explanation.plots)}
+        shown["explanation"] = load_explanation(version, store=store).summary()
     return shown
 
 

@@ -163,10 +163,7 @@ def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
                                 attribution=attribution, sample_rows=cfg.explain.sample_rows,
                                 permutation=cfg.explain.permutation, repeats=cfg.explain.repeats,
                                 metric=cfg.explain.metric, plots=cfg.explain.plots)
-    summary = {"model": explanation.model, "table": explanation.table, "table_version": explanation.table_version,
-               "rows": explanation.explained_rows, "top_attribution": explanation.top(10),
-               "top_permutation": explanation.top(10, by="permutation"), "metric": explanation.metric,
-               "baseline_metric": explanation.baseline_metric, "plots": list(explanation.plots)}
+    summary = explanation.summary()
     if cfg.explain.output_table:
         report = explain_table(ref, cfg.table_uri(table), cfg.table_uri(cfg.explain.output_table),
                                attribution=attribution, mode="overwrite", source_version=cfg.explain.version,

@@ -83,6 +83,13 @@ class ModelExplanation:
         scored = [(f.name, getattr(f, key)) for f in self.features if getattr(f, key) is not None]
         return sorted(scored, key=lambda kv: -kv[1])[:k]
 
+    def summary(self, k: int = 10) -> dict:
+        """What a job prints and `sparkdl models show` lists: the data, the top `k` features by each method."""
+        return {"model": self.model, "table": self.table, "table_version": self.table_version,
+                "rows": self.explained_rows, "top_attribution": self.top(k),
+                "top_permutation": self.top(k, by="permutation"),
+                "metric": self.metric, "baseline_metric": self.baseline_metric, "plots": list(self.plots)}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -253,11 +253,11 @@ def format_demo_report(result: dict) -> str:
         ]
         if summary.get("explanation"):
             explained = summary["explanation"]
-            lines.append("  top features     (mean |integrated gradients|; permutation "
-                         f"{explained['metric']} drop)")
-            permutation = dict(explained["top_permutation"])
-            lines += [f"                   {name:<24} {value:.4f}   {permutation.get(name, float('nan')):+.4f}"
-                      for name, value in explained["top_attribution"][:5]]
+            heading = f"{'mean |integrated gradients|':<33} permutation ({explained['metric']} drop)"
+            lines.append(f"  top features     {heading}")
+            by_permutation = explained["top_permutation"][:5] or [("", float("nan"))] * 5
+            lines += [f"                   {a:<24} {x:.4f}   {b:<24} {y:+.4f}"
+                      for (a, x), (b, y) in zip(explained["top_attribution"][:5], by_permutation)]
         if summary["sql_query"]:
             lines.append("  SQL per class    label  n   accuracy  sql_function_agrees")
             lines += [f"                   {r['label']:>5}  {r['n']:<3} {r['accuracy']:<9} {r['sql_agrees']}"

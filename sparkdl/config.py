@@ -103,6 +103,7 @@ class EvaluateSection:
     version: int | None = None
     model: str | None = None
     plots: bool = True
+    baseline: bool = False              # also fit a scikit-learn baseline on the training table (sparkdl.baselines)
 
 
 @dataclass

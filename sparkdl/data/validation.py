@@ -65,7 +65,8 @@ def expected_type(item: Feature | Label) -> str:
     return {"numeric": "a numeric or boolean column",
             "vector": f"array<float> of {item.size} values or a Spark ML vector",
             "sequence": f"array<float> of {item.size} values (shape {list(item.shape)})",
-            "categorical": "a string, integer or boolean column"}[item.kind]
+            "categorical": "a string, integer or boolean column",
+            "text": "a string column"}[item.kind]
 
 
 def type_ok(item: Feature | Label, data_type) -> bool:
@@ -80,6 +81,8 @@ def type_ok(item: Feature | Label, data_type) -> bool:
         return _numeric(data_type)
     if item.kind == "categorical":
         return _integral(data_type) or _string(data_type)
+    if item.kind == "text":
+        return _string(data_type)
     return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
 
 
@@ -149,6 +152,11 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
                 inf = F.exists(arr, lambda x: F.abs(x) == float("inf"))
                 checks.append((item, "infinite element", "finite values", F.coalesce(inf, F.lit(False)),
                                F.lit("array with inf")))
+            continue
+        if isinstance(item, Feature) and item.kind == "text":
+            checks.append((item, "null", "text in every row", col.isNull(), F.lit("null")))
+            checks.append((item, "empty text", "at least one word or number",
+                           col.isNotNull() & ~col.rlike(r"[\p{L}\p{N}]"), F.substring(col, 1, 40)))
             continue
         is_label = isinstance(item, Label)
         missing_ok = (not is_label) and item.impute is not None

@@ -18,6 +18,8 @@ from sparkdl.models.zoo import (
     build_embedding,
     build_lstm,
     build_mlp,
+    build_text_cnn,
+    build_text_gru,
     default_loss,
     default_metrics,
     register_builder,
@@ -27,6 +29,6 @@ TripletLoss = TripletSemiHardLoss
 
 __all__ = [
     "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams", "available",
-    "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "default_loss", "default_metrics",
+    "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "build_text_cnn", "build_text_gru", "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",
 ]

@@ -1,4 +1,5 @@
-"""Model builders by name: `mlp`, `cnn`, `lstm`, `embedding`, plus builders registered at run time.
+"""Model builders by name: `mlp`, `cnn`, `lstm`, `embedding`, `text_cnn`, `text_gru`, plus builders registered at
+run time.
 
 A builder is `fn(signature: ModelSignature, **hparams) -> tf.keras.Model` (uncompiled). Its keyword arguments
 (with defaults) are the hyper-parameters it accepts; `build` rejects any other one before building anything.
@@ -182,6 +183,49 @@ def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidde
     return _k().Model(inputs, outputs, name="sparkdl_embedding")
 
 
+def _token_input(signature: ModelSignature, model: str):
+    """The token-id input of a text model and its embedded sequence (ids are floats in the prepared rows)."""
+    shape = signature.input_shape
+    if signature.vocabulary_size is None or len(shape) != 1:
+        raise ConfigError(f"model {model!r}: needs one text feature alone (token ids of shape (max_length,)); "
+                          f"got input_shape {list(shape)} without a text vocabulary")
+    return _k().Input(shape=shape, name="input")
+
+
+def build_text_cnn(signature: ModelSignature, *, embedding_dim: int = 64, filters: int = 128,
+                   kernel_sizes: Sequence[int] = (2, 3, 4), dropout: float = 0.3):
+    """Token embedding, 1-D convolutions of several widths with global max pooling, then the head (Kim, 2014)."""
+    embedding_dim = _positive("embedding_dim", embedding_dim, "text_cnn")
+    filters, dropout = _positive("filters", filters, "text_cnn"), _rate("dropout", dropout, "text_cnn")
+    kernel_sizes = _sizes("kernel_sizes", kernel_sizes, "text_cnn")
+    _check_classification(signature, "text_cnn")
+    inputs = _token_input(signature, "text_cnn")
+    x = _k().layers.Embedding(int(signature.vocabulary_size), embedding_dim, name="token_embedding")(inputs)
+    pooled = [_k().layers.GlobalMaxPooling1D(name=f"text_pool_{k}")(
+        _k().layers.Conv1D(filters, k, padding="same", activation="relu", name=f"text_conv_{k}")(x))
+        for k in kernel_sizes]
+    x = pooled[0] if len(pooled) == 1 else _k().layers.Concatenate(name="text_concat")(pooled)
+    if dropout:
+        x = _k().layers.Dropout(dropout, name="text_dropout")(x)
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_text_cnn")
+
+
+def build_text_gru(signature: ModelSignature, *, embedding_dim: int = 64, units: int = 64,
+                   bidirectional: bool = True, dropout: float = 0.2):
+    """Token embedding (padding masked), a GRU — bidirectional by default — then the head."""
+    embedding_dim = _positive("embedding_dim", embedding_dim, "text_gru")
+    units, dropout = _positive("units", units, "text_gru"), _rate("dropout", dropout, "text_gru")
+    _check_classification(signature, "text_gru")
+    inputs = _token_input(signature, "text_gru")
+    x = _k().layers.Embedding(int(signature.vocabulary_size), embedding_dim, mask_zero=True,
+                              name="token_embedding")(inputs)
+    gru = _k().layers.GRU(units, name="gru")
+    x = _k().layers.Bidirectional(gru, name="bidirectional")(x) if bidirectional else gru(x)
+    if dropout:
+        x = _k().layers.Dropout(dropout, name="text_dropout")(x)
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_text_gru")
+
+
 # ---------------------------------------------------------------------------------------------------- registry
 def register_builder(name: str, fn: Builder, *, overwrite: bool = False) -> None:
     """Make `fn(signature, **hparams) -> tf.keras.Model` buildable as `build(name, ...)`.
@@ -294,5 +338,6 @@ def default_metrics(signature: ModelSignature, model_name: str | None = None) ->
     return ["mae"] if signature.task == "regression" else ["accuracy"]
 
 
-for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding)):
+for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding),
+                   ("text_cnn", build_text_cnn), ("text_gru", build_text_gru)):
     register_builder(_name, _fn)

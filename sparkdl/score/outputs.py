@@ -173,7 +173,8 @@ def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution |
 
     Raises:
         ConfigError: unknown output; probabilities of a regression model; anything but an embedding of an
-            embedding model; `attribution` with another output, or a target class the model does not have.
+            embedding model; `attribution` with another output, or a target class the model does not have;
+            attributions of a model with a text feature.
     """
     if output not in OUTPUTS:
         raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -202,6 +203,10 @@ def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution |
     if output != "attributions":
         return OutputPlan(output, task, num_classes, classes, label_arrow)
     attribution = attribution or Attribution()
+    texts = [f.name for f in metadata.spec.features if f.kind == "text"]
+    if texts:
+        raise ConfigError(f"{where}: integrated gradients need inputs the model is differentiable in; text "
+                          f"feature(s) {texts} enter as token ids through an embedding lookup, which is not")
     if attribution.target is not None and task == "regression":
         raise ConfigError(f"{where} is a regression model: it has no class to explain; leave target unset")
     if attribution.target is not None and num_classes is not None and attribution.target >= int(num_classes):

@@ -36,6 +36,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 
 from sparkdl import stack
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
+from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import validate
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
@@ -597,7 +598,9 @@ def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
     else:
         shape = (sum(f.size for f in feats),)
     classes = spec.label.num_classes or (2 if spec.label.task == "multiclass" else None)
-    return ModelSignature(shape, spec.label.task, classes)
+    texts = [f for f in feats if f.kind == "text"]  # the fitted vocabulary may be smaller: an upper bound
+    vocabulary = max(f.vocabulary_size for f in texts) + TOKEN_ID_OFFSET if texts else None
+    return ModelSignature(shape, spec.label.task, classes, vocabulary)
 
 
 def _resolve_input(dataset):

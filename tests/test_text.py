@@ -67,9 +67,10 @@ def test_vocabulary_fitted_in_spark_equals_a_python_count_and_survives_reload(fo
 
 def test_text_model_scores_like_in_process_predict_in_every_path_and_quarantines_bad_texts(
         spark, fortunes, text_model, score_store, lake):
+    from test_score_udf import expected_outputs
+
     from sparkdl.lake import read_table, write_table
     from sparkdl.score import register_sql_function, score_dataframe, score_table
-    from test_score_udf import expected_outputs
 
     version, prep, model = text_model
     bad = spark.createDataFrame([(10_001, "", "zippy"), (10_002, "?! ...", "murphy"), (10_003, None, "zippy")],

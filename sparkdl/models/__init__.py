@@ -29,6 +29,7 @@ TripletLoss = TripletSemiHardLoss
 
 __all__ = [
     "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams", "available",
-    "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "build_text_cnn", "build_text_gru", "default_loss", "default_metrics",
+    "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "build_text_cnn", "build_text_gru",
+    "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",
 ]

@@ -25,9 +25,16 @@ def test_demo_end_to_end_then_rerun(tmp_path):
     assert "sparkdl demo: done" in first.stdout and "test accuracy" in first.stdout
     result = json.loads(first.stdout[first.stdout.index("\n{") + 1:])
     runs = {Path(r["config"]).name: r for r in result["runs"]}
-    assert set(runs) == {"digits.yaml", "breast_cancer.yaml"}
+    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml"}
     assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
     assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
+    # the image and text demos report a scikit-learn baseline on the same split, and beat or match it (1 point of
+    # slack: one Horovod run, not a mean over seeds)
+    for name, method in (("digits.yaml", "logistic_regression"), ("fortunes.yaml", "tfidf_logistic_regression")):
+        baseline = runs[name]["baseline"]
+        assert baseline["method"] == method and baseline["test_rows"] == runs[name]["scoring"]["input_rows"]
+        assert runs[name]["test_metrics"]["accuracy"] >= baseline["accuracy"] - 0.01, (name, baseline)
+    assert "baseline" in first.stdout
     for run in runs.values():
         scoring = run["scoring"]
         assert scoring["input_rows"] == scoring["scored_rows"] + scoring["quarantined_rows"]

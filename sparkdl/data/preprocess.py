@@ -267,6 +267,7 @@ class PreprocessorModel:
         self.label_classes: list[str] | None = label_stats.get("classes")
         self.num_classes: int | None = label_stats.get("num_classes")
         self._layout = self._build_layout()
+        self._value_sets: dict[str, pa.Array] = {}
 
     # ----- shapes -----
     def _build_layout(self) -> list[tuple[Feature, int, int]]:
@@ -280,6 +281,12 @@ class PreprocessorModel:
 
     def _vocab(self, name: str) -> list[str]:
         return self.stats["features"].get(name, {}).get("vocabulary", [])
+
+    def _value_set(self, name: str) -> pa.Array:
+        """A feature's vocabulary as a pyarrow array, built once per model (not once per batch)."""
+        if name not in self._value_sets:
+            self._value_sets[name] = pa.array(self._vocab(name), type=pa.string())
+        return self._value_sets[name]
 
     @property
     def slots(self) -> list[FeatureSlots]:
@@ -456,7 +463,7 @@ class PreprocessorModel:
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             raise ValidationError(f"feature {f.name!r}: expected a string column, got Arrow type {column.type}",
                                   [Problem(f.name, "wrong type", expected="string", found=str(column.type))])
-        ids, lengths = token_ids(tokenize(column), self._vocab(f.name), f.max_length)
+        ids, lengths = token_ids(tokenize(column), self._value_set(f.name), f.max_length)
         null = np.asarray(column.is_null(), dtype=bool)
         self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
         self._flag(reasons, lengths == 0, f"feature {f.name!r}: no tokens (empty or punctuation-only text)")
@@ -471,7 +478,7 @@ class PreprocessorModel:
             null = np.zeros(len(strings), bool)
         else:
             self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
-        index = pc.index_in(strings, value_set=pa.array(vocab, type=pa.string()))
+        index = pc.index_in(strings, value_set=self._value_set(f.name))
         idx = index.fill_null(len(vocab)).to_numpy(zero_copy_only=False).astype(np.int64)
         out[:] = 0.0
         out[np.arange(len(idx)), idx] = 1.0

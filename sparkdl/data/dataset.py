@@ -17,7 +17,9 @@ Reading is Arrow-native: `pyarrow.parquet` reads the feature and label columns o
 batches of ~64k rows (a whole number of training batches) on a background thread; the flat `array<float>` features
 become an (n, *input_shape) matrix by `flatten()` + reshape after checking the list offsets (no per-row objects).
 `from_generator` receives blocks of k batches as (k, batch, *shape) arrays and `unbatch()` splits them into
-batches in C++ (per batch, never per row), then `prefetch`. Throughput (scripts/benchmarks/bench_input.py, 400k
+batches in C++ (per batch, never per row), then `prefetch`. A cache of encoded images
+(`PetastormDataset.image`) is decoded in the same background thread by the model's `ImageInput` (Pillow on a
+thread pool). Throughput (scripts/benchmarks/bench_input.py, 400k
 rows × 32 floats, 2 busy cores): ~10× Petastorm's default `make_tf_dataset`, ~60-70% of a raw pyarrow scan
 unshuffled; shuffling (one random gather per buffer) costs roughly a third more time. The epoch count is finite:
 the dataset yields exactly `epochs * steps_per_epoch` batches.
@@ -141,6 +143,8 @@ class _Reader:
                 break
 
     def _convert(self, batch, file_index: int, row_group: int):
+        if self.data.image is not None:
+            return self._decode(batch, file_index, row_group)
         m = list_to_matrix(batch.column(self.data.feature_column), self.width)
         if m.null.any() or m.wrong_length.any():
             bad = int(m.null.sum() + m.wrong_length.sum())
@@ -152,6 +156,22 @@ class _Reader:
                 [Problem(self.data.feature_column, "wrong length", f"{self.width} values", f"lengths {found}",
                          count=bad)])
         features = m.values.reshape((len(m.values),) + self.shape)
+        labels = _labels(batch.column(self.data.label_column)) if self.with_label else None
+        return features, labels
+
+    def _decode(self, batch, file_index: int, row_group: int):
+        """Encoded images → scaled pixels with the model's own `ImageInput` (a thread pool, off this thread)."""
+        image = self.data.image
+        if tuple(image.shape) != self.shape:
+            raise ConfigError(f"image feature {image.name!r} has shape {list(image.shape)}, the model's input "
+                              f"shape is {list(self.shape)}")
+        features, reasons = image.prepare(batch.column(self.data.feature_column))
+        bad = [r for r in reasons if r is not None]
+        if bad:
+            raise ValidationError(
+                f"{self.data.files[file_index]} (row group {row_group}): {len(bad)} image(s) of the training cache "
+                f"cannot be decoded ({bad[0]}); the cache was written from other files: delete it and convert again",
+                [Problem(image.name, "undecodable image", "a decodable image", bad[0], count=len(bad))])
         labels = _labels(batch.column(self.data.label_column)) if self.with_label else None
         return features, labels
 

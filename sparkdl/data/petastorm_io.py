@@ -27,11 +27,12 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sparkdl.data.images import ImageInput
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.uri import filesystem, join, local_path, normalized, same_file
@@ -57,13 +58,15 @@ class PetastormDataset:
         columns: the columns in the files that the reader uses.
         key: what the data is (see the module docstring).
         url: the cache folder URL (None on the zero-copy path).
-        feature_column: the flat `array<float>` column holding prepared features.
+        feature_column: the flat `array<float>` column holding prepared features (encoded image bytes when
+            `image` is set).
         label_column: the label column, or None.
         row_groups: (file index, row group index, rows) for every row group, so workers need not read footers.
         zero_copy: True when `files` are a Delta snapshot's own files.
         temporary: the cache folder is deleted when the creating process exits.
         invalid_rows: {reason: rows} left out because preprocessing could not prepare them (recorded when the
             cache was written by `to_petastorm`).
+        image: how the reader decodes `feature_column` when it holds encoded images (None: prepared floats).
     """
 
     files: tuple[str, ...]
@@ -77,6 +80,7 @@ class PetastormDataset:
     zero_copy: bool = False
     temporary: bool = False
     invalid_rows: dict = field(default_factory=dict)
+    image: ImageInput | None = None
 
     @property
     def num_invalid(self) -> int:
@@ -297,7 +301,11 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
         from sparkdl.data.preprocess import invalid_row_counter
 
         counter = invalid_row_counter(spark or df.sparkSession)
-        prepared = model.transform(df, with_label=with_label, counter=counter)
+        image = model.image_input
+        if image is not None:  # the cache keeps the encoded bytes; the training reader decodes them
+            prepared = model.transform_encoded(df, with_label=with_label, counter=counter)
+        else:
+            prepared = model.transform(df, with_label=with_label, counter=counter)
         fingerprint = model.fingerprint
     else:
         missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
@@ -307,16 +315,19 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
             raise ValidationError(f"to_petastorm without a model needs column(s) {missing}; the DataFrame has "
                                   f"{df.columns}", [])
         prepared = df.select("features", *(["label"] if with_label else []))
-        fingerprint = None
+        fingerprint, image = None, None
     columns = ["features"] + (["label"] if with_label else [])
+    if image is not None:
+        columns[0] = "features:encoded"
     if snapshot is not None and (scan or key):
         k = cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype,
                       with_label=with_label, extra=key)
     else:
         k = cache_key(df=df, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=with_label,
                       extra=key)
-    return convert(prepared, k, temporary=temporary, dtype=dtype, row_group_size_bytes=row_group_size_bytes,
+    data = convert(prepared, k, temporary=temporary, dtype=dtype, row_group_size_bytes=row_group_size_bytes,
                    parent=parent, spark=spark, label_column="label" if with_label else None, counter=counter)
+    return replace(data, image=image) if image is not None else data
 
 
 def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str | None = "float32",

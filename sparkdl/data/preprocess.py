@@ -7,7 +7,10 @@ vocabularies (the `max_categories` most frequent values per column, ties broken 
 job: one `groupBy(feature, value).count()` over all categorical columns together, ranked by a window.
 
 Text features are tokenized by `sparkdl.data.text` (its vocabulary job runs in the same fit) into
-`max_length` token ids.
+`max_length` token ids. Image features are decoded by `sparkdl.data.images` (`image_input`); their per-channel
+statistics (``scale: standard``) come from one `mapInArrow` pass that decodes every image. For training,
+`transform_encoded` keeps the encoded bytes (the cache stays the size of the images, and the training reader
+decodes them with the same `ImageInput`).
 
 `PreprocessorModel.prepare_batch` is the math, written once in numpy/pyarrow; `transform` runs exactly that code
 inside Spark with `mapInArrow`, and a scoring UDF calls it on its Arrow batches: no train/serve skew. Order of
@@ -41,6 +44,7 @@ from sparkdl.data.arrow_utils import (
     numeric_to_numpy,
     to_table,
 )
+from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
 from sparkdl.data.validation import validate as validate_data
@@ -199,6 +203,9 @@ class Preprocessor:
                                           [Problem(name, "no tokens", "text with words or numbers",
                                                    "only empty or punctuation-only texts", count=0)])
                 stats["features"][name] = {"vocabulary": tokens}
+        image = spec.image_feature
+        if image is not None and image.scale == "standard":
+            stats["features"][image.name] = _channel_stats(df, image)
         classes = None
         num_classes = None
         if label is not None and label.task != "regression":
@@ -236,6 +243,31 @@ def _vocabularies(df, cats: list[Feature], cap: int) -> dict[str, list[str]]:
     for r in ranked.collect():
         out.setdefault(r["f"], []).append((r["r"], r["v"]))
     return {name: [v for _, v in sorted(items)] for name, items in out.items()}
+
+
+def _channel_stats(df, f: Feature) -> dict:
+    """Per-channel mean and population std of the decoded pixels (0..255) of image feature `f`, in one pass."""
+    from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
+
+    shape, resize, name = tuple(f.shape), f.resize, f.name
+    schema = StructType([StructField("n", LongType()), StructField("s", ArrayType(DoubleType())),
+                         StructField("q", ArrayType(DoubleType()))])
+
+    def moments(batches):
+        for b in batches:
+            n, s, q = channel_moments(b.column(0), shape, resize)
+            yield pa.RecordBatch.from_arrays([pa.array([n], pa.int64()), pa.array([s.tolist()]),
+                                              pa.array([q.tolist()])], names=["n", "s", "q"])
+
+    parts = df.select(name).mapInArrow(moments, schema).collect()
+    n = sum(r["n"] for r in parts)
+    if n == 0:
+        raise ValidationError(f"feature {name!r}: no decodable image to compute channel statistics from",
+                              [Problem(name, "no decodable images", "PNG/JPEG/... images", "none", count=0)])
+    total = np.sum([r["s"] for r in parts if r["n"]], axis=0) / (n * shape[0] * shape[1])
+    square = np.sum([r["q"] for r in parts if r["n"]], axis=0) / (n * shape[0] * shape[1])
+    std = np.sqrt(np.maximum(square - np.square(total), 0.0))
+    return {"count": n, "channel_mean": total.tolist(), "channel_std": std.tolist()}
 
 
 def _num(value) -> float | None:
@@ -289,6 +321,17 @@ class PreprocessorModel:
         return self._value_sets[name]
 
     @property
+    def image_input(self) -> ImageInput | None:
+        """How the image feature is decoded and scaled (None without one); the training reader uses it too."""
+        f = self.spec.image_feature
+        if f is None:
+            return None
+        s = self.stats["features"].get(f.name, {})
+        mean, std = s.get("channel_mean"), s.get("channel_std")
+        return ImageInput(f.name, tuple(f.shape), f.resize, f.scale, tuple(mean) if mean else None,
+                          tuple(std) if std else None)
+
+    @property
     def slots(self) -> list[FeatureSlots]:
         """Each feature's place in the flat prepared row, in spec order."""
         return [FeatureSlots(f.name, f.kind, start, width, tuple(f.shape)) for f, start, width in self._layout]
@@ -300,8 +343,8 @@ class PreprocessorModel:
         row = np.zeros(self._width, dtype=np.float32)
         for f, start, width in self._layout:
             s = self.stats["features"].get(f.name, {})
-            if f.kind == "categorical" or s.get("mean") is None:
-                continue
+            if f.kind in ("categorical", "image") or s.get("mean") is None:
+                continue  # an image's reference is the zero (black, or mean with `standard`) image
             mean = np.asarray(s["mean"], dtype=np.float64).reshape(-1)
             if f.scale == "standard":
                 mean = np.zeros_like(mean)  # (mean - mean) / std
@@ -316,7 +359,7 @@ class PreprocessorModel:
     def input_shape(self) -> tuple[int, ...]:
         """One vector/sequence feature alone keeps its shape; anything else is concatenated to (D,)."""
         feats = self.spec.features
-        if len(feats) == 1 and feats[0].kind in ("vector", "sequence"):
+        if len(feats) == 1 and feats[0].kind in ("vector", "sequence", "image"):
             return tuple(feats[0].shape)
         return (self._width,)
 
@@ -394,6 +437,11 @@ class PreprocessorModel:
                 self._categorical(f, column, out[:, start:start + width], reasons)
             elif f.kind == "text":
                 out[:, start:start + width] = self._text(f, column, reasons)
+            elif f.kind == "image":
+                pixels, why = self.image_input.prepare(column)
+                out[:, start:start + width] = pixels.reshape(n, width)
+                first = np.equal(reasons, None) & ~np.equal(why, None)
+                reasons[first] = why[first]
             else:
                 out[:, start:start + width] = self._vector(f, column, reasons)
         labels = self._labels(as_array(table.column(self.spec.label.name)), reasons) if with_label else None
@@ -513,10 +561,13 @@ class PreprocessorModel:
         return y.astype(np.int64)
 
     # ----- Spark -----
-    def output_schema(self, df, keep_columns=(), with_label: bool = True, raw: bool = False):
-        """The Spark schema of the mapInArrow output (keep columns, features, label, validity, reason)."""
+    def output_schema(self, df, keep_columns=(), with_label: bool = True, raw: bool = False,
+                      encoded: bool = False):
+        """The Spark schema of the mapInArrow output (keep columns, features, label, validity, reason);
+        `encoded`: `features` holds the encoded image bytes."""
         from pyspark.sql.types import (
             ArrayType,
+            BinaryType,
             BooleanType,
             FloatType,
             LongType,
@@ -528,7 +579,7 @@ class PreprocessorModel:
         fields = [df.schema[c] for c in keep_columns]
         if raw:
             fields += [df.schema[c] for c in self._input_columns(with_label) if c not in keep_columns]
-        fields.append(StructField("features", ArrayType(FloatType(), False), False))
+        fields.append(StructField("features", BinaryType() if encoded else ArrayType(FloatType(), False), False))
         if with_label:
             fields.append(StructField("label", FloatType() if self.spec.label.task == "regression" else LongType(),
                                       False))
@@ -538,7 +589,7 @@ class PreprocessorModel:
     def _input_columns(self, with_label: bool) -> list[str]:
         return self.spec.feature_names + ([self.spec.label.name] if with_label else [])
 
-    def _mapped(self, df, keep_columns, with_label: bool, raw: bool, counter=None):
+    def _mapped(self, df, keep_columns, with_label: bool, raw: bool, counter=None, encoded: bool = False):
         from pyspark.sql import functions as F
 
         from sparkdl.data.validation import array_column, is_vector_udt
@@ -556,7 +607,8 @@ class PreprocessorModel:
         for c in dict.fromkeys(keep_columns + inputs):
             cols.append(array_column(df, c).alias(c) if is_vector_udt(df.schema[c].dataType) else F.col(c))
         source = df.select(*cols)
-        schema = self.output_schema(source, keep_columns, with_label, raw)
+        schema = self.output_schema(source, keep_columns, with_label, raw, encoded)
+        image = self.spec.image_feature.name if encoded else None
         passthrough = keep_columns + ([c for c in inputs if c not in keep_columns] if raw else [])
         payload = self.to_json()
         names = schema.names
@@ -568,7 +620,8 @@ class PreprocessorModel:
                 if counter is not None and not p.valid.all():
                     counter.add(_count_reasons(p.reasons))
                 arrays = [b.column(c) for c in passthrough]
-                arrays.append(matrix_to_list_array(p.features))
+                arrays.append(encoded_bytes(b.column(image), p.valid) if encoded
+                              else matrix_to_list_array(p.features))
                 if with_label:
                     arrays.append(pa.array(p.labels))
                 arrays += [pa.array(p.valid), pa.array(p.reasons, type=pa.string())]
@@ -586,6 +639,22 @@ class PreprocessorModel:
         from pyspark.sql import functions as F
 
         out = self._mapped(df, keep_columns, with_label, raw=False, counter=counter)
+        cols = list(keep_columns) + ["features"] + (["label"] if with_label else [])
+        return out.where(F.col(VALID_COLUMN)).select(*cols)
+
+    def transform_encoded(self, df, keep_columns=(), with_label: bool = True, counter=None):
+        """Like `transform` for a model of one image feature, but `features` holds each decodable image's
+        encoded bytes (read from its path for a path column) instead of its pixels: what the training cache keeps.
+        `image_input.prepare` turns them into the same pixels as `transform`.
+
+        Raises:
+            ConfigError: the spec has no image feature.
+        """
+        from pyspark.sql import functions as F
+
+        if self.spec.image_feature is None:
+            raise ConfigError("transform_encoded needs a feature spec with an image feature")
+        out = self._mapped(df, keep_columns, with_label, raw=False, counter=counter, encoded=True)
         cols = list(keep_columns) + ["features"] + (["label"] if with_label else [])
         return out.where(F.col(VALID_COLUMN)).select(*cols)
 

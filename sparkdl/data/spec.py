@@ -9,7 +9,12 @@ A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind
 * ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``;
 * ``text``        – a string column, tokenized (`sparkdl.data.text`) into ``max_length`` token ids with a
                     vocabulary of the ``vocabulary_size`` most frequent tokens fitted in Spark; 0 pads, 1 is
-                    out-of-vocabulary. Its prepared shape is ``(max_length,)``.
+                    out-of-vocabulary. Its prepared shape is ``(max_length,)``;
+* ``image``       – a binary column of encoded images (PNG, JPEG...) or a string column of paths/URIs, decoded by
+                    `sparkdl.data.images` to ``shape=(height, width, channels)`` (channels 1, 3 or 4), resized
+                    unless ``resize: false``, scaled by ``scale`` (none: 0..255, ``minmax``: ÷255, ``standard``:
+                    fitted per channel). ``flip`` (random horizontal flips) and ``zoom`` (random zoom by up to
+                    that fraction) augment training only. An image feature is the model's only input.
 
 The `Label` says the task: ``binary`` (0/1), ``multiclass`` (class index 0..n-1, or strings mapped to indices by
 the preprocessor) or ``regression``.
@@ -23,12 +28,13 @@ from dataclasses import dataclass, field
 
 from sparkdl.errors import ConfigError
 
-FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence", "text")
+FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence", "text", "image")
 TASKS = ("binary", "multiclass", "regression")
 IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
 DEFAULT_MAX_LENGTH = 64
 DEFAULT_VOCABULARY_SIZE = 20000
+IMAGE_SETTINGS = ("resize", "flip", "zoom")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class Feature:
     scale: str | None = None
     max_length: int | None = None
     vocabulary_size: int | None = None
+    resize: bool | None = None
+    flip: bool | None = None
+    zoom: float | None = None
 
     def __post_init__(self):
         where = f"feature {self.name!r}"
@@ -53,6 +62,11 @@ class Feature:
             self._text_settings(where)
         elif self.max_length is not None or self.vocabulary_size is not None:
             raise ConfigError(f"{where}: max_length and vocabulary_size are settings of a text feature, "
+                              f"not of a {self.kind} feature")
+        if self.kind == "image":
+            self._image_settings(where)
+        elif any(getattr(self, k) is not None for k in IMAGE_SETTINGS):
+            raise ConfigError(f"{where}: {list(IMAGE_SETTINGS)} are settings of an image feature, "
                               f"not of a {self.kind} feature")
         if self.impute_value is not None and not _is_number(self.impute_value):
             raise ConfigError(f"{where}: impute_value must be a number, got {self.impute_value!r}")
@@ -87,6 +101,23 @@ class Feature:
             raise ConfigError(f"{where}: a text feature takes no imputation and no scaling")
         object.__setattr__(self, "shape", (int(self.max_length),))
 
+    def _image_settings(self, where: str) -> None:
+        if len(self.shape) != 3 or self.shape[-1] not in (1, 3, 4) or min(self.shape) < 1:
+            raise ConfigError(f"{where}: an image feature needs shape [height, width, channels] with 1, 3 or 4 "
+                              f"channels, got {list(self.shape)}")
+        if self.impute or self.impute_value is not None:
+            raise ConfigError(f"{where}: an image feature takes no imputation (undecodable images are reported)")
+        for key in ("resize", "flip"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        object.__setattr__(self, "resize", True if self.resize is None else self.resize)
+        object.__setattr__(self, "flip", bool(self.flip))
+        zoom = 0.0 if self.zoom is None else self.zoom
+        if not _is_number(zoom) or not 0.0 <= zoom < 1.0:
+            raise ConfigError(f"{where}: zoom is a fraction in [0, 1), got {self.zoom!r}")
+        object.__setattr__(self, "zoom", float(zoom))
+
     @property
     def size(self) -> int:
         """Number of scalar values per row (1 for numeric and categorical before encoding)."""
@@ -96,7 +127,7 @@ class Feature:
         out = {"name": self.name, "kind": self.kind}
         if self.shape and self.kind != "text":
             out["shape"] = list(self.shape)
-        for key in ("impute", "impute_value", "scale", "max_length", "vocabulary_size"):
+        for key in ("impute", "impute_value", "scale", "max_length", "vocabulary_size") + IMAGE_SETTINGS:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -156,6 +187,15 @@ class FeatureSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"feature spec: columns listed more than once: {dupes}")
+        images = [f.name for f in self.features if f.kind == "image"]
+        if images and len(self.features) > 1:
+            raise ConfigError(f"feature spec: image feature {images[0]!r} must be the only feature (the model's "
+                              f"input is the image tensor), got features {self.feature_names}")
+
+    @property
+    def image_feature(self) -> Feature | None:
+        """The image feature, when the model reads images (it is then the only feature)."""
+        return next((f for f in self.features if f.kind == "image"), None)
 
     @property
     def feature_names(self) -> list[str]:
@@ -189,7 +229,7 @@ class FeatureSpec:
             if isinstance(item, str):
                 item = {"name": item}
             _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale",
-                                                 "max_length", "vocabulary_size"}, {"name"})
+                                                 "max_length", "vocabulary_size", *IMAGE_SETTINGS}, {"name"})
             features.append(Feature(**{**item, "shape": item.get("shape") or ()}))
         label = data.get("label")
         if isinstance(label, str):
@@ -214,6 +254,9 @@ class ModelSignature:
     task: str
     num_classes: int | None = None
     vocabulary_size: int | None = None
+    resize: bool | None = None
+    flip: bool | None = None
+    zoom: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))

@@ -7,6 +7,10 @@ short description of the offending row, so memory stays constant however many ro
 raised together in one `ValidationError`, whose `.problems` is a list of `sparkdl.errors.Problem` records
 (column, problem, expected, found, count, samples).
 
+Image features are decoded (`sparkdl.data.images`, in a pandas UDF inside the same aggregation): an image that
+cannot be read, decoded or (with ``resize: false``) is the wrong size is a problem with the row's id columns as
+sample.
+
 Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare):
 * a feature with an ``impute`` strategy may hold nulls and NaN (they are imputed); infinities are always an error;
 * vector/sequence columns are ``array<numeric>`` or Spark ML vectors (converted with ``vector_to_array``) of
@@ -66,7 +70,8 @@ def expected_type(item: Feature | Label) -> str:
             "vector": f"array<float> of {item.size} values or a Spark ML vector",
             "sequence": f"array<float> of {item.size} values (shape {list(item.shape)})",
             "categorical": "a string, integer or boolean column",
-            "text": "a string column"}[item.kind]
+            "text": "a string column",
+            "image": "a binary column of encoded images or a string column of paths"}[item.kind]
 
 
 def type_ok(item: Feature | Label, data_type) -> bool:
@@ -83,6 +88,10 @@ def type_ok(item: Feature | Label, data_type) -> bool:
         return _integral(data_type) or _string(data_type)
     if item.kind == "text":
         return _string(data_type)
+    if item.kind == "image":
+        from pyspark.sql.types import BinaryType
+
+        return isinstance(data_type, BinaryType) or _string(data_type)
     return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
 
 
@@ -127,6 +136,25 @@ def array_column(df, name: str):
     return F.col(name)
 
 
+def _image_problem_udf(f: Feature):
+    """A pandas UDF: why each image of feature `f` cannot be decoded (None when it can), decoded by
+    `sparkdl.data.images` as training and scoring decode it."""
+    from pyspark.sql.functions import pandas_udf
+
+    shape, resize = tuple(f.shape), f.resize
+
+    @pandas_udf("string")
+    def image_problem(values):
+        import pandas as pd
+
+        from sparkdl.data.images import decode_one
+
+        return pd.Series([None if v is None else decode_one(v, shape, resize, isinstance(v, str))[1]
+                          for v in values], dtype=object)
+
+    return image_problem
+
+
 def _value_checks(df, columns_ok: list) -> list[tuple]:
     """(column, problem, expected, condition Column, sample Column) for every value check on well-typed columns."""
     from pyspark.sql import functions as F
@@ -157,6 +185,13 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
             checks.append((item, "null", "text in every row", col.isNull(), F.lit("null")))
             checks.append((item, "empty text", "at least one word or number",
                            col.isNotNull() & ~col.rlike(r"[\p{L}\p{N}]"), F.substring(col, 1, 40)))
+            continue
+        if isinstance(item, Feature) and item.kind == "image":
+            why = _image_problem_udf(item)(col)
+            checks.append((item, "null", "an image in every row", col.isNull(), F.lit("null")))
+            size = "" if item.resize else f" of {item.shape[0]}x{item.shape[1]} pixels"
+            checks.append((item, "undecodable image", f"an image Pillow can decode (PNG, JPEG, ...){size}",
+                           col.isNotNull() & why.isNotNull(), why))
             continue
         is_label = isinstance(item, Label)
         missing_ok = (not is_label) and item.impute is not None

@@ -59,7 +59,8 @@ def _signature(metadata, plan):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    scalar = {"numeric": DataType.double, "categorical": DataType.string, "text": DataType.string}
+    scalar = {"numeric": DataType.double, "categorical": DataType.string, "text": DataType.string,
+              "image": DataType.binary}
     cols = []
     for feature in metadata.spec.features:
         if feature.kind in scalar:

@@ -11,6 +11,7 @@ from sparkdl.models.evaluation import knn_accuracy
 from sparkdl.models.layers import L2Normalize
 from sparkdl.models.losses import TripletHardLoss, TripletSemiHardLoss, pairwise_distances
 from sparkdl.models.zoo import (
+    Augmentation,
     accepted_hparams,
     available,
     build,
@@ -28,7 +29,8 @@ from sparkdl.models.zoo import (
 TripletLoss = TripletSemiHardLoss
 
 __all__ = [
-    "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams", "available",
+    "Augmentation", "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams",
+    "available",
     "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "build_text_cnn", "build_text_gru",
     "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",

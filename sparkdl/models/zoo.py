@@ -15,6 +15,7 @@ import contextvars
 import inspect
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sparkdl import stack
@@ -28,9 +29,27 @@ log = get_logger("models")
 
 Builder = Callable[..., Any]
 _FLAVOUR: contextvars.ContextVar[str] = contextvars.ContextVar("sparkdl_keras_flavour", default="tf_keras")
+_AUGMENT: contextvars.ContextVar[Augmentation | None] = contextvars.ContextVar("sparkdl_augment", default=None)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _BUILDERS: dict[str, Builder] = {}
 EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-only image augmentation at the input of a zoo image model (Keras preprocessing layers, which are
+    the identity at inference, so scoring and explanations never see it).
+
+    Attributes:
+        flip: random horizontal flips.
+        zoom: random zoom in or out by up to this fraction of the height and width (0: none).
+    """
+
+    flip: bool = False
+    zoom: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.flip or self.zoom)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -106,6 +125,11 @@ def _image_input(signature: ModelSignature, model: str):
                           f"got input_shape {list(shape)}")
     inputs = _k().Input(shape=shape, name="input")
     x = inputs if len(shape) == 3 else _k().layers.Reshape((*shape, 1), name="add_channel")(inputs)
+    augment = _AUGMENT.get()
+    if augment and augment.flip:
+        x = _k().layers.RandomFlip("horizontal", name="augment_flip")(x)
+    if augment and augment.zoom:
+        x = _k().layers.RandomZoom((-augment.zoom, augment.zoom), fill_mode="nearest", name="augment_zoom")(x)
     return inputs, x
 
 
@@ -170,13 +194,12 @@ def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidde
     embedding_dim = _positive("embedding_dim", embedding_dim, EMBEDDING)
     hidden, dropout = _sizes("hidden", hidden, EMBEDDING), _rate("dropout", dropout, EMBEDDING)
     filters, activation = _sizes("filters", filters, EMBEDDING), _activation(activation, EMBEDDING)
-    inputs = _k().Input(shape=signature.input_shape, name="input")
     if len(signature.input_shape) == 3:
-        x = _conv_stack(inputs, filters, 3, activation, "embedding")
-    elif len(signature.input_shape) == 1:
-        x = inputs
+        inputs, x = _image_input(signature, EMBEDDING)
+        x = _conv_stack(x, filters, 3, activation, "embedding")
     else:
-        x = _k().layers.Flatten(name="embedding_flatten")(inputs)
+        inputs = _k().Input(shape=signature.input_shape, name="input")
+        x = inputs if len(signature.input_shape) == 1 else _k().layers.Flatten(name="embedding_flatten")(inputs)
     x = _dense_stack(x, hidden, dropout, activation, "embedding")
     x = _k().layers.Dense(embedding_dim, activation=None, dtype="float32", name="embedding_projection")(x)
     outputs = layer_classes(_FLAVOUR.get())["L2Normalize"](name="embedding", dtype="float32")(x)
@@ -277,7 +300,8 @@ def _check_input_shape(model, signature: ModelSignature, label: str) -> None:
                           f"input_shape {list(want)}")
 
 
-def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, keras: str = "tf_keras", **hparams):
+def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, keras: str = "tf_keras",
+          augment: Augmentation | None = None, **hparams):
     """Build an uncompiled Keras model for `signature`.
 
     Args:
@@ -285,6 +309,7 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
             flavour (returned as is once its input shape is checked), or a builder `fn(signature, **hparams)`.
         signature: input shape of one prepared example, task and number of classes.
         keras: the Keras flavour zoo builders build with: "tf_keras" (default) or "keras3" (current stack).
+        augment: training-only image augmentation for the zoo's image models (`cnn`, `embedding`).
         **hparams: the builder's hyper-parameters (e.g. `hidden=(64, 64)`, `dropout=0.1` for mlp).
 
     Raises:
@@ -295,6 +320,10 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
     if not isinstance(signature, ModelSignature):
         raise ConfigError(f"build: signature must be a ModelSignature, got {type(signature).__name__}")
     stack.check_flavour(keras)
+    if augment and not (isinstance(name_or_model, str) and name_or_model in ("cnn", EMBEDDING)):
+        raise ConfigError(f"build: image augmentation ({augment}) is built into the zoo's image models (cnn, "
+                          f"embedding); for {getattr(name_or_model, 'name', name_or_model)!r} add Keras "
+                          f"RandomFlip/RandomZoom layers to the model itself")
     if stack.is_keras_model(name_or_model):
         if hparams:
             raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
@@ -312,11 +341,12 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
         raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
                           f"got {type(name_or_model).__name__}")
     _check_hparams(label, builder, hparams)
-    token = _FLAVOUR.set(keras)
+    token, augment_token = _FLAVOUR.set(keras), _AUGMENT.set(augment)
     try:
         model = builder(signature, **hparams)
     finally:
         _FLAVOUR.reset(token)
+        _AUGMENT.reset(augment_token)
     _check_input_shape(model, signature, label)
     log.debug("built model %s for %s: %d parameters", label, signature, model.count_params())
     return model

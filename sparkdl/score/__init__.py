@@ -5,16 +5,18 @@ job and a Delta stream — all sharing one Arrow-native scoring path and one mod
     >>> df.select(model_udf("digits@1")("pixels"))
     >>> score_dataframe(df, "digits@1", keep_columns=["id"])      # the fast path: Arrow batches, no pandas
     >>> report = score_table("digits@1", "/lake/images", "/lake/predictions")
+    >>> similar("digits_emb@1", queries, "/lake/images", k=5)   # nearest rows by the model's embedding
 """
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
 from sparkdl.score.runtime import load_count, loaded_models
+from sparkdl.score.similar import similar
 from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
 
 __all__ = [
     "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "load_count", "loaded_models", "model_udf", "plan_output",
-    "register_sql_function", "resolve_model", "score_dataframe", "transform_with_model",
+    "register_sql_function", "resolve_model", "score_dataframe", "similar", "transform_with_model",
 ]
 
 

@@ -31,7 +31,8 @@ _SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _kind_expectation(kind: str) -> str:
     return {"numeric": "a numeric or boolean column", "categorical": "a string, integer or boolean column",
-            "vector": "array<numeric>", "sequence": "array<numeric>", "text": "a string column"}[kind]
+            "vector": "array<numeric>", "sequence": "array<numeric>", "text": "a string column",
+            "image": "a binary column of encoded images or a string column of paths"}[kind]
 
 
 def _arrow_type_ok(kind: str, arrow_type) -> bool:
@@ -48,6 +49,9 @@ def _arrow_type_ok(kind: str, arrow_type) -> bool:
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
     if kind == "text":
         return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if kind == "image":
+        return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
+                or pa.types.is_large_string(t))
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
 
 
@@ -55,7 +59,7 @@ def signature_text(features: list[tuple[str, str, tuple]]) -> str:
     """`name(pixels array<numeric>[64], age numeric)` style description of the expected arguments."""
     parts = []
     for name, kind, shape in features:
-        size = f"[{'x'.join(str(d) for d in shape)}]" if shape and kind != "text" else ""
+        size = f"[{'x'.join(str(d) for d in shape)}]" if shape and kind not in ("text", "image") else ""
         parts.append(f"{name} {_kind_expectation(kind)}{size}")
     return ", ".join(parts)
 

@@ -578,12 +578,14 @@ def _check_model_choice(model, hparams: dict) -> None:
 
 
 def _build_model(p: FitSettings, signature: ModelSignature):
-    from sparkdl.models import build
+    from sparkdl.models import Augmentation, build
 
+    image = p.feature_spec.image_feature
+    augment = Augmentation(image.flip, image.zoom) if image is not None else None
     model = p.model
     if hasattr(model, "get_config") and hasattr(model, "predict"):
-        return build(model, signature)
-    return build(model, signature, keras=p.keras, **p.hparams)
+        return build(model, signature, augment=augment)
+    return build(model, signature, keras=p.keras, augment=augment, **p.hparams)
 
 
 def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
@@ -593,7 +595,7 @@ def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
     if any(f.kind == "categorical" for f in spec.features) or spec.label is None:
         return None
     feats = spec.features
-    if len(feats) == 1 and feats[0].kind in ("vector", "sequence"):
+    if len(feats) == 1 and feats[0].kind in ("vector", "sequence", "image"):
         shape = tuple(feats[0].shape)
     else:
         shape = (sum(f.size for f in feats),)

@@ -220,6 +220,13 @@ def test_image_model_scores_like_in_process_predict_in_every_path_and_quarantine
     np.testing.assert_allclose(probs[valid], want[valid], rtol=1e-5, atol=1e-6)
     assert got["probabilities"][~valid].isna().all()
 
+    # the same model scores a column of file URIs (binaryFile's `path`): the files are read in the tasks
+    by_path = (sample.where("content is not null and path not like 'bad/%'")
+               .select("path", sample["path"].alias("content")))
+    from_files = score_dataframe(by_path, version, output="probabilities", keep_columns=["path"]) \
+        .orderBy("path").toPandas()
+    np.testing.assert_allclose(np.stack(from_files["probabilities"]), want[valid], rtol=1e-5, atol=1e-6)
+
     register_sql_function(spark, "digit_of_image_test", version, store=score_store)
     sample.createOrReplaceTempView("image_sample")
     sql = spark.sql("SELECT path, digit_of_image_test(content) AS p FROM image_sample").orderBy("path").toPandas()

@@ -15,7 +15,7 @@ def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
     for key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER"):
         env.pop(key, None)
     return subprocess.run([sys.executable, "-m", "sparkdl.cli", "demo", "--json", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.slow
@@ -25,12 +25,13 @@ def test_demo_end_to_end_then_rerun(tmp_path):
     assert "sparkdl demo: done" in first.stdout and "test accuracy" in first.stdout
     result = json.loads(first.stdout[first.stdout.index("\n{") + 1:])
     runs = {Path(r["config"]).name: r for r in result["runs"]}
-    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml"}
+    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml"}
     assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
     assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
     # the image and text demos report a scikit-learn baseline on the same split, and beat or match it (1 point of
     # slack: one Horovod run, not a mean over seeds)
-    for name, method in (("digits.yaml", "logistic_regression"), ("fortunes.yaml", "tfidf_logistic_regression")):
+    for name, method in (("digits.yaml", "logistic_regression"), ("fortunes.yaml", "tfidf_logistic_regression"),
+                         ("digit_images.yaml", "logistic_regression_pixels")):
         baseline = runs[name]["baseline"]
         assert baseline["method"] == method and baseline["test_rows"] == runs[name]["scoring"]["input_rows"]
         assert runs[name]["test_metrics"]["accuracy"] >= baseline["accuracy"] - 0.01, (name, baseline)
@@ -43,6 +44,9 @@ def test_demo_end_to_end_then_rerun(tmp_path):
         assert all(r["sql_agrees"] == r["n"] for r in run["sql_query"])  # SQL function == table scoring
         assert Path(run["model_path"], "model.keras").is_file()
     assert (tmp_path / "lake" / "digits_train" / "_delta_log").is_dir()
+    # the image demo's tables were ingested from PNG files in class folders (80/20 of the 1,797 digits)
+    pngs = sorted((tmp_path / "lake" / "image_files").glob("*/*/*.png"))
+    assert len(pngs) == 1797 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
     # the breast_cancer job explains its model: top features printed, plots and per-row attributions written
     explained = runs["breast_cancer.yaml"]["explanation"]
     assert "top features" in first.stdout and explained["top_attribution"][0][0] in first.stdout

@@ -31,8 +31,10 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)  # Petastorm 0.13 on PyArrow 14: legacy dataset API
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

@@ -12,6 +12,8 @@ Sharding (the rule every rank follows, with no communication):
   epoch may be smaller, equally on every rank) — uneven shards would hang Horovod's allreduce. Skewed Spark
   partitions (file sizes) do not matter: shards are row ranges, not files.
 * Within a rank, rows are shuffled in a buffer of `shuffle_buffer` rows (64k by default, one Arrow read batch).
+  Reads and the buffer are also bounded in bytes of prepared float32 rows (64 MiB per read, 256 MiB of buffer), so
+  large rows (decoded images: 48 KiB for 64×64 RGB) get fewer rows per read and per buffer, not gigabytes.
 
 Reading is Arrow-native: `pyarrow.parquet` reads the feature and label columns of the planned row groups in Arrow
 batches of ~64k rows (a whole number of training batches) on a background thread; the flat `array<float>` features
@@ -43,6 +45,8 @@ log = get_logger("data.dataset")
 
 DEFAULT_SHUFFLE_BUFFER = 65_536
 READ_BATCH_ROWS = 65_536
+READ_BATCH_BYTES = 64 * 1024 * 1024
+SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
 
 
 def _check(data: PetastormDataset, rank: int, size: int, batch_size: int) -> None:
@@ -215,7 +219,9 @@ def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int
     if epochs < 1:
         raise ConfigError(f"epochs must be a finite number >= 1, got {epochs}")
     # Arrow batches of a whole number of training batches: blocks rarely need a copy to join a carried remainder.
-    read_rows = max(batch_size, READ_BATCH_ROWS // batch_size * batch_size)
+    row_bytes = 4 * int(np.prod(input_shape))
+    read_rows = max(batch_size, min(READ_BATCH_ROWS, READ_BATCH_BYTES // row_bytes) // batch_size * batch_size)
+    shuffle_buffer = min(shuffle_buffer, max(batch_size, SHUFFLE_BUFFER_BYTES // row_bytes))
     reader = _Reader(data, input_shape, with_label, read_rows)
     rng = np.random.default_rng([seed, rank, 7919])
     chunks = queue.Queue(maxsize=max(1, read_ahead))

@@ -201,10 +201,9 @@ def test_validation_names_the_column_and_a_sample_row_id(spark):
 
 def test_image_model_scores_like_in_process_predict_in_every_path_and_quarantines_bad_images(
         spark, images, image_cnn, score_store, lake):
-    from test_score_udf import expected_outputs
+    from test_score_udf import check_probabilities, check_sql_and_table_scoring, expected_outputs
 
-    from sparkdl.lake import read_table, write_table
-    from sparkdl.score import register_sql_function, score_dataframe, score_table
+    from sparkdl.score import score_dataframe
 
     version, prep, model = image_cnn
     _, df = images
@@ -215,10 +214,7 @@ def test_image_model_scores_like_in_process_predict_in_every_path_and_quarantine
     want, valid = expected_outputs(prep, model, pdf, ["content"])
     assert valid.sum() == 60
 
-    got = score_dataframe(sample, version, output="probabilities", keep_columns=["path"]).orderBy("path").toPandas()
-    probs = np.asarray([np.asarray(p) if p is not None else np.full(10, np.nan) for p in got["probabilities"]])
-    np.testing.assert_allclose(probs[valid], want[valid], rtol=1e-5, atol=1e-6)
-    assert got["probabilities"][~valid].isna().all()
+    check_probabilities(sample, version, "path", want, valid)
 
     # the same model scores a column of file URIs (binaryFile's `path`): the files are read in the tasks
     by_path = (sample.where("content is not null and path not like 'bad/%'")
@@ -227,18 +223,8 @@ def test_image_model_scores_like_in_process_predict_in_every_path_and_quarantine
         .orderBy("path").toPandas()
     np.testing.assert_allclose(np.stack(from_files["probabilities"]), want[valid], rtol=1e-5, atol=1e-6)
 
-    register_sql_function(spark, "digit_of_image_test", version, store=score_store)
-    sample.createOrReplaceTempView("image_sample")
-    sql = spark.sql("SELECT path, digit_of_image_test(content) AS p FROM image_sample").orderBy("path").toPandas()
-    classes = np.asarray(prep.label_classes)
-    assert sql["p"][valid].tolist() == classes[want[valid].argmax(axis=1)].tolist()
-    assert sql["p"][~valid].isna().all()
-
-    write_table(sample, str(lake / "images"), mode="error")
-    report = score_table(version, str(lake / "images"), str(lake / "images_scored"), mode="overwrite",
-                         keep_columns=["path"], quarantine=str(lake / "images_quarantine"), spark=spark)
-    assert (report.scored_rows, report.quarantined_rows) == (60, 2)
-    reasons = {r["path"]: r["_reason"] for r in read_table(str(lake / "images_quarantine"))[0].collect()}
+    reasons, _ = check_sql_and_table_scoring(spark, score_store, lake, version, sample, "path", "content", prep,
+                                             want, valid, "images")
     assert reasons["bad/none.png"] == "feature 'content': null"
     assert reasons["bad/junk.png"].startswith("feature 'content': undecodable image")
 

@@ -70,6 +70,39 @@ def expected_outputs(prep, model, pdf, feature_cols):
     return model.predict(prepared.features, verbose=0), prepared.valid
 
 
+def check_probabilities(df, version, key, want, valid):
+    """`score_dataframe(..., output="probabilities")` equals in-process `want` on the valid rows (ordered by
+    `key`) and is null on the others."""
+    from sparkdl.score import score_dataframe
+
+    got = score_dataframe(df, version, output="probabilities", keep_columns=[key]).orderBy(key).toPandas()
+    assert got["probabilities"][~valid].isna().all()
+    np.testing.assert_allclose(as_matrix(got["probabilities"][valid]), want[valid], rtol=1e-5, atol=1e-6)
+
+
+def check_sql_and_table_scoring(spark, store, lake, version, df, key, column, prep, want, valid, name):
+    """The SQL function over `column` predicts in-process's class for the valid rows (null for the others, rows
+    ordered by `key`), and `score_table` on a Delta copy of `df` scores the valid rows and quarantines the others.
+
+    Returns ({key value: quarantine reason}, the ScoreReport)."""
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.score import register_sql_function, score_table
+
+    register_sql_function(spark, f"{name}_fn", version, store=store)
+    df.createOrReplaceTempView(f"{name}_sample")
+    sql = spark.sql(f"SELECT {key}, {name}_fn({column}) AS p FROM {name}_sample").orderBy(key).toPandas()
+    classes = np.asarray(prep.label_classes)
+    assert sql["p"][valid].tolist() == classes[want[valid].argmax(axis=1)].tolist()
+    assert sql["p"][~valid].isna().all()
+
+    write_table(df, str(lake / name), mode="error")
+    report = score_table(version, str(lake / name), str(lake / f"{name}_scored"), mode="overwrite",
+                         keep_columns=[key], quarantine=str(lake / f"{name}_quarantine"), spark=spark)
+    assert (report.scored_rows, report.quarantined_rows) == (int(valid.sum()), int((~valid).sum()))
+    reasons = {r[key]: r["_reason"] for r in read_table(str(lake / f"{name}_quarantine"))[0].collect()}
+    return reasons, report
+
+
 def as_matrix(values) -> np.ndarray:
     return np.asarray([np.asarray(v, dtype=np.float32) for v in values], dtype=np.float32)
 

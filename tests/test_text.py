@@ -67,10 +67,8 @@ def test_vocabulary_fitted_in_spark_equals_a_python_count_and_survives_reload(fo
 
 def test_text_model_scores_like_in_process_predict_in_every_path_and_quarantines_bad_texts(
         spark, fortunes, text_model, score_store, lake):
-    from test_score_udf import expected_outputs
+    from test_score_udf import check_probabilities, check_sql_and_table_scoring, expected_outputs
 
-    from sparkdl.lake import read_table, write_table
-    from sparkdl.score import register_sql_function, score_dataframe, score_table
 
     version, prep, model = text_model
     bad = spark.createDataFrame([(10_001, "", "zippy"), (10_002, "?! ...", "murphy"), (10_003, None, "zippy")],
@@ -80,23 +78,10 @@ def test_text_model_scores_like_in_process_predict_in_every_path_and_quarantines
     want, valid = expected_outputs(prep, model, pdf, ["text"])
     assert valid.sum() == 80
 
-    got = score_dataframe(df, version, output="probabilities", keep_columns=["id"]).orderBy("id").toPandas()
-    probs = np.asarray([np.asarray(p) if p is not None else np.full(4, np.nan) for p in got["probabilities"]])
-    np.testing.assert_allclose(probs[valid], want[valid], rtol=1e-5, atol=1e-6)
-    assert got["probabilities"][~valid].isna().all()
+    check_probabilities(df, version, "id", want, valid)
 
-    register_sql_function(spark, "fortune_topic_test", version, store=score_store)
-    df.createOrReplaceTempView("fortunes_sample")
-    sql = spark.sql("SELECT id, fortune_topic_test(text) AS p FROM fortunes_sample").orderBy("id").toPandas()
-    classes = np.asarray(prep.label_classes)
-    assert sql["p"][valid].tolist() == classes[want[valid].argmax(axis=1)].tolist()
-    assert sql["p"][~valid].isna().all()
-
-    write_table(df, str(lake / "texts"), mode="error")
-    report = score_table(version, str(lake / "texts"), str(lake / "texts_scored"), mode="overwrite",
-                         keep_columns=["id"], quarantine=str(lake / "texts_quarantine"), spark=spark)
-    assert (report.scored_rows, report.quarantined_rows) == (80, 3)
-    reasons = {r["id"]: r["_reason"] for r in read_table(str(lake / "texts_quarantine"))[0].collect()}
+    reasons, report = check_sql_and_table_scoring(spark, score_store, lake, version, df, "id", "text", prep, want,
+                                                  valid, "texts")
     assert report.reasons == {"feature 'text': no tokens (empty or punctuation-only text)": 2,
                               "feature 'text': null (no imputation)": 1}
     assert reasons == {10_001: "feature 'text': no tokens (empty or punctuation-only text)",

@@ -19,6 +19,7 @@ def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # four demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
 def test_demo_end_to_end_then_rerun(tmp_path):
     first = _demo(tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image, UnidentifiedImageError
+
+from sparkdl.errors import Problem, ValidationError
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _MIN_ROWS_PER_THREAD = 64
@@ -82,8 +85,6 @@ def _encoded_values(column) -> tuple[list, bool]:
     t = column.type
     paths = pa.types.is_string(t) or pa.types.is_large_string(t)
     if not (paths or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t)):
-        from sparkdl.errors import Problem, ValidationError
-
         raise ValidationError(f"image column: expected binary (encoded image bytes) or string (paths), got Arrow "
                               f"type {t}", [Problem("image", "wrong type", "binary or string", str(t))])
     return column.to_pylist(), paths
@@ -99,8 +100,6 @@ def _read(path: str) -> bytes:
 
 def decode_one(value, shape: tuple[int, int, int], resize: bool = True, is_path: bool = False):
     """(uint8 (h, w, c) array or None, reason or None) for one encoded image (bytes) or path."""
-    from PIL import Image, UnidentifiedImageError
-
     height, width, channels = shape
     if value is None:
         return None, "null"
@@ -169,14 +168,13 @@ def encoded_bytes(column, keep: np.ndarray | None = None) -> pa.Array:
 def channel_moments(column, shape, resize: bool = True) -> tuple[int, np.ndarray, np.ndarray]:
     """(decoded images, per-channel sum, per-channel sum of squares) over the decodable rows (float64)."""
     pixels, reasons = decode_images(column, shape, resize)
-    good = pixels[np.equal(reasons, None)].reshape(-1, shape[-1]).astype(np.float64)
-    return int(np.equal(reasons, None).sum()), good.sum(axis=0), np.square(good).sum(axis=0)
+    ok = np.equal(reasons, None)
+    good = pixels[ok].reshape(-1, shape[-1]).astype(np.float64)
+    return int(ok.sum()), good.sum(axis=0), np.square(good).sum(axis=0)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """PNG bytes of one uint8 (h, w) or (h, w, c) image (c = 1, 3 or 4)."""
-    from PIL import Image
-
     pixels = np.asarray(pixels, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]

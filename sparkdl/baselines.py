@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkdl.data.images import decode_images
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
@@ -60,8 +61,6 @@ def _pixels(spec: FeatureSpec, frame):
     """(decoded pixels (n, h*w*c) as floats, the rows of `frame` they come from): the decodable images only,
     decoded as the model's preprocessing decodes them."""
     import pyarrow as pa
-
-    from sparkdl.data.images import decode_images
 
     f = spec.features[0]
     pixels, reasons = decode_images(pa.array(list(frame[f.name])), f.shape, f.resize, f.name)

@@ -10,8 +10,14 @@ import json
 import sys
 from collections.abc import Sequence
 
+from sparkdl import workflows
+from sparkdl.config import load_config
+from sparkdl.data import petastorm_io
 from sparkdl.errors import SparkDLError, one_line_reason
+from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
+from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
+from sparkdl.registry import ModelStore
 
 log = get_logger("cli")
 
@@ -111,9 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace):
-    from sparkdl import workflows
-    from sparkdl.config import load_config
-
     if args.verb in ("train", "score", "evaluate", "explain"):
         cfg = load_config(args.config, args.overrides)
         if args.verb == "train":
@@ -130,8 +133,6 @@ def _dispatch(args: argparse.Namespace):
             return summary
         return None
     if args.verb == "models":
-        from sparkdl.registry import ModelStore
-
         store = ModelStore(args.store)
         if args.action == "list":
             return {name: store.list_versions(name) for name in store.list_models()}
@@ -141,8 +142,6 @@ def _dispatch(args: argparse.Namespace):
     if args.verb == "cache":
         from datetime import timedelta
 
-        from sparkdl.data import petastorm_io
-
         if args.action == "list":
             from dataclasses import asdict
 
@@ -150,8 +149,6 @@ def _dispatch(args: argparse.Namespace):
         older = timedelta(hours=args.older_than) if args.older_than is not None else None
         return {"deleted": petastorm_io.cleanup(older_than=older)}
     if args.verb == "lake":
-        from sparkdl.lake import clean_staging
-
         found = clean_staging(args.table, older_than_hours=args.older_than, dry_run=args.dry_run)
         return {"found" if args.dry_run else "removed": found}
     raise AssertionError(args.verb)
@@ -159,8 +156,6 @@ def _dispatch(args: argparse.Namespace):
 
 def _show_model(store, ref: str) -> dict:
     """A version's metadata, its artifacts, and the top features of its explanation when it has one."""
-    from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
-
     version = store.resolve(ref)
     shown = {**store.metadata(version), "artifacts": store.artifacts(version)}
     if EXPLANATION_FILE in shown["artifacts"]:

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sparkdl import lake
+from sparkdl.data.images import encode_png
+from sparkdl.errors import ConfigError
+from sparkdl.lake.ingest import image_folder_to_delta
 from sparkdl.log import get_logger
 
 log = get_logger("datasets")
@@ -57,8 +61,6 @@ def fortunes_frame(topics: tuple[str, ...] = FORTUNE_TOPICS) -> pd.DataFrame:
     """
     from importlib.metadata import PackageNotFoundError, distribution
 
-    from sparkdl.errors import ConfigError
-
     try:
         files = {f.name: f for f in distribution(FORTUNES_PACKAGE).files or ()}
     except PackageNotFoundError:
@@ -85,8 +87,6 @@ def train_test_split_frame(frame: pd.DataFrame, test_fraction: float = TEST_FRAC
 
 def write_image_folder(frame: pd.DataFrame, folder: str | Path) -> int:
     """Write `digits_frame()` rows as PNG files `<folder>/<digit>/<id>.png`; returns the number of files."""
-    from sparkdl.data.images import encode_png
-
     folder = Path(folder)
     for row in frame.itertuples(index=False):
         pixels = np.clip(np.rint(np.asarray(row.pixels).reshape(8, 8) * 255.0), 0, 255).astype(np.uint8)
@@ -99,8 +99,6 @@ def write_image_folder(frame: pd.DataFrame, folder: str | Path) -> int:
 def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
     """Write the demo Delta tables under `lake_root` if they do not exist; return {name: table URI}."""
     from pyspark.sql import functions as F
-
-    from sparkdl import lake
 
     root = Path(lake_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -122,7 +120,6 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
             snap = lake.write_table(df.repartition(2), table, mode="error",
                                     commit_metadata={"source": sources[name], "split": split})
             log.info("created demo table %s: %d rows, version %d", table, len(part), snap.version)
-    from sparkdl.lake.ingest import image_folder_to_delta
 
     for split, part in zip(("train", "test"), train_test_split_frame(digits_frame())):
         table = str(root / f"digit_images_{split}")

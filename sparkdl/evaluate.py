@@ -24,10 +24,16 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparkdl import lake
 from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
+from sparkdl.model_metadata import ModelMetadata
+from sparkdl.monitor import MetricHistory
 from sparkdl.ordered_scan import ordered_scan
+from sparkdl.plots import plot_confusion_matrix, plot_history
+from sparkdl.registry import ModelStore
+from sparkdl.score import score_dataframe
 
 log = get_logger("evaluate")
 
@@ -478,12 +484,6 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     """
     from pyspark.sql import functions as F
 
-    from sparkdl import lake
-    from sparkdl.model_metadata import ModelMetadata
-    from sparkdl.monitor import MetricHistory
-    from sparkdl.registry import ModelStore
-    from sparkdl.score import score_dataframe
-
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     mv = store.resolve(model_ref)
     meta = store.metadata(mv)
@@ -526,8 +526,6 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     metrics["data"] = snap.lineage()
     plot_paths = []
     if plots:
-        from sparkdl.plots import plot_confusion_matrix, plot_history
-
         if classification and metrics.get("confusion_matrix"):
             names = [str(c) for c in classes] if classes else [str(i) for i in range(len(metrics["confusion_matrix"]))]
             plot_paths.append(plot_confusion_matrix(metrics["confusion_matrix"], names,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sparkdl.data.preprocess import PreprocessorModel
+from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, ModelStoreError
 
 if TYPE_CHECKING:
@@ -45,8 +47,6 @@ class ModelMetadata:
     @classmethod
     def from_dict(cls, metadata: dict) -> "ModelMetadata":
         """Raises ModelStoreError: the metadata records no fitted preprocessing (not saved through sparkdl)."""
-        from sparkdl.data.spec import FeatureSpec  # sparkdl.data loads pyarrow.parquet: off `import sparkdl.score`
-
         where = f"model {metadata.get('name')}@{metadata.get('version')}"
         preprocessing = metadata.get("preprocessing")
         if not isinstance(preprocessing, dict) or "spec" not in preprocessing:
@@ -70,8 +70,6 @@ class ModelMetadata:
         return f"model {self.name}@{self.version}"
 
     def preprocessor(self) -> "PreprocessorModel":
-        from sparkdl.data.preprocess import PreprocessorModel
-
         return PreprocessorModel.from_dict(self.preprocessing)
 
 

@@ -33,6 +33,7 @@ from sparkdl import stack
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
+from sparkdl.session import work_dir
 
 log = get_logger("registry")
 
@@ -89,7 +90,6 @@ def default_root() -> Path:
     env = os.environ.get("SPARKDL_MODEL_STORE")
     if env:
         return _as_path(env)
-    from sparkdl.session import work_dir  # no Spark import at module level there either
 
     return work_dir() / "models"
 

@@ -7,9 +7,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparkdl import lake
+from sparkdl.baselines import baseline_accuracy
 from sparkdl.config import JobConfig, load_config
-from sparkdl.errors import ConfigError
+from sparkdl.data.spec import FeatureSpec
+from sparkdl.datasets import create_demo_tables
+from sparkdl.errors import ConfigError, TableError
+from sparkdl.evaluate import evaluate_model
+from sparkdl.explain import Attribution, explain_model, explain_table
 from sparkdl.log import get_logger
+from sparkdl.model_metadata import ModelMetadata
+from sparkdl.registry import ModelStore
+from sparkdl.score import register_sql_function, score_table
+from sparkdl.session import get_spark
+from sparkdl.train import KerasEstimator
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -18,15 +29,11 @@ DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_ima
 
 def spark_for(cfg: JobConfig):
     """The active session, or the embedded default configured by the job's `spark` section."""
-    from sparkdl.session import get_spark
-
     return get_spark(conf=cfg.spark.conf, master=cfg.spark.master, app_name=cfg.spark.app_name,
                      work=os.path.expanduser(cfg.work_dir))
 
 
 def model_store(cfg: JobConfig):
-    from sparkdl.registry import ModelStore
-
     root = cfg.registry.root or str(Path(os.path.expanduser(cfg.work_dir)) / "models")
     return ModelStore(os.path.expanduser(root))
 
@@ -40,8 +47,6 @@ def store_name(cfg: JobConfig) -> str:
 
 
 def feature_spec(cfg: JobConfig):
-    from sparkdl.data.spec import FeatureSpec
-
     if cfg.data is None:
         raise ConfigError(f"{cfg.origin}: missing required section 'data'")
     try:
@@ -65,9 +70,7 @@ class TrainResult:
 
 def train(cfg: JobConfig, spark=None) -> TrainResult:
     """Train `model.name` on `data.table` (pinned version) with Horovod and save it in the model store."""
-    from sparkdl import lake
     from sparkdl.models import available
-    from sparkdl.train import KerasEstimator
 
     spec = feature_spec(cfg)
     if cfg.model.name not in available():
@@ -96,8 +99,6 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
 
 def _require_table(cfg: JobConfig, table: str, key: str) -> None:
     """Fail before Spark starts when a local table path has no Delta log (remote URIs are checked by the read)."""
-    from sparkdl.errors import TableError
-
     path = table[len("file://"):] if table.startswith("file://") else table
     if "://" not in path and not (Path(path) / "_delta_log").is_dir():
         raise TableError(f"{cfg.origin}: {key}: no Delta table at {table} (no _delta_log folder)")
@@ -109,8 +110,6 @@ def _model_ref(cfg: JobConfig, explicit: str | None, section_model: str | None) 
 
 def score(cfg: JobConfig, model_ref: str | None = None, spark=None):
     """Score `score.source` into `score.target` (Delta, atomic, with quarantine and lineage)."""
-    from sparkdl.score import register_sql_function, score_table
-
     if not cfg.score.source or not cfg.score.target:
         raise ConfigError(f"{cfg.origin}: score.source and score.target are required to score")
     _require_table(cfg, cfg.table_uri(cfg.score.source), "score.source")
@@ -128,8 +127,6 @@ def score(cfg: JobConfig, model_ref: str | None = None, spark=None):
 
 def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     """Evaluate a stored model on `evaluate.table`; metrics.json and plots go next to the model version."""
-    from sparkdl.evaluate import evaluate_model
-
     table = cfg.evaluate.table or (cfg.score.source if cfg.score.source else None)
     if not table:
         raise ConfigError(f"{cfg.origin}: evaluate.table is required to evaluate")
@@ -147,10 +144,6 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
 
 def _baseline(cfg: JobConfig, metadata: dict, table: str, spark) -> dict:
     """The scikit-learn baseline on the model's own training snapshot and the evaluation table."""
-    from sparkdl import lake
-    from sparkdl.baselines import baseline_accuracy
-    from sparkdl.model_metadata import ModelMetadata
-
     source = metadata.get("source") or {}
     train_table = source.get("table") or cfg.table_uri(cfg.data.table)
     train_df, _ = lake.read_table(train_table, version=source.get("version"), spark=spark)
@@ -162,8 +155,6 @@ def _baseline(cfg: JobConfig, metadata: dict, table: str, spark) -> dict:
 def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     """Explain a stored model on `explain.table` (default `evaluate.table`): explanation.json and plots next to the
     model version; with `explain.output_table`, per-row attributions written there too (Delta, with quarantine)."""
-    from sparkdl.explain import Attribution, explain_model, explain_table
-
     table = cfg.explain.table or cfg.evaluate.table
     if not table:
         raise ConfigError(f"{cfg.origin}: explain.table (or evaluate.table) is required to explain")
@@ -210,9 +201,6 @@ def demo(config_path: str | None = None, overrides: list[str] | None = None, wor
 
 
 def _demo_run(cfg: JobConfig) -> dict:
-    from sparkdl import lake
-    from sparkdl.datasets import create_demo_tables
-
     started = time.perf_counter()
     spark = spark_for(cfg)
     tables = create_demo_tables(spark, cfg.lake_root())

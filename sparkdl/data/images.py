@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from sparkdl.errors import Problem, ValidationError
+from sparkdl.uri import filesystem
 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _MIN_ROWS_PER_THREAD = 64
@@ -91,8 +92,6 @@ def _encoded_values(column) -> tuple[list, bool]:
 
 
 def _read(path: str) -> bytes:
-    from sparkdl.uri import filesystem
-
     fs, local = filesystem(path)
     with fs.open_input_stream(local) as handle:
         return handle.read()

@@ -32,9 +32,13 @@ from dataclasses import dataclass, field, replace
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sparkdl import stack
 from sparkdl.data.images import ImageInput
-from sparkdl.errors import ConfigError
+from sparkdl.data.preprocess import invalid_row_counter
+from sparkdl.data.validation import array_column, is_vector_udt
+from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.session import work_dir
 from sparkdl.uri import filesystem, join, local_path, normalized, same_file
 
 log = get_logger("data.petastorm")
@@ -101,8 +105,6 @@ class PetastormDataset:
             SparkDLError: Petastorm cannot be imported here (it needs the pinned stack's PyArrow 14 and NumPy 1;
                 the message names the pin).
         """
-        from sparkdl import stack
-
         stack.require_petastorm()
         from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
 
@@ -153,8 +155,6 @@ def parent_cache_dir(spark=None) -> str:
     if spark is not None:
         url = spark.conf.get(PARENT_CACHE_CONF, None)
     if not url:
-        from sparkdl.session import work_dir
-
         url = (work_dir() / "petastorm-cache").as_uri()
     if "://" not in url and not url.startswith("file:"):
         raise ConfigError(f"{PARENT_CACHE_CONF}={url!r}: needs a scheme, e.g. 'file:///path/to/cache'")
@@ -298,8 +298,6 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
                 return data
     counter = None
     if model is not None:
-        from sparkdl.data.preprocess import invalid_row_counter
-
         counter = invalid_row_counter(spark or df.sparkSession)
         image = model.image_input
         if image is not None:  # the cache keeps the encoded bytes; the training reader decodes them
@@ -310,8 +308,6 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
     else:
         missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
         if missing:
-            from sparkdl.errors import ValidationError
-
             raise ValidationError(f"to_petastorm without a model needs column(s) {missing}; the DataFrame has "
                                   f"{df.columns}", [])
         prepared = df.select("features", *(["label"] if with_label else []))
@@ -403,8 +399,6 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
 def _cast(df, dtype):
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, DoubleType, FloatType
-
-    from sparkdl.data.validation import array_column, is_vector_udt
 
     cols = []
     src, dst = (DoubleType, FloatType()) if dtype == "float32" else (FloatType, DoubleType())

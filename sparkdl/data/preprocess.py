@@ -47,6 +47,7 @@ from sparkdl.data.arrow_utils import (
 from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
+from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.data.validation import validate as validate_data
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
@@ -127,8 +128,6 @@ class Preprocessor:
         from pyspark.ml.functions import array_to_vector
         from pyspark.ml.stat import Summarizer
         from pyspark.sql import functions as F
-
-        from sparkdl.data.validation import array_column, check_schema
 
         spec = self.spec
         if validate:
@@ -591,8 +590,6 @@ class PreprocessorModel:
 
     def _mapped(self, df, keep_columns, with_label: bool, raw: bool, counter=None, encoded: bool = False):
         from pyspark.sql import functions as F
-
-        from sparkdl.data.validation import array_column, is_vector_udt
 
         keep_columns = list(keep_columns)
         if with_label and self.spec.label is None:

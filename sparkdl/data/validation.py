@@ -20,6 +20,7 @@ Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare
 """
 from __future__ import annotations
 
+from sparkdl.data.images import decode_one
 from sparkdl.data.spec import Feature, FeatureSpec, Label
 from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
@@ -146,8 +147,6 @@ def _image_problem_udf(f: Feature):
     @pandas_udf("string")
     def image_problem(values):
         import pandas as pd
-
-        from sparkdl.data.images import decode_one
 
         return pd.Series([None if v is None else decode_one(v, shape, resize, isinstance(v, str))[1]
                           for v in values], dtype=object)

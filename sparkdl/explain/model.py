@@ -28,9 +28,17 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from sparkdl import lake
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.explain.integrated_gradients import Attribution
 from sparkdl.log import get_logger
+from sparkdl.plots import plot_feature_importance, plot_over_time, plot_saliency
+from sparkdl.registry import ModelStore
+from sparkdl.score.frame import score_dataframe
+from sparkdl.score.model_ref import resolve_model
+from sparkdl.score.outputs import plan_output
+from sparkdl.score.runtime import get_model
+from sparkdl.score.table import check_columns
 
 log = get_logger("explain.model")
 
@@ -112,9 +120,6 @@ def load_explanation(model_ref, store=None) -> ModelExplanation:
     Raises:
         ModelStoreError: unknown model, or the version has no explanation yet (run `explain_model`).
     """
-    from sparkdl.registry import ModelStore
-    from sparkdl.score.model_ref import resolve_model
-
     ref, _ = resolve_model(model_ref, store)
     store = ModelStore(ref.root)
     mv = store.resolve(str(ref))
@@ -151,12 +156,6 @@ def explain_model(model_ref, table, version: int | None = None, store=None, spar
             Spark job.
         ModelStoreError / TableError: unknown model or unreadable table.
     """
-    from sparkdl import lake
-    from sparkdl.registry import ModelStore
-    from sparkdl.score.model_ref import resolve_model
-    from sparkdl.score.outputs import plan_output
-    from sparkdl.score.table import check_columns
-
     attribution = attribution or Attribution()
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ConfigError(f"repeats must be an int >= 1, got {repeats!r}")
@@ -227,8 +226,6 @@ def _attribution_means(sample, ref, attribution, spec, task, store):
     from pyspark.ml.functions import array_to_vector
     from pyspark.ml.stat import Summarizer
     from pyspark.sql import functions as F
-
-    from sparkdl.score.frame import score_dataframe
 
     scored = score_dataframe(sample, ref, output="attributions", output_col="_x", keep_columns=[],
                              store=store, attribution=attribution)
@@ -311,8 +308,6 @@ def permutation_function(ref, task: str, repeats: int, seed: int):
         import pyarrow as pa
         from pyspark import TaskContext
 
-        from sparkdl.score.runtime import get_model
-
         loaded = get_model(ref)
         fn = loaded.predict_fn("out")
         prep = loaded.preprocessor
@@ -374,8 +369,6 @@ def _permutation(sample, ref, spec, task, metric, repeats, seed):
 
 # ------------------------------------------------------------------------------------------------ plots
 def _plots(explanation, sample, ref, attribution, spec, store, mv, saliency_rows) -> list[str]:
-    from sparkdl.plots import plot_feature_importance, plot_over_time, plot_saliency
-
     paths = []
     panels = {"mean |integrated gradients|": {f.name: f.mean_abs_attribution for f in explanation.features}}
     errors = None
@@ -393,8 +386,6 @@ def _plots(explanation, sample, ref, attribution, spec, store, mv, saliency_rows
                                                                     must_exist=False)))
     images = [f for f in spec.features if f.kind == "vector" and len(f.shape) in (2, 3)]
     if images and saliency_rows > 0 and explanation.explained_rows:
-        from sparkdl.score.frame import score_dataframe
-
         f = images[0]
         rows = score_dataframe(sample.limit(saliency_rows), ref, output="attributions", output_col="_x",
                                keep_columns=[f.name], store=store, attribution=attribution) \

@@ -12,6 +12,7 @@ from sparkdl.lake.schema import validate_mode
 from sparkdl.lake.snapshot import Snapshot
 from sparkdl.lake.versions import check_commit_metadata, check_version_args
 from sparkdl.log import get_logger
+from sparkdl.session import delta_backend, get_spark
 from sparkdl.uri import is_catalog_name, normalize_table_uri
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +26,6 @@ def _session(spark):
     active = _active_session()
     if active is not None:
         return active
-    from sparkdl.session import get_spark
 
     return get_spark()
 
@@ -45,7 +45,6 @@ def _backend(spark):
     the session first."""
     if spark is None:
         return delta_rs
-    from sparkdl.session import delta_backend
 
     return delta_spark if delta_backend(spark) == "delta-spark" else delta_rs
 

@@ -27,7 +27,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from sparkdl.errors import SparkDLError, TableError, one_line_reason
+from sparkdl.errors import SchemaMismatchError, SparkDLError, TableError, one_line_reason
 from sparkdl.lake import column_mapping, features, partitions, staging
 from sparkdl.lake.commit_clock import commit_times, log_file_times, version_at
 from sparkdl.lake.deletion_vectors import DeletedRows, deleted_rows, drop_deleted, split_by_name
@@ -37,6 +37,7 @@ from sparkdl.lake.schema import (
     plan_existing_table,
     plan_new_table,
     quote_name,
+    same_type,
     schema_ddl,
     spark_schema_from_delta_json,
 )
@@ -528,9 +529,6 @@ def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode:
 
 
 def _check_same_layout(table: _Table, plan: WritePlan) -> None:
-    from sparkdl.errors import SchemaMismatchError
-    from sparkdl.lake.schema import same_type
-
     dt, uri = table.dt, table.uri
     table_schema = spark_schema_from_delta_json(dt.schema().to_json())
     ours = {f.name.lower(): f.dataType for f in plan.schema.fields}

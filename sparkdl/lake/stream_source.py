@@ -24,6 +24,7 @@ from sparkdl.errors import TableError
 from sparkdl.lake.delta_rs import _location, latest_version, plain_files
 from sparkdl.lake.partitions import values_from_path
 from sparkdl.lake.schema import spark_schema_from_delta_json
+from sparkdl.uri import filesystem, normalize_table_uri
 
 FORMAT = "sparkdl_delta"
 SOURCE_VERSION_COL = "_source_version"
@@ -92,8 +93,6 @@ class DeltaLogStreamReader(DataSourceStreamReader):
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        from sparkdl.uri import filesystem
-
         target = to_arrow_schema(self.schema)
         data_fields = [f for f in target if f.name != SOURCE_VERSION_COL]
         for uri, values in partition.files:
@@ -121,7 +120,6 @@ def source_schema(table: str):
     from deltalake import DeltaTable
     from pyspark.sql.types import LongType, StructField
 
-
     struct = spark_schema_from_delta_json(DeltaTable(_location(table)).schema().to_json())
     if SOURCE_VERSION_COL in struct.names:
         raise TableError(f"{table} already has a column {SOURCE_VERSION_COL!r}, which the stream source adds")
@@ -137,8 +135,6 @@ class DeltaLogSource(DataSource):
         return FORMAT
 
     def _table(self) -> str:
-        from sparkdl.uri import normalize_table_uri
-
         path = self.options.get("path")
         if not path:
             raise TableError(f"the {FORMAT} stream source needs option('path', <Delta table>)")

@@ -21,6 +21,7 @@ from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, plan_output
+from sparkdl.score.runtime import get_scorer
 
 log = get_logger("mlflow")
 
@@ -35,8 +36,6 @@ class SparkDLPyfunc(mlflow.pyfunc.PythonModel):
         self.name, self.version, self.output = name, int(version), output
 
     def load_context(self, context) -> None:
-        from sparkdl.score.runtime import get_scorer
-
         root = str(Path(context.artifacts[_STORE_ARTIFACT]).resolve())
         ref, metadata = resolve_model(ModelRef(root, self.name, self.version))
         self.scorer = get_scorer(ref, plan_output(self.output, metadata))

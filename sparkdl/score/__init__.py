@@ -12,21 +12,13 @@ from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
 from sparkdl.score.runtime import load_count, loaded_models
 from sparkdl.score.similar import similar
+from sparkdl.score.stream import score_stream
+from sparkdl.score.table import ScoreReport, score_table
 from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
 
 __all__ = [
-    "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "load_count", "loaded_models", "model_udf", "plan_output",
-    "register_sql_function", "resolve_model", "score_dataframe", "similar", "transform_with_model",
+    "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "ScoreReport", "load_count", "loaded_models",
+    "model_udf", "plan_output", "register_sql_function", "resolve_model", "score_dataframe", "score_stream",
+    "score_table", "similar", "transform_with_model",
 ]
 
-
-def __getattr__(name):  # score_table / score_stream import sparkdl.lake lazily
-    if name in ("score_table", "ScoreReport"):
-        from sparkdl.score import table
-
-        return getattr(table, name)
-    if name in ("score_stream", "StreamScorer"):
-        from sparkdl.score import stream
-
-        return getattr(stream, name)
-    raise AttributeError(f"module 'sparkdl.score' has no attribute {name!r}")

@@ -16,10 +16,14 @@ not when the DataFrame is defined, so it is left to the session; the direct rout
 """
 from __future__ import annotations
 
+from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
+from sparkdl.score.runtime import raise_if_invalid, scored_chunks
+from sparkdl.score.scan import map_batches
+from sparkdl.score.table import check_columns
 
 log = get_logger("score.frame")
 
@@ -34,8 +38,6 @@ def scoring_function(ref: ModelRef, plan: OutputPlan, inputs: list[tuple[str, st
 
     def score_batches(batches):
         import pyarrow as pa
-
-        from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 
         for chunk, out, valid, reasons in scored_chunks(batches, ref, plan, batch_size, inputs):
             if on_invalid == "error":
@@ -74,10 +76,6 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     """
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructField, StructType
-
-    from sparkdl.data.validation import array_column, is_vector_udt
-    from sparkdl.score.scan import map_batches
-    from sparkdl.score.table import check_columns
 
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                    or batch_size <= 0):

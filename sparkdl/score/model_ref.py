@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparkdl import stack
 from sparkdl.errors import ConfigError
 from sparkdl.model_metadata import ModelMetadata
+from sparkdl.registry import MODEL_FILE, LoadedModel, ModelStore, ModelVersion
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,6 @@ class ModelRef:
 
 
 def _store(store):
-    from sparkdl.registry import ModelStore
-
     if store is None or isinstance(store, ModelStore):
         return store
     if isinstance(store, (str, os.PathLike)):
@@ -42,8 +42,6 @@ def _store(store):
 
 def _from_spark_model(model, store):
     """(ref, store) from a SparkDLModel-like object: getModelVersion() plus an optional store accessor."""
-    from sparkdl.registry import ModelStore, ModelVersion
-
     version = model.getModelVersion()
     if store is None:
         for attr in ("getModelStore", "getStoreRoot", "getStore"):
@@ -75,9 +73,6 @@ def resolve_model(model_ref, store=None) -> tuple[ModelRef, ModelMetadata]:
         SparkDLError: the model was saved by a Keras this environment lacks (a Keras 3 model on the pinned stack;
             the message names both Keras versions), found here before any Spark job starts.
     """
-    from sparkdl import stack
-    from sparkdl.registry import MODEL_FILE, LoadedModel, ModelStore, ModelVersion
-
     store = _store(store)
     if isinstance(model_ref, ModelRef):
         store = store or ModelStore(model_ref.root)

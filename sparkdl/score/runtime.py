@@ -21,7 +21,10 @@ import pyarrow as pa
 
 from sparkdl import stack
 from sparkdl.errors import ValidationError
+from sparkdl.explain.integrated_gradients import AttributionKernel, baseline_row, explained_index, feature_attributions
 from sparkdl.log import get_logger
+from sparkdl.model_metadata import ModelMetadata
+from sparkdl.registry import ModelStore, ModelVersion
 from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import EMBEDDING_MODEL, Explained, OutputPlan
 from sparkdl.tf_runtime import configure_tensorflow
@@ -60,9 +63,6 @@ class LoadedScoringModel:
         configure_tensorflow()
         import tensorflow as tf
 
-        from sparkdl.model_metadata import ModelMetadata
-        from sparkdl.registry import ModelStore, ModelVersion
-
         store = ModelStore(ref.root)
         loaded = store.load(ModelVersion(ref.name, ref.version, store.root / ref.name / str(ref.version)))
         self.ref = ref
@@ -76,8 +76,6 @@ class LoadedScoringModel:
 
     def attribution_kernel(self, steps: int, baseline: str):
         """The model's traced integrated-gradients kernel for (steps, baseline), built once per process."""
-        from sparkdl.explain.integrated_gradients import AttributionKernel, baseline_row
-
         key = (steps, baseline)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -166,8 +164,6 @@ class Scorer:
 
     def explain(self, features: np.ndarray, raw: np.ndarray, valid: np.ndarray) -> Explained:
         """Integrated gradients of the valid rows (zeros elsewhere), per feature, with the completeness gap."""
-        from sparkdl.explain.integrated_gradients import explained_index, feature_attributions
-
         n = len(valid)
         raw = raw.reshape(n, -1)
         index = explained_index(raw, self.plan.task, self.plan.attribution.target)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkdl.log import get_logger
+from sparkdl.uri import filesystem
 
 log = get_logger("score.scan")
 
@@ -97,7 +98,6 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
         return None
     if not files:
         return None
-    from sparkdl.uri import filesystem
 
     try:
         filesystem(files[0])
@@ -130,8 +130,6 @@ def read_scan_batches(scan: ParquetScan, arrow_schema, unit_ids, batch_rows: int
     """RecordBatches of the units `unit_ids`, conformed to `arrow_schema` (Spark's Arrow types for the columns)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from sparkdl.uri import filesystem
 
     for unit in unit_ids:
         uri, groups = scan.units[unit]

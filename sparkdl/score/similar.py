@@ -22,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from sparkdl.errors import ConfigError
+from sparkdl.lake import read_table
 from sparkdl.log import get_logger
 from sparkdl.score.frame import score_dataframe
+from sparkdl.score.model_ref import resolve_model
 
 log = get_logger("score.similar")
 
@@ -60,13 +62,9 @@ def similar(model_ref, queries, table, k: int = 5, keep_columns: list[str] | Non
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
-    from sparkdl.score.model_ref import resolve_model
-
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"similar: k must be a positive int, got {k!r}")
     if not isinstance(table, DataFrame):
-        from sparkdl.lake import read_table
-
         table, _ = read_table(table, spark=spark)
     _, metadata = resolve_model(model_ref, store)
     features = set(metadata.spec.feature_names)

@@ -19,8 +19,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sparkdl.errors import ConfigError
+from sparkdl.errors import ConfigError, TableError
 from sparkdl.fileutil import write_atomic
+from sparkdl.lake import exists, history, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import resolve_model
@@ -35,6 +36,8 @@ from sparkdl.score.table import (
     scored_frame,
     split_outcomes,
 )
+from sparkdl.session import get_spark
+from sparkdl.uri import normalize_table_uri
 
 log = get_logger("score.stream")
 
@@ -82,8 +85,6 @@ def _app_id(checkpoint: str, source: str, target: str) -> str:
 
 def committed_batch(table: str, app_id: str, spark=None) -> int | None:
     """The highest batch id `app_id` committed to `table` (None when none, or no table)."""
-    from sparkdl.lake import exists, history
-
     if not exists(table, spark=spark):
         return None
     best = None
@@ -124,10 +125,6 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     """
     from pyspark.sql import functions as F
 
-    from sparkdl.lake import exists, write_table
-    from sparkdl.session import get_spark
-    from sparkdl.uri import normalize_table_uri
-
     spark = spark or get_spark()
     ref, metadata = resolve_model(model_ref, store)
     plan = plan_output(output, metadata)
@@ -135,8 +132,6 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     source_uri, target_uri = normalize_table_uri(source), normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     if not exists(source_uri, spark=spark):
-        from sparkdl.errors import TableError
-
         raise TableError(f"score_stream: no Delta table at {source_uri}")
     schema = source_schema(source_uri)
     empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
@@ -206,8 +201,6 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
 def _expects_quarantine(target: str, app_id: str, batch_id: int, spark) -> bool:
     """Whether the committed target write of (app_id, batch_id) reported quarantined rows."""
-    from sparkdl.lake import history
-
     for entry in history(target, limit=HISTORY_SCAN, spark=spark):
         meta = entry.get("metadata") or {}
         if meta.get(APP_ID_KEY) == app_id and int(meta.get(BATCH_ID_KEY, -1)) == batch_id:

@@ -21,10 +21,16 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
+from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.errors import ConfigError, ScoringError, one_line_reason
+from sparkdl.lake import exists, latest_version, read_table, write_table
+from sparkdl.lake.schema import plan_existing_table
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OutputPlan, plan_output
+from sparkdl.score.runtime import scored_chunks
+from sparkdl.score.scan import map_batches
+from sparkdl.uri import normalize_table_uri
 
 log = get_logger("score.table")
 
@@ -63,8 +69,6 @@ def check_columns(df, spec, keep_columns: list[str], where: str) -> None:
     Raises:
         ValidationError: every problem at once, naming the column, what was expected and what was found.
     """
-    from sparkdl.data.validation import check_schema
-
     check_schema(spec, df.schema, where, require_label=False, also_present=keep_columns)
 
 
@@ -79,8 +83,6 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from sparkdl.data.validation import array_column, is_vector_udt
-
     features_out = [c for c in feature_names if c not in keep_columns]
     source = df.select(*[array_column(df, c).alias(c) if is_vector_udt(df.schema[c].dataType) else F.col(c)
                          for c in dict.fromkeys(keep_columns + features_out)])
@@ -93,8 +95,6 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
     arrow_schema = to_arrow_schema(schema)
 
     def score_batches(batches):
-        from sparkdl.score.runtime import scored_chunks
-
         for chunk, out, valid, reasons in scored_chunks(batches, ref, plan, batch_size):
             arrays = [chunk.column(c) for c in keep_columns]
             if features_out:
@@ -106,8 +106,6 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
             arrays.append(pa.array(reasons, type=pa.string()) if not valid.all()
                           else pa.nulls(len(valid), pa.string()))
             yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
-
-    from sparkdl.score.scan import map_batches
 
     return map_batches(source, score_batches, schema)
 
@@ -193,9 +191,6 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     """
     from pyspark import StorageLevel
 
-    from sparkdl.lake import read_table, write_table
-    from sparkdl.uri import normalize_table_uri
-
     started = time.perf_counter()
     ref, metadata = resolve_model(model_ref, store)
     plan = plan_output(output, metadata, attribution)
@@ -262,15 +257,10 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
 
 def _check_appendable(schema, target_uri: str, spark) -> None:
     """Raise SchemaMismatchError (naming both sides) when rows of `schema` cannot be appended to the target."""
-    from sparkdl.lake import read_table
-    from sparkdl.lake.schema import plan_existing_table
-
     table_df, table_snap = read_table(target_uri, spark=spark)
     plan_existing_table(schema, table_df.schema, list(table_snap.partition_columns), "append", None, None,
                         target_uri)
 
 
 def _version_or_none(uri: str, spark) -> int | None:
-    from sparkdl.lake import exists, latest_version
-
     return latest_version(uri, spark=spark) if exists(uri, spark=spark) else None

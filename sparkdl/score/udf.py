@@ -19,10 +19,14 @@ from __future__ import annotations
 import re
 import warnings
 
+from sparkdl.data.validation import array_column
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
+from sparkdl.score.pandas_arrow import arrow_to_series, series_to_batch
+from sparkdl.score.runtime import get_scorer, raise_if_invalid
 
 log = get_logger("score.udf")
 
@@ -71,9 +75,6 @@ def make_udf_function(fn_name: str, ref: ModelRef, plan: OutputPlan, features: l
     expected = signature_text(features)
 
     def score(*series):
-        from sparkdl.score.pandas_arrow import arrow_to_series, series_to_batch
-        from sparkdl.score.runtime import get_scorer, raise_if_invalid
-
         if len(series) != len(names):
             raise ValidationError(f"{fn_name}: expects {len(names)} argument(s) ({expected}), got {len(series)}")
         batch = series_to_batch(list(series), names)
@@ -209,8 +210,6 @@ def transform_with_model(model, df, output: str | None = None, output_col: str |
     Raises:
         ValidationError: `df` lacks feature columns (lists them and the columns it has).
     """
-    from sparkdl.score.frame import score_dataframe
-
     output = output or _param(model, ("getOutput", "getOutputType")) or "prediction"
     output_col = output_col or _param(model, ("getOutputCol", "getPredictionCol")) or output
     ref, metadata = resolve_model(model, store)
@@ -225,7 +224,6 @@ def transform_with_model(model, df, output: str | None = None, output_col: str |
 
         to_arrow_schema(df.schema)
     except Exception:  # noqa: BLE001 - a column Arrow cannot carry (e.g. an interval): the column UDF
-        from sparkdl.data.validation import array_column
 
         fn = ModelUDF(ref, output=output)
         return df.withColumn(output_col, fn(*[array_column(df, c) for c in fn.feature_names]))

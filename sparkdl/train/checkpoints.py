@@ -25,6 +25,7 @@ from pathlib import Path
 from sparkdl.errors import ConfigError
 from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
+from sparkdl.session import work_dir as default_work_dir
 
 log = get_logger("train")
 
@@ -70,8 +71,6 @@ class RunFolder:
 
     def __init__(self, work_dir: str | os.PathLike | None, run_name: str):
         if work_dir is None:
-            from sparkdl.session import work_dir as default_work_dir
-
             work_dir = default_work_dir()
         self.run_name = check_run_name(run_name)
         self.path = Path(work_dir) / "runs" / run_name

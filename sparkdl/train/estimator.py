@@ -35,13 +35,24 @@ from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params, TypeConverters
 
 from sparkdl import stack
+from sparkdl.data.dataset import split, steps_per_epoch
+from sparkdl.data.petastorm_io import to_petastorm
+from sparkdl.data.preprocess import Preprocessor, PreprocessorModel
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
-from sparkdl.data.validation import validate
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.data.validation import check_schema, validate
+from sparkdl.errors import ConfigError, ModelStoreError, ValidationError
+from sparkdl.lake import read_table
+from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
+from sparkdl.registry import ModelStore, validate_name
 from sparkdl.train.checkpoints import RunFolder, check_run_name
+from sparkdl.train.keras_worker import train_on_rank
+from sparkdl.train.model import SparkDLModel
+from sparkdl.train.rank_job import TrainJob
+from sparkdl.train.runner import HorovodRunner
+from sparkdl.train.serialization import model_flavour, model_from_bytes, model_to_bytes
 
 if TYPE_CHECKING:
     from sparkdl.train.model import SparkDLModel
@@ -261,8 +272,6 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
     # ------------------------------------------------------------------------------------------------ fit
     def _fit(self, dataset) -> "SparkDLModel":
-        from sparkdl.train.runner import HorovodRunner
-
         p = self._checked()
         spec: FeatureSpec = p.feature_spec
         df, snapshot = _resolve_input(dataset)
@@ -298,9 +307,6 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         return model
 
     def _fit_prepared(self, p: FitSettings, spec, df, snapshot, runner, run, settings, checkpoint) -> "SparkDLModel":
-        from sparkdl.data.dataset import split
-        from sparkdl.data.preprocess import Preprocessor
-
         phases = self._phases = {}
         started = mark = time.perf_counter()
 
@@ -315,8 +321,6 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         phase("validate")
         train_df, val_df = split(df, p.validation or None, p.seed)
         if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
-            from sparkdl.data.preprocess import PreprocessorModel
-
             prep = PreprocessorModel.from_dict(run.settings()["preprocessor"])  # the same stats as attempt 1
         else:
             prep = Preprocessor(spec).fit(train_df)
@@ -349,12 +353,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
     def _train(self, p: FitSettings, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
                initial_epoch, history) -> dict:
-        from sparkdl.data.dataset import steps_per_epoch
-        from sparkdl.data.petastorm_io import to_petastorm
         from sparkdl.models import default_loss, default_metrics
-        from sparkdl.train.keras_worker import train_on_rank
-        from sparkdl.train.rank_job import TrainJob
-        from sparkdl.train.serialization import model_flavour, model_to_bytes
 
         if checkpoint is not None:
             model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
@@ -431,9 +430,6 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
     def _save(self, p: FitSettings, run, prep, signature, snapshot, result, history, started: float | None = None
               ) -> "SparkDLModel":
-        from sparkdl.train.model import SparkDLModel
-        from sparkdl.train.serialization import model_from_bytes
-
         model = model_from_bytes(result["model"])
         keras_history = _as_keras_history(history)
         final = {k: v[-1] for k, v in keras_history.items() if k != "epoch" and v}
@@ -482,16 +478,11 @@ def _tracked_params(p: FitSettings) -> dict:
 
 
 def _store(p: FitSettings):
-    from sparkdl.registry import ModelStore
-
     return p.model_store if isinstance(p.model_store, ModelStore) else ModelStore(p.model_store)
 
 
 def _finished_model(run: RunFolder, p: FitSettings):
     """The model a finished run already saved, when rerunning it would train nothing new; else None."""
-    from sparkdl.errors import ModelStoreError
-    from sparkdl.train.model import SparkDLModel
-
     done = (run.settings() or {}).get("finished")
     if not done or not (done.get("stopped_early") or done.get("epochs", 0) >= p.epochs):
         return None
@@ -548,8 +539,6 @@ def _callback_flavour(callback) -> str | None:
 
 
 def _model_name(model, name) -> str:
-    from sparkdl.registry import validate_name
-
     if name is None:
         name = model if isinstance(model, str) else "keras_model"
     return validate_name(name)
@@ -609,19 +598,13 @@ def _resolve_input(dataset):
     """(DataFrame, Snapshot | None) from a DataFrame, (df, snapshot), a table path or a Snapshot."""
     from pyspark.sql import DataFrame
 
-    from sparkdl.lake.snapshot import Snapshot
-
     if isinstance(dataset, DataFrame):
         return dataset, None
     if isinstance(dataset, tuple) and len(dataset) == 2 and isinstance(dataset[0], DataFrame):
         return dataset
     if isinstance(dataset, Snapshot):
-        from sparkdl.lake import read_table
-
         return read_table(dataset.table, version=dataset.version)
     if isinstance(dataset, str) or hasattr(dataset, "__fspath__"):
-        from sparkdl.lake import read_table
-
         return read_table(str(dataset))
     raise ConfigError(f"fit: expected a DataFrame, a (DataFrame, Snapshot) pair, a table path or a Snapshot, "
                       f"got {type(dataset).__name__}")
@@ -629,8 +612,6 @@ def _resolve_input(dataset):
 
 def _check_columns(spec: FeatureSpec, df) -> None:
     """Missing columns and wrong types, from the schema only (no Spark job)."""
-    from sparkdl.data.validation import check_schema
-
     check_schema(spec, df.schema, "the training data does not match the feature spec")
 
 

@@ -8,8 +8,12 @@ from pathlib import Path
 from pyspark.ml import Model
 from pyspark.ml.param import Param, Params, TypeConverters
 
+from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.log import get_logger
+from sparkdl.model_metadata import ModelMetadata
+from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
+from sparkdl.score import transform_with_model
 
 log = get_logger("train")
 
@@ -37,8 +41,6 @@ class SparkDLModel(Model):
         if version is None:
             raise ConfigError("SparkDLModel needs the model-store version it stands for")
         if store is None:
-            from sparkdl.registry import ModelStore
-
             store = ModelStore(Path(version.path).parent.parent)
         self._keras = model
         self._version = version
@@ -75,13 +77,9 @@ class SparkDLModel(Model):
 
     def getPreprocessor(self):
         """The fitted `PreprocessorModel` (its `prepare_batch` prepares numpy input for `getModel()`)."""
-        from sparkdl.model_metadata import ModelMetadata
-
         return ModelMetadata.from_dict(self._metadata).preprocessor()
 
     def getSignature(self):
-        from sparkdl.data.spec import ModelSignature
-
         return ModelSignature.from_dict(self._metadata["signature"])
 
     def getOutput(self) -> str:
@@ -98,8 +96,6 @@ class SparkDLModel(Model):
 
     # ---------------------------------------------------------------------------------------------- transform
     def _transform(self, dataset):
-        from sparkdl.score import transform_with_model  # lazy: keeps scoring off the import path of training
-
         return transform_with_model(self, dataset)
 
     # ---------------------------------------------------------------------------------------------- persistence
@@ -131,8 +127,6 @@ class SparkDLModel(Model):
         Raises:
             ModelStoreError: missing or corrupt model/version.
         """
-        from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
-
         folder = Path(ref) if isinstance(ref, (str, os.PathLike)) else None
         if folder is not None and folder.is_dir() and (folder / METADATA_FILE).is_file():
             # A version folder: its parent is the name folder, its grandparent a store root.

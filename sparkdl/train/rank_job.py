@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkdl import stack
+from sparkdl.data.dataset import tf_dataset
 
 
 @dataclass
@@ -86,8 +87,6 @@ def _is_number(value) -> bool:
 def job_datasets(job: TrainJob, rank: int, size: int):
     """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
     repeated for the epochs still to run."""
-    from sparkdl.data.dataset import tf_dataset
-
     remaining = job.epochs - job.initial_epoch
     train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
                        seed=job.seed, epochs=remaining)

@@ -21,6 +21,7 @@ from typing import Any
 
 from sparkdl.errors import ConfigError, TrainingError
 from sparkdl.log import get_logger
+from sparkdl.session import get_spark
 from sparkdl.tf_runtime import thread_env
 from sparkdl.train import resources
 from sparkdl.train.progress import Handler, ProgressServer, report
@@ -122,8 +123,6 @@ class HorovodRunner:
     @property
     def spark(self):
         if self._spark is None:
-            from sparkdl.session import get_spark
-
             self._spark = get_spark()
         return self._spark
 

@@ -12,6 +12,8 @@ import tempfile
 
 import numpy as np
 
+from sparkdl import stack
+
 
 def model_to_bytes(model) -> bytes:
     """The model saved in the Keras v3 format."""
@@ -24,8 +26,6 @@ def model_to_bytes(model) -> bytes:
 
 def model_flavour(data: bytes) -> str:
     """The Keras flavour ("tf_keras" or "keras3") that saved these model bytes (see `sparkdl.stack`)."""
-    from sparkdl import stack
-
     return stack.saved_flavour(io.BytesIO(data))
 
 

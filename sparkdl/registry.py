@@ -192,7 +192,7 @@ class ModelStore:
                 serializable; Lambda layers would not load back with safe_mode).
             metadata: a JSON-able dict (numpy values and objects with `to_dict()` are converted). The trainer
                 writes, when it has them:
-                ``feature_spec`` (FeatureSpec.to_dict()), ``preprocessing`` (fitted statistics),
+                ``preprocessing`` (the FeatureSpec as ``spec`` and its fitted ``stats``),
                 ``signature`` (ModelSignature.to_dict()), ``label_classes`` (index -> original label),
                 ``history`` (per-epoch metrics), ``metrics`` (final/validation metrics),
                 ``source`` ({"table", "version", "timestamp"} of the Delta snapshot trained on),

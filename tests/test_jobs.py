@@ -143,7 +143,8 @@ def test_spark_submit_on_standalone_cluster_then_the_cli(demo_tables, standalone
     listed = json.loads(_run([BIN / "sparkdl", "models", "list"], env).stdout)
     assert listed == {"digits_cnn": [1]}
     shown = json.loads(_run([BIN / "sparkdl", "models", "show", "digits_cnn@latest"], env).stdout)
-    assert shown["source"]["version"] == 0 and shown["feature_spec"]["label"]["name"] == "digit"
+    assert shown["source"]["version"] == 0 and shown["preprocessing"]["spec"]["label"]["name"] == "digit"
+    assert "feature_spec" not in shown  # stored once, inside "preprocessing"
     caches = json.loads(_run([BIN / "sparkdl", "cache", "list"], env).stdout)
     assert caches and all(c["key"]["table"].endswith("digits_train") for c in caches)
     deleted = json.loads(_run([BIN / "sparkdl", "cache", "cleanup"], env).stdout)["deleted"]

@@ -435,8 +435,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         final = {k: v[-1] for k, v in keras_history.items() if k != "epoch" and v}
         store = _store(p)
         metadata = {
-            "feature_spec": p.feature_spec.to_dict(),
-            "preprocessing": prep.to_dict(),
+            "preprocessing": prep.to_dict(),  # holds the feature spec ("spec") beside its fitted statistics
             "signature": signature.to_dict(),
             "label_classes": prep.label_classes,
             "history": keras_history,

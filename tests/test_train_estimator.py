@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sparkdl import stack
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, TrainingError, ValidationError
 from sparkdl.train import KerasEstimator, SparkDLModel
@@ -208,6 +209,60 @@ def fail_then_resume(params: dict, table: str, marker: Path):
     # the same rate before and after resuming: warm-up ended in epoch 0
     assert history["learning_rate"][1:] == pytest.approx([params["learning_rate"] * params["num_proc"]] * 4)
     return fitted, run
+
+
+# Horovod's scaling options, each trained once beside the default. Keras 3 where the stack has it (its own step
+# implements them), tf_keras (Horovod's DistributedOptimizer) on the pinned stack.
+SCALING_FLAVOUR = "keras3" if stack.keras_version("keras3") is not None else "tf_keras"
+SCALING = {
+    "default": {},
+    "backward_passes_per_step": {"backward_passes_per_step": 2},
+    "fp16_compression": {"compression": "fp16"},
+    "fusion_and_cycle_time": {"fusion_threshold_mb": 0, "cycle_time_ms": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def scaling_fits(demo_tables, training_store):
+    fits = {}
+    for name, options in SCALING.items():
+        est = KerasEstimator(model="mlp", keras=SCALING_FLAVOUR, feature_spec=cancer_spec(), epochs=6, batch_size=16,
+                             learning_rate=5e-3, num_proc=2, model_store=training_store, warmup_epochs=0,
+                             model_name=f"cancer_{name}", run_name=f"test-scaling-{name}", hparams={"hidden": [32, 16]},
+                             **options)
+        fitted = est.fit(demo_tables["breast_cancer_train"])
+        fits[name] = (fitted, accuracy(fitted, demo_tables["breast_cancer_test"]))
+    return fits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [name for name in SCALING if name != "default"])
+def test_scaling_options_train_to_the_accuracy_of_the_default(scaling_fits, option):
+    default, default_accuracy = scaling_fits["default"]
+    fitted, test_accuracy = scaling_fits[option]
+    assert default_accuracy >= 0.93
+    assert test_accuracy >= default_accuracy - 0.03, f"{option}: {test_accuracy:.3f} vs default {default_accuracy:.3f}"
+    training = fitted.getMetadata()["training"]
+    loss, default_loss = fitted.getHistory()["loss"], default.getHistory()["loss"]
+    assert loss[-1] < loss[0]
+    if option == "backward_passes_per_step":  # half the updates: a different trajectory, not a no-op
+        assert training["backward_passes_per_step"] == 2
+        assert loss != pytest.approx(default_loss, rel=1e-3)
+    elif option == "fp16_compression":
+        assert training["compression"] == "fp16"
+    else:  # the same sums in a different schedule: the default's very trajectory
+        assert training["horovod_env"] == {"HOROVOD_CYCLE_TIME": "5", "HOROVOD_FUSION_THRESHOLD": "0"}
+        assert loss == pytest.approx(default_loss, rel=1e-4)
+    assert default.getMetadata()["training"]["horovod_env"] == {"HOROVOD_CYCLE_TIME": "0.1"}
+
+
+def test_scaling_options_are_checked_before_any_spark_job():
+    for bad, match in [({"backward_passes_per_step": 0}, "backward_passes_per_step"),
+                       ({"compression": "int8"}, "compression must be one of"),
+                       ({"fusion_threshold_mb": -1}, "fusion_threshold_mb"),
+                       ({"cycle_time_ms": 0}, "cycle_time_ms")]:
+        with pytest.raises(ConfigError, match=match):
+            KerasEstimator(feature_spec=digits_spec(), **bad)._checked()
 
 
 @pytest.mark.slow

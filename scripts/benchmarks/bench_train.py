@@ -1,29 +1,28 @@
-"""Training throughput: a `num_proc`-process sparkdl fit vs a single-process Keras fit on in-memory numpy.
+"""Training: sparkdl's fit against Horovod's own Spark estimator on the same job, and against in-memory Keras.
 
-Both train the same MLP (sparkdl's `mlp`, hidden 64-64) on the same synthetic data with the same per-process
-batch size, using the same total number of cores (the single process gets all of them as TensorFlow threads;
-each Horovod process gets cores / num_proc). Reported:
+Three things are measured in one run, on the same synthetic data (a Delta table of `--rows` x `--features` float
+vectors with a linear binary label), the same MLP (hidden 64-64, sigmoid), Adam at the same effective learning rate
+(sparkdl's 1e-3 per process x 2 ranks = Horovod's 2e-3), the same batch per process, epochs and 20% validation:
 
-* examples/s of each, per core, and the ratio (target: sparkdl >= 90% of the in-memory rate per core);
-  epoch rates skip the first epoch (graph tracing, warm-up) and take the median of the rest;
-* launch overhead: from `HorovodRunner.run` being called to the first training step on rank 0 (target <= 10 s),
-  and, for reference, a no-op Horovod job (call -> function start) and the whole `fit` wall time
-  (preprocessing + Petastorm conversion + training + saving).
+* **sparkdl's `KerasEstimator.fit`** on the Delta table, and **`horovod.spark.keras.KerasEstimator.fit`** (with a
+  `horovod.spark.common.store.LocalStore` in a temporary folder) on the same table read through `sparkdl.lake`,
+  interleaved (`--repeats` rounds of sparkdl then Horovod, each from cold: sparkdl's Petastorm cache deleted, a new
+  Horovod store). For each: fit wall time; fit call -> first training step; training examples/s over epochs
+  2..N (median); final validation accuracy; bytes written (work folder / store); peak driver memory (RSS of the
+  driver Python plus the Spark JVM, sampled every 0.1 s) — and sparkdl/Horovod ratios. Horovod's Keras callback
+  records its first step and epoch times on rank 0. Horovod compiles its model itself (steps_per_execution 1);
+  sparkdl uses its default 8 (`--steps-per-execution`), which is part of what is being compared.
+* **scaling**: sparkdl's 2-process rate per core against a single process training the same model on in-memory
+  numpy with all cores (target 0.9 per core), and a no-op Horovod job (launch floor).
+* sparkdl's own per-phase breakdown of the fit (the `training.phases` of the model's metadata).
 
-Both sides use the same Keras `steps_per_execution` (default 8, sparkdl's default; `--steps-per-execution`).
-The sparkdl rate is rank 0's epoch rate (steps x batch x ranks / epoch seconds, first epoch skipped), so it
-excludes launch, Petastorm conversion and tracing, as the baseline's excludes its first epoch; the baseline reads
-numpy arrays, sparkdl reads its Petastorm shard through tf.data (measured not to be the bottleneck: the same
-ranks fed from in-memory numpy under `horovodrun` ran at the same rate).
+Workaround for Horovod on the pinned stack (in this script, not in sparkdl): Horovod 0.28.1's
+`get_simple_meta_from_parquet` reads `ParquetDataset.schema.to_arrow_schema()` and `.pieces[i].get_metadata()`,
+the legacy pyarrow dataset API that pyarrow 14 no longer returns by default; `_HorovodStore` hands it the new
+`ParquetDataset` behind those two names. Nothing else is changed.
 
-Last measured (2026-11-21, 2-core box, nothing else running, load average 1.8-2.2 incl. this run), command
-`bench_train.py --rows 400000 --epochs 3 --batch-size 2048`: single process 2.28-2.41M ex/s, sparkdl 1.08-1.29M
-ex/s, ratio per core 0.47-0.53 (with --steps-per-execution 1: 1.89M vs 0.96M, 0.51); launch 5.7-6.6 s.
-With --batch-size 8192: 4.14M vs 3.23M, 0.78. Where the gap is: one Horovod/Gloo allreduce per step costs
-~1.5-3 ms next to ~0.8-1 ms of compute at batch 2048 (two ranks without DistributedOptimizer: 4.3M ex/s); an
-isolated 26 KB allreduce loop takes 0.67 ms at HOROVOD_CYCLE_TIME=0.1 and 2.0 ms at 1.
-
-Usage (small smoke run):  python scripts/benchmarks/bench_train.py --rows 20000 --epochs 3
+Usage:  python scripts/benchmarks/bench_train.py --rows 400000 --epochs 3 --batch-size 2048
+        (small smoke run: --rows 20000 --epochs 2)
 """
 from __future__ import annotations
 
@@ -34,9 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HIDDEN = [64, 64]
+LR = 1e-3          # per process; sparkdl scales it by the ranks, Horovod's estimator is given LR x ranks
+VALIDATION = 0.2
 
 
 def make_data(rows: int, features: int, seed: int = 0):
@@ -81,61 +83,244 @@ def noop():
     return os.getpid()
 
 
+class DriverMemory:
+    """Peak RSS of this process plus its Spark JVM (a child `java` process), sampled every 0.1 s while entered."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return 0
+
+    @staticmethod
+    def _java_children() -> list[int]:
+        me, found = os.getpid(), []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/{entry}/comm") as comm:
+                        name = comm.read().strip()
+                except OSError:
+                    continue
+                if int(fields[1]) == me and name == "java":
+                    found.append(int(entry))
+        return found
+
+    def _sample(self):
+        pids = [os.getpid(), *self._java_children()]
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(self._rss(pid) for pid in pids))
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def folder_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
+    from sparkdl.data import petastorm_io
+    from sparkdl.data.spec import FeatureSpec
+    from sparkdl.train import KerasEstimator
+    from sparkdl.train.checkpoints import RunFolder
+
+    petastorm_io.cleanup()  # from cold, as Horovod's side
+    spec = FeatureSpec.from_dict({"features": [{"name": "x", "kind": "vector", "shape": [args.features]}],
+                                  "label": {"name": "y", "task": "binary"}})
+    run_name = f"bench-{round_}-{int(time.time())}"
+    est = KerasEstimator(model="mlp", feature_spec=spec, hparams={"hidden": HIDDEN}, batch_size=args.batch_size,
+                         epochs=args.epochs, validation=VALIDATION, num_proc=args.num_proc, learning_rate=LR,
+                         warmup_epochs=0, run_name=run_name, work_dir=work, model_store=os.path.join(work, "m"),
+                         steps_per_execution=args.steps_per_execution,
+                         **({"cycle_time_ms": float(args.cycle_time)} if args.cycle_time else {}))
+    before = folder_bytes(work)
+    called = time.time()
+    with DriverMemory() as memory:
+        fitted = est.fit(table)
+    fit_s = time.time() - called
+    epochs = RunFolder(work, run_name).epochs_log()
+    rates = [e["examples_per_s"] for e in epochs]
+    phases = fitted.getMetadata()["training"]["phases"]
+    before_run = sum(phases.get(k, 0.0) for k in ("validate", "preprocess", "cache"))
+    return {"fit_s": fit_s, "first_step_s": before_run + est.last_run.launch_s, "run_launch_s": est.last_run.launch_s,
+            "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
+            "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": folder_bytes(work) - before,
+            "peak_rss": memory.peak, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc}
+
+
+class _Schema:  # the legacy pyarrow ParquetSchema's one method Horovod calls
+    def __init__(self, schema):
+        self._schema = schema
+
+    def to_arrow_schema(self):
+        return self._schema
+
+
+class _Piece:  # the legacy ParquetDatasetPiece's one method Horovod calls
+    def __init__(self, fragment):
+        self._fragment = fragment
+
+    def get_metadata(self):
+        return self._fragment.metadata
+
+
+class _LegacyView:
+    def __init__(self, dataset):
+        self.schema, self.pieces = _Schema(dataset.schema), [_Piece(f) for f in dataset.fragments]
+
+
+def _horovod_store(prefix: str):
+    import pyarrow.parquet as pq
+    from horovod.spark.common.store import LocalStore
+
+    class _HorovodStore(LocalStore):
+        def get_parquet_dataset(self, path):
+            return _LegacyView(pq.ParquetDataset(self.get_localized_path(path), filesystem=self.fs))
+
+    return _HorovodStore(prefix)
+
+
+def _timing_callback(folder: str):
+    import tensorflow as tf
+
+    class RankZeroTimes(tf.keras.callbacks.Callback):
+        """Rank 0's first-step time and epoch times, written to `folder` (the driver reads them after the fit)."""
+
+        _supports_tf_logs = True
+
+        def __init__(self):
+            super().__init__()
+            self.first, self.epochs = None, []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.first is None:
+                self.first = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append({"seconds": time.time() - self.started, "steps": self.params.get("steps")})
+
+        def on_train_end(self, logs=None):
+            import horovod.tensorflow.keras as hvd
+
+            if hvd.rank() == 0:
+                with open(os.path.join(folder, "times.json"), "w") as out:
+                    json.dump({"first": self.first, "epochs": self.epochs, "size": hvd.size()}, out)
+
+    return RankZeroTimes()
+
+
+def horovod_fit(df, args, work: str, round_: int) -> dict:
+    import horovod.spark.keras as hvd_keras
+    import tensorflow as tf
+
+    prefix = os.path.join(work, f"horovod-{round_}")
+    os.makedirs(prefix)
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((args.features,))
+    hidden = inputs
+    for width in HIDDEN:
+        hidden = tf.keras.layers.Dense(width, activation="relu")(hidden)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation="sigmoid")(hidden))
+    est = hvd_keras.KerasEstimator(
+        num_proc=args.num_proc, store=_horovod_store(prefix), model=model,
+        optimizer=tf.keras.optimizers.Adam(LR * args.num_proc), loss="binary_crossentropy", metrics=["accuracy"],
+        feature_cols=["x"], label_cols=["y"], batch_size=args.batch_size, epochs=args.epochs,
+        validation=VALIDATION, verbose=0, random_seed=0, callbacks=[_timing_callback(prefix)])
+    called = time.time()
+    with DriverMemory() as memory:
+        fitted = est.fit(df)
+    fit_s = time.time() - called
+    with open(os.path.join(prefix, "times.json")) as times_file:
+        times = json.load(times_file)
+    rates = [e["steps"] * args.batch_size * times["size"] / e["seconds"] for e in times["epochs"]]
+    return {"fit_s": fit_s, "first_step_s": times["first"] - called,
+            "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
+            "val_accuracy": float(fitted.getHistory()["val_accuracy"][-1]), "disk_bytes": folder_bytes(prefix),
+            "peak_rss": memory.peak}
+
+
 def distributed(args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:  # Petastorm cache, runs, models: all here
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:  # table, caches, runs, models, stores: all here
         return _distributed(args, work)
 
 
 def _distributed(args, work: str) -> dict:
     import pandas as pd
 
-    from sparkdl.data.spec import FeatureSpec
+    from sparkdl.lake import read_table, write_table
     from sparkdl.session import get_spark
-    from sparkdl.train import HorovodRunner, KerasEstimator
-    from sparkdl.train.checkpoints import RunFolder
+    from sparkdl.train import HorovodRunner
 
     spark = get_spark(master=f"local[{args.cores}]", app_name="bench_train", work=work)
     x, y = make_data(args.rows, args.features)
-    frame = pd.DataFrame({"x": list(x), "y": y})
-    df = spark.createDataFrame(frame).selectExpr("cast(x as array<float>) as x", "y").repartition(args.num_proc)
-    spec = FeatureSpec.from_dict({"features": [{"name": "x", "kind": "vector", "shape": [args.features]}],
-                                  "label": {"name": "y", "task": "binary"}})
+    table = os.path.join(work, "lake", "train")
+    frame = pd.DataFrame({"x": list(x), "y": y.astype("float32")})
+    write_table(spark.createDataFrame(frame).selectExpr("cast(x as array<float>) as x", "cast(y as float) as y")
+                .repartition(args.num_proc), table, mode="overwrite")
 
     runner = HorovodRunner(args.num_proc, spark=spark)
     started = time.perf_counter()
     runner.run(noop)
-    noop_s = time.perf_counter() - started
-    noop_start = runner.last_run.events.get("fn_start")
+    out = {"noop_total_s": time.perf_counter() - started, "noop_fn_start_s": runner.last_run.events.get("fn_start"),
+           "sparkdl": [], "horovod": []}
+    for round_ in range(args.repeats):
+        out["sparkdl"].append(sparkdl_fit(spark, table, args, work, round_))
+        log_side("sparkdl", round_, out["sparkdl"][-1])
+        if not args.no_horovod:
+            df, _ = read_table(table)
+            out["horovod"].append(horovod_fit(df.repartition(args.num_proc), args, work, round_))
+            log_side("horovod", round_, out["horovod"][-1])
+    return out
 
-    run_name = f"bench-{int(time.time())}"
-    est = KerasEstimator(model="mlp", feature_spec=spec, hparams={"hidden": HIDDEN}, batch_size=args.batch_size,
-                         epochs=args.epochs, validation=0.0, num_proc=args.num_proc, learning_rate=1e-3,
-                         warmup_epochs=0, run_name=run_name, work_dir=work, model_store=os.path.join(work, "m"),
-                         steps_per_execution=args.steps_per_execution,
-                         env={"HOROVOD_CYCLE_TIME": args.cycle_time} if args.cycle_time else None)
-    started = time.perf_counter()
-    est.fit(df)
-    fit_s = time.perf_counter() - started
-    epochs = RunFolder(work, run_name).epochs_log()
-    rates = [e["examples_per_s"] for e in epochs]
-    steady = rates[1:] or rates
-    return {"examples_per_s": statistics.median(steady), "epoch_rates": rates, "launch_s": est.last_run.launch_s,
-            "noop_fn_start_s": noop_start, "noop_total_s": noop_s, "fit_s": fit_s,
-            "threads_per_proc": est.last_run.threads_per_proc}
+
+def log_side(name: str, round_: int, result: dict) -> None:
+    print(f"  round {round_} {name}: fit {result['fit_s']:.1f} s, first step {result['first_step_s']:.1f} s, "
+          f"{result['examples_per_s']:,.0f} ex/s, val acc {result['val_accuracy']:.4f}", file=sys.stderr)
+
+
+def _median(results: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (sparkdl fit, Horovod fit)")
+    parser.add_argument("--no-horovod", action="store_true", help="skip Horovod's estimator")
     parser.add_argument("--cores", type=int, default=None, help="total cores (default: all of this machine)")
-    parser.add_argument("--cycle-time", default=None, help="HOROVOD_CYCLE_TIME in ms for the workers "
-                        "(default: sparkdl's own setting)")
-    parser.add_argument("--steps-per-execution", type=int, default=8, help="Keras steps_per_execution, the same "
-                        "for both sides (sparkdl's default is 8)")
+    parser.add_argument("--cycle-time", default=None, help="sparkdl's cycle_time_ms (default: its own 0.1)")
+    parser.add_argument("--steps-per-execution", type=int, default=8, help="sparkdl's (and the in-memory "
+                        "baseline's) Keras steps_per_execution")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.cores = args.cores or os.cpu_count() or 2
@@ -150,24 +335,40 @@ def main() -> None:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     base = json.loads(out.stdout.strip().splitlines()[-1])
     dist = distributed(args)
+    ours, peer = dist["sparkdl"], dist["horovod"]
 
-    per_core_base = base["examples_per_s"] / args.cores
-    per_core_dist = dist["examples_per_s"] / args.cores
-    ratio = per_core_dist / per_core_base
     print(f"\nbench_train: {args.rows:,} rows x {args.features} features, MLP {HIDDEN}, batch {args.batch_size} "
-          f"per process, {args.epochs} epochs, {args.cores} cores, steps_per_execution {args.steps_per_execution}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  single-process Keras on numpy ({args.cores} threads): {base['examples_per_s']:>12,.0f} examples/s "
-          f"({per_core_base:,.0f}/core)")
-    print(f"  sparkdl fit, {args.num_proc} Horovod procs x {dist['threads_per_proc']} thread(s): "
-          f"{dist['examples_per_s']:>10,.0f} examples/s ({per_core_dist:,.0f}/core)  epoch rates "
-          f"{[round(r) for r in dist['epoch_rates']]}")
-    print(f"  ratio sparkdl / in-memory, per core: {ratio:.2f}  (target >= 0.90: {'OK' if ratio >= 0.9 else 'MISS'})")
-    launch = dist["launch_s"]
-    print(f"  launch overhead, run() call -> first step: {launch:.1f} s  "
-          f"(target <= 10 s: {'OK' if launch is not None and launch <= 10 else 'MISS'})")
-    print(f"  no-op Horovod job: call -> fn start {dist['noop_fn_start_s']:.1f} s, total {dist['noop_total_s']:.1f} s")
-    print(f"  whole fit (preprocess + Petastorm + train + save): {dist['fit_s']:.1f} s")
+          f"per process, {args.epochs} epochs, {args.num_proc} processes on {args.cores} cores, validation "
+          f"{VALIDATION}, {args.repeats} round(s) (medians), load average {os.getloadavg()[0]:.1f}")
+    rows = [("fit wall time (s)", "fit_s", "{:.1f}", "<= 0.5"), ("fit call -> first step (s)", "first_step_s",
+            "{:.1f}", None), ("training examples/s, epochs 2..N", "examples_per_s", "{:,.0f}", ">= 1.0"),
+            ("final validation accuracy", "val_accuracy", "{:.4f}", None),
+            ("disk written (MB)", "disk_bytes", "{:.1f}", None), ("peak driver RSS (MB)", "peak_rss", "{:.0f}", None)]
+    print(f"  {'':36s} {'sparkdl':>12s} {'Horovod est.':>12s} {'ratio':>7s}  target")
+    for label, key, fmt, target in rows:
+        scale = 1e6 if key in ("disk_bytes", "peak_rss") else 1.0
+        a = _median(ours, key) / scale
+        b = _median(peer, key) / scale if peer else float("nan")
+        ratio = a / b if peer and b else float("nan")
+        verdict = ""
+        if target and peer:
+            verdict = f"{target}: " + ("OK" if (ratio <= 0.5 if target.startswith("<=") else ratio >= 1.0)
+                                        else "MISS")
+        print(f"  {label:36s} {fmt.format(a):>12s} {fmt.format(b):>12s} {ratio:>7.2f}  {verdict}")
+    phases = ours[-1]["phases"]
+    training = phases.get("training", 0.0)
+    print("  sparkdl fit phases (s, last round): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+          + f"; fixed overhead (fit - training) {ours[-1]['fit_s'] - training:.1f} s (target <= 10 s)")
+    launch = _median(ours, "run_launch_s")
+    print(f"  sparkdl run() call -> first step: {launch:.1f} s (target <= 5 s: {'OK' if launch <= 5 else 'MISS'}); "
+          f"no-op Horovod job: fn start {dist['noop_fn_start_s']:.1f} s, total {dist['noop_total_s']:.1f} s")
+    per_core_base = base["examples_per_s"] / args.cores
+    per_core_dist = _median(ours, "examples_per_s") / args.cores
+    ratio = per_core_dist / per_core_base
+    print(f"  scaling: single-process Keras on numpy ({args.cores} threads) {base['examples_per_s']:,.0f} ex/s; "
+          f"sparkdl {args.num_proc} procs x {ours[-1]['threads_per_proc']} thread(s) "
+          f"{_median(ours, 'examples_per_s'):,.0f} ex/s; per core {ratio:.2f} (target >= 0.8: "
+          f"{'OK' if ratio >= 0.8 else 'MISS'})")
 
 
 if __name__ == "__main__":

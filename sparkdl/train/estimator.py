@@ -62,8 +62,9 @@ log = get_logger("train")
 # Horovod's background loop waits up to HOROVOD_CYCLE_TIME ms between negotiation rounds,
 # and every training step waits for one round: with small models most of a step is that wait. Measured on 2 CPU
 # ranks (MLP 32-64-64-1, batch 2048, Gloo): a custom step with one grouped allreduce took ~3.9 ms at 1 ms and
-# ~2.5-3.3 ms at 0.1 ms (compute alone ~0.8 ms); see scripts/benchmarks/bench_train.py. Override with env=.
-WORKER_ENV = {"HOROVOD_CYCLE_TIME": "0.1"}
+# ~2.5-3.3 ms at 0.1 ms (compute alone ~0.8 ms); see scripts/benchmarks/bench_train.py. Param cycle_time_ms.
+DEFAULT_CYCLE_TIME_MS = 0.1
+COMPRESSIONS = ("none", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl")
 
 
@@ -93,6 +94,19 @@ def _to_list(value):
     return list(value) if value is not None else []
 
 
+def _to_opt_float(value):
+    return None if value is None else TypeConverters.toFloat(value)
+
+
+def worker_env(p: "FitSettings") -> dict[str, str]:
+    """The Horovod settings of the worker processes: cycle time and fusion threshold from the params, then `env`
+    (which overrides them)."""
+    env = {"HOROVOD_CYCLE_TIME": f"{p.cycle_time_ms:g}"}
+    if p.fusion_threshold_mb is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(int(p.fusion_threshold_mb * 1024 * 1024))
+    return {**env, **(p.env or {})}
+
+
 # (snake_case keyword, camelCase Param, doc, converter, default)
 _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
     ("model", "model", "zoo model name (mlp, cnn, lstm, embedding, ...), a Keras model (either flavour), or a builder "
@@ -112,6 +126,17 @@ _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
     ("steps_per_execution", "stepsPerExecution", "training steps run per tf.function call (Keras compile's "
      "steps_per_execution): less Python overhead per step, the same SGD steps; per-batch callbacks (and the "
      "warmup's learning-rate updates) run every N steps", TypeConverters.toInt, 8),
+    ("backward_passes_per_step", "backwardPassesPerStep", "local gradient aggregation (Horovod's "
+     "backward_passes_per_step): each rank sums the gradients of N batches and the ranks average and apply them "
+     "once, so one allreduce serves N batches (the effective batch is N x batch_size x num_proc; the learning rate "
+     "is not rescaled)", TypeConverters.toInt, 1),
+    ("compression", "compression", "gradient compression for the allreduce: 'none' or 'fp16' (float32 gradients "
+     "sent as float16: half the bytes, ~3 significant digits)", TypeConverters.toString, "none"),
+    ("fusion_threshold_mb", "fusionThresholdMb", "Horovod tensor fusion buffer in MiB (HOROVOD_FUSION_THRESHOLD; "
+     "None = Horovod's 128 MiB, 0 = no fusion: one allreduce per gradient tensor)", _to_opt_float, None),
+    ("cycle_time_ms", "cycleTimeMs", "milliseconds Horovod's background loop waits between negotiation rounds "
+     "(HOROVOD_CYCLE_TIME; each step waits for one round, so small models want it short)", TypeConverters.toFloat,
+     DEFAULT_CYCLE_TIME_MS),
     ("validation", "validation", "fraction of rows held out for validation (0 = none), or the name of a boolean "
                                  "column (true = validation row) or string column ('validation'/'val')",
      _to_validation, 0.2),
@@ -136,7 +161,8 @@ _PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
     ("work_dir", "workDir", "sparkdl work folder for runs (default: sparkdl.session.work_dir())", None, None),
     ("use_gpu", "useGpu", "None = GPUs when Spark tasks have them; True/False to force", None, None),
     ("start_timeout", "startTimeout", "seconds for the Horovod tasks to start", TypeConverters.toInt, 120),
-    ("env", "env", "extra environment variables for the worker processes (e.g. HOROVOD_CYCLE_TIME)", None, None),
+    ("env", "env", "extra environment variables for the worker processes (override cycle_time_ms and "
+                   "fusion_threshold_mb)", None, None),
     ("mlflow", "mlflow", "log the fit as an MLflow run: True, False, or None = when MLflow is installed and a "
                          "tracking URI is set or a run is active (see sparkdl.mlflow.tracking)", None, None),
     ("mlflow_experiment", "mlflowExperiment", "MLflow experiment name of the run (default: the active one)", None,
@@ -161,6 +187,10 @@ class FitSettings:
     batch_size: Any
     epochs: Any
     steps_per_execution: Any
+    backward_passes_per_step: Any
+    compression: Any
+    fusion_threshold_mb: Any
+    cycle_time_ms: Any
     validation: Any
     callbacks: Any
     num_proc: Any
@@ -202,6 +232,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
     Keywords (all optional except `feature_spec`): model="mlp", feature_spec, label=None, loss=None,
     optimizer="adam", learning_rate=1e-3, metrics=None, batch_size=64, epochs=10, steps_per_execution=8,
+    backward_passes_per_step=1, compression="none", fusion_threshold_mb=None, cycle_time_ms=0.1,
     validation=0.2, callbacks=(),
     num_proc=2, model_store=None, model_name=None, run_name=None, seed=0, early_stopping=None, resume=True,
     hparams=None, warmup_epochs=1, checkpoint_every=1, keep_checkpoints=2, work_dir=None, use_gpu=None,
@@ -239,7 +270,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
         if p["feature_spec"].label is None:
             raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
-        for name in ("batch_size", "epochs", "num_proc", "checkpoint_every", "steps_per_execution"):
+        for name in ("batch_size", "epochs", "num_proc", "checkpoint_every", "steps_per_execution",
+                     "backward_passes_per_step"):
             if p[name] < 1:
                 raise ConfigError(f"KerasEstimator: {name} must be >= 1, got {p[name]}")
         if p["keep_checkpoints"] < 0:
@@ -249,6 +281,14 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
                               f"got {p['validation']}")
         if p["learning_rate"] <= 0 or not math.isfinite(p["learning_rate"]):
             raise ConfigError(f"KerasEstimator: learning_rate must be a positive number, got {p['learning_rate']}")
+        if p["compression"] not in COMPRESSIONS:
+            raise ConfigError(f"KerasEstimator: compression must be one of {list(COMPRESSIONS)}, "
+                              f"got {p['compression']!r}")
+        if p["fusion_threshold_mb"] is not None and not 0 <= p["fusion_threshold_mb"] < 1024 * 1024:
+            raise ConfigError(f"KerasEstimator: fusion_threshold_mb must be >= 0 MiB (or None), "
+                              f"got {p['fusion_threshold_mb']}")
+        if not 0 < p["cycle_time_ms"] <= 1000:
+            raise ConfigError(f"KerasEstimator: cycle_time_ms must be in (0, 1000] ms, got {p['cycle_time_ms']}")
         if p["warmup_epochs"] < 0:
             raise ConfigError(f"KerasEstimator: warmup_epochs must be >= 0, got {p['warmup_epochs']}")
         if p["early_stopping"] is not None and p["early_stopping"] < 1:
@@ -278,7 +318,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         spark = df.sparkSession
         _check_columns(spec, df)
         runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
-                               total_epochs=p.epochs, env={**WORKER_ENV, **(p.env or {})})
+                               total_epochs=p.epochs, env=worker_env(p))
         runner.check_slots()
         hint = signature_hint(spec)
         if hint is not None:
@@ -401,7 +441,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             validation_steps=val_steps, optimizer_state=optimizer_state, seed=p.seed,
             warmup_epochs=p.warmup_epochs, early_stopping=p.early_stopping,
             monitor="val_loss" if val_data is not None else "loss", callbacks=list(p.callbacks),
-            checkpoint_every=p.checkpoint_every, steps_per_execution=p.steps_per_execution, flavour=flavour)
+            checkpoint_every=p.checkpoint_every, steps_per_execution=p.steps_per_execution, flavour=flavour,
+            backward_passes_per_step=p.backward_passes_per_step, compression=p.compression)
 
         def on_epoch(message: dict) -> None:
             run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
@@ -448,6 +489,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             "training": {"epochs": p.epochs, "batch_size": p.batch_size, "learning_rate": p.learning_rate,
                          "optimizer": p.optimizer_spec, "validation": p.validation, "seed": p.seed,
                          "warmup_epochs": p.warmup_epochs, "early_stopping": p.early_stopping,
+                         "backward_passes_per_step": p.backward_passes_per_step, "compression": p.compression,
+                         "horovod_env": {k: v for k, v in worker_env(p).items() if k.startswith("HOROVOD_")},
                          "run_folder": str(run.path),
                          "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p.epochs - 1},
         }

@@ -34,6 +34,7 @@ from sparkdl.train.rank_job import (
     TrainJob,
     _b64,
     _floats,
+    horovod_compression,
     job_datasets,
     make_optimizer,
     warmup_learning_rate,
@@ -62,35 +63,71 @@ def labels_like(y, pred):
     return tf.expand_dims(y, -1) if y.shape.rank == 1 and pred.shape.rank == 2 and pred.shape[-1] == 1 else y
 
 
-def make_train_step(model, optimizer, loss_fn, metrics=(), loss_mean=None):
+def make_train_step(model, optimizer, loss_fn, metrics=(), loss_mean=None, backward_passes_per_step: int = 1,
+                    compression: str = "none"):
     """A `tf.function` `step(x, y) -> loss` of synchronous data-parallel SGD for a Keras 3 `model`: forward pass,
     `loss_fn(y, pred)` plus the model's own losses, gradients of the underlying variables averaged across ranks by
     `hvd.DistributedGradientTape`, applied by `optimizer` (built here when it is not yet). `metrics` (Keras 3
-    metric objects) and `loss_mean` (a `keras.metrics.Mean`) are updated with this rank's batch."""
+    metric objects) and `loss_mean` (a `keras.metrics.Mean`) are updated with this rank's batch.
+
+    `backward_passes_per_step` N > 1 aggregates locally as Horovod's optimizer does: each call adds its gradients
+    to per-variable accumulators, and every Nth call averages them over the N passes and the ranks (one grouped
+    allreduce), applies them and clears the accumulators. `compression` ("none" or "fp16") is the allreduce's
+    wire dtype."""
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     trainable = [v.value for v in model.trainable_variables]  # the tf.Variables Horovod can reduce
+    wire = horovod_compression(compression)
+    passes = max(1, int(backward_passes_per_step))
+    if passes > 1:
+        sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in trainable]
+        counter = tf.Variable(0, dtype=tf.int64, trainable=False)
 
-    @tf.function
-    def step(x, y):
+    def forward(x, y):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             y = labels_like(y, pred)
             loss = loss_fn(y, pred)
             if model.losses:
                 loss = loss + tf.add_n(model.losses)
-        grads = hvd.DistributedGradientTape(tape).gradient(loss, trainable)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return tape, loss, y, pred
+
+    def track(loss, y, pred):
         if loss_mean is not None:
             loss_mean.update_state(loss)
         for metric in metrics:
             metric.update_state(y, pred)
+
+    @tf.function
+    def step(x, y):
+        tape, loss, y, pred = forward(x, y)
+        grads = hvd.DistributedGradientTape(tape, compression=wire).gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        track(loss, y, pred)
         return loss
 
-    return step
+    def apply_sums():
+        averaged = hvd.grouped_allreduce([s / passes for s in sums], op=hvd.Average, compression=wire)
+        optimizer.apply_gradients(zip(averaged, model.trainable_variables))
+        for total in sums:
+            total.assign(tf.zeros_like(total))
+        return tf.constant(True)
+
+    @tf.function
+    def aggregating_step(x, y):
+        tape, loss, y, pred = forward(x, y)
+        for total, grad in zip(sums, tape.gradient(loss, trainable)):
+            if grad is not None:
+                total.assign_add(tf.convert_to_tensor(grad))
+        counter.assign_add(1)
+        tf.cond(counter % passes == 0, apply_sums, lambda: tf.constant(False))  # every rank: the same steps
+        track(loss, y, pred)
+        return loss
+
+    return aggregating_step if passes > 1 else step
 
 
 def _metrics(keras, names, output_dim: int, integer_labels: bool) -> list:
@@ -152,7 +189,8 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
     val_metrics = _metrics(keras, job.metrics, output_dim, integer_labels)
     loss_mean, val_loss_mean = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
-    train_step = make_train_step(model, optimizer, loss_fn, metrics, loss_mean)
+    train_step = make_train_step(model, optimizer, loss_fn, metrics, loss_mean, job.backward_passes_per_step,
+                                 job.compression)
 
     @tf.function
     def val_step(x, y):

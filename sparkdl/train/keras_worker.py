@@ -14,7 +14,15 @@ from sparkdl import stack
 from sparkdl.tf_runtime import configure_tensorflow
 from sparkdl.train import progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
-from sparkdl.train.rank_job import TrainJob, _b64, _floats, job_datasets, make_optimizer, warmup_learning_rate
+from sparkdl.train.rank_job import (
+    TrainJob,
+    _b64,
+    _floats,
+    horovod_compression,
+    job_datasets,
+    make_optimizer,
+    warmup_learning_rate,
+)
 from sparkdl.train.serialization import (
     model_from_bytes,
     model_to_bytes,
@@ -120,7 +128,12 @@ def train_on_rank(job: TrainJob) -> dict:
     # (steps_per_execution) keep one allreduce per step: synchronous SGD as with 1. The broadcast callback runs
     # after the first call (N steps), which is safe because every rank starts from the same model bytes and
     # optimizer state (checked: identical weights on both ranks after training with N=8).
-    model.compile(optimizer=hvd.DistributedOptimizer(optimizer), loss=job.loss, metrics=list(job.metrics),
+    # backward_passes_per_step > 1: Horovod's local aggregation helper sums N batches' gradients per rank, then one
+    # allreduce (averaged over the N passes too) and one optimizer update; the other N-1 steps only accumulate.
+    distributed = hvd.DistributedOptimizer(optimizer, compression=horovod_compression(job.compression),
+                                           backward_passes_per_step=max(1, int(job.backward_passes_per_step)),
+                                           average_aggregated_gradients=True)
+    model.compile(optimizer=distributed, loss=job.loss, metrics=list(job.metrics),
                   steps_per_execution=max(1, int(job.steps_per_execution)))
     if job.optimizer_state is not None:
         restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)

@@ -36,6 +36,15 @@ class TrainJob:
     checkpoint_every: int = 1
     steps_per_execution: int = 1      # steps per tf.function call (Keras compile); same SGD steps either way
     flavour: str = "tf_keras"         # the Keras flavour of `model` (sparkdl.stack); keras3 trains in keras3_worker
+    backward_passes_per_step: int = 1  # local gradient aggregation: one allreduce per N batches
+    compression: str = "none"         # "none" or "fp16": the gradients' dtype on the wire
+
+
+def horovod_compression(name: str):
+    """Horovod's `Compression` class for a `TrainJob.compression` name."""
+    import horovod.tensorflow as hvd
+
+    return {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[name]
 
 
 def _b64(data: bytes) -> str:

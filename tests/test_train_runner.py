@@ -63,6 +63,32 @@ def test_allreduce_of_rank_ids(spark):
     assert runner.last_run.launch_s is not None and runner.last_run.launch_s < runner.last_run.total_s
 
 
+def rank_and_pid():
+    import os
+
+    return {"rank": int(os.environ["HOROVOD_RANK"]), "pid": os.getpid(), "payload": list(range(1000))}
+
+
+@pytest.mark.slow
+def test_run_returns_when_the_ranks_are_done_and_tears_down_in_the_background(spark):
+    """The result comes over the progress channel as soon as every rank finished; the Horovod processes' exit
+    and the Spark job's end follow in the background, and the next run waits for them."""
+    from sparkdl.train.runner import wait_for_teardown
+
+    sc = spark.sparkContext
+    runner = HorovodRunner(num_proc=2, spark=spark)
+    first = runner.run(rank_and_pid)
+    assert first["rank"] == 0 and first["payload"] == list(range(1000))  # rank 0's result, whole
+    returned_at = time.time()
+    # the Horovod job was still being torn down when run() returned (its processes exit, its tasks end)
+    tearing_down = not wait_for_teardown(sc, timeout=0)
+    second = runner.run(rank_and_pid)  # waits for that tear-down, then gets both task slots again
+    assert second["rank"] == 0 and second["pid"] != first["pid"]
+    assert wait_for_teardown(sc, timeout=120)
+    assert not sc.statusTracker().getActiveJobsIds()
+    assert tearing_down, f"run() returned only after the job had ended ({time.time() - returned_at:.1f}s)"
+
+
 @pytest.mark.slow
 def test_worker_exception_reaches_driver_with_its_traceback(spark):
     runner = HorovodRunner(num_proc=2, spark=spark)

@@ -9,9 +9,15 @@ Each process first pins its threads (`cores_per_task` threads, so `num_proc` pro
 the cores) and devices (the task's GPU when Spark tasks have GPUs, else all GPUs hidden), then calls the
 function. An exception in any rank is caught there and returned as data (and sent over the progress channel at
 once, in case the other ranks hang in a collective); the driver raises `TrainingError` with that rank's traceback.
+
+When every rank has finished its function, each says so over the progress channel (rank 0 with its result), and
+`run` returns at once: the Horovod processes' exit, the Spark tasks' end and the job's clean-up (seconds, and
+nothing the caller waits for) finish in the background. The next `run` on the same SparkContext waits for that
+tear-down before it launches, so two jobs never compete for the task slots.
 """
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import traceback
@@ -24,7 +30,7 @@ from sparkdl.log import get_logger
 from sparkdl.session import get_spark
 from sparkdl.tf_runtime import thread_env
 from sparkdl.train import resources
-from sparkdl.train.progress import Handler, ProgressServer, report
+from sparkdl.train.progress import Handler, ProgressServer, client, report
 
 log = get_logger("train")
 
@@ -32,6 +38,36 @@ DEFAULT_START_TIMEOUT = 120
 # After a rank reported an error, how long the driver waits for the job to end on its own before cancelling it
 # (the other ranks may be blocked in a collective that will never complete).
 ABORT_GRACE_S = 20.0
+
+# The tear-down still running in the background, per SparkContext id (see the module docstring).
+_TEARDOWNS: dict[int, threading.Thread] = {}
+_TEARDOWNS_LOCK = threading.Lock()
+
+
+_SHUTDOWN = threading.local()
+
+
+def _shutdown_event() -> threading.Event:
+    """Stands in for `horovod.runner.gloo_run.register_shutdown_event`, which installs SIGINT/SIGTERM handlers —
+    allowed in the main thread only, while sparkdl launches from a job thread. The event it returns (the one that
+    makes Horovod terminate the rank processes) is set by `run` on KeyboardInterrupt instead."""
+    return _SHUTDOWN.event
+
+
+def _route_shutdown_to_run() -> None:
+    from horovod.runner import gloo_run
+
+    gloo_run.register_shutdown_event = _shutdown_event
+
+
+def wait_for_teardown(sc, timeout: float | None = None) -> bool:
+    """Wait for the background tear-down of the last Horovod job on `sc`; True when none is left running."""
+    with _TEARDOWNS_LOCK:
+        thread = _TEARDOWNS.get(id(sc))
+    if thread is None:
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 @dataclass
@@ -72,16 +108,30 @@ def _worker_main(fn: Callable, kwargs: dict, setup: resources.WorkerSetup) -> di
         applied = setup.apply()
         report("event", name="fn_start", rank=rank, setup=applied)
         result = fn(**kwargs)
-        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data
-        text = traceback.format_exc()
-        error = {"ok": False, "rank": rank, "error_type": type(exc).__name__, "message": str(exc),
-                 "traceback": text, "time": time.time()}
-        try:
-            report("error", **{k: v for k, v in error.items() if k != "ok"})
-        except Exception:  # noqa: BLE001 - the channel is best-effort here; the result still carries it
-            pass
-        return error
+        return _failure(rank, exc)
+    if client() is None:  # outside a sparkdl job: only Horovod's own return
+        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
+    try:  # the driver may return now; the result is carried here, so Horovod's own return is not needed
+        import cloudpickle
+
+        payload = base64.b64encode(cloudpickle.dumps(result)).decode("ascii") if rank == 0 else None
+        report("done", required=True, rank=rank, result=payload)
+        return {"ok": True, "rank": rank, "result": None, "reported": True}
+    except Exception:  # noqa: BLE001 - no channel (or it failed): the result goes back through Horovod
+        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
+
+
+def _failure(rank: int, exc: BaseException) -> dict:
+    text = traceback.format_exc()
+    error = {"ok": False, "rank": rank, "error_type": type(exc).__name__, "message": str(exc),
+             "traceback": text, "time": time.time()}
+    try:
+        report("error", **{k: v for k, v in error.items() if k != "ok"})
+    except Exception:  # noqa: BLE001 - the channel is best-effort here; the result still carries it
+        pass
+    return error
+
 
 
 class HorovodRunner:
@@ -166,34 +216,104 @@ class HorovodRunner:
         from horovod.spark import run as hvd_run
         from horovod.spark.driver import job_id
 
+        if not wait_for_teardown(sc, timeout=self.start_timeout):  # the last job's tasks must have left their slots
+            raise TrainingError(f"the previous Horovod job on this SparkContext is still tearing down after "
+                                f"{self.start_timeout}s (its processes did not exit); see the executor logs")
         started = time.time()
         done = threading.Event()
         watchdog = _Watchdog(sc, job_id, done)
         server.error_listeners.append(watchdog.on_error)
+        finished = _Finished(self.num_proc)
+        server.handlers["done"] = finished.on_done
         server.start()
         env.update(server.env())
+        outcome: dict[str, Any] = {}
+        shutdown = threading.Event()
+        _route_shutdown_to_run()
+
+        def job() -> None:
+            _SHUTDOWN.event = shutdown
+            try:
+                outcome["results"] = hvd_run(_worker_main, args=(fn, kwargs, setup), num_proc=self.num_proc,
+                                             start_timeout=self.start_timeout, use_gloo=True, use_mpi=False,
+                                             env=env, executable=executable, verbose=self.verbose)
+            except BaseException as exc:  # noqa: BLE001 - raised by run() below, or logged after an early return
+                outcome["error"] = exc
+            finally:
+                done.set()
+                finished.event.set()
+
+        watchdog.expect_job()
+        thread = threading.Thread(target=job, name="sparkdl-horovod-job", daemon=True)
+        thread.start()
         try:
-            watchdog.expect_job()
-            results = hvd_run(_worker_main, args=(fn, kwargs, setup), num_proc=self.num_proc,
-                              start_timeout=self.start_timeout, use_gloo=True, use_mpi=False, env=env,
-                              executable=executable, verbose=self.verbose)
-        except Exception as exc:  # noqa: BLE001 - turned into a TrainingError below
-            done.set()
+            finished.event.wait()
+        except KeyboardInterrupt:  # what Horovod's own signal handler would do: stop the ranks, end the job
+            shutdown.set()
+            sc.cancelJobGroup(watchdog.group)
+            thread.join(ABORT_GRACE_S)
+            raise
+        if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
+            stats.total_s = time.time() - started
+            stats.events = {k: v - started for k, v in server.events.items()}
+            self._teardown_in_background(sc, thread, server, outcome, started)
+            return finished.result()
+        thread.join()
+        if "error" in outcome:
+            exc = outcome["error"]
             server.close(drain_timeout=5.0)
             stats.total_s = time.time() - started
             stats.events = {k: v - started for k, v in server.events.items()}
             if server.errors:
                 raise _training_error(server.errors) from exc
             raise TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}") from exc
-        done.set()
         server.close()
         stats.total_s = time.time() - started
         stats.events = {k: v - started for k, v in server.events.items()}
 
+        results = outcome["results"]
         failed = [r for r in results if not r.get("ok")]
         if failed:
             raise _training_error(failed + server.errors)
-        return results[0]["result"]
+        return finished.result() if finished.complete() else results[0]["result"]
+
+    @staticmethod
+    def _teardown_in_background(sc, thread: threading.Thread, server: ProgressServer, outcome: dict,
+                                started: float) -> None:
+        def finish() -> None:
+            thread.join()
+            server.close(drain_timeout=5.0)
+            if "error" in outcome:  # after every rank finished (e.g. the session stopped meanwhile): nothing lost
+                log.debug("the Horovod job's tear-down ended with: %s", outcome["error"])
+            log.debug("Horovod job torn down %.1fs after the call", time.time() - started)
+
+        teardown = threading.Thread(target=finish, name="sparkdl-horovod-teardown", daemon=True)
+        with _TEARDOWNS_LOCK:
+            _TEARDOWNS[id(sc)] = teardown
+        teardown.start()
+
+
+class _Finished:
+    """The ranks' `done` messages: complete once all `num_proc` ranks reported, with rank 0's result."""
+
+    def __init__(self, num_proc: int):
+        self.num_proc = num_proc
+        self.event = threading.Event()
+        self._ranks: dict[int, str | None] = {}
+
+    def on_done(self, message: dict) -> None:
+        self._ranks[int(message.get("rank", 0))] = message.get("result")
+        if self.complete():
+            self.event.set()
+
+    def complete(self) -> bool:
+        return len(self._ranks) >= self.num_proc and 0 in self._ranks
+
+    def result(self) -> Any:
+        import cloudpickle
+
+        payload = self._ranks[0]
+        return cloudpickle.loads(base64.b64decode(payload)) if payload is not None else None
 
 
 def _training_error(errors: list[dict]) -> TrainingError:

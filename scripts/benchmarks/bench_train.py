@@ -168,7 +168,8 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
     return {"fit_s": fit_s, "first_step_s": before_run + est.last_run.launch_s, "run_launch_s": est.last_run.launch_s,
             "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
             "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": folder_bytes(work) - before,
-            "peak_rss": memory.peak, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc}
+            "peak_rss": memory.peak, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc,
+            "events": est.last_run.events}
 
 
 class _Schema:  # the legacy pyarrow ParquetSchema's one method Horovod calls
@@ -359,6 +360,8 @@ def main() -> None:
     training = phases.get("training", 0.0)
     print("  sparkdl fit phases (s, last round): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
           + f"; fixed overhead (fit - training) {ours[-1]['fit_s'] - training:.1f} s (target <= 10 s)")
+    events = sorted(ours[-1]["events"].items(), key=lambda item: item[1])
+    print("  sparkdl launch timeline (s after run(), last round): " + ", ".join(f"{k} {v:.1f}" for k, v in events))
     launch = _median(ours, "run_launch_s")
     print(f"  sparkdl run() call -> first step: {launch:.1f} s (target <= 5 s: {'OK' if launch <= 5 else 'MISS'}); "
           f"no-op Horovod job: fn start {dist['noop_fn_start_s']:.1f} s, total {dist['noop_total_s']:.1f} s")

@@ -45,19 +45,24 @@ _TEARDOWNS_LOCK = threading.Lock()
 
 
 _SHUTDOWN = threading.local()
+_ORIGINAL_SHUTDOWN_EVENT: list[Callable[[], threading.Event]] = []
 
 
 def _shutdown_event() -> threading.Event:
     """Stands in for `horovod.runner.gloo_run.register_shutdown_event`, which installs SIGINT/SIGTERM handlers —
-    allowed in the main thread only, while sparkdl launches from a job thread. The event it returns (the one that
-    makes Horovod terminate the rank processes) is set by `run` on KeyboardInterrupt instead."""
-    return _SHUTDOWN.event
+    allowed in the main thread only, while sparkdl launches from a job thread. In that thread it returns the event
+    (the one that makes Horovod terminate the rank processes) that `run` sets on KeyboardInterrupt; elsewhere (a
+    direct `horovod.spark.run` call) Horovod's own function."""
+    event = getattr(_SHUTDOWN, "event", None)
+    return event if event is not None else _ORIGINAL_SHUTDOWN_EVENT[0]()
 
 
 def _route_shutdown_to_run() -> None:
     from horovod.runner import gloo_run
 
-    gloo_run.register_shutdown_event = _shutdown_event
+    if gloo_run.register_shutdown_event is not _shutdown_event:
+        _ORIGINAL_SHUTDOWN_EVENT[:] = [gloo_run.register_shutdown_event]
+        gloo_run.register_shutdown_event = _shutdown_event
 
 
 def wait_for_teardown(sc, timeout: float | None = None) -> bool:
@@ -169,6 +174,7 @@ class HorovodRunner:
         self.total_epochs = total_epochs
         self.verbose = verbose
         self.last_run: RunStats | None = None
+        self._active = None  # (shutdown event, watchdog, SparkContext) of the job in progress
 
     @property
     def spark(self):
@@ -230,6 +236,7 @@ class HorovodRunner:
         outcome: dict[str, Any] = {}
         shutdown = threading.Event()
         _route_shutdown_to_run()
+        self._active = (shutdown, watchdog, sc)
 
         def job() -> None:
             _SHUTDOWN.event = shutdown
@@ -249,8 +256,7 @@ class HorovodRunner:
         try:
             finished.event.wait()
         except KeyboardInterrupt:  # what Horovod's own signal handler would do: stop the ranks, end the job
-            shutdown.set()
-            sc.cancelJobGroup(watchdog.group)
+            self.cancel()
             thread.join(ABORT_GRACE_S)
             raise
         if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
@@ -276,6 +282,15 @@ class HorovodRunner:
         if failed:
             raise _training_error(failed + server.errors)
         return finished.result() if finished.complete() else results[0]["result"]
+
+    def cancel(self) -> None:
+        """Stop the job `run` is running (from another thread, or on KeyboardInterrupt): Horovod terminates the
+        rank processes and the Spark job group is cancelled; `run` then raises TrainingError."""
+        active = getattr(self, "_active", None)
+        if active is not None:
+            shutdown, watchdog, sc = active
+            shutdown.set()
+            sc.cancelJobGroup(watchdog.group)
 
     @staticmethod
     def _teardown_in_background(sc, thread: threading.Thread, server: ProgressServer, outcome: dict,

@@ -78,6 +78,10 @@ class TrainSection:
     optimizer: str = "adam"
     early_stopping: int | None = None
     warmup_epochs: int = 1
+    backward_passes_per_step: int = 1    # Horovod's scaling options (KerasEstimator params of the same names)
+    compression: str = "none"
+    fusion_threshold_mb: float | None = None
+    cycle_time_ms: float = 0.1
     seed: int = 0
     run_name: str | None = None
     resume: bool = True

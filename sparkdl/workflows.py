@@ -87,6 +87,8 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
         epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
         model_store=store, model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,
         early_stopping=cfg.train.early_stopping, resume=cfg.train.resume, warmup_epochs=cfg.train.warmup_epochs,
+        backward_passes_per_step=cfg.train.backward_passes_per_step, compression=cfg.train.compression,
+        fusion_threshold_mb=cfg.train.fusion_threshold_mb, cycle_time_ms=cfg.train.cycle_time_ms,
         work_dir=os.path.expanduser(cfg.work_dir), mlflow=cfg.train.mlflow,
         mlflow_experiment=cfg.train.mlflow_experiment)
     model = estimator.fit(snapshot)

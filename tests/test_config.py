@@ -38,6 +38,13 @@ def test_valid_file_loads_typed(tmp_path, monkeypatch):
     assert cfg.data.version == 0 and cfg.data.features[0]["shape"] == [8, 8, 1]
     assert cfg.train.learning_rate == 0.01 and isinstance(cfg.train.learning_rate, float)
     assert cfg.train.early_stopping is None and cfg.model.hparams == {"filters": [8, 16]}
+    # Horovod's scaling options: the estimator's defaults unless set
+    assert (cfg.train.backward_passes_per_step, cfg.train.compression, cfg.train.fusion_threshold_mb,
+            cfg.train.cycle_time_ms) == (1, "none", None, 0.1)
+    tuned = load_config(write(tmp_path, VALID), overrides=["train.backward_passes_per_step=4",
+                                                           "train.compression=fp16", "train.cycle_time_ms=1"])
+    assert (tuned.train.backward_passes_per_step, tuned.train.compression, tuned.train.cycle_time_ms) == \
+        (4, "fp16", 1.0)
 
 
 def test_env_and_command_line_overrides(tmp_path, monkeypatch):

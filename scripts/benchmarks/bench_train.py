@@ -1,7 +1,8 @@
 """Training: sparkdl's fit against Horovod's own Spark estimator on the same job, and against in-memory Keras.
 
 Three things are measured in one run, on the same synthetic data (a Delta table of `--rows` x `--features` float
-vectors with a linear binary label), the same MLP (hidden 64-64, sigmoid), Adam at the same effective learning rate
+vectors with a linear binary label), the same zoo model (`mlp`, hidden 64-64, sigmoid; `--model cnn` for the
+compute-heavier scaling job, sparkdl and in-memory only), Adam at the same effective learning rate
 (sparkdl's 1e-3 per process x 2 ranks = Horovod's 2e-3), the same batch per process, epochs and 20% validation:
 
 * **sparkdl's `KerasEstimator.fit`** on the Delta table, and **`horovod.spark.keras.KerasEstimator.fit`** (with a
@@ -37,8 +38,25 @@ import threading
 import time
 
 HIDDEN = [64, 64]
+CNN_SIDE = 28       # --model cnn: 28 x 28 x 1 images (the compute-heavier job of the scaling target)
 LR = 1e-3          # per process; sparkdl scales it by the ranks, Horovod's estimator is given LR x ranks
 VALIDATION = 0.2
+
+
+def input_shape(args) -> tuple:
+    return (CNN_SIDE, CNN_SIDE, 1) if args.model == "cnn" else (args.features,)
+
+
+def hparams(args) -> dict:
+    return {} if args.model == "cnn" else {"hidden": HIDDEN}
+
+
+def build_model(args):
+    """The zoo model both sides train (sparkdl builds the same one from its name and hparams)."""
+    from sparkdl.data.spec import ModelSignature
+    from sparkdl.models import build
+
+    return build(args.model, ModelSignature(input_shape(args), "binary", 2), **hparams(args))
 
 
 def make_data(rows: int, features: int, seed: int = 0):
@@ -57,12 +75,10 @@ def baseline(args) -> dict:
 
     tf.config.threading.set_intra_op_parallelism_threads(args.cores)
     tf.config.threading.set_inter_op_parallelism_threads(args.cores)
-    from sparkdl.data.spec import ModelSignature
-    from sparkdl.models import build
-
     x, y = make_data(args.rows, args.features)
+    x = x.reshape((-1, *input_shape(args)))
     tf.keras.utils.set_random_seed(0)
-    model = build("mlp", ModelSignature((args.features,), "binary", 2), hidden=HIDDEN)
+    model = build_model(args)
     model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     times: list[float] = []
@@ -148,26 +164,29 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
     from sparkdl.train.checkpoints import RunFolder
 
     petastorm_io.cleanup()  # from cold, as Horovod's side
-    spec = FeatureSpec.from_dict({"features": [{"name": "x", "kind": "vector", "shape": [args.features]}],
+    spec = FeatureSpec.from_dict({"features": [{"name": "x", "kind": "vector", "shape": list(input_shape(args))}],
                                   "label": {"name": "y", "task": "binary"}})
     run_name = f"bench-{round_}-{int(time.time())}"
-    est = KerasEstimator(model="mlp", feature_spec=spec, hparams={"hidden": HIDDEN}, batch_size=args.batch_size,
+    est = KerasEstimator(model=args.model, feature_spec=spec, hparams=hparams(args), batch_size=args.batch_size,
                          epochs=args.epochs, validation=VALIDATION, num_proc=args.num_proc, learning_rate=LR,
                          warmup_epochs=0, run_name=run_name, work_dir=work, model_store=os.path.join(work, "m"),
                          steps_per_execution=args.steps_per_execution,
+                         backward_passes_per_step=args.backward_passes_per_step, compression=args.compression,
                          **({"cycle_time_ms": float(args.cycle_time)} if args.cycle_time else {}))
-    before = folder_bytes(work)
+    cache = petastorm_io.parent_cache_dir(spark).removeprefix("file://")
+    before = folder_bytes(work) + folder_bytes(cache)
     called = time.time()
     with DriverMemory() as memory:
         fitted = est.fit(table)
     fit_s = time.time() - called
+    written = folder_bytes(work) + folder_bytes(cache) - before
     epochs = RunFolder(work, run_name).epochs_log()
     rates = [e["examples_per_s"] for e in epochs]
     phases = fitted.getMetadata()["training"]["phases"]
     before_run = sum(phases.get(k, 0.0) for k in ("validate", "preprocess", "cache"))
     return {"fit_s": fit_s, "first_step_s": before_run + est.last_run.launch_s, "run_launch_s": est.last_run.launch_s,
             "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
-            "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": folder_bytes(work) - before,
+            "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": written,
             "peak_rss": memory.peak, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc,
             "events": est.last_run.events}
 
@@ -216,7 +235,7 @@ def _timing_callback(folder: str):
             super().__init__()
             self.first, self.epochs = None, []
 
-        def on_train_batch_begin(self, batch, logs=None):
+        def on_train_batch_end(self, batch, logs=None):  # as sparkdl's first_step: after the first step ran
             if self.first is None:
                 self.first = time.time()
 
@@ -243,11 +262,7 @@ def horovod_fit(df, args, work: str, round_: int) -> dict:
     prefix = os.path.join(work, f"horovod-{round_}")
     os.makedirs(prefix)
     tf.keras.utils.set_random_seed(0)
-    inputs = tf.keras.Input((args.features,))
-    hidden = inputs
-    for width in HIDDEN:
-        hidden = tf.keras.layers.Dense(width, activation="relu")(hidden)
-    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model = build_model(args)
     est = hvd_keras.KerasEstimator(
         num_proc=args.num_proc, store=_horovod_store(prefix), model=model,
         optimizer=tf.keras.optimizers.Adam(LR * args.num_proc), loss="binary_crossentropy", metrics=["accuracy"],
@@ -312,7 +327,9 @@ def _median(results: list[dict], key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=400_000)
-    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--features", type=int, default=32, help="vector length of the MLP's input")
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="the zoo model (cnn: 28x28x1 "
+                        "images, sparkdl and the in-memory baseline only)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--num-proc", type=int, default=2)
@@ -320,11 +337,17 @@ def main() -> None:
     parser.add_argument("--no-horovod", action="store_true", help="skip Horovod's estimator")
     parser.add_argument("--cores", type=int, default=None, help="total cores (default: all of this machine)")
     parser.add_argument("--cycle-time", default=None, help="sparkdl's cycle_time_ms (default: its own 0.1)")
+    parser.add_argument("--backward-passes-per-step", type=int, default=1, help="sparkdl's local gradient "
+                        "aggregation (KerasEstimator backward_passes_per_step)")
+    parser.add_argument("--compression", choices=["none", "fp16"], default="none", help="sparkdl's gradient "
+                        "compression")
     parser.add_argument("--steps-per-execution", type=int, default=8, help="sparkdl's (and the in-memory "
                         "baseline's) Keras steps_per_execution")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.cores = args.cores or os.cpu_count() or 2
+    if args.model == "cnn":
+        args.features, args.no_horovod = CNN_SIDE * CNN_SIDE, True
     if args.baseline_worker:
         print(json.dumps(baseline(args)))
         return
@@ -332,14 +355,16 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cmd = [sys.executable, __file__, "--baseline-worker", "--rows", str(args.rows), "--features",
            str(args.features), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--cores", str(args.cores), "--steps-per-execution", str(args.steps_per_execution)]
+           "--cores", str(args.cores), "--steps-per-execution", str(args.steps_per_execution), "--model", args.model]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     base = json.loads(out.stdout.strip().splitlines()[-1])
     dist = distributed(args)
     ours, peer = dist["sparkdl"], dist["horovod"]
 
-    print(f"\nbench_train: {args.rows:,} rows x {args.features} features, MLP {HIDDEN}, batch {args.batch_size} "
-          f"per process, {args.epochs} epochs, {args.num_proc} processes on {args.cores} cores, validation "
+    model = f"CNN on {CNN_SIDE}x{CNN_SIDE}x1" if args.model == "cnn" else f"MLP {HIDDEN}"
+    print(f"\nbench_train: {args.rows:,} rows x {args.features} features, {model}, batch {args.batch_size} "
+          f"per process, {args.epochs} epochs, {args.num_proc} processes on {args.cores} cores, sparkdl "
+          f"backward_passes_per_step {args.backward_passes_per_step} compression {args.compression}, validation "
           f"{VALIDATION}, {args.repeats} round(s) (medians), load average {os.getloadavg()[0]:.1f}")
     rows = [("fit wall time (s)", "fit_s", "{:.1f}", "<= 0.5"), ("fit call -> first step (s)", "first_step_s",
             "{:.1f}", None), ("training examples/s, epochs 2..N", "examples_per_s", "{:,.0f}", ">= 1.0"),

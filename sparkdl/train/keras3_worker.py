@@ -182,11 +182,9 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     if job.optimizer_state is not None:
         restore_optimizer(optimizer, model.trainable_variables, job.optimizer_state)  # builds the optimizer
     loss_fn = keras.losses.get(job.loss)
-    if rank == 0:
-        progress.report("event", name="model_ready")
+    progress.mark("model_ready")
     train, val = job_datasets(job, rank, size)
-    if rank == 0:
-        progress.report("event", name="data_ready")
+    progress.mark("data_ready")
     integer_labels = train.element_spec[1].dtype.is_integer
     output_dim = int(model.outputs[0].shape[-1] or 1)
     metrics = _metrics(keras, job.metrics, output_dim, integer_labels)

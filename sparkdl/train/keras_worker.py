@@ -7,7 +7,6 @@ checkpoints land in the driver's work folder on a real cluster too.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -30,12 +29,6 @@ from sparkdl.train.serialization import (
     optimizer_to_bytes,
     restore_optimizer,
 )
-
-
-def mark(name: str) -> None:
-    """Rank 0: a named moment of the rank's start-up, timed on the driver (`RunStats.events`)."""
-    if os.environ.get("HOROVOD_RANK", "0") == "0":
-        progress.report("event", name=name)
 
 
 def _callbacks_base():
@@ -116,18 +109,18 @@ def train_on_rank(job: TrainJob) -> dict:
     A tf_keras model trains with `model.fit` and Horovod's Keras wrappers; a Keras 3 model with sparkdl's own
     step (`keras3_worker`)."""
     configure_tensorflow()
-    mark("tensorflow_imported")
+    progress.mark("tensorflow_imported")
     if job.flavour == "keras3":
         import horovod.tensorflow
 
         horovod.tensorflow.init()
-        mark("horovod_initialized")
+        progress.mark("horovod_initialized")
         return train_keras3_on_rank(job)
     stack.require_legacy_tf_keras()
     import horovod.tensorflow.keras as hvd
 
     hvd.init()
-    mark("horovod_initialized")
+    progress.mark("horovod_initialized")
     rank, size = hvd.rank(), hvd.size()
     keras = stack.keras_module("tf_keras")
     keras.utils.set_random_seed(job.seed + rank)
@@ -148,9 +141,9 @@ def train_on_rank(job: TrainJob) -> dict:
     if job.optimizer_state is not None:
         restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)
 
-    mark("model_ready")
+    progress.mark("model_ready")
     train, val = job_datasets(job, rank, size)
-    mark("data_ready")
+    progress.mark("data_ready")
 
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
     callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))

@@ -288,6 +288,12 @@ def client() -> ProgressClient | None:
         return _CLIENT
 
 
+def mark(name: str) -> None:
+    """Rank 0: report a named moment (an ``event``), timed on the driver (`RunStats.events`)."""
+    if os.environ.get("HOROVOD_RANK", "0") == "0":
+        report("event", name=name)
+
+
 def report(kind: str, required: bool = False, **fields) -> None:
     """Send a message of type `kind` to the driver, if this process runs in a sparkdl Horovod job."""
     c = client()

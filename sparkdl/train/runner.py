@@ -122,7 +122,7 @@ def _worker_main(fn: Callable, kwargs: dict, setup: resources.WorkerSetup) -> di
 
         payload = base64.b64encode(cloudpickle.dumps(result)).decode("ascii") if rank == 0 else None
         report("done", required=True, rank=rank, result=payload)
-        return {"ok": True, "rank": rank, "result": None, "reported": True}
+        return {"ok": True, "rank": rank, "result": None}
     except Exception:  # noqa: BLE001 - no channel (or it failed): the result goes back through Horovod
         return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
 

@@ -50,16 +50,8 @@ def task_cpus(default: int = 1) -> int:
     return default
 
 
-def task_gpus(horovod_task: bool = False) -> list[str]:
-    """GPU addresses Spark gave the running task; with `horovod_task`, first those Horovod's task service forwarded
-    to its process. Empty outside a task or without GPU scheduling."""
-    if horovod_task:
-        try:
-            from horovod.spark.task.task_info import get_available_devices
-
-            return [str(d) for d in get_available_devices()]
-        except Exception:  # noqa: BLE001 - not inside a Horovod-on-Spark task
-            pass
+def task_gpus() -> list[str]:
+    """GPU addresses Spark gave the running task; empty outside a task or without GPU scheduling."""
     try:
         from pyspark import TaskContext
 

@@ -14,10 +14,10 @@ def _has_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
-def _apply_in_subprocess(use_gpu: bool, env: dict) -> dict:
+def _apply_in_subprocess(use_gpu: bool, env: dict, gpus: tuple = ()) -> dict:
     """WorkerSetup.apply in a fresh interpreter: it writes os.environ and may configure TensorFlow's threads."""
     code = ("import json, os; from sparkdl.train.resources import WorkerSetup; "
-            f"applied = WorkerSetup(threads=3, use_gpu={use_gpu}).apply(); "
+            f"applied = WorkerSetup(threads=3, use_gpu={use_gpu}, gpus={gpus!r}).apply(); "
             "print(json.dumps({k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', 'TF_FORCE_GPU_ALLOW_GROWTH', "
             "'TF_NUM_INTRAOP_THREADS', 'OMP_NUM_THREADS')}))")
     base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH")}
@@ -30,6 +30,11 @@ def test_gpu_worker_is_pinned_to_its_local_rank_with_memory_growth():
     seen = _apply_in_subprocess(True, {"HOROVOD_LOCAL_RANK": "1"})
     assert seen == {"CUDA_VISIBLE_DEVICES": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_NUM_INTRAOP_THREADS": "3",
                     "OMP_NUM_THREADS": "3"}
+
+
+def test_gpu_worker_takes_the_gpus_spark_gave_its_task():
+    seen = _apply_in_subprocess(True, {"HOROVOD_LOCAL_RANK": "0"}, gpus=("3",))
+    assert seen["CUDA_VISIBLE_DEVICES"] == "3" and seen["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
 
 
 def test_cpu_worker_hides_gpus():

@@ -63,7 +63,7 @@ def test_allreduce_of_rank_ids(spark):
     assert runner.last_run.launch_s is not None and runner.last_run.launch_s < runner.last_run.total_s
 
 
-def rank_and_pid():
+def rank_and_pid(**_ignored):
     import os
 
     return {"rank": int(os.environ["HOROVOD_RANK"]), "pid": os.getpid(), "payload": list(range(1000))}
@@ -111,6 +111,59 @@ def test_failure_while_other_ranks_wait_in_a_collective_does_not_hang(spark):
     assert "rank one gave up" in str(info.value)
     assert info.value.rank == 1
     assert time.time() - started < 120
+
+
+def exit_on_rank_one(code: int):
+    import os
+
+    if os.environ["HOROVOD_RANK"] == "1":
+        os._exit(code)  # as a crash in native code or the OOM killer would end it: no traceback, no result
+    return "rank 0 finished"
+
+
+@pytest.mark.slow
+def test_rank_process_that_dies_without_a_result_is_reported_with_its_exit_status(spark):
+    runner = HorovodRunner(num_proc=2, spark=spark)
+    with pytest.raises(TrainingError, match=r"rank 1 .*exited with status 9") as info:
+        runner.run(exit_on_rank_one, code=9)
+    assert info.value.rank == 1 and info.value.error_type == "RankProcessExit"
+
+
+def sleep_then(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+class SlowToUnpickle:
+    """An argument whose unpickling in the rank process takes `seconds` (the function cannot start before)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return sleep_then, (self.seconds,)
+
+
+@pytest.mark.slow
+def test_ranks_that_do_not_start_within_start_timeout_are_cancelled_and_free_their_slots(spark):
+    runner = HorovodRunner(num_proc=2, spark=spark, start_timeout=8)
+    started = time.time()
+    with pytest.raises(TrainingError, match=r"only 0 of 2 Horovod process\(es\) started within start_timeout=8s"):
+        runner.run(rank_and_pid, _slow=SlowToUnpickle(600))
+    assert time.time() - started < 60
+    # the cancelled tasks took their rank processes with them: both slots are free for the next job
+    assert HorovodRunner(num_proc=2, spark=spark).run(rank_and_pid)["rank"] == 0
+
+
+def test_slots_follow_horovods_host_assignment_with_partition_zero_as_rank_zero():
+    from sparkdl.train.launch import slot_for
+
+    hosts = ["host-a", "host-b", "host-a"]  # the host of each barrier task, in partition order
+    slots = [slot_for(hosts, p) for p in range(3)]
+    assert [(s.hostname, s.rank, s.local_rank, s.local_size) for s in slots] == [
+        ("host-a", 0, 0, 2), ("host-b", 2, 0, 1), ("host-a", 1, 1, 2)]
+    assert [(s.cross_rank, s.cross_size) for s in slots] == [(0, 2), (1, 2), (0, 1)]
+    assert {s.size for s in slots} == {3}
 
 
 def test_num_proc_larger_than_task_slots_fails_before_launch(spark):

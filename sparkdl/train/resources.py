@@ -1,8 +1,9 @@
-"""What a Horovod job may use: task slots, cores per process, GPUs, and the worker's interpreter.
+"""What a Horovod job may use: task slots, cores per process, GPUs, and the network interface.
 
-Driver side: `task_slots`, `cores_per_task`, `wants_gpu`, `worker_python` read the Spark configuration before a
-launch. Worker side: `setup_worker` runs first in every Horovod process and pins threads and devices before the
-training function touches TensorFlow (`sparkdl.tf_runtime`, shared with scoring, applies them to TensorFlow).
+Driver side: `task_slots`, `cores_per_task`, `wants_gpu` read the Spark configuration before a launch. Task side:
+`interface_towards` picks the interface Gloo binds to. Rank side: `WorkerSetup.apply` runs first in every
+Horovod process and pins threads and devices before the training function touches TensorFlow
+(`sparkdl.tf_runtime`, shared with scoring, applies them to TensorFlow).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import re
 import sys
 from dataclasses import dataclass
 
+from sparkdl.errors import TrainingError
 from sparkdl.log import get_logger
-from sparkdl.tf_runtime import configure_tensorflow, task_gpus, thread_env
+from sparkdl.tf_runtime import configure_tensorflow, thread_env
 
 log = get_logger("train")
 
@@ -67,9 +69,24 @@ def wants_gpu(sc) -> bool:
         return False
 
 
-def worker_python(sc) -> str:
-    """The interpreter Horovod workers run: `spark.pyspark.python`, else $PYSPARK_PYTHON, else this one."""
-    return _conf(sc, "spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
+def interface_towards(host: str) -> str:
+    """The name of this host's network interface that routes to `host` (where Gloo's rendezvous server runs).
+
+    Raises:
+        TrainingError: no interface of this host carries the address of that route.
+    """
+    import socket
+
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))  # UDP: no packet is sent, the kernel only picks the route
+        address = probe.getsockname()[0]
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addresses):
+            return name
+    raise TrainingError(f"no network interface of {socket.gethostname()} has the address {address} that routes "
+                        f"to the driver {host}; set HOROVOD_GLOO_IFACE in the runner's env")
 
 
 @dataclass(frozen=True)
@@ -78,11 +95,13 @@ class WorkerSetup:
 
     Attributes:
         threads: intra/inter-op threads (and OMP threads) of the process.
-        use_gpu: pin the process to its GPU (task resources, else the local rank); otherwise hide all GPUs.
+        use_gpu: pin the process to its GPU (`gpus`, else the local rank); otherwise hide all GPUs.
+        gpus: the GPU addresses Spark gave the rank's task (set in the task).
     """
 
     threads: int
     use_gpu: bool
+    gpus: tuple[str, ...] = ()
 
     def apply(self) -> dict:
         """Pin threads and devices through the environment (TensorFlow reads TF_NUM_INTRAOP_THREADS,
@@ -91,8 +110,7 @@ class WorkerSetup:
         os.environ.update(thread_env(self.threads))
         local_rank = int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
         if self.use_gpu:
-            devices = task_gpus(horovod_task=True)
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices) if devices else str(local_rank)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus) if self.gpus else str(local_rank)
             os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""

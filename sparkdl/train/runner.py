@@ -1,6 +1,6 @@
 """`HorovodRunner`: run a function on `num_proc` Horovod processes inside Spark tasks (Gloo, no MPI).
 
-The Databricks-style API on top of `horovod.spark.run`::
+The Databricks-style API, on one Spark barrier stage (`sparkdl.train.launch`)::
 
     runner = HorovodRunner(num_proc=2)
     result = runner.run(train, epochs=3)      # rank 0's return value
@@ -18,9 +18,10 @@ tear-down before it launches, so two jobs never compete for the task slots.
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
-import traceback
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,8 @@ from sparkdl.log import get_logger
 from sparkdl.session import get_spark
 from sparkdl.tf_runtime import thread_env
 from sparkdl.train import resources
-from sparkdl.train.progress import Handler, ProgressServer, client, report
+from sparkdl.train.launch import RankLaunch
+from sparkdl.train.progress import Handler, ProgressServer
 
 log = get_logger("train")
 
@@ -42,27 +44,6 @@ ABORT_GRACE_S = 20.0
 # The tear-down still running in the background, per SparkContext id (see the module docstring).
 _TEARDOWNS: dict[int, threading.Thread] = {}
 _TEARDOWNS_LOCK = threading.Lock()
-
-
-_SHUTDOWN = threading.local()
-_ORIGINAL_SHUTDOWN_EVENT: list[Callable[[], threading.Event]] = []
-
-
-def _shutdown_event() -> threading.Event:
-    """Stands in for `horovod.runner.gloo_run.register_shutdown_event`, which installs SIGINT/SIGTERM handlers —
-    allowed in the main thread only, while sparkdl launches from a job thread. In that thread it returns the event
-    (the one that makes Horovod terminate the rank processes) that `run` sets on KeyboardInterrupt; elsewhere (a
-    direct `horovod.spark.run` call) Horovod's own function."""
-    event = getattr(_SHUTDOWN, "event", None)
-    return event if event is not None else _ORIGINAL_SHUTDOWN_EVENT[0]()
-
-
-def _route_shutdown_to_run() -> None:
-    from horovod.runner import gloo_run
-
-    if gloo_run.register_shutdown_event is not _shutdown_event:
-        _ORIGINAL_SHUTDOWN_EVENT[:] = [gloo_run.register_shutdown_event]
-        gloo_run.register_shutdown_event = _shutdown_event
 
 
 def wait_for_teardown(sc, timeout: float | None = None) -> bool:
@@ -104,41 +85,6 @@ class RunStats:
         return out
 
 
-def _worker_main(fn: Callable, kwargs: dict, setup: resources.WorkerSetup) -> dict:
-    """Runs in every Horovod process: set up threads/devices, call `fn`, return its result or its traceback."""
-    import os
-
-    rank = int(os.environ.get("HOROVOD_RANK", "0"))
-    try:
-        applied = setup.apply()
-        report("event", name="fn_start", rank=rank, setup=applied)
-        result = fn(**kwargs)
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data
-        return _failure(rank, exc)
-    if client() is None:  # outside a sparkdl job: only Horovod's own return
-        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
-    try:  # the driver may return now; the result is carried here, so Horovod's own return is not needed
-        import cloudpickle
-
-        payload = base64.b64encode(cloudpickle.dumps(result)).decode("ascii") if rank == 0 else None
-        report("done", required=True, rank=rank, result=payload)
-        return {"ok": True, "rank": rank, "result": None}
-    except Exception:  # noqa: BLE001 - no channel (or it failed): the result goes back through Horovod
-        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
-
-
-def _failure(rank: int, exc: BaseException) -> dict:
-    text = traceback.format_exc()
-    error = {"ok": False, "rank": rank, "error_type": type(exc).__name__, "message": str(exc),
-             "traceback": text, "time": time.time()}
-    try:
-        report("error", **{k: v for k, v in error.items() if k != "ok"})
-    except Exception:  # noqa: BLE001 - the channel is best-effort here; the result still carries it
-        pass
-    return error
-
-
-
 class HorovodRunner:
     """Run a function on `num_proc` Horovod (Gloo) processes, one per Spark task.
 
@@ -148,11 +94,11 @@ class HorovodRunner:
         use_gpu: None = use GPUs when Spark tasks are given GPUs (`spark.task.resource.gpu.amount` > 0);
             True/False to force. On CPU all GPUs are hidden (`CUDA_VISIBLE_DEVICES=""`).
         env: extra environment variables for the worker processes.
-        start_timeout: seconds for the Spark tasks to start and register before the launch fails.
+        start_timeout: seconds for every rank's function to start before the launch fails.
         threads_per_proc: threads per process (default: `resources.cores_per_task`).
         message_handlers: handlers for custom progress-channel message types (see `sparkdl.train.progress`).
         total_epochs: number of epochs, for the driver's progress bar.
-        verbose: Horovod's own verbosity (0-2).
+        verbose: verbosity of Horovod's rendezvous server (0-2).
 
     Raises:
         ConfigError: num_proc < 1 or larger than the available task slots (raised by `run`, before launching).
@@ -174,7 +120,7 @@ class HorovodRunner:
         self.total_epochs = total_epochs
         self.verbose = verbose
         self.last_run: RunStats | None = None
-        self._active = None  # (shutdown event, watchdog, SparkContext) of the job in progress
+        self._active = None  # (Spark job group, SparkContext) of the job in progress
 
     @property
     def spark(self):
@@ -201,13 +147,18 @@ class HorovodRunner:
 
         Raises:
             ConfigError: num_proc larger than the task slots (before anything is launched).
-            TrainingError: a rank raised (the message carries that rank's traceback), or the job failed to start.
+            TrainingError: a rank raised (the message carries that rank's traceback), not every rank started
+                within `start_timeout`, or the Spark job failed.
         """
+        import cloudpickle
+        from horovod.runner.http.http_server import RendezvousServer
+
         sc = self.spark.sparkContext
         self.check_slots()
         use_gpu = resources.wants_gpu(sc) if self.use_gpu is None else bool(self.use_gpu)
         threads = self.threads_per_proc or resources.cores_per_task(sc, self.num_proc)
         setup = resources.WorkerSetup(threads=threads, use_gpu=use_gpu)
+        payload = cloudpickle.dumps((fn, kwargs))  # the package's cloudpickle: it honours register_pickle_by_value
         stats = RunStats(num_proc=self.num_proc, threads_per_proc=threads, use_gpu=use_gpu)
         self.last_run = stats
 
@@ -215,89 +166,98 @@ class HorovodRunner:
         env = {**thread_env(threads), **self.env}
         if not use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
-        executable = resources.worker_python(sc)
+        local = resources.local_cores(sc.master) is not None
         log.info("launching %d Horovod process(es) (Gloo) with %d thread(s) each on %s, %s",
                  self.num_proc, threads, sc.master, "GPU" if use_gpu else "CPU")
-
-        from horovod.spark import run as hvd_run
-        from horovod.spark.driver import job_id
 
         if not wait_for_teardown(sc, timeout=self.start_timeout):  # the last job's tasks must have left their slots
             raise TrainingError(f"the previous Horovod job on this SparkContext is still tearing down after "
                                 f"{self.start_timeout}s (its processes did not exit); see the executor logs")
         started = time.time()
+        group = f"sparkdl-horovod-{uuid.uuid4().hex[:12]}"
         done = threading.Event()
-        watchdog = _Watchdog(sc, job_id, done)
+        watchdog = _Watchdog(sc, group, done)
         server.error_listeners.append(watchdog.on_error)
         finished = _Finished(self.num_proc)
         server.handlers["done"] = finished.on_done
+        starts = _Starts(self.num_proc, server.handlers.get("event"))
+        server.handlers["event"] = starts.on_event
         server.start()
         env.update(server.env())
+        rendezvous = RendezvousServer(self.verbose)
+        port = rendezvous.start()
+        host = "127.0.0.1" if local else (sc.getConf().get("spark.driver.host") or socket.gethostname())
+        launch = RankLaunch(payload=payload, setup=setup, env=env, rendezvous_host=host, rendezvous_port=port,
+                            local=local)
         outcome: dict[str, Any] = {}
-        shutdown = threading.Event()
-        _route_shutdown_to_run()
-        self._active = (shutdown, watchdog, sc)
+        self._active = (group, sc)
 
         def job() -> None:
-            _SHUTDOWN.event = shutdown
             try:
-                outcome["results"] = hvd_run(_worker_main, args=(fn, kwargs, setup), num_proc=self.num_proc,
-                                             start_timeout=self.start_timeout, use_gloo=True, use_mpi=False,
-                                             env=env, executable=executable, verbose=self.verbose)
+                sc.setJobGroup(group, f"sparkdl: Horovod job on {self.num_proc} process(es)",
+                               interruptOnCancel=True)
+                ranks = sc.parallelize(range(self.num_proc), self.num_proc).barrier().mapPartitions(launch)
+                outcome["results"] = ranks.collect()
             except BaseException as exc:  # noqa: BLE001 - raised by run() below, or logged after an early return
                 outcome["error"] = exc
             finally:
                 done.set()
                 finished.event.set()
 
-        watchdog.expect_job()
         thread = threading.Thread(target=job, name="sparkdl-horovod-job", daemon=True)
         thread.start()
         try:
+            if not finished.event.wait(self.start_timeout) and not starts.all_started():
+                self.cancel()
+                thread.join(ABORT_GRACE_S)
+                raise TrainingError(
+                    f"only {starts.count()} of {self.num_proc} Horovod process(es) started within "
+                    f"start_timeout={self.start_timeout}s: Spark could not run {self.num_proc} barrier tasks at "
+                    f"once on {sc.master}, or the ranks' Python is slow to start (see the executor logs)")
             finished.event.wait()
-        except KeyboardInterrupt:  # what Horovod's own signal handler would do: stop the ranks, end the job
+        except KeyboardInterrupt:
             self.cancel()
             thread.join(ABORT_GRACE_S)
             raise
-        if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
+        finally:
             stats.total_s = time.time() - started
             stats.events = {k: v - started for k, v in server.events.items()}
-            self._teardown_in_background(sc, thread, server, outcome, started)
+        if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
+            self._teardown_in_background(sc, thread, server, rendezvous, outcome, started)
             return finished.result()
         thread.join()
+        server.close(drain_timeout=5.0 if "error" in outcome else 30.0)
+        rendezvous.stop()
+        stats.total_s = time.time() - started
+        stats.events = {k: v - started for k, v in server.events.items()}
         if "error" in outcome:
             exc = outcome["error"]
-            server.close(drain_timeout=5.0)
-            stats.total_s = time.time() - started
-            stats.events = {k: v - started for k, v in server.events.items()}
             if server.errors:
                 raise _training_error(server.errors) from exc
             raise TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}") from exc
-        server.close()
-        stats.total_s = time.time() - started
-        stats.events = {k: v - started for k, v in server.events.items()}
-
         results = outcome["results"]
         failed = [r for r in results if not r.get("ok")]
         if failed:
             raise _training_error(failed + server.errors)
-        return finished.result() if finished.complete() else results[0]["result"]
+        if finished.complete():
+            return finished.result()
+        return next(r["result"] for r in results if r.get("rank") == 0)
 
     def cancel(self) -> None:
-        """Stop the job `run` is running (from another thread, or on KeyboardInterrupt): Horovod terminates the
-        rank processes and the Spark job group is cancelled; `run` then raises TrainingError."""
+        """Stop the job `run` is running (from another thread, or on KeyboardInterrupt): its Spark job group is
+        cancelled, which ends the tasks and with them the rank processes; `run` then raises TrainingError."""
         active = getattr(self, "_active", None)
         if active is not None:
-            shutdown, watchdog, sc = active
-            shutdown.set()
-            sc.cancelJobGroup(watchdog.group)
+            group, sc = active
+            sc.cancelJobGroup(group)
 
     @staticmethod
-    def _teardown_in_background(sc, thread: threading.Thread, server: ProgressServer, outcome: dict,
-                                started: float) -> None:
+    def _teardown_in_background(sc, thread: threading.Thread, server: ProgressServer, rendezvous,
+                                outcome: dict, started: float) -> None:
         def finish() -> None:
             thread.join()
             server.close(drain_timeout=5.0)
+            rendezvous.stop()
             if "error" in outcome:  # after every rank finished (e.g. the session stopped meanwhile): nothing lost
                 log.debug("the Horovod job's tear-down ended with: %s", outcome["error"])
             log.debug("Horovod job torn down %.1fs after the call", time.time() - started)
@@ -306,6 +266,26 @@ class HorovodRunner:
         with _TEARDOWNS_LOCK:
             _TEARDOWNS[id(sc)] = teardown
         teardown.start()
+
+
+class _Starts:
+    """Which ranks reported `fn_start` (their function is about to run); chains the event handler it replaces."""
+
+    def __init__(self, num_proc: int, previous: Handler | None):
+        self.num_proc, self.previous = num_proc, previous
+        self._ranks: set[int] = set()
+
+    def on_event(self, message: dict) -> None:
+        if message.get("name") == "fn_start":
+            self._ranks.add(int(message.get("rank", 0)))
+        if self.previous is not None:
+            self.previous(message)
+
+    def count(self) -> int:
+        return len(self._ranks)
+
+    def all_started(self) -> bool:
+        return len(self._ranks) >= self.num_proc
 
 
 class _Finished:
@@ -348,15 +328,9 @@ def _training_error(errors: list[dict]) -> TrainingError:
 class _Watchdog:
     """Cancels the Horovod Spark job when a rank reported an error and the job did not end within ABORT_GRACE_S."""
 
-    def __init__(self, sc, job_id_module, done: threading.Event):
-        self.sc, self.job_id, self.done = sc, job_id_module, done
-        self.group: str | None = None
+    def __init__(self, sc, group: str, done: threading.Event):
+        self.sc, self.group, self.done = sc, group, done
         self._armed = False
-
-    def expect_job(self) -> None:
-        # horovod.spark.run names its Spark job group after the next job id; read it just before the call.
-        with self.job_id.LOCK:
-            self.group = f"horovod.spark.run.{self.job_id.JOB_ID + 1}"
 
     def on_error(self, _message: dict) -> None:
         if self._armed:

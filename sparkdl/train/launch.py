@@ -1,0 +1,225 @@
+"""How a Horovod rank starts inside a Spark barrier task, and what runs in its process.
+
+`HorovodRunner` (driver) runs one barrier stage of `num_proc` tasks, each calling a `RankLaunch`. The tasks
+exchange their host names (`BarrierTaskContext.allGather`), so each finds its own slot of the host assignment
+Horovod's launcher would make (`horovod.runner.common.util.hosts.get_host_assignments`: ranks packed host by
+host, the task of partition 0 is rank 0), then start the rank as a fresh Python process
+(`python -m sparkdl.train.launch JOB RESULT`) with the environment `horovodrun`'s Gloo launcher gives its ranks:
+the slot (`HOROVOD_RANK`, `HOROVOD_LOCAL_RANK`, ...) and the driver's Gloo rendezvous server. The rank process
+runs `worker_main`: the thread and device set-up, then the user function; its return value or its traceback
+comes back as data, never as a Spark task failure (a failed barrier task would make Spark run the whole stage
+again).
+
+This replaces `horovod.spark.run`, whose driver service, per-task services, their registration and the
+task-to-task interface probing cost seconds per job before any rank starts; what it guarantees — one rank per
+concurrently running task, all of them or none (barrier scheduling), Gloo over the interface that reaches the
+driver, ranks that die with their task — holds here too.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV, ProgressClient, client, report
+from sparkdl.train.resources import WorkerSetup, interface_towards
+
+# The exit status of a rank process whose function raised (its traceback is in the result file).
+_FAILED = 3
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """What a rank process reads from its job file."""
+
+    payload: bytes          # cloudpickle (the package, which honours register_pickle_by_value) of (fn, kwargs)
+    setup: WorkerSetup
+
+
+@dataclass(frozen=True)
+class RankLaunch:
+    """The function of the barrier stage's tasks (pickled by Spark to the executors).
+
+    Attributes:
+        payload: the user function and its keyword arguments, pickled once on the driver.
+        setup: threads and devices of every rank (the task's GPUs are added in the task).
+        env: environment of the rank processes on top of the executor's (threads, progress channel, Horovod
+            settings of the job).
+        rendezvous_host, rendezvous_port: the driver's Gloo rendezvous server.
+        local: a local master: every rank on this host, Gloo over the loopback interface.
+    """
+
+    payload: bytes
+    setup: WorkerSetup
+    env: Mapping[str, str]
+    rendezvous_host: str
+    rendezvous_port: int
+    local: bool
+
+    def __call__(self, _partition: Iterable) -> Iterator[dict]:
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        hosts = ctx.allGather(host_hash())
+        slot = slot_for(hosts, ctx.partitionId())
+        iface = "lo" if self.local else interface_towards(self.rendezvous_host)
+        env = {**os.environ, **self.env, **slot_env(slot), **rendezvous_env(self.rendezvous_host,
+                                                                              self.rendezvous_port, iface)}
+        env["PYTHONUNBUFFERED"] = "1"
+        setup = self.setup
+        if setup.use_gpu:
+            gpu = ctx.resources().get("gpu")
+            setup = replace(setup, gpus=tuple(gpu.addresses) if gpu is not None else ())
+        yield run_rank(RankJob(self.payload, setup), env, slot.rank)
+
+
+def host_hash() -> str:
+    """This host's name as Horovod's launcher names it (distinguishes containers on one machine)."""
+    from horovod.runner.common.util import host_hash as horovod_host_hash
+
+    return horovod_host_hash.host_hash()
+
+
+def slot_for(hosts: list[str], partition: int):
+    """The Horovod slot (`SlotInfo`) of the task of `partition`, given every task's host in partition order.
+
+    Hosts are taken in order of first appearance, each with as many slots as it has tasks, so the tasks of one
+    host get consecutive ranks and the task of partition 0 is rank 0.
+    """
+    from horovod.runner.common.util.hosts import HostInfo, get_host_assignments
+
+    counts: dict[str, int] = {}
+    for host in hosts:
+        counts[host] = counts.get(host, 0) + 1
+    plan = get_host_assignments([HostInfo(h, n) for h, n in counts.items()], len(hosts))
+    host = hosts[partition]
+    local_rank = hosts[:partition].count(host)
+    return next(s for s in plan if s.hostname == host and s.local_rank == local_rank)
+
+
+def slot_env(slot) -> dict[str, str]:
+    """Horovod's per-rank variables for a `SlotInfo` (what `horovodrun` sets)."""
+    from horovod.runner.gloo_run import create_slot_env_vars
+
+    return {k: str(v) for k, v in create_slot_env_vars(slot).items()}
+
+
+def rendezvous_env(host: str, port: int, iface: str) -> dict[str, str]:
+    """Horovod's Gloo variables: the rendezvous server and the interface the rank's Gloo device binds to."""
+    return {"HOROVOD_GLOO_RENDEZVOUS_ADDR": host, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
+            "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": iface,
+            "NCCL_SOCKET_IFNAME": iface}
+
+
+def run_rank(job: RankJob, env: Mapping[str, str], rank: int) -> dict:
+    """Run one rank as a child process of this task and return its result record (`worker_main`'s).
+
+    The child dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"sparkdl-rank{rank}-") as folder:
+        job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
+        with open(job_path, "wb") as f:
+            pickle.dump(job, f)
+        started = time.time()
+        process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", job_path, result_path],
+                                   env=dict(env), preexec_fn=_die_with_parent)
+        code = process.wait()
+        if os.path.exists(result_path):
+            with open(result_path, "rb") as f:
+                import cloudpickle
+
+                return cloudpickle.loads(f.read())
+    message = (f"the process of rank {rank} exited with status {code} after {time.time() - started:.1f}s "
+               f"without a result (killed, out of memory, or a crash in native code; see the executor's log)")
+    error = {"ok": False, "rank": rank, "error_type": "RankProcessExit", "message": message,
+             "traceback": message, "time": time.time()}
+    _report_error(env, error)
+    return error
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the rank outlives a killed task until Gloo times out
+        pass
+
+
+def _report_error(env: Mapping[str, str], error: dict) -> None:
+    """Tell the driver of a rank that died (the other ranks may wait for it in a collective)."""
+    if env.get(ADDR_ENV):
+        try:
+            ProgressClient(env[ADDR_ENV], env.get(TOKEN_ENV, "")).send(
+                {"type": "error", **{k: v for k, v in error.items() if k != "ok"}})
+        except Exception:  # noqa: BLE001 - the result of the task still carries it
+            pass
+
+
+def worker_main(job: RankJob) -> dict:
+    """Runs in every rank process: set up threads and devices, call the function, return its result or its
+    traceback (a record with `ok`, `rank` and `result` or `error_type`/`message`/`traceback`).
+
+    In a sparkdl job rank 0's result goes to the driver over the progress channel with the rank's `done`
+    message (so `run` can return before the processes exit); the record then carries None.
+    """
+    import base64
+
+    import cloudpickle
+
+    rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    try:
+        fn, kwargs = cloudpickle.loads(job.payload)
+        applied = job.setup.apply()
+        report("event", name="fn_start", rank=rank, setup=applied)
+        result = fn(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data
+        return failure(rank, exc)
+    if client() is None:
+        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
+    try:
+        payload = base64.b64encode(cloudpickle.dumps(result)).decode("ascii") if rank == 0 else None
+        report("done", required=True, rank=rank, result=payload)
+        return {"ok": True, "rank": rank, "result": None}
+    except Exception:  # noqa: BLE001 - the channel failed: the result goes back through the task
+        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
+
+
+def failure(rank: int, exc: BaseException) -> dict:
+    """The record of a rank whose function raised `exc` (also sent over the progress channel at once)."""
+    error = {"ok": False, "rank": rank, "error_type": type(exc).__name__, "message": str(exc),
+             "traceback": traceback.format_exc(), "time": time.time()}
+    try:
+        report("error", **{k: v for k, v in error.items() if k != "ok"})
+    except Exception:  # noqa: BLE001 - the channel is best-effort here; the record still carries it
+        pass
+    return error
+
+
+def _main(job_path: str, result_path: str) -> int:
+    import cloudpickle
+
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    record = worker_main(job)
+    try:
+        data = cloudpickle.dumps(record)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable result is the function's error
+        data = cloudpickle.dumps(failure(record.get("rank", 0), exc))
+    tmp = result_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, result_path)
+    return 0 if record.get("ok") else _FAILED
+
+
+if __name__ == "__main__":
+    sys.stdout.flush()
+    sys.exit(_main(sys.argv[1], sys.argv[2]))

@@ -174,12 +174,13 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
                          backward_passes_per_step=args.backward_passes_per_step, compression=args.compression,
                          **({"cycle_time_ms": float(args.cycle_time)} if args.cycle_time else {}))
     cache = petastorm_io.parent_cache_dir(spark).removeprefix("file://")
-    before = folder_bytes(work) + folder_bytes(cache)
+    folders = [work] + ([] if os.path.abspath(cache).startswith(os.path.abspath(work)) else [cache])  # count once
+    before = sum(folder_bytes(f) for f in folders)
     called = time.time()
     with DriverMemory() as memory:
         fitted = est.fit(table)
     fit_s = time.time() - called
-    written = folder_bytes(work) + folder_bytes(cache) - before
+    written = sum(folder_bytes(f) for f in folders) - before
     epochs = RunFolder(work, run_name).epochs_log()
     rates = [e["examples_per_s"] for e in epochs]
     phases = fitted.getMetadata()["training"]["phases"]

@@ -17,6 +17,7 @@ tear-down before it launches, so two jobs never compete for the task slots.
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import socket
 import threading
@@ -44,6 +45,15 @@ ABORT_GRACE_S = 20.0
 # The tear-down still running in the background, per SparkContext id (see the module docstring).
 _TEARDOWNS: dict[int, threading.Thread] = {}
 _TEARDOWNS_LOCK = threading.Lock()
+
+
+def _join_teardowns(timeout: float = 30.0) -> None:
+    """At interpreter exit: let the last jobs' tasks end before Spark stops (else the driver logs a lost task)."""
+    deadline = time.monotonic() + timeout
+    with _TEARDOWNS_LOCK:
+        threads = list(_TEARDOWNS.values())
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def wait_for_teardown(sc, timeout: float | None = None) -> bool:
@@ -264,6 +274,8 @@ class HorovodRunner:
 
         teardown = threading.Thread(target=finish, name="sparkdl-horovod-teardown", daemon=True)
         with _TEARDOWNS_LOCK:
+            if not _TEARDOWNS:  # registered after pyspark's own exit hooks, so it runs before them
+                atexit.register(_join_teardowns)
             _TEARDOWNS[id(sc)] = teardown
         teardown.start()
 

@@ -52,8 +52,8 @@ class RankLaunch:
         setup: threads and devices of every rank (the task's GPUs are added in the task).
         env: environment of the rank processes on top of the executor's (threads, progress channel, Horovod
             settings of the job).
-        rendezvous_host, rendezvous_port: the driver's Gloo rendezvous server.
-        local: a local master: every rank on this host, Gloo over the loopback interface.
+        rendezvous_host, rendezvous_port: the driver's Gloo rendezvous server (`spark.driver.host`); each
+            rank's Gloo binds to its host's interface that routes there (as Horovod's own interface probe picks).
     """
 
     payload: bytes
@@ -61,7 +61,6 @@ class RankLaunch:
     env: Mapping[str, str]
     rendezvous_host: str
     rendezvous_port: int
-    local: bool
 
     def __call__(self, _partition: Iterable) -> Iterator[dict]:
         from pyspark import BarrierTaskContext
@@ -69,9 +68,10 @@ class RankLaunch:
         ctx = BarrierTaskContext.get()
         hosts = ctx.allGather(host_hash())
         slot = slot_for(hosts, ctx.partitionId())
-        iface = "lo" if self.local else interface_towards(self.rendezvous_host)
-        env = {**os.environ, **self.env, **slot_env(slot), **rendezvous_env(self.rendezvous_host,
-                                                                              self.rendezvous_port, iface)}
+        env = {**os.environ, **self.env}
+        # a HOROVOD_GLOO_IFACE of the executor's or the job's environment wins
+        iface = env.get("HOROVOD_GLOO_IFACE") or interface_towards(self.rendezvous_host)
+        env.update({**slot_env(slot), **rendezvous_env(self.rendezvous_host, self.rendezvous_port, iface)})
         env["PYTHONUNBUFFERED"] = "1"
         setup = self.setup
         if setup.use_gpu:

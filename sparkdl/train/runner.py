@@ -176,7 +176,6 @@ class HorovodRunner:
         env = {**thread_env(threads), **self.env}
         if not use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
-        local = resources.local_cores(sc.master) is not None
         log.info("launching %d Horovod process(es) (Gloo) with %d thread(s) each on %s, %s",
                  self.num_proc, threads, sc.master, "GPU" if use_gpu else "CPU")
 
@@ -196,9 +195,8 @@ class HorovodRunner:
         env.update(server.env())
         rendezvous = RendezvousServer(self.verbose)
         port = rendezvous.start()
-        host = "127.0.0.1" if local else (sc.getConf().get("spark.driver.host") or socket.gethostname())
-        launch = RankLaunch(payload=payload, setup=setup, env=env, rendezvous_host=host, rendezvous_port=port,
-                            local=local)
+        host = sc.getConf().get("spark.driver.host") or socket.gethostname()
+        launch = RankLaunch(payload=payload, setup=setup, env=env, rendezvous_host=host, rendezvous_port=port)
         outcome: dict[str, Any] = {}
         self._active = (group, sc)
 

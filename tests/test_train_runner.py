@@ -176,3 +176,9 @@ def test_num_proc_larger_than_task_slots_fails_before_launch(spark):
 def test_num_proc_must_be_positive():
     with pytest.raises(ConfigError, match="num_proc"):
         HorovodRunner(num_proc=0)
+
+
+def test_gloo_interface_is_the_one_that_routes_to_the_driver():
+    from sparkdl.train.resources import interface_towards
+
+    assert interface_towards("127.0.0.1") == "lo"

@@ -113,9 +113,9 @@ def slot_env(slot) -> dict[str, str]:
 
 def rendezvous_env(host: str, port: int, iface: str) -> dict[str, str]:
     """Horovod's Gloo variables: the rendezvous server and the interface the rank's Gloo device binds to."""
-    return {"HOROVOD_GLOO_RENDEZVOUS_ADDR": host, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(port),
-            "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_IFACE": iface,
-            "NCCL_SOCKET_IFNAME": iface}
+    from horovod.runner.gloo_run import create_run_env_vars
+
+    return {k: str(v) for k, v in create_run_env_vars(host, [iface], port).items()}
 
 
 def run_rank(job: RankJob, env: Mapping[str, str], rank: int) -> dict:
@@ -221,5 +221,4 @@ def _main(job_path: str, result_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.stdout.flush()
     sys.exit(_main(sys.argv[1], sys.argv[2]))

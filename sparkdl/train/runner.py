@@ -81,6 +81,11 @@ class RunStats:
         """From the call to the first training step (event `first_step`), or to the function start."""
         return self.events.get("first_step", self.events.get("fn_start"))
 
+    def record(self, server: ProgressServer, started: float) -> None:
+        """Take the call's duration so far and the events the progress channel timed (driver clock)."""
+        self.total_s = time.time() - started
+        self.events = {k: v - started for k, v in server.events.items()}
+
     def phases(self) -> dict[str, float]:
         """Seconds of launch (call → first step), training (first step → rank 0's `train_end` event) and tear-down
         (→ the call's return), as far as the events were reported."""
@@ -228,16 +233,14 @@ class HorovodRunner:
             thread.join(ABORT_GRACE_S)
             raise
         finally:
-            stats.total_s = time.time() - started
-            stats.events = {k: v - started for k, v in server.events.items()}
+            stats.record(server, started)
         if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
             self._teardown_in_background(sc, thread, server, rendezvous, outcome, started)
             return finished.result()
         thread.join()
         server.close(drain_timeout=5.0 if "error" in outcome else 30.0)
         rendezvous.stop()
-        stats.total_s = time.time() - started
-        stats.events = {k: v - started for k, v in server.events.items()}
+        stats.record(server, started)
         if "error" in outcome:
             exc = outcome["error"]
             if server.errors:

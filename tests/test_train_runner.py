@@ -144,6 +144,57 @@ class SlowToUnpickle:
         return sleep_then, (self.seconds,)
 
 
+def process_facts(called_at: float):
+    """How many ranks run in a process started before `called_at` (a standby), and what they see."""
+    import os
+
+    import horovod.tensorflow as hvd
+    import psutil
+    import tensorflow as tf
+
+    hvd.init()
+    early = tf.constant(int(psutil.Process().create_time() < called_at), dtype=tf.int32)
+    return {"standby_ranks": int(hvd.allreduce(early, op=hvd.Sum).numpy()), "size": hvd.size(),
+            "cycle_time": os.environ.get("HOROVOD_CYCLE_TIME"), "mark": os.environ.get("SPARKDL_TEST_MARK"),
+            "omp": os.environ.get("OMP_NUM_THREADS")}
+
+
+@pytest.mark.slow
+def test_ranks_run_in_standby_processes_that_the_last_job_left_for_the_same_environment(spark):
+    HorovodRunner(num_proc=2, spark=spark).run(process_facts, called_at=time.time())
+    # Spark hands out its idle Python workers oldest first, so a job may land in workers that another job used
+    # before the last one; after a few jobs every worker holds a standby.
+    for _ in range(4):
+        called = time.time()
+        facts = HorovodRunner(num_proc=2, spark=spark, env={"HOROVOD_CYCLE_TIME": "3"}).run(process_facts,
+                                                                                             called_at=called)
+        if facts["standby_ranks"] == 2:
+            break
+    assert facts["standby_ranks"] == 2 and facts["size"] == 2
+    # a standby takes the job's own Horovod settings and keeps the thread caps it was started with
+    assert facts["cycle_time"] == "3" and facts["omp"] == "1"
+
+    other_env = HorovodRunner(num_proc=2, spark=spark, env={"SPARKDL_TEST_MARK": "x"})
+    facts = other_env.run(process_facts, called_at=time.time())
+    assert facts["standby_ranks"] == 0 and facts["mark"] == "x"  # started without it: not a standby for it
+
+    facts = HorovodRunner(num_proc=2, spark=spark, standby=False).run(process_facts, called_at=time.time())
+    assert facts["standby_ranks"] == 0
+
+
+def test_a_standby_serves_rank_environments_that_differ_only_in_one_jobs_variables():
+    from sparkdl.train.launch import standby_env, standby_key
+    from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV
+
+    base = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"}
+    job_a = {**base, "HOROVOD_RANK": "0", "HOROVOD_FUSION_THRESHOLD": "1", ADDR_ENV: "h:1", TOKEN_ENV: "a"}
+    job_b = {**base, "HOROVOD_RANK": "1", ADDR_ENV: "h:2", TOKEN_ENV: "b"}
+    assert standby_env(job_a) == base
+    assert standby_key(job_a) == standby_key(job_b)
+    assert standby_key(job_a) != standby_key({**job_a, "OMP_NUM_THREADS": "2"})
+    assert standby_key(job_a) != standby_key({**job_a, "CUDA_VISIBLE_DEVICES": "0"})
+
+
 @pytest.mark.slow
 def test_ranks_that_do_not_start_within_start_timeout_are_cancelled_and_free_their_slots(spark):
     runner = HorovodRunner(num_proc=2, spark=spark, start_timeout=8)

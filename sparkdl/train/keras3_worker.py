@@ -101,17 +101,26 @@ def make_train_step(model, optimizer, loss_fn, metrics=(), loss_mean=None, backw
         for metric in metrics:
             metric.update_state(y, pred)
 
+    # Horovod's Python is plain graph code (no branch on a tensor): AutoGraph re-writing it would only slow down
+    # the first trace of every rank, so the calls into Horovod are not converted.
+    @tf.autograph.experimental.do_not_convert
+    def reduced_gradients(tape, loss):
+        return hvd.DistributedGradientTape(tape, compression=wire).gradient(loss, trainable)
+
+    @tf.autograph.experimental.do_not_convert
+    def averaged_sums():
+        return hvd.grouped_allreduce([s / passes for s in sums], op=hvd.Average, compression=wire)
+
     @tf.function
     def step(x, y):
         tape, loss, y, pred = forward(x, y)
-        grads = hvd.DistributedGradientTape(tape, compression=wire).gradient(loss, trainable)
+        grads = reduced_gradients(tape, loss)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         track(loss, y, pred)
         return loss
 
     def apply_sums():
-        averaged = hvd.grouped_allreduce([s / passes for s in sums], op=hvd.Average, compression=wire)
-        optimizer.apply_gradients(zip(averaged, model.trainable_variables))
+        optimizer.apply_gradients(zip(averaged_sums(), model.trainable_variables))
         for total in sums:
             total.assign(tf.zeros_like(total))
         return tf.constant(True)

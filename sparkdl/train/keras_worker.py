@@ -21,6 +21,7 @@ from sparkdl.train.rank_job import (
     horovod_compression,
     job_datasets,
     make_optimizer,
+    trace_allreduce_without_autograph,
     warmup_learning_rate,
 )
 from sparkdl.train.serialization import (
@@ -136,6 +137,7 @@ def train_on_rank(job: TrainJob) -> dict:
     distributed = hvd.DistributedOptimizer(optimizer, compression=horovod_compression(job.compression),
                                            backward_passes_per_step=max(1, int(job.backward_passes_per_step)),
                                            average_aggregated_gradients=True)
+    trace_allreduce_without_autograph(distributed)
     model.compile(optimizer=distributed, loss=job.loss, metrics=list(job.metrics),
                   steps_per_execution=max(1, int(job.steps_per_execution)))
     if job.optimizer_state is not None:

@@ -10,6 +10,15 @@ runs `worker_main`: the thread and device set-up, then the user function; its re
 comes back as data, never as a Spark task failure (a failed barrier task would make Spark run the whole stage
 again).
 
+A fresh Python process spends about two seconds importing TensorFlow before the function can start. So when a rank
+ends, its task starts a *standby* process for the next job: a child of the same Spark Python worker (Spark reuses
+its workers) that imports TensorFlow, Horovod and the Keras workers, then waits for a job on its stdin. The next
+job's task in that worker hands its job to the standby instead of starting a process, when the standby was started
+with the same environment except the variables each job sets and nothing reads before the function starts
+(`HOROVOD_*`, the progress channel's). A standby is used once (every job gets a process that has not run
+Horovod), dies with its worker like any rank (Spark stops idle workers after a minute), and exits by itself after
+`STANDBY_IDLE_S`.
+
 This replaces `horovod.spark.run`, whose driver service, per-task services, their registration and the
 task-to-task interface probing cost seconds per job before any rank starts; what it guarantees — one rank per
 concurrently running task, all of them or none (barrier scheduling), Gloo over the interface that reaches the
@@ -17,8 +26,10 @@ driver, ranks that die with their task — holds here too.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -33,6 +44,14 @@ from sparkdl.train.resources import WorkerSetup, interface_towards
 
 # The exit status of a rank process whose function raised (its traceback is in the result file).
 _FAILED = 3
+# How long a standby rank process waits for a job before it exits; a task does not hand a job to one this close
+# to the end of its wait (the two could cross).
+STANDBY_IDLE_S = 600.0
+_STANDBY_MARGIN_S = 30.0
+# Set by a job in its ranks' environment, and read only once the function runs: a standby started without them
+# serves the job (see the module docstring).
+_PER_JOB_PREFIX = "HOROVOD_"
+_PER_JOB_KEYS = frozenset({ADDR_ENV, TOKEN_ENV})
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,8 @@ class RankLaunch:
             settings of the job).
         rendezvous_host, rendezvous_port: the driver's Gloo rendezvous server (`spark.driver.host`); each
             rank's Gloo binds to its host's interface that routes there (as Horovod's own interface probe picks).
+        standby: hand the rank to a standby process of the task's Python worker when it has one, and start one
+            for the next job when the rank ends (see the module docstring).
     """
 
     payload: bytes
@@ -61,6 +82,7 @@ class RankLaunch:
     env: Mapping[str, str]
     rendezvous_host: str
     rendezvous_port: int
+    standby: bool = True
 
     def __call__(self, _partition: Iterable) -> Iterator[dict]:
         from pyspark import BarrierTaskContext
@@ -77,7 +99,7 @@ class RankLaunch:
         if setup.use_gpu:
             gpu = ctx.resources().get("gpu")
             setup = replace(setup, gpus=tuple(gpu.addresses) if gpu is not None else ())
-        yield run_rank(RankJob(self.payload, setup), env, slot.rank)
+        yield run_rank(RankJob(self.payload, setup), env, slot.rank, standby=self.standby)
 
 
 def host_hash() -> str:
@@ -118,19 +140,25 @@ def rendezvous_env(host: str, port: int, iface: str) -> dict[str, str]:
     return {k: str(v) for k, v in create_run_env_vars(host, [iface], port).items()}
 
 
-def run_rank(job: RankJob, env: Mapping[str, str], rank: int) -> dict:
+def run_rank(job: RankJob, env: Mapping[str, str], rank: int, standby: bool = False) -> dict:
     """Run one rank as a child process of this task and return its result record (`worker_main`'s).
 
-    The child dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind.
+    The child dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind. With
+    `standby`, the rank runs in this worker's standby process when it has one for `env`, and a standby for the
+    next job is started once the rank has ended.
     """
     with tempfile.TemporaryDirectory(prefix=f"sparkdl-rank{rank}-") as folder:
         job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
         with open(job_path, "wb") as f:
             pickle.dump(job, f)
         started = time.time()
-        process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", job_path, result_path],
-                                   env=dict(env), preexec_fn=_die_with_parent)
+        process = _hand_to_standby(env, job_path, result_path) if standby else None
+        if process is None:
+            process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", job_path, result_path],
+                                       env=dict(env), preexec_fn=_die_with_parent)
         code = process.wait()
+        if standby:
+            _start_standby(env)
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
                 import cloudpickle
@@ -142,6 +170,64 @@ def run_rank(job: RankJob, env: Mapping[str, str], rank: int) -> dict:
              "traceback": message, "time": time.time()}
     _report_error(env, error)
     return error
+
+
+@dataclass(frozen=True)
+class _Standby:
+    process: subprocess.Popen
+    key: str
+    started: float
+
+
+# This Python worker's standby rank process (at most one; Spark runs one task at a time in a worker).
+_standby: list[_Standby] = []
+
+
+def standby_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a standby for ranks of environment `env` starts with: `env` without the variables of one
+    job (`HOROVOD_*`, the progress channel's)."""
+    return {k: v for k, v in env.items() if not k.startswith(_PER_JOB_PREFIX) and k not in _PER_JOB_KEYS}
+
+
+def standby_key(env: Mapping[str, str]) -> str:
+    """Equal for two rank environments exactly when one standby can serve both."""
+    return hashlib.sha256(repr(sorted(standby_env(env).items())).encode()).hexdigest()
+
+
+def _hand_to_standby(env: Mapping[str, str], job_path: str, result_path: str) -> subprocess.Popen | None:
+    """Give the job to this worker's standby process and return it, or None when there is none for `env`."""
+    if not _standby:
+        return None
+    standby = _standby.pop()
+    fresh = time.monotonic() - standby.started < STANDBY_IDLE_S - _STANDBY_MARGIN_S
+    if standby.key != standby_key(env) or not fresh or standby.process.poll() is not None:
+        _stop(standby.process)
+        return None
+    try:
+        standby.process.stdin.write(pickle.dumps({"env": dict(env), "job": job_path, "result": result_path}))
+        standby.process.stdin.close()
+    except OSError:  # it died meanwhile
+        _stop(standby.process)
+        return None
+    return standby.process
+
+
+def _start_standby(env: Mapping[str, str]) -> None:
+    """Start this worker's standby process for the next job of environment `env` (replacing an unused one)."""
+    while _standby:
+        _stop(_standby.pop().process)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", "--standby"], env=standby_env(env),
+                                   stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+    except OSError:  # no standby: the next job starts its rank process as usual
+        return
+    _standby.append(_Standby(process, standby_key(env), time.monotonic()))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
 
 
 def _die_with_parent() -> None:
@@ -220,5 +306,24 @@ def _main(job_path: str, result_path: str) -> int:
     return 0 if record.get("ok") else _FAILED
 
 
+def _standby_main() -> int:
+    """A standby rank process: import what every rank imports, wait for a job on stdin, then run it as `_main`."""
+    import horovod.tensorflow  # noqa: F401
+
+    import sparkdl.train.keras_worker  # noqa: F401 - TensorFlow and both Keras workers
+
+    if not select.select([sys.stdin], [], [], STANDBY_IDLE_S)[0]:
+        return 0
+    data = sys.stdin.buffer.read()
+    if not data:  # the worker let it go unused
+        return 0
+    message = pickle.loads(data)
+    os.environ.clear()
+    os.environ.update(message["env"])
+    return _main(message["job"], message["result"])
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--standby"]:
+        sys.exit(_standby_main())
     sys.exit(_main(sys.argv[1], sys.argv[2]))

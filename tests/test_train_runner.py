@@ -165,12 +165,12 @@ def test_ranks_run_in_standby_processes_that_the_last_job_left_for_the_same_envi
     # Spark hands out its idle Python workers oldest first, so a job may land in workers that another job used
     # before the last one; after a few jobs every worker holds a standby.
     for _ in range(4):
-        called = time.time()
-        facts = HorovodRunner(num_proc=2, spark=spark, env={"HOROVOD_CYCLE_TIME": "3"}).run(process_facts,
-                                                                                             called_at=called)
+        runner = HorovodRunner(num_proc=2, spark=spark, env={"HOROVOD_CYCLE_TIME": "3"})
+        facts = runner.run(process_facts, called_at=time.time())
         if facts["standby_ranks"] == 2:
             break
     assert facts["standby_ranks"] == 2 and facts["size"] == 2
+    assert runner.last_run.standby_ranks == 2  # as the ranks reported it
     # a standby takes the job's own Horovod settings and keeps the thread caps it was started with
     assert facts["cycle_time"] == "3" and facts["omp"] == "1"
 

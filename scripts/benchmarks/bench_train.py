@@ -189,7 +189,7 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
             "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
             "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": written,
             "peak_rss": memory.peak, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc,
-            "events": est.last_run.events}
+            "events": est.last_run.events, "standby_ranks": est.last_run.standby_ranks}
 
 
 class _Schema:  # the legacy pyarrow ParquetSchema's one method Horovod calls
@@ -293,6 +293,7 @@ def _distributed(args, work: str) -> dict:
     from sparkdl.lake import read_table, write_table
     from sparkdl.session import get_spark
     from sparkdl.train import HorovodRunner
+    from sparkdl.train.runner import STANDBY_CONF
 
     spark = get_spark(master=f"local[{args.cores}]", app_name="bench_train", work=work)
     x, y = make_data(args.rows, args.features)
@@ -301,6 +302,8 @@ def _distributed(args, work: str) -> dict:
     write_table(spark.createDataFrame(frame).selectExpr("cast(x as array<float>) as x", "cast(y as float) as y")
                 .repartition(args.num_proc), table, mode="overwrite")
 
+    if args.no_standby:
+        spark.conf.set(STANDBY_CONF, "false")
     runner = HorovodRunner(args.num_proc, spark=spark)
     started = time.perf_counter()
     runner.run(noop)
@@ -318,7 +321,9 @@ def _distributed(args, work: str) -> dict:
 
 def log_side(name: str, round_: int, result: dict) -> None:
     print(f"  round {round_} {name}: fit {result['fit_s']:.1f} s, first step {result['first_step_s']:.1f} s, "
-          f"{result['examples_per_s']:,.0f} ex/s, val acc {result['val_accuracy']:.4f}", file=sys.stderr)
+          f"{result['examples_per_s']:,.0f} ex/s, val acc {result['val_accuracy']:.4f}"
+          + (f", {result['standby_ranks']} rank(s) in standby processes" if "standby_ranks" in result else ""),
+          file=sys.stderr)
 
 
 def _median(results: list[dict], key: str) -> float:
@@ -336,6 +341,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of (sparkdl fit, Horovod fit)")
     parser.add_argument("--no-horovod", action="store_true", help="skip Horovod's estimator")
+    parser.add_argument("--no-standby", action="store_true", help="start every sparkdl rank as a fresh process "
+                        "(spark.sparkdl.train.standbyRanks=false), as the first fit of a session does")
     parser.add_argument("--cores", type=int, default=None, help="total cores (default: all of this machine)")
     parser.add_argument("--cycle-time", default=None, help="sparkdl's cycle_time_ms (default: its own 0.1)")
     parser.add_argument("--backward-passes-per-step", type=int, default=1, help="sparkdl's local gradient "
@@ -389,6 +396,8 @@ def main() -> None:
     events = sorted(ours[-1]["events"].items(), key=lambda item: item[1])
     print("  sparkdl launch timeline (s after run(), last round): " + ", ".join(f"{k} {v:.1f}" for k, v in events))
     launch = _median(ours, "run_launch_s")
+    standby = [r["standby_ranks"] for r in ours]
+    print(f"  sparkdl ranks in standby processes, per round: {standby} of {args.num_proc}")
     print(f"  sparkdl run() call -> first step: {launch:.1f} s (target <= 5 s: {'OK' if launch <= 5 else 'MISS'}); "
           f"no-op Horovod job: fn start {dist['noop_fn_start_s']:.1f} s, total {dist['noop_total_s']:.1f} s")
     per_core_base = base["examples_per_s"] / args.cores

@@ -48,6 +48,8 @@ _FAILED = 3
 # to the end of its wait (the two could cross).
 STANDBY_IDLE_S = 600.0
 _STANDBY_MARGIN_S = 30.0
+# True in a standby process (reported with the rank's `fn_start` event).
+_in_standby = False
 # Set by a job in its ranks' environment, and read only once the function runs: a standby started without them
 # serves the job (see the module docstring).
 _PER_JOB_PREFIX = "HOROVOD_"
@@ -264,7 +266,7 @@ def worker_main(job: RankJob) -> dict:
     try:
         fn, kwargs = cloudpickle.loads(job.payload)
         applied = job.setup.apply()
-        report("event", name="fn_start", rank=rank, setup=applied)
+        report("event", name="fn_start", rank=rank, setup=applied, standby=_in_standby)
         result = fn(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data
         return failure(rank, exc)
@@ -308,15 +310,19 @@ def _main(job_path: str, result_path: str) -> int:
 
 def _standby_main() -> int:
     """A standby rank process: import what every rank imports, wait for a job on stdin, then run it as `_main`."""
-    import horovod.tensorflow  # noqa: F401
+    try:
+        import horovod.tensorflow  # noqa: F401
 
-    import sparkdl.train.keras_worker  # noqa: F401 - TensorFlow and both Keras workers
-
+        import sparkdl.train.keras_worker  # noqa: F401 - TensorFlow and both Keras workers
+    except Exception:  # noqa: BLE001 - nothing lost: the job imports what it needs itself, and fails as a fresh rank would
+        pass
     if not select.select([sys.stdin], [], [], STANDBY_IDLE_S)[0]:
         return 0
     data = sys.stdin.buffer.read()
     if not data:  # the worker let it go unused
         return 0
+    global _in_standby
+    _in_standby = True
     message = pickle.loads(data)
     os.environ.clear()
     os.environ.update(message["env"])

@@ -77,16 +77,19 @@ class RunStats:
     use_gpu: bool = False
     total_s: float | None = None
     events: dict[str, float] = field(default_factory=dict)  # first time each named event was reported
+    standby_ranks: int = 0  # ranks that ran in a standby process (TensorFlow imported before the job)
 
     @property
     def launch_s(self) -> float | None:
         """From the call to the first training step (event `first_step`), or to the function start."""
         return self.events.get("first_step", self.events.get("fn_start"))
 
-    def record(self, server: ProgressServer, started: float) -> None:
-        """Take the call's duration so far and the events the progress channel timed (driver clock)."""
+    def record(self, server: ProgressServer, started: float, starts: "_Starts") -> None:
+        """Take the call's duration so far, the events the progress channel timed (driver clock) and how many
+        ranks started in a standby process."""
         self.total_s = time.time() - started
         self.events = {k: v - started for k, v in server.events.items()}
+        self.standby_ranks = starts.standby_count()
 
     def phases(self) -> dict[str, float]:
         """Seconds of launch (call → first step), training (first step → rank 0's `train_end` event) and tear-down
@@ -243,14 +246,14 @@ class HorovodRunner:
             thread.join(ABORT_GRACE_S)
             raise
         finally:
-            stats.record(server, started)
+            stats.record(server, started, starts)
         if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
             self._teardown_in_background(sc, thread, server, rendezvous, outcome, started)
             return finished.result()
         thread.join()
         server.close(drain_timeout=5.0 if "error" in outcome else 30.0)
         rendezvous.stop()
-        stats.record(server, started)
+        stats.record(server, started, starts)
         if "error" in outcome:
             exc = outcome["error"]
             if server.errors:
@@ -297,15 +300,21 @@ class _Starts:
     def __init__(self, num_proc: int, previous: Handler | None):
         self.num_proc, self.previous = num_proc, previous
         self._ranks: set[int] = set()
+        self._standby: set[int] = set()
 
     def on_event(self, message: dict) -> None:
         if message.get("name") == "fn_start":
             self._ranks.add(int(message.get("rank", 0)))
+            if message.get("standby"):
+                self._standby.add(int(message.get("rank", 0)))
         if self.previous is not None:
             self.previous(message)
 
     def count(self) -> int:
         return len(self._ranks)
+
+    def standby_count(self) -> int:
+        return len(self._standby)
 
     def all_started(self) -> bool:
         return len(self._ranks) >= self.num_proc

@@ -73,17 +73,20 @@ def baseline(args) -> dict:
     """Single-process Keras on numpy (run in a subprocess so its thread settings are its own)."""
     import tensorflow as tf
 
+    from sparkdl import stack
+
+    keras = stack.keras_module("tf_keras")  # the zoo's Keras 2 on both stacks (tf.keras is Keras 3 on TF >= 2.16)
     tf.config.threading.set_intra_op_parallelism_threads(args.cores)
     tf.config.threading.set_inter_op_parallelism_threads(args.cores)
     x, y = make_data(args.rows, args.features)
     x = x.reshape((-1, *input_shape(args)))
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = build_model(args)
-    model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"],
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     times: list[float] = []
 
-    class Timer(tf.keras.callbacks.Callback):
+    class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.t = time.perf_counter()
 

@@ -183,11 +183,12 @@ def test_ranks_run_in_standby_processes_that_the_last_job_left_for_the_same_envi
 
 
 def test_a_standby_serves_rank_environments_that_differ_only_in_one_jobs_variables():
-    from sparkdl.train.launch import standby_env, standby_key
+    from sparkdl.train.launch import rendezvous_env, standby_env, standby_key
     from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV
 
     base = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin"}
-    job_a = {**base, "HOROVOD_RANK": "0", "HOROVOD_FUSION_THRESHOLD": "1", ADDR_ENV: "h:1", TOKEN_ENV: "a"}
+    job_a = {**base, "HOROVOD_RANK": "0", "HOROVOD_FUSION_THRESHOLD": "1", ADDR_ENV: "h:1", TOKEN_ENV: "a",
+             **rendezvous_env("127.0.0.1", 1234, "lo")}
     job_b = {**base, "HOROVOD_RANK": "1", ADDR_ENV: "h:2", TOKEN_ENV: "b"}
     assert standby_env(job_a) == base
     assert standby_key(job_a) == standby_key(job_b)

@@ -10,14 +10,15 @@ runs `worker_main`: the thread and device set-up, then the user function; its re
 comes back as data, never as a Spark task failure (a failed barrier task would make Spark run the whole stage
 again).
 
-A fresh Python process spends about two seconds importing TensorFlow before the function can start. So when a rank
-ends, its task starts a *standby* process for the next job: a child of the same Spark Python worker (Spark reuses
-its workers) that imports TensorFlow, Horovod and the Keras workers, then waits for a job on its stdin. The next
-job's task in that worker hands its job to the standby instead of starting a process, when the standby was started
-with the same environment except the variables each job sets and nothing reads before the function starts
-(`HOROVOD_*`, the progress channel's). A standby is used once (every job gets a process that has not run
-Horovod), dies with its worker like any rank (Spark stops idle workers after a minute), and exits by itself after
-`STANDBY_IDLE_S`.
+A fresh Python process spends about two seconds importing TensorFlow before the function can start. So a rank
+process imports TensorFlow, Horovod and the Keras workers first and then waits for its job on stdin: the task
+starts it before the host exchange and hands it the job once its slot is known. And when a rank ends, its task
+starts a *standby* process for the next job: a child of the same Spark Python worker (Spark reuses its workers)
+that does those imports and waits. The next job's task in that worker hands its job to the standby instead of
+starting a process, when the standby was started with the same environment except the variables each job sets and
+nothing reads before the function starts (`HOROVOD_*`, NCCL's interface, the progress channel's). A process runs
+one job (no job gets a process that has run Horovod), dies with its worker (Spark stops idle workers after a
+minute), and a standby exits by itself after `STANDBY_IDLE_S`.
 
 This replaces `horovod.spark.run`, whose driver service, per-task services, their registration and the
 task-to-task interface probing cost seconds per job before any rank starts; what it guarantees — one rank per
@@ -48,12 +49,12 @@ _FAILED = 3
 # to the end of its wait (the two could cross).
 STANDBY_IDLE_S = 600.0
 _STANDBY_MARGIN_S = 30.0
-# True in a standby process (reported with the rank's `fn_start` event).
+# True in a rank process started before its job, by the last job's task (reported with `fn_start`).
 _in_standby = False
 # Set by a job in its ranks' environment, and read only once the function runs: a standby started without them
 # serves the job (see the module docstring).
 _PER_JOB_PREFIX = "HOROVOD_"
-_PER_JOB_KEYS = frozenset({ADDR_ENV, TOKEN_ENV})
+_PER_JOB_KEYS = frozenset({ADDR_ENV, TOKEN_ENV, "NCCL_SOCKET_IFNAME"})  # the last one from `rendezvous_env`
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,22 @@ class RankLaunch:
         from pyspark import BarrierTaskContext
 
         ctx = BarrierTaskContext.get()
-        hosts = ctx.allGather(host_hash())
-        slot = slot_for(hosts, ctx.partitionId())
-        env = {**os.environ, **self.env}
-        # a HOROVOD_GLOO_IFACE of the executor's or the job's environment wins
-        iface = env.get("HOROVOD_GLOO_IFACE") or interface_towards(self.rendezvous_host)
-        env.update({**slot_env(slot), **rendezvous_env(self.rendezvous_host, self.rendezvous_port, iface)})
-        env["PYTHONUNBUFFERED"] = "1"
-        setup = self.setup
-        if setup.use_gpu:
-            gpu = ctx.resources().get("gpu")
-            setup = replace(setup, gpus=tuple(gpu.addresses) if gpu is not None else ())
-        yield run_rank(RankJob(self.payload, setup), env, slot.rank, standby=self.standby)
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        process = rank_process(env, self.standby)  # imports TensorFlow while the tasks exchange their hosts
+        try:
+            hosts = ctx.allGather(host_hash())
+            slot = slot_for(hosts, ctx.partitionId())
+            # a HOROVOD_GLOO_IFACE of the executor's or the job's environment wins
+            iface = env.get("HOROVOD_GLOO_IFACE") or interface_towards(self.rendezvous_host)
+            env.update({**slot_env(slot), **rendezvous_env(self.rendezvous_host, self.rendezvous_port, iface)})
+            setup = self.setup
+            if setup.use_gpu:
+                gpu = ctx.resources().get("gpu")
+                setup = replace(setup, gpus=tuple(gpu.addresses) if gpu is not None else ())
+        except BaseException:
+            _stop(process.process)
+            raise
+        yield run_rank(RankJob(self.payload, setup), env, slot.rank, process, standby=self.standby)
 
 
 def host_hash() -> str:
@@ -142,23 +147,68 @@ def rendezvous_env(host: str, port: int, iface: str) -> dict[str, str]:
     return {k: str(v) for k, v in create_run_env_vars(host, [iface], port).items()}
 
 
-def run_rank(job: RankJob, env: Mapping[str, str], rank: int, standby: bool = False) -> dict:
-    """Run one rank as a child process of this task and return its result record (`worker_main`'s).
+@dataclass(frozen=True)
+class RankProcess:
+    """A started rank process waiting for its job on stdin; `standby`: started before this job (by the last one)."""
 
-    The child dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind. With
-    `standby`, the rank runs in this worker's standby process when it has one for `env`, and a standby for the
-    next job is started once the rank has ended.
+    process: subprocess.Popen
+    key: str
+    started: float
+    standby: bool = False
+
+
+# This Python worker's standby rank process (at most one; Spark runs one task at a time in a worker).
+_standby: list[RankProcess] = []
+
+
+def standby_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a rank process for ranks of environment `env` starts with: `env` without the variables of
+    one job (`HOROVOD_*`, NCCL's interface, the progress channel's), which it takes from its job."""
+    return {k: v for k, v in env.items() if not k.startswith(_PER_JOB_PREFIX) and k not in _PER_JOB_KEYS}
+
+
+def standby_key(env: Mapping[str, str]) -> str:
+    """Equal for two rank environments exactly when one standby can serve both."""
+    return hashlib.sha256(repr(sorted(standby_env(env).items())).encode()).hexdigest()
+
+
+def rank_process(env: Mapping[str, str], standby: bool = True) -> RankProcess:
+    """A process for a rank of environment `env` (the slot variables may still be missing): this worker's standby
+    when it has one for `env` and `standby` is on, else a new one. It dies with this worker (parent-death signal).
+
+    Raises:
+        OSError: the process could not be started.
+    """
+    if _standby:
+        kept = _standby.pop()
+        fresh = time.monotonic() - kept.started < STANDBY_IDLE_S - _STANDBY_MARGIN_S
+        if standby and kept.key == standby_key(env) and fresh and kept.process.poll() is None:
+            return replace(kept, standby=True)
+        _stop(kept.process)
+    process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch"], env=standby_env(env),
+                               stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+    return RankProcess(process, standby_key(env), time.monotonic())
+
+
+def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankProcess,
+             standby: bool = False) -> dict:
+    """Run one rank in `rank_proc` (from `rank_process`) and return its result record (`worker_main`'s).
+
+    The process dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind. With
+    `standby`, a standby for the next job is started once the rank has ended.
     """
     with tempfile.TemporaryDirectory(prefix=f"sparkdl-rank{rank}-") as folder:
         job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
         with open(job_path, "wb") as f:
             pickle.dump(job, f)
         started = time.time()
-        process = _hand_to_standby(env, job_path, result_path) if standby else None
-        if process is None:
-            process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", job_path, result_path],
-                                       env=dict(env), preexec_fn=_die_with_parent)
-        code = process.wait()
+        message = {"env": dict(env), "job": job_path, "result": result_path, "standby": rank_proc.standby}
+        try:
+            rank_proc.process.stdin.write(pickle.dumps(message))
+            rank_proc.process.stdin.close()
+        except OSError:  # it exited before its job came (its error is on the executor's stderr)
+            pass
+        code = rank_proc.process.wait()
         if standby:
             _start_standby(env)
         if os.path.exists(result_path):
@@ -174,56 +224,14 @@ def run_rank(job: RankJob, env: Mapping[str, str], rank: int, standby: bool = Fa
     return error
 
 
-@dataclass(frozen=True)
-class _Standby:
-    process: subprocess.Popen
-    key: str
-    started: float
-
-
-# This Python worker's standby rank process (at most one; Spark runs one task at a time in a worker).
-_standby: list[_Standby] = []
-
-
-def standby_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a standby for ranks of environment `env` starts with: `env` without the variables of one
-    job (`HOROVOD_*`, the progress channel's)."""
-    return {k: v for k, v in env.items() if not k.startswith(_PER_JOB_PREFIX) and k not in _PER_JOB_KEYS}
-
-
-def standby_key(env: Mapping[str, str]) -> str:
-    """Equal for two rank environments exactly when one standby can serve both."""
-    return hashlib.sha256(repr(sorted(standby_env(env).items())).encode()).hexdigest()
-
-
-def _hand_to_standby(env: Mapping[str, str], job_path: str, result_path: str) -> subprocess.Popen | None:
-    """Give the job to this worker's standby process and return it, or None when there is none for `env`."""
-    if not _standby:
-        return None
-    standby = _standby.pop()
-    fresh = time.monotonic() - standby.started < STANDBY_IDLE_S - _STANDBY_MARGIN_S
-    if standby.key != standby_key(env) or not fresh or standby.process.poll() is not None:
-        _stop(standby.process)
-        return None
-    try:
-        standby.process.stdin.write(pickle.dumps({"env": dict(env), "job": job_path, "result": result_path}))
-        standby.process.stdin.close()
-    except OSError:  # it died meanwhile
-        _stop(standby.process)
-        return None
-    return standby.process
-
-
 def _start_standby(env: Mapping[str, str]) -> None:
     """Start this worker's standby process for the next job of environment `env` (replacing an unused one)."""
     while _standby:
         _stop(_standby.pop().process)
     try:
-        process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch", "--standby"], env=standby_env(env),
-                                   stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
-    except OSError:  # no standby: the next job starts its rank process as usual
-        return
-    _standby.append(_Standby(process, standby_key(env), time.monotonic()))
+        _standby.append(rank_process(env, standby=False))
+    except OSError:  # no standby: the next job starts its rank process then
+        pass
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -308,13 +316,14 @@ def _main(job_path: str, result_path: str) -> int:
     return 0 if record.get("ok") else _FAILED
 
 
-def _standby_main() -> int:
-    """A standby rank process: import what every rank imports, wait for a job on stdin, then run it as `_main`."""
+def _rank_main() -> int:
+    """A rank process: import what every rank imports, wait for the job on stdin (a standby: up to
+    `STANDBY_IDLE_S`), then run it: the function's result record goes to the job's result file."""
     try:
         import horovod.tensorflow  # noqa: F401
 
         import sparkdl.train.keras_worker  # noqa: F401 - TensorFlow and both Keras workers
-    except Exception:  # noqa: BLE001 - nothing lost: the job imports what it needs itself, and fails as a fresh rank would
+    except Exception:  # noqa: BLE001 - nothing lost: the job imports what it needs itself and fails there
         pass
     if not select.select([sys.stdin], [], [], STANDBY_IDLE_S)[0]:
         return 0
@@ -322,14 +331,12 @@ def _standby_main() -> int:
     if not data:  # the worker let it go unused
         return 0
     global _in_standby
-    _in_standby = True
     message = pickle.loads(data)
+    _in_standby = bool(message["standby"])
     os.environ.clear()
     os.environ.update(message["env"])
     return _main(message["job"], message["result"])
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--standby"]:
-        sys.exit(_standby_main())
-    sys.exit(_main(sys.argv[1], sys.argv[2]))
+    sys.exit(_rank_main())

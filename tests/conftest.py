@@ -16,6 +16,10 @@ os.environ["SPARKDL_WORK_DIR"] = _WORK
 for _key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER"):
     os.environ.pop(_key, None)
 
+# sparkdl first, as users are told to: it sets TF_USE_LEGACY_KERAS before any test module imports TensorFlow, so
+# `tf.keras` is Keras 2 on the current stack whichever test file is collected first.
+import sparkdl  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def work_dir():

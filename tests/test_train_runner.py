@@ -144,42 +144,73 @@ class SlowToUnpickle:
         return sleep_then, (self.seconds,)
 
 
-def process_facts(called_at: float):
-    """How many ranks run in a process started before `called_at` (a standby), and what they see."""
+def process_facts():
+    """How many ranks run in a standby process (as the rank process itself knows it), and what they see."""
     import os
 
     import horovod.tensorflow as hvd
-    import psutil
     import tensorflow as tf
 
     hvd.init()
-    early = tf.constant(int(psutil.Process().create_time() < called_at), dtype=tf.int32)
+    early = tf.constant(int(bool(getattr(sys.modules["__main__"], "_in_standby", False))), dtype=tf.int32)
     return {"standby_ranks": int(hvd.allreduce(early, op=hvd.Sum).numpy()), "size": hvd.size(),
             "cycle_time": os.environ.get("HOROVOD_CYCLE_TIME"), "mark": os.environ.get("SPARKDL_TEST_MARK"),
             "omp": os.environ.get("OMP_NUM_THREADS")}
 
 
 @pytest.mark.slow
-def test_ranks_run_in_standby_processes_that_the_last_job_left_for_the_same_environment(spark):
-    HorovodRunner(num_proc=2, spark=spark).run(process_facts, called_at=time.time())
-    # Spark hands out its idle Python workers oldest first, so a job may land in workers that another job used
-    # before the last one; after a few jobs every worker holds a standby.
-    for _ in range(4):
-        runner = HorovodRunner(num_proc=2, spark=spark, env={"HOROVOD_CYCLE_TIME": "3"})
-        facts = runner.run(process_facts, called_at=time.time())
-        if facts["standby_ranks"] == 2:
-            break
-    assert facts["standby_ranks"] == 2 and facts["size"] == 2
-    assert runner.last_run.standby_ranks == 2  # as the ranks reported it
-    # a standby takes the job's own Horovod settings and keeps the thread caps it was started with
+def test_ranks_report_whether_they_ran_in_a_standby_and_take_their_jobs_environment(spark):
+    # Whether a rank lands in a standby depends on which idle Python worker Spark hands its task (oldest first);
+    # what must hold every time: the driver's count is the ranks' own, the job's own variables reach the rank, and
+    # a rank never runs in a standby of another environment or when standbys are off.
+    HorovodRunner(num_proc=2, spark=spark).run(process_facts)
+    runner = HorovodRunner(num_proc=2, spark=spark, env={"HOROVOD_CYCLE_TIME": "3"})
+    facts = runner.run(process_facts)
+    assert runner.last_run.standby_ranks == facts["standby_ranks"] and facts["size"] == 2
     assert facts["cycle_time"] == "3" and facts["omp"] == "1"
 
     other_env = HorovodRunner(num_proc=2, spark=spark, env={"SPARKDL_TEST_MARK": "x"})
-    facts = other_env.run(process_facts, called_at=time.time())
-    assert facts["standby_ranks"] == 0 and facts["mark"] == "x"  # started without it: not a standby for it
+    facts = other_env.run(process_facts)
+    assert facts["standby_ranks"] == 0 and other_env.last_run.standby_ranks == 0 and facts["mark"] == "x"
 
-    facts = HorovodRunner(num_proc=2, spark=spark, standby=False).run(process_facts, called_at=time.time())
-    assert facts["standby_ranks"] == 0
+    off = HorovodRunner(num_proc=2, spark=spark, standby=False)
+    facts = off.run(process_facts)
+    assert facts["standby_ranks"] == 0 and off.last_run.standby_ranks == 0
+
+
+def rank_process_facts() -> dict:
+    import os
+
+    return {"pid": os.getpid(), "cycle_time": os.environ.get("HOROVOD_CYCLE_TIME"),
+            "mark": os.environ.get("SPARKDL_TEST_MARK")}
+
+
+def test_the_process_a_rank_leaves_as_standby_runs_the_next_rank_of_the_same_environment():
+    import os
+
+    from sparkdl.train import launch
+    from sparkdl.train.resources import WorkerSetup
+
+    # no progress channel in the environment: each rank's result comes back in its record
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKDL_PROGRESS")}
+    env.update({"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
+    job = launch.RankJob(cloudpickle.dumps((rank_process_facts, {})), WorkerSetup(threads=1, use_gpu=False))
+    launch._standby.clear()
+
+    first = launch.run_rank(job, env, 0, launch.rank_process(env), standby=True)
+    assert first["ok"] and len(launch._standby) == 1
+    standby_pid = launch._standby[0].process.pid
+    assert first["result"]["pid"] != standby_pid
+
+    job_env = {**env, "HOROVOD_CYCLE_TIME": "3"}  # one job's own variable: the standby serves it
+    second = launch.run_rank(job, job_env, 0, launch.rank_process(job_env), standby=True)
+    assert second["result"] == {"pid": standby_pid, "cycle_time": "3", "mark": None}
+
+    other = {**env, "SPARKDL_TEST_MARK": "x"}  # another environment: a new process, the unused standby stopped
+    left = launch._standby[0].process
+    third = launch.run_rank(job, other, 0, launch.rank_process(other), standby=False)
+    assert third["result"]["pid"] != left.pid and third["result"]["mark"] == "x"
+    assert left.poll() is not None and not launch._standby  # standby=False leaves none
 
 
 def test_a_standby_serves_rank_environments_that_differ_only_in_one_jobs_variables():

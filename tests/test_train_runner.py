@@ -151,8 +151,10 @@ def process_facts():
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
+    from sparkdl.train import launch as rank_module
+
     hvd.init()
-    early = tf.constant(int(bool(getattr(sys.modules["__main__"], "_in_standby", False))), dtype=tf.int32)
+    early = tf.constant(int(rank_module._in_standby), dtype=tf.int32)
     return {"standby_ranks": int(hvd.allreduce(early, op=hvd.Sum).numpy()), "size": hvd.size(),
             "cycle_time": os.environ.get("HOROVOD_CYCLE_TIME"), "mark": os.environ.get("SPARKDL_TEST_MARK"),
             "omp": os.environ.get("OMP_NUM_THREADS")}

@@ -3,8 +3,8 @@
 `HorovodRunner` (driver) runs one barrier stage of `num_proc` tasks, each calling a `RankLaunch`. The tasks
 exchange their host names (`BarrierTaskContext.allGather`), so each finds its own slot of the host assignment
 Horovod's launcher would make (`horovod.runner.common.util.hosts.get_host_assignments`: ranks packed host by
-host, the task of partition 0 is rank 0), then start the rank as a fresh Python process
-(`python -m sparkdl.train.launch JOB RESULT`) with the environment `horovodrun`'s Gloo launcher gives its ranks:
+host, the task of partition 0 is rank 0), then run the rank in a Python process of its own (`rank_main`) with
+the environment `horovodrun`'s Gloo launcher gives its ranks:
 the slot (`HOROVOD_RANK`, `HOROVOD_LOCAL_RANK`, ...) and the driver's Gloo rendezvous server. The rank process
 runs `worker_main`: the thread and device set-up, then the user function; its return value or its traceback
 comes back as data, never as a Spark task failure (a failed barrier task would make Spark run the whole stage
@@ -51,6 +51,9 @@ STANDBY_IDLE_S = 600.0
 _STANDBY_MARGIN_S = 30.0
 # True in a rank process started before its job, by the last job's task (reported with `fn_start`).
 _in_standby = False
+# How a task starts a rank process: `-c`, not `-m sparkdl.train.launch`, so the process holds one copy of this
+# module (runpy would run a second one as `__main__` beside the one the package imports).
+_RANK_COMMAND = "import sys; from sparkdl.train.launch import rank_main; sys.exit(rank_main())"
 # Set by a job in its ranks' environment, and read only once the function runs: a standby started without them
 # serves the job (see the module docstring).
 _PER_JOB_PREFIX = "HOROVOD_"
@@ -179,15 +182,16 @@ def rank_process(env: Mapping[str, str], standby: bool = True) -> RankProcess:
     Raises:
         OSError: the process could not be started.
     """
+    key = standby_key(env)
     if _standby:
         kept = _standby.pop()
         fresh = time.monotonic() - kept.started < STANDBY_IDLE_S - _STANDBY_MARGIN_S
-        if standby and kept.key == standby_key(env) and fresh and kept.process.poll() is None:
+        if standby and kept.key == key and fresh and kept.process.poll() is None:
             return replace(kept, standby=True)
         _stop(kept.process)
-    process = subprocess.Popen([sys.executable, "-m", "sparkdl.train.launch"], env=standby_env(env),
+    process = subprocess.Popen([sys.executable, "-c", _RANK_COMMAND], env=standby_env(env),
                                stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
-    return RankProcess(process, standby_key(env), time.monotonic())
+    return RankProcess(process, key, time.monotonic())
 
 
 def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankProcess,
@@ -316,7 +320,7 @@ def _main(job_path: str, result_path: str) -> int:
     return 0 if record.get("ok") else _FAILED
 
 
-def _rank_main() -> int:
+def rank_main() -> int:
     """A rank process: import what every rank imports, wait for the job on stdin (a standby: up to
     `STANDBY_IDLE_S`), then run it: the function's result record goes to the job's result file."""
     try:
@@ -337,6 +341,3 @@ def _rank_main() -> int:
     os.environ.update(message["env"])
     return _main(message["job"], message["result"])
 
-
-if __name__ == "__main__":
-    sys.exit(_rank_main())

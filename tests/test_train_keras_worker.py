@@ -1,0 +1,74 @@
+"""The tf_keras rank's training loop: what it prepares before `fit` traces the first step (both stacks)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparkdl import stack
+from sparkdl.train.keras_worker import build_before_first_trace
+
+# (label shape per row, label dtype, model output layers, loss, metrics): each picks its Keras metric class by the
+# ranks and last dimensions of labels and predictions.
+CASES = {
+    "sparse labels, logits": ((), "int64", [("dense", 3)], "sparse_categorical_crossentropy", ["accuracy"]),
+    "one-hot labels, softmax": ((3,), "float32", [("softmax", 3)], "categorical_crossentropy", ["accuracy", "mse"]),
+    "binary labels, sigmoid": ((1,), "float32", [("sigmoid", 1)], "binary_crossentropy", ["accuracy"]),
+    "flat labels, flat output": ((), "float32", [("dense", 1), ("flatten", None)], "mse", ["accuracy", "mae"]),
+}
+
+
+def _compiled(case: str, steps_per_execution: int = 2):
+    keras = stack.keras_module("tf_keras")
+    label_shape, label_dtype, head, loss, metrics = CASES[case]
+    keras.utils.set_random_seed(7)
+    layers = [keras.layers.Input((4,)), keras.layers.Dense(8, activation="relu")]
+    for kind, units in head:
+        if kind == "flatten":
+            layers.append(keras.layers.Reshape(()))
+        else:
+            layers.append(keras.layers.Dense(units, activation=None if kind == "dense" else kind))
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, metrics=list(metrics),
+                  steps_per_execution=steps_per_execution)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    if label_shape == (3,):
+        y = np.eye(3, dtype=label_dtype)[rng.integers(0, 3, 64)]
+    else:
+        y = (rng.random((64,) + label_shape) > 0.5).astype(label_dtype)
+        if label_dtype == "int64":
+            y = rng.integers(0, 3, (64,) + label_shape)
+    return model, x, y
+
+
+def _train(case: str, prebuild: bool):
+    """Fit 4 steps; returns (weights, metric class names, how many times the train step was traced)."""
+    import tensorflow as tf
+
+    model, x, y = _compiled(case)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    if prebuild:
+        build_before_first_trace(model, data.element_spec)
+    traces = [0]
+    step = model.train_step
+
+    def counted(batch):
+        traces[0] += 1
+        return step(batch)
+
+    model.train_step = counted
+    model.fit(data, epochs=1, steps_per_epoch=4, verbose=0)
+    metrics = [(type(m).__name__, getattr(getattr(m, "_fn", None), "__name__", None))
+               for m in model.compiled_metrics.metrics]
+    return model.get_weights(), metrics, traces[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_building_before_the_first_trace_picks_kerass_own_metrics_and_trains_the_same_weights(case):
+    lazy_weights, lazy_metrics, lazy_traces = _train(case, prebuild=False)
+    built_weights, built_metrics, built_traces = _train(case, prebuild=True)
+    assert built_metrics == lazy_metrics  # e.g. sparse_categorical_accuracy, binary_accuracy: chosen by shapes
+    for lazy, built in zip(lazy_weights, built_weights, strict=True):
+        np.testing.assert_array_equal(lazy, built)
+    # A first trace that creates variables is traced again; AutoGraph's steps_per_execution loop traces twice.
+    assert (lazy_traces, built_traces) == (4, 2)

@@ -1,11 +1,18 @@
-"""The tf_keras rank's training loop: what it prepares before `fit` traces the first step (both stacks)."""
+"""The tf_keras rank's training loop: what it prepares before `fit` traces the first step, and the broadcast of
+rank 0's state after it (both stacks; the broadcast on 2 real Horovod processes)."""
 from __future__ import annotations
 
+import sys
+
+import cloudpickle
 import numpy as np
 import pytest
 
 from sparkdl import stack
+from sparkdl.train import HorovodRunner
 from sparkdl.train.keras_worker import build_before_first_trace
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the rank function below travels by value
 
 # (label shape per row, label dtype, model output layers, loss, metrics): each picks its Keras metric class by the
 # ranks and last dimensions of labels and predictions.
@@ -72,3 +79,34 @@ def test_building_before_the_first_trace_picks_kerass_own_metrics_and_trains_the
         np.testing.assert_array_equal(lazy, built)
     # A first trace that creates variables is traced again; AutoGraph's steps_per_execution loop traces twice.
     assert (lazy_traces, built_traces) == (4, 2)
+
+
+def broadcast_after_one_step():
+    """Each rank builds the model from its own seed, takes one step with learning rate 0 on its own data, then
+    `BroadcastInitialState` runs; returns (from rank 0) every rank's weights before and after, and optimizer state."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    from sparkdl.train.keras_worker import BroadcastInitialState
+
+    hvd.init()
+    keras = stack.keras_module("tf_keras")
+    keras.utils.set_random_seed(100 + hvd.rank())
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.Adam(0.0), loss="mse")
+    before = [w.tolist() for w in model.get_weights()]
+    x = np.full((8, 4), hvd.rank() + 1.0, dtype="float32")
+    model.fit(tf.data.Dataset.from_tensor_slices((x, x[:, :3])).batch(8), epochs=1, verbose=0,
+              callbacks=[BroadcastInitialState(0)])
+    slots = [np.asarray(v).tolist() for v in model.optimizer.variables()]
+    mine = {"before": before, "after": [w.tolist() for w in model.get_weights()], "slots": slots}
+    return hvd.allgather_object(mine)
+
+
+def test_after_the_first_step_every_rank_has_rank_0s_model_and_optimizer_variables(spark):
+    ranks = HorovodRunner(num_proc=2, spark=spark).run(broadcast_after_one_step)
+    assert len(ranks) == 2
+    assert ranks[0]["before"] != ranks[1]["before"]  # different seeds: the ranks started apart
+    assert ranks[1]["after"] == ranks[0]["after"] == ranks[0]["before"]  # rank 0's weights (lr 0: unchanged)
+    assert ranks[1]["slots"] == ranks[0]["slots"]  # Adam's moments of rank 0's data, and its step count
+    assert ranks[0]["slots"][0] == 1 and any(np.any(np.asarray(s)) for s in ranks[0]["slots"][1:])

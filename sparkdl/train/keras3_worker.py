@@ -1,13 +1,13 @@
 """What every Horovod rank runs for a Keras 3 model: sparkdl's own synchronous data-parallel training step.
 
 Keras 3 cannot go through Horovod's Keras wrappers (`'Variable' object has no attribute 'ref'`, horovod#4290) nor
-through `tf.distribute` in `model.fit` (keras-team/keras#20585). What works, unpatched, is a custom step over
-the *underlying* `tf.Variable`s (`v.value`): `hvd.DistributedGradientTape` averages the gradients of those
-variables across ranks and `hvd.broadcast_variables` gives every rank rank 0's starting state. On top of that
-step this module keeps the contract of `keras_worker.train_on_rank` (the tf_keras path): the same `TrainJob`,
+through `tf.distribute` in `model.fit` (keras-team/keras#20585). What works, unpatched, is a custom step over the
+*underlying* `tf.Variable`s (`v.value`): `hvd.DistributedGradientTape` averages the gradients of those variables
+across ranks and one broadcast (`rank_job.broadcast_variables`) gives every rank rank 0's starting state. On top of
+that step this module keeps the contract of `keras_worker.train_on_rank` (the tf_keras path): the same `TrainJob`,
 learning rate scaled by the number of ranks with Horovod's warm-up formula, metrics averaged across ranks every
-epoch, early stopping on the averaged monitor, per-epoch checkpoints through the progress channel, resume from
-a checkpoint's model and optimizer state, and the same returned history. User callbacks (Keras 3
+epoch, early stopping on the averaged monitor, per-epoch checkpoints through the progress channel, resume from a
+checkpoint's model and optimizer state, and the same returned history. User callbacks (Keras 3
 `keras.callbacks.Callback`) get `on_train_begin`, `on_epoch_begin`, `on_epoch_end` (with the averaged logs) and
 `on_train_end`, and may set `model.stop_training`; batch-level hooks are not called.
 
@@ -34,6 +34,7 @@ from sparkdl.train.rank_job import (
     TrainJob,
     _b64,
     _floats,
+    broadcast_variables,
     horovod_compression,
     job_datasets,
     make_optimizer,
@@ -47,11 +48,8 @@ __all__ = ["broadcast_state", "make_train_step", "train_keras3_on_rank"]
 def broadcast_state(model, optimizer=None, root_rank: int = 0) -> None:
     """Give every rank `root_rank`'s variables of a Keras 3 `model` (and of a built `optimizer`), through their
     underlying `tf.Variable`s. Call it after `make_train_step` (which builds the optimizer) and before training."""
-    import horovod.tensorflow as hvd
-
-    hvd.broadcast_variables([v.value for v in model.variables], root_rank=root_rank)
-    if optimizer is not None and optimizer.variables:
-        hvd.broadcast_variables([v.value for v in optimizer.variables], root_rank=root_rank)
+    optimizer_variables = list(optimizer.variables) if optimizer is not None else []
+    broadcast_variables([v.value for v in list(model.variables) + optimizer_variables], root_rank=root_rank)
 
 
 def labels_like(y, pred):

@@ -1,9 +1,9 @@
 """What every Horovod rank runs for `KerasEstimator.fit`: the Keras training loop and its callbacks.
 
 All ranks start from the same state: the model bytes built on the driver (or a checkpoint's model and optimizer
-state, on resume), and `BroadcastGlobalVariablesCallback(0)` on top. Rank 0 reports each epoch to the driver and
-sends the checkpoint of each epoch through the progress channel (acknowledged once written on the driver), so
-checkpoints land in the driver's work folder on a real cluster too.
+state, on resume), and rank 0's variables broadcast after the first call of the train function on top. Rank 0
+reports each epoch to the driver and sends the checkpoint of each epoch through the progress channel (acknowledged
+once written on the driver), so checkpoints land in the driver's work folder on a real cluster too.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sparkdl.train.rank_job import (
     TrainJob,
     _b64,
     _floats,
+    broadcast_variables,
     horovod_compression,
     job_datasets,
     make_optimizer,
@@ -87,6 +88,25 @@ class LearningRateWarmup(_callbacks_base()):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self._backend.get_value(self.model.optimizer.learning_rate))
+
+
+class BroadcastInitialState(_callbacks_base()):
+    """Every rank: after the first call of the train function, the model's and the optimizer's variables become
+    `root_rank`'s, as with Horovod's `BroadcastGlobalVariablesCallback` (after the first call, because the
+    optimizer's slots may only exist then), in one broadcast without AutoGraph (`rank_job.broadcast_variables`)."""
+
+    def __init__(self, root_rank: int = 0):
+        super().__init__()
+        self.root_rank = root_rank
+        self.done = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.done:
+            return
+        optimizer = self.model.optimizer
+        slots = optimizer.variables() if callable(optimizer.variables) else optimizer.variables
+        broadcast_variables(list(self.model.variables) + list(slots), self.root_rank)
+        self.done = True
 
 
 class ChannelCheckpoint(_callbacks_base()):
@@ -175,7 +195,7 @@ def train_on_rank(job: TrainJob) -> dict:
     build_before_first_trace(model, train.element_spec)
     progress.mark("data_ready")
 
-    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]
+    callbacks = [BroadcastInitialState(0), hvd.callbacks.MetricAverageCallback()]
     callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))
     if job.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))

@@ -181,10 +181,24 @@ def test_ranks_report_whether_they_ran_in_a_standby_and_take_their_jobs_environm
 
 
 def rank_process_facts() -> dict:
+    """The rank process's pid and environment; and the priorities: of the thread that imported TensorFlow, of the
+    function's thread and of every thread alive after TensorFlow computed (its compute threads made)."""
+    import glob
     import os
+    import threading
 
+    import tensorflow as tf
+
+    from sparkdl.train import launch as rank_module
+
+    tf.reduce_sum(tf.matmul(tf.ones((64, 64)), tf.ones((64, 64)))).numpy()
+    threads = set()
+    for stat in glob.glob("/proc/self/task/*/stat"):
+        with open(stat) as f:
+            threads.add(int(f.read().rsplit(")", 1)[1].split()[16]))  # field 19, nice
     return {"pid": os.getpid(), "cycle_time": os.environ.get("HOROVOD_CYCLE_TIME"),
-            "mark": os.environ.get("SPARKDL_TEST_MARK")}
+            "mark": os.environ.get("SPARKDL_TEST_MARK"), "import_nice": rank_module._standby_import_nice,
+            "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), "threads_nice": threads}
 
 
 def test_the_process_a_rank_leaves_as_standby_runs_the_next_rank_of_the_same_environment():
@@ -203,10 +217,17 @@ def test_the_process_a_rank_leaves_as_standby_runs_the_next_rank_of_the_same_env
     assert first["ok"] and len(launch._standby) == 1
     standby_pid = launch._standby[0].process.pid
     assert first["result"]["pid"] != standby_pid
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert first["result"]["import_nice"] is None and first["result"]["threads_nice"] == {nice}
 
     job_env = {**env, "HOROVOD_CYCLE_TIME": "3"}  # one job's own variable: the standby serves it
     second = launch.run_rank(job, job_env, 0, launch.rank_process(job_env), standby=True)
-    assert second["result"] == {"pid": standby_pid, "cycle_time": "3", "mark": None}
+    facts = {k: second["result"][k] for k in ("pid", "cycle_time", "mark")}
+    assert facts == {"pid": standby_pid, "cycle_time": "3", "mark": None}
+    # The standby imported at the lowest priority where it may restore the normal one, at which the function and
+    # TensorFlow's threads run.
+    assert second["result"]["import_nice"] == (19 if launch._may_restore_priority(nice) else None)
+    assert second["result"]["nice"] == nice and second["result"]["threads_nice"] == {nice}
 
     other = {**env, "SPARKDL_TEST_MARK": "x"}  # another environment: a new process, the unused standby stopped
     left = launch._standby[0].process

@@ -53,7 +53,10 @@ _STANDBY_MARGIN_S = 30.0
 _in_standby = False
 # How a task starts a rank process: `-c`, not `-m sparkdl.train.launch`, so the process holds one copy of this
 # module (runpy would run a second one as `__main__` beside the one the package imports).
-_RANK_COMMAND = "import sys; from sparkdl.train.launch import rank_main; sys.exit(rank_main())"
+_RANK_COMMAND = "import sys; from sparkdl.train.launch import rank_main; sys.exit(rank_main(sys.argv[1:]))"
+# The nice value a standby imports at where it may restore its priority: it takes no CPU from the next job's work.
+_STANDBY_IMPORT_NICE = 19
+_standby_import_nice: int | None = None  # the nice value a standby imported at (None: the normal one)
 # Set by a job in its ranks' environment, and read only once the function runs: a standby started without them
 # serves the job (see the module docstring).
 _PER_JOB_PREFIX = "HOROVOD_"
@@ -189,8 +192,13 @@ def rank_process(env: Mapping[str, str], standby: bool = True) -> RankProcess:
         if standby and kept.key == key and fresh and kept.process.poll() is None:
             return replace(kept, standby=True)
         _stop(kept.process)
-    process = subprocess.Popen([sys.executable, "-c", _RANK_COMMAND], env=standby_env(env),
-                               stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
+    return _spawn(env, key)
+
+
+def _spawn(env: Mapping[str, str], key: str, standby: bool = False) -> RankProcess:
+    """Start a rank process that imports and then waits for its job on stdin (a standby imports at low priority)."""
+    process = subprocess.Popen([sys.executable, "-c", _RANK_COMMAND] + (["standby"] if standby else []),
+                               env=standby_env(env), stdin=subprocess.PIPE, preexec_fn=_die_with_parent)
     return RankProcess(process, key, time.monotonic())
 
 
@@ -233,7 +241,7 @@ def _start_standby(env: Mapping[str, str]) -> None:
     while _standby:
         _stop(_standby.pop().process)
     try:
-        _standby.append(rank_process(env, standby=False))
+        _standby.append(_spawn(env, standby_key(env), standby=True))
     except OSError:  # no standby: the next job starts its rank process then
         pass
 
@@ -320,15 +328,64 @@ def _main(job_path: str, result_path: str) -> int:
     return 0 if record.get("ok") else _FAILED
 
 
-def rank_main() -> int:
-    """A rank process: import what every rank imports, wait for the job on stdin (a standby: up to
-    `STANDBY_IDLE_S`), then run it: the function's result record goes to the job's result file."""
+def _import_rank_modules() -> None:
     try:
         import horovod.tensorflow  # noqa: F401
 
         import sparkdl.train.keras_worker  # noqa: F401 - TensorFlow and both Keras workers
     except Exception:  # noqa: BLE001 - nothing lost: the job imports what it needs itself and fails there
         pass
+
+
+def _import_at_low_priority() -> None:
+    """A standby's imports, at nice 19 where the process may restore its priority afterwards (CAP_SYS_NICE, or an
+    RLIMIT_NICE that allows it), else at the normal priority. A standby starts as the last job ends, often while
+    the next job's validation and cache run on the same cores; at nice 19 its imports take no CPU from them. The
+    imports run on the main thread (libraries keep thread-local state from their import, e.g. Keras's saving
+    format), and every thread is back at the normal priority before the job comes: threads inherit their creator's
+    priority, and TensorFlow makes its compute threads on the first operation."""
+    global _standby_import_nice
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    if not _may_restore_priority(normal):
+        _import_rank_modules()
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, _STANDBY_IMPORT_NICE)  # this thread (the main one)
+        _standby_import_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        _import_rank_modules()
+    finally:
+        for task in os.listdir("/proc/self/task"):  # this thread and any the imports started
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task), normal)
+            except OSError:  # a thread that has exited since
+                pass
+
+
+def _may_restore_priority(normal: int) -> bool:
+    """Whether this process may go back to nice `normal` after nice 19 (Linux: root, CAP_SYS_NICE, RLIMIT_NICE)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
+        if limit == resource.RLIM_INFINITY or 20 - normal <= limit:
+            return True
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+        return bool(effective >> 23 & 1)  # CAP_SYS_NICE
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return False
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """A rank process: import what every rank imports, wait for the job on stdin (a standby, `argv` ["standby"]:
+    imports at low priority and waits up to `STANDBY_IDLE_S`), then run it: the function's result record goes to
+    the job's result file."""
+    if "standby" in (argv or []):
+        _import_at_low_priority()
+    else:
+        _import_rank_modules()
     if not select.select([sys.stdin], [], [], STANDBY_IDLE_S)[0]:
         return 0
     data = sys.stdin.buffer.read()
@@ -340,4 +397,3 @@ def rank_main() -> int:
     os.environ.clear()
     os.environ.update(message["env"])
     return _main(message["job"], message["result"])
-

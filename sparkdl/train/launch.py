@@ -190,6 +190,8 @@ def rank_process(env: Mapping[str, str], standby: bool = True) -> RankProcess:
         kept = _standby.pop()
         fresh = time.monotonic() - kept.started < STANDBY_IDLE_S - _STANDBY_MARGIN_S
         if standby and kept.key == key and fresh and kept.process.poll() is None:
+            # one still importing at nice 19 (`rank_main`) finishes at this task's priority
+            renice_threads(kept.process.pid, os.getpriority(os.PRIO_PROCESS, 0))
             return replace(kept, standby=True)
         _stop(kept.process)
     return _spawn(env, key)
@@ -354,11 +356,21 @@ def _import_at_low_priority() -> None:
         _standby_import_nice = os.getpriority(os.PRIO_PROCESS, 0)
         _import_rank_modules()
     finally:
-        for task in os.listdir("/proc/self/task"):  # this thread and any the imports started
-            try:
-                os.setpriority(os.PRIO_PROCESS, int(task), normal)
-            except OSError:  # a thread that has exited since
-                pass
+        renice_threads("self", normal)  # this thread and any the imports started
+
+
+def renice_threads(pid: int | str, nice: int) -> None:
+    """Set every thread of process `pid` ("self": this one) to nice value `nice`, best effort (a thread may exit
+    meanwhile; lowering a nice value needs the privilege a standby only imports at nice 19 with)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # not Linux, or the process has exited
+        return
+    for task in tasks:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
+        except OSError:
+            pass
 
 
 def _may_restore_priority(normal: int) -> bool:

@@ -41,10 +41,10 @@ def _compiled(case: str, steps_per_execution: int = 2):
     x = rng.normal(size=(64, 4)).astype("float32")
     if label_shape == (3,):
         y = np.eye(3, dtype=label_dtype)[rng.integers(0, 3, 64)]
+    elif label_dtype == "int64":
+        y = rng.integers(0, 3, (64,) + label_shape)
     else:
         y = (rng.random((64,) + label_shape) > 0.5).astype(label_dtype)
-        if label_dtype == "int64":
-            y = rng.integers(0, 3, (64,) + label_shape)
     return model, x, y
 
 

@@ -3,6 +3,7 @@ learning rate scaled by the number of ranks, the warm-up schedule and the rank's
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +68,6 @@ def trace_allreduce_without_autograph(distributed) -> None:
             setattr(helper, attr, plain)
 
 
-_BROADCAST = []  # the one traced function of `broadcast_variables`, made on first use
-
-
 def broadcast_variables(variables, root_rank: int = 0) -> None:
     """Set the `tf.Variable`s `variables` on every rank to `root_rank`'s values, in one collective call.
 
@@ -78,18 +76,20 @@ def broadcast_variables(variables, root_rank: int = 0) -> None:
     (model, then optimizer), about 0.5 s of a one-thread rank's first step in all. Every rank must call it with
     the same variables in the same order."""
     variables = list(variables)
-    if not variables:
-        return
-    if not _BROADCAST:
-        import tensorflow as tf
-        from horovod.tensorflow import broadcast
+    if variables:
+        _broadcast_function()(variables, root_rank)
 
-        def assign_all(values, root):
-            for var in values:
-                var.assign(broadcast(var, root))
 
-        _BROADCAST.append(tf.function(assign_all, autograph=False))
-    _BROADCAST[0](variables, root_rank)
+@functools.cache
+def _broadcast_function():
+    import tensorflow as tf
+    from horovod.tensorflow import broadcast
+
+    def assign_all(values, root):
+        for var in values:
+            var.assign(broadcast(var, root))
+
+    return tf.function(assign_all, autograph=False)
 
 
 def _b64(data: bytes) -> str:

@@ -10,8 +10,9 @@ Write: executors write Parquet files with `df.write.parquet` into a fresh sub-fo
 (`sparkdl-write-<time>-<id>/`, which stays the files' home); the driver reads the footers for per-file stats and
 commits all files in ONE transaction (`create_table_with_add_actions` for a new table or a schema replacement,
 `DeltaTable.create_write_transaction` otherwise; an overwrite removes every old file in the same commit).
-A failed Spark job or commit commits nothing and the sub-folder is deleted (best-effort); folders left by killed
-writes are removed later (`sparkdl.lake.staging`). Conflicting appends are retried. `schema_mode="merge"` first
+A failed Spark job or commit commits nothing and the sub-folder is deleted (best-effort, once every task of the
+failed job has stopped: `sparkdl.spark_jobs`); folders left by killed writes are removed later
+(`sparkdl.lake.staging`). Conflicting appends are retried. `schema_mode="merge"` first
 commits the added nullable columns (a metadata-only commit), then the data. Timestamps are written as Parquet
 TIMESTAMP_MICROS: the session's `spark.sql.parquet.outputTimestampType` is set to it when a written column holds
 timestamps.
@@ -52,6 +53,7 @@ from sparkdl.lake.versions import (
     user_metadata,
 )
 from sparkdl.log import get_logger
+from sparkdl.spark_jobs import stopped_on_error
 from sparkdl.uri import filesystem, join_table_path, local_path
 
 log = get_logger("lake.delta_rs")
@@ -365,7 +367,8 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
     fs, root = filesystem(uri)
     state = "unchanged" if read_version is not None else "not created"
     try:
-        _spark_write(spark, out, _spark_location(uri) + "/" + staging_dir, plan)
+        with stopped_on_error(spark, staging_dir):
+            _spark_write(spark, out, _spark_location(uri) + "/" + staging_dir, plan)
         adds = _add_actions(fs, root, staging_dir, plan)
     except BaseException as exc:
         staging.remove(fs, root, staging_dir)

@@ -49,6 +49,7 @@ def running_tasks(sc, tag: str) -> int:
     """How many tasks of the jobs tagged `tag` run now (a job still running counts as at least one)."""
     tracker = sc.statusTracker()
     running = 0
+    # PySpark's StatusTracker has no getJobIdsForTag; the JVM's SparkStatusTracker has (Spark 3.5+).
     for job_id in sc._jsc.sc().statusTracker().getJobIdsForTag(tag):
         job = tracker.getJobInfo(job_id)
         if job is None:

@@ -46,7 +46,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("sparkdl.train.serialization", "sparkdl.models.saving"): "TensorFlow, only when a model is deserialized",
     ("sparkdl.train.launch", "sparkdl.train.keras_worker"): "TensorFlow, imported ahead only in a standby rank",
     ("sparkdl.train.estimator", "sparkdl.models"): "TensorFlow, only when a model is built or checked",
-    ("sparkdl.train.estimator", "sparkdl.models.zoo"): "TensorFlow, as above",
     ("sparkdl.workflows", "sparkdl.models"): "TensorFlow, only to list the model zoo (CLI start-up stays light)",
 }
 

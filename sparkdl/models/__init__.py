@@ -21,6 +21,7 @@ from sparkdl.models.zoo import (
     build_mlp,
     build_text_cnn,
     build_text_gru,
+    check_choice,
     default_loss,
     default_metrics,
     register_builder,
@@ -32,6 +33,6 @@ __all__ = [
     "Augmentation", "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams",
     "available",
     "build", "build_cnn", "build_embedding", "build_lstm", "build_mlp", "build_text_cnn", "build_text_gru",
-    "default_loss", "default_metrics",
+    "check_choice", "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",
 ]

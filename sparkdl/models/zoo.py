@@ -279,13 +279,40 @@ def accepted_hparams(builder: Builder) -> dict[str, object] | None:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _check_hparams(label: str, builder: Builder, hparams: dict) -> None:
+def check_choice(name_or_model: str | Any | Builder, hparams: dict | None = None) -> None:
+    """Check a model choice before anything is built: a known zoo name, a builder function or a ready Keras model,
+    and hparams the builder accepts (none with a ready model).
+
+    Raises:
+        ConfigError: unknown name (lists the known ones), unknown hparam (lists the accepted ones), hparams given
+            with a ready model, or a choice of another type.
+    """
+    hparams = hparams or {}
+    if stack.is_keras_model(name_or_model):
+        if hparams:
+            raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
+                              f"{name_or_model.name!r}; they would be ignored (pass a builder function instead)")
+        return
+    label, builder = _builder_of(name_or_model)
     accepted = accepted_hparams(builder)
     if accepted is None:
         return
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise ConfigError(f"model {label}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
+
+
+def _builder_of(name_or_model) -> tuple[str, Builder]:
+    """(label for messages, builder) of a zoo name or a builder function."""
+    if isinstance(name_or_model, str):
+        if name_or_model not in _BUILDERS:
+            raise ConfigError(f"unknown model {name_or_model!r}; known models: {available()} "
+                              f"(or pass a Keras model or a builder function)")
+        return repr(name_or_model), _BUILDERS[name_or_model]
+    if callable(name_or_model):
+        return repr(getattr(name_or_model, "__name__", "builder")), name_or_model
+    raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
+                      f"got {type(name_or_model).__name__}")
 
 
 def _check_input_shape(model, signature: ModelSignature, label: str) -> None:
@@ -324,23 +351,11 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
         raise ConfigError(f"build: image augmentation ({augment}) is built into the zoo's image models (cnn, "
                           f"embedding); for {getattr(name_or_model, 'name', name_or_model)!r} add Keras "
                           f"RandomFlip/RandomZoom layers to the model itself")
+    check_choice(name_or_model, hparams)
     if stack.is_keras_model(name_or_model):
-        if hparams:
-            raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
-                              f"{name_or_model.name!r}; they would be ignored (pass a builder function instead)")
         _check_input_shape(name_or_model, signature, repr(name_or_model.name))
         return name_or_model
-    if isinstance(name_or_model, str):
-        if name_or_model not in _BUILDERS:
-            raise ConfigError(f"unknown model {name_or_model!r}; known models: {available()} "
-                              f"(or pass a Keras model or a builder function)")
-        label, builder = repr(name_or_model), _BUILDERS[name_or_model]
-    elif callable(name_or_model):
-        label, builder = repr(getattr(name_or_model, "__name__", "builder")), name_or_model
-    else:
-        raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
-                          f"got {type(name_or_model).__name__}")
-    _check_hparams(label, builder, hparams)
+    label, builder = _builder_of(name_or_model)
     token, augment_token = _FLAVOUR.set(keras), _AUGMENT.set(augment)
     try:
         model = builder(signature, **hparams)

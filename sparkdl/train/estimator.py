@@ -588,24 +588,9 @@ def _model_name(model, name) -> str:
 
 def _check_model_choice(model, hparams: dict) -> None:
     """Unknown zoo names and hparams fail here, with no TensorFlow model built yet."""
-    if isinstance(model, str):
-        from sparkdl.models import accepted_hparams, available
-        from sparkdl.models.zoo import _BUILDERS
+    from sparkdl.models import check_choice
 
-        if model not in available():
-            raise ConfigError(f"unknown model {model!r}; known models: {available()} "
-                              f"(or pass a Keras model or a builder function)")
-        accepted = accepted_hparams(_BUILDERS[model])
-        unknown = sorted(set(hparams) - set(accepted)) if accepted is not None else []
-        if unknown:
-            raise ConfigError(f"model {model!r}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
-    elif hasattr(model, "get_config") and hasattr(model, "predict"):
-        if hparams:
-            raise ConfigError("hparams were given with a ready-made Keras model; they would be ignored "
-                              "(pass a builder function instead)")
-    elif not callable(model):
-        raise ConfigError(f"model must be a zoo name, a Keras model or a builder function, "
-                          f"got {type(model).__name__}")
+    check_choice(model, hparams)
 
 
 def _build_model(p: FitSettings, signature: ModelSignature):

@@ -32,15 +32,15 @@ import time
 from sparkdl.train import progress
 from sparkdl.train.rank_job import (
     TrainJob,
-    _b64,
-    _floats,
     broadcast_variables,
     horovod_compression,
     job_datasets,
     make_optimizer,
+    report_checkpoint,
+    report_epoch,
     warmup_learning_rate,
 )
-from sparkdl.train.serialization import model_from_bytes, model_to_bytes, optimizer_to_bytes, restore_optimizer
+from sparkdl.train.serialization import model_from_bytes, model_to_bytes, restore_optimizer
 
 __all__ = ["broadcast_state", "make_train_step", "train_keras3_on_rank"]
 
@@ -254,11 +254,9 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
             history.setdefault(key, []).append(value)
         epochs_done.append(epoch)
         if rank == 0:
-            progress.report("epoch", epoch=epoch, epochs=job.epochs, logs=_floats(logs), seconds=seconds,
-                            examples_per_s=examples / max(seconds, 1e-9))
+            report_epoch(epoch, job.epochs, logs, seconds, examples)
             if (epoch + 1) % max(1, int(job.checkpoint_every)) == 0:
-                progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
-                                model=_b64(model_to_bytes(model)), optimizer=_b64(optimizer_to_bytes(optimizer)))
+                report_checkpoint(epoch, logs, model, optimizer)
         if monitor.should_stop(logs) or model.stop_training:  # averaged logs: every rank decides the same
             break
     for callback in callbacks:

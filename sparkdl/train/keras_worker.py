@@ -16,19 +16,18 @@ from sparkdl.train import progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import (
     TrainJob,
-    _b64,
-    _floats,
     broadcast_variables,
     horovod_compression,
     job_datasets,
     make_optimizer,
+    report_checkpoint,
+    report_epoch,
     trace_allreduce_without_autograph,
     warmup_learning_rate,
 )
 from sparkdl.train.serialization import (
     model_from_bytes,
     model_to_bytes,
-    optimizer_to_bytes,
     restore_optimizer,
 )
 
@@ -57,8 +56,7 @@ class EpochReporter(_callbacks_base()):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - (self._start or time.perf_counter())
-        progress.report("epoch", epoch=epoch, epochs=self.epochs, logs=_floats(logs),
-                        seconds=seconds, examples_per_s=self.examples_per_epoch / max(seconds, 1e-9))
+        report_epoch(epoch, self.epochs, logs, seconds, self.examples_per_epoch)
 
 
 class LearningRateWarmup(_callbacks_base()):
@@ -119,9 +117,7 @@ class ChannelCheckpoint(_callbacks_base()):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
-                        model=_b64(model_to_bytes(self.model)),
-                        optimizer=_b64(optimizer_to_bytes(self.model.optimizer)))
+        report_checkpoint(epoch, logs, self.model, self.model.optimizer)
 
 
 def build_before_first_trace(model, element_spec) -> None:

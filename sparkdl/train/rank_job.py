@@ -1,5 +1,6 @@
 """What every Horovod rank of `KerasEstimator.fit` shares, whatever its Keras: the job record, the optimizer with its
-learning rate scaled by the number of ranks, the warm-up schedule and the rank's shards of the data."""
+learning rate scaled by the number of ranks, the warm-up schedule, the rank's shards of the data and rank 0's
+reports of epochs and checkpoints to the driver."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +10,8 @@ from typing import Any
 
 from sparkdl import stack
 from sparkdl.data.dataset import tf_dataset
+from sparkdl.train import progress
+from sparkdl.train.serialization import model_to_bytes, optimizer_to_bytes
 
 
 @dataclass
@@ -92,10 +95,6 @@ def _broadcast_function():
     return tf.function(assign_all, autograph=False)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def make_optimizer(spec, learning_rate: float | None, size: int, flavour: str = "tf_keras"):
     """A Keras optimizer (of `flavour`) from a name or config, its learning rate scaled by `size` (the ranks)."""
     keras = stack.keras_module(flavour)
@@ -124,6 +123,22 @@ def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch:
     if progress_epochs >= warmup_epochs:
         return scaled_lr
     return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+
+
+def report_epoch(epoch: int, epochs: int, logs, seconds: float, examples: int) -> None:
+    """Rank 0: send an epoch's logs (the numbers among them), its time and examples/s to the driver."""
+    progress.report("epoch", epoch=epoch, epochs=epochs, logs=_floats(logs), seconds=seconds,
+                    examples_per_s=examples / max(seconds, 1e-9))
+
+
+def report_checkpoint(epoch: int, logs, model, optimizer) -> None:
+    """Rank 0: send the model and optimizer state after `epoch` to the driver and wait for its acknowledgement."""
+    progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
+                    model=_b64(model_to_bytes(model)), optimizer=_b64(optimizer_to_bytes(optimizer)))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _floats(logs) -> dict:

@@ -40,6 +40,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
+from sparkdl.tf_runtime import task_gpus
 from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV, ProgressClient, client, report
 from sparkdl.train.resources import WorkerSetup, interface_towards
 
@@ -107,8 +108,7 @@ class RankLaunch:
             env.update({**slot_env(slot), **rendezvous_env(self.rendezvous_host, self.rendezvous_port, iface)})
             setup = self.setup
             if setup.use_gpu:
-                gpu = ctx.resources().get("gpu")
-                setup = replace(setup, gpus=tuple(gpu.addresses) if gpu is not None else ())
+                setup = replace(setup, gpus=tuple(task_gpus()))
         except BaseException:
             _stop(process.process)
             raise

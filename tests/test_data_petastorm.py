@@ -226,6 +226,23 @@ def test_split(spark):
         split(df, "nope")
 
 
+def test_a_failed_conversion_leaves_no_folder_behind(spark, parent, tmp_path):
+    from pyspark.sql import functions as F
+
+    @F.udf("long")
+    def explode_on_7(value):
+        if value == 7:
+            raise ValueError("boom on row 7")
+        return value
+
+    bad = _id_df(spark, 10).withColumn("label", explode_on_7("label"))
+    with pytest.raises(Exception, match="boom on row 7"):
+        pio.convert(bad, {"failing": 1}, parent=parent)
+    cache_dir = tmp_path / "cache"
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
+    assert pio.convert(_id_df(spark, 10), {"failing": 1}, parent=parent).num_rows == 10  # the same key, written
+
+
 def test_bad_arguments(spark, parent):
     data = pio.convert(_id_df(spark, 3), {"tiny": 1}, parent=parent)
     with pytest.raises(ConfigError, match="ranks"):

@@ -39,6 +39,7 @@ from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.session import work_dir
+from sparkdl.spark_jobs import stopped_on_error
 from sparkdl.uri import filesystem, join, local_path, normalized, same_file
 
 log = get_logger("data.petastorm")
@@ -363,8 +364,16 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
     tmp_url = join(parent, f"{TMP_PREFIX}{key_hash(key)}-{uuid.uuid4().hex[:8]}")
     out = _cast(df, dtype)
     started = time.time()
-    (out.write.option("compression", compression.lower()).option("parquet.block.size", int(row_group_size_bytes))
-     .parquet(tmp_url))
+    try:
+        with stopped_on_error(spark or df.sparkSession, "sparkdl-cache"):
+            (out.write.option("compression", compression.lower())
+             .option("parquet.block.size", int(row_group_size_bytes)).parquet(tmp_url))
+    except BaseException:
+        try:
+            _delete_folder(tmp_url)  # a failed write leaves no partial cache behind
+        except Exception as exc:  # noqa: BLE001 - the write's own error is the one to raise
+            log.warning("could not remove the partial Petastorm cache %s: %s", tmp_url, exc)
+        raise
     files = _list_parquet(tmp_url)
     columns = tuple(out.columns)
     row_groups, total = _footers([join(tmp_url, f) for f in files])

@@ -126,3 +126,35 @@ def no_coalesce(spark):
     spark.conf.set(key, "false")
     yield
     spark.conf.set(key, before)
+
+
+@pytest.fixture
+def failing_job_with_a_busy_sibling(spark, tmp_path):
+    """A DataFrame of 4 partitions (ids 0..99, column `v`) whose job fails while a sibling task is busy: on
+    local[2] partitions 2 and 3 run together; partition 2 is busy on id 50 for 1 s and then leaves the returned
+    marker file, partition 3 raises "boom on row 77" once partition 2 is busy. Spark stops the sibling no sooner
+    than `spark.python.task.killTimeout` (2 s) after the failure, so the marker tells whether a caller waited for
+    the failed job's tasks to end."""
+    import time
+
+    from pyspark.sql import functions as F
+
+    busy, done = str(tmp_path / "sibling-busy"), tmp_path / "sibling-done"
+    done_path = str(done)
+
+    @F.udf("long")
+    def busy_or_failing(value):
+        import os
+
+        if value == 50:
+            open(busy, "w").close()
+            time.sleep(1.0)
+            open(done_path, "w").close()
+        if value == 77:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(busy) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise ValueError("boom on row 77")
+        return value
+
+    return spark.range(0, 100, numPartitions=4).select(busy_or_failing("id").alias("v")), done

@@ -337,23 +337,13 @@ def test_bad_input_raises_before_any_write(spark, lake):
 
 # -- faults ------------------------------------------------------------------------------------------------------
 
-def test_failed_spark_job_leaves_table_unchanged(spark, lake):
+def test_failed_spark_job_leaves_table_unchanged(spark, lake, failing_job_with_a_busy_sibling):
     table = lake / "faulty"
     lk.write_table(spark.range(10).withColumn("y", F.col("id") * 2), table)
     before = lk.snapshot(table)
 
-    sibling_done = lake / "sibling-done"
-
-    @F.udf("long")
-    def explode_on_77(value):
-        if value == 77:
-            raise ValueError("boom on row 77")
-        if value == 50:  # partition 2 runs beside the failing partition 3 and is still busy when the job fails
-            time.sleep(1.0)
-            sibling_done.touch()
-        return value * 2
-
-    bad = spark.range(0, 100, numPartitions=4).withColumn("y", explode_on_77("id"))
+    bad, sibling_done = failing_job_with_a_busy_sibling
+    bad = bad.selectExpr("v as id", "v * 2 as y")
     with pytest.raises(TableError, match="table is unchanged"):
         lk.write_table(bad, table)
     assert sibling_done.exists()  # the staging folder went only after the failed job's last task had stopped

@@ -215,6 +215,26 @@ def test_unknown_hparam_names_it_and_the_accepted_ones():
         models.build("mlp", ModelSignature((4,), "binary"), hiden=(3,))
 
 
+def test_check_choice_fails_as_build_would_with_nothing_built():
+    def tiny(signature, *, units=2):
+        raise AssertionError("check_choice must not call the builder")
+
+    inputs = tf.keras.Input((4,))
+    ready = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(inputs))
+    models.check_choice("mlp", {"hidden": (3,)})
+    models.check_choice(tiny, {"units": 3})
+    models.check_choice(ready)
+    for choice, hparams, message in [
+        ("resnet", {}, "unknown model 'resnet'"),
+        ("mlp", {"hiden": (3,)}, r"model 'mlp': unknown hparam\(s\) \['hiden'\]"),
+        (tiny, {"width": 4}, r"model 'tiny': unknown hparam\(s\) \['width'\]; accepted: \['units'\]"),
+        (ready, {"hidden": (3,)}, "ready-made model"),
+        (42, {}, "expected a model name, a Keras model or a builder function, got int"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            models.check_choice(choice, hparams)
+
+
 @pytest.mark.parametrize("name, hparams, message", [
     ("mlp", {"hidden": [8, -1]}, "'hidden' must be a positive int"),
     ("mlp", {"dropout": 1.5}, r"'dropout' must be in \[0, 1\)"),

@@ -287,32 +287,31 @@ def check_choice(name_or_model: str | Any | Builder, hparams: dict | None = None
         ConfigError: unknown name (lists the known ones), unknown hparam (lists the accepted ones), hparams given
             with a ready model, or a choice of another type.
     """
-    hparams = hparams or {}
+    _checked_builder(name_or_model, hparams or {})
+
+
+def _checked_builder(name_or_model, hparams: dict) -> tuple[str, Builder] | None:
+    """(label for messages, builder) of a checked zoo name or builder function; None for a ready Keras model."""
     if stack.is_keras_model(name_or_model):
         if hparams:
             raise ConfigError(f"build: hparams {sorted(hparams)} were given with a ready-made model "
                               f"{name_or_model.name!r}; they would be ignored (pass a builder function instead)")
-        return
-    label, builder = _builder_of(name_or_model)
-    accepted = accepted_hparams(builder)
-    if accepted is None:
-        return
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ConfigError(f"model {label}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
-
-
-def _builder_of(name_or_model) -> tuple[str, Builder]:
-    """(label for messages, builder) of a zoo name or a builder function."""
+        return None
     if isinstance(name_or_model, str):
         if name_or_model not in _BUILDERS:
             raise ConfigError(f"unknown model {name_or_model!r}; known models: {available()} "
                               f"(or pass a Keras model or a builder function)")
-        return repr(name_or_model), _BUILDERS[name_or_model]
-    if callable(name_or_model):
-        return repr(getattr(name_or_model, "__name__", "builder")), name_or_model
-    raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
-                      f"got {type(name_or_model).__name__}")
+        label, builder = repr(name_or_model), _BUILDERS[name_or_model]
+    elif callable(name_or_model):
+        label, builder = repr(getattr(name_or_model, "__name__", "builder")), name_or_model
+    else:
+        raise ConfigError(f"build: expected a model name, a Keras model or a builder function, "
+                          f"got {type(name_or_model).__name__}")
+    accepted = accepted_hparams(builder)
+    unknown = sorted(set(hparams) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"model {label}: unknown hparam(s) {unknown}; accepted: {sorted(accepted)}")
+    return label, builder
 
 
 def _check_input_shape(model, signature: ModelSignature, label: str) -> None:
@@ -351,11 +350,11 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
         raise ConfigError(f"build: image augmentation ({augment}) is built into the zoo's image models (cnn, "
                           f"embedding); for {getattr(name_or_model, 'name', name_or_model)!r} add Keras "
                           f"RandomFlip/RandomZoom layers to the model itself")
-    check_choice(name_or_model, hparams)
-    if stack.is_keras_model(name_or_model):
+    checked = _checked_builder(name_or_model, hparams)
+    if checked is None:  # a ready Keras model
         _check_input_shape(name_or_model, signature, repr(name_or_model.name))
         return name_or_model
-    label, builder = _builder_of(name_or_model)
+    label, builder = checked
     token, augment_token = _FLAVOUR.set(keras), _AUGMENT.set(augment)
     try:
         model = builder(signature, **hparams)

@@ -36,7 +36,6 @@ def stopped_on_error(spark, label: str, timeout: float = STOP_TIMEOUT_S) -> Iter
     try:
         yield tag
     except BaseException:
-        sc.removeJobTag(tag)
         sc.cancelJobsWithTag(tag)
         if not _wait_until_stopped(sc, tag, timeout):
             log.warning("tasks of the failed Spark job(s) tagged %s still run after %.0f s", tag, timeout)

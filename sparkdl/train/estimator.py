@@ -306,7 +306,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         p["model_name"] = _model_name(p["model"], p["model_name"])
         p["run_name"] = check_run_name(p["run_name"] or f"{p['model_name']}-{time.strftime('%Y%m%d-%H%M%S')}-"
                                                           f"{uuid.uuid4().hex[:6]}")
-        _check_model_choice(p["model"], p["hparams"])
+        from sparkdl.models import check_choice  # TensorFlow: imported only when a fit starts
+
+        check_choice(p["model"], p["hparams"])  # unknown zoo names and hparams, with no model built yet
         p["track"] = tracking.tracking_wanted(p["mlflow"])
         return FitSettings(**p)
 
@@ -584,13 +586,6 @@ def _model_name(model, name) -> str:
     if name is None:
         name = model if isinstance(model, str) else "keras_model"
     return validate_name(name)
-
-
-def _check_model_choice(model, hparams: dict) -> None:
-    """Unknown zoo names and hparams fail here, with no TensorFlow model built yet."""
-    from sparkdl.models import check_choice
-
-    check_choice(model, hparams)
 
 
 def _build_model(p: FitSettings, signature: ModelSignature):

@@ -92,7 +92,7 @@ setup_stack() {  # $1: pinned | current
   case "$STACK" in
     pinned)  venv="${SPARKDL_VENV:-$ROOT/.venv}"; constraints=constraints.txt; patches=""; extras="cpu,petastorm,mlflow,test" ;;
     current) venv="${SPARKDL_VENV_CURRENT:-$ROOT/.venv-current}"; constraints=constraints-current.txt
-             patches="$ROOT/scripts/patches/horovod-$HOROVOD_VERSION"; extras="cpu,tf-keras,mlflow,test" ;;
+             patches="$ROOT/scripts/patches/horovod-$HOROVOD_VERSION"; extras="cpu,tf-keras,mlflow,connect,test" ;;
     *) die "unknown stack '$STACK' (expected pinned, current or all)" ;;
   esac
   stamp="$venv/.sparkdl-setup-stamp"

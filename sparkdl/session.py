@@ -6,6 +6,9 @@ explicit `spark.jars` files that exist, `spark.jars.packages` whose artifacts ar
 repository answers, or a delta-spark jar already on Spark's classpath. Anything else would make Ivy try Maven
 Central and kill the JVM ([JAVA_GATEWAY_EXITED]); sparkdl raises a `SessionError` instead, before starting it.
 Without the extension, Delta tables go through delta-rs (see `sparkdl.lake`).
+
+A Spark Connect session (a notebook's, or one `get_spark(remote=...)`, YAML `spark.remote` or $SPARKDL_REMOTE
+starts) is used the same way; `sparkdl.session_kind` holds what differs.
 """
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ import glob
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
 from sparkdl.errors import SessionError
 from sparkdl.log import configure_logging, get_logger
+from sparkdl.session_kind import has_jvm_class, is_connect, require_connect_client, set_log_level
+from sparkdl.session_kind import master as master_of
 
 log = get_logger("session")
 
@@ -60,8 +66,10 @@ def get_spark(
     master: str | None = None,
     app_name: str = "sparkdl",
     work: str | os.PathLike | None = None,
+    remote: str | None = None,
 ) -> "pyspark.sql.SparkSession":  # noqa: F821
-    """Return the active SparkSession, or build the embedded default.
+    """Return the active SparkSession (classic or Spark Connect), or start one: a Spark Connect session when
+    `remote` (or the setting `spark.remote`, or $SPARKDL_REMOTE) names a server, else the embedded default.
 
     Args:
         conf: extra Spark settings (`spark.*` keys). On an active session only runtime-settable keys are
@@ -69,26 +77,32 @@ def get_spark(
         master: Spark master for a new session; default $SPARKDL_MASTER or `local[*]`.
         app_name: application name for a new session.
         work: work folder (Petastorm cache, warehouse); default $SPARKDL_WORK_DIR or ~/.sparkdl.
+        remote: a Spark Connect server, `sc://host:port` or `local[N]` (a local server started for this process).
 
     Raises:
-        SessionError: Delta jars are configured but cannot be loaded (missing file, unreachable repository).
+        SessionError: Delta jars are configured but cannot be loaded (missing file, unreachable repository); a
+            Spark Connect session is asked for where its client cannot run (the pinned stack's protobuf), or its
+            server cannot be reached.
     """
     configure_logging()
     conf = {str(k): str(v) for k, v in (conf or {}).items()}
+    remote = remote or conf.pop("spark.remote", None) or os.environ.get("SPARKDL_REMOTE") or None
     wants_delta = _check_delta_jars(conf)
 
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
+    active = active_session()
     if active is not None:
         _apply_runtime_conf(active, conf)
         if not _get_conf(active, PETASTORM_CACHE_KEY):
             active.conf.set(PETASTORM_CACHE_KEY, (work_dir(work) / "petastorm-cache").as_uri())
-        log.info("using the active Spark session (%s); Delta backend: %s", active.sparkContext.master,
-                 delta_backend(active))
+        log.info("using the active %sSpark session (%s); Delta backend: %s",
+                 "Spark Connect " if is_connect(active) else "", master_of(active), delta_backend(active))
         return active
 
     folder = work_dir(work)
+    if remote:
+        return _start_remote(remote, conf, folder, app_name, wants_delta)
+    from pyspark.sql import SparkSession
+
     settings = default_conf(folder, master or conf.get("spark.master") or os.environ.get("SPARKDL_MASTER", "local[*]"))
     settings.update(conf)
     if master:
@@ -119,11 +133,59 @@ def get_spark(
         spark = builder.getOrCreate()
     except Exception as exc:
         raise SessionError(f"could not start Spark (master={settings.get('spark.master')}): {exc}") from exc
-    spark.sparkContext.setLogLevel(os.environ.get("SPARKDL_SPARK_LOG_LEVEL", "WARN"))
+    set_log_level(spark, os.environ.get("SPARKDL_SPARK_LOG_LEVEL", "WARN"))
     # not a spark.* key, so spark-submit would warn and drop it at launch: set it on the running session
     spark.conf.set(PETASTORM_CACHE_KEY, conf.get(PETASTORM_CACHE_KEY) or (folder / "petastorm-cache").as_uri())
     log.info("started Spark %s on %s; work folder %s; Delta backend: %s",
-             spark.version, spark.sparkContext.master, folder, delta_backend(spark))
+             spark.version, master_of(spark), folder, delta_backend(spark))
+    return spark
+
+
+def active_session():
+    """The active SparkSession of this thread: a classic one, else a Spark Connect one (looked up only when the
+    Connect client is already loaded, so a classic-only process never imports it); None when there is none."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is None and "pyspark.sql.connect.session" in sys.modules:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        active = ConnectSession.getActiveSession()
+    return active
+
+
+def _start_remote(remote: str, conf: dict[str, str], folder: Path, app_name: str, wants_delta: bool):
+    """A Spark Connect session on `remote`: `sc://host:port`, or `local[N]` (a local server, child of this
+    process, whose Python workers run this interpreter)."""
+    remote = remote.strip()
+    if not (remote.startswith("sc://") or remote.startswith("local")):
+        raise SessionError(f"spark.remote / SPARKDL_REMOTE: {remote!r} is not a Spark Connect address; expected "
+                           f"'sc://host:port' or 'local[N]'")
+    require_connect_client()
+    from pyspark.sql import SparkSession  # its builder starts a local server for `local[N]`, then connects
+
+    settings: dict[str, str] = {}
+    if remote.startswith("local"):
+        # the server starts as a child of this process: its Python workers inherit this environment
+        settings = {k: v for k, v in default_conf(folder, remote).items() if k != "spark.master"}
+        os.environ["PYSPARK_PYTHON"] = conf.get("spark.pyspark.python", sys.executable)
+        if wants_delta or _delta_jar_on_classpath():
+            settings["spark.sql.extensions"] = DELTA_EXTENSION
+            settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    settings.update(conf)
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        with warnings.catch_warnings():  # a local server took the static settings at its start; the client
+            warnings.filterwarnings("ignore", message="Failed to set", category=UserWarning)  # re-sets them all
+            spark = builder.getOrCreate()
+        spark.conf.set(PETASTORM_CACHE_KEY, conf.get(PETASTORM_CACHE_KEY) or (folder / "petastorm-cache").as_uri())
+        version = spark.version
+    except Exception as exc:
+        raise SessionError(f"could not start or reach the Spark Connect server {remote}: {exc}") from exc
+    log.info("started a Spark Connect session (Spark %s) on %s; work folder %s; Delta backend: %s",
+             version, remote, folder, delta_backend(spark))
     return spark
 
 
@@ -133,11 +195,8 @@ def delta_backend(spark) -> str:
         return "delta-spark"  # Databricks runtimes ship Delta built in
     if DELTA_EXTENSION not in (_get_conf(spark, "spark.sql.extensions") or ""):
         return "delta-rs"
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)
-    except Exception:  # noqa: BLE001 - extension configured but its classes are absent
-        return "delta-rs"
-    return "delta-spark"
+    # configured but its classes absent: delta-rs; a Connect session cannot look, and trusts its configuration
+    return "delta-rs" if has_jvm_class(spark, DELTA_EXTENSION) is False else "delta-spark"
 
 
 def _get_conf(spark, key: str) -> str | None:

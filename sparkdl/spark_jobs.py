@@ -9,16 +9,15 @@ leaves the block it cancels what still runs and waits until no task of those job
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 
 from sparkdl.log import get_logger
+from sparkdl.session_kind import add_tag, cancel_tag, remove_tag, wait_until_stopped
 
 log = get_logger("spark_jobs")
 
 STOP_TIMEOUT_S = 60.0
-_POLL_S = 0.05
 
 
 @contextlib.contextmanager
@@ -26,45 +25,19 @@ def stopped_on_error(spark, label: str, timeout: float = STOP_TIMEOUT_S) -> Iter
     """Run a block whose Spark jobs have all stopped when an exception leaves it; yields the block's job tag.
 
     Args:
-        spark: the SparkSession the block's jobs run on (classic, not Spark Connect).
+        spark: the SparkSession the block's jobs run on (classic or Spark Connect: `session_kind.wait_until_stopped`
+            says how each knows the tasks stopped).
         label: the start of the tag (`<label>-<random hex>`); it names the jobs in the Spark UI. No commas.
         timeout: seconds to wait for the tasks after an error; past it a warning is logged and the error goes on.
     """
-    sc = spark.sparkContext
     tag = f"{label}-{uuid.uuid4().hex[:8]}"
-    sc.addJobTag(tag)
+    add_tag(spark, tag)
     try:
         yield tag
     except BaseException:
-        sc.cancelJobsWithTag(tag)
-        if not _wait_until_stopped(sc, tag, timeout):
+        cancel_tag(spark, tag)
+        if not wait_until_stopped(spark, tag, timeout):
             log.warning("tasks of the failed Spark job(s) tagged %s still run after %.0f s", tag, timeout)
         raise
     finally:
-        sc.removeJobTag(tag)
-
-
-def running_tasks(sc, tag: str) -> int:
-    """How many tasks of the jobs tagged `tag` run now (a job still running counts as at least one)."""
-    tracker = sc.statusTracker()
-    running = 0
-    # PySpark's StatusTracker has no getJobIdsForTag; the JVM's SparkStatusTracker has (Spark 3.5+).
-    for job_id in sc._jsc.sc().statusTracker().getJobIdsForTag(tag):
-        job = tracker.getJobInfo(job_id)
-        if job is None:
-            continue
-        active = 0
-        for stage_id in job.stageIds:
-            stage = tracker.getStageInfo(stage_id)
-            active += stage.numActiveTasks if stage is not None else 0
-        running += max(active, 1 if job.status == "RUNNING" else 0)
-    return running
-
-
-def _wait_until_stopped(sc, tag: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while running_tasks(sc, tag):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
+        remove_tag(spark, tag)

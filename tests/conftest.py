@@ -1,4 +1,8 @@
-"""Shared fixtures: one local[2] SparkSession for the whole run, on this interpreter, with a temp work folder."""
+"""Shared fixtures: one local[2] SparkSession for the whole run, on this interpreter, with a temp work folder.
+
+With SPARKDL_TEST_SESSION=connect the session is a Spark Connect one (a local server, `remote("local[2]")`) and
+only the tests marked `both_sessions` run: the end-to-end paths that must give the same results on both kinds.
+"""
 from __future__ import annotations
 
 import os
@@ -13,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # leak old checkpoints, models or tables into the tests).
 _WORK = tempfile.mkdtemp(prefix="sparkdl-tests-")
 os.environ["SPARKDL_WORK_DIR"] = _WORK
-for _key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER"):
+SESSION_KIND = os.environ.get("SPARKDL_TEST_SESSION", "classic")
+for _key in ("SPARKDL_LAKE_DIR", "SPARKDL_MODEL_STORE", "SPARKDL_MASTER", "SPARKDL_REMOTE"):
     os.environ.pop(_key, None)
 
 # sparkdl first, as users are told to: it sets TF_USE_LEGACY_KERAS before any test module imports TensorFlow, so
@@ -29,12 +34,25 @@ def work_dir():
     return _work_dir()
 
 
+def pytest_collection_modifyitems(config, items):
+    if SESSION_KIND != "connect":
+        return
+    kept = [item for item in items if item.get_closest_marker("both_sessions")]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def spark(work_dir):
-    """The one SparkSession of the test run: the embedded default on local[2]."""
+    """The one SparkSession of the test run: the embedded default on local[2], or a Spark Connect session on a
+    local[2] server (SPARKDL_TEST_SESSION=connect)."""
     from sparkdl.session import get_spark
 
-    session = get_spark(master="local[2]", app_name="sparkdl-tests", conf={"spark.sql.shuffle.partitions": "4"})
+    conf = {"spark.sql.shuffle.partitions": "4"}
+    if SESSION_KIND == "connect":
+        session = get_spark(remote="local[2]", app_name="sparkdl-tests", conf=conf)
+    else:
+        session = get_spark(master="local[2]", app_name="sparkdl-tests", conf=conf)
     yield session
     session.stop()
     shutil.rmtree(_WORK, ignore_errors=True)

@@ -3,30 +3,30 @@ from __future__ import annotations
 
 import pytest
 
-from sparkdl.spark_jobs import running_tasks, stopped_on_error
+from sparkdl.session_kind import is_connect, running_tasks
+from sparkdl.spark_jobs import stopped_on_error
+
+pytestmark = pytest.mark.both_sessions
 
 
 def test_an_error_leaves_the_block_only_after_the_failed_jobs_tasks_stopped(spark, tmp_path,
                                                                            failing_job_with_a_busy_sibling):
     df, marker = failing_job_with_a_busy_sibling
-    sc = spark.sparkContext
-    sc.setJobGroup("callers-group", "the caller's own group")
+    spark.addTag("callers-tag")
     try:
         with pytest.raises(Exception, match="boom on row 77"):
             with stopped_on_error(spark, "sparkdl-test") as tag:
-                assert tag in sc.getJobTags()
+                assert tag in spark.getTags() and "callers-tag" in spark.getTags()
                 df.write.parquet(str(tmp_path / "out"))
         assert marker.exists()  # the sibling task ran to its end before the error came out
-        assert running_tasks(sc, tag) == 0
-        assert tag not in sc.getJobTags()
-        assert sc.getLocalProperty("spark.jobGroup.id") == "callers-group"
+        assert running_tasks(spark, tag) == (None if is_connect(spark) else 0)
+        assert tag not in spark.getTags()
+        assert "callers-tag" in spark.getTags()  # the caller's own tags are kept
     finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-        sc.setLocalProperty("spark.job.description", None)
+        spark.removeTag("callers-tag")
 
 
 def test_a_block_without_error_keeps_no_tag(spark):
     with stopped_on_error(spark, "sparkdl-test") as tag:
         assert spark.range(5).count() == 5
-        assert running_tasks(spark.sparkContext, tag) == 0
-    assert tag not in spark.sparkContext.getJobTags()
+    assert tag not in spark.getTags()

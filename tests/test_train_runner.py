@@ -69,24 +69,28 @@ def rank_and_pid(**_ignored):
     return {"rank": int(os.environ["HOROVOD_RANK"]), "pid": os.getpid(), "payload": list(range(1000))}
 
 
-@pytest.mark.slow
-def test_run_returns_when_the_ranks_are_done_and_tears_down_in_the_background(spark):
-    """The result comes over the progress channel as soon as every rank finished; the Horovod processes' exit
-    and the Spark job's end follow in the background, and the next run waits for them."""
-    from sparkdl.train.runner import wait_for_teardown
+def exit_slowly_after_the_result(seconds: float):
+    """Rank 0's result, then a process exit that takes `seconds` (as Horovod's and TensorFlow's tear-down can)."""
+    import atexit
+    import os
 
-    sc = spark.sparkContext
+    atexit.register(time.sleep, seconds)
+    return {"rank": int(os.environ["HOROVOD_RANK"]), "pid": os.getpid(), "payload": list(range(300_000))}
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_run_returns_once_the_ranks_wrote_their_results_and_the_exit_runs_in_the_background(spark):
+    """The result (several chunks of the stage's output) comes back as soon as every rank wrote it; the rank
+    processes' slow exit runs on in the tasks' Python workers, and the next run waits for it there."""
     runner = HorovodRunner(num_proc=2, spark=spark)
-    first = runner.run(rank_and_pid)
-    assert first["rank"] == 0 and first["payload"] == list(range(1000))  # rank 0's result, whole
-    returned_at = time.time()
-    # the Horovod job was still being torn down when run() returned (its processes exit, its tasks end)
-    tearing_down = not wait_for_teardown(sc, timeout=0)
-    second = runner.run(rank_and_pid)  # waits for that tear-down, then gets both task slots again
+    started = time.monotonic()
+    first = runner.run(exit_slowly_after_the_result, seconds=8.0)
+    took = time.monotonic() - started
+    assert first["rank"] == 0 and first["payload"] == list(range(300_000))  # rank 0's result, whole
+    assert took < 8.0 + runner.last_run.launch_s, f"run() waited for the processes' exit ({took:.1f}s)"
+    second = runner.run(rank_and_pid)  # its tasks wait for the last ranks' exit, then get both task slots
     assert second["rank"] == 0 and second["pid"] != first["pid"]
-    assert wait_for_teardown(sc, timeout=120)
-    assert not sc.statusTracker().getActiveJobsIds()
-    assert tearing_down, f"run() returned only after the job had ended ({time.time() - returned_at:.1f}s)"
 
 
 @pytest.mark.slow
@@ -288,3 +292,64 @@ def test_gloo_interface_is_the_one_that_routes_to_the_driver():
     from sparkdl.train.resources import interface_towards
 
     assert interface_towards("127.0.0.1") == "lo"
+
+
+def report_epochs_then_allreduce():
+    """Rank 0 reports two epochs over the progress channel, then the ranks allreduce (the job's real work)."""
+    import os
+
+    from sparkdl.train import progress
+
+    if os.environ["HOROVOD_RANK"] == "0":
+        for epoch in range(2):
+            progress.report("epoch", epoch=epoch, epochs=2, logs={"loss": 1.0 / (epoch + 1)})
+    return allreduce_rank_ids()
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+@pytest.mark.parametrize("reachable", [True, False], ids=["channel-reachable", "channel-unreachable"])
+def test_progress_reaches_the_client_when_it_can_and_training_goes_on_when_it_cannot(spark, reachable):
+    """Under Spark Connect the client may sit where executors cannot reach it: the rendezvous lives in the stage
+    and the result comes through the stage's output, so only the progress is missing then."""
+    from sparkdl.train.progress import HOST_CONF
+
+    if not reachable:  # advertised under a name no executor can resolve
+        spark.conf.set(HOST_CONF, "sparkdl-client-unreachable.invalid")
+    try:
+        runner = HorovodRunner(num_proc=2, spark=spark, total_epochs=2)
+        result = runner.run(report_epochs_then_allreduce)
+    finally:
+        spark.conf.unset(HOST_CONF)
+    assert result["sum"] == 1 and result["size"] == 2
+    if reachable:
+        assert {"fn_start"} <= set(runner.last_run.events) and runner.last_run.launch_s is not None
+    else:
+        assert runner.last_run.events == {} and runner.last_run.launch_s is None
+
+
+def test_the_progress_channel_takes_only_messages_signed_with_the_jobs_secret():
+    import socket
+
+    from sparkdl.train.progress import ProgressClient, ProgressServer, signed_line
+
+    with ProgressServer(advertised_host="127.0.0.1") as server:
+        host, port = server.address.rsplit(":", 1)
+        forged = ProgressClient(server.address, "not-the-secret")
+        forged.send({"type": "event", "name": "forged"})
+        with socket.create_connection((host, int(port))) as raw:  # an unsigned line, as the old protocol sent
+            raw.sendall(b'{"type": "event", "name": "unsigned"}\n')
+        ProgressClient(server.address, server.token).send({"type": "event", "name": "signed"}, required=True)
+        assert set(server.events) == {"signed"} and server.connected
+        assert signed_line(server.token, {"a": 1}).split(b" ", 1)[1] == b'{"a": 1}\n'
+    assert server._server is None
+
+
+def test_the_cluster_check_names_what_a_barrier_stage_needs():
+    from sparkdl.train.resources import cluster_problem
+
+    assert cluster_problem("HorovodRunner", 2, "local[2]", slots=2, parallelism=2, dynamic=False) is None
+    too_many = cluster_problem("HorovodRunner", 3, "local[2]", slots=2, parallelism=2, dynamic=False)
+    assert "num_proc=3" in too_many and "2 Spark task slot(s)" in too_many
+    dynamic = cluster_problem("HorovodRunner", 2, "yarn", slots=None, parallelism=None, dynamic=True)
+    assert "spark.dynamicAllocation.enabled=true" in dynamic and "barrier" in dynamic

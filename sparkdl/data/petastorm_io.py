@@ -39,6 +39,7 @@ from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.session import work_dir
+from sparkdl.session_kind import optimized_plan, plan_fingerprint
 from sparkdl.spark_jobs import stopped_on_error
 from sparkdl.uri import filesystem, join, local_path, normalized, same_file
 
@@ -163,9 +164,8 @@ def parent_cache_dir(spark=None) -> str:
 
 
 def plan_hash(df) -> str:
-    """A hash of the DataFrame's canonicalized optimized plan (expression ids normalized, local data included)."""
-    plan = df._jdf.queryExecution().optimizedPlan().canonicalized()
-    return hashlib.sha256(f"{plan.toString()}|{plan.hashCode()}".encode()).hexdigest()[:24]
+    """A hash of the DataFrame's plan and data (`session_kind.plan_fingerprint`)."""
+    return hashlib.sha256(plan_fingerprint(df).encode()).hexdigest()[:24]
 
 
 def cache_key(df=None, snapshot=None, columns=(), fingerprint: str | None = None, dtype: str | None = "float32",
@@ -188,8 +188,11 @@ def is_plain_scan(df, snapshot) -> bool:
     """True when `df` is only a projection of exactly the snapshot's files (no filter, sample, join...)."""
     if snapshot is None or not snapshot.files:
         return False
+    plan = optimized_plan(df)
+    if plan is None:  # Spark Connect shows no plan: the data goes through the conversion job
+        return False
     try:
-        nodes = json.loads(df._jdf.queryExecution().optimizedPlan().toJSON())
+        nodes = json.loads(plan.toJSON())
         classes = {n["class"].rsplit(".", 1)[-1] for n in nodes}
         if not classes <= _PLAN_NODES_OK:
             return False

@@ -51,6 +51,7 @@ from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.data.validation import validate as validate_data
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.session_kind import is_connect
 
 log = get_logger("data.preprocess")
 
@@ -709,10 +710,14 @@ def _count_reasons(reasons: list) -> dict[str, int]:
 
 
 def invalid_row_counter(spark):
-    """A Spark accumulator of {reason: rows} for `PreprocessorModel.transform(..., counter=...)`.
+    """A Spark accumulator of {reason: rows} for `PreprocessorModel.transform(..., counter=...)`; None on a Spark
+    Connect session, which has no accumulators (the rows are then not counted; validation before training has
+    already refused invalid data).
 
     Read `.value` on the driver after an action on the transformed DataFrame (task retries may count twice).
     """
+    if is_connect(spark):
+        return None
     return spark.sparkContext.accumulator({}, ReasonCounts())
 
 

@@ -39,6 +39,7 @@ from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import plan_output
 from sparkdl.score.runtime import get_model
 from sparkdl.score.table import check_columns
+from sparkdl.session_kind import default_parallelism
 
 log = get_logger("explain.model")
 
@@ -350,7 +351,7 @@ def _permutation(sample, ref, spec, task, metric, repeats, seed):
     from pyspark.sql import functions as F
 
     schema = "feature string, repeat int, " + ", ".join(f"{s} double" for s in _STATS)
-    spread = sample.repartition(max(2, sample.rdd.getNumPartitions()), F.rand(seed))
+    spread = sample.repartition(max(2, default_parallelism(sample.sparkSession) or 2), F.rand(seed))
     stats = spread.mapInArrow(permutation_function(ref, task, repeats, seed), schema)
     rows = stats.groupBy("feature", "repeat").agg(*[F.sum(s).alias(s) for s in _STATS]).collect()
     table = {(r["feature"], r["repeat"]): {s: r[s] for s in _STATS} for r in rows}

@@ -437,7 +437,7 @@ def _spark_write(spark, out, target: str, plan: WritePlan) -> None:
             if (spark.conf.get(_TIMESTAMP_CONF, None) or "").upper() != "TIMESTAMP_MICROS":
                 log.info("setting %s=TIMESTAMP_MICROS (Delta readers expect it; INT96 is deprecated)", _TIMESTAMP_CONF)
                 spark.conf.set(_TIMESTAMP_CONF, "TIMESTAMP_MICROS")
-    writer = out.write.mode("errorifexists").option("compression", "snappy")
+    writer = out.write.mode("error").option("compression", "snappy")
     if plan.partition_columns:
         writer = writer.partitionBy(*plan.partition_columns)
     writer.parquet(target)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkdl.log import get_logger
+from sparkdl.session_kind import default_parallelism, optimized_plan
 from sparkdl.uri import filesystem
 
 log = get_logger("score.scan")
@@ -72,7 +73,9 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
             return None
         if len(set(c.lower() for c in df.columns)) != len(df.columns):
             return None
-        node = df._jdf.queryExecution().optimizedPlan()
+        node = optimized_plan(df)
+        if node is None:  # Spark Connect: no plan to look at, Spark's own route
+            return None
         while node.getClass().getSimpleName() == "Project":
             items = node.projectList()
             if any(items.apply(i).getClass().getSimpleName() != "AttributeReference" for i in range(items.size())):
@@ -104,7 +107,7 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
     except Exception:  # noqa: BLE001 - a scheme pyarrow cannot open from Python
         return None
     if tasks is None:
-        tasks = spark.sparkContext.defaultParallelism
+        tasks = default_parallelism(spark) or 1
         try:
             tasks = max(tasks, int(df._jdf.queryExecution().toRdd().getNumPartitions()))
         except Exception:  # noqa: BLE001

@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints of a training run, written on the driver, and what a rerun resumes from.
+"""Per-epoch checkpoints of a training run, written by rank 0 (`RankCheckpointing`), and what a rerun resumes from.
 
 Layout under `<work_dir>/runs/<run_name>/`::
 
@@ -10,7 +10,9 @@ Layout under `<work_dir>/runs/<run_name>/`::
                                    checkpoint complete
 
 Every file is written under a temporary name and renamed into place, and the JSON marker only after the model
-and optimizer files: a crash mid-write never leaves a half checkpoint that `latest()` would pick.
+and optimizer files: a crash mid-write never leaves a half checkpoint that `latest()` would pick. Rank 0 writes
+the checkpoints and the epochs log itself (nothing travels through the driver, which a Spark Connect client's
+executors may not reach), so the work folder must be on storage every node sees, as the Petastorm cache is.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparkdl.errors import ConfigError
@@ -163,3 +166,50 @@ class RunFolder:
 
     def next_attempt(self) -> int:
         return 1 + max((e["attempt"] for e in self.epochs_log()), default=0)
+
+
+def keras_history(history: Mapping[int, dict], upto: int | None = None) -> dict[str, list]:
+    """{epoch: logs} -> Keras-style {"epoch": [...], "loss": [...], ...} (epochs ascending, up to `upto`)."""
+    epochs = sorted(e for e in history if upto is None or e <= upto)
+    keys = sorted({k for e in epochs for k in history[e]})
+    out: dict[str, list] = {"epoch": epochs}
+    for key in keys:
+        out[key] = [history[e].get(key) for e in epochs]
+    return out
+
+
+@dataclass(frozen=True)
+class RankCheckpointing:
+    """What rank 0 needs to keep a run's checkpoints and epochs log (pickled with the training job).
+
+    Attributes:
+        work_dir: the work folder, resolved on the driver (the same path on every node).
+        run_name: the run's name.
+        attempt: this attempt's number (1 for a new run, +1 per resume).
+        every: a checkpoint after every `every`-th epoch.
+        keep: complete checkpoints kept (0 = all).
+        history: {epoch: logs} of the epochs before this attempt (a resumed run's).
+    """
+
+    work_dir: str
+    run_name: str
+    attempt: int
+    every: int = 1
+    keep: int = 0
+    history: dict = field(default_factory=dict)
+
+    def folder(self) -> RunFolder:
+        return RunFolder(self.work_dir, self.run_name)
+
+    def log_epoch(self, epoch: int, logs: dict, **extra) -> None:
+        self.folder().log_epoch(epoch, self.attempt, logs, **extra)
+
+    def write(self, epoch: int, model: bytes, optimizer: bytes, epoch_logs: Mapping[int, dict]) -> None:
+        """The checkpoint of `epoch` (when it is due), with the history so far; then prune to `keep`."""
+        if (epoch + 1) % max(1, int(self.every)):
+            return
+        history = {**self.history, **epoch_logs}
+        folder = self.folder()
+        folder.write(epoch, model, optimizer, {"attempt": self.attempt, "history": keras_history(history, upto=epoch)})
+        if self.keep:
+            folder.prune(self.keep)

@@ -47,7 +47,7 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
-from sparkdl.train.checkpoints import RunFolder, check_run_name
+from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.keras_worker import train_on_rank
 from sparkdl.train.model import SparkDLModel
 from sparkdl.train.rank_job import TrainJob
@@ -443,45 +443,43 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             validation_steps=val_steps, optimizer_state=optimizer_state, seed=p.seed,
             warmup_epochs=p.warmup_epochs, early_stopping=p.early_stopping,
             monitor="val_loss" if val_data is not None else "loss", callbacks=list(p.callbacks),
-            checkpoint_every=p.checkpoint_every, steps_per_execution=p.steps_per_execution, flavour=flavour,
+            checkpointing=RankCheckpointing(str(run.path.parent.parent.resolve()), run.run_name, attempt,
+                                            p.checkpoint_every, p.keep_checkpoints, dict(history)),
+            steps_per_execution=p.steps_per_execution, flavour=flavour,
             backward_passes_per_step=p.backward_passes_per_step, compression=p.compression)
 
-        def on_epoch(message: dict) -> None:
-            run.log_epoch(message["epoch"], attempt, message.get("logs") or {},
-                          examples_per_s=message.get("examples_per_s"), seconds=message.get("seconds"))
+        tracked_epochs: set[int] = set()
+
+        def on_epoch(message: dict) -> None:  # rank 0 keeps the run's epochs log; MLflow is this process's
             if self._fit_run is not None:
                 self._fit_run.log_epoch(int(message["epoch"]), message.get("logs") or {})
+                tracked_epochs.add(int(message["epoch"]))
 
-        def on_checkpoint(message: dict) -> None:
-            import base64
-
-            epoch = int(message["epoch"])
-            history[epoch] = dict(message.get("logs") or {})
-            run.write(epoch, base64.b64decode(message["model"]), base64.b64decode(message["optimizer"]),
-                      {"attempt": attempt, "history": _as_keras_history(history, upto=epoch)})
-            if p.keep_checkpoints:
-                run.prune(p.keep_checkpoints)
-
-        runner.message_handlers.update({"epoch": on_epoch, "checkpoint": on_checkpoint})
+        runner.message_handlers.update({"epoch": on_epoch})
         log.info("run %s: training %s on %d process(es): %d steps/epoch of %d, epochs %d..%d, input %s",
                  p.run_name, p.model_name, p.num_proc, steps, p.batch_size, initial_epoch,
                  p.epochs - 1, tuple(signature.input_shape))
         try:
-            return {**runner.run(train_on_rank, job=job), "cache_s": cache_s}
+            result = runner.run(train_on_rank, job=job)
         finally:
             self.last_run = runner.last_run
+        if self._fit_run is not None:  # epochs the progress channel did not bring (executors could not reach us)
+            for i, epoch in enumerate(result["epochs"]):
+                if epoch not in tracked_epochs:
+                    self._fit_run.log_epoch(epoch, {k: v[i] for k, v in result["history"].items() if i < len(v)})
+        return {**result, "cache_s": cache_s}
 
     def _save(self, p: FitSettings, run, prep, signature, snapshot, result, history, started: float | None = None
               ) -> "SparkDLModel":
         model = model_from_bytes(result["model"])
-        keras_history = _as_keras_history(history)
-        final = {k: v[-1] for k, v in keras_history.items() if k != "epoch" and v}
+        full_history = keras_history(history)
+        final = {k: v[-1] for k, v in full_history.items() if k != "epoch" and v}
         store = _store(p)
         metadata = {
             "preprocessing": prep.to_dict(),  # holds the feature spec ("spec") beside its fitted statistics
             "signature": signature.to_dict(),
             "label_classes": prep.label_classes,
-            "history": keras_history,
+            "history": full_history,
             "metrics": final,
             "source": snapshot.lineage() if snapshot is not None else None,
             "hparams": p.hparams,
@@ -683,20 +681,10 @@ def _history_until(checkpoint) -> dict[int, dict]:
     """Per-epoch logs {epoch: {metric: value}} recorded up to a checkpoint."""
     if checkpoint is None:
         return {}
-    keras_history = checkpoint.history
-    epochs = keras_history.get("epoch") or []
-    return {int(e): {k: v[i] for k, v in keras_history.items() if k != "epoch" and i < len(v)}
+    recorded = checkpoint.history
+    epochs = recorded.get("epoch") or []
+    return {int(e): {k: v[i] for k, v in recorded.items() if k != "epoch" and i < len(v)}
             for i, e in enumerate(epochs)}
-
-
-def _as_keras_history(history: Mapping[int, dict], upto: int | None = None) -> dict[str, list]:
-    """{epoch: logs} -> Keras-style {"epoch": [...], "loss": [...], ...} (epochs ascending)."""
-    epochs = sorted(e for e in history if upto is None or e <= upto)
-    keys = sorted({k for e in epochs for k in history[e]})
-    out: dict[str, list] = {"epoch": epochs}
-    for key in keys:
-        out[key] = [history[e].get(key) for e in epochs]
-    return out
 
 
 __all__ = ["KerasEstimator", "signature_hint"]

@@ -254,9 +254,8 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
             history.setdefault(key, []).append(value)
         epochs_done.append(epoch)
         if rank == 0:
-            report_epoch(epoch, job.epochs, logs, seconds, examples)
-            if (epoch + 1) % max(1, int(job.checkpoint_every)) == 0:
-                report_checkpoint(epoch, logs, model, optimizer)
+            report_epoch(job, epoch, logs, seconds, examples)
+            report_checkpoint(job, epoch, logs, model, optimizer)
         if monitor.should_stop(logs) or model.stop_training:  # averaged logs: every rank decides the same
             break
     for callback in callbacks:

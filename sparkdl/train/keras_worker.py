@@ -39,9 +39,9 @@ def _callbacks_base():
 class EpochReporter(_callbacks_base()):
     """Rank 0: sends one `epoch` message per epoch (averaged logs, examples/s) and the first-step event."""
 
-    def __init__(self, epochs: int, examples_per_epoch: int):
+    def __init__(self, job, examples_per_epoch: int):
         super().__init__()
-        self.epochs, self.examples_per_epoch = epochs, examples_per_epoch
+        self.job, self.examples_per_epoch = job, examples_per_epoch
         self._start = None
         self._first = True
 
@@ -56,7 +56,7 @@ class EpochReporter(_callbacks_base()):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - (self._start or time.perf_counter())
-        report_epoch(epoch, self.epochs, logs, seconds, self.examples_per_epoch)
+        report_epoch(self.job, epoch, logs, seconds, self.examples_per_epoch)
 
 
 class LearningRateWarmup(_callbacks_base()):
@@ -107,17 +107,15 @@ class BroadcastInitialState(_callbacks_base()):
         self.done = True
 
 
-class ChannelCheckpoint(_callbacks_base()):
-    """Rank 0: after every `every`-th epoch, send the model and optimizer state to the driver and wait for the ack."""
+class RunCheckpoint(_callbacks_base()):
+    """Rank 0: after every `checkpoint_every`-th epoch, write the model and optimizer state into the run's folder."""
 
-    def __init__(self, every: int = 1):
+    def __init__(self, job):
         super().__init__()
-        self.every = max(1, int(every))
+        self.job = job
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        report_checkpoint(epoch, logs, self.model, self.model.optimizer)
+        report_checkpoint(self.job, epoch, logs, self.model, self.model.optimizer)
 
 
 def build_before_first_trace(model, element_spec) -> None:
@@ -198,7 +196,7 @@ def train_on_rank(job: TrainJob) -> dict:
     callbacks += list(job.callbacks)
     if rank == 0:
         examples = job.steps_per_epoch * job.batch_size * size
-        callbacks += [EpochReporter(job.epochs, examples), ChannelCheckpoint(job.checkpoint_every)]
+        callbacks += [EpochReporter(job, examples), RunCheckpoint(job)]
 
     history = model.fit(train, epochs=job.epochs, initial_epoch=job.initial_epoch,
                         steps_per_epoch=job.steps_per_epoch, validation_data=val,

@@ -1,14 +1,16 @@
 """How a Horovod rank starts inside a Spark barrier task, and what runs in its process.
 
-`HorovodRunner` (driver) runs one barrier stage of `num_proc` tasks, each calling a `RankLaunch`. The tasks
-exchange their host names (`BarrierTaskContext.allGather`), so each finds its own slot of the host assignment
-Horovod's launcher would make (`horovod.runner.common.util.hosts.get_host_assignments`: ranks packed host by
-host, the task of partition 0 is rank 0), then run the rank in a Python process of its own (`rank_main`) with
-the environment `horovodrun`'s Gloo launcher gives its ranks:
-the slot (`HOROVOD_RANK`, `HOROVOD_LOCAL_RANK`, ...) and the driver's Gloo rendezvous server. The rank process
-runs `worker_main`: the thread and device set-up, then the user function; its return value or its traceback
-comes back as data, never as a Spark task failure (a failed barrier task would make Spark run the whole stage
-again).
+`HorovodRunner` (driver) runs one barrier stage of `num_proc` tasks (`mapInArrow(..., barrier=True)`, the same on a
+classic and a Spark Connect session), each calling a `RankLaunch`. The task of partition 0 starts the job's Gloo
+rendezvous server; the tasks exchange their host names and its port (`BarrierTaskContext.allGather`), so each
+finds its own slot of the host assignment Horovod's launcher would make
+(`horovod.runner.common.util.hosts.get_host_assignments`: ranks packed host by host, the task of partition 0 is
+rank 0), then run the rank in a Python process of its own (`rank_main`) with the environment `horovodrun`'s Gloo
+launcher gives its ranks: the slot (`HOROVOD_RANK`, `HOROVOD_LOCAL_RANK`, ...) and the rendezvous server. The rank
+process runs `worker_main`: the thread and device set-up, then the user function; its return value or its
+traceback comes back as data through the stage's output, never as a Spark task failure (a failed barrier task
+would make Spark run the whole stage again). A task yields its record as soon as the rank has written it; the
+rank process's exit runs on in the background of the task's Python worker.
 
 A fresh Python process spends about two seconds importing TensorFlow before the function can start. So a rank
 process imports TensorFlow, Horovod and the Keras workers first and then waits for its job on stdin: the task
@@ -21,27 +23,31 @@ one job (no job gets a process that has run Horovod), dies with its worker (Spar
 minute), and a standby exits by itself after `STANDBY_IDLE_S`.
 
 This replaces `horovod.spark.run`, whose driver service, per-task services, their registration and the
-task-to-task interface probing cost seconds per job before any rank starts; what it guarantees — one rank per
-concurrently running task, all of them or none (barrier scheduling), Gloo over the interface that reaches the
-driver, ranks that die with their task — holds here too.
+task-to-task interface probing cost seconds per job before any rank starts, and which needs a `SparkContext`;
+what it guarantees — one rank per concurrently running task, all of them or none (barrier scheduling), Gloo over
+the interface that reaches rank 0's host, ranks that die with their task — holds here too.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
+from sparkdl.log import configure_logging
 from sparkdl.tf_runtime import task_gpus
-from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV, ProgressClient, client, report
+from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV, ProgressClient, close_client, report
 from sparkdl.train.resources import WorkerSetup, interface_towards
 
 # The exit status of a rank process whose function raised (its traceback is in the result file).
@@ -72,47 +78,110 @@ class RankJob:
     setup: WorkerSetup
 
 
+# The barrier stage's output: every task's result record (cloudpickle), in chunks small enough for any Arrow batch
+# of Spark Connect's result stream.
+RESULT_SCHEMA = "partition int, seq int, chunk binary"
+RESULT_CHUNK_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class RankLaunch:
-    """The function of the barrier stage's tasks (pickled by Spark to the executors).
+    """The function of the barrier stage's tasks (`DataFrame.mapInArrow(..., barrier=True)`, pickled by Spark to
+    the executors; the same on a classic and a Spark Connect session).
+
+    The task of partition 0 hosts the job's Gloo rendezvous server (so nothing depends on executors reaching the
+    driver or the client); the tasks share its port and their hosts with `BarrierTaskContext.allGather`, and each
+    yields its rank's result record in `RESULT_SCHEMA` chunks once the rank has written it.
 
     Attributes:
         payload: the user function and its keyword arguments, pickled once on the driver.
         setup: threads and devices of every rank (the task's GPUs are added in the task).
         env: environment of the rank processes on top of the executor's (threads, progress channel, Horovod
             settings of the job).
-        rendezvous_host, rendezvous_port: the driver's Gloo rendezvous server (`spark.driver.host`); each
-            rank's Gloo binds to its host's interface that routes there (as Horovod's own interface probe picks).
         standby: hand the rank to a standby process of the task's Python worker when it has one, and start one
             for the next job when the rank ends (see the module docstring).
+        verbose: verbosity of Horovod's rendezvous server (0-2).
+        start_timeout: seconds for the rank's function to start (its process imports, unpickles it) before the
+            task stops the rank and reports `StartTimeout`.
     """
 
     payload: bytes
     setup: WorkerSetup
     env: Mapping[str, str]
-    rendezvous_host: str
-    rendezvous_port: int
     standby: bool = True
+    verbose: int = 0
+    start_timeout: float | None = None
 
-    def __call__(self, _partition: Iterable) -> Iterator[dict]:
+    def __call__(self, batches: Iterable) -> Iterator:
         from pyspark import BarrierTaskContext
 
+        for _ in batches:  # one row per task: its input carries nothing
+            pass
         ctx = BarrierTaskContext.get()
+        partition = ctx.partitionId()
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         process = rank_process(env, self.standby)  # imports TensorFlow while the tasks exchange their hosts
+        rendezvous = None
         try:
-            hosts = ctx.allGather(host_hash())
-            slot = slot_for(hosts, ctx.partitionId())
+            if partition == 0:
+                rendezvous = _start_rendezvous(self.verbose)
+            mine = {"host": host_hash(), "port": rendezvous[1] if rendezvous else None}
+            gathered = [json.loads(m) for m in ctx.allGather(json.dumps(mine))]
+            slot = slot_for([g["host"] for g in gathered], partition)
+            rendezvous_host = task_host(ctx, 0)
             # a HOROVOD_GLOO_IFACE of the executor's or the job's environment wins
-            iface = env.get("HOROVOD_GLOO_IFACE") or interface_towards(self.rendezvous_host)
-            env.update({**slot_env(slot), **rendezvous_env(self.rendezvous_host, self.rendezvous_port, iface)})
+            iface = env.get("HOROVOD_GLOO_IFACE") or interface_towards(rendezvous_host)
+            env.update({**slot_env(slot), **rendezvous_env(rendezvous_host, gathered[0]["port"], iface)})
             setup = self.setup
             if setup.use_gpu:
                 setup = replace(setup, gpus=tuple(task_gpus()))
         except BaseException:
             _stop(process.process)
+            if rendezvous:
+                rendezvous[0].stop()
             raise
-        yield run_rank(RankJob(self.payload, setup), env, slot.rank, process, standby=self.standby)
+        after_exit = rendezvous[0].stop if rendezvous else None
+        record = run_rank(RankJob(self.payload, setup), env, slot.rank, process, standby=self.standby,
+                          after_exit=after_exit, start_timeout=self.start_timeout)
+        yield from result_batches(partition, record)
+
+
+def result_batches(partition: int, record: dict) -> Iterator:
+    """A task's result record as Arrow batches of `RESULT_SCHEMA` (one chunk per row)."""
+    import cloudpickle
+    import pyarrow as pa
+
+    data = cloudpickle.dumps(record)
+    chunks = [data[i:i + RESULT_CHUNK_BYTES] for i in range(0, len(data), RESULT_CHUNK_BYTES)] or [b""]
+    for seq, chunk in enumerate(chunks):
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([partition], pa.int32()), pa.array([seq], pa.int32()), pa.array([chunk], pa.binary())],
+            names=["partition", "seq", "chunk"])
+
+
+def records_from_rows(rows) -> list[dict]:
+    """The tasks' result records from the collected rows of `RESULT_SCHEMA`, in partition order."""
+    import cloudpickle
+
+    parts: dict[int, list[tuple[int, bytes]]] = {}
+    for row in rows:
+        parts.setdefault(int(row["partition"]), []).append((int(row["seq"]), bytes(row["chunk"])))
+    return [cloudpickle.loads(b"".join(chunk for _, chunk in sorted(parts[p]))) for p in sorted(parts)]
+
+
+def task_host(ctx, partition: int) -> str:
+    """The host (name or address) of the executor that runs the barrier task of `partition`, as Spark knows it."""
+    address = ctx.getTaskInfos()[partition].address
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]")
+
+
+def _start_rendezvous(verbose: int):
+    """Horovod's Gloo rendezvous (HTTP key-value) server in this task's process: (server, port)."""
+    from horovod.runner.http.http_server import RendezvousServer
+
+    server = RendezvousServer(verbose)
+    return server, server.start()
 
 
 def host_hash() -> str:
@@ -185,6 +254,7 @@ def rank_process(env: Mapping[str, str], standby: bool = True) -> RankProcess:
     Raises:
         OSError: the process could not be started.
     """
+    _join_reaper()
     key = standby_key(env)
     if _standby:
         kept = _standby.pop()
@@ -205,37 +275,79 @@ def _spawn(env: Mapping[str, str], key: str, standby: bool = False) -> RankProce
 
 
 def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankProcess,
-             standby: bool = False) -> dict:
-    """Run one rank in `rank_proc` (from `rank_process`) and return its result record (`worker_main`'s).
+             standby: bool = False, after_exit: Callable[[], None] | None = None,
+             start_timeout: float | None = None) -> dict:
+    """Run one rank in `rank_proc` (from `rank_process`) and return its result record (`worker_main`'s) as soon as
+    the rank has written it: the process's exit (Horovod's and TensorFlow's tear-down, seconds) then runs in the
+    background, followed by `after_exit`, and the next rank of this worker waits for it (`rank_process`).
 
-    The process dies with the task (Linux parent-death signal), so a cancelled job leaves no rank behind. With
-    `standby`, a standby for the next job is started once the rank has ended.
+    The process dies with the task's thread (Linux parent-death signal), so a cancelled job leaves no rank behind.
+    With `standby`, a standby for the next job is started once the rank has its result. A rank whose function has
+    not started within `start_timeout` seconds is stopped, with a `StartTimeout` record.
     """
-    with tempfile.TemporaryDirectory(prefix=f"sparkdl-rank{rank}-") as folder:
-        job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
-        with open(job_path, "wb") as f:
-            pickle.dump(job, f)
-        started = time.time()
-        message = {"env": dict(env), "job": job_path, "result": result_path, "standby": rank_proc.standby}
-        try:
-            rank_proc.process.stdin.write(pickle.dumps(message))
-            rank_proc.process.stdin.close()
-        except OSError:  # it exited before its job came (its error is on the executor's stderr)
-            pass
-        code = rank_proc.process.wait()
-        if standby:
-            _start_standby(env)
-        if os.path.exists(result_path):
-            with open(result_path, "rb") as f:
-                import cloudpickle
+    folder = tempfile.mkdtemp(prefix=f"sparkdl-rank{rank}-")
+    job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
+    started_path = os.path.join(folder, "started")
+    with open(job_path, "wb") as f:
+        pickle.dump(job, f)
+    started = time.time()
+    message = {"env": dict(env), "job": job_path, "result": result_path, "started": started_path,
+               "standby": rank_proc.standby}
+    try:
+        rank_proc.process.stdin.write(pickle.dumps(message))
+        rank_proc.process.stdin.close()
+    except OSError:  # it exited before its job came (its error is on the executor's stderr)
+        pass
+    late = False
+    while not os.path.exists(result_path) and rank_proc.process.poll() is None:
+        if start_timeout is not None and time.time() - started > start_timeout and not os.path.exists(started_path):
+            late = True
+            _stop(rank_proc.process)
+            break
+        time.sleep(_RESULT_POLL_S)
+    record = None
+    if os.path.exists(result_path):
+        import cloudpickle
 
-                return cloudpickle.loads(f.read())
+        with open(result_path, "rb") as f:
+            record = cloudpickle.loads(f.read())
+    if standby:
+        _start_standby(env)  # from this (the task's) thread: a child dies with the thread that started it
+
+    def reap() -> int:
+        code = rank_proc.process.wait()
+        if after_exit is not None:
+            after_exit()
+        shutil.rmtree(folder, ignore_errors=True)
+        return code
+
+    if record is not None:
+        _reaper[:] = [threading.Thread(target=reap, name=f"sparkdl-rank{rank}-exit", daemon=True)]
+        _reaper[0].start()
+        return record
+    code = reap()
+    if late:
+        message = f"the function of rank {rank} did not start within start_timeout={start_timeout:g}s"
+        return {"ok": False, "rank": rank, "error_type": "StartTimeout", "message": message, "traceback": message,
+                "time": time.time()}
     message = (f"the process of rank {rank} exited with status {code} after {time.time() - started:.1f}s "
                f"without a result (killed, out of memory, or a crash in native code; see the executor's log)")
     error = {"ok": False, "rank": rank, "error_type": "RankProcessExit", "message": message,
              "traceback": message, "time": time.time()}
     _report_error(env, error)
     return error
+
+
+# The background wait for this worker's last rank process to exit (at most one: one task at a time per worker).
+_reaper: list[threading.Thread] = []
+_RESULT_POLL_S = 0.02
+_REAPER_WAIT_S = 60.0
+
+
+def _join_reaper() -> None:
+    """Wait (bounded) until this worker's last rank process has exited, so ranks never share a task's cores."""
+    for thread in _reaper:
+        thread.join(_REAPER_WAIT_S)
 
 
 def _start_standby(env: Mapping[str, str]) -> None:
@@ -273,33 +385,24 @@ def _report_error(env: Mapping[str, str], error: dict) -> None:
             pass
 
 
-def worker_main(job: RankJob) -> dict:
+def worker_main(job: RankJob, started_path: str | None = None) -> dict:
     """Runs in every rank process: set up threads and devices, call the function, return its result or its
-    traceback (a record with `ok`, `rank` and `result` or `error_type`/`message`/`traceback`).
-
-    In a sparkdl job rank 0's result goes to the driver over the progress channel with the rank's `done`
-    message (so `run` can return before the processes exit); the record then carries None.
+    traceback (a record with `ok`, `rank` and `result` (rank 0's; None on the others) or
+    `error_type`/`message`/`traceback`). The record goes back through the barrier stage's output.
     """
-    import base64
-
     import cloudpickle
 
     rank = int(os.environ.get("HOROVOD_RANK", "0"))
     try:
         fn, kwargs = cloudpickle.loads(job.payload)
         applied = job.setup.apply()
+        if started_path:  # the task's start timeout ends here
+            open(started_path, "w").close()
         report("event", name="fn_start", rank=rank, setup=applied, standby=_in_standby)
         result = fn(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data
         return failure(rank, exc)
-    if client() is None:
-        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
-    try:
-        payload = base64.b64encode(cloudpickle.dumps(result)).decode("ascii") if rank == 0 else None
-        report("done", required=True, rank=rank, result=payload)
-        return {"ok": True, "rank": rank, "result": None}
-    except Exception:  # noqa: BLE001 - the channel failed: the result goes back through the task
-        return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
+    return {"ok": True, "rank": rank, "result": result if rank == 0 else None}
 
 
 def failure(rank: int, exc: BaseException) -> dict:
@@ -313,12 +416,15 @@ def failure(rank: int, exc: BaseException) -> dict:
     return error
 
 
-def _main(job_path: str, result_path: str) -> int:
+def _main(job_path: str, result_path: str, started_path: str | None = None) -> int:
     import cloudpickle
+
+    configure_logging()  # progress the driver cannot receive goes to the executor's log
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)
-    record = worker_main(job)
+    record = worker_main(job, started_path)
+    close_client()  # before the result: the driver has every progress message once the stage has its output
     try:
         data = cloudpickle.dumps(record)
     except Exception as exc:  # noqa: BLE001 - an unpicklable result is the function's error
@@ -408,4 +514,4 @@ def rank_main(argv: list[str] | None = None) -> int:
     _in_standby = bool(message["standby"])
     os.environ.clear()
     os.environ.update(message["env"])
-    return _main(message["job"], message["result"])
+    return _main(message["job"], message["result"], message.get("started"))

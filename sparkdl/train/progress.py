@@ -1,16 +1,24 @@
-"""A progress channel from Horovod workers to the Spark driver that works on a real cluster.
+"""A progress channel from Horovod workers to the Spark driver (or Spark Connect client) that works on a real cluster.
 
-The driver runs a small TCP server (`ProgressServer`, bound to 0.0.0.0, advertised under `spark.driver.host`);
-workers find it through the environment (`SPARKDL_PROGRESS_ADDR`, `SPARKDL_PROGRESS_TOKEN`) and send JSON lines
-with a `type`: ``epoch`` (one line per epoch from rank 0: logged on the `sparkdl.train` logger and drawn as a bar
-over epochs), ``event`` (a named moment, e.g. the first training step, timed on the driver), ``error`` (a worker's
-traceback, so the driver learns of a failure even when the other ranks hang), ``log``, and any type with a
-registered handler (the estimator uses ``checkpoint``); a handler registered for a built-in type runs after
-the built-in handling. A message sent with ``ack=True`` is answered once its
-handler has run, so the sender knows it was handled (used for checkpoints).
+The driver runs a small TCP server (`ProgressServer`), advertised under `spark.driver.host` (a Spark Connect client:
+its address towards the Connect server; `spark.sparkdl.train.progressHost` overrides both) and bound to that
+address's interface; workers find it through the environment (`SPARKDL_PROGRESS_ADDR`, and the job's secret
+`SPARKDL_PROGRESS_TOKEN`, which never travels on the channel) and send JSON lines, each signed with an HMAC-SHA256
+of the secret, with a `type`: ``epoch`` (one line per epoch from rank 0: logged on the `sparkdl.train` logger and
+drawn as a bar over epochs), ``event`` (a named moment, e.g. the first training step, timed on the driver),
+``error`` (a worker's traceback, so the driver learns of a failure even when the other ranks hang), ``log``, and any
+type with a registered handler; a handler registered for a built-in type runs after the built-in handling. A message
+sent with ``ack=True`` is answered once its handler has run, so the sender knows it was handled. Nothing on the
+channel is code: messages are JSON, and the job's results travel through the Spark stage's output.
+
+The channel is best-effort: under Spark Connect the client may sit where executors cannot reach it. A worker that
+cannot connect logs its progress on the executor instead (`log` below) and the job goes on.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -22,11 +30,38 @@ import time
 from collections.abc import Callable, Mapping
 
 from sparkdl.log import get_logger
+from sparkdl.session_kind import client_host, conf_get, is_connect
 
 log = get_logger("train")
 
 ADDR_ENV = "SPARKDL_PROGRESS_ADDR"
 TOKEN_ENV = "SPARKDL_PROGRESS_TOKEN"
+# Spark conf key: the host name or address executors reach this process under (default: see the module docstring).
+HOST_CONF = "spark.sparkdl.train.progressHost"
+CONNECT_TIMEOUT_S = 5.0
+
+
+def sign(secret: str, data: bytes) -> str:
+    """The hex HMAC-SHA256 of `data` under the job's secret."""
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def signed_line(secret: str, message: dict) -> bytes:
+    """One line of the channel: `<hmac> <json>`."""
+    data = json.dumps(message, default=_json_default).encode()
+    return sign(secret, data).encode() + b" " + data + b"\n"
+
+
+def verified(secret: str, line: bytes) -> dict | None:
+    """The message of a signed line, or None when its signature or JSON is wrong."""
+    mac, _, data = line.strip().partition(b" ")
+    if not hmac.compare_digest(mac, sign(secret, data).encode()):
+        return None
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
 
 Handler = Callable[[dict], None]
 
@@ -53,16 +88,13 @@ class _Handler(socketserver.StreamRequestHandler):
         server: ProgressServer = self.server.owner  # type: ignore[attr-defined]
         server._connections.add(threading.current_thread())
         try:
-            first = self.rfile.readline().decode("utf-8", "replace").strip()
-            if not secrets.compare_digest(first, server.token):
-                log.warning("progress channel: rejected a connection from %s (bad token)", self.client_address[0])
-                return
             for raw in self.rfile:
-                try:
-                    message = json.loads(raw)
-                except ValueError:
-                    log.warning("progress channel: dropped a malformed line from %s", self.client_address[0])
-                    continue
+                message = verified(server.token, raw)
+                if message is None:
+                    log.warning("progress channel: closed a connection from %s (a line with a bad signature)",
+                                self.client_address[0])
+                    return
+                server.connected = True
                 ok = server.dispatch(message)
                 if message.get("ack"):
                     self.wfile.write(b"ok\n" if ok else b"error\n")
@@ -103,11 +135,16 @@ class ProgressServer:
         self._server: _TCPServer | None = None
         self._thread: threading.Thread | None = None
         self.error_listeners: list[Callable[[dict], None]] = []
+        self.connected = False  # a worker reached the channel (with a valid signature)
 
     @classmethod
     def for_spark(cls, spark, **kwargs) -> "ProgressServer":
-        """A server advertised under the session's `spark.driver.host`."""
-        host = spark.sparkContext.getConf().get("spark.driver.host") or None
+        """A server advertised where the session's executors reach this process (see the module docstring)."""
+        host = conf_get(spark, HOST_CONF)
+        if not host and is_connect(spark):
+            host = _address_towards(client_host(spark) or "127.0.0.1")
+        elif not host:
+            host = conf_get(spark, "spark.driver.host")
         return cls(advertised_host=host, **kwargs)
 
     @property
@@ -121,7 +158,7 @@ class ProgressServer:
         return {ADDR_ENV: self.address, TOKEN_ENV: self.token}
 
     def start(self) -> "ProgressServer":
-        self._server = _TCPServer(("0.0.0.0", 0), _Handler)
+        self._server = _TCPServer((_bind_address(self.advertised_host), 0), _Handler)
         self._server.owner = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, name="sparkdl-progress", daemon=True)
         self._thread.start()
@@ -221,16 +258,21 @@ class ProgressClient:
         return cls(address, token)
 
     def _connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.sendall((self.token + "\n").encode())
+        sock = socket.create_connection((self.host, self.port), timeout=min(self.timeout, CONNECT_TIMEOUT_S))
+        sock.settimeout(self.timeout)
         self._sock, self._rfile = sock, sock.makefile("rb")
+
+    @property
+    def reachable(self) -> bool:
+        """False once the driver could not be reached (then messages go to this process's log instead)."""
+        return not self._broken
 
     def send(self, message: dict, required: bool = False) -> None:
         """Send one message. With `required`, wait for the driver's acknowledgement and raise OSError on failure;
         otherwise failures are logged once and further messages dropped (progress is best-effort)."""
         payload = dict(message, ack=required, time=time.time())
         payload.setdefault("rank", int(os.environ.get("HOROVOD_RANK", "0")))
-        data = (json.dumps(payload, default=_json_default) + "\n").encode()
+        data = signed_line(self.token, payload)
         with self._lock:
             if self._broken and not required:
                 return
@@ -288,6 +330,12 @@ def client() -> ProgressClient | None:
         return _CLIENT
 
 
+def close_client() -> None:
+    """Close this process's connection: the driver's handler then has every message it sent."""
+    if _CLIENT is not None:
+        _CLIENT.close()
+
+
 def mark(name: str) -> None:
     """Rank 0: report a named moment (an ``event``), timed on the driver (`RunStats.events`)."""
     if os.environ.get("HOROVOD_RANK", "0") == "0":
@@ -295,7 +343,44 @@ def mark(name: str) -> None:
 
 
 def report(kind: str, required: bool = False, **fields) -> None:
-    """Send a message of type `kind` to the driver, if this process runs in a sparkdl Horovod job."""
+    """Send a message of type `kind` to the driver, if this process runs in a sparkdl Horovod job. When the driver
+    cannot be reached, epochs, logs and errors go to this process's log (the executor's stderr) instead."""
     c = client()
-    if c is not None:
-        c.send({"type": kind, **fields}, required=required)
+    if c is None:
+        return
+    c.send({"type": kind, **fields}, required=required)
+    if not c.reachable and kind in ("epoch", "log", "error"):
+        if kind == "epoch":
+            logs = fields.get("logs") or {}
+            log.info("rank %s: epoch %s/%s %s", os.environ.get("HOROVOD_RANK", "0"), int(fields.get("epoch", 0)) + 1,
+                     fields.get("epochs"), format_logs(logs))
+        else:
+            log.info("rank %s: %s: %s", os.environ.get("HOROVOD_RANK", "0"), kind,
+                     fields.get("message") or fields.get("traceback"))
+
+
+def _address_towards(host: str) -> str:
+    """This host's address on the route to `host` (the kernel picks it; no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def _bind_address(advertised_host: str) -> str:
+    """The local address the server listens on: the advertised host's, when it is one of this host's (so the
+    channel is not open on other interfaces), else all interfaces (e.g. behind NAT, advertised as another name)."""
+    try:
+        address = socket.gethostbyname(advertised_host)
+    except OSError:
+        return "0.0.0.0"
+    if ipaddress.ip_address(address).is_loopback:
+        return address
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+        return address
+    except OSError:
+        return "0.0.0.0"

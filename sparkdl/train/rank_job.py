@@ -3,7 +3,6 @@ learning rate scaled by the number of ranks, the warm-up schedule, the rank's sh
 reports of epochs and checkpoints to the driver."""
 from __future__ import annotations
 
-import base64
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from sparkdl import stack
 from sparkdl.data.dataset import tf_dataset
 from sparkdl.train import progress
+from sparkdl.train.checkpoints import RankCheckpointing
 from sparkdl.train.serialization import model_to_bytes, optimizer_to_bytes
 
 
@@ -37,7 +37,7 @@ class TrainJob:
     early_stopping: int | None = None
     monitor: str = "loss"
     callbacks: list = field(default_factory=list)
-    checkpoint_every: int = 1
+    checkpointing: RankCheckpointing | None = None  # rank 0 writes the run's checkpoints and epochs log
     steps_per_execution: int = 1      # steps per tf.function call (Keras compile); same SGD steps either way
     flavour: str = "tf_keras"         # the Keras flavour of `model` (sparkdl.stack); keras3 trains in keras3_worker
     backward_passes_per_step: int = 1  # local gradient aggregation: one allreduce per N batches
@@ -125,20 +125,27 @@ def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch:
     return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
 
 
-def report_epoch(epoch: int, epochs: int, logs, seconds: float, examples: int) -> None:
-    """Rank 0: send an epoch's logs (the numbers among them), its time and examples/s to the driver."""
-    progress.report("epoch", epoch=epoch, epochs=epochs, logs=_floats(logs), seconds=seconds,
-                    examples_per_s=examples / max(seconds, 1e-9))
+# Rank 0's logs of this job's epochs (a rank process runs one job).
+_epoch_logs: dict[int, dict] = {}
 
 
-def report_checkpoint(epoch: int, logs, model, optimizer) -> None:
-    """Rank 0: send the model and optimizer state after `epoch` to the driver and wait for its acknowledgement."""
-    progress.report("checkpoint", required=True, epoch=epoch, logs=_floats(logs),
-                    model=_b64(model_to_bytes(model)), optimizer=_b64(optimizer_to_bytes(optimizer)))
+def report_epoch(job: TrainJob, epoch: int, logs, seconds: float, examples: int) -> None:
+    """Rank 0: an epoch's logs (the numbers among them), its time and examples/s: into the run's epochs log, and
+    to the driver (or the executor's log when the driver cannot be reached)."""
+    floats = _floats(logs)
+    rate = examples / max(seconds, 1e-9)
+    _epoch_logs[int(epoch)] = floats
+    if job.checkpointing is not None:
+        job.checkpointing.log_epoch(epoch, floats, examples_per_s=rate, seconds=seconds)
+    progress.report("epoch", epoch=epoch, epochs=job.epochs, logs=floats, seconds=seconds, examples_per_s=rate)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def report_checkpoint(job: TrainJob, epoch: int, logs, model, optimizer) -> None:
+    """Rank 0: write the model and optimizer state after `epoch` into the run's folder when a checkpoint is due."""
+    if job.checkpointing is None or (epoch + 1) % max(1, int(job.checkpointing.every)):
+        return
+    _epoch_logs[int(epoch)] = _floats(logs)
+    job.checkpointing.write(epoch, model_to_bytes(model), optimizer_to_bytes(optimizer), _epoch_logs)
 
 
 def _floats(logs) -> dict:

@@ -1,68 +1,89 @@
 """What a Horovod job may use: task slots, cores per process, GPUs, and the network interface.
 
-Driver side: `task_slots`, `cores_per_task`, `wants_gpu` read the Spark configuration before a launch. Task side:
-`interface_towards` picks the interface Gloo binds to. Rank side: `WorkerSetup.apply` runs first in every
-Horovod process and pins threads and devices before the training function touches TensorFlow
+Driver side: `check_cluster`, `task_slots`, `cores_per_task`, `wants_gpu` read the Spark configuration before a
+launch. Task side: `interface_towards` picks the interface Gloo binds to. Rank side: `WorkerSetup.apply` runs first
+in every Horovod process and pins threads and devices before the training function touches TensorFlow
 (`sparkdl.tf_runtime`, shared with scoring, applies them to TensorFlow).
 """
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 
-from sparkdl.errors import TrainingError
+from sparkdl.errors import ConfigError, TrainingError
 from sparkdl.log import get_logger
+from sparkdl.session_kind import conf_get, default_parallelism, dynamic_allocation, local_cores, master
 from sparkdl.tf_runtime import configure_tensorflow, thread_env
 
 log = get_logger("train")
 
-_LOCAL = re.compile(r"^local(?:-cluster)?\[(\*|\d+)(?:\s*,\s*\d+)?\]$|^local$")
 
 
-def _conf(sc, key: str, default: str | None = None) -> str | None:
-    return sc.getConf().get(key, default)
-
-
-def local_cores(master: str) -> int | None:
-    """Cores of a `local`, `local[N]` or `local[*]` master; None for a cluster master."""
-    match = _LOCAL.match(master.strip())
-    if not match:
-        return None
-    n = match.group(1)
-    if n is None:
-        return 1
-    return (os.cpu_count() or 1) if n == "*" else int(n)
-
-
-def task_slots(sc) -> int:
-    """How many Spark tasks can run at once: in local mode `local[N]`'s N, else defaultParallelism / task.cpus.
+def task_slots(spark) -> int | None:
+    """How many Spark tasks can run at once: in local mode `local[N]`'s N, else the default parallelism divided by
+    `spark.task.cpus`; None when a Spark Connect session's settings do not say (`session_kind.default_parallelism`).
 
     Horovod needs one concurrently running Spark task per process; asking for more makes the launch wait for
-    slots that never come (until `start_timeout`).
+    slots that never come.
     """
-    cores = local_cores(sc.master)
+    cores = local_cores(master(spark))
     if cores is not None:
         return cores
-    task_cpus = max(1, int(float(_conf(sc, "spark.task.cpus", "1"))))
-    return max(1, sc.defaultParallelism // task_cpus)
+    parallelism = default_parallelism(spark)
+    if parallelism is None:
+        return None
+    task_cpus = max(1, int(float(conf_get(spark, "spark.task.cpus", "1"))))
+    return max(1, parallelism // task_cpus)
 
 
-def cores_per_task(sc, num_proc: int) -> int:
+def check_cluster(spark, num_proc: int, who: str = "HorovodRunner") -> int | None:
+    """Fail fast when the cluster cannot run `num_proc` barrier tasks at once; returns the task slots (None when
+    the session does not tell them).
+
+    Raises:
+        ConfigError: dynamic allocation is on (Spark refuses barrier stages there), or `num_proc` is more than the
+            task slots (Spark would retry the barrier stage for minutes before giving up).
+    """
+    slots = task_slots(spark)
+    problem = cluster_problem(who, num_proc, master(spark), slots, default_parallelism(spark),
+                              dynamic_allocation(spark), conf_get(spark, "spark.task.cpus", "1"))
+    if problem:
+        raise ConfigError(problem)
+    if slots is None:
+        log.warning("%s: the session does not tell its task slots (master %s); launching %d process(es) and "
+                    "trusting the cluster to have them", who, master(spark), num_proc)
+    return slots
+
+
+def cluster_problem(who: str, num_proc: int, master_url: str, slots: int | None, parallelism: int | None,
+                    dynamic: bool, task_cpus: str | None = "1") -> str | None:
+    """What keeps a cluster of these settings from running `num_proc` barrier tasks at once (None: nothing)."""
+    if dynamic:
+        return (f"{who}: num_proc={num_proc} Horovod processes need a barrier stage, which Spark refuses while "
+                f"dynamic allocation is on (spark.dynamicAllocation.enabled=true on master {master_url}); turn it "
+                f"off for this cluster or job, with a fixed number of executors")
+    if slots is not None and num_proc > slots:
+        return (f"{who}: num_proc={num_proc} is more than the {slots} Spark task slot(s) available (master "
+                f"{master_url}, default parallelism {parallelism}, spark.task.cpus {task_cpus}); every Horovod "
+                f"process needs its own concurrently running task. Lower num_proc or give Spark more cores.")
+    return None
+
+
+def cores_per_task(spark, num_proc: int) -> int:
     """Threads one Horovod process may use without oversubscribing its host.
 
     Local mode: the host's cores (bounded by local[N]) shared by `num_proc` processes. Cluster: `spark.task.cpus`.
     """
-    cores = local_cores(sc.master)
+    cores = local_cores(master(spark))
     if cores is not None:
         return max(1, min(cores, os.cpu_count() or cores) // max(1, num_proc))
-    return max(1, int(float(_conf(sc, "spark.task.cpus", "1"))))
+    return max(1, int(float(conf_get(spark, "spark.task.cpus", "1"))))
 
 
-def wants_gpu(sc) -> bool:
+def wants_gpu(spark) -> bool:
     """True when Spark tasks are given GPUs (`spark.task.resource.gpu.amount` > 0)."""
-    amount = _conf(sc, "spark.task.resource.gpu.amount")
+    amount = conf_get(spark, "spark.task.resource.gpu.amount")
     try:
         return amount is not None and float(amount) > 0
     except ValueError:

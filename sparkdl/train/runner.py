@@ -1,6 +1,7 @@
 """`HorovodRunner`: run a function on `num_proc` Horovod processes inside Spark tasks (Gloo, no MPI).
 
-The Databricks-style API, on one Spark barrier stage (`sparkdl.train.launch`)::
+The Databricks-style API, on one Spark barrier stage (`sparkdl.train.launch`), from a classic or a Spark Connect
+session alike::
 
     runner = HorovodRunner(num_proc=2)
     result = runner.run(train, epochs=3)      # rank 0's return value
@@ -10,16 +11,14 @@ the cores) and devices (the task's GPU when Spark tasks have GPUs, else all GPUs
 function. An exception in any rank is caught there and returned as data (and sent over the progress channel at
 once, in case the other ranks hang in a collective); the driver raises `TrainingError` with that rank's traceback.
 
-When every rank has finished its function, each says so over the progress channel (rank 0 with its result), and
-`run` returns at once: the Horovod processes' exit, the Spark tasks' end and the job's clean-up (seconds, and
-nothing the caller waits for) finish in the background. The next `run` on the same SparkContext waits for that
-tear-down before it launches, so two jobs never compete for the task slots.
+Results come back through the stage's output, and `run` returns as soon as every rank has written its result: the
+Horovod processes' exit (seconds) runs on in the background of the tasks' Python workers, and the next job's task
+in a worker waits for it before it starts a rank. Progress (epochs, events, errors) comes over the progress
+channel when the executors can reach this process; when they cannot (a Spark Connect client outside the cluster),
+it shows in the executor logs, and training goes on.
 """
 from __future__ import annotations
 
-import atexit
-import base64
-import socket
 import threading
 import time
 import uuid
@@ -30,9 +29,10 @@ from typing import Any
 from sparkdl.errors import ConfigError, TrainingError
 from sparkdl.log import get_logger
 from sparkdl.session import get_spark
+from sparkdl.session_kind import add_tag, cancel_tag, conf_get, master, remove_tag
 from sparkdl.tf_runtime import thread_env
 from sparkdl.train import resources
-from sparkdl.train.launch import RankLaunch
+from sparkdl.train.launch import RESULT_SCHEMA, RankLaunch, records_from_rows
 from sparkdl.train.progress import Handler, ProgressServer
 
 log = get_logger("train")
@@ -43,29 +43,6 @@ STANDBY_CONF = "spark.sparkdl.train.standbyRanks"
 # After a rank reported an error, how long the driver waits for the job to end on its own before cancelling it
 # (the other ranks may be blocked in a collective that will never complete).
 ABORT_GRACE_S = 20.0
-
-# The tear-down still running in the background, per SparkContext id (see the module docstring).
-_TEARDOWNS: dict[int, threading.Thread] = {}
-_TEARDOWNS_LOCK = threading.Lock()
-
-
-def _join_teardowns(timeout: float = 30.0) -> None:
-    """At interpreter exit: let the last jobs' tasks end before Spark stops (else the driver logs a lost task)."""
-    deadline = time.monotonic() + timeout
-    with _TEARDOWNS_LOCK:
-        threads = list(_TEARDOWNS.values())
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def wait_for_teardown(sc, timeout: float | None = None) -> bool:
-    """Wait for the background tear-down of the last Horovod job on `sc`; True when none is left running."""
-    with _TEARDOWNS_LOCK:
-        thread = _TEARDOWNS.get(id(sc))
-    if thread is None:
-        return True
-    thread.join(timeout)
-    return not thread.is_alive()
 
 
 @dataclass
@@ -144,7 +121,7 @@ class HorovodRunner:
         self.verbose = verbose
         self.standby = standby
         self.last_run: RunStats | None = None
-        self._active = None  # (Spark job group, SparkContext) of the job in progress
+        self._active = None  # (job tag, SparkSession) of the job in progress
 
     @property
     def spark(self):
@@ -152,16 +129,10 @@ class HorovodRunner:
             self._spark = get_spark()
         return self._spark
 
-    def check_slots(self) -> int:
-        """The available task slots; raises ConfigError when `num_proc` exceeds them."""
-        sc = self.spark.sparkContext
-        slots = resources.task_slots(sc)
-        if self.num_proc > slots:
-            raise ConfigError(
-                f"HorovodRunner: num_proc={self.num_proc} is more than the {slots} Spark task slot(s) available "
-                f"(master {sc.master}, defaultParallelism {sc.defaultParallelism}); every Horovod process needs "
-                f"its own concurrently running task. Lower num_proc or give Spark more cores.")
-        return slots
+    def check_slots(self) -> int | None:
+        """The available task slots (None when the session does not tell them); raises ConfigError when the
+        cluster cannot run `num_proc` barrier tasks at once (`resources.check_cluster`)."""
+        return resources.check_cluster(self.spark, self.num_proc)
 
     def run(self, fn: Callable[..., Any], **kwargs) -> Any:
         """Run `fn(**kwargs)` on every rank and return rank 0's result.
@@ -170,128 +141,92 @@ class HorovodRunner:
         `horovod.tensorflow.keras.init()` (or `horovod.tensorflow.init()`) as usual.
 
         Raises:
-            ConfigError: num_proc larger than the task slots (before anything is launched).
+            ConfigError: num_proc larger than the task slots, or dynamic allocation on (before anything is launched).
             TrainingError: a rank raised (the message carries that rank's traceback), not every rank started
                 within `start_timeout`, or the Spark job failed.
         """
         import cloudpickle
-        from horovod.runner.http.http_server import RendezvousServer
 
-        sc = self.spark.sparkContext
+        spark = self.spark
         self.check_slots()
-        use_gpu = resources.wants_gpu(sc) if self.use_gpu is None else bool(self.use_gpu)
-        threads = self.threads_per_proc or resources.cores_per_task(sc, self.num_proc)
+        use_gpu = resources.wants_gpu(spark) if self.use_gpu is None else bool(self.use_gpu)
+        threads = self.threads_per_proc or resources.cores_per_task(spark, self.num_proc)
         setup = resources.WorkerSetup(threads=threads, use_gpu=use_gpu)
         payload = cloudpickle.dumps((fn, kwargs))  # the package's cloudpickle: it honours register_pickle_by_value
         stats = RunStats(num_proc=self.num_proc, threads_per_proc=threads, use_gpu=use_gpu)
         self.last_run = stats
 
-        server = ProgressServer.for_spark(self.spark, handlers=self.message_handlers, total_epochs=self.total_epochs)
+        server = ProgressServer.for_spark(spark, handlers=self.message_handlers, total_epochs=self.total_epochs)
         env = {**thread_env(threads), **self.env}
         if not use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
         log.info("launching %d Horovod process(es) (Gloo) with %d thread(s) each on %s, %s",
-                 self.num_proc, threads, sc.master, "GPU" if use_gpu else "CPU")
-
-        if not wait_for_teardown(sc, timeout=self.start_timeout):  # the last job's tasks must have left their slots
-            raise TrainingError(f"the previous Horovod job on this SparkContext is still tearing down after "
-                                f"{self.start_timeout}s (its processes did not exit); see the executor logs")
+                 self.num_proc, threads, master(spark), "GPU" if use_gpu else "CPU")
         started = time.time()
-        group = f"sparkdl-horovod-{uuid.uuid4().hex[:12]}"
+        tag = f"sparkdl-horovod-{uuid.uuid4().hex[:12]}"
         done = threading.Event()
-        watchdog = _Watchdog(sc, group, done)
+        watchdog = _Watchdog(spark, tag, done)
         server.error_listeners.append(watchdog.on_error)
-        finished = _Finished(self.num_proc)
-        server.handlers["done"] = finished.on_done
         starts = _Starts(self.num_proc, server.handlers.get("event"))
         server.handlers["event"] = starts.on_event
         server.start()
         env.update(server.env())
-        rendezvous = RendezvousServer(self.verbose)
-        port = rendezvous.start()
-        host = sc.getConf().get("spark.driver.host") or socket.gethostname()
         standby = self.standby
         if standby is None:
-            standby = (self.spark.conf.get(STANDBY_CONF, "true") or "true").strip().lower() != "false"
-        launch = RankLaunch(payload=payload, setup=setup, env=env, rendezvous_host=host, rendezvous_port=port,
-                            standby=bool(standby))
+            standby = (conf_get(spark, STANDBY_CONF, "true") or "true").strip().lower() != "false"
+        launch = RankLaunch(payload=payload, setup=setup, env=env, standby=bool(standby), verbose=self.verbose,
+                            start_timeout=self.start_timeout)
         outcome: dict[str, Any] = {}
-        self._active = (group, sc)
+        self._active = (tag, spark)
 
         def job() -> None:
+            add_tag(spark, tag)  # tags are per thread: this one runs the job
             try:
-                sc.setJobGroup(group, f"sparkdl: Horovod job on {self.num_proc} process(es)",
-                               interruptOnCancel=True)
-                ranks = sc.parallelize(range(self.num_proc), self.num_proc).barrier().mapPartitions(launch)
-                outcome["results"] = ranks.collect()
-            except BaseException as exc:  # noqa: BLE001 - raised by run() below, or logged after an early return
+                ranks = spark.range(0, self.num_proc, 1, self.num_proc).mapInArrow(launch, RESULT_SCHEMA,
+                                                                                   barrier=True)
+                outcome["records"] = records_from_rows(ranks.collect())
+            except BaseException as exc:  # noqa: BLE001 - raised by run() below
                 outcome["error"] = exc
             finally:
+                remove_tag(spark, tag)
                 done.set()
-                finished.event.set()
 
         thread = threading.Thread(target=job, name="sparkdl-horovod-job", daemon=True)
         thread.start()
         try:
-            if not finished.event.wait(self.start_timeout) and not starts.all_started():
-                self.cancel()
-                thread.join(ABORT_GRACE_S)
-                raise TrainingError(
-                    f"only {starts.count()} of {self.num_proc} Horovod process(es) started within "
-                    f"start_timeout={self.start_timeout}s: Spark could not run {self.num_proc} barrier tasks at "
-                    f"once on {sc.master}, or the ranks' Python is slow to start (see the executor logs)")
-            finished.event.wait()
+            done.wait()
         except KeyboardInterrupt:
             self.cancel()
             thread.join(ABORT_GRACE_S)
             raise
         finally:
+            thread.join(ABORT_GRACE_S)
+            server.close(drain_timeout=5.0)  # the ranks closed their connections before writing their results
             stats.record(server, started, starts)
-        if finished.complete() and not done.is_set():  # every rank is done: the rest is tear-down
-            self._teardown_in_background(sc, thread, server, rendezvous, outcome, started)
-            return finished.result()
-        thread.join()
-        server.close(drain_timeout=5.0 if "error" in outcome else 30.0)
-        rendezvous.stop()
-        stats.record(server, started, starts)
         if "error" in outcome:
             exc = outcome["error"]
             if server.errors:
                 raise _training_error(server.errors) from exc
             raise TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}") from exc
-        results = outcome["results"]
-        failed = [r for r in results if not r.get("ok")]
+        records = outcome["records"]
+        late = [r for r in records if r.get("error_type") == "StartTimeout"]
+        if late:
+            raise TrainingError(
+                f"only {self.num_proc - len(late)} of {self.num_proc} Horovod process(es) started within "
+                f"start_timeout={self.start_timeout}s: the ranks' Python is slow to start or to unpickle the "
+                f"function (see the executor logs)")
+        failed = [r for r in records if not r.get("ok")]
         if failed:
             raise _training_error(failed + server.errors)
-        if finished.complete():
-            return finished.result()
-        return next(r["result"] for r in results if r.get("rank") == 0)
+        return next(r["result"] for r in records if r.get("rank") == 0)
 
     def cancel(self) -> None:
-        """Stop the job `run` is running (from another thread, or on KeyboardInterrupt): its Spark job group is
-        cancelled, which ends the tasks and with them the rank processes; `run` then raises TrainingError."""
+        """Stop the job `run` is running (from another thread, or on KeyboardInterrupt): its Spark jobs are
+        cancelled by tag, which ends the tasks and with them the rank processes; `run` then raises TrainingError."""
         active = getattr(self, "_active", None)
         if active is not None:
-            group, sc = active
-            sc.cancelJobGroup(group)
-
-    @staticmethod
-    def _teardown_in_background(sc, thread: threading.Thread, server: ProgressServer, rendezvous,
-                                outcome: dict, started: float) -> None:
-        def finish() -> None:
-            thread.join()
-            server.close(drain_timeout=5.0)
-            rendezvous.stop()
-            if "error" in outcome:  # after every rank finished (e.g. the session stopped meanwhile): nothing lost
-                log.debug("the Horovod job's tear-down ended with: %s", outcome["error"])
-            log.debug("Horovod job torn down %.1fs after the call", time.time() - started)
-
-        teardown = threading.Thread(target=finish, name="sparkdl-horovod-teardown", daemon=True)
-        with _TEARDOWNS_LOCK:
-            if not _TEARDOWNS:  # registered after pyspark's own exit hooks, so it runs before them
-                atexit.register(_join_teardowns)
-            _TEARDOWNS[id(sc)] = teardown
-        teardown.start()
+            tag, spark = active
+            cancel_tag(spark, tag)
 
 
 class _Starts:
@@ -320,29 +255,6 @@ class _Starts:
         return len(self._ranks) >= self.num_proc
 
 
-class _Finished:
-    """The ranks' `done` messages: complete once all `num_proc` ranks reported, with rank 0's result."""
-
-    def __init__(self, num_proc: int):
-        self.num_proc = num_proc
-        self.event = threading.Event()
-        self._ranks: dict[int, str | None] = {}
-
-    def on_done(self, message: dict) -> None:
-        self._ranks[int(message.get("rank", 0))] = message.get("result")
-        if self.complete():
-            self.event.set()
-
-    def complete(self) -> bool:
-        return len(self._ranks) >= self.num_proc and 0 in self._ranks
-
-    def result(self) -> Any:
-        import cloudpickle
-
-        payload = self._ranks[0]
-        return cloudpickle.loads(base64.b64decode(payload)) if payload is not None else None
-
-
 def _training_error(errors: list[dict]) -> TrainingError:
     """The error of the rank that failed first (others usually fail as a consequence)."""
     first = min(errors, key=lambda e: e.get("time", float("inf")))
@@ -360,8 +272,8 @@ def _training_error(errors: list[dict]) -> TrainingError:
 class _Watchdog:
     """Cancels the Horovod Spark job when a rank reported an error and the job did not end within ABORT_GRACE_S."""
 
-    def __init__(self, sc, group: str, done: threading.Event):
-        self.sc, self.group, self.done = sc, group, done
+    def __init__(self, spark, tag: str, done: threading.Event):
+        self.spark, self.tag, self.done = spark, tag, done
         self._armed = False
 
     def on_error(self, _message: dict) -> None:
@@ -373,9 +285,9 @@ class _Watchdog:
     def _cancel_later(self) -> None:
         if self.done.wait(ABORT_GRACE_S):
             return
-        log.warning("a rank failed and the others did not stop within %.0fs: cancelling Spark job group %s",
-                    ABORT_GRACE_S, self.group)
+        log.warning("a rank failed and the others did not stop within %.0fs: cancelling the Spark jobs tagged %s",
+                    ABORT_GRACE_S, self.tag)
         try:
-            self.sc.cancelJobGroup(self.group)
+            cancel_tag(self.spark, self.tag)
         except Exception:  # noqa: BLE001
             log.exception("could not cancel the Horovod job")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`, called by .ci/run): set up both stacks, then run the whole suite on
-# each, the pinned stack first, after the linter (ruff, configured in pyproject.toml). Each suite gets the other stack's interpreter in SPARKDL_OTHER_PYTHON for the
+# each, the pinned stack first, then the tests marked both_sessions from a Spark Connect session on the current
+# stack, after the linter (ruff, configured in pyproject.toml). Each suite gets the other stack's interpreter in SPARKDL_OTHER_PYTHON for the
 # cross-stack model tests. Prints the seconds of every stage; exits non-zero when a set-up or either suite
 # fails (pytest's exit 5, no tests collected, counts as a failure). Extra arguments go to both pytest runs.
 set -uo pipefail
@@ -27,6 +28,9 @@ if [ "$failed" -eq 0 ]; then
   SPARKDL_OTHER_PYTHON="$PWD/.venv-current/bin/python" stage tests-pinned .venv/bin/python -m pytest tests "$@" \
     || failed=1
   SPARKDL_OTHER_PYTHON="$PWD/.venv/bin/python" stage tests-current .venv-current/bin/python -m pytest tests "$@" \
+    || failed=1
+  # The end-to-end paths again from a Spark Connect session (a local server): the tests marked both_sessions.
+  SPARKDL_TEST_SESSION=connect stage tests-connect .venv-current/bin/python -m pytest tests -m both_sessions "$@" \
     || failed=1
 fi
 echo "test: stages (load average now: $(cut -d' ' -f1-3 /proc/loadavg)):" >&2

@@ -3,9 +3,10 @@
 Each section of a job file is a dataclass below; `load_config(path)` checks every key and type and raises a
 `ConfigError` naming the file and the dotted key (`conf/digits.yaml: train.epochs: expected int, got 'ten'`).
 
-Strings may reference the environment as `${VAR}` or `${VAR:-default}`. Paths can also be overridden without
-editing files: `SPARKDL_WORK_DIR` (work_dir), `SPARKDL_LAKE_DIR` (lake.root), `SPARKDL_MODEL_STORE` (registry.root),
-`SPARKDL_MASTER` (spark.master). Command-line overrides use dotted keys: `train.epochs=3`.
+Strings may reference the environment as `${VAR}` or `${VAR:-default}`. Paths can also be overridden without editing
+files: `SPARKDL_WORK_DIR` (work_dir), `SPARKDL_LAKE_DIR` (lake.root), `SPARKDL_MODEL_STORE` (registry.root),
+`SPARKDL_MASTER` (spark.master), `SPARKDL_REMOTE` (spark.remote: a Spark Connect session). Command-line overrides
+use dotted keys: `train.epochs=3`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class SparkSection:
     """How to get the Spark session. In a notebook or under spark-submit the active session wins."""
 
     master: str | None = None
+    remote: str | None = None  # a Spark Connect server: `sc://host:port`, or `local[N]` (a local server)
     app_name: str = "sparkdl"
     conf: dict[str, str] = field(default_factory=dict)
 
@@ -158,6 +160,7 @@ _ENV_OVERRIDES = {
     ("lake", "root"): "SPARKDL_LAKE_DIR",
     ("registry", "root"): "SPARKDL_MODEL_STORE",
     ("spark", "master"): "SPARKDL_MASTER",
+    ("spark", "remote"): "SPARKDL_REMOTE",
 }
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 LOGGER_NAME = "sparkdl"
 _NOISY = ("py4j", "pyspark", "petastorm", "horovod", "tensorflow", "absl", "matplotlib", "urllib3", "deltalake")
@@ -32,3 +33,17 @@ def configure_logging(level: str | int | None = None, quiet_third_party: bool = 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         for name in _NOISY:
             logging.getLogger(name).setLevel(quiet_level)
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|(^|[._-])key$|^fs\.s3a\..*key", re.IGNORECASE)
+
+
+def looks_secret(key: str) -> bool:
+    """True for setting names that usually hold secrets (`*secret*`, `*password*`, `*token*`, `*.key`,
+    `fs.s3a.*key*`): their values are never logged."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def shown(key: str, value: object) -> str:
+    """A setting's value as it may appear in a log line: `***` for a key that looks secret."""
+    return "***" if looks_secret(key) else str(value)

@@ -39,7 +39,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkdl.errors import Problem, SparkDLError, ValidationError
+from sparkdl import jsonlines
+from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.ordered_scan import ordered_scan
 
@@ -455,43 +456,18 @@ class MetricHistory:
         stored = dict(record)
         stored.setdefault("timestamp", datetime.now(timezone.utc).isoformat())
         try:
-            line = json.dumps(stored, sort_keys=True, default=_plain) + "\n"
+            line = jsonlines.append(self.path, stored, default=_plain)
         except (TypeError, ValueError) as exc:
             raise ValidationError(
                 f"metric record of model {record['model']!r} cannot be written as JSON: {exc}"
             ) from exc
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
         return json.loads(line)
 
     def records(self, model: str | None = None) -> list[dict[str, Any]]:
-        """All records in the order written, or those of `model`. A missing file is an empty history.
-
-        A truncated last line (a writer that died mid-line) is skipped with a warning; any other unreadable
-        line raises SparkDLError naming the file and line number.
-        """
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        out = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if number == len(lines) and not line.endswith("}"):
-                    log.warning("metric history %s: skipping a truncated last line %d", self.path, number)
-                    continue
-                raise SparkDLError(
-                    f"metric history {self.path} line {number} is not valid JSON: {exc}"
-                ) from exc
-            if model is None or record.get("model") == model:
-                out.append(record)
-        return out
+        """All records in the order written, or those of `model`. A missing file is an empty history; a line a
+        writer tore (died mid-line) is skipped with a warning, and the records after it are kept
+        (`sparkdl.jsonlines`)."""
+        return [r for r in jsonlines.read(self.path) if model is None or r.get("model") == model]
 
     def to_pandas(self, model: str | None = None):
         """The records as a pandas DataFrame: one row per record, metrics flattened to `metrics.<name>`

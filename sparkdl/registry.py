@@ -26,7 +26,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from sparkdl import stack
@@ -229,7 +229,9 @@ class ModelStore:
         try:
             model_path = tmp / MODEL_FILE
             try:
-                model.save(str(model_path))  # the .keras suffix selects the Keras v3 format
+                from sparkdl.models.saving import save_keras_file
+
+                save_keras_file(model, model_path)
             except Exception as exc:  # noqa: BLE001 - Keras raises many kinds
                 raise ModelStoreError(f"save {name!r}: could not write the model to {model_path}: "
                                       f"{type(exc).__name__}: {exc}") from exc
@@ -384,7 +386,13 @@ class ModelStore:
         """
         version = self.resolve(ref)
         metadata = self._read_metadata(version)
-        model_path = version.path / metadata.get("model_file", MODEL_FILE)
+        model_file = str(metadata.get("model_file", MODEL_FILE))
+        if (not model_file or PurePosixPath(model_file).is_absolute() or PureWindowsPath(model_file).is_absolute()
+                or ".." in PurePosixPath(model_file.replace("\\", "/")).parts):
+            raise ModelStoreError(f"model {version}: {version.path / METADATA_FILE} names the model file "
+                                  f"{model_file!r}; expected a file name inside the version's folder (no absolute "
+                                  f"path, no '..')")
+        model_path = version.path / model_file
         if not model_path.is_file():
             raise ModelStoreError(f"model {version}: the model file {model_path} is missing")
         if verify:

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sparkdl.errors import SessionError
-from sparkdl.log import configure_logging, get_logger
+from sparkdl.log import configure_logging, get_logger, shown
 from sparkdl.session_kind import has_jvm_class, is_connect, require_connect_client, set_log_level
 from sparkdl.session_kind import master as master_of
 
@@ -215,7 +215,8 @@ def _apply_runtime_conf(spark, conf: Mapping[str, str]) -> None:
         except Exception:  # noqa: BLE001
             pass
         if _get_conf(spark, key) != value:
-            log.warning("Spark setting %s=%s ignored: it is static and the session is already running", key, value)
+            log.warning("Spark setting %s=%s ignored: it is static and the session is already running", key,
+                        shown(key, value))
 
 
 def _check_delta_jars(conf: Mapping[str, str]) -> bool:

@@ -103,12 +103,25 @@ def dynamic_allocation(spark) -> bool:
 
 
 def add_tag(spark, tag: str) -> None:
-    """Tag the Spark jobs this thread starts from now on (both kinds: `SparkSession.addTag`)."""
-    spark.addTag(tag)
+    """Tag the Spark jobs this thread starts from now on: a SparkContext job tag on a classic session (the status
+    tracker finds its jobs by it), the session's operation tag under Spark Connect. Additive: the caller's own job
+    group and tags are kept."""
+    if is_connect(spark):
+        spark.addTag(tag)
+    else:
+        spark.sparkContext.addJobTag(tag)
 
 
 def remove_tag(spark, tag: str) -> None:
-    spark.removeTag(tag)
+    if is_connect(spark):
+        spark.removeTag(tag)
+    else:
+        spark.sparkContext.removeJobTag(tag)
+
+
+def tags(spark) -> set[str]:
+    """The tags `add_tag` set for this thread."""
+    return set(spark.getTags() if is_connect(spark) else spark.sparkContext.getJobTags())
 
 
 def cancel_tag(spark, tag: str) -> None:

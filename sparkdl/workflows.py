@@ -30,7 +30,7 @@ DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_ima
 def spark_for(cfg: JobConfig):
     """The active session, or the embedded default configured by the job's `spark` section."""
     return get_spark(conf=cfg.spark.conf, master=cfg.spark.master, app_name=cfg.spark.app_name,
-                     work=os.path.expanduser(cfg.work_dir))
+                     work=os.path.expanduser(cfg.work_dir), remote=cfg.spark.remote)
 
 
 def model_store(cfg: JobConfig):

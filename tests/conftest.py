@@ -176,3 +176,23 @@ def failing_job_with_a_busy_sibling(spark, tmp_path):
         return value
 
     return spark.range(0, 100, numPartitions=4).select(busy_or_failing("id").alias("v")), done
+
+
+@pytest.fixture
+def sparkdl_log():
+    """The messages the `sparkdl` logger emits during the test (it does not propagate to pytest's caplog)."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("sparkdl")
+    handler = Collect(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

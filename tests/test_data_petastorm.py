@@ -287,3 +287,28 @@ def test_zero_copy_through_lake_read_table(spark, lake, parent):
     assert data.zero_copy and data.num_rows == n and pio.list_caches(parent) == []
     ys = np.concatenate([y.numpy() for _, y in tf_dataset(data, 0, 1, 16, (WIDTH,), shuffle=False)])
     assert sorted(ys.tolist()) == sorted((np.arange(n) % 3).tolist())
+
+
+def test_a_cache_is_published_by_its_marker_alone(spark, parent):
+    """No directory rename (object stores have none): a conversion's data folder counts only once the marker,
+    written last in one write, names it; an unnamed one (a conversion that died, or lost a race) is never read and
+    is removed by cleanup once old."""
+    import json
+    import shutil
+    import time
+
+    data = pio.convert(_id_df(spark, 20), {"published": 1}, parent=parent)
+    folder = pio.local_path(data.url)
+    marker = os.path.join(folder, pio.MARKER)
+    with open(marker) as f:
+        published = json.load(f)["data_dir"]
+    assert all(f.startswith(data.url + "/" + published + "/") for f in data.files)
+    orphan = os.path.join(folder, pio.DATA_PREFIX + "died-before-its-marker")
+    shutil.copytree(os.path.join(folder, published), orphan)
+    assert pio.convert(_id_df(spark, 20), {"published": 1}, parent=parent).files == data.files
+    assert pio.cleanup(older_than=dt.timedelta(hours=1), parent=parent) == []  # too new: may still be written
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    removed = pio.cleanup(older_than=dt.timedelta(hours=1), parent=parent)
+    assert [r.rsplit("/", 1)[-1] for r in removed] == [os.path.basename(orphan)] and not os.path.exists(orphan)
+    os.remove(marker)  # without its marker the folder is no cache
+    assert pio.list_caches(parent) == [] and pio._load(data.url) is None

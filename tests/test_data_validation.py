@@ -40,9 +40,13 @@ def _by_problem(err):
     return {(p["column"], p["problem"]): p for p in err.problems}
 
 
-def test_good_data_passes(spark):
-    df = spark.createDataFrame(_rows(), SCHEMA)
-    validate(_spec(), df)
+def test_good_data_passes_and_the_same_data_with_one_bad_value_does_not(spark):
+    rows = _rows()
+    validate(_spec(), spark.createDataFrame(rows, SCHEMA))  # raises nothing
+    rows[-1] = (19, 19.0, 1, "b", [19.0, 1.0, 2.0], 4)  # label 4 of a 4-class label (0..3)
+    with pytest.raises(ValidationError) as info:
+        validate(_spec(), spark.createDataFrame(rows, SCHEMA))
+    assert [p["column"] for p in info.value.problems] == ["y"]
 
 
 def test_every_problem_in_one_error(spark):

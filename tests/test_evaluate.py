@@ -72,6 +72,7 @@ def multiclass_data():
     return y, pred, prob, k
 
 
+@pytest.mark.both_sessions
 def test_binary_metrics_match_sklearn(spark, binary_data):
     df = _frame(spark, binary_data)
     result = classification_metrics(df, probability_col="score")
@@ -104,6 +105,7 @@ def test_binary_auc_from_probability_array_and_double_labels(spark, binary_data)
     )
 
 
+@pytest.mark.both_sessions
 def test_multiclass_metrics_and_ovr_macro_auc_match_sklearn(spark, multiclass_data):
     y, pred, prob, k = multiclass_data
     pdf = pd.DataFrame({"label": y, "prediction": pred, "probability": list(prob)})

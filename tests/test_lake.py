@@ -95,6 +95,7 @@ def staged_dirs(path: Path) -> list[str]:
 
 # -- round trips -------------------------------------------------------------------------------------------------
 
+@pytest.mark.both_sessions
 def test_round_trip_all_types_matches_spark_and_delta_rs(spark, lake):
     table = lake / "types"
     df = spark.createDataFrame(typed_rows(40), ALL_TYPES).repartition(3)
@@ -146,6 +147,7 @@ def test_columns_subset_empty_table_and_uri_forms(spark, lake, monkeypatch):
 
 # -- versions ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.both_sessions
 def test_time_travel_by_version_and_timestamp_and_history(spark, lake):
     table = lake / "tt"
     s0 = lk.write_table(spark.createDataFrame([(i, "a") for i in range(3)], "id LONG, tag STRING"), table)
@@ -184,6 +186,7 @@ def test_time_travel_by_version_and_timestamp_and_history(spark, lake):
 
 # -- partitions --------------------------------------------------------------------------------------------------
 
+@pytest.mark.both_sessions
 def test_partitioned_table_restores_partition_types(spark, lake):
     table = lake / "parts"
     schema = "id LONG, x FLOAT, region STRING, day DATE, hour TIMESTAMP, bucket INT"
@@ -287,6 +290,7 @@ def test_overwrite_merge_and_schema_replacement(spark, lake):
     assert lk.read_table(table, version=before)[0].count() == 3  # the old version is still readable
 
 
+@pytest.mark.both_sessions
 def test_modes_error_and_ignore(spark, lake):
     table = lake / "modes"
     df = spark.createDataFrame([(1,)], "id LONG")
@@ -337,6 +341,7 @@ def test_bad_input_raises_before_any_write(spark, lake):
 
 # -- faults ------------------------------------------------------------------------------------------------------
 
+@pytest.mark.both_sessions
 def test_failed_spark_job_leaves_table_unchanged(spark, lake, failing_job_with_a_busy_sibling):
     table = lake / "faulty"
     lk.write_table(spark.range(10).withColumn("y", F.col("id") * 2), table)

@@ -26,6 +26,7 @@ from sparkdl import cli
 from sparkdl.errors import TableError, UnsupportedTableFeature
 from sparkdl.lake import delta_rs, staging
 from sparkdl.lake.commit_clock import ICT_ENABLED, ICT_VERSION, commit_times
+from sparkdl.uri import filesystem
 
 UTC = dt.timezone.utc
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "delta-tables"
@@ -211,3 +212,49 @@ def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, 
     assert lk.read_table(table)[0].count() == 15
     with pytest.raises(TableError, match="older_than_hours"):
         lk.clean_staging(table, older_than_hours=-1)
+
+
+@pytest.mark.slow
+def test_a_write_in_flight_is_never_cleaned_up_however_old(spark, lake):
+    """A write held open (its Spark job waits) while another process cleans the table with no age limit, as a
+    concurrent writer would an hour later: the write's folder is leased, so it stays, and the commit lands."""
+    import threading
+
+    from pyspark.sql import functions as F
+
+    table, release = lake / "held", lake / "release"
+    lk.write_table(spark.range(10).withColumnRenamed("id", "x"), table)
+    before = set(_staged(table))
+    release_path = str(release)
+
+    @F.udf("long")
+    def held(value):
+        import os
+        import time
+
+        deadline = time.monotonic() + 120
+        while not os.path.exists(release_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
+
+    outcome = {}
+    writer = threading.Thread(target=lambda: outcome.update(
+        snap=lk.write_table(spark.range(10, 15).select(held("id").alias("x")), table, mode="append")))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while set(_staged(table)) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (in_flight,) = set(_staged(table)) - before
+        assert in_flight in staging.alive(*filesystem(lk.snapshot(table).table))
+        cleaner = subprocess.run(
+            [sys.executable, "-c", "import sys, json; from sparkdl import lake; "
+             "print(json.dumps(lake.clean_staging(sys.argv[1], older_than_hours=0)))", str(table)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "SPARKDL_LOG_LEVEL": "WARNING"})
+        assert cleaner.returncode == 0, cleaner.stderr[-2000:]
+        assert json.loads(cleaner.stdout.strip().splitlines()[-1]) == [] and (table / in_flight).is_dir()
+    finally:
+        release.touch()
+        writer.join(120)
+    assert outcome["snap"].num_rows == 15 and lk.read_table(table)[0].count() == 15
+    assert staging.alive(*filesystem(lk.snapshot(table).table)) == set()  # the lease went with the write

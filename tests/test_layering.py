@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
-     "sparkdl.ordered_scan", "sparkdl.tf_runtime", "sparkdl.session_kind", "sparkdl.spark_jobs"),
+     "sparkdl.ordered_scan", "sparkdl.tf_runtime", "sparkdl.session_kind", "sparkdl.spark_jobs",
+     "sparkdl.jsonlines"),
     ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking"),
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),

@@ -93,3 +93,34 @@ def test_logged_model_scores_like_sparkdl_through_spark_udf_and_registers(spark,
     assert registered.latest_versions and str(registered.latest_versions[0].version) == "1"
     with pytest.raises(ConfigError, match="output must be one of"):
         sparkdl.mlflow.log_model(version, output="logits")
+
+
+def test_a_tracking_outage_is_a_warning_and_never_undoes_a_fit(tracking_uri, monkeypatch, sparkdl_log):
+    """A tracking server that cannot be reached at the start, and a run that cannot be ended after the model was
+    saved: warnings, and the fit's result stands (what `KerasEstimator.fit` calls around the training)."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    with socket.socket() as probe:  # a loopback port with nothing listening: connection refused
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{closed}")
+    try:
+        assert tracking.FitRun.try_start("outage", "sparkdl-tests", {"epochs": 1}, {}) is None
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+    assert any("training goes on untracked" in m for m in sparkdl_log)
+
+    run = tracking.FitRun.try_start("outage-later", "sparkdl-tests", {"epochs": 1}, {})
+    assert run is not None
+    MlflowClient().delete_run(run.run_id)  # the store loses the run while the fit trains
+    import shutil
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    shutil.rmtree(Path(urlparse(tracking_uri).path) / run.experiment_id / run.run_id)
+    run.finish("model@1")  # does not raise
+    assert any(f"could not finish run {run.run_id}" in m for m in sparkdl_log)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from sparkdl.errors import SparkDLError, ValidationError
+from sparkdl.errors import ValidationError
 from sparkdl.monitor import NULL, OTHER, DriftReport, MetricHistory, drift_report
 
 COLORS = np.array(["red", "green", "blue", "black"])
@@ -190,10 +190,12 @@ def test_metric_history_round_trip(tmp_path):
     with open(history.path, "a", encoding="utf-8") as handle:
         handle.write('{"model": "churn", "metr')  # a writer died mid-line
     assert len(history.records()) == 3
-    with open(history.path, "a", encoding="utf-8") as handle:
-        handle.write("\n" + json.dumps({"model": "churn", "metrics": {}}) + "\n")
-    with pytest.raises(SparkDLError, match=r"line 4 is not valid JSON"):
-        history.records()
+    # the next append ends the torn line first: the history goes on, no record before or after it is lost
+    history.append({"model": "churn", "model_version": 3, "metrics": {"accuracy": 0.94}})
+    history.append({"model": "price", "model_version": 2, "metrics": {"rmse": 1.2}})
+    assert [r["model_version"] for r in history.records("churn")] == [1, 2, 3]
+    assert [r["model_version"] for r in history.records("price")] == [1, 2]
+    assert history.path.read_text().splitlines()[3] == '{"model": "churn", "metr'
 
 
 def test_metric_history_rejects_bad_records(tmp_path):

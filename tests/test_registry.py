@@ -237,3 +237,56 @@ def test_concurrent_publishers_never_share_a_version(store):
 def test_model_version_is_a_value(tmp_path):
     ref = ModelVersion("m", 3, tmp_path)
     assert str(ref) == "m@3" and ref == ModelVersion("m", 3, tmp_path)
+
+
+@pytest.mark.parametrize("model_file", ["/etc/passwd", "../other/model.keras", "sub/../../x.keras", "C:\\x.keras"])
+def test_a_model_file_outside_the_version_folder_is_refused(store, model, tmp_path, model_file):
+    import json
+
+    outside = tmp_path / "outside.keras"
+    outside.write_bytes((store.save("m", model, {}).path / "model.keras").read_bytes())
+    ref = store.save("m", model, {})
+    meta_path = ref.path / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_file"] = model_file
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelStoreError, match=r"expected a file name inside the version's folder"):
+        store.load(ref, verify=False)
+
+
+def test_settings_that_look_secret_are_never_logged(spark, sparkdl_log):
+    from sparkdl.log import looks_secret
+    from sparkdl.session import get_spark
+
+    assert all(looks_secret(k) for k in ("spark.hadoop.fs.s3a.secret.key", "fs.s3a.access.key", "db.password",
+                                         "spark.databricks.token", "azure.account.key", "my_secret"))
+    assert not any(looks_secret(k) for k in ("spark.master", "spark.sql.shuffle.partitions", "spark.keytab.dir"))
+    get_spark(conf={"spark.hadoop.fs.s3a.secret.key": "hunter2-not-logged", "spark.driver.memory": "9g"})
+    text = "\n".join(sparkdl_log)
+    assert "hunter2-not-logged" not in text and "spark.hadoop.fs.s3a.secret.key=*** ignored" in text
+    assert "spark.driver.memory=9g ignored" in text
+
+
+def test_a_model_saved_twice_from_a_worker_thread_is_a_keras_v3_file_each_time(store, model):
+    """Spark ML's tuners fit in a thread pool: Keras 2's own `save` wrote HDF5 under a `.keras` name on a thread's
+    second save; the store's saver writes the v3 format every time, from any thread."""
+    import threading
+    import zipfile
+
+    from sparkdl.train.serialization import model_to_bytes
+
+    refs, blobs = [], []
+
+    def fit_like_a_tuner():
+        for _ in range(2):
+            blobs.append(model_to_bytes(model))
+            refs.append(store.save("threaded", model, {}))
+
+    worker = threading.Thread(target=fit_like_a_tuner)
+    worker.start()
+    worker.join()
+    import io
+
+    assert all(zipfile.is_zipfile(io.BytesIO(b)) for b in blobs)
+    assert all(zipfile.is_zipfile(r.path / "model.keras") for r in refs)
+    assert store.load(refs[-1]) is not None  # and Keras loads it

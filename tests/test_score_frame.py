@@ -82,6 +82,7 @@ def test_direct_route_reads_like_spark(spark, tmp_path, digits_mlp):
     np.testing.assert_array_equal(got.dropna().to_numpy(), ref.dropna().to_numpy())
 
 
+@pytest.mark.both_sessions
 def test_score_dataframe_options_and_errors(spark, digits_df, digits_mlp):
     from pyspark.ml.functions import array_to_vector
 

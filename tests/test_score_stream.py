@@ -20,6 +20,7 @@ def _ids(table):
 
 
 @pytest.mark.slow
+@pytest.mark.both_sessions
 def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, digits_df, digits_mlp):
     from sparkdl.lake import history, read_table, write_table
     from sparkdl.score import score_stream
@@ -92,3 +93,25 @@ def test_stream_refuses_bad_setup(spark, lake, digits_df, digits_mlp):
     write_table(digits_df.where("id < 10"), str(lake / "s"))
     with pytest.raises(ConfigError, match="trigger"):
         score_stream(version, str(lake / "s"), str(lake / "t"), str(lake / "c"), trigger=5)
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_stream_from_a_partitioned_table_written_by_sparkdl(spark, lake, digits_df, digits_mlp):
+    """sparkdl's delta-rs writes put a commit's files in a staging folder: the stream takes each file's partition
+    values from the log (as the batch reader does), never from the folder's name."""
+    from pyspark.sql import functions as F
+
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.score import score_stream
+
+    version, _, _ = digits_mlp
+    source, target, checkpoint = str(lake / "parts"), str(lake / "parts_scored"), str(lake / "parts_ckpt")
+    region = F.when(F.col("id") % 2 == 0, "north").otherwise("south")
+    write_table(digits_df.where("id < 40").withColumn("region", region), source, partition_by=["region"])
+    _run(score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id", "region"]))
+    write_table(digits_df.where("id >= 40 AND id < 60").withColumn("region", region), source, mode="append")
+    _run(score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id", "region"]))
+    scored = read_table(target)[0].orderBy("id").toPandas()
+    assert list(scored["id"]) == list(range(60))
+    assert list(scored["region"]) == ["north" if i % 2 == 0 else "south" for i in range(60)]

@@ -15,6 +15,7 @@ def _bad_digits(spark, digits_df):
     return digits_df.unionByName(spark.createDataFrame(bad, "id long, pixels array<float>, digit int"))
 
 
+@pytest.mark.both_sessions
 def test_score_table_with_quarantine_and_lineage(spark, lake, digits_df, digits_mlp):
     from sparkdl.lake import history, read_table, write_table
     from sparkdl.score import score_table
@@ -174,3 +175,30 @@ def test_job_failing_halfway_leaves_target_unchanged(spark, lake, score_store):
     assert latest_version(target) == before
     assert read_table(target)[0].count() == 400
     assert not exists(target + "_quarantine")
+
+
+def test_a_rerun_after_a_partial_outcome_writes_only_what_is_missing(spark, lake, digits_df, digits_mlp):
+    """The target is committed, then the quarantine's commit fails (its table holds `pixels` as text): the re-run
+    of the same (model version, source version) writes the quarantine only, never the target's rows twice, and its
+    report says so."""
+    import shutil
+
+    from sparkdl.errors import TableError
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.score import score_table
+
+    version, _, _ = digits_mlp
+    source, target = str(lake / "partial_src"), str(lake / "partial_scored")
+    write_table(_bad_digits(spark, digits_df.where("id < 100")), source)
+    write_table(spark.createDataFrame([(1, "not an array")], "id long, pixels string"), target + "_quarantine")
+    with pytest.raises(TableError):
+        score_table(version, source, target)
+    assert read_table(target)[0].count() == 100  # the target's commit landed before the quarantine's failed
+
+    shutil.rmtree(lake / "partial_scored_quarantine")
+    report = score_table(version, source, target)
+    assert report.committed == {"target": "already", "quarantine": "written"}
+    assert read_table(target)[0].count() == 100 and read_table(report.quarantine)[0].count() == 9
+    again = score_table(version, source, target)
+    assert again.committed == {"target": "already", "quarantine": "already"}
+    assert again.target_version == report.target_version and read_table(target)[0].count() == 100

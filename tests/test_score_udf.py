@@ -108,6 +108,7 @@ def as_matrix(values) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ tests
+@pytest.mark.both_sessions
 def test_mlp_prediction_and_probabilities_match_in_process_predict(digits_df, digits_mlp, score_store):
     from sparkdl.score import model_udf
 
@@ -183,6 +184,7 @@ def test_rows_that_cannot_be_prepared_score_to_null(spark, digits_mlp):
         df.select(strict("pixels")).collect()
 
 
+@pytest.mark.both_sessions
 def test_sql_function(spark, digits_df, digits_mlp):
     from sparkdl.errors import ConfigError
     from sparkdl.score import model_udf, register_sql_function

@@ -39,14 +39,18 @@ def test_installed_versions_are_this_stacks_pins():
 
     pins = _constraints()
     assert {"tensorflow-cpu", "numpy", "pyarrow", "pyspark", "horovod", "deltalake"} <= set(pins)
-    wrong = {}
+    optional = {"delta-spark"}  # a pin for users who add the extra; set-up does not install it
+    wrong, missing = {}, []
     for package, version in pins.items():
         try:
             installed = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            continue  # optional pins (e.g. delta-spark) need not be installed
+            if package not in optional:
+                missing.append(package)
+            continue
         if installed != version:
             wrong[package] = (installed, version)
+    assert not missing, f"pinned but not installed: {missing}"
     assert not wrong, f"installed != pinned: {wrong}"
 
 

@@ -62,6 +62,7 @@ def accuracy(fitted: SparkDLModel, table: str) -> float:
 
 # ------------------------------------------------------------------------------------------------ models
 @pytest.mark.slow
+@pytest.mark.both_sessions
 def test_mlp_on_breast_cancer_table(spark, demo_tables, training_store):
     from sparkdl.lake import snapshot
 

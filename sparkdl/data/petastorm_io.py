@@ -47,7 +47,8 @@ log = get_logger("data.petastorm")
 
 PARENT_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 PREFIX = "sparkdl-"
-TMP_PREFIX = ".tmp-sparkdl-"
+TMP_PREFIX = ".tmp-sparkdl-"  # unfinished conversions of earlier releases (removed by `cleanup`)
+DATA_PREFIX = "data-"  # a conversion's data folder inside its cache folder; the marker names the published one
 MARKER = "_sparkdl_cache.json"
 KEY_FORMAT = 1
 DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024  # Petastorm's default
@@ -111,7 +112,7 @@ class PetastormDataset:
         from petastorm.spark.spark_dataset_converter import SparkDatasetConverter
 
         files = [_as_url(f) for f in self.files]
-        return SparkDatasetConverter(self.url or _common_parent(files), files, self.num_rows)
+        return SparkDatasetConverter(_common_parent(files), files, self.num_rows)
 
     def delete(self) -> None:
         """Delete the cache folder (nothing on the zero-copy path: the table's files are never deleted)."""
@@ -364,7 +365,10 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
         if temporary:
             _delete_at_exit(url)
         return found
-    tmp_url = join(parent, f"{TMP_PREFIX}{key_hash(key)}-{uuid.uuid4().hex[:8]}")
+    # Published without a rename (object stores have none): the data goes to a folder of its own inside the
+    # cache's, and the marker naming it is written last, in one write; a reader takes the cache only by its marker.
+    data_dir = f"{DATA_PREFIX}{uuid.uuid4().hex[:12]}"
+    tmp_url = join(url, data_dir)
     out = _cast(df, dtype)
     started = time.time()
     try:
@@ -374,31 +378,31 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
     except BaseException:
         try:
             _delete_folder(tmp_url)  # a failed write leaves no partial cache behind
+            if _read_marker(url) is None and _is_empty(url):
+                _delete_folder(url)
         except Exception as exc:  # noqa: BLE001 - the write's own error is the one to raise
             log.warning("could not remove the partial Petastorm cache %s: %s", tmp_url, exc)
         raise
     files = _list_parquet(tmp_url)
     columns = tuple(out.columns)
     row_groups, total = _footers([join(tmp_url, f) for f in files])
-    meta = {"format": KEY_FORMAT, "key": key, "key_hash": key_hash(key),
+    meta = {"format": KEY_FORMAT, "key": key, "key_hash": key_hash(key), "data_dir": data_dir,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(), "created_ts": time.time(), "num_rows": total,
             "files": files, "row_groups": row_groups, "columns": list(columns), "feature_column": feature_column,
             "label_column": label_column, "temporary": bool(temporary),
             "invalid_rows": dict(counter.value) if counter is not None else {},
             "size_bytes": _folder_size(tmp_url)}
-    fs, tmp_path = filesystem(tmp_url)
-    with fs.open_output_stream(tmp_path + "/" + MARKER) as stream:
-        stream.write(json.dumps(meta, sort_keys=True).encode())
-    _, final_path = filesystem(url)
-    try:
-        fs.move(tmp_path, final_path)
-    except OSError:
-        pass
     found = _load(url)
-    if found is None:  # the rename failed and nobody else completed it
-        raise OSError(f"could not move the Petastorm cache {tmp_url} to {url}")
-    if _exists(tmp_url):  # another process won the race: use theirs
-        _delete_folder(tmp_url)
+    if found is None:  # nobody published this key meanwhile: publish ours (the marker, one write)
+        fs, path = filesystem(url)
+        with fs.open_output_stream(path + "/" + MARKER) as stream:
+            stream.write(json.dumps(meta, sort_keys=True).encode())
+        found = _load(url)
+    if found is None:
+        raise OSError(f"the Petastorm cache {url}: its marker {MARKER} was written but cannot be read back")
+    if (_read_marker(url) or {}).get("data_dir") != data_dir:  # another process published first: use theirs;
+        # ours is left to cleanup() (a reader that took it before the marker changed may still be reading it)
+        log.info("Petastorm cache %s was published by another process meanwhile; using it", url)
     log.info("materialized %d rows into Petastorm cache %s in %.1fs", total, url, time.time() - started)
     if found.invalid_rows:
         log.warning("%d row(s) could not be prepared and are not in %s: %s", found.num_invalid, url,
@@ -459,14 +463,36 @@ def _read_marker(url: str) -> dict | None:
 
 
 def _load(url: str) -> PetastormDataset | None:
+    """The cache published at `url` (its marker names the data folder), or None."""
     meta = _read_marker(url)
     if meta is None:
         return None
+    data = join(url, meta["data_dir"]) if meta.get("data_dir") else url
     return PetastormDataset(
-        files=tuple(join(url, f) for f in meta["files"]), num_rows=int(meta["num_rows"]),
+        files=tuple(join(data, f) for f in meta["files"]), num_rows=int(meta["num_rows"]),
         columns=tuple(meta["columns"]), key=meta["key"], url=url, feature_column=meta["feature_column"],
         label_column=meta["label_column"], row_groups=tuple(tuple(r) for r in meta["row_groups"]),
         temporary=bool(meta.get("temporary")), invalid_rows=dict(meta.get("invalid_rows") or {}))
+
+
+def _unpublished_data(url: str, before: float) -> list[str]:
+    """Delete the data folders in cache folder `url` that its marker does not name (a failed or losing conversion)
+    and that were last changed before `before` (a conversion may still be writing a newer one); their URLs."""
+    meta = _read_marker(url) or {}
+    fs, path = filesystem(url)
+    deleted = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        if (info.base_name.startswith(DATA_PREFIX) and info.base_name != meta.get("data_dir")
+                and info.mtime is not None and info.mtime.timestamp() < before):
+            if _delete_folder(join(url, info.base_name)):
+                deleted.append(join(url, info.base_name))
+    return deleted
+
+
+def _is_empty(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.get_file_info(path).type == pafs.FileType.Directory and not fs.get_file_info(
+        pafs.FileSelector(path, recursive=False))
 
 
 def _exists(url: str) -> bool:
@@ -571,11 +597,13 @@ def cleanup(older_than: dt.timedelta | None = None, key: dict | str | None = Non
         fs, path = filesystem(parent)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-                if info.base_name.startswith(TMP_PREFIX) and info.mtime is not None and \
-                        now.timestamp() - info.mtime.timestamp() > limit:
+                old = info.mtime is not None and now.timestamp() - info.mtime.timestamp() > limit
+                if info.base_name.startswith(TMP_PREFIX) and old:
                     url = join(parent, info.base_name)
                     if _delete_folder(url):
                         deleted.append(url)
+                elif info.base_name.startswith(PREFIX) and info.type == pafs.FileType.Directory:
+                    deleted += _unpublished_data(join(parent, info.base_name), now.timestamp() - limit)
     if deleted:
         log.info("deleted %d Petastorm cache folder(s)", len(deleted))
     return deleted

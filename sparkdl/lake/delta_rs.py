@@ -218,14 +218,15 @@ def snapshot(spark, uri: str, version: int | None = None, timestamp=None) -> Sna
     return _snapshot(table, millis)[0]
 
 
-def plain_files(uri: str, version: int) -> Snapshot:
-    """The Snapshot of `version` for readers of raw data files (the stream source): a version whose files do not
-    hold its rows as they are — column mapping, deletion vectors — raises `UnsupportedTableFeature`."""
+def plain_files(uri: str, version: int) -> tuple[Snapshot, dict[str, dict]]:
+    """The Snapshot of `version` for readers of raw data files (the stream source), and each file's typed
+    partition values as the log records them: a version whose files do not hold its rows as they are — column
+    mapping, deletion vectors — raises `UnsupportedTableFeature`."""
     table, millis = _resolve(uri, version, None)
     features.check_readable(table.dt, uri)
-    snap, _, deleted = _snapshot(table, millis)
+    snap, files, deleted = _snapshot(table, millis)
     features.check_plain_files(table.dt, uri, deleted.count)
-    return snap
+    return snap, dict(files)
 
 
 # -- read ------------------------------------------------------------------------------------------------------
@@ -366,32 +367,36 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
         out = out.withColumn(p, partitions.delta_string(F.col(quote_name(p)), types[p], tz))
     fs, root = filesystem(uri)
     state = "unchanged" if read_version is not None else "not created"
+    lease = staging.Lease(fs, root, staging_dir).start()  # the folder is alive while this write runs
     try:
-        with stopped_on_error(spark, staging_dir):
-            _spark_write(spark, out, _spark_location(uri) + "/" + staging_dir, plan)
-        adds = _add_actions(fs, root, staging_dir, plan)
-    except BaseException as exc:
-        staging.remove(fs, root, staging_dir)
-        if isinstance(exc, SparkDLError):
-            raise
-        raise TableError(f"writing to {uri} failed before the commit; the table is {state}"
-                         f"{'' if read_version is None else f' (version {read_version})'}: "
-                         f"{one_line_reason(exc)[:500]}") from exc
-    try:
-        table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id)
-        version = _find_write(table, write_id, read_version)
-        if version is None:
-            raise TableError(f"the commit of write {write_id} to {uri} reported success but is not in the log")
-    except BaseException as exc:
-        version = _find_write(_Table.open_if_exists(uri), write_id, read_version)
-        if version is None:
+        try:
+            with stopped_on_error(spark, staging_dir):
+                _spark_write(spark, out, _spark_location(uri) + "/" + staging_dir, plan)
+            adds = _add_actions(fs, root, staging_dir, plan)
+        except BaseException as exc:
             staging.remove(fs, root, staging_dir)
             if isinstance(exc, SparkDLError):
                 raise
-            raise TableError(f"committing the write to {uri} failed; nothing was committed: "
+            raise TableError(f"writing to {uri} failed before the commit; the table is {state}"
+                             f"{'' if read_version is None else f' (version {read_version})'}: "
                              f"{one_line_reason(exc)[:500]}") from exc
-        log.warning("the commit of %s to %s landed as version %s but reported: %s", write_id, uri, version, exc)
-        table = _Table.open(uri)
+        try:
+            table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id)
+            version = _find_write(table, write_id, read_version)
+            if version is None:
+                raise TableError(f"the commit of write {write_id} to {uri} reported success but is not in the log")
+        except BaseException as exc:
+            version = _find_write(_Table.open_if_exists(uri), write_id, read_version)
+            if version is None:
+                staging.remove(fs, root, staging_dir)
+                if isinstance(exc, SparkDLError):
+                    raise
+                raise TableError(f"committing the write to {uri} failed; nothing was committed: "
+                                 f"{one_line_reason(exc)[:500]}") from exc
+            log.warning("the commit of %s to %s landed as version %s but reported: %s", write_id, uri, version, exc)
+            table = _Table.open(uri)
+    finally:
+        lease.stop()
     log.info("wrote %d file(s) to %s as version %s", len(adds), uri, version)
     table.load(version)
     snap = _snapshot(table, table.times().get(version))[0]

@@ -36,7 +36,12 @@ def _sql_ref(table: str) -> str:
 
 
 def exists(spark, table: str) -> bool:
-    """True when `table` (a path/URI or a catalog name) is a Delta table."""
+    """True when `table` (a path/URI or a catalog name) is a Delta table, False when there is none there.
+
+    Raises:
+        TableError: whether a table is there cannot be told (no permission, storage unreachable, ...): treating
+            that as "no table" would turn mode "error"/"ignore" into a write onto an existing table.
+    """
     try:
         if _is_name(table):
             if not spark.catalog.tableExists(table):
@@ -46,8 +51,8 @@ def exists(spark, table: str) -> bool:
         from delta.tables import DeltaTable
 
         return bool(DeltaTable.isDeltaTable(spark, _path(table)))
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception as exc:  # noqa: BLE001 - anything but a plain "no table" answer
+        raise TableError(f"cannot tell whether {table} is a Delta table: {type(exc).__name__}: {exc}") from exc
 
 
 def _require(spark, table: str) -> None:
@@ -65,6 +70,20 @@ def history(spark, table: str, limit: int | None = None) -> list[dict]:
         info = row.asDict(recursive=True)
         entries.append(history_entry(info["version"], info))
     return entries
+
+
+def _version_of_write(spark, table: str, write_id: str) -> int:
+    """The version this process's write committed, found by its write id: among the newest commits first, then in
+    the whole history (never "the latest", which may be another writer's under concurrency)."""
+    for limit in (64, None):
+        entries = history(spark, table, limit)
+        version = next((e["version"] for e in entries if e["write_id"] == write_id), None)
+        if version is not None:
+            return version
+        if limit is not None and len(entries) < limit:
+            break
+    raise TableError(f"{table}: the write {write_id} reported success but no commit carries its id; read the "
+                     f"table's history to see what was committed")
 
 
 def latest_version(spark, table: str) -> int:
@@ -165,8 +184,6 @@ def write(spark, df, table: str, mode: str = "append", partition_by=None, schema
         raise
     except Exception as exc:  # noqa: BLE001 - a failed job commits nothing (Delta's optimistic commit)
         raise TableError(f"writing to {table} failed; nothing was committed: {exc}") from exc
-    version = next((e["version"] for e in history(spark, table, 64) if e["write_id"] == write_id), None)
-    if version is None:
-        version = latest_version(spark, table)
+    version = _version_of_write(spark, table, write_id)
     log.info("wrote %s as version %s (delta-spark)", table, version)
     return snapshot(spark, table, version=version)

@@ -5,7 +5,11 @@ table; a committed write's folder stays the home of its files. A write that fail
 process killed between the Spark job and the commit cannot: its folder holds files no version references. They
 never change what the table reads (readers follow the log), only its size.
 
-A folder is **debris** when all of these hold:
+A write in flight holds a **lease** on its folder: a file `_sparkdl_leases/<folder name>` in the table's root,
+naming the writing process (host, pid), that the process rewrites every `LEASE_REFRESH_S` seconds and removes when
+the write ends. A lease is alive while it is younger than `LEASE_TIMEOUT_S` and, when its writer is a process of
+this host, that process still runs. A folder is **debris** when all of these hold:
+* no live lease is on it (a write in flight, however long it takes, is never removed);
 * its name carries a write id that no commit in the log carries (the write never committed);
 * no file of the latest version is inside it;
 * it is older than the given age (default 1 hour), so a write still in flight in another process is left alone;
@@ -18,9 +22,15 @@ Debris is removed after every successful delta-rs write and on demand by `sparkd
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
+
+import pyarrow.fs as pafs
 
 from sparkdl.lake.versions import history_entry
 from sparkdl.log import get_logger
@@ -29,6 +39,9 @@ log = get_logger("lake.staging")
 
 PREFIX = "sparkdl-write-"
 DEFAULT_MIN_AGE = dt.timedelta(hours=1)
+LEASES = "_sparkdl_leases"  # Delta readers and VACUUM skip folders whose names start with "_"
+LEASE_REFRESH_S = 30.0
+LEASE_TIMEOUT_S = 300.0
 _NAME = re.compile(r"^" + re.escape(PREFIX) + r"(\d{8}T\d{6})-([0-9a-f]{12})$")
 
 
@@ -56,6 +69,76 @@ def parse(name: str) -> StagingFolder | None:
     return StagingFolder(name, created, match.group(2))
 
 
+class Lease:
+    """The lease of a write in flight on its staging folder (see the module docstring): `start()` writes it and
+    refreshes it from a daemon thread every `refresh_s` seconds; `stop()` removes it."""
+
+    def __init__(self, fs, root: str, name: str, refresh_s: float = LEASE_REFRESH_S):
+        self.fs, self.path, self.refresh_s = fs, f"{root.rstrip('/')}/{LEASES}/{name}", refresh_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Lease":
+        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        self._touch()
+        self._thread = threading.Thread(target=self._refresh, name=f"sparkdl-lease-{self.path[-12:]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _touch(self) -> None:
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        with self.fs.open_output_stream(self.path) as stream:  # a new object: its mtime is now
+            stream.write(json.dumps(holder).encode())
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self._touch()
+            except Exception as exc:  # noqa: BLE001 - the next refresh tries again
+                log.warning("could not refresh the write lease %s: %s", self.path, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.fs.delete_file(self.path)
+            folder = self.path.rsplit("/", 1)[0]
+            if not self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                self.fs.delete_dir(folder)
+        except Exception as exc:  # noqa: BLE001 - a stale lease only delays the folder's clean-up
+            log.debug("could not remove the write lease %s: %s", self.path, exc)
+
+
+def alive(fs, root: str, now: float | None = None, timeout_s: float = LEASE_TIMEOUT_S) -> set[str]:
+    """The staging folders whose lease was refreshed within `timeout_s` seconds (their writes are in flight)."""
+    now = time.time() if now is None else now
+    names = set()
+    for info in fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{LEASES}", allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.mtime is not None and now - info.mtime.timestamp() < timeout_s:
+            if _holder_runs(fs, info.path):
+                names.add(info.base_name)
+    return names
+
+
+def _holder_runs(fs, path: str) -> bool:
+    """False when the lease names a process of this host that no longer runs (a killed write); True otherwise."""
+    try:
+        with fs.open_input_stream(path) as stream:
+            holder = json.loads(stream.read().decode())
+    except (OSError, ValueError):
+        return True  # being rewritten, or written by another kind of writer: count it as alive
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True
+
+
 def remove(fs, root: str, name: str) -> None:
     """Delete one staging folder, best-effort (an unreferenced folder is harmless)."""
     try:
@@ -74,14 +157,15 @@ def debris(fs, root: str, table, active_files, min_age: dt.timedelta = DEFAULT_M
         active_files: the locations of the latest version's files.
         min_age: folders younger than this are kept.
     """
-    import pyarrow.fs as pafs
-
     now = now or dt.datetime.now(dt.timezone.utc)
     candidates = []
     for info in fs.get_file_info(pafs.FileSelector(root.rstrip("/"), allow_not_found=True)):
         folder = parse(info.base_name) if info.type == pafs.FileType.Directory else None
         if folder is not None and now - folder.created >= min_age:
             candidates.append(folder)
+    if candidates:
+        in_flight = alive(fs, root, now.timestamp())
+        candidates = [c for c in candidates if c.name not in in_flight]
     if not candidates:
         return []
     committed, first_ms, complete = _committed_write_ids(table.history())

@@ -22,7 +22,6 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 
 from sparkdl.errors import TableError
 from sparkdl.lake.delta_rs import _location, latest_version, plain_files
-from sparkdl.lake.partitions import values_from_path
 from sparkdl.lake.schema import spark_schema_from_delta_json
 from sparkdl.uri import filesystem, normalize_table_uri
 
@@ -31,7 +30,8 @@ SOURCE_VERSION_COL = "_source_version"
 
 
 class DeltaFilesPartition(InputPartition):
-    """Data files of one Delta commit: (file URI, {partition column: string value}) pairs and the version."""
+    """Data files of one Delta commit: (file URI, {partition column: typed value from the log}) pairs and the
+    version."""
 
     def __init__(self, files: list[tuple[str, dict]], version: int):
         super().__init__(version)
@@ -39,16 +39,10 @@ class DeltaFilesPartition(InputPartition):
         self.version = version
 
 
-def _files(table: str, version: int) -> set[str]:
-    return set(plain_files(table, version).files)
-
-
-def _partition_values(table: str, uri: str, partition_columns: tuple) -> dict:
-    if not partition_columns:
-        return {}
-    relative = uri[len(table.rstrip("/")) + 1:] if uri.startswith(table.rstrip("/") + "/") else uri
-    folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
-    return values_from_path(folder, list(partition_columns))
+def _files(table: str, version: int) -> dict[str, dict]:
+    """{file: partition values from the log} of `version` (never from a file's folder: sparkdl's own writes put
+    their files in a staging folder)."""
+    return plain_files(table, version)[1]
 
 
 class DeltaLogStreamReader(DataSourceStreamReader):
@@ -69,22 +63,19 @@ class DeltaLogStreamReader(DataSourceStreamReader):
         first, last = int(start["version"]), int(end["version"])
         if last <= first:
             return []
-        snap = plain_files(self.table, last)
         parts = []
         if first < 0 and self.starting_version is None:  # initial snapshot, as of `last`
-            return [DeltaFilesPartition([(f, _partition_values(snap.table, f, snap.partition_columns))], last)
-                    for f in sorted(snap.files)]
-        previous = _files(self.table, first) if first >= 0 else set()
+            return [DeltaFilesPartition([(f, v)], last) for f, v in sorted(_files(self.table, last).items())]
+        previous = _files(self.table, first) if first >= 0 else {}
         for version in range(max(first + 1, 0), last + 1):
             current = _files(self.table, version)
-            removed = previous - current
+            removed = previous.keys() - current.keys()
             if removed:
                 raise TableError(f"streaming source {self.table}: version {version} removed {len(removed)} data "
                                  f"file(s) (overwrite, delete or compaction); the sparkdl Delta stream source "
                                  f"reads appends only. Restart the stream with a new checkpoint (and "
                                  f"startingVersion) to read the table as it is now")
-            parts += [DeltaFilesPartition([(f, _partition_values(snap.table, f, snap.partition_columns))], version)
-                      for f in sorted(current - previous)]
+            parts += [DeltaFilesPartition([(f, current[f])], version) for f in sorted(current.keys() - previous.keys())]
             previous = current
         return parts
 
@@ -108,7 +99,7 @@ class DeltaLogStreamReader(DataSourceStreamReader):
                         if f.name in present:
                             arrays.append(batch.column(f.name).cast(f.type))
                         elif f.name in values:
-                            arrays.append(pa.array([values[f.name]] * n, pa.string()).cast(f.type))
+                            arrays.append(pa.array([values[f.name]] * n, f.type))
                         else:  # a column added to the table after this file was written
                             arrays.append(pa.nulls(n, f.type))
                     arrays.append(pa.array([partition.version] * n, pa.int64()))

@@ -71,6 +71,16 @@ class FitRun:
     _client: object
 
     @classmethod
+    def try_start(cls, run_name: str, experiment: str | None, params: dict, tags: dict) -> "FitRun | None":
+        """`start`, or None with a warning when the tracking server fails: tracking never fails a fit."""
+        try:
+            return cls.start(run_name, experiment, params, tags)
+        except Exception as exc:  # noqa: BLE001 - an MLflow outage must not stop training
+            log.warning("MLflow: could not start the run of %s (%s: %s); training goes on untracked", run_name,
+                        type(exc).__name__, exc)
+            return None
+
+    @classmethod
     def start(cls, run_name: str, experiment: str | None, params: dict, tags: dict) -> "FitRun":
         import mlflow
         from mlflow import MlflowClient
@@ -108,9 +118,14 @@ class FitRun:
                 log.warning("MLflow: could not log epoch %d metrics: %s", epoch, exc)
 
     def finish(self, model_ref: str | None, status: str = "FINISHED") -> None:
-        if model_ref:
-            self._client.set_tag(self.run_id, MODEL_REF_TAG, model_ref)
-        self._client.set_terminated(self.run_id, status=status)
+        """Tag the run with the saved model and end it; a tracking failure is a warning (the fit's result stands)."""
+        try:
+            if model_ref:
+                self._client.set_tag(self.run_id, MODEL_REF_TAG, model_ref)
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception as exc:  # noqa: BLE001 - the model is saved: tracking never undoes a fit
+            log.warning("MLflow: could not finish run %s as %s (model %s): %s: %s", self.run_id, status, model_ref,
+                        type(exc).__name__, exc)
 
 
 def source_tags(snapshot) -> dict:

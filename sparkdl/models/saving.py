@@ -1,4 +1,9 @@
-"""Loading a `.keras` file with the Keras flavour that saved it (the one loader of training, store and scoring).
+"""Saving a model as a `.keras` file from any thread, and loading one with the Keras flavour that saved it (the one
+saver and the one loader of training, store and scoring).
+
+Keras 2's `model.save("x.keras")` picks the v3 format from a thread-local flag that its own saver resets to
+"unset" (= HDF5) after a save in a thread that did not import Keras: the second save in a Spark ML tuner's worker
+thread wrote an HDF5 file named `.keras`. `save_keras_file` calls the v3 saver itself.
 
 A model saved by Keras 2 (TF 2.15's keras, or tf_keras on TF >= 2.16) loads as tf_keras on either stack; a model
 saved by Keras 3 loads only where Keras 3 is installed (the current stack). sparkdl's custom layers and losses
@@ -11,6 +16,7 @@ that default argument dropped (from a temporary copy; the file itself is never c
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -20,7 +26,13 @@ from sparkdl import stack
 from sparkdl.models.layers import layer_classes
 from sparkdl.models.losses import loss_classes
 
-__all__ = ["load_keras_file"]
+__all__ = ["load_keras_file", "save_keras_file"]
+
+
+def save_keras_file(model, path: str | os.PathLike) -> None:
+    """Save `model` (either Keras flavour) to `path` in the Keras v3 (`.keras`) format, from any thread."""
+    package = type(model).__module__.split(".", 1)[0]  # keras (2.15 or 3) or tf_keras
+    importlib.import_module(f"{package}.src.saving.saving_lib").save_model(model, str(path))
 
 
 def load_keras_file(path: str | os.PathLike, compile: bool = False):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sparkdl.errors import ConfigError, TableError
 from sparkdl.fileutil import write_atomic
-from sparkdl.lake import exists, history, write_table
+from sparkdl.lake import exists, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import resolve_model
@@ -31,6 +31,7 @@ from sparkdl.score.table import (
     ScoreReport,
     _check_options,
     check_columns,
+    committed_write,
     count_outcomes,
     default_keep_columns,
     scored_frame,
@@ -44,7 +45,6 @@ log = get_logger("score.stream")
 APP_ID_KEY = "sparkdl.stream.app_id"
 BATCH_ID_KEY = "sparkdl.stream.batch_id"
 STATE_FILE = "sparkdl_stream.json"
-HISTORY_SCAN = 1000
 
 
 def _trigger_kwargs(trigger) -> dict:
@@ -84,16 +84,10 @@ def _app_id(checkpoint: str, source: str, target: str) -> str:
 
 
 def committed_batch(table: str, app_id: str, spark=None) -> int | None:
-    """The highest batch id `app_id` committed to `table` (None when none, or no table)."""
-    if not exists(table, spark=spark):
-        return None
-    best = None
-    for entry in history(table, limit=HISTORY_SCAN, spark=spark):
-        meta = entry.get("metadata") or {}
-        if meta.get(APP_ID_KEY) == app_id:
-            batch = int(meta.get(BATCH_ID_KEY))
-            best = batch if best is None else max(best, batch)
-    return best
+    """The highest batch id `app_id` committed to `table` (None when none, or no table): batch ids only grow, so
+    the newest commit of the app (`committed_write`) has it."""
+    entry = committed_write(table, {APP_ID_KEY: app_id}, spark)
+    return None if entry is None else int(entry["metadata"][BATCH_ID_KEY])
 
 
 def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quarantine: str | None = None,
@@ -145,6 +139,8 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
     def write_batch(batch_df, batch_id: int) -> None:
         from pyspark import StorageLevel
+
+        spark = batch_df.sparkSession  # under Spark Connect this runs in the server's own Python process
 
         done_target = committed_batch(target_uri, app_id, spark)
         done_quarantine = committed_batch(quarantine_uri, app_id, spark)
@@ -201,8 +197,5 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
 def _expects_quarantine(target: str, app_id: str, batch_id: int, spark) -> bool:
     """Whether the committed target write of (app_id, batch_id) reported quarantined rows."""
-    for entry in history(target, limit=HISTORY_SCAN, spark=spark):
-        meta = entry.get("metadata") or {}
-        if meta.get(APP_ID_KEY) == app_id and int(meta.get(BATCH_ID_KEY, -1)) == batch_id:
-            return int(meta.get("quarantined_rows", 0)) > 0
-    return True
+    entry = committed_write(target, {APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id)}, spark)
+    return True if entry is None else int(entry["metadata"].get("quarantined_rows", 0)) > 0

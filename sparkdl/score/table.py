@@ -14,6 +14,11 @@ that fails while scoring writes nothing.
 
 Lineage: every written row carries `_model`, `_model_version`, `_source_version` and `_scored_at`; each commit's
 metadata records model, model version, source table and version, and the row counts.
+
+Re-runs are idempotent (one rule with `score_stream`, `committed_write`): in append mode, a table whose history
+already has this (model, model version, source table, source version) part is not written again, so a re-run after
+a failure between the target's and the quarantine's commits writes only what is missing; the report's
+`committed` says, per table, "written", "already" (an earlier run's commit) or "nothing".
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.errors import ConfigError, ScoringError, one_line_reason
-from sparkdl.lake import exists, latest_version, read_table, write_table
+from sparkdl.lake import exists, history, latest_version, read_table, write_table
 from sparkdl.lake.schema import plan_existing_table
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
@@ -35,6 +40,8 @@ from sparkdl.uri import normalize_table_uri
 log = get_logger("score.table")
 
 REASON_COL = "_reason"
+# How far back in a table's history a re-run looks for its own earlier commit (stream batches and batch re-runs).
+HISTORY_SCAN = 1000
 LINEAGE_COLUMNS = ("_model", "_model_version", "_source_version", "_scored_at")
 QUARANTINE_SUFFIX = "_quarantine"
 
@@ -57,6 +64,7 @@ class ScoreReport:
     reasons: dict = field(default_factory=dict)
     scored_at: str = ""
     seconds: float = 0.0
+    committed: dict = field(default_factory=dict)  # {"target"/"quarantine": "written" | "already" | "nothing"}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +142,19 @@ def split_outcomes(scored, keep_columns: list[str], feature_names: list[str], ou
     raw = list(dict.fromkeys(keep_columns + feature_names))
     bad = scored.where(F.col(REASON_COL).isNotNull()).select(*raw, F.col(REASON_COL), *lineage)
     return good, bad
+
+
+def committed_write(table: str, match: dict, spark=None) -> dict | None:
+    """The newest commit of `table` whose metadata has every key/value of `match` (its history entry), or None
+    (no such commit in the last `HISTORY_SCAN`, or no table): the one rule by which scoring re-runs find their
+    own earlier writes."""
+    if not exists(table, spark=spark):
+        return None
+    for entry in history(table, limit=HISTORY_SCAN, spark=spark):
+        meta = entry.get("metadata") or {}
+        if all(k in meta and str(meta[k]) == str(v) for k, v in match.items()):  # a backend may keep only text
+            return entry
+    return None
 
 
 def default_keep_columns(df, spec) -> list[str]:
@@ -232,25 +253,39 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
         if plan.attribution is not None:
             commit["attribution"] = asdict(plan.attribution)
+        run_key = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
+                   "output": output, "source_table": snap.table, "source_version": snap.version}
+        committed = {"target": "nothing", "quarantine": "nothing"}
         target_version = target_before
-        if ok:
+        earlier = committed_write(target_uri, {**run_key, "part": "scored"}, spark) if mode == "append" else None
+        if ok and earlier is not None:
+            committed["target"], target_version = "already", earlier["version"]
+            log.warning("%s: %s already has these rows (version %s, scored %s); not written again", where,
+                        target_uri, earlier["version"], (earlier.get("metadata") or {}).get("scored_at"))
+        elif ok:
             target_version = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},
                                          schema_mode="overwrite" if mode == "overwrite" else None,
                                          spark=spark).version
+            committed["target"] = "written"
         else:
             log.warning("%s: no row was scored (%d input, %d quarantined): %s stays at version %s", where,
                         input_rows, bad, target_uri, target_before)
         quarantine_version = None
         if bad:
-            quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
-                                             commit_metadata={**commit, "part": "quarantine",
-                                                              "reasons": reasons}, spark=spark).version
-            log.warning("%s: %d row(s) quarantined to %s: %s", where, bad, quarantine_uri, reasons)
+            earlier = committed_write(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
+            if earlier is not None:
+                committed["quarantine"], quarantine_version = "already", earlier["version"]
+            else:
+                quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
+                                                 commit_metadata={**commit, "part": "quarantine",
+                                                                  "reasons": reasons}, spark=spark).version
+                committed["quarantine"] = "written"
+                log.warning("%s: %d row(s) quarantined to %s: %s", where, bad, quarantine_uri, reasons)
     finally:
         scored.unpersist()
     report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_version,
                          quarantine_uri if bad else None, quarantine_version, input_rows, ok, bad, reasons,
-                         scored_at.isoformat(), round(time.perf_counter() - started, 3))
+                         scored_at.isoformat(), round(time.perf_counter() - started, 3), committed)
     log.info("%s: %d scored -> %s@%s, %d quarantined", where, ok, target_uri, target_version, bad)
     return report
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparkdl import jsonlines
 from sparkdl.errors import ConfigError
 from sparkdl.fileutil import write_atomic
 from sparkdl.log import get_logger
@@ -151,18 +152,12 @@ class RunFolder:
 
     # -- epochs log --------------------------------------------------------------------------------------------
     def log_epoch(self, epoch: int, attempt: int, logs: dict, **extra) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"epoch": int(epoch), "attempt": int(attempt), "logs": logs, "time": time.time(),
-                           **extra}, sort_keys=True, default=str)
-        with open(self.path / "epochs.jsonl", "a") as fh:
-            fh.write(line + "\n")
+        jsonlines.append(self.path / "epochs.jsonl",
+                         {"epoch": int(epoch), "attempt": int(attempt), "logs": logs, "time": time.time(), **extra})
 
     def epochs_log(self) -> list[dict]:
-        """Every line of the epochs log, in order."""
-        path = self.path / "epochs.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """Every readable line of the epochs log, in order (`sparkdl.jsonlines`)."""
+        return jsonlines.read(self.path / "epochs.jsonl")
 
     def next_attempt(self) -> int:
         return 1 + max((e["attempt"] for e in self.epochs_log()), default=0)

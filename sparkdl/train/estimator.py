@@ -336,8 +336,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
 
         self._fit_run = None
         if p.track:
-            self._fit_run = tracking.FitRun.start(p.run_name, p.mlflow_experiment, _tracked_params(p),
-                                                  tracking.source_tags(snapshot))
+            self._fit_run = tracking.FitRun.try_start(p.run_name, p.mlflow_experiment, _tracked_params(p),
+                                                      tracking.source_tags(snapshot))
         try:
             model = self._fit_prepared(p, spec, df, snapshot, runner, run, settings, checkpoint)
         except BaseException:

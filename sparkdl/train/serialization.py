@@ -13,13 +13,14 @@ import tempfile
 import numpy as np
 
 from sparkdl import stack
+from sparkdl.models.saving import save_keras_file
 
 
 def model_to_bytes(model) -> bytes:
     """The model saved in the Keras v3 format."""
     with tempfile.TemporaryDirectory(prefix="sparkdl-model-") as tmp:
         path = os.path.join(tmp, "model.keras")
-        model.save(path)
+        save_keras_file(model, path)
         with open(path, "rb") as fh:
             return fh.read()
 

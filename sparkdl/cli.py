@@ -18,6 +18,7 @@ from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
 from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
 from sparkdl.registry import ModelStore
+from sparkdl.serving import ModelServer
 
 log = get_logger("cli")
 
@@ -75,9 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3")
 
-    p = verbs.add_parser("models", help="list stored models or show one version's metadata")
-    p.add_argument("action", choices=["list", "show"])
-    p.add_argument("ref", nargs="?", help="for show: name, name@version or name@latest")
+    p = verbs.add_parser("models", help="list stored models, show one version's metadata, or set an alias",
+                         description="list | show REF | alias REF ALIAS (name@ALIAS then names that version "
+                                     "everywhere a reference is taken; a server on it follows the change)")
+    p.add_argument("action", choices=["list", "show", "alias"])
+    p.add_argument("ref", nargs="?", help="for show and alias: name, name@version, name@latest or name@alias")
+    p.add_argument("alias", nargs="?", help="for alias: the alias to point at REF's version")
+    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+
+    p = verbs.add_parser("serve", help="serve a stored model over HTTP (MLflow request formats, metrics, reload)",
+                         description="POST /invocations (MLflow's dataframe_split / dataframe_records / instances "
+                                     "/ inputs), GET /ping /health /version /metrics. Concurrent requests are "
+                                     "scored together; a server on name@alias follows the alias.")
+    p.add_argument("ref", help="name, name@version or name@alias")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-batch-size", type=int, default=64, help="rows per model call at most (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to batch with (default 5)")
+    p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
     p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
 
     p = verbs.add_parser("cache", help="list or delete Petastorm conversion caches")
@@ -137,8 +154,17 @@ def _dispatch(args: argparse.Namespace):
         if args.action == "list":
             return {name: store.list_versions(name) for name in store.list_models()}
         if not args.ref:
-            raise SparkDLError("models show: give a model ref, e.g. digits_cnn@latest")
+            raise SparkDLError(f"models {args.action}: give a model ref, e.g. digits_cnn@latest")
+        if args.action == "alias":
+            if not args.alias:
+                raise SparkDLError("models alias: give the alias, e.g. sparkdl models alias digits_cnn@3 champion")
+            version = store.set_alias(args.ref, args.alias)
+            return {"model": version.name, "alias": args.alias, "version": version.version}
         return _show_model(store, args.ref)
+    if args.verb == "serve":
+        ModelServer(args.ref, store=args.store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s).serve_forever()
+        return None
     if args.verb == "cache":
         from datetime import timedelta
 
@@ -158,6 +184,8 @@ def _show_model(store, ref: str) -> dict:
     """A version's metadata, its artifacts, and the top features of its explanation when it has one."""
     version = store.resolve(ref)
     shown = {**store.metadata(version), "artifacts": store.artifacts(version)}
+    if shown.get("source") is None:
+        shown["source"] = "unknown: trained on a DataFrame that does not read one Delta table snapshot"
     if EXPLANATION_FILE in shown["artifacts"]:
         shown["explanation"] = load_explanation(version, store=store).summary()
     return shown

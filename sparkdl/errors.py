@@ -76,6 +76,14 @@ class ModelStoreError(SparkDLError, LookupError):
     """A model name or version is missing from the model store, or its files are corrupt."""
 
 
+class RequestError(SparkDLError, ValueError):
+    """A client's mistake in a request to `sparkdl serve`: answered with HTTP `status` (4xx) and this message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
 
 

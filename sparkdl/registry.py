@@ -43,6 +43,7 @@ RESERVED_FILES = (MODEL_FILE, METADATA_FILE)
 STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file", "model_format", "keras_flavour",
               "model_sha256")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+ALIASES_FILE = "aliases.json"
 _TMP_PREFIX = ".tmp-"
 _MAX_PUBLISH_TRIES = 1000
 
@@ -345,12 +346,15 @@ class ModelStore:
             name, at, version = ref.partition("@")
             if not at or version == "latest":
                 version = None
+            elif version.isdigit():
+                version = int(version)
             else:
-                try:
-                    version = int(version)
-                except ValueError:
-                    raise ConfigError(f"model reference {ref!r}: the version after '@' must be a number or "
-                                      f"'latest'") from None
+                validate_name(name)
+                aliases = self.aliases(name)
+                if version not in aliases:
+                    raise ModelStoreError(f"model reference {ref!r}: the part after '@' must be a version number, "
+                                          f"'latest' or an alias of {name!r} (aliases: {sorted(aliases) or 'none'})")
+                version = aliases[version]
         else:
             raise ConfigError(f"model reference must be 'name', 'name@version' or a ModelVersion, "
                               f"got {type(ref).__name__}")
@@ -362,6 +366,33 @@ class ModelStore:
             raise ModelStoreError(f"model {name!r} has no version {version} in {self.root}; "
                                   f"versions: {versions}")
         return ModelVersion(name, int(version), self.root / name / str(version))
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """{alias: version} of model `name` (`<root>/<name>/aliases.json`; empty when none)."""
+        path = self.root / validate_name(name) / ALIASES_FILE
+        try:
+            return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError) as exc:
+            raise ModelStoreError(f"{path} is not a JSON object of alias -> version: {exc}") from exc
+
+    def set_alias(self, ref, alias: str) -> ModelVersion:
+        """Point `alias` of the model at the version `ref` names ("name@3", "name@other-alias", ...); `name@alias`
+        then resolves to it everywhere a reference is taken (a server started on it follows the change).
+
+        Raises:
+            ConfigError: an alias that is a number, 'latest', or not [A-Za-z0-9_.-]+.
+            ModelStoreError: the version does not exist.
+        """
+        validate_name(alias, "alias")
+        if alias.isdigit() or alias == "latest":
+            raise ConfigError(f"alias {alias!r}: a number or 'latest' would shadow a version reference")
+        version = self.resolve(ref)
+        aliases = {**self.aliases(version.name), alias: int(version.version)}
+        write_atomic(self.root / version.name / ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True).encode())
+        log.info("model %s: alias %r -> version %d", version.name, alias, version.version)
+        return version
 
     def metadata(self, ref) -> dict:
         """The parsed metadata.json of a version — no TensorFlow import.

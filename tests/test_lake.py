@@ -425,3 +425,17 @@ def test_unsupported_table_features_are_refused(spark, lake):
     with pytest.raises(UnsupportedTableFeature, match="CHECK constraints"):
         lk.write_table(spark.createDataFrame([(-5,)], "a LONG"), checked)
     assert lk.read_table(checked)[0].count() == 1
+
+
+@pytest.mark.both_sessions
+def test_the_snapshot_a_dataframe_reads_is_found_from_its_files(spark, lake):
+    """What a fit on a DataFrame records as its source: the one table version all its input files belong to."""
+    table = lake / "lineage"
+    v0 = lk.write_table(spark.range(10).withColumnRenamed("id", "x"), table)
+    v1 = lk.write_table(spark.range(10, 20).withColumnRenamed("id", "x"), table, mode="append")
+    old, _ = lk.read_table(table, version=v0.version)
+    assert lk.source_of(old.where("x > 3").select("x")).version == v0.version  # filters read the same files
+    assert lk.source_of(lk.read_table(table)[0]).version == v1.version
+    other = lk.write_table(spark.range(3).withColumnRenamed("id", "x"), lake / "other")
+    assert lk.source_of(lk.read_table(other.table)[0].unionByName(old)) is None  # two tables
+    assert lk.source_of(spark.createDataFrame([(1,)], "x long")) is None  # no files

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.evaluate", "sparkdl.baselines"),  # evaluate records metric history with sparkdl.monitor
     ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated
     ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score
+    ("sparkdl.serving",),   # the HTTP server scores through sparkdl.score
     ("sparkdl.workflows",),
     ("sparkdl.cli",),
     ("sparkdl",),           # the package itself: lazy names only
@@ -43,8 +44,8 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("sparkdl.mlflow", "sparkdl.mlflow.flavor"): "MLflow, optional; mlflow.tracking (below) runs this __init__",
     ("sparkdl.train", "sparkdl.train.estimator"): "pyspark.ml, off the Horovod workers (they import sparkdl.train.*)",
     ("sparkdl.train", "sparkdl.train.model"): "pyspark.ml, as above",
-    ("sparkdl.registry", "sparkdl.models.saving"): "TensorFlow, only when a model is loaded",
-    ("sparkdl.train.serialization", "sparkdl.models.saving"): "TensorFlow, only when a model is deserialized",
+    ("sparkdl.registry", "sparkdl.models.saving"): "TensorFlow, only when a model is saved or loaded",
+    ("sparkdl.train.serialization", "sparkdl.models.saving"): "TensorFlow, only when a model is (de)serialized",
     ("sparkdl.train.launch", "sparkdl.train.keras_worker"): "TensorFlow, imported ahead only in a standby rank",
     ("sparkdl.train.estimator", "sparkdl.models"): "TensorFlow, only when a model is built or checked",
     ("sparkdl.workflows", "sparkdl.models"): "TensorFlow, only to list the model zoo (CLI start-up stays light)",

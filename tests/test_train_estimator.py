@@ -366,3 +366,60 @@ def test_params_follow_spark_ml_conventions():
     assert est.getStepsPerExecution() == 8
     with pytest.raises(ConfigError, match="steps_per_execution"):
         KerasEstimator(feature_spec=digits_spec(), steps_per_execution=0)._checked()
+
+
+# ------------------------------------------------------------------------------------------------ Spark ML persistence
+def test_estimator_params_save_and_load_and_objects_spark_ml_cannot_write_are_refused(spark, tmp_path,
+                                                                                       training_store):
+    est = KerasEstimator(model="mlp", feature_spec=cancer_spec(), epochs=3, batch_size=16, learning_rate=5e-3,
+                         hparams={"hidden": [8]}, model_store=training_store, env={"HOROVOD_CYCLE_TIME": "1"})
+    est.save(str(tmp_path / "est"))
+    again = KerasEstimator.load(str(tmp_path / "est"))
+    assert again.uid == est.uid and again.getEpochs() == 3 and again.getBatchSize() == 16
+    assert again.getOrDefault("featureSpec") == cancer_spec() and again.getOrDefault("hparams") == {"hidden": [8]}
+    assert str(again.getOrDefault("modelStore").root) == str(training_store.root)
+    assert again.getOrDefault("env") == {"HOROVOD_CYCLE_TIME": "1"} and again.getNumProc() == 2  # default kept
+
+    keras = stack.keras_module("tf_keras")
+    with pytest.raises(ConfigError, match=r"param 'model' holds a Sequential"):
+        KerasEstimator(model=keras.Sequential([keras.layers.Dense(1)]), feature_spec=cancer_spec()).save(
+            str(tmp_path / "with-a-keras-model"))
+    with pytest.raises(ConfigError, match=r"param 'callbacks' holds"):
+        KerasEstimator(model="mlp", feature_spec=cancer_spec(), callbacks=[FailOnce("x", 1)]).save(
+            str(tmp_path / "with-callbacks"))
+
+
+@pytest.mark.slow
+def test_a_pipeline_with_the_estimator_fits_saves_loads_and_tunes_like_stock_stages(spark, demo_tables,
+                                                                                   training_store, tmp_path):
+    """`Pipeline([SQLTransformer, KerasEstimator])` fits; `PipelineModel.save`/`load` give the same predictions;
+    `TrainValidationSplit` over a `ParamGridBuilder` grid of sparkdl params with a stock evaluator picks a model
+    (its fits run in Spark ML's thread pool: each stores a loadable model)."""
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.feature import SQLTransformer
+    from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+
+    from sparkdl.lake import read_table
+
+    train, _ = read_table(demo_tables["breast_cancer_train"])
+    test, _ = read_table(demo_tables["breast_cancer_test"])
+    est = KerasEstimator(model="mlp", feature_spec=cancer_spec(), epochs=3, batch_size=32, learning_rate=5e-3,
+                         num_proc=2, model_store=training_store, model_name="cancer_pipeline",
+                         hparams={"hidden": [16]})
+    pipeline = Pipeline(stages=[SQLTransformer(statement="SELECT * FROM __THIS__ WHERE mean_radius > 0"), est])
+    fitted = pipeline.fit(train)
+    before = fitted.transform(test).select("id", "prediction").orderBy("id").toPandas()
+    fitted.save(str(tmp_path / "pipeline"))
+    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
+    assert isinstance(loaded.stages[-1], SparkDLModel) and loaded.stages[-1].uid == fitted.stages[-1].uid
+    after = loaded.transform(test).select("id", "prediction").orderBy("id").toPandas()
+    assert before.equals(after) and len(after) == test.count()
+
+    grid = ParamGridBuilder().addGrid(est.learningRate, [1e-4, 5e-3]).build()
+    evaluator = MulticlassClassificationEvaluator(labelCol="malignant", predictionCol="prediction",
+                                                  metricName="accuracy")
+    tuned = TrainValidationSplit(estimator=Pipeline(stages=[est]), estimatorParamMaps=grid, evaluator=evaluator,
+                                 trainRatio=0.75, seed=1).fit(train)
+    assert len(tuned.validationMetrics) == 2 and max(tuned.validationMetrics) >= 0.9
+    assert evaluator.evaluate(tuned.transform(test)) >= 0.9

@@ -9,8 +9,17 @@ Every read returns a `Snapshot` (table URI, version, commit time, schema, partit
 Local paths are normalized to absolute `file:///...` URIs. See `sparkdl.lake.schema` for the schema policy
 (decimals kept exactly as `decimal(p,s)`, lossless widening on append, unsupported types).
 """
-from sparkdl.lake.api import clean_staging, exists, history, latest_version, read_table, snapshot, write_table
+from sparkdl.lake.api import (
+    clean_staging,
+    exists,
+    history,
+    latest_version,
+    read_table,
+    snapshot,
+    source_of,
+    write_table,
+)
 from sparkdl.lake.snapshot import Snapshot
 
 __all__ = ["read_table", "write_table", "history", "latest_version", "exists", "snapshot", "clean_staging",
-           "Snapshot"]
+           "source_of", "Snapshot"]

@@ -13,7 +13,7 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.lake.versions import check_commit_metadata, check_version_args
 from sparkdl.log import get_logger
 from sparkdl.session import delta_backend, get_spark
-from sparkdl.uri import is_catalog_name, normalize_table_uri
+from sparkdl.uri import filesystem, is_catalog_name, normalize_table_uri, normalized
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -188,3 +188,39 @@ def clean_staging(table: str | os.PathLike, older_than_hours: float = 1.0, dry_r
     if isinstance(older_than_hours, bool) or not isinstance(older_than_hours, (int, float)) or older_than_hours < 0:
         raise TableError(f"older_than_hours must be a number >= 0, got {older_than_hours!r}")
     return delta_rs.clean_staging(target, dt.timedelta(hours=older_than_hours), dry_run)
+
+
+def source_of(df: "DataFrame", max_versions: int = 100) -> Snapshot | None:
+    """The Delta snapshot a DataFrame reads, when the files it reads are exactly those of one version of one table
+    (the newest such version among the last `max_versions`); else None (several tables, a subset or superset of a
+    version's files, or a source with no files). Reads the log only (no Spark job)."""
+    try:
+        files = sorted({normalized(f) for f in df.inputFiles()})
+    except Exception:  # noqa: BLE001 - sources without input files
+        return None
+    root = _table_root(files[0]) if files else None
+    if root is None:
+        return None
+    try:
+        latest = latest_version(root)
+        for version in range(latest, max(-1, latest - max_versions), -1):
+            snap = snapshot(root, version=version)
+            if set(files) == {normalized(f) for f in snap.files}:
+                return snap
+    except TableError:
+        return None
+    return None
+
+
+def _table_root(file_uri: str) -> str | None:
+    """The nearest folder above `file_uri` that holds a `_delta_log` (the table), or None."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(file_uri)
+    folder = path.rsplit("/", 1)[0]
+    prefix = file_uri[: len(file_uri) - len(path)] if file_uri.endswith(path) else ""
+    while folder and folder not in ("/", "."):
+        if fs.get_file_info(folder + "/_delta_log").type == pafs.FileType.Directory:
+            return prefix + folder
+        folder = folder.rsplit("/", 1)[0] if "/" in folder else ""
+    return None

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkdl import stack
 from sparkdl.data.dataset import split, steps_per_epoch
@@ -42,13 +43,14 @@ from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import check_schema, validate
 from sparkdl.errors import ConfigError, ModelStoreError, ValidationError
-from sparkdl.lake import read_table
+from sparkdl.lake import read_table, source_of
 from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.keras_worker import train_on_rank
+from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
 from sparkdl.train.rank_job import TrainJob
 from sparkdl.train.runner import HorovodRunner
@@ -227,7 +229,7 @@ for _snake, _camel, _doc, _conv, _default in _PARAMS:
     setattr(_KerasEstimatorParams, f"set{_cap}", (lambda c: lambda self, value: self._set(**{c: value}))(_camel))
 
 
-class KerasEstimator(Estimator, _KerasEstimatorParams):
+class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
     """Train a Keras model on a Spark DataFrame or Delta table with Horovod; `fit` returns a `SparkDLModel`.
 
     Keywords (all optional except `feature_spec`): model="mlp", feature_spec, label=None, loss=None,
@@ -248,6 +250,15 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         self.setParams(**kwargs)
         self.last_run = None  # RunStats of the last fit's Horovod job
         self._fit_run = None  # the MLflow run of the fit in progress (sparkdl.mlflow.tracking.FitRun)
+
+    def write(self) -> EstimatorWriter:
+        """Spark ML persistence: `est.save(path)`, `KerasEstimator.load(path)`, and inside a `Pipeline` (see
+        `sparkdl.train.ml_persistence`; a Keras model object, builder or callbacks are refused at save)."""
+        return EstimatorWriter(self)
+
+    @classmethod
+    def read(cls) -> EstimatorReader:
+        return EstimatorReader(cls)
 
     def setParams(self, **kwargs) -> "KerasEstimator":
         """Set params by snake_case keyword (camelCase names are accepted too)."""
@@ -317,6 +328,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
         p = self._checked()
         spec: FeatureSpec = p.feature_spec
         df, snapshot = _resolve_input(dataset)
+        self._source = _source_lineage(df, snapshot)
         spark = df.sparkSession
         _check_columns(spec, df)
         runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
@@ -481,7 +493,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams):
             "label_classes": prep.label_classes,
             "history": full_history,
             "metrics": final,
-            "source": snapshot.lineage() if snapshot is not None else None,
+            "source": getattr(self, "_source", None) or (snapshot.lineage() if snapshot is not None else None),
             "hparams": p.hparams,
             "model_name": p.model if isinstance(p.model, str) else p.model_name,
             "num_proc": p.num_proc,
@@ -628,6 +640,22 @@ def _resolve_input(dataset):
         return read_table(str(dataset))
     raise ConfigError(f"fit: expected a DataFrame, a (DataFrame, Snapshot) pair, a table path or a Snapshot, "
                       f"got {type(dataset).__name__}")
+
+
+def _source_lineage(df, snapshot) -> dict | None:
+    """What the model records as its training data: the snapshot it was given; for a DataFrame, the Delta
+    snapshot all its input files belong to (marked as inferred), else None with a warning (the source is unknown)."""
+    if snapshot is not None:
+        return snapshot.lineage()
+    inferred = source_of(df)
+    if inferred is not None:
+        log.info("the training DataFrame reads %s at version %d: recorded as the model's source",
+                 inferred.table, inferred.version)
+        return {**inferred.lineage(), "inferred": "from the DataFrame's input files"}
+    log.warning("the training DataFrame does not read one Delta table snapshot (several tables, files no version "
+                "holds, or data without files): the model records its source as unknown; pass a table, a "
+                "Snapshot or a (DataFrame, Snapshot) pair to record it")
+    return None
 
 
 def _check_columns(spec: FeatureSpec, df) -> None:

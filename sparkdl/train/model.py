@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pyspark.ml import Model
 from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError, ModelStoreError
@@ -14,11 +15,12 @@ from sparkdl.log import get_logger
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
 from sparkdl.score import transform_with_model
+from sparkdl.train.ml_persistence import ModelReader, ModelWriter
 
 log = get_logger("train")
 
 
-class SparkDLModel(Model):
+class SparkDLModel(Model, MLReadable, MLWritable):
     """A trained model: a version in the model store, its metadata, and (loaded on demand) the Keras model.
 
     `transform(df)` adds the `outputCol` column using `sparkdl.score` (one model load per Python worker).
@@ -99,6 +101,15 @@ class SparkDLModel(Model):
         return transform_with_model(self, dataset)
 
     # ---------------------------------------------------------------------------------------------- persistence
+    def write(self) -> ModelWriter:
+        """Spark ML persistence (`PipelineModel.save`): params, store reference and a copy of the model version
+        (see `sparkdl.train.ml_persistence`). `save`/`load` below keep their model-store meaning."""
+        return ModelWriter(self)
+
+    @classmethod
+    def read(cls) -> ModelReader:
+        return ModelReader(cls)
+
     def save(self, path: str | os.PathLike | None = None) -> str:
         """The model already lives in the store: without `path`, return its reference `"name@version"`. With
         `path` (another store root, e.g. for export), copy the version folder to `<path>/<name>/<version>` and

@@ -1,4 +1,4 @@
-"""Keras models and optimizer state as bytes, so they travel through pickles and the progress channel.
+"""Keras models and optimizer state as bytes, so they travel through pickles and the stage's output.
 
 Models go as Keras v3 (`.keras`) bytes and are loaded with `compile=False` (a model trained under Horovod
 carries a `horovod._keras` optimizer class that plain Keras cannot deserialize); the optimizer state goes
@@ -13,11 +13,12 @@ import tempfile
 import numpy as np
 
 from sparkdl import stack
-from sparkdl.models.saving import save_keras_file
 
 
 def model_to_bytes(model) -> bytes:
-    """The model saved in the Keras v3 format."""
+    """The model saved in the Keras v3 format (from any thread)."""
+    from sparkdl.models.saving import save_keras_file
+
     with tempfile.TemporaryDirectory(prefix="sparkdl-model-") as tmp:
         path = os.path.join(tmp, "model.keras")
         save_keras_file(model, path)

@@ -1,0 +1,101 @@
+"""Micro-batching: concurrent requests scored together, one model call per batch.
+
+`MicroBatcher.submit(table)` queues a request's rows and returns a `Future`. One scoring thread takes the oldest
+request, then adds the requests that arrive within `max_wait_ms` of it, up to `max_batch_size` rows, and scores
+them with one call of `score(table)`; each request's future gets its own slice of the result. A request never waits
+for others longer than `max_wait_ms` (plus the scoring of the batch it joined).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sparkdl.log import get_logger
+
+log = get_logger("serving")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's slice of a batch's result."""
+
+    output: pa.Array
+    valid: object           # numpy bool array
+    reasons: list
+    batch_rows: int         # rows of the batch it was scored in
+
+
+class MicroBatcher:
+    """See the module docstring. `score(table) -> (output array, valid mask, reasons)`; `on_batch(rows)` is called
+    after each model call (metrics)."""
+
+    def __init__(self, score: Callable, max_batch_size: int = 64, max_wait_ms: float = 5.0,
+                 on_batch: Callable[[int], None] | None = None):
+        if max_batch_size < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch_size must be >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
+                             f"{max_wait_ms}")
+        self.score, self.max_batch_size, self.max_wait_s = score, int(max_batch_size), max_wait_ms / 1000.0
+        self.on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sparkdl-serving-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, table: pa.Table) -> Future:
+        future: Future = Future()
+        self._queue.put((table, future))
+        return future
+
+    def close(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            rows = first[0].num_rows
+            deadline = time.monotonic() + self.max_wait_s
+            while rows < self.max_batch_size:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stop.set()
+                    break
+                batch.append(item)
+                rows += item[0].num_rows
+            self._score(batch, rows)
+
+    def _score(self, batch: list, rows: int) -> None:
+        try:
+            tables = [t for t, _ in batch]
+            try:
+                table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # differently typed columns: one call per request
+                for item in batch:
+                    self._score([item], item[0].num_rows)
+                return
+            output, valid, reasons = self.score(table)
+            if self.on_batch is not None:
+                self.on_batch(rows)
+            start = 0
+            for t, future in batch:
+                n = t.num_rows
+                future.set_result(Scored(output.slice(start, n), valid[start:start + n],
+                                         list(reasons[start:start + n]), rows))
+                start += n
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)

@@ -1,0 +1,116 @@
+"""Turning an HTTP scoring request into the Arrow table the model's `Scorer` takes, and telling a client exactly
+what is wrong with its input.
+
+The request formats are MLflow's scoring server's (`POST /invocations`, JSON):
+`{"dataframe_split": {"columns": [...], "data": [[...], ...]}}`, `{"dataframe_records": [{col: value}, ...]}`,
+`{"instances": [{col: value}, ...]}` and `{"inputs": {col: [values]}}` (or `"inputs": [{...}, ...]`). Columns are
+the model's raw feature columns, as in the table it was trained on; each is converted to the Arrow type of its
+feature kind, and a value that does not fit is a `RequestError` (HTTP 400) naming the column and the row.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sparkdl.errors import RequestError
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    table: pa.Table
+    rows: int
+
+
+def parse_request(body: bytes, spec) -> ParsedRequest:
+    """The request's rows as an Arrow table of the spec's feature columns (typed by feature kind).
+
+    Raises:
+        RequestError: malformed JSON, an unknown format, missing feature columns, columns of different lengths,
+            or a value that does not fit its column's kind (the message names the column and the row).
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"malformed JSON: {exc}") from None
+    columns = _columns(payload)
+    names = spec.feature_names
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise RequestError(f"missing column(s) {missing}: the model takes the raw feature columns {names}; the "
+                           f"request has {sorted(columns)}")
+    lengths = {len(columns[n]) for n in names}
+    if len(lengths) != 1:
+        raise RequestError(f"the feature columns have different numbers of rows: "
+                           f"{ {n: len(columns[n]) for n in names} }")
+    arrays = [_typed(f, columns[f.name]) for f in spec.features]
+    table = pa.Table.from_arrays(arrays, names=names)
+    return ParsedRequest(table, table.num_rows)
+
+
+def _columns(payload) -> dict[str, list]:
+    """{column: values} from any of the request formats."""
+    if not isinstance(payload, dict) or len(set(payload) & set(FORMATS)) != 1:
+        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise RequestError(f"unknown request format {found}: expected a JSON object with exactly one of {FORMATS}")
+    kind = next(k for k in FORMATS if k in payload)
+    body = payload[kind]
+    if kind == "dataframe_split":
+        if not isinstance(body, dict) or not isinstance(body.get("columns"), list) or not isinstance(
+                body.get("data"), list):
+            raise RequestError('dataframe_split: expected {"columns": [...], "data": [[...], ...]}')
+        width = len(body["columns"])
+        for i, row in enumerate(body["data"]):
+            if not isinstance(row, list) or len(row) != width:
+                raise RequestError(f"dataframe_split: row {i} has {len(row) if isinstance(row, list) else row!r} "
+                                   f"values, expected {width} (one per column)")
+        return {c: [row[j] for row in body["data"]] for j, c in enumerate(body["columns"])}
+    if kind == "inputs" and isinstance(body, dict):
+        return {str(k): v if isinstance(v, list) else [v] for k, v in body.items()}
+    if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
+        raise RequestError(f"{kind}: expected a list of {{column: value}} objects, one per row")
+    columns: dict[str, list] = {}
+    for i, record in enumerate(body):
+        for key in record:
+            columns.setdefault(key, [None] * i)
+        for key, values in columns.items():
+            values.append(record.get(key))
+    return columns
+
+
+def _typed(feature, values: list) -> pa.Array:
+    """The values of one feature column as the Arrow type of its kind."""
+    kind = feature.kind
+    try:
+        if kind == "numeric":
+            for i, v in enumerate(values):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise RequestError(f"column {feature.name!r}, row {i}: expected a number, got {v!r}")
+            return pa.array(values, pa.float64())
+        if kind in ("vector", "sequence"):
+            for i, v in enumerate(values):
+                if v is not None and not isinstance(v, list):
+                    raise RequestError(f"column {feature.name!r}, row {i}: expected a list of numbers, got {v!r}")
+            inner = pa.list_(pa.float32()) if kind == "vector" else pa.list_(pa.list_(pa.float32()))
+            return pa.array(values, inner)
+        if kind == "text":
+            return pa.array(values, pa.string())
+        if kind == "image":
+            return pa.array([base64.b64decode(v) if isinstance(v, str) else v for v in values], pa.binary())
+        return pa.array(values)  # categorical: strings or integers, as trained
+    except RequestError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise RequestError(f"column {feature.name!r}: the values do not fit a {kind} feature: {exc}") from None
+
+
+def invalid_rows_error(valid, reasons, first: int = 5) -> RequestError:
+    """HTTP 422 for rows the fitted preprocessing cannot prepare, naming the first rows and their reasons."""
+    bad = [(i, reasons[i]) for i in range(len(valid)) if not valid[i]]
+    listed = "; ".join(f"row {i}: {r}" for i, r in bad[:first])
+    more = f" (and {len(bad) - first} more)" if len(bad) > first else ""
+    return RequestError(f"{len(bad)} row(s) cannot be scored: {listed}{more}", status=422)

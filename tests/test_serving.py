@@ -1,0 +1,156 @@
+"""sparkdl serve: a real HTTP server on a free loopback port, real models from a real ModelStore, answers compared
+with `score_dataframe` on the same rows."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("prometheus_client", reason="the serve extra (prometheus-client) is not installed")
+
+from sparkdl.serving import ModelServer  # noqa: E402
+
+
+def _call(server, path: str, payload=None, raw: bytes | None = None):
+    """(status, parsed JSON or text) of one request."""
+    host, port = server.address
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+    request = urllib.request.Request(f"http://{host}:{port}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            body, status, kind = answer.read(), answer.status, answer.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        body, status, kind = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+    return status, json.loads(body) if "json" in kind else body.decode()
+
+
+@pytest.fixture
+def cancer_server(cancer, score_store):
+    df, names, version, prep, model = cancer
+    server = ModelServer(str(version), store=score_store, port=0, max_batch_size=64, max_wait_ms=20,
+                         reload_s=0).start()
+    yield server, df, names, version
+    server.stop()
+
+
+def test_every_request_format_answers_what_score_dataframe_gives(cancer_server):
+    from sparkdl.score import score_dataframe
+
+    server, df, names, version = cancer_server
+    rows = df.orderBy("id").limit(12).toPandas()
+    want = score_dataframe(df.orderBy("id").limit(12), version, keep_columns=["id"]).orderBy("id").toPandas()
+    want_probabilities = score_dataframe(df.orderBy("id").limit(12), version, output="probabilities",
+                                         keep_columns=["id"]).orderBy("id").toPandas()
+    records = rows[names].to_dict(orient="records")
+    requests = {
+        "dataframe_split": {"dataframe_split": {"columns": names, "data": rows[names].values.tolist()}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs": {"inputs": {n: rows[n].tolist() for n in names}},
+    }
+    for kind, payload in requests.items():
+        status, answer = _call(server, "/invocations", payload)
+        assert status == 200, (kind, answer)
+        assert answer["predictions"] == want["prediction"].tolist(), kind
+    status, answer = _call(server, "/invocations?output=probabilities", requests["inputs"])
+    assert status == 200
+    np.testing.assert_allclose(np.asarray(answer["predictions"], dtype=np.float64),
+                               np.stack(want_probabilities["probabilities"]), atol=1e-5)
+    assert _call(server, "/ping")[0] == 200 and _call(server, "/health")[1] == {"status": "ready"}
+    status, info = _call(server, "/version")
+    assert status == 200 and info["model"] == str(version) and info["version"] == version.version
+
+
+def test_client_mistakes_get_a_4xx_naming_the_column_and_the_server_goes_on(cancer_server):
+    server, df, names, version = cancer_server
+    good = {"inputs": {n: [1.0] for n in names}}
+    cases = [
+        (b"{not json", 400, "malformed JSON"),
+        (json.dumps({"rows": []}).encode(), 400, "unknown request format"),
+        (json.dumps({"inputs": {n: [1.0] for n in names[1:]}}).encode(), 400, f"missing column(s) ['{names[0]}']"),
+        (json.dumps({"inputs": {**good["inputs"], names[2]: ["abc"]}}).encode(), 400,
+         f"column '{names[2]}', row 0: expected a number, got 'abc'"),
+        (json.dumps({"inputs": {**good["inputs"], names[1]: [None]}}).encode(), 422, "row 0:"),
+        (json.dumps({"dataframe_split": {"columns": names, "data": [[1.0]]}}).encode(), 400, "row 0 has 1 values"),
+    ]
+    for raw, status, text in cases:
+        got, answer = _call(server, "/invocations", raw=raw)
+        assert got == status and text in answer["message"], (raw[:60], got, answer)
+    assert _call(server, "/invocations?output=embedding", good)[0] in (200, 400)
+    assert _call(server, "/nowhere")[0] == 404
+    assert _call(server, "/invocations", good)[0] == 200  # still serving
+    metrics = _call(server, "/metrics")[1]
+    assert 'sparkdl_serving_requests_total{status="400"} 5.0' in metrics
+    assert 'sparkdl_serving_requests_total{status="422"} 1.0' in metrics
+    assert "sparkdl_serving_request_seconds_bucket" in metrics and "sparkdl_serving_model_version" in metrics
+
+
+def test_concurrent_requests_are_scored_together(cancer_server):
+    server, df, names, version = cancer_server
+    rows = df.orderBy("id").limit(16).toPandas()
+    answers = {}
+
+    def one(i):
+        answers[i] = _call(server, "/invocations", {"inputs": {n: [float(rows[n][i])] for n in names}})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(status == 200 and len(a["predictions"]) == 1 for status, a in answers.values())
+    metrics = _call(server, "/metrics")[1]
+    calls = float(next(line.split()[-1] for line in metrics.splitlines()
+                       if line.startswith("sparkdl_serving_batch_rows_count")))
+    assert calls < 16  # fewer model calls than requests: batched
+
+
+def test_a_server_on_an_alias_follows_it_and_keeps_serving_when_a_version_fails_to_load(cancer, score_store,
+                                                                                     tmp_path):
+    import shutil
+
+    df, names, version, prep, model = cancer
+    store = type(score_store)(tmp_path / "store")
+    for _ in range(2):  # versions 1 and 2 of the same model
+        shutil.copytree(version.path, store.root / "cancer" / str(_ + 1))
+    store.set_alias("cancer@1", "champion")
+    assert str(store.resolve("cancer@champion")) == "cancer@1"
+    server = ModelServer("cancer@champion", store=store, port=0, reload_s=0.2).start()
+    try:
+        payload = {"inputs": {n: [1.0] for n in names}}
+        assert _call(server, "/version")[1]["version"] == 1
+        store.set_alias("cancer@2", "champion")
+        deadline = time.monotonic() + 30
+        while _call(server, "/version")[1]["version"] != 2 and time.monotonic() < deadline:
+            assert _call(server, "/invocations", payload)[0] == 200  # no request dropped meanwhile
+        assert _call(server, "/version")[1]["version"] == 2
+
+        broken = store.root / "cancer" / "3"
+        shutil.copytree(version.path, broken)
+        (broken / "model.keras").write_bytes(b"not a keras file")
+        store.set_alias("cancer@3", "champion")
+        deadline = time.monotonic() + 30
+        while "sparkdl_serving_reload_failures_total 0.0" in _call(server, "/metrics")[1] and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "sparkdl_serving_reload_failures_total 0.0" not in _call(server, "/metrics")[1]
+        assert _call(server, "/version")[1]["version"] == 2 and _call(server, "/invocations", payload)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_aliases_are_checked(tmp_path):
+    from sparkdl.errors import ConfigError, ModelStoreError
+    from sparkdl.registry import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(ConfigError, match="shadow a version reference"):
+        store.set_alias("m@1", "latest")
+    with pytest.raises(ModelStoreError, match=r"an alias of 'm' \(aliases: none\)"):
+        store.resolve("m@champion")

@@ -49,7 +49,6 @@ from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
-from sparkdl.train.keras_worker import train_on_rank
 from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
 from sparkdl.train.rank_job import TrainJob
@@ -472,6 +471,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                  p.run_name, p.model_name, p.num_proc, steps, p.batch_size, initial_epoch,
                  p.epochs - 1, tuple(signature.input_shape))
         try:
+            from sparkdl.train.keras_worker import train_on_rank  # TensorFlow: only once a fit runs
+
             result = runner.run(train_on_rank, job=job)
         finally:
             self.last_run = runner.last_run

@@ -23,7 +23,7 @@ def _ids(table):
 @pytest.mark.both_sessions
 def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, digits_df, digits_mlp):
     from sparkdl.lake import history, read_table, write_table
-    from sparkdl.score import score_stream
+    from sparkdl.score import score_stream, stream_reports
 
     version, _, _ = digits_mlp
     source, target, checkpoint = str(lake / "src"), str(lake / "dst"), str(lake / "ckpt")
@@ -37,10 +37,7 @@ def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, dig
     write_table(digits_df.where("id >= 100 AND id < 150"), source)
     bad = spark.createDataFrame([(5000 + i, None, 0) for i in range(3)], "id long, pixels array<float>, digit int")
     write_table(digits_df.where("id >= 150 AND id < 180").unionByName(bad), source)
-    seen = []
-
-    def crash(report):
-        seen.append(report)
+    def crash(report):  # runs where foreachBatch runs (under Spark Connect: the server's Python process)
         raise RuntimeError("simulated crash after the commit, before the checkpoint")
 
     query = score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id"],
@@ -50,7 +47,8 @@ def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, dig
             query.awaitTermination(240)
     finally:
         query.stop()
-    assert len(seen) == 1 and seen[0].scored_rows == 80 and seen[0].quarantined_rows == 3
+    seen = stream_reports(checkpoint)
+    assert len(seen) == 2 and seen[-1].scored_rows == 80 and seen[-1].quarantined_rows == 3
     assert _ids(target) == list(range(180))  # the batch was committed ...
     commits_before = len(history(target))
 
@@ -74,9 +72,9 @@ def test_stream_restart_and_crash_between_commit_and_checkpoint(spark, lake, dig
     target_version = len(history(target)) - 1
     only_bad = spark.createDataFrame([(6000 + i, None, 0) for i in range(2)], "id long, pixels array<float>, digit int")
     write_table(only_bad, source)
-    reports = []
-    _run(score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id"],
-                      on_batch=reports.append))
+    before = len(stream_reports(checkpoint))
+    _run(score_stream(version, source, target, checkpoint, trigger="availableNow", keep_columns=["id"]))
+    reports = stream_reports(checkpoint)[before:]
     assert [(r.scored_rows, r.quarantined_rows, r.target_version) for r in reports] == [(0, 2, None)]
     assert len(history(target)) - 1 == target_version
     assert sorted(read_table(target + "_quarantine")[0].toPandas()["id"]) == [5000, 5001, 5002, 6000, 6001]

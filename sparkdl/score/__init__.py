@@ -12,13 +12,14 @@ from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
 from sparkdl.score.runtime import load_count, loaded_models
 from sparkdl.score.similar import similar
-from sparkdl.score.stream import score_stream
+from sparkdl.score.stream import score_stream, stream_reports
 from sparkdl.score.table import ScoreReport, score_table
 from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
 
 __all__ = [
     "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "ScoreReport", "load_count", "loaded_models",
     "model_udf", "plan_output", "register_sql_function", "resolve_model", "score_dataframe", "score_stream",
+    "stream_reports",
     "score_table", "similar", "transform_with_model",
 ]
 

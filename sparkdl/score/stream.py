@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from sparkdl import jsonlines
 from sparkdl.errors import ConfigError, TableError
 from sparkdl.fileutil import write_atomic
 from sparkdl.lake import exists, write_table
@@ -38,13 +39,14 @@ from sparkdl.score.table import (
     split_outcomes,
 )
 from sparkdl.session import get_spark
-from sparkdl.uri import normalize_table_uri
+from sparkdl.uri import local_path, normalize_table_uri
 
 log = get_logger("score.stream")
 
 APP_ID_KEY = "sparkdl.stream.app_id"
 BATCH_ID_KEY = "sparkdl.stream.batch_id"
 STATE_FILE = "sparkdl_stream.json"
+REPORTS_FILE = "sparkdl_batches.jsonl"
 
 
 def _trigger_kwargs(trigger) -> dict:
@@ -107,7 +109,8 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
         output, keep_columns, output_col, batch_size, store: as for `score_table`.
         starting_version: read the commits from this source version on (default: the snapshot at the start,
             then every later commit).
-        on_batch: called with each batch's `ScoreReport` after its commits.
+        on_batch: called with each batch's `ScoreReport` after its commits (in the process that runs
+            `foreachBatch`: under Spark Connect, the server's; `stream_reports(checkpoint)` has them too).
         query_name: the streaming query's name.
 
     Returns:
@@ -176,6 +179,7 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
                                  quarantine_uri if bad else None, quarantine_version, ok + bad, ok, bad, reasons,
                                  scored_at.isoformat())
             log.info("%s: batch %d: %d scored, %d quarantined", where, batch_id, ok, bad)
+            _record_report(checkpoint, batch_id, report)
             if on_batch is not None:
                 on_batch(report)
         finally:
@@ -193,6 +197,25 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     query = writer.start()
     log.info("%s: started (app id %s, checkpoint %s)", where, app_id, checkpoint)
     return query
+
+
+def _record_report(checkpoint: str, batch_id: int, report: ScoreReport) -> None:
+    """Append a batch's report to `<checkpoint>/sparkdl_batches.jsonl` (local checkpoints; see `stream_reports`)."""
+    folder = local_path(checkpoint) if "://" in checkpoint else checkpoint
+    if folder is not None:
+        jsonlines.append(Path(folder) / REPORTS_FILE, {"batch_id": int(batch_id), **report.to_dict()})
+
+
+def stream_reports(checkpoint: str) -> list[ScoreReport]:
+    """The reports of the batches a `score_stream` query on `checkpoint` committed, oldest first. They are what
+    `on_batch` received; under Spark Connect `on_batch` runs in the server's Python process, so a client reads them
+    here instead (local checkpoint folders)."""
+    folder = local_path(checkpoint) if "://" in checkpoint else checkpoint
+    if folder is None:
+        return []
+    fields = set(ScoreReport.__dataclass_fields__)
+    return [ScoreReport(**{k: v for k, v in r.items() if k in fields})
+            for r in jsonlines.read(Path(folder) / REPORTS_FILE)]
 
 
 def _expects_quarantine(target: str, app_id: str, batch_id: int, spark) -> bool:

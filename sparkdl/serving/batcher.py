@@ -21,6 +21,10 @@ from sparkdl.log import get_logger
 log = get_logger("serving")
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed (its model version was replaced by a reload)."""
+
+
 @dataclass(frozen=True)
 class Scored:
     """One request's slice of a batch's result."""
@@ -44,21 +48,29 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sparkdl-serving-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, table: pa.Table) -> Future:
+        """Queue a request's rows; raises `BatcherClosed` once `close()` was called (the caller takes the next
+        model's batcher)."""
         future: Future = Future()
-        self._queue.put((table, future))
+        with self._closing:
+            if self._stop.is_set():
+                raise BatcherClosed("this model version is no longer served")
+            self._queue.put((table, future))
         return future
 
     def close(self) -> None:
-        self._stop.set()
-        self._queue.put(None)
-        self._thread.join(5)
+        """Score what is queued, then stop."""
+        with self._closing:
+            self._stop.set()
+            self._queue.put(None)
+        self._thread.join(30)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             first = self._queue.get()
             if first is None:
                 return
@@ -71,8 +83,8 @@ class MicroBatcher:
                 except queue.Empty:
                     break
                 if item is None:
-                    self._stop.set()
-                    break
+                    self._score(batch, rows)
+                    return
                 batch.append(item)
                 rows += item[0].num_rows
             self._score(batch, rows)

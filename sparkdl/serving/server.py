@@ -36,7 +36,7 @@ from sparkdl.registry import ModelStore
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import OUTPUTS, plan_output
 from sparkdl.score.runtime import Scorer
-from sparkdl.serving.batcher import MicroBatcher
+from sparkdl.serving.batcher import BatcherClosed, MicroBatcher
 from sparkdl.serving.requests import invalid_rows_error, parse_request
 
 log = get_logger("serving")
@@ -148,18 +148,25 @@ class ModelServer:
             with self._lock:
                 old, self._loaded = self._loaded, fresh
             log.info("reload: %s now serves %s (was %s)", self.ref_text, fresh.ref, old.ref)
-            threading.Timer(max(1.0, 10 * self.max_wait_ms / 1000.0), old.close).start()  # let in-flight finish
+            threading.Thread(target=old.close, name="sparkdl-serving-retire", daemon=True).start()  # queued ones
+            # are scored by the old version, new ones go to the new
 
     # -- requests ---------------------------------------------------------------------------------------------
     def invocations(self, body: bytes, output: str) -> dict:
-        loaded = self.loaded
-        if output not in loaded.batchers:
-            raise RequestError(f"output {output!r} is not available for {loaded.ref}; available: "
-                               f"{sorted(loaded.batchers)}")
-        parsed = parse_request(body, loaded.metadata.spec)
-        if parsed.rows == 0:
-            return {"predictions": []}
-        scored = loaded.batchers[output].submit(parsed.table).result()
+        for _ in range(3):  # a reload may close the batcher between the lookup and the submit: take the new one
+            loaded = self.loaded
+            if output not in loaded.batchers:
+                raise RequestError(f"output {output!r} is not available for {loaded.ref}; available: "
+                                   f"{sorted(loaded.batchers)}")
+            parsed = parse_request(body, loaded.metadata.spec)
+            if parsed.rows == 0:
+                return {"predictions": []}
+            try:
+                future = loaded.batchers[output].submit(parsed.table)
+                break
+            except BatcherClosed:
+                continue
+        scored = future.result()
         if not np.all(scored.valid):
             raise invalid_rows_error(scored.valid, scored.reasons)
         return {"predictions": _plain(scored.output)}

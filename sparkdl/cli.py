@@ -19,6 +19,7 @@ from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.serving import ModelServer
+from sparkdl.serving.export import export_saved_model
 
 log = get_logger("cli")
 
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
     p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
 
+    p = verbs.add_parser("export", help="export a stored model as a TensorFlow SavedModel (preprocessing inside)",
+                         description="A SavedModel whose serving signature takes the raw feature columns, with the "
+                                     "fitted preprocessing as TensorFlow ops (numeric and vector features), for "
+                                     "TF Serving or TF Lite.")
+    p.add_argument("ref", help="name, name@version or name@alias")
+    p.add_argument("directory", help="the SavedModel folder to create")
+    p.add_argument("--format", choices=["saved_model"], default="saved_model")
+    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+
     p = verbs.add_parser("cache", help="list or delete Petastorm conversion caches")
     p.add_argument("action", choices=["list", "cleanup"])
     p.add_argument("--older-than", type=float, default=None, metavar="HOURS",
@@ -161,6 +171,8 @@ def _dispatch(args: argparse.Namespace):
             version = store.set_alias(args.ref, args.alias)
             return {"model": version.name, "alias": args.alias, "version": version.version}
         return _show_model(store, args.ref)
+    if args.verb == "export":
+        return {"saved_model": str(export_saved_model(args.ref, args.directory, store=args.store))}
     if args.verb == "serve":
         ModelServer(args.ref, store=args.store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                     max_wait_ms=args.max_wait_ms, reload_s=args.reload_s).serve_forever()

@@ -154,3 +154,26 @@ def test_aliases_are_checked(tmp_path):
         store.set_alias("m@1", "latest")
     with pytest.raises(ModelStoreError, match=r"an alias of 'm' \(aliases: none\)"):
         store.resolve("m@champion")
+
+
+def test_a_saved_model_export_takes_raw_columns_and_answers_like_score_dataframe(cancer, score_store, tmp_path,
+                                                                                 digits_mlp):
+    import tensorflow as tf
+
+    from sparkdl.errors import ConfigError
+    from sparkdl.score import score_dataframe
+    from sparkdl.serving.export import export_saved_model
+
+    df, names, version, prep, model = cancer
+    folder = export_saved_model(str(version), tmp_path / "saved", store=score_store)
+    rows = df.orderBy("id").limit(50).toPandas()
+    want = score_dataframe(df.orderBy("id").limit(50), version, output="probabilities",
+                           keep_columns=["id"]).orderBy("id").toPandas()
+    serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    got = serve(**{n: tf.constant(rows[n].to_numpy(dtype=np.float64)) for n in names})
+    np.testing.assert_allclose(got["probabilities"].numpy(), np.stack(want["probabilities"]), atol=1e-5)
+    with pytest.raises(ConfigError, match="already exists"):
+        export_saved_model(str(version), folder, store=score_store)
+
+    digits_version = digits_mlp[0]  # a vector feature: exportable too
+    assert export_saved_model(str(digits_version), tmp_path / "digits", store=score_store).is_dir()

@@ -84,6 +84,11 @@ class RequestError(SparkDLError, ValueError):
         self.status = status
 
 
+class BatcherClosed(SparkDLError, RuntimeError):
+    """A serving micro-batcher was closed (its model version was replaced by a reload); the request goes to the
+    new version's."""
+
+
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
 
 

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from sparkdl.errors import BatcherClosed
 from sparkdl.log import get_logger
 
 log = get_logger("serving")
-
-
-class BatcherClosed(RuntimeError):
-    """The batcher was closed (its model version was replaced by a reload)."""
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pyarrow as pa
 
-from sparkdl.errors import RequestError, SparkDLError
+from sparkdl.errors import BatcherClosed, RequestError, SparkDLError
 from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import OUTPUTS, plan_output
 from sparkdl.score.runtime import Scorer
-from sparkdl.serving.batcher import BatcherClosed, MicroBatcher
+from sparkdl.serving.batcher import MicroBatcher
 from sparkdl.serving.requests import invalid_rows_error, parse_request
 
 log = get_logger("serving")

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to batch with (default 5)")
     p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
+    p.add_argument("--log-table", default=None, metavar="TABLE",
+                   help="append requests and predictions to this Delta table (for drift monitoring)")
     p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
 
     p = verbs.add_parser("export", help="export a stored model as a TensorFlow SavedModel (preprocessing inside)",
@@ -175,7 +177,7 @@ def _dispatch(args: argparse.Namespace):
         return {"saved_model": str(export_saved_model(args.ref, args.directory, store=args.store))}
     if args.verb == "serve":
         ModelServer(args.ref, store=args.store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s).serve_forever()
+                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table).serve_forever()
         return None
     if args.verb == "cache":
         from datetime import timedelta

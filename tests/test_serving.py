@@ -177,3 +177,23 @@ def test_a_saved_model_export_takes_raw_columns_and_answers_like_score_dataframe
 
     digits_version = digits_mlp[0]  # a vector feature: exportable too
     assert export_saved_model(str(digits_version), tmp_path / "digits", store=score_store).is_dir()
+
+
+def test_the_inference_log_appends_requests_and_predictions_to_a_delta_table(cancer, score_store, spark, tmp_path):
+    from sparkdl.lake import read_table
+
+    df, names, version, prep, model = cancer
+    table = str(tmp_path / "served")
+    server = ModelServer(str(version), store=score_store, port=0, reload_s=0, log_table=table).start()
+    rows = df.orderBy("id").limit(5).toPandas()
+    try:
+        for i in range(5):
+            status, answer = _call(server, "/invocations", {"inputs": {n: [float(rows[n][i])] for n in names}})
+            assert status == 200
+    finally:
+        server.stop()  # appends what is buffered
+    logged, _ = read_table(table, spark=spark)
+    pdf = logged.toPandas()
+    assert len(pdf) == 5 and set(names) <= set(pdf.columns)
+    assert {"prediction", "_model", "_model_version", "_served_at"} <= set(pdf.columns)
+    assert set(pdf["_model_version"]) == {version.version} and server.inference_log.failed_rows == 0

@@ -407,6 +407,30 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
     return snap
 
 
+def append_arrow(uri: str, data, commit_metadata: dict | None = None) -> int:
+    """Append an Arrow table to the Delta table at `uri` (created when missing) in one commit, from this process
+    with delta-rs alone (no Spark: e.g. a serving process's inference log); returns the version written.
+
+    Raises:
+        TableError: the rows do not fit the table's schema, or the commit fails (nothing was committed).
+    """
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties
+
+    write_id = uuid.uuid4().hex
+    metadata = dict(commit_metadata or {})
+    custom = {**metadata, WRITE_ID_KEY: write_id, "userMetadata": user_metadata(metadata, write_id)}
+    try:
+        write_deltalake(_location(uri), data, mode="append",
+                        commit_properties=CommitProperties(custom_metadata=custom))
+    except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds
+        raise TableError(f"appending {data.num_rows} row(s) to {uri} failed; nothing was committed: "
+                         f"{one_line_reason(exc)[:500]}") from exc
+    table = _Table.open(uri)
+    version = _find_write(table, write_id, None)
+    return int(version if version is not None else table.dt.version())
+
+
 def clean_staging(uri: str, min_age: dt.timedelta = staging.DEFAULT_MIN_AGE, dry_run: bool = False) -> list[str]:
     """Remove the `sparkdl-write-*` folders killed writes left in the table at `uri` (see `sparkdl.lake.staging`);
     returns their names.

@@ -37,6 +37,7 @@ from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import OUTPUTS, plan_output
 from sparkdl.score.runtime import Scorer
 from sparkdl.serving.batcher import MicroBatcher
+from sparkdl.serving.inference_log import InferenceLog
 from sparkdl.serving.requests import invalid_rows_error, parse_request
 
 log = get_logger("serving")
@@ -65,13 +66,14 @@ class ModelServer:
         host, port: where to listen (port 0: a free port, see `address`).
         max_batch_size, max_wait_ms: the micro-batching limits.
         reload_s: how often the reference is resolved again (hot reload); 0 = never.
+        log_table: append requests and predictions to this Delta table (`sparkdl.serving.inference_log`).
 
     Raises:
         ConfigError / ModelStoreError: a bad reference or a model that cannot be loaded (at start).
     """
 
     def __init__(self, ref: str, store=None, host: str = "127.0.0.1", port: int = 8080, max_batch_size: int = 64,
-                 max_wait_ms: float = 5.0, reload_s: float = 2.0):
+                 max_wait_ms: float = 5.0, reload_s: float = 2.0, log_table: str | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.ref_text = str(ref)
@@ -95,6 +97,7 @@ class ModelServer:
         self._loaded: Loaded | None = None
         self._loaded = self._load(self.ref_text)
         self._stop = threading.Event()
+        self.inference_log = InferenceLog(log_table) if log_table else None
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
         self._threads: list[threading.Thread] = []
@@ -169,6 +172,8 @@ class ModelServer:
         scored = future.result()
         if not np.all(scored.valid):
             raise invalid_rows_error(scored.valid, scored.reasons)
+        if self.inference_log is not None and output == "prediction":
+            self.inference_log.add(parsed.table, scored.output, loaded.ref)
         return {"predictions": _plain(scored.output)}
 
     def version(self) -> dict:
@@ -210,6 +215,8 @@ class ModelServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.loaded.close()
+        if self.inference_log is not None:
+            self.inference_log.close()
 
 
 def _plain(output: pa.Array) -> list:

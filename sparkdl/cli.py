@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(p)
     p.add_argument("--model", help="model ref (default: explain.model, else model.store_name@latest)")
 
+    p = verbs.add_parser("tune", help="search hyper-parameters: each trial a distributed fit (Optuna, pruning)",
+                         description="Run tune.trials fits of the job's model on data.table with the params of "
+                                     "tune.space (Optuna; median/successive-halving pruning from rank 0's "
+                                     "per-epoch metric); the study in tune.study continues when run again.")
+    _add_job_args(p)
+
     p = verbs.add_parser("demo", help="the end-to-end demo on bundled data (tables, training, scoring, SQL, report)",
                          description="Create Delta tables from scikit-learn's digits, train a CNN with Horovod on "
                                      "2 processes, evaluate it, score a table, query the scores with a SQL function.")
@@ -146,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace):
-    if args.verb in ("train", "score", "evaluate", "explain"):
+    if args.verb in ("train", "score", "evaluate", "explain", "tune"):
         cfg = load_config(args.config, args.overrides)
         if args.verb == "train":
             return workflows.train(cfg).summary()
+        if args.verb == "tune":
+            return workflows.tune(cfg)
         if args.verb == "score":
             return workflows.score(cfg, model_ref=args.model).to_dict()
         if args.verb == "explain":

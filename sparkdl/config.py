@@ -129,6 +129,23 @@ class ExplainSection:
 
 
 @dataclass
+class TuneSection:
+    """A hyper-parameter search (`sparkdl tune`, `sparkdl.tune.tune`): trials of the `model` + `train` sections."""
+
+    study: str | None = None            # resumable: the same study continues
+    trials: int = 16
+    trial_proc: int = 1                 # Horovod processes per trial
+    parallel: int | None = None         # trials at once (default: free task slots // trial_proc)
+    metric: str = "val_loss"
+    direction: str = "minimize"
+    pruner: str = "median"              # median | successive_halving | none
+    sampler: str = "tpe"                # tpe | random
+    seed: int = 0
+    space: dict[str, Any] = field(default_factory=dict)   # param or hparams.<name> -> {type, low, high, values}
+    trials_table: str | None = None     # default: <study>_trials beside data.table
+
+
+@dataclass
 class JobConfig:
     """A whole job file. Only `data` is required for training; scoring and evaluation read their own sections."""
 
@@ -142,6 +159,7 @@ class JobConfig:
     score: ScoreSection = field(default_factory=ScoreSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     explain: ExplainSection = field(default_factory=ExplainSection)
+    tune: TuneSection = field(default_factory=TuneSection)
     origin: str = field(default="<dict>", repr=False, compare=False)  # the file it was loaded from
 
     def table_uri(self, name: str) -> str:

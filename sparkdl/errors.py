@@ -76,6 +76,15 @@ class ModelStoreError(SparkDLError, LookupError):
     """A model name or version is missing from the model store, or its files are corrupt."""
 
 
+class FitStopped(TrainingError):
+    """A fit stopped between epochs because its epoch listener asked (e.g. a pruned tuning trial); `epoch` is the
+    last epoch that ran (0-based)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
+
 class RequestError(SparkDLError, ValueError):
     """A client's mistake in a request to `sparkdl serve`: answered with HTTP `status` (4xx) and this message."""
 

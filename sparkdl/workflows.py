@@ -21,6 +21,8 @@ from sparkdl.registry import ModelStore
 from sparkdl.score import register_sql_function, score_table
 from sparkdl.session import get_spark
 from sparkdl.train import KerasEstimator
+from sparkdl.tune import check_space
+from sparkdl.tune import tune as run_search
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -81,7 +83,18 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
     snapshot = lake.snapshot(table, version=cfg.data.version, timestamp=cfg.data.timestamp)
     store = model_store(cfg)
     started = time.perf_counter()
-    estimator = KerasEstimator(
+    estimator = estimator_for(cfg, spec, store)
+    model = estimator.fit(snapshot)
+    version = model.getModelVersion()
+    meta = store.metadata(version)
+    log.info("trained %s on %s@%d in %.0f s", version, snapshot.table, snapshot.version,
+             time.perf_counter() - started)
+    return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started)
+
+
+def estimator_for(cfg: JobConfig, spec: FeatureSpec, store) -> KerasEstimator:
+    """The `KerasEstimator` of a job's `model` and `train` sections."""
+    return KerasEstimator(
         model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
         optimizer=cfg.train.optimizer, learning_rate=cfg.train.learning_rate, batch_size=cfg.train.batch_size,
         epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
@@ -91,12 +104,28 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
         fusion_threshold_mb=cfg.train.fusion_threshold_mb, cycle_time_ms=cfg.train.cycle_time_ms,
         work_dir=os.path.expanduser(cfg.work_dir), mlflow=cfg.train.mlflow,
         mlflow_experiment=cfg.train.mlflow_experiment)
-    model = estimator.fit(snapshot)
-    version = model.getModelVersion()
-    meta = store.metadata(version)
-    log.info("trained %s on %s@%d in %.0f s", version, snapshot.table, snapshot.version,
-             time.perf_counter() - started)
-    return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started)
+
+
+def tune(cfg: JobConfig, spark=None) -> dict:
+    """Search the job's `tune.space` with `tune.trials` distributed fits of its model on `data.table`."""
+    if not cfg.tune.space:
+        raise ConfigError(f"{cfg.origin}: tune.space is required to tune (param -> {{type, ...}})")
+    spec = feature_spec(cfg)
+    table = cfg.table_uri(cfg.data.table)
+    _require_table(cfg, table, "data.table")
+    estimator = estimator_for(cfg, spec, model_store(cfg))
+    check_space(dict(cfg.tune.space), estimator)  # before Spark starts
+    spark = spark or spark_for(cfg)
+    snapshot = lake.snapshot(table, version=cfg.data.version, timestamp=cfg.data.timestamp)
+    t = cfg.tune
+    result = run_search(estimator, snapshot, dict(t.space), t.trials,
+                        trial_proc=t.trial_proc, parallel=t.parallel, metric=t.metric, direction=t.direction,
+                        pruner=t.pruner, study=t.study, sampler=t.sampler, seed=t.seed,
+                        trials_table=cfg.table_uri(t.trials_table) if t.trials_table else None,
+                        work=os.path.expanduser(cfg.work_dir), spark=spark)
+    return {"study": result.study, "best_params": result.best_params, "best_value": result.best_value,
+            "best_model": result.best_model, "trials_table": result.trials_table,
+            "trials": {s: sum(tr.state == s for tr in result.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}}
 
 
 def _require_table(cfg: JobConfig, table: str, key: str) -> None:

@@ -155,7 +155,8 @@ def test_spark_submit_on_standalone_cluster_then_the_cli(demo_tables, standalone
 def test_cli_help_explains_every_verb():
     proc = _run([sys.executable, "-m", "sparkdl.cli", "--help"], dict(os.environ))
     assert proc.returncode == 0
-    for verb in ("train", "score", "evaluate", "explain", "demo", "models", "cache", "lake"):
+    for verb in ("train", "score", "evaluate", "explain", "tune", "serve", "export", "demo", "models", "cache",
+                 "lake"):
         assert verb in proc.stdout
     proc = _run([sys.executable, "-m", "sparkdl.cli", "train", "--help"], dict(os.environ))
     assert "--config" in proc.stdout and "--set" in proc.stdout
@@ -175,6 +176,17 @@ def test_bad_config_fails_fast_with_one_line(tmp_path, override, reason):
     last = [line for line in proc.stderr.strip().splitlines() if line.startswith("sparkdl train:")]
     assert len(last) == 1 and reason in last[0], proc.stderr[-2000:]
     assert time.time() - started < 90  # no Spark/JVM start: the config and the table are checked first
+
+
+def test_a_bad_search_space_fails_fast_with_one_line(tmp_path, demo_tables):
+    env = _env(tmp_path)
+    table = demo_tables["breast_cancer_train"]
+    proc = _run([sys.executable, str(ROOT / "jobs" / "tune.py"), "--config", str(ROOT / "conf" /
+                 "breast_cancer_tune.yaml"), "--set", f"data.table={table}", "--set",
+                 "tune.space={learning_rat: {type: uniform, low: 0.1, high: 1.0}}"], env, timeout=120)
+    last = [line for line in proc.stderr.strip().splitlines() if line.startswith("sparkdl tune:")]
+    assert proc.returncode != 0 and len(last) == 1 and "space['learning_rat']: not a tunable" in last[0], \
+        proc.stderr[-2000:]
 
 
 def test_a_worker_side_failure_gives_the_workers_own_reason(spark):

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.monitor",),
     ("sparkdl.evaluate", "sparkdl.baselines"),  # evaluate records metric history with sparkdl.monitor
     ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated
+    ("sparkdl.tune",),      # hyper-parameter search: trials are KerasEstimator fits
     ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score
     ("sparkdl.serving",),   # the HTTP server scores through sparkdl.score
     ("sparkdl.workflows",),
@@ -48,6 +49,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("sparkdl.train.serialization", "sparkdl.models.saving"): "TensorFlow, only when a model is (de)serialized",
     ("sparkdl.train.launch", "sparkdl.train.keras_worker"): "TensorFlow, imported ahead only in a standby rank",
     ("sparkdl.train.estimator", "sparkdl.models"): "TensorFlow, only when a model is built or checked",
+    ("sparkdl.tune", "sparkdl.models"): "TensorFlow, only when a search space's hparams are checked",
     ("sparkdl.train.estimator", "sparkdl.train.keras_worker"): "TensorFlow, only once a fit runs (the CLI starts "
                                                                 "without it)",
     ("sparkdl.workflows", "sparkdl.models"): "TensorFlow, only to list the model zoo (CLI start-up stays light)",

@@ -42,7 +42,7 @@ from sparkdl.data.preprocess import Preprocessor, PreprocessorModel
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import check_schema, validate
-from sparkdl.errors import ConfigError, ModelStoreError, ValidationError
+from sparkdl.errors import ConfigError, FitStopped, ModelStoreError, TrainingError, ValidationError
 from sparkdl.lake import read_table, source_of
 from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
@@ -249,6 +249,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         self.setParams(**kwargs)
         self.last_run = None  # RunStats of the last fit's Horovod job
         self._fit_run = None  # the MLflow run of the fit in progress (sparkdl.mlflow.tracking.FitRun)
+        # Called on the driver with (epoch, rank 0's logs) as each epoch ends (when the progress channel reaches
+        # the driver); returning True stops the fit between epochs with `FitStopped` (sparkdl.tune's pruning).
+        self.epoch_listener = None
 
     def write(self) -> EstimatorWriter:
         """Spark ML persistence: `est.save(path)`, `KerasEstimator.load(path)`, and inside a `Pipeline` (see
@@ -460,11 +463,16 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             backward_passes_per_step=p.backward_passes_per_step, compression=p.compression)
 
         tracked_epochs: set[int] = set()
+        stopped: dict[str, int] = {}
+        listener = self.epoch_listener
 
         def on_epoch(message: dict) -> None:  # rank 0 keeps the run's epochs log; MLflow is this process's
             if self._fit_run is not None:
                 self._fit_run.log_epoch(int(message["epoch"]), message.get("logs") or {})
                 tracked_epochs.add(int(message["epoch"]))
+            if listener is not None and not stopped and listener(int(message["epoch"]), message.get("logs") or {}):
+                stopped["epoch"] = int(message["epoch"])
+                runner.cancel()
 
         runner.message_handlers.update({"epoch": on_epoch})
         log.info("run %s: training %s on %d process(es): %d steps/epoch of %d, epochs %d..%d, input %s",
@@ -474,6 +482,11 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             from sparkdl.train.keras_worker import train_on_rank  # TensorFlow: only once a fit runs
 
             result = runner.run(train_on_rank, job=job)
+        except TrainingError as exc:
+            if stopped:
+                raise FitStopped(f"run {p.run_name}: stopped after epoch {stopped['epoch'] + 1} by the epoch "
+                                 f"listener", stopped["epoch"]) from exc
+            raise
         finally:
             self.last_run = runner.last_run
         if self._fit_run is not None:  # epochs the progress channel did not bring (executors could not reach us)

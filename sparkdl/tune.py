@@ -1,0 +1,329 @@
+"""Hyper-parameter search where every trial is a distributed fit: Optuna's ask/tell on the driver, each trial a
+`KerasEstimator` fit on `trial_proc` Horovod processes, `parallel` trials at once on the cluster's task slots.
+
+    >>> result = tune(KerasEstimator(model="mlp", feature_spec=spec, epochs=8), "lake/wine",
+    ...               {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+    ...                "hparams.hidden": {"type": "choice", "values": [[32], [64, 32]]}},
+    ...               n_trials=16, study="wine-search")
+    >>> result.best_params, result.best_value, result.best_model          # model "name@version" in the store
+
+* **Space**: any estimator param (snake_case, as in `KerasEstimator(...)`) and model hparams as `hparams.<name>`;
+  types `uniform`, `loguniform`, `int` (`step`, `log`) and `choice`. An unknown param or hparam, an empty or
+  inverted range, or `trial_proc` above the task slots is a `ConfigError` before any Spark job.
+* **Data**: every trial reads the same table version; the training cache is keyed by (table, version,
+  preprocessing, split), so trials that share the preprocessing share one cache (written once).
+* **Pruning**: rank 0's per-epoch `metric` reaches the driver over the progress channel and is reported to the
+  trial; when the pruner says so, the trial's fit stops between epochs (its Spark job is cancelled, its slots go to
+  the next trial) and the trial is `PRUNED`. Without a progress channel (a Spark Connect client the executors
+  cannot reach) trials run to the end.
+* **Resumable**: the study lives in an Optuna `JournalStorage` file under `<work>/tune/<study>.journal`; calling
+  `tune` again with the same study continues it (trials an interrupted search left running are marked `FAIL`).
+* **Result**: `TuneResult` (best params, value and model, every trial), also written as a Delta table of trials
+  (`<lake>/<study>_trials` unless `trials_table` says otherwise); the best trial's model version gets an artifact
+  `tune.json` naming the study and trial. A trial that fails is `FAIL` with its reason, and the search goes on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparkdl import lake
+from sparkdl.errors import ConfigError, FitStopped
+from sparkdl.log import get_logger
+from sparkdl.registry import ModelStore
+from sparkdl.session import get_spark
+from sparkdl.session import work_dir as default_work_dir
+from sparkdl.train.estimator import _SNAKE_TO_CAMEL
+from sparkdl.train.resources import check_cluster, task_slots
+
+log = get_logger("tune")
+
+SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
+PRUNERS = ("median", "successive_halving", "none")
+SAMPLERS = ("tpe", "random")
+# Estimator params a search may not set: where the fit runs and stores things, not what it learns.
+_NOT_TUNABLE = ("feature_spec", "label", "model_store", "model_name", "run_name", "work_dir", "resume", "num_proc",
+                "callbacks", "mlflow", "mlflow_experiment", "env", "start_timeout", "use_gpu", "keep_checkpoints",
+                "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One entry of the search space."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    values: tuple = ()
+
+    def suggest(self, trial):
+        if self.type == "choice":
+            index = trial.suggest_categorical(f"{self.name}#index", list(range(len(self.values))))
+            return self.values[index]
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.type == "loguniform")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: `state` COMPLETE, PRUNED or FAIL; `model` the version it stored (None when none)."""
+
+    number: int
+    state: str
+    params: dict
+    value: float | None
+    epochs: int
+    start: str
+    end: str
+    model: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    metric: str
+    direction: str
+    best_params: dict
+    best_value: float | None
+    best_model: str | None
+    trials: tuple[TrialRecord, ...] = field(default_factory=tuple)
+    trials_table: str | None = None
+
+
+def check_space(space: dict, estimator) -> list[Dimension]:
+    """The search space as checked `Dimension`s.
+
+    Raises:
+        ConfigError: not a mapping, an unknown or untunable param, an unknown hparam of the model, an unknown type,
+            an empty or inverted range, or an empty choice (each named).
+    """
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"tune: space must be a non-empty mapping of param -> distribution, got {space!r}")
+    dims, hparams = [], {}
+    for name, spec in space.items():
+        where = f"tune: space[{name!r}]"
+        if name.startswith("hparams."):
+            hparams[name[len("hparams."):]] = None
+        elif name not in _SNAKE_TO_CAMEL or name in _NOT_TUNABLE:
+            tunable = sorted(set(_SNAKE_TO_CAMEL) - set(_NOT_TUNABLE))
+            raise ConfigError(f"{where}: not a tunable KerasEstimator param; tunable: {tunable}, and model "
+                              f"hparams as 'hparams.<name>'")
+        if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
+            raise ConfigError(f"{where}: expected {{type: {'|'.join(SPACE_TYPES)}, ...}}, got {spec!r}")
+        kind = spec["type"]
+        if kind == "choice":
+            values = spec.get("values")
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"{where}: choice needs a non-empty list 'values'")
+            dims.append(Dimension(name, kind, values=tuple(values)))
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+            raise ConfigError(f"{where}: {kind} needs numbers low < high, got low={low!r}, high={high!r}")
+        if (kind == "loguniform" or spec.get("log")) and low <= 0:
+            raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
+        dims.append(Dimension(name, kind, float(low), float(high), spec.get("step"), bool(spec.get("log", False))))
+    if hparams:
+        from sparkdl.models import check_choice
+
+        model = estimator.getOrDefault("model")
+        base = dict(estimator.getOrDefault("hparams") or {})
+        try:
+            check_choice(model, {**base, **{k: _sample(d) for k, d in
+                                            ((d.name[len("hparams."):], d) for d in dims) if k in hparams}})
+        except ConfigError as exc:
+            raise ConfigError(f"tune: the space's hparams do not fit model {model!r}: {exc}") from None
+    return dims
+
+
+def _sample(dim: Dimension):
+    if dim.type == "choice":
+        return dim.values[0]
+    return int(dim.low) if dim.type == "int" else float(dim.low)
+
+
+def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, parallel: int | None = None,
+         metric: str = "val_loss", direction: str = "minimize", pruner: str = "median", study: str | None = None,
+         sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
+    """Search `space` with `n_trials` fits of `estimator` on `table` (see the module docstring).
+
+    Args:
+        estimator: a `KerasEstimator` (its params are the defaults of every trial).
+        table: the Delta table (path, URI, or a Snapshot) every trial trains on (one version for all).
+        space: {param or "hparams.<name>": {type, low, high, step, log, values}}.
+        n_trials: trials the study should have in all (a resumed study runs only the missing ones).
+        trial_proc: Horovod processes per trial.
+        parallel: trials at once (default: task slots // trial_proc).
+        metric, direction: what a trial's value is (the last epoch's, from its history) and its goal.
+        pruner, sampler, seed: Optuna's pruner (median | successive_halving | none) and sampler (tpe | random).
+        study: the study's name (resumable); default a new one.
+        trials_table: the Delta table the trials are written to (default `<lake>/<study>_trials` next to `table`).
+
+    Raises:
+        ConfigError: bad arguments or space (before any Spark job).
+    """
+    import optuna
+
+    spark = spark or get_spark()
+    dims = check_space(space, estimator)
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"tune: direction must be 'minimize' or 'maximize', got {direction!r}")
+    if pruner not in PRUNERS or sampler not in SAMPLERS:
+        raise ConfigError(f"tune: pruner must be one of {PRUNERS} and sampler one of {SAMPLERS}, got "
+                          f"{pruner!r}, {sampler!r}")
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"tune: n_trials must be a positive integer, got {n_trials!r}")
+    check_cluster(spark, trial_proc, who="tune (trial_proc)")
+    slots = task_slots(spark) or trial_proc
+    parallel = max(1, int(parallel or slots // trial_proc))
+    if parallel * trial_proc > slots:
+        raise ConfigError(f"tune: parallel={parallel} trials of trial_proc={trial_proc} need "
+                          f"{parallel * trial_proc} task slots; the cluster has {slots}")
+    snap = table if isinstance(table, lake.Snapshot) else lake.snapshot(str(table), spark=spark)
+    name = study or f"tune-{uuid.uuid4().hex[:8]}"
+    folder = Path(work or default_work_dir()) / "tune"
+    folder.mkdir(parents=True, exist_ok=True)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(folder / f"{name}.journal")))
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+               "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+               "none": lambda: optuna.pruners.NopPruner()}
+    opt = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=samplers[sampler](),
+                              pruner=pruners[pruner](), load_if_exists=True)
+    for left in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        opt.tell(left.number, state=optuna.trial.TrialState.FAIL)  # an interrupted search's trial
+    done = len(opt.get_trials(deepcopy=False))
+    todo = max(0, n_trials - done)
+    log.info("study %s: %d trial(s) done, %d to run, %d at once (%d process(es) each) on %s@%s", name, done, todo,
+             parallel, trial_proc, snap.table, snap.version)
+    lock = threading.Lock()
+    remaining = [todo]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+                trial = opt.ask()
+            _run_trial(opt, trial, lock, estimator, dims, snap, trial_proc, metric, name)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sparkdl-trial") as pool:
+        for future in [pool.submit(worker) for _ in range(parallel)]:
+            future.result()
+    records = tuple(_record(t) for t in opt.get_trials(deepcopy=False))
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None]
+    best = (min if direction == "minimize" else max)(complete, key=lambda r: r.value) if complete else None
+    if best is not None and best.model:
+        store = estimator.getOrDefault("modelStore")
+        (store if isinstance(store, ModelStore) else ModelStore(store)).add_artifact(
+            best.model, "tune.json", {"study": name, "trial": best.number, "metric": metric, "value": best.value,
+                                      "params": best.params})
+    target = trials_table or _default_trials_table(snap.table, name)
+    _write_trials(spark, records, target, name)
+    result = TuneResult(name, metric, direction, dict(best.params) if best else {}, best.value if best else None,
+                        best.model if best else None, records, target)
+    log.info("study %s: best %s=%s with %s (%s); %d complete, %d pruned, %d failed", name, metric,
+             result.best_value, result.best_params, result.best_model, len(complete),
+             sum(r.state == "PRUNED" for r in records), sum(r.state == "FAIL" for r in records))
+    return result
+
+
+def _run_trial(opt, trial, lock, estimator, dims, snap, trial_proc, metric, study) -> None:
+    """One trial's fit, told to the study as COMPLETE (its value), PRUNED or FAIL (with the reason)."""
+    import optuna
+
+    params = {d.name: d.suggest(trial) for d in dims}
+    overrides = {k: v for k, v in params.items() if not k.startswith("hparams.")}
+    hparams = dict(estimator.getOrDefault("hparams") or {})
+    hparams.update({k[len("hparams."):]: v for k, v in params.items() if k.startswith("hparams.")})
+    est = estimator.copy()
+    est.setParams(**overrides, hparams=hparams or None, num_proc=trial_proc,
+                  run_name=f"{study}-trial-{trial.number}", resume=False)
+    trial.set_user_attr("sparkdl.params", json.dumps(params, default=str))
+    trial.set_user_attr("sparkdl.start", _now())
+
+    def on_epoch(epoch: int, logs: dict) -> bool:
+        value = logs.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            return False
+        with lock:
+            trial.report(float(value), epoch)
+            return trial.should_prune()
+
+    est.epoch_listener = on_epoch
+    try:
+        fitted = est.fit(snap)
+    except FitStopped as exc:
+        with lock:
+            trial.set_user_attr("sparkdl.end", _now())
+            trial.set_user_attr("sparkdl.epochs", exc.epoch + 1)
+            opt.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        log.info("trial %d pruned after epoch %d", trial.number, exc.epoch + 1)
+        return
+    except Exception as exc:  # noqa: BLE001 - a failed trial is recorded, the search goes on
+        with lock:
+            trial.set_user_attr("sparkdl.end", _now())
+            trial.set_user_attr("sparkdl.reason", f"{type(exc).__name__}: {str(exc)[:1000]}")
+            opt.tell(trial, state=optuna.trial.TrialState.FAIL)
+        log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, str(exc).splitlines()[0][:300])
+        return
+    history = fitted.getHistory()
+    values = history.get(metric) or []
+    with lock:
+        trial.set_user_attr("sparkdl.end", _now())
+        trial.set_user_attr("sparkdl.epochs", len(values))
+        trial.set_user_attr("sparkdl.model", str(fitted.getModelVersion()))
+        if not values or values[-1] is None:
+            trial.set_user_attr("sparkdl.reason", f"the fit's history has no {metric!r} (has {sorted(history)})")
+            opt.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        opt.tell(trial, float(values[-1]))
+
+
+def _record(trial) -> TrialRecord:
+    attrs = trial.user_attrs
+    params = json.loads(attrs["sparkdl.params"]) if "sparkdl.params" in attrs else {}
+    state = trial.state.name
+    reason = attrs.get("sparkdl.reason") or ("interrupted" if state == "FAIL" and "sparkdl.end" not in attrs
+                                             else None)
+    return TrialRecord(trial.number, state, params, trial.value if state == "COMPLETE" else None,
+                       int(attrs.get("sparkdl.epochs", 0)), attrs.get("sparkdl.start", ""),
+                       attrs.get("sparkdl.end", ""), attrs.get("sparkdl.model"), reason)
+
+
+def _default_trials_table(source: str, study: str) -> str:
+    return source.rstrip("/").rsplit("/", 1)[0] + f"/{study}_trials"
+
+
+def _write_trials(spark, records, target: str, study: str) -> None:
+    rows = [{**asdict(r), "params": json.dumps(r.params, sort_keys=True, default=str), "study": study}
+            for r in records]
+    schema = ("number int, state string, params string, value double, epochs int, start string, end string, "
+              "model string, reason string, study string")
+    df = spark.createDataFrame([tuple(r[c.split()[0]] for c in schema.split(", ")) for r in rows], schema)
+    lake.write_table(df, target, mode="overwrite", commit_metadata={"sparkdl.operation": "tune", "study": study},
+                     spark=spark)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["tune", "check_space", "TuneResult", "TrialRecord", "Dimension", "SPACE_TYPES"]

@@ -350,6 +350,8 @@ class ModelStore:
                 version = int(version)
             else:
                 validate_name(name)
+                validate_name(version, f"alias in model reference {ref!r} (after '@': a version number, "
+                                       f"'latest' or an alias)")
                 aliases = self.aliases(name)
                 if version not in aliases:
                     raise ModelStoreError(f"model reference {ref!r}: the part after '@' must be a version number, "

@@ -94,8 +94,10 @@ def test_invalid_names_are_config_errors(store, model, bad):
 
 def test_malformed_refs(store, model):
     store.save("m", model, {})
-    with pytest.raises(ConfigError, match=r"'m@two'.*must be a number or 'latest'"):
-        store.resolve("m@two")
+    with pytest.raises(ModelStoreError, match=r"'m@two'.*a version number, 'latest' or an alias of 'm'"):
+        store.resolve("m@two")  # no alias 'two'
+    with pytest.raises(ConfigError, match=r"alias in model reference 'm@t w o'"):
+        store.resolve("m@t w o")
     with pytest.raises(ConfigError, match="model reference must be"):
         store.resolve(3)
 

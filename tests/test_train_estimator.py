@@ -417,9 +417,10 @@ def test_a_pipeline_with_the_estimator_fits_saves_loads_and_tunes_like_stock_sta
     assert before.equals(after) and len(after) == test.count()
 
     grid = ParamGridBuilder().addGrid(est.learningRate, [1e-4, 5e-3]).build()
-    evaluator = MulticlassClassificationEvaluator(labelCol="malignant", predictionCol="prediction",
-                                                  metricName="accuracy")
-    tuned = TrainValidationSplit(estimator=Pipeline(stages=[est]), estimatorParamMaps=grid, evaluator=evaluator,
-                                 trainRatio=0.75, seed=1).fit(train)
+    as_double = SQLTransformer(statement="SELECT *, CAST(prediction AS DOUBLE) AS predicted FROM __THIS__")
+    evaluator = MulticlassClassificationEvaluator(labelCol="malignant", predictionCol="predicted",
+                                                  metricName="accuracy")  # stock evaluators want doubles
+    tuned = TrainValidationSplit(estimator=Pipeline(stages=[est, as_double]), estimatorParamMaps=grid,
+                                 evaluator=evaluator, trainRatio=0.75, seed=1).fit(train)
     assert len(tuned.validationMetrics) == 2 and max(tuned.validationMetrics) >= 0.9
     assert evaluator.evaluate(tuned.transform(test)) >= 0.9

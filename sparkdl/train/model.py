@@ -132,13 +132,16 @@ class SparkDLModel(Model, MLReadable, MLWritable):
 
     @classmethod
     def load(cls, ref, store=None) -> "SparkDLModel":
-        """Load from the store (`"name"`, `"name@3"`, a ModelVersion) or from a version folder path
-        (`<root>/<name>/<version>`, e.g. a path `save(path)` wrote or a store version's path).
+        """Load from the store (`"name"`, `"name@3"`, a ModelVersion), from a version folder path
+        (`<root>/<name>/<version>`, e.g. a path `save(path)` wrote or a store version's path), or from a folder
+        Spark ML persistence wrote (`write().save(path)`, a stage of a saved PipelineModel).
 
         Raises:
             ModelStoreError: missing or corrupt model/version.
         """
         folder = Path(ref) if isinstance(ref, (str, os.PathLike)) else None
+        if folder is not None and (folder / "metadata").is_dir() and not (folder / METADATA_FILE).is_file():
+            return cls.read().load(str(ref))  # a stage Spark ML persistence wrote (PipelineModel.load calls this)
         if folder is not None and folder.is_dir() and (folder / METADATA_FILE).is_file():
             # A version folder: its parent is the name folder, its grandparent a store root.
             name, version = folder.parent.name, folder.name

@@ -35,6 +35,7 @@ from sparkdl.score.table import (
     committed_write,
     count_outcomes,
     default_keep_columns,
+    lineage_columns,
     scored_frame,
     split_outcomes,
 )
@@ -159,9 +160,7 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
             ok, bad, reasons = count_outcomes(scored)
             if ok + bad == 0:
                 return
-            lineage = [F.lit(ref.name).alias("_model"), F.lit(int(ref.version)).cast("int").alias("_model_version"),
-                       F.col(SOURCE_VERSION_COL).alias("_source_version"),
-                       F.lit(scored_at).cast("timestamp").alias("_scored_at")]  # aware: UTC
+            lineage = lineage_columns(ref, F.col(SOURCE_VERSION_COL), scored_at)
             good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
             commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
                       "source_table": source_uri, APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id),

@@ -126,12 +126,16 @@ def count_outcomes(scored) -> tuple[int, int, dict]:
     return ok, sum(reasons.values()), reasons
 
 
-def lineage_columns(ref: ModelRef, source_version: int | None, scored_at: dt.datetime) -> list:
+def lineage_columns(ref: ModelRef, source_version, scored_at: dt.datetime) -> list:
+    """The lineage columns every scored row carries (`LINEAGE_COLUMNS`), for `score_table` and `score_stream`:
+    `source_version` is the snapshot's version, or a Column holding each row's (a stream's `_source_version`)."""
+    from pyspark.sql import Column
     from pyspark.sql import functions as F
 
+    version = source_version if isinstance(source_version, Column) else F.lit(source_version)
     return [F.lit(ref.name).alias("_model"), F.lit(int(ref.version)).cast("int").alias("_model_version"),
-            F.lit(source_version).cast("long").alias("_source_version"),
-            F.lit(scored_at).cast("timestamp").alias("_scored_at")]
+            version.cast("long").alias("_source_version"),
+            F.lit(scored_at).cast("timestamp").alias("_scored_at")]  # an aware datetime: Spark stores it as UTC
 
 
 def split_outcomes(scored, keep_columns: list[str], feature_names: list[str], output_col: str, lineage: list):

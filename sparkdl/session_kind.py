@@ -172,6 +172,13 @@ def wait_until_stopped(spark, tag: str, timeout: float, poll_s: float = 0.05) ->
     return True
 
 
+def accumulator(spark, zero, param):
+    """A Spark accumulator on a classic session; None under Spark Connect, which has none."""
+    if is_connect(spark):
+        return None
+    return spark.sparkContext.accumulator(zero, param)
+
+
 def set_log_level(spark, level: str) -> None:
     """The driver's Spark log level (classic only: a Connect server keeps its own)."""
     if not is_connect(spark):
@@ -194,6 +201,37 @@ def optimized_plan(df):
     if is_connect(df):
         return None
     return df._jdf.queryExecution().optimizedPlan()
+
+
+def scan_partitions(df) -> int | None:
+    """How many partitions Spark's own scan of `df` has (classic only; None under Spark Connect or on failure)."""
+    if is_connect(df):
+        return None
+    try:
+        return int(df._jdf.queryExecution().toRdd().getNumPartitions())
+    except Exception:  # noqa: BLE001 - a plan that cannot be planned here: the caller uses its default
+        return None
+
+
+def connect_parquet_read(df) -> str | None:
+    """For a Spark Connect DataFrame that is plain column references over one `spark.read.parquet(...)` (no
+    filter, no expression, no given schema): its read options as `key->value` text (lower case); else None.
+    Classic sessions look at the optimized plan instead (`optimized_plan`)."""
+    if not is_connect(df):
+        return None
+    plan = getattr(df, "_plan", None)
+    while type(plan).__name__ == "Project":
+        columns = getattr(plan, "_columns", None) or []
+        if any(type(getattr(c, "_expr", None)).__name__ != "ColumnReference" for c in columns):
+            return None
+        plan = getattr(plan, "_child", None)
+    if type(plan).__name__ != "DataSource":
+        return None
+    if (str(getattr(plan, "_format", "")).lower() != "parquet" or getattr(plan, "_schema", "")
+            or getattr(plan, "_predicates", None) or getattr(plan, "_is_streaming", None)):
+        return None
+    options = getattr(plan, "_options", None) or {}
+    return ",".join(f"{k}->{v}" for k, v in options.items()).lower().replace(" ", "")
 
 
 def plan_fingerprint(df) -> str:

@@ -46,6 +46,22 @@ def test_score_dataframe_matches_model_predict_on_both_routes(spark, digits_df, 
     np.testing.assert_array_equal(as_matrix(direct["pixels"]), as_matrix(raw["pixels"]))
 
 
+@pytest.mark.both_sessions
+def test_the_direct_route_is_taken_for_plain_scans_on_both_session_kinds(spark, digits_df, digits_parquet,
+                                                                        digits_mlp):
+    from sparkdl.score import score_dataframe
+    from sparkdl.score.scan import parquet_scan
+
+    version, prep, model = digits_mlp
+    scan_df = spark.read.parquet(digits_parquet)
+    assert parquet_scan(scan_df.select("id", "pixels")) is not None
+    assert parquet_scan(scan_df.where("id > 5")) is None and parquet_scan(scan_df.selectExpr("id AS x")) is None
+    direct = score_dataframe(scan_df, version, output_col="digit_hat").orderBy("id").toPandas()
+    spark_route = score_dataframe(scan_df, version, output_col="digit_hat", direct=False).orderBy("id").toPandas()
+    np.testing.assert_array_equal(direct["digit_hat"].to_numpy(), spark_route["digit_hat"].to_numpy())
+    assert list(direct["id"]) == sorted(digits_df.toPandas()["id"])
+
+
 def test_direct_route_reads_like_spark(spark, tmp_path, digits_mlp):
     """Row groups as units, a column missing from one file (nulls), upper-case column names in a file, nulls and
     wrong lengths: the direct route returns what Spark's own scan returns."""

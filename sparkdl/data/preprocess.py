@@ -51,7 +51,7 @@ from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.data.validation import validate as validate_data
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
-from sparkdl.session_kind import is_connect
+from sparkdl.session_kind import accumulator
 
 log = get_logger("data.preprocess")
 
@@ -716,9 +716,7 @@ def invalid_row_counter(spark):
 
     Read `.value` on the driver after an action on the transformed DataFrame (task retries may count twice).
     """
-    if is_connect(spark):
-        return None
-    return spark.sparkContext.accumulator({}, ReasonCounts())
+    return accumulator(spark, {}, ReasonCounts())
 
 
 class ReasonCounts:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkdl.log import get_logger
-from sparkdl.session_kind import default_parallelism, optimized_plan
+from sparkdl.session_kind import connect_parquet_read, default_parallelism, optimized_plan, scan_partitions
 from sparkdl.uri import filesystem
 
 log = get_logger("score.scan")
@@ -56,6 +56,15 @@ def _children(node) -> list:
     return [kids.apply(i) for i in range(kids.size())]
 
 
+def _file_columns(uri: str) -> list[str]:
+    """The column names one Parquet file holds (its footer)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        return pq.ParquetFile(handle).schema_arrow.names
+
+
 def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
     """A `ParquetScan` when `df` is a plain scan of Parquet files that pyarrow reads exactly as Spark, else None.
 
@@ -74,27 +83,33 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
         if len(set(c.lower() for c in df.columns)) != len(df.columns):
             return None
         node = optimized_plan(df)
-        if node is None:  # Spark Connect: no plan to look at, Spark's own route
-            return None
-        while node.getClass().getSimpleName() == "Project":
-            items = node.projectList()
-            if any(items.apply(i).getClass().getSimpleName() != "AttributeReference" for i in range(items.size())):
+        if node is None:  # Spark Connect: the client's plan (`session_kind.connect_parquet_read`)
+            read = connect_parquet_read(df)
+            if read is None:
                 return None
-            (node,) = _children(node)
-        if node.getClass().getSimpleName() != "LogicalRelation":
-            return None
-        relation = node.relation()
-        if (relation.getClass().getSimpleName() != "HadoopFsRelation"
-                or relation.fileFormat().getClass().getSimpleName() != "ParquetFileFormat"
-                or relation.partitionSchema().length() != 0):
-            return None
-        options = str(relation.options().toString()).lower().replace(" ", "")
+            options, files = read, list(df.inputFiles())
+            data_names = set(_file_columns(files[0])) if files else set()
+        else:
+            while node.getClass().getSimpleName() == "Project":
+                items = node.projectList()
+                if any(items.apply(i).getClass().getSimpleName() != "AttributeReference"
+                       for i in range(items.size())):
+                    return None
+                (node,) = _children(node)
+            if node.getClass().getSimpleName() != "LogicalRelation":
+                return None
+            relation = node.relation()
+            if (relation.getClass().getSimpleName() != "HadoopFsRelation"
+                    or relation.fileFormat().getClass().getSimpleName() != "ParquetFileFormat"
+                    or relation.partitionSchema().length() != 0):
+                return None
+            options = str(relation.options().toString()).lower().replace(" ", "")
+            data_names = set(relation.dataSchema().fieldNames())
+            files = list(df.inputFiles())
         if "ignorecorruptfiles->true" in options or "ignoremissingfiles->true" in options:
             return None
-        data_names = set(relation.dataSchema().fieldNames())
         if not set(df.columns) <= data_names:
-            return None  # e.g. hidden file-metadata columns
-        files = list(df.inputFiles())
+            return None  # e.g. hidden file-metadata columns, or (Spark Connect) partition columns
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
     except Exception as exc:  # noqa: BLE001 - a plan shape this check does not know: take Spark's route
         log.debug("direct Parquet scan not applicable: %s", exc)
@@ -107,11 +122,7 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
     except Exception:  # noqa: BLE001 - a scheme pyarrow cannot open from Python
         return None
     if tasks is None:
-        tasks = default_parallelism(spark) or 1
-        try:
-            tasks = max(tasks, int(df._jdf.queryExecution().toRdd().getNumPartitions()))
-        except Exception:  # noqa: BLE001
-            pass
+        tasks = max(default_parallelism(spark) or 1, scan_partitions(df) or 0)
     units: list[tuple[str, tuple[int, ...] | None]] = []
     if len(files) < tasks:
         import pyarrow.parquet as pq

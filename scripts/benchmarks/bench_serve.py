@@ -139,20 +139,25 @@ def main(argv=None) -> int:
         work = Path(tmp)
         store, ref, names, rows, model_uri = prepare(work)
         env = {**os.environ, "MLFLOW_TRACKING_URI": (work / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
-               "SPARKDL_LOG_LEVEL": "WARNING"}
+               "SPARKDL_LOG_LEVEL": "WARNING",  # MLflow starts `uvicorn` from PATH: this venv's
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         ports = {"sparkdl": free_port(), "mlflow": free_port()}
         servers = {
             "sparkdl": subprocess.Popen([sys.executable, "-m", "sparkdl.cli", "serve", ref, "--store", store,
                                          "--port", str(ports["sparkdl"]), "--reload-s", "0"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                                        stdout=subprocess.DEVNULL, stderr=open(work / "sparkdl.log", "w")),
             "mlflow": subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve",
                                         "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
                                         "-p", str(ports["mlflow"])], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                                       stdout=subprocess.DEVNULL, stderr=open(work / "mlflow.log", "w")),
         }
         try:
-            for port in ports.values():
-                wait_ready(port)
+            for name, port in ports.items():
+                try:
+                    wait_ready(port)
+                except RuntimeError:
+                    print((work / f"{name}.log").read_text()[-3000:], file=sys.stderr)
+                    raise
             one = json.dumps({"dataframe_split": {"columns": names, "data": [rows[0]]}}).encode()
             thousand = json.dumps({"dataframe_split": {"columns": names,
                                                        "data": (rows * 2)[:1000]}}).encode()

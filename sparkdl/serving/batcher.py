@@ -2,8 +2,9 @@
 
 `MicroBatcher.submit(table)` queues a request's rows and returns a `Future`. One scoring thread takes the oldest
 request, then adds the requests that arrive within `max_wait_ms` of it, up to `max_batch_size` rows, and scores
-them with one call of `score(table)`; each request's future gets its own slice of the result. A request never waits
-for others longer than `max_wait_ms` (plus the scoring of the batch it joined).
+them with one call of `score(table)`; each request's future gets its own slice of the result. It waits only while
+`arriving()` says other requests are on their way (received, not yet queued): a lone request is scored at once. A
+request never waits for others longer than `max_wait_ms` (plus the scoring of the batch it joined).
 """
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ class MicroBatcher:
     after each model call (metrics)."""
 
     def __init__(self, score: Callable, max_batch_size: int = 64, max_wait_ms: float = 5.0,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, arriving: Callable[[], int] | None = None):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch_size must be >= 1 and max_wait_ms >= 0, got {max_batch_size}, "
                              f"{max_wait_ms}")
         self.score, self.max_batch_size, self.max_wait_s = score, int(max_batch_size), max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.arriving = arriving or (lambda: 1)  # unknown: always wait up to max_wait_ms
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._closing = threading.Lock()
@@ -76,7 +78,8 @@ class MicroBatcher:
             deadline = time.monotonic() + self.max_wait_s
             while rows < self.max_batch_size:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    wait = max(0.0, deadline - time.monotonic()) if self.arriving() > 0 else 0.0
+                    item = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:

@@ -94,11 +94,12 @@ class ModelServer:
         self.reload_failures = Counter("sparkdl_serving_reload_failures", "versions that failed to load",
                                        registry=self.registry)
         self._lock = threading.Lock()
+        self._arriving = 0  # requests received and not yet queued for scoring (the batcher waits for them)
         self._loaded: Loaded | None = None
         self._loaded = self._load(self.ref_text)
         self._stop = threading.Event()
         self.inference_log = InferenceLog(log_table) if log_table else None
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self.httpd = _HTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
@@ -120,7 +121,7 @@ class ModelServer:
         shape = tuple(default.loaded.preprocessor.input_shape)
         default.predict(np.zeros((1, *shape), dtype=np.float32))  # warm-up: the first call traces the model
         batchers = {name: MicroBatcher(self._score_with(scorer), self.max_batch_size, self.max_wait_ms,
-                                       on_batch=self.batch_rows.observe)
+                                       on_batch=self.batch_rows.observe, arriving=lambda: self._arriving)
                     for name, scorer in scorers.items()}
         self.version_served.labels(model=model_ref.name).set(model_ref.version)
         log.info("serving %s (outputs %s)", model_ref, sorted(scorers))
@@ -155,7 +156,26 @@ class ModelServer:
             # are scored by the old version, new ones go to the new
 
     # -- requests ---------------------------------------------------------------------------------------------
-    def invocations(self, body: bytes, output: str) -> dict:
+    def arrive(self, delta: int) -> None:
+        with self._lock:
+            self._arriving += delta
+
+    def invocations(self, body: bytes, output: str, queued=lambda: None) -> dict:
+        """Score one request; `queued()` is called once it is queued for scoring (or failed before)."""
+        try:
+            future, loaded, parsed, output = self._queue_request(body, output)
+        finally:
+            queued()
+        if future is None:
+            return {"predictions": []}
+        scored = future.result()
+        if not np.all(scored.valid):
+            raise invalid_rows_error(scored.valid, scored.reasons)
+        if self.inference_log is not None and output == "prediction":
+            self.inference_log.add(parsed.table, scored.output, loaded.ref)
+        return {"predictions": _plain(scored.output)}
+
+    def _queue_request(self, body: bytes, output: str):
         for _ in range(3):  # a reload may close the batcher between the lookup and the submit: take the new one
             loaded = self.loaded
             if output not in loaded.batchers:
@@ -163,18 +183,12 @@ class ModelServer:
                                    f"{sorted(loaded.batchers)}")
             parsed = parse_request(body, loaded.metadata.spec)
             if parsed.rows == 0:
-                return {"predictions": []}
+                return None, loaded, parsed, output
             try:
-                future = loaded.batchers[output].submit(parsed.table)
-                break
+                return loaded.batchers[output].submit(parsed.table), loaded, parsed, output
             except BatcherClosed:
                 continue
-        scored = future.result()
-        if not np.all(scored.valid):
-            raise invalid_rows_error(scored.valid, scored.reasons)
-        if self.inference_log is not None and output == "prediction":
-            self.inference_log.add(parsed.table, scored.output, loaded.ref)
-        return {"predictions": _plain(scored.output)}
+        raise BatcherClosed("the model was replaced three times while this request was queued")
 
     def version(self) -> dict:
         loaded = self.loaded
@@ -219,6 +233,10 @@ class ModelServer:
             self.inference_log.close()
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 overflows under concurrent clients: their SYNs wait 1 s for a retry
+
+
 def _plain(output: pa.Array) -> list:
     """An output column as JSON values (structs as objects, lists as lists)."""
     return output.to_pylist()
@@ -260,11 +278,19 @@ def _handler(server: ModelServer):
                 return
             started = time.perf_counter()
             status = 200
+            server.arrive(1)  # the batcher waits for requests still arriving
+            pending = [True]
+
+            def queued() -> None:
+                if pending[0]:
+                    pending[0] = False
+                    server.arrive(-1)
+
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 output = parse_qs(url.query).get("output", ["prediction"])[0]
-                answer = server.invocations(body, output)
+                answer = server.invocations(body, output, queued)
             except RequestError as exc:
                 status, answer = exc.status, {"error_code": "INVALID_PARAMETER_VALUE" if exc.status == 400
                                               else "BAD_REQUEST", "message": str(exc)}
@@ -273,6 +299,7 @@ def _handler(server: ModelServer):
                 log.exception("scoring failed")
                 status, answer = 500, {"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"}
                 server.errors.labels(kind="server").inc()
+            queued()
             self._answer(status, answer)
             server.requests.labels(status=str(HTTPStatus(status).value)).inc()
             server.latency.observe(time.perf_counter() - started)

@@ -14,8 +14,9 @@ from sparkdl.tune import check_space, tune  # noqa: E402
 
 
 def _estimator(store, **kw):
-    return KerasEstimator(model="mlp", feature_spec=cancer_spec(), epochs=3, batch_size=32, model_store=store,
-                          model_name="cancer_tuned", hparams={"hidden": [8]}, **kw)
+    params = dict(model="mlp", feature_spec=cancer_spec(), epochs=3, batch_size=32, model_store=store,
+                  model_name="cancer_tuned", hparams={"hidden": [8]})
+    return KerasEstimator(**{**params, **kw})
 
 
 @pytest.mark.parametrize("space, message", [

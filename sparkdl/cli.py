@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "alias"])
     p.add_argument("ref", nargs="?", help="for show and alias: name, name@version, name@latest or name@alias")
     p.add_argument("alias", nargs="?", help="for alias: the alias to point at REF's version")
-    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+    _add_store_arg(p)
 
     p = verbs.add_parser("serve", help="serve a stored model over HTTP (MLflow request formats, metrics, reload)",
                          description="POST /invocations (MLflow's dataframe_split / dataframe_records / instances "
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
     p.add_argument("--log-table", default=None, metavar="TABLE",
                    help="append requests and predictions to this Delta table (for drift monitoring)")
-    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+    _add_store_arg(p)
 
     p = verbs.add_parser("export", help="export a stored model as a TensorFlow SavedModel (preprocessing inside)",
                          description="A SavedModel whose serving signature takes the raw feature columns, with the "
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="name, name@version or name@alias")
     p.add_argument("directory", help="the SavedModel folder to create")
     p.add_argument("--format", choices=["saved_model"], default="saved_model")
-    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
+    _add_store_arg(p)
 
     p = verbs.add_parser("cache", help="list or delete Petastorm conversion caches")
     p.add_argument("action", choices=["list", "cleanup"])
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only folders older than this many hours (default 1: younger ones may be writes in flight)")
     p.add_argument("--dry-run", action="store_true", help="list the folders without removing them")
     return parser
+
+
+def _add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="model store folder (default $SPARKDL_MODEL_STORE or <work dir>/models)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,4 +80,4 @@ def test_an_epoch_listener_stops_a_fit_between_epochs_and_frees_its_slots(spark,
     with pytest.raises(FitStopped) as info:
         est.fit(demo_tables["breast_cancer_train"])
     assert info.value.epoch == 0 and seen[0][0] == 0 and seen[0][1] is not None and len(seen) < 20
-    assert HorovodRunner(num_proc=2, spark=spark).run(len, obj=[1, 2]) == 2  # both slots free again
+    assert HorovodRunner(num_proc=2, spark=spark).run(dict, slots="free") == {"slots": "free"}  # both slots again

@@ -110,12 +110,10 @@ def check_space(space: dict, estimator) -> list[Dimension]:
     """
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"tune: space must be a non-empty mapping of param -> distribution, got {space!r}")
-    dims, hparams = [], {}
+    dims = []
     for name, spec in space.items():
         where = f"tune: space[{name!r}]"
-        if name.startswith("hparams."):
-            hparams[name[len("hparams."):]] = None
-        elif name not in _SNAKE_TO_CAMEL or name in _NOT_TUNABLE:
+        if not name.startswith("hparams.") and (name not in _SNAKE_TO_CAMEL or name in _NOT_TUNABLE):
             tunable = sorted(set(_SNAKE_TO_CAMEL) - set(_NOT_TUNABLE))
             raise ConfigError(f"{where}: not a tunable KerasEstimator param; tunable: {tunable}, and model "
                               f"hparams as 'hparams.<name>'")
@@ -134,14 +132,13 @@ def check_space(space: dict, estimator) -> list[Dimension]:
         if (kind == "loguniform" or spec.get("log")) and low <= 0:
             raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
         dims.append(Dimension(name, kind, float(low), float(high), spec.get("step"), bool(spec.get("log", False))))
-    if hparams:
+    sampled = {d.name[len("hparams."):]: _sample(d) for d in dims if d.name.startswith("hparams.")}
+    if sampled:
         from sparkdl.models import check_choice
 
         model = estimator.getOrDefault("model")
-        base = dict(estimator.getOrDefault("hparams") or {})
         try:
-            check_choice(model, {**base, **{k: _sample(d) for k, d in
-                                            ((d.name[len("hparams."):], d) for d in dims) if k in hparams}})
+            check_choice(model, {**(estimator.getOrDefault("hparams") or {}), **sampled})
         except ConfigError as exc:
             raise ConfigError(f"tune: the space's hparams do not fit model {model!r}: {exc}") from None
     return dims

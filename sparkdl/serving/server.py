@@ -120,16 +120,12 @@ class ModelServer:
         default = scorers["prediction"]
         shape = tuple(default.loaded.preprocessor.input_shape)
         default.predict(np.zeros((1, *shape), dtype=np.float32))  # warm-up: the first call traces the model
-        batchers = {name: MicroBatcher(self._score_with(scorer), self.max_batch_size, self.max_wait_ms,
+        batchers = {name: MicroBatcher(scorer.score, self.max_batch_size, self.max_wait_ms,
                                        on_batch=self.batch_rows.observe, arriving=lambda: self._arriving)
                     for name, scorer in scorers.items()}
         self.version_served.labels(model=model_ref.name).set(model_ref.version)
         log.info("serving %s (outputs %s)", model_ref, sorted(scorers))
         return Loaded(model_ref, metadata, scorers, batchers)
-
-    @staticmethod
-    def _score_with(scorer: Scorer):
-        return lambda table: scorer.score(table)
 
     def _reload_loop(self) -> None:
         while not self._stop.wait(self.reload_s):

@@ -18,7 +18,7 @@ from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
 from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
 from sparkdl.registry import ModelStore
-from sparkdl.serving import ModelServer
+from sparkdl.serving import ModelServer, ServerPool, WorkerOptions
 from sparkdl.serving.export import export_saved_model
 
 log = get_logger("cli")
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="name, name@version or name@alias")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port, each with its own model copy (default 1)")
     p.add_argument("--max-batch-size", type=int, default=64, help="rows per model call at most (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to batch with (default 5)")
@@ -188,8 +190,14 @@ def _dispatch(args: argparse.Namespace):
     if args.verb == "export":
         return {"saved_model": str(export_saved_model(args.ref, args.directory, store=args.store))}
     if args.verb == "serve":
-        ModelServer(args.ref, store=args.store, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table).serve_forever()
+        if args.workers > 1:
+            options = WorkerOptions(args.ref, store=args.store, max_batch_size=args.max_batch_size,
+                                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table)
+            ServerPool(options, args.workers, host=args.host, port=args.port).serve_forever()
+        else:
+            ModelServer(args.ref, store=args.store, host=args.host, port=args.port,
+                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, reload_s=args.reload_s,
+                        log_table=args.log_table).serve_forever()
         return None
     if args.verb == "cache":
         from datetime import timedelta

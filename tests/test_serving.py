@@ -111,6 +111,54 @@ def test_concurrent_requests_are_scored_together(cancer_server):
     assert calls < 16  # fewer model calls than requests: batched
 
 
+def _metric_sum(metrics: str, name: str, **labels) -> float:
+    """The sum of one metric's samples (over every worker process's series) with these labels."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(name) and (line[len(name)] in " {") and all(w in line for w in wanted))
+
+
+def test_a_pool_of_worker_processes_shares_one_port_sums_metrics_and_restarts_a_dead_worker(cancer, score_store):
+    import os
+    import signal
+
+    from sparkdl.score import score_dataframe
+    from sparkdl.serving import ServerPool, WorkerOptions
+
+    df, names, version, prep, model = cancer
+    rows = df.orderBy("id").limit(8).toPandas()
+    want = score_dataframe(df.orderBy("id").limit(8), version, keep_columns=["id"]).orderBy("id")
+    want = want.toPandas()["prediction"].tolist()
+    pool = ServerPool(WorkerOptions(str(version), store=str(score_store.root), reload_s=0), workers=2,
+                      port=0).start()
+    try:
+        payload = {"inputs": {n: rows[n].tolist() for n in names}}
+        answers = [_call(pool, "/invocations", payload) for _ in range(12)]
+        assert all(status == 200 and a["predictions"] == want for status, a in answers)
+        pids = {_call(pool, "/version")[1]["pid"] for _ in range(40)}
+        assert pids == {p.pid for p in pool.processes}  # both workers accept connections
+        metrics = _call(pool, "/metrics")[1]
+        assert _metric_sum(metrics, "sparkdl_serving_requests_total", status="200") == 12  # over both workers
+
+        victim = pool.processes[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while pool.restarts == 0 and time.monotonic() < deadline:
+            status, answer = _call(pool, "/invocations", payload)  # the other worker keeps serving
+            assert status == 200 and answer["predictions"] == want
+            time.sleep(0.2)
+        assert pool.restarts == 1 and pool.processes[0].pid != victim.pid
+        while _call(pool, "/health")[0] == 200 and len({_call(pool, "/version")[1]["pid"]
+                                                        for _ in range(20)}) < 2:
+            assert time.monotonic() < deadline, "the restarted worker never accepted a connection"
+            time.sleep(0.5)
+        metrics = _call(pool, "/metrics")[1]  # the dead worker's counts are kept
+        assert _metric_sum(metrics, "sparkdl_serving_requests_total", status="200") >= 13
+    finally:
+        pool.stop()
+    assert all(p.poll() is not None for p in pool.processes)
+
+
 def test_a_server_on_an_alias_follows_it_and_keeps_serving_when_a_version_fails_to_load(cancer, score_store,
                                                                                      tmp_path):
     import shutil

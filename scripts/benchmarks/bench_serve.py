@@ -7,7 +7,8 @@ in-process once and saved in a ModelStore; MLflow serves the same version throug
 the same requests (`dataframe_split`, raw feature columns) from the same client (threads of this process):
 
 * single-row requests at concurrency 1 and 16 for `--seconds` each: requests/s, p50 and p99 latency;
-* 1,000-row requests at concurrency 4: rows/s.
+* 1,000-row requests at concurrency 4: rows/s;
+* the same again with `--workers N` processes for each server (`sparkdl serve --workers`, `mlflow models serve -w`).
 
 Targets (issue 30): >= 3x MLflow's requests/s at concurrency 16, p99 no worse than MLflow's, p50 <= 5 ms at
 concurrency 1. Prints the figures, the ratios and the load average.
@@ -134,6 +135,8 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement (default 10)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also measure both servers with this many worker processes (default 2; 1: skip)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sparkdl-bench-serve-") as tmp:
         work = Path(tmp)
@@ -141,16 +144,21 @@ def main(argv=None) -> int:
         env = {**os.environ, "MLFLOW_TRACKING_URI": (work / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
                "SPARKDL_LOG_LEVEL": "WARNING",  # MLflow starts `uvicorn` from PATH: this venv's
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        ports = {"sparkdl": free_port(), "mlflow": free_port()}
-        servers = {
-            "sparkdl": subprocess.Popen([sys.executable, "-m", "sparkdl.cli", "serve", ref, "--store", store,
-                                         "--port", str(ports["sparkdl"]), "--reload-s", "0"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=open(work / "sparkdl.log", "w")),
-            "mlflow": subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve",
-                                        "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
-                                        "-p", str(ports["mlflow"])], env=env,
-                                       stdout=subprocess.DEVNULL, stderr=open(work / "mlflow.log", "w")),
-        }
+        server_names = ["sparkdl", "mlflow"] + ([f"sparkdl-w{args.workers}", f"mlflow-w{args.workers}"]
+                                          if args.workers > 1 else [])
+        ports = {name: free_port() for name in server_names}
+        servers = {}
+        for name, port in ports.items():
+            workers = ["--workers", str(args.workers)] if "-w" in name else []
+            if name.startswith("sparkdl"):
+                command = [sys.executable, "-m", "sparkdl.cli", "serve", ref, "--store", store, "--port", str(port),
+                           "--reload-s", "0", *workers]
+            else:
+                command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m",
+                           model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                           *(["-w", str(args.workers)] if workers else [])]
+            servers[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                             stderr=open(work / f"{name}.log", "w"))
         try:
             for name, port in ports.items():
                 try:
@@ -177,13 +185,18 @@ def main(argv=None) -> int:
                 server.terminate()
                 server.wait(30)
     for name, f in results.items():
-        print(f"{name:8s} c=1: {f[1][0]:8,.0f} req/s p50 {f[1][1] * 1e3:6.1f} ms p99 {f[1][2] * 1e3:6.1f} ms | "
+        print(f"{name:11s} c=1: {f[1][0]:8,.0f} req/s p50 {f[1][1] * 1e3:6.1f} ms p99 {f[1][2] * 1e3:6.1f} ms | "
               f"c=16: {f[16][0]:8,.0f} req/s p50 {f[16][1] * 1e3:6.1f} ms p99 {f[16][2] * 1e3:6.1f} ms | "
               f"1000-row requests: {f['rows']:10,.0f} rows/s")
     s, m = results["sparkdl"], results["mlflow"]
     print(f"sparkdl/mlflow: req/s at c=16 {s[16][0] / m[16][0]:.2f}x (target >= 3), p99 at c=16 "
           f"{s[16][2] * 1e3:.1f} vs {m[16][2] * 1e3:.1f} ms (target <=), p50 at c=1 {s[1][1] * 1e3:.1f} ms "
           f"(target <= 5), 1000-row rows/s {s['rows'] / m['rows']:.2f}x; load average {os.getloadavg()[0]:.2f}")
+    if args.workers > 1:
+        s, m = results[f"sparkdl-w{args.workers}"], results[f"mlflow-w{args.workers}"]
+        print(f"with {args.workers} workers each: req/s at c=16 {s[16][0] / m[16][0]:.2f}x, 1000-row rows/s "
+              f"{s['rows'] / m['rows']:.2f}x; sparkdl {args.workers} workers / 1 worker at c=16: "
+              f"{s[16][0] / results['sparkdl'][16][0]:.2f}x")
     return 0
 
 

@@ -8,7 +8,8 @@ Endpoints (MLflow's scoring-server protocol where it has one):
   message naming the column and row: 400 (malformed JSON, unknown format, missing or mistyped column), 422 (rows
   the fitted preprocessing cannot prepare, e.g. a vector of the wrong length).
 * `GET /ping`, `GET /health` — 200 once the model is loaded and warmed up, else 503.
-* `GET /version` — JSON: `model` ("name@version"), `version`, `source` (the training table and version).
+* `GET /version` — JSON: `model` ("name@version"), `version`, `source` (the training table and version), `pid`
+  (the process that answered: one of the workers of `--workers N`).
 * `GET /metrics` — Prometheus text: requests by status, errors, latency and batch-size histograms, the version
   served, reload failures.
 
@@ -20,6 +21,9 @@ old one. A version that fails to load keeps the old one serving (logged, and cou
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -67,13 +71,16 @@ class ModelServer:
         max_batch_size, max_wait_ms: the micro-batching limits.
         reload_s: how often the reference is resolved again (hot reload); 0 = never.
         log_table: append requests and predictions to this Delta table (`sparkdl.serving.inference_log`).
+        listen_socket: accept connections on this listening socket instead of binding `host`:`port` (the workers
+            of `sparkdl.serving.workers` share their supervisor's).
 
     Raises:
         ConfigError / ModelStoreError: a bad reference or a model that cannot be loaded (at start).
     """
 
     def __init__(self, ref: str, store=None, host: str = "127.0.0.1", port: int = 8080, max_batch_size: int = 64,
-                 max_wait_ms: float = 5.0, reload_s: float = 2.0, log_table: str | None = None):
+                 max_wait_ms: float = 5.0, reload_s: float = 2.0, log_table: str | None = None,
+                 listen_socket: socket.socket | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.ref_text = str(ref)
@@ -90,7 +97,7 @@ class ModelServer:
         self.batch_rows = Histogram("sparkdl_serving_batch_rows", "rows per model call", registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
         self.version_served = Gauge("sparkdl_serving_model_version", "the model version served",
-                                    ["model"], registry=self.registry)
+                                    ["model"], registry=self.registry, multiprocess_mode="livemax")
         self.reload_failures = Counter("sparkdl_serving_reload_failures", "versions that failed to load",
                                        registry=self.registry)
         self._lock = threading.Lock()
@@ -99,7 +106,13 @@ class ModelServer:
         self._loaded = self._load(self.ref_text)
         self._stop = threading.Event()
         self.inference_log = InferenceLog(log_table) if log_table else None
-        self.httpd = _HTTPServer((host, port), _handler(self))
+        if listen_socket is None:
+            self.httpd = _HTTPServer((host, port), _handler(self))
+        else:
+            self.httpd = _HTTPServer(listen_socket.getsockname()[:2], _handler(self), bind_and_activate=False)
+            self.httpd.socket.close()
+            listen_socket.setblocking(False)  # processes that share it all wake on a connection: the ones that
+            self.httpd.socket = listen_socket  # lose the race to accept it must go back to waiting, not block
         self.httpd.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
@@ -189,7 +202,7 @@ class ModelServer:
     def version(self) -> dict:
         loaded = self.loaded
         return {"model": str(loaded.ref), "version": loaded.ref.version, "reference": self.ref_text,
-                "source": loaded.metadata.raw.get("source")}
+                "source": loaded.metadata.raw.get("source"), "pid": os.getpid()}
 
     # -- life cycle -------------------------------------------------------------------------------------------
     @property
@@ -209,14 +222,14 @@ class ModelServer:
         log.info("listening on http://%s:%d (model %s)", host, port, self.loaded.ref)
         return self
 
-    def serve_forever(self) -> None:
-        """Serve until interrupted (the CLI)."""
+    def serve_forever(self, on_ready=None) -> None:
+        """Serve until Ctrl-C or SIGTERM (the CLI); requests in flight are answered first. `on_ready()` is called
+        once the server accepts requests."""
         self.start()
+        if on_ready is not None:
+            on_ready()
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+            wait_for_interrupt()
         finally:
             self.stop()
 
@@ -227,6 +240,32 @@ class ModelServer:
         self.loaded.close()
         if self.inference_log is not None:
             self.inference_log.close()
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C, or SIGTERM (a supervisor or a container stop) when called from the main thread."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def metrics_text(registry) -> tuple[bytes, str]:
+    """Prometheus text of `registry`, or of all processes' metrics in multi-process mode (`--workers N`)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -261,9 +300,7 @@ def _handler(server: ModelServer):
             elif path == "/version":
                 self._answer(200, server.version())
             elif path == "/metrics":
-                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-                self._answer(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+                self._answer(200, *metrics_text(server.registry))
             else:
                 self._answer(404, {"error_code": "NOT_FOUND", "message": f"no endpoint {path}"})
 

@@ -10,8 +10,9 @@
 * **Space**: any estimator param (snake_case, as in `KerasEstimator(...)`) and model hparams as `hparams.<name>`;
   types `uniform`, `loguniform`, `int` (`step`, `log`) and `choice`. An unknown param or hparam, an empty or
   inverted range, or `trial_proc` above the task slots is a `ConfigError` before any Spark job.
-* **Data**: every trial reads the same table version; the training cache is keyed by (table, version,
-  preprocessing, split), so trials that share the preprocessing share one cache (written once).
+* **Data**: every trial reads the same table version. The data is validated, its preprocessing fitted and its
+  cache written once per distinct split (`validation`, `seed`) for all the trials that share it
+  (`KerasEstimator.prepare`); bad data stops the search before the first trial.
 * **Pruning**: rank 0's per-epoch `metric` reaches the driver over the progress channel and is reported to the
   trial; when the pruner says so, the trial's fit stops between epochs (its Spark job is cancelled, its slots go to
   the next trial) and the trial is `PRUNED`. Without a progress channel (a Spark Connect client the executors
@@ -21,6 +22,11 @@
 * **Result**: `TuneResult` (best params, value and model, every trial), also written as a Delta table of trials
   (`<lake>/<study>_trials` unless `trials_table` says otherwise); the best trial's model version gets an artifact
   `tune.json` naming the study and trial. A trial that fails is `FAIL` with its reason, and the search goes on.
+* **MLflow**: when the estimator's fits are tracked (its `mlflow` param; by default when a tracking URI is set or a
+  run is active), the study is a parent run (the space and settings as params; the best value as the metric
+  `best_<metric>`, the best model, trial and params as tags) with one nested run per trial (its params, per-epoch
+  metrics and model; a pruned trial's run ends `KILLED`, a failed one's `FAILED`). A resumed study takes its
+  parent run up again.
 """
 from __future__ import annotations
 
@@ -29,13 +35,14 @@ import json
 import math
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sparkdl import lake
 from sparkdl.errors import ConfigError, FitStopped
 from sparkdl.log import get_logger
+from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore
 from sparkdl.session import get_spark
 from sparkdl.session import work_dir as default_work_dir
@@ -209,21 +216,18 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
     todo = max(0, n_trials - done)
     log.info("study %s: %d trial(s) done, %d to run, %d at once (%d process(es) each) on %s@%s", name, done, todo,
              parallel, trial_proc, snap.table, snap.version)
-    lock = threading.Lock()
-    remaining = [todo]
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if remaining[0] <= 0:
-                    return
-                remaining[0] -= 1
-                trial = opt.ask()
-            _run_trial(opt, trial, lock, estimator, dims, snap, trial_proc, metric, name)
-
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sparkdl-trial") as pool:
-        for future in [pool.submit(worker) for _ in range(parallel)]:
-            future.result()
+    preparations = _Preparations(snap)
+    preparations.get(estimator)  # bad data fails the search here, before any trial
+    study_run = _start_study_run(estimator, name, space, snap, n_trials=n_trials, trial_proc=trial_proc,
+                                 parallel=parallel, metric=metric, direction=direction, pruner=pruner,
+                                 sampler=sampler, seed=seed)
+    try:
+        _run_trials(opt, todo, parallel, estimator, dims, preparations, trial_proc, metric, name,
+                    study_run.run_id if study_run else None)
+    except BaseException:
+        if study_run is not None:
+            study_run.finish(None, status="FAILED")
+        raise
     records = tuple(_record(t) for t in opt.get_trials(deepcopy=False))
     complete = [r for r in records if r.state == "COMPLETE" and r.value is not None]
     best = (min if direction == "minimize" else max)(complete, key=lambda r: r.value) if complete else None
@@ -236,13 +240,74 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
     _write_trials(spark, records, target, name)
     result = TuneResult(name, metric, direction, dict(best.params) if best else {}, best.value if best else None,
                         best.model if best else None, records, target)
+    if study_run is not None:
+        counts = {state: sum(r.state == state for r in records) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        study_run.finish(result.best_model, metrics={f"best_{metric}": result.best_value} if best else {},
+                         tags={"sparkdl.best_trial": best.number if best else "none",
+                               "sparkdl.best_params": result.best_params, "sparkdl.trials_table": target,
+                               **{f"sparkdl.trials_{k.lower()}": v for k, v in counts.items()}})
     log.info("study %s: best %s=%s with %s (%s); %d complete, %d pruned, %d failed", name, metric,
              result.best_value, result.best_params, result.best_model, len(complete),
              sum(r.state == "PRUNED" for r in records), sum(r.state == "FAIL" for r in records))
     return result
 
 
-def _run_trial(opt, trial, lock, estimator, dims, snap, trial_proc, metric, study) -> None:
+def _start_study_run(estimator, study: str, space: dict, snap, **settings):
+    """The study's MLflow run (taken up again when the study resumes), when the estimator's fits are tracked."""
+    if not tracking.tracking_wanted(estimator.getOrDefault("mlflow")):
+        return None
+    fixed = {k: settings[k] for k in ("trial_proc", "metric", "direction", "pruner", "sampler", "seed")}
+    return tracking.FitRun.try_start(study, estimator.getOrDefault("mlflowExperiment"), {"space": space, **fixed},
+                                     {**tracking.source_tags(snap), "sparkdl.study": study,
+                                      "sparkdl.n_trials": settings["n_trials"], "sparkdl.parallel":
+                                      settings["parallel"]}, reuse_tag="sparkdl.study")
+
+
+class _Preparations:
+    """The prepared data (`KerasEstimator.prepare`) of each distinct split (validation, seed) of the study, made
+    once: trials that share it use the same validated data, fitted preprocessing and cache."""
+
+    def __init__(self, snap):
+        self.snap = snap
+        self._lock = threading.Lock()
+        self._made: dict[str, Future] = {}
+
+    def get(self, estimator):
+        key = json.dumps([estimator.getOrDefault("validation"), estimator.getOrDefault("seed")], default=str)
+        with self._lock:
+            future = self._made.get(key)
+            owner = future is None
+            if owner:
+                future = self._made[key] = Future()
+        if owner:
+            try:
+                future.set_result(estimator.prepare(self.snap))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+
+def _run_trials(opt, todo: int, parallel: int, estimator, dims, preparations, trial_proc, metric, study,
+                parent_run_id) -> None:
+    """`todo` trials, `parallel` at once: each thread asks the study for a trial and fits it, until none is left."""
+    lock = threading.Lock()
+    remaining = [todo]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+                trial = opt.ask()
+            _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sparkdl-trial") as pool:
+        for future in [pool.submit(worker) for _ in range(parallel)]:
+            future.result()
+
+
+def _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id) -> None:
     """One trial's fit, told to the study as COMPLETE (its value), PRUNED or FAIL (with the reason)."""
     import optuna
 
@@ -265,8 +330,9 @@ def _run_trial(opt, trial, lock, estimator, dims, snap, trial_proc, metric, stud
             return trial.should_prune()
 
     est.epoch_listener = on_epoch
+    est.mlflow_parent_run_id = parent_run_id
     try:
-        fitted = est.fit(snap)
+        fitted = est.fit(preparations.get(est))
     except FitStopped as exc:
         with lock:
             trial.set_user_attr("sparkdl.end", _now())

@@ -196,3 +196,17 @@ def sparkdl_log():
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    """A real MLflow file tracking store made for the test, set as the tracking URI (skipped without MLflow)."""
+    mlflow = pytest.importorskip("mlflow", reason="MLflow (mlflow-skinny) is not installed")
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store: kept for local use, opt-in
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri("")

@@ -11,18 +11,6 @@ from sparkdl.errors import ConfigError  # noqa: E402
 from sparkdl.mlflow import tracking  # noqa: E402
 
 
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch):
-    uri = (tmp_path / "mlruns").as_uri()
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store: kept for local use, opt-in
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri("")
-
-
 def test_tracking_is_decided_by_the_setting_and_the_environment(tracking_uri, monkeypatch):
     assert tracking.tracking_wanted(True) and not tracking.tracking_wanted(False)
     assert tracking.tracking_wanted(None)  # a tracking URI is set

@@ -41,7 +41,7 @@ def test_more_processes_per_trial_than_task_slots_is_refused_before_any_job(spar
 
 @pytest.mark.slow
 def test_a_study_of_distributed_fits_prunes_records_failures_and_resumes(spark, demo_tables, training_store,
-                                                                        tmp_path):
+                                                                        tmp_path, tracking_uri):
     from sparkdl.lake import read_table
     from sparkdl.registry import ModelStore
 
@@ -63,9 +63,36 @@ def test_a_study_of_distributed_fits_prunes_records_failures_and_resumes(spark, 
     trials = read_table(result.trials_table, spark=spark)[0].toPandas()
     assert sorted(trials["number"]) == list(range(5)) and set(trials["study"]) == {"cancer-search"}
 
+    runs = _study_runs("cancer-search")
+    assert runs["parent"].data.params["metric"] == "val_loss"
+    assert runs["parent"].data.tags["sparkdl.model_ref"] == result.best_model
+    assert runs["parent"].data.metrics["best_val_loss"] == pytest.approx(result.best_value)
+    trial_runs = runs["trials"]  # one nested run per trial that started a fit; pruned ones are KILLED
+    for t in result.trials:
+        if t.state != "FAIL":
+            run = trial_runs[f"cancer-search-trial-{t.number}"]
+            assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state]
+            assert float(run.data.params["learning_rate"]) == pytest.approx(t.params["learning_rate"])
+
     again = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=6, trial_proc=1,
                  parallel=1, study="cancer-search", sampler="random", work=tmp_path, spark=spark)
     assert len(again.trials) == 6 and [t.number for t in again.trials][:5] == list(range(5))  # one more trial
+    resumed = _study_runs("cancer-search")
+    assert resumed["parent"].info.run_id == runs["parent"].info.run_id  # the same parent run, taken up again
+    assert resumed["parent"].info.status == "FINISHED"
+    assert again.trials[5].state == "FAIL" or "cancer-search-trial-5" in resumed["trials"]
+
+
+def _study_runs(study: str) -> dict:
+    """The study's MLflow parent run and its nested runs by name."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, f"tags.`sparkdl.study` = '{study}'")
+    assert len(parents) == 1
+    children = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return {"parent": parents[0], "trials": {r.info.run_name: r for r in children}}
 
 
 @pytest.mark.slow

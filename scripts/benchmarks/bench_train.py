@@ -187,7 +187,7 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
     epochs = RunFolder(work, run_name).epochs_log()
     rates = [e["examples_per_s"] for e in epochs]
     phases = fitted.getMetadata()["training"]["phases"]
-    before_run = sum(phases.get(k, 0.0) for k in ("validate", "preprocess", "cache"))
+    before_run = sum(phases.get(k, 0.0) for k in ("statistics", "cache"))
     return {"fit_s": fit_s, "first_step_s": before_run + est.last_run.launch_s, "run_launch_s": est.last_run.launch_s,
             "examples_per_s": statistics.median(rates[1:] or rates), "epoch_rates": rates,
             "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": written,

@@ -387,40 +387,58 @@ def tf_dataset(data: PetastormDataset, rank: int, size: int, batch_size: int, in
     return ds.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
-def split(df, validation: float | str | None, seed: int = 0):
-    """Split a DataFrame into (train_df, val_df | None).
+def validation_rows(df, validation: float | str | None, seed: int = 0):
+    """The Column that is true on validation rows (None: no validation set), so the split is an expression that
+    one pass can aggregate or write both sides of, not two DataFrames to compute.
 
     Args:
         df: the input DataFrame.
-        validation: None (no validation set); a fraction in (0, 1) (`randomSplit` with `seed`); or the name of a
-            boolean column (true = validation row) or a string column whose value is "validation"/"val"/"valid"
-            (case-insensitive) for validation rows; other values (and nulls) are training rows.
-        seed: the random split's seed.
+        validation: None (no validation set); a fraction in (0, 1): a row is a validation row when a hash of its
+            values and `seed` falls in the last `validation` of the hash range, so the choice depends on the row
+            alone (not on partitioning or order: every recomputation agrees, with no sort; identical rows go to the
+            same side); or the name of a boolean column (true = validation row) or a string column whose value is
+            "validation"/"val"/"valid" (case-insensitive) for validation rows; other values (and nulls) are
+            training rows.
+        seed: the fraction split's seed.
 
     Raises:
         ConfigError: a fraction outside (0, 1), an unknown column, or a column of another type.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import BooleanType, StringType
+    from pyspark.sql.types import BooleanType, MapType, StringType
 
     if validation is None:
-        return df, None
+        return None
     if isinstance(validation, bool):
         raise ConfigError("validation must be a fraction, a column name or None, not a bool")
     if isinstance(validation, (int, float)):
         if not 0.0 < float(validation) < 1.0:
             raise ConfigError(f"validation fraction must be in (0, 1), got {validation}")
-        train, val = df.randomSplit([1.0 - float(validation), float(validation)], seed=seed)
-        return train, val
+        hashed = [F.col(f"`{f.name}`") for f in df.schema.fields if not isinstance(f.dataType, MapType)]
+        unit = F.pmod(F.xxhash64(F.lit(int(seed)), *hashed), F.lit(_HASH_BUCKETS)) / float(_HASH_BUCKETS)
+        return unit >= F.lit(1.0 - float(validation))
     if isinstance(validation, str):
         if validation not in df.columns:
             raise ConfigError(f"validation column {validation!r} not found; columns: {df.columns}")
         t = df.schema[validation].dataType
         if isinstance(t, BooleanType):
-            is_val = F.coalesce(F.col(validation), F.lit(False))
-        elif isinstance(t, StringType):
-            is_val = F.coalesce(F.lower(F.col(validation)).isin("validation", "val", "valid"), F.lit(False))
-        else:
-            raise ConfigError(f"validation column {validation!r} must be boolean or string, got {t.simpleString()}")
-        return df.where(~is_val), df.where(is_val)
+            return F.coalesce(F.col(validation), F.lit(False))
+        if isinstance(t, StringType):
+            return F.coalesce(F.lower(F.col(validation)).isin("validation", "val", "valid"), F.lit(False))
+        raise ConfigError(f"validation column {validation!r} must be boolean or string, got {t.simpleString()}")
     raise ConfigError(f"validation must be a fraction, a column name or None, got {validation!r}")
+
+
+_HASH_BUCKETS = 1 << 30
+
+
+def split(df, validation: float | str | None, seed: int = 0):
+    """Split a DataFrame into (train_df, val_df | None) by `validation_rows(df, validation, seed)`.
+
+    Raises:
+        ConfigError: as `validation_rows`.
+    """
+    is_val = validation_rows(df, validation, seed)
+    if is_val is None:
+        return df, None
+    return df.where(~is_val), df.where(is_val)

@@ -50,6 +50,7 @@ PREFIX = "sparkdl-"
 TMP_PREFIX = ".tmp-sparkdl-"  # unfinished conversions of earlier releases (removed by `cleanup`)
 DATA_PREFIX = "data-"  # a conversion's data folder inside its cache folder; the marker names the published one
 MARKER = "_sparkdl_cache.json"
+SPLIT_COLUMN = "_sparkdl_split"  # the part ("train" / "validation") of a row in `to_petastorm_split`'s one job
 KEY_FORMAT = 1
 DEFAULT_ROW_GROUP_BYTES = 32 * 1024 * 1024  # Petastorm's default
 _PLAN_NODES_OK = {"Project", "LogicalRelation", "SubqueryAlias"}
@@ -301,25 +302,8 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
                 log.info("zero-copy: reading %d files of %s@%s directly (%d rows)", len(data.files),
                          snapshot.table, snapshot.version, data.num_rows)
                 return data
-    counter = None
-    if model is not None:
-        counter = invalid_row_counter(spark or df.sparkSession)
-        image = model.image_input
-        if image is not None:  # the cache keeps the encoded bytes; the training reader decodes them
-            prepared = model.transform_encoded(df, with_label=with_label, counter=counter)
-        else:
-            prepared = model.transform(df, with_label=with_label, counter=counter)
-        fingerprint = model.fingerprint
-    else:
-        missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
-        if missing:
-            raise ValidationError(f"to_petastorm without a model needs column(s) {missing}; the DataFrame has "
-                                  f"{df.columns}", [])
-        prepared = df.select("features", *(["label"] if with_label else []))
-        fingerprint, image = None, None
-    columns = ["features"] + (["label"] if with_label else [])
-    if image is not None:
-        columns[0] = "features:encoded"
+    prepared, fingerprint, image, counter = _prepare(df, model, with_label, spark)
+    columns = ["features:encoded" if image is not None else "features"] + (["label"] if with_label else [])
     if snapshot is not None and (scan or key):
         k = cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype,
                       with_label=with_label, extra=key)
@@ -331,10 +315,61 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
     return replace(data, image=image) if image is not None else data
 
 
+def _prepare(df, model, with_label: bool, spark, keep_columns=()):
+    """(prepared DataFrame, preprocessing fingerprint, image input, invalid-row counter) of `to_petastorm`."""
+    if model is None:
+        missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
+        if missing:
+            raise ValidationError(f"to_petastorm without a model needs column(s) {missing}; the DataFrame has "
+                                  f"{df.columns}", [])
+        return df.select(*keep_columns, "features", *(["label"] if with_label else [])), None, None, None
+    counter = invalid_row_counter(spark or df.sparkSession)
+    image = model.image_input
+    if image is not None:  # the cache keeps the encoded bytes; the training reader decodes them
+        prepared = model.transform_encoded(df, keep_columns, with_label=with_label, counter=counter)
+    else:
+        prepared = model.transform(df, keep_columns, with_label=with_label, counter=counter)
+    return prepared, model.fingerprint, image, counter
+
+
+def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, dtype: str = "float32",
+                       row_group_size_bytes: int = DEFAULT_ROW_GROUP_BYTES, parent: str | None = None,
+                       spark=None) -> tuple[PetastormDataset, PetastormDataset]:
+    """The training and validation caches of `df`, prepared and written by ONE Spark job (one pass over `df`).
+
+    Args:
+        df: the raw input DataFrame.
+        model: the fitted `PreprocessorModel`.
+        snapshot: the Delta snapshot `df` was read from (with `key`, it keys the cache), or None (the plan hash).
+        is_validation: a boolean Column over `df`'s columns: true on validation rows
+            (`sparkdl.data.dataset.validation_rows`).
+        key: how the split derives from the data (e.g. {"validation": 0.2, "seed": 0}).
+        dtype, row_group_size_bytes, parent, spark: as in `to_petastorm`.
+
+    Returns:
+        (train, validation): two `PetastormDataset`s of the one cache folder (`validation` may have 0 rows).
+    """
+    from pyspark.sql import functions as F
+
+    labelled = df.withColumn(SPLIT_COLUMN, F.when(is_validation, "validation").otherwise("train"))
+    prepared, fingerprint, image, counter = _prepare(labelled, model, True, spark, keep_columns=[SPLIT_COLUMN])
+    columns = ["features:encoded" if image is not None else "features", "label"]
+    extra = {**key, "split": "train+validation"}
+    k = (cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True,
+                   extra=extra) if snapshot is not None
+         else cache_key(df=df, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True, extra=extra))
+    url = convert(prepared, k, dtype=dtype, row_group_size_bytes=row_group_size_bytes, parent=parent, spark=spark,
+                  counter=counter, part_column=SPLIT_COLUMN).url
+    train, validation = _load(url, "train"), _load(url, "validation")
+    if image is not None:
+        train, validation = replace(train, image=image), replace(validation, image=image)
+    return train, validation
+
+
 def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str | None = "float32",
             row_group_size_bytes: int = DEFAULT_ROW_GROUP_BYTES, compression: str = "uncompressed",
             feature_column: str = "features", label_column: str | None = "label", parent: str | None = None,
-            spark=None, counter=None) -> PetastormDataset:
+            spark=None, counter=None, part_column: str | None = None) -> PetastormDataset:
     """Materialize `df` (Petastorm's format) into the cache folder of `key`, or reuse it if it exists.
 
     Args:
@@ -347,6 +382,8 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
         feature_column, label_column: what `tf_dataset` reads.
         parent: the parent cache folder URL (default: the Spark conf `petastorm.spark.converter.parentCacheDirUrl`).
         counter: an `invalid_row_counter` fed by `df`'s preprocessing; its counts are recorded with the cache.
+        part_column: write one folder per value of this string column (in the same job); each is a part of the
+            cache that `_load(url, part)` reads (`to_petastorm_split`). The returned dataset is all of it.
 
     Raises:
         ConfigError: a bad dtype/compression or a parent cache URL without a scheme.
@@ -373,8 +410,9 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
     started = time.time()
     try:
         with stopped_on_error(spark or df.sparkSession, "sparkdl-cache"):
-            (out.write.option("compression", compression.lower())
-             .option("parquet.block.size", int(row_group_size_bytes)).parquet(tmp_url))
+            writer = (out.write.option("compression", compression.lower())
+                      .option("parquet.block.size", int(row_group_size_bytes)))
+            (writer.partitionBy(part_column) if part_column else writer).parquet(tmp_url)
     except BaseException:
         try:
             _delete_folder(tmp_url)  # a failed write leaves no partial cache behind
@@ -383,15 +421,25 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
         except Exception as exc:  # noqa: BLE001 - the write's own error is the one to raise
             log.warning("could not remove the partial Petastorm cache %s: %s", tmp_url, exc)
         raise
-    files = _list_parquet(tmp_url)
-    columns = tuple(out.columns)
+    if part_column:  # one folder per part: <part_column>=<part>/part-*.parquet
+        by_part = {folder[len(part_column) + 1:]: [f"{folder}/{f}" for f in _list_parquet(join(tmp_url, folder))]
+                   for folder in _list_folders(tmp_url, f"{part_column}=")}
+        files = [f for part_files in by_part.values() for f in part_files]
+    else:
+        files = _list_parquet(tmp_url)
+    columns = tuple(c for c in out.columns if c != part_column)
     row_groups, total = _footers([join(tmp_url, f) for f in files])
+    parts, first = {}, 0
+    for part, part_files in (by_part.items() if part_column else ()):
+        groups = [[i - first, g, n] for i, g, n in row_groups if first <= i < first + len(part_files)]
+        parts[part] = {"files": part_files, "row_groups": groups, "num_rows": sum(n for _, _, n in groups)}
+        first += len(part_files)
     meta = {"format": KEY_FORMAT, "key": key, "key_hash": key_hash(key), "data_dir": data_dir,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(), "created_ts": time.time(), "num_rows": total,
             "files": files, "row_groups": row_groups, "columns": list(columns), "feature_column": feature_column,
             "label_column": label_column, "temporary": bool(temporary),
             "invalid_rows": dict(counter.value) if counter is not None else {},
-            "size_bytes": _folder_size(tmp_url)}
+            "size_bytes": _folder_size(tmp_url), **({"parts": parts} if part_column else {})}
     found = _load(url)
     if found is None:  # nobody published this key meanwhile: publish ours (the marker, one write)
         fs, path = filesystem(url)
@@ -440,6 +488,12 @@ def _list_parquet(url: str) -> list[str]:
                   and not i.base_name.startswith(("_", ".")))
 
 
+def _list_folders(url: str, prefix: str) -> list[str]:
+    fs, path = filesystem(url)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+
+
 def _footers(files: list[str]) -> tuple[list, int]:
     out, total = [], 0
     for i, f in enumerate(files):
@@ -462,16 +516,21 @@ def _read_marker(url: str) -> dict | None:
         return None
 
 
-def _load(url: str) -> PetastormDataset | None:
-    """The cache published at `url` (its marker names the data folder), or None."""
+def _load(url: str, part: str | None = None) -> PetastormDataset | None:
+    """The cache published at `url` (its marker names the data folder), or one `part` of it, or None."""
     meta = _read_marker(url)
     if meta is None:
         return None
     data = join(url, meta["data_dir"]) if meta.get("data_dir") else url
+    listing = meta
+    if part is not None:
+        if "parts" not in meta:
+            return None  # a cache written before parts existed: not this one
+        listing = meta["parts"].get(part) or {"files": [], "row_groups": [], "num_rows": 0}  # a part with no rows
     return PetastormDataset(
-        files=tuple(join(data, f) for f in meta["files"]), num_rows=int(meta["num_rows"]),
+        files=tuple(join(data, f) for f in listing["files"]), num_rows=int(listing["num_rows"]),
         columns=tuple(meta["columns"]), key=meta["key"], url=url, feature_column=meta["feature_column"],
-        label_column=meta["label_column"], row_groups=tuple(tuple(r) for r in meta["row_groups"]),
+        label_column=meta["label_column"], row_groups=tuple(tuple(r) for r in listing["row_groups"]),
         temporary=bool(meta.get("temporary")), invalid_rows=dict(meta.get("invalid_rows") or {}))
 
 

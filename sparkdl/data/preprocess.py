@@ -47,8 +47,7 @@ from sparkdl.data.arrow_utils import (
 from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
 from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
-from sparkdl.data.validation import array_column, check_schema, is_vector_udt
-from sparkdl.data.validation import validate as validate_data
+from sparkdl.data.validation import array_column, check_schema, is_vector_udt, validation_plan
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.session_kind import accumulator
@@ -115,12 +114,15 @@ class Preprocessor:
         self.spec = spec
         self.max_categories = int(max_categories)
 
-    def fit(self, df, validate: bool = False) -> "PreprocessorModel":
-        """Compute the statistics in Spark (one aggregation + one vocabulary job when there are categoricals).
+    def fit(self, df, validate: bool = False, rows=None) -> "PreprocessorModel":
+        """Compute the statistics in Spark: one aggregation (+ one vocabulary job when there are categoricals or
+        text, + one channel-statistics job for standardized images).
 
         Args:
-            df: the training DataFrame.
-            validate: run `sparkdl.data.validation.validate(spec, df)` first (one more pass).
+            df: the training DataFrame (or all the data, with `rows` saying which rows are for training).
+            validate: also check every row of `df` (`sparkdl.data.validation.validate`), in the same aggregation.
+            rows: a boolean Column: the statistics come from the rows where it is true (e.g. not validation rows,
+                `sparkdl.data.dataset.validation_rows`); None = every row.
 
         Raises:
             ValidationError: missing columns or wrong types (always checked, from the schema), bad data when
@@ -131,15 +133,20 @@ class Preprocessor:
         from pyspark.sql import functions as F
 
         spec = self.spec
-        if validate:
-            validate_data(spec, df)
+        plan = validation_plan(spec, df) if validate else None
+        if plan is not None and plan.schema_problems:
+            plan.check(df.agg(*plan.aggs).first())  # raises, with the value problems of the other columns too
         check_schema(spec, df.schema, "cannot fit the preprocessor")
+        train = df.where(rows) if rows is not None else df
 
-        aggs = [F.count(F.lit(1)).alias("_rows")]
+        def kept(condition):
+            return condition & rows if rows is not None else condition
+
+        aggs = [(F.count_if(rows) if rows is not None else F.count(F.lit(1))).alias("_rows")]
         for i, f in enumerate(spec.features):
             if f.kind == "numeric":
                 x = F.col(f.name).cast("double")
-                finite = F.when(~F.isnan(x) & (F.abs(x) != float("inf")), x)
+                finite = F.when(kept(~F.isnan(x) & (F.abs(x) != float("inf"))), x)
                 aggs += [F.count(finite).alias(f"n{i}"), F.avg(finite).alias(f"mean{i}"),
                          F.stddev_pop(finite).alias(f"std{i}"), F.min(finite).alias(f"min{i}"),
                          F.max(finite).alias(f"max{i}")]
@@ -147,8 +154,8 @@ class Preprocessor:
                     aggs.append(F.percentile_approx(finite, 0.5, 10000).alias(f"median{i}"))
             elif f.kind in ("vector", "sequence") and (f.scale or f.impute == "mean"):
                 arr = array_column(df, f.name)
-                good = F.coalesce((F.size(arr) == f.size) & F.forall(
-                    arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False))
+                good = kept(F.coalesce((F.size(arr) == f.size) & F.forall(
+                    arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False)))
                 vec = array_to_vector(F.when(good, arr.cast("array<double>"))
                                       .otherwise(F.array_repeat(F.lit(0.0), f.size)))
                 aggs.append(Summarizer.metrics("mean", "variance", "min", "max", "count")
@@ -158,11 +165,14 @@ class Preprocessor:
             lt = df.schema[label.name].dataType
             from pyspark.sql.types import StringType
 
+            y = F.when(rows, F.col(label.name)) if rows is not None else F.col(label.name)
             if isinstance(lt, StringType):
-                aggs.append(F.array_sort(F.collect_set(F.col(label.name))).alias("_classes"))
+                aggs.append(F.array_sort(F.collect_set(y)).alias("_classes"))
             else:
-                aggs.append(F.max(F.col(label.name).cast("double")).alias("_label_max"))
-        row = df.agg(*aggs).first()
+                aggs.append(F.max(y.cast("double")).alias("_label_max"))
+        row = df.agg(*(plan.aggs if plan is not None else ()), *aggs).first()  # validation and statistics: one pass
+        if plan is not None:
+            plan.check(row)
         stats: dict = {"num_rows": int(row["_rows"]), "features": {}}
         if stats["num_rows"] == 0:
             raise ValidationError("cannot fit the preprocessor on an empty DataFrame",
@@ -192,12 +202,12 @@ class Preprocessor:
             stats["features"][f.name] = s
         cats = [f for f in spec.features if f.kind == "categorical"]
         if cats:
-            vocab = _vocabularies(df, cats, self.max_categories)
+            vocab = _vocabularies(train, cats, self.max_categories)
             for f in cats:
                 stats["features"][f.name] = {"vocabulary": vocab.get(f.name, [])}
         texts = [f for f in spec.features if f.kind == "text"]
         if texts:
-            for name, tokens in fit_vocabularies(df, texts).items():
+            for name, tokens in fit_vocabularies(train, texts).items():
                 if not tokens:
                     raise ValidationError(f"feature {name!r}: no tokens in any row to fit a vocabulary from",
                                           [Problem(name, "no tokens", "text with words or numbers",
@@ -205,7 +215,7 @@ class Preprocessor:
                 stats["features"][name] = {"vocabulary": tokens}
         image = spec.image_feature
         if image is not None and image.scale == "standard":
-            stats["features"][image.name] = _channel_stats(df, image)
+            stats["features"][image.name] = _channel_stats(train, image)
         classes = None
         num_classes = None
         if label is not None and label.task != "regression":

@@ -20,6 +20,8 @@ Rules (they mirror what `PreprocessorModel.prepare_batch` can and cannot prepare
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sparkdl.data.images import decode_one
 from sparkdl.data.spec import Feature, FeatureSpec, Label
 from sparkdl.errors import Problem, ValidationError
@@ -217,18 +219,52 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
     return checks
 
 
-def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: int = 3) -> None:
-    """Check `df` against `spec`; raise one `ValidationError` listing every problem.
+@dataclass(frozen=True)
+class ValidationPlan:
+    """The checks of `validate` as aggregate columns, so they can share one Spark aggregation with other work
+    (`Preprocessor.fit(validate=True)`): run `aggs` in one `df.agg(...)` beside yours, then `check(row)`."""
 
-    Args:
-        spec: the feature spec.
-        df: a Spark DataFrame.
-        require_label: whether the label column must be present (False for scoring).
-        max_examples: sample values per problem (at most 4: first/last/min/max of the offending rows).
+    aggs: tuple
+    schema_problems: tuple      # found from the schema alone (no Spark job)
+    checks: tuple               # (item, problem, expected) per value check, in the order of the c<i> aggregates
+    string_classes: Label | None
+    max_examples: int
 
-    Raises:
-        ValidationError: missing columns, wrong types, nulls/NaN/inf, wrong array lengths, bad labels, or no rows.
-    """
+    def check(self, row) -> int:
+        """Raise one ValidationError listing every problem found in `row` (the aggregation's result) and the
+        schema; return the number of rows validated.
+
+        Raises:
+            ValidationError: any problem.
+        """
+        problems = list(self.schema_problems)
+        rows = row["v_rows"]
+        if rows == 0:
+            problems.append(Problem("*", "no rows", "at least one row", "an empty DataFrame"))
+        for i, (item, problem, expected) in enumerate(self.checks):
+            count = row[f"v_c{i}"]
+            if count:
+                samples = []
+                for agg in _SAMPLE_AGGS[:self.max_examples]:
+                    value = row[f"v_s{i}_{agg}"]
+                    if value is not None and value not in samples:
+                        samples.append(value)
+                problems.append(Problem(item.name, problem, expected, f"{count} of {rows} rows", count,
+                                         samples[:self.max_examples]))
+        label = self.string_classes
+        if label is not None and row["v_classes"] > label.num_classes:
+            problems.append(Problem(label.name, "too many classes", f"at most num_classes={label.num_classes}",
+                                     f"{row['v_classes']} distinct values"))
+        if problems:
+            lines = [f"  - {p['column']}: {p['problem']}: expected {p['expected']}, found {p['found']}"
+                     + (f"; e.g. {list(p.samples)}" if p.samples else "") for p in problems]
+            raise ValidationError(f"the data does not match the feature spec ({len(problems)} problem(s)):\n"
+                                  + "\n".join(lines), problems)
+        return rows
+
+
+def validation_plan(spec: FeatureSpec, df, require_label: bool = True, max_examples: int = 3) -> ValidationPlan:
+    """The aggregate columns and the interpretation of `validate` (see `ValidationPlan`); no Spark job."""
     from pyspark.sql import functions as F
 
     fields = {f.name: f.dataType for f in df.schema.fields}
@@ -242,44 +278,41 @@ def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: in
 
     checks = _value_checks(df, ok)
     ids = [c for c in spec.id_columns if c in fields]
-    aggs = [F.count(F.lit(1)).alias("_rows")]
+    examples = max(1, min(max_examples, len(_SAMPLE_AGGS)))
+    aggs = [F.count(F.lit(1)).alias("v_rows")]
     label = spec.label if (require_label and spec.label in ok) else None
     string_classes = bool(label is not None and label.num_classes and _string(fields[label.name]))
     if string_classes:
-        aggs.append(F.count_distinct(F.col(label.name)).alias("_classes"))
+        aggs.append(F.count_distinct(F.col(label.name)).alias("v_classes"))
     for i, (_, _, _, cond, sample) in enumerate(checks):
-        aggs.append(F.count_if(cond).alias(f"c{i}"))
+        aggs.append(F.count_if(cond).alias(f"v_c{i}"))
         if ids:
             sample = F.concat_ws(", ", *[F.concat(F.lit(f"{c}="), F.col(c).cast("string")) for c in ids],
                                  F.concat(F.lit("value="), F.coalesce(sample, F.lit("null"))))
         described = F.when(cond, F.coalesce(sample, F.lit("null")))
-        for agg in _SAMPLE_AGGS[:max(1, min(max_examples, len(_SAMPLE_AGGS)))]:
+        for agg in _SAMPLE_AGGS[:examples]:
             fn = {"first": lambda c: F.first(c, ignorenulls=True), "last": lambda c: F.last(c, ignorenulls=True),
                   "min": F.min, "max": F.max}[agg]
-            aggs.append(fn(described).alias(f"s{i}_{agg}"))
-    row = df.agg(*aggs).first()  # the one pass over the data
-    rows = row["_rows"]
-    if rows == 0:
-        problems.append(Problem("*", "no rows", "at least one row", "an empty DataFrame"))
-    for i, (item, problem, expected, _, _) in enumerate(checks):
-        count = row[f"c{i}"]
-        if count:
-            samples = []
-            for agg in _SAMPLE_AGGS[:max(1, min(max_examples, len(_SAMPLE_AGGS)))]:
-                value = row[f"s{i}_{agg}"]
-                if value is not None and value not in samples:
-                    samples.append(value)
-            problems.append(Problem(item.name, problem, expected, f"{count} of {rows} rows", count,
-                                     samples[:max_examples]))
-    if string_classes and row["_classes"] > label.num_classes:
-        problems.append(Problem(label.name, "too many classes", f"at most num_classes={label.num_classes}",
-                                 f"{row['_classes']} distinct values"))
-    if problems:
-        lines = [f"  - {p['column']}: {p['problem']}: expected {p['expected']}, found {p['found']}"
-                 + (f"; e.g. {list(p.samples)}" if p.samples else "") for p in problems]
-        raise ValidationError(f"the data does not match the feature spec ({len(problems)} problem(s)):\n"
-                              + "\n".join(lines), problems)
+            aggs.append(fn(described).alias(f"v_s{i}_{agg}"))
+    return ValidationPlan(tuple(aggs), tuple(problems), tuple((c[0], c[1], c[2]) for c in checks),
+                          label if string_classes else None, examples)
+
+
+def validate(spec: FeatureSpec, df, require_label: bool = True, max_examples: int = 3) -> None:
+    """Check `df` against `spec`; raise one `ValidationError` listing every problem.
+
+    Args:
+        spec: the feature spec.
+        df: a Spark DataFrame.
+        require_label: whether the label column must be present (False for scoring).
+        max_examples: sample values per problem (at most 4: first/last/min/max of the offending rows).
+
+    Raises:
+        ValidationError: missing columns, wrong types, nulls/NaN/inf, wrong array lengths, bad labels, or no rows.
+    """
+    plan = validation_plan(spec, df, require_label, max_examples)
+    rows = plan.check(df.agg(*plan.aggs).first())  # the one pass over the data
     log.debug("validated %d rows against %s", rows, spec.feature_names)
 
 
-__all__ = ["validate", "type_ok", "expected_type", "is_vector_udt", "array_column"]
+__all__ = ["validate", "validation_plan", "ValidationPlan", "type_ok", "expected_type", "is_vector_udt", "array_column"]

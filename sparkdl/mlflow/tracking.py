@@ -8,7 +8,8 @@ Tracking is decided once per fit by `tracking_wanted(setting)`:
   tracking URI is set (`MLFLOW_TRACKING_URI` or `mlflow.set_tracking_uri`) or a run is active (as in a Databricks
   notebook). Without MLflow nothing is imported and nothing changes.
 
-A fit's run (nested under the active run when there is one) gets: the parameters (model, hyper-parameters,
+A fit's run (nested under the active run when there is one, or under the study's run of `sparkdl.tune`, whose
+trials are one nested run each) gets: the parameters (model, hyper-parameters,
 `num_proc`, batch size, epochs, learning rate, optimizer, validation, seed, Keras flavour), per-epoch metrics from the
 driver's progress channel (rank 0's epoch reports — never from every rank), tags with the source table URI, its Delta
 version and commit time, and at the end the model-store reference (`sparkdl.model_ref`). `evaluate_model` logs its
@@ -71,32 +72,50 @@ class FitRun:
     _client: object
 
     @classmethod
-    def try_start(cls, run_name: str, experiment: str | None, params: dict, tags: dict) -> "FitRun | None":
+    def try_start(cls, run_name: str, experiment: str | None, params: dict, tags: dict,
+                  parent_run_id: str | None = None, reuse_tag: str | None = None) -> "FitRun | None":
         """`start`, or None with a warning when the tracking server fails: tracking never fails a fit."""
         try:
-            return cls.start(run_name, experiment, params, tags)
+            return cls.start(run_name, experiment, params, tags, parent_run_id, reuse_tag)
         except Exception as exc:  # noqa: BLE001 - an MLflow outage must not stop training
             log.warning("MLflow: could not start the run of %s (%s: %s); training goes on untracked", run_name,
                         type(exc).__name__, exc)
             return None
 
     @classmethod
-    def start(cls, run_name: str, experiment: str | None, params: dict, tags: dict) -> "FitRun":
+    def start(cls, run_name: str, experiment: str | None, params: dict, tags: dict,
+              parent_run_id: str | None = None, reuse_tag: str | None = None) -> "FitRun":
+        """A new run named `run_name`, nested under `parent_run_id` (default: the thread's active run, if any).
+
+        With `reuse_tag`, a run of the experiment whose tag `reuse_tag` has the value `tags[reuse_tag]` is taken
+        up again instead (a resumed study's parent run); `params` are logged only on a new run.
+        """
         import mlflow
         from mlflow import MlflowClient
 
         client = MlflowClient()
         active = mlflow.active_run()
-        if experiment:
+        if parent_run_id:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+        elif experiment:
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
         elif active is not None:
             experiment_id = active.info.experiment_id
         else:
             experiment_id = mlflow.tracking.fluent._get_experiment_id()
+        if reuse_tag:
+            value = str(tags[reuse_tag]).replace("'", "\\'")
+            found = client.search_runs([experiment_id], f"tags.`{reuse_tag}` = '{value}'", max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+                log.info("MLflow run %s taken up again (experiment %s)", run_id, experiment_id)
+                return cls(run_id, experiment_id, client)
         all_tags = {**{k: str(v) for k, v in tags.items()}, "mlflow.runName": run_name}
-        if active is not None:
-            all_tags["mlflow.parentRunId"] = active.info.run_id
+        parent = parent_run_id or (active.info.run_id if active is not None else None)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
         run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, _flat(v)) for k, v in params.items()])
         log.info("MLflow run %s (experiment %s)", run.info.run_id, experiment_id)
@@ -117,11 +136,21 @@ class FitRun:
             except Exception as exc:  # noqa: BLE001 - tracking never fails the training
                 log.warning("MLflow: could not log epoch %d metrics: %s", epoch, exc)
 
-    def finish(self, model_ref: str | None, status: str = "FINISHED") -> None:
-        """Tag the run with the saved model and end it; a tracking failure is a warning (the fit's result stands)."""
+    def finish(self, model_ref: str | None, status: str = "FINISHED", metrics: dict | None = None,
+               tags: dict | None = None) -> None:
+        """Tag the run with the saved model (and `tags`), log final `metrics`, and end it; a tracking failure is a
+        warning (the fit's result stands)."""
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
         try:
             if model_ref:
                 self._client.set_tag(self.run_id, MODEL_REF_TAG, model_ref)
+            now = int(time.time() * 1000)
+            self._client.log_batch(self.run_id,
+                                   metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                                   tags=[RunTag(k, _flat(v)) for k, v in (tags or {}).items()])
             self._client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # noqa: BLE001 - the model is saved: tracking never undoes a fit
             log.warning("MLflow: could not finish run %s as %s (model %s): %s: %s", self.run_id, status, model_ref,

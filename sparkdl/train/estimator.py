@@ -36,12 +36,11 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkdl import stack
-from sparkdl.data.dataset import split, steps_per_epoch
-from sparkdl.data.petastorm_io import to_petastorm
-from sparkdl.data.preprocess import Preprocessor, PreprocessorModel
+from sparkdl.data.dataset import steps_per_epoch
+from sparkdl.data.preprocess import PreprocessorModel
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
-from sparkdl.data.validation import check_schema, validate
+from sparkdl.data.validation import check_schema
 from sparkdl.errors import ConfigError, FitStopped, ModelStoreError, TrainingError, ValidationError
 from sparkdl.lake import read_table, source_of
 from sparkdl.lake.snapshot import Snapshot
@@ -51,6 +50,7 @@ from sparkdl.registry import ModelStore, validate_name
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
+from sparkdl.train.prepared import PreparedData, prepare_data
 from sparkdl.train.rank_job import TrainJob
 from sparkdl.train.runner import HorovodRunner
 from sparkdl.train.serialization import model_flavour, model_from_bytes, model_to_bytes
@@ -252,6 +252,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         # Called on the driver with (epoch, rank 0's logs) as each epoch ends (when the progress channel reaches
         # the driver); returning True stops the fit between epochs with `FitStopped` (sparkdl.tune's pruning).
         self.epoch_listener = None
+        self.mlflow_parent_run_id = None  # the fit's MLflow run is nested under this one (a study's trial)
 
     def write(self) -> EstimatorWriter:
         """Spark ML persistence: `est.save(path)`, `KerasEstimator.load(path)`, and inside a `Pipeline` (see
@@ -326,10 +327,28 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         return FitSettings(**p)
 
     # ------------------------------------------------------------------------------------------------ fit
+    def prepare(self, dataset) -> PreparedData:
+        """Validate `dataset`, fit the preprocessing and write the training caches (two passes over the data, see
+        `sparkdl.train.prepared`), for one or many `fit(prepared)` calls of estimators with this feature spec,
+        validation and seed (hyper-parameter searches).
+
+        Raises:
+            ValidationError: bad data. ConfigError: bad settings.
+        """
+        p = self._checked()
+        df, snapshot = _resolve_input(dataset)
+        _check_columns(p.feature_spec, df)
+        return prepare_data(p.feature_spec, df, snapshot, p.validation or None, p.seed)
+
     def _fit(self, dataset) -> "SparkDLModel":
         p = self._checked()
         spec: FeatureSpec = p.feature_spec
-        df, snapshot = _resolve_input(dataset)
+        prepared = dataset if isinstance(dataset, PreparedData) else None
+        if prepared is not None:
+            prepared.check_fits(spec, p.validation or None, p.seed)
+            df, snapshot = prepared.df, prepared.snapshot
+        else:
+            df, snapshot = _resolve_input(dataset)
         self._source = _source_lineage(df, snapshot)
         spark = df.sparkSession
         _check_columns(spec, df)
@@ -351,40 +370,35 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         self._fit_run = None
         if p.track:
             self._fit_run = tracking.FitRun.try_start(p.run_name, p.mlflow_experiment, _tracked_params(p),
-                                                      tracking.source_tags(snapshot))
+                                                      tracking.source_tags(snapshot), self.mlflow_parent_run_id)
         try:
-            model = self._fit_prepared(p, spec, df, snapshot, runner, run, settings, checkpoint)
-        except BaseException:
+            model = self._fit_prepared(p, spec, df, snapshot, runner, run, settings, checkpoint, prepared)
+        except BaseException as exc:
             if self._fit_run is not None:
-                self._fit_run.finish(None, status="FAILED")
+                self._fit_run.finish(None, status="KILLED" if isinstance(exc, FitStopped) else "FAILED")
             raise
         if self._fit_run is not None:
             self._fit_run.finish(str(model.getModelVersion()))
         return model
 
-    def _fit_prepared(self, p: FitSettings, spec, df, snapshot, runner, run, settings, checkpoint) -> "SparkDLModel":
+    def _fit_prepared(self, p: FitSettings, spec, df, snapshot, runner, run, settings, checkpoint,
+                      prepared: PreparedData | None) -> "SparkDLModel":
         phases = self._phases = {}
-        started = mark = time.perf_counter()
-
-        def phase(name: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            phases[name] = round(now - mark, 3)
-            mark = now
-
-        # values (nulls, NaN/inf, array lengths, label range) in one pass: one error before Horovod starts
-        validate(spec, df, require_label=True)
-        phase("validate")
-        train_df, val_df = split(df, p.validation or None, p.seed)
-        if checkpoint is not None and (run.settings() or {}).get("preprocessor"):
-            prep = PreprocessorModel.from_dict(run.settings()["preprocessor"])  # the same stats as attempt 1
+        started = time.perf_counter()
+        # every row checked and the statistics fitted in one pass, the caches in one write: before Horovod starts
+        saved = (run.settings() or {}).get("preprocessor") if checkpoint is not None else None
+        resumed_prep = PreprocessorModel.from_dict(saved) if saved else None  # the same stats as attempt 1
+        if prepared is None or (resumed_prep is not None and
+                                prepared.prep.fingerprint != resumed_prep.fingerprint):
+            prepared = prepare_data(spec, df, snapshot, p.validation or None, p.seed, resumed_prep)
+            phases.update(prepared.phases)
         else:
-            prep = Preprocessor(spec).fit(train_df)
+            phases.update({"statistics": 0.0, "cache": 0.0})  # prepared before the fit (KerasEstimator.prepare)
+        prep = prepared.prep
         _check_label_classes(spec, prep)
         signature = prep.signature
         attempt = int((run.settings() or {}).get("attempts", 0)) + 1
         run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
-        phase("preprocess")
 
         history = _history_until(checkpoint)
         initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
@@ -393,9 +407,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                      p.run_name, p.epochs, checkpoint.epoch + 1, p.epochs)
             result = {"model": checkpoint.model_bytes(), "history": {}, "epochs": []}
         else:
-            result = self._train(p, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
-                                 initial_epoch, history)
-            phases["cache"] = result.pop("cache_s", 0.0)
+            result = self._train(p, runner, run, attempt, signature, prepared, checkpoint, initial_epoch, history)
             run_phases = self.last_run.phases() if self.last_run is not None else {}
             phases.update({k: round(v, 3) for k, v in run_phases.items()})
         for i, epoch in enumerate(result["epochs"]):  # rank 0's history is authoritative for this attempt
@@ -407,8 +419,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                  time.perf_counter() - started - sum(recorded.values()), time.perf_counter() - started)
         return fitted
 
-    def _train(self, p: FitSettings, runner, run, attempt, prep, signature, snapshot, train_df, val_df, checkpoint,
-               initial_epoch, history) -> dict:
+    def _train(self, p: FitSettings, runner, run, attempt, signature, prepared, checkpoint, initial_epoch,
+               history) -> dict:
         from sparkdl.models import default_loss, default_metrics
 
         if checkpoint is not None:
@@ -431,14 +443,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             raise ConfigError(f"KerasEstimator: the optimizer is a {p.optimizer_flavour} optimizer but the model "
                               f"is a {flavour} model; pass an optimizer of the model's Keras or its name")
         zoo_name = p.model if isinstance(p.model, str) else None
-        # How the split derives from the snapshot: with the snapshot's table and version, it keys the cache.
-        key = {"validation": p.validation, "seed": p.seed}
-        cache_started = time.perf_counter()
-        train_data = to_petastorm(train_df, prep, snapshot, key={**key, "split": "train"})
-        val_data = None
-        if val_df is not None:
-            val_data = to_petastorm(val_df, prep, snapshot, key={**key, "split": "validation"})
-        cache_s = round(time.perf_counter() - cache_started, 3)
+        train_data, val_data = prepared.train_data, prepared.val_data
         steps = steps_per_epoch(train_data, p.num_proc, p.batch_size)
         val_steps = None
         if val_data is not None and val_data.num_rows // p.num_proc == 0:
@@ -493,7 +498,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             for i, epoch in enumerate(result["epochs"]):
                 if epoch not in tracked_epochs:
                     self._fit_run.log_epoch(epoch, {k: v[i] for k, v in result["history"].items() if i < len(v)})
-        return {**result, "cache_s": cache_s}
+        return result
 
     def _save(self, p: FitSettings, run, prep, signature, snapshot, result, history, started: float | None = None
               ) -> "SparkDLModel":

@@ -47,7 +47,7 @@ from sparkdl.registry import ModelStore
 from sparkdl.session import get_spark
 from sparkdl.session import work_dir as default_work_dir
 from sparkdl.train.estimator import _SNAKE_TO_CAMEL
-from sparkdl.train.resources import check_cluster, task_slots
+from sparkdl.train.resources import check_cluster, cores_per_task, task_slots
 
 log = get_logger("tune")
 
@@ -205,7 +205,10 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
     storage = JournalStorage(JournalFileBackend(str(folder / f"{name}.journal")))
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                 "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    # a trial is compared from a quarter of its epochs on, with the median of at least 5 trials (Optuna's default
+    # start-up): earlier, the slow starters that end best are pruned with the hopeless ones
+    epochs = int(estimator.getOrDefault("epochs"))
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4)),
                "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
                "none": lambda: optuna.pruners.NopPruner()}
     opt = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=samplers[sampler](),
@@ -223,7 +226,7 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
                                  sampler=sampler, seed=seed)
     try:
         _run_trials(opt, todo, parallel, estimator, dims, preparations, trial_proc, metric, name,
-                    study_run.run_id if study_run else None)
+                    study_run.run_id if study_run else None, cores_per_task(spark, parallel * trial_proc))
     except BaseException:
         if study_run is not None:
             study_run.finish(None, status="FAILED")
@@ -288,8 +291,9 @@ class _Preparations:
 
 
 def _run_trials(opt, todo: int, parallel: int, estimator, dims, preparations, trial_proc, metric, study,
-                parent_run_id) -> None:
-    """`todo` trials, `parallel` at once: each thread asks the study for a trial and fits it, until none is left."""
+                parent_run_id, threads: int) -> None:
+    """`todo` trials, `parallel` at once: each thread asks the study for a trial and fits it, until none is left;
+    each process of a trial gets `threads` threads (its share of the cores the trials run on together)."""
     lock = threading.Lock()
     remaining = [todo]
 
@@ -300,14 +304,16 @@ def _run_trials(opt, todo: int, parallel: int, estimator, dims, preparations, tr
                     return
                 remaining[0] -= 1
                 trial = opt.ask()
-            _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id)
+            _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id,
+                       threads)
 
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sparkdl-trial") as pool:
         for future in [pool.submit(worker) for _ in range(parallel)]:
             future.result()
 
 
-def _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id) -> None:
+def _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metric, study, parent_run_id,
+               threads: int) -> None:
     """One trial's fit, told to the study as COMPLETE (its value), PRUNED or FAIL (with the reason)."""
     import optuna
 
@@ -331,6 +337,7 @@ def _run_trial(opt, trial, lock, estimator, dims, preparations, trial_proc, metr
 
     est.epoch_listener = on_epoch
     est.mlflow_parent_run_id = parent_run_id
+    est.threads_per_proc = threads
     try:
         fitted = est.fit(preparations.get(est))
     except FitStopped as exc:

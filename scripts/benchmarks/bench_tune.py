@@ -52,7 +52,8 @@ def main(argv=None) -> int:
         def estimator(**params) -> KerasEstimator:
             defaults = dict(model="mlp", feature_spec=spec, epochs=args.epochs, batch_size=32, num_proc=1,
                             validation=0.15, seed=args.seed, model_store=os.path.join(work, "models"),
-                            model_name="bench_tune", hparams={"hidden": [32, 16]}, mlflow=False)
+                            model_name="bench_tune", hparams={"hidden": [32, 16]}, mlflow=False,
+                            work_dir=work)
             return KerasEstimator(**{**defaults, **params})
 
         estimator(run_name="warm-up", epochs=1).fit(snap)  # the shared cache and TF start, once

@@ -253,6 +253,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         # the driver); returning True stops the fit between epochs with `FitStopped` (sparkdl.tune's pruning).
         self.epoch_listener = None
         self.mlflow_parent_run_id = None  # the fit's MLflow run is nested under this one (a study's trial)
+        self.threads_per_proc = None  # threads per Horovod process (default: its share of the task's cores)
 
     def write(self) -> EstimatorWriter:
         """Spark ML persistence: `est.save(path)`, `KerasEstimator.load(path)`, and inside a `Pipeline` (see
@@ -353,6 +354,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         spark = df.sparkSession
         _check_columns(spec, df)
         runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
+                               threads_per_proc=self.threads_per_proc,
                                total_epochs=p.epochs, env=worker_env(p))
         runner.check_slots()
         hint = signature_hint(spec)

@@ -2,17 +2,17 @@
 
 Typical flow (driver)::
 
-    validate(spec, df)                                  # one pass, one ValidationError listing every problem
-    train_df, val_df = split(df, 0.2, seed=0)
-    prep = Preprocessor(spec).fit(train_df)             # one aggregation (+ a small vocabulary job)
-    train = to_petastorm(train_df, prep, snapshot, key={"split": "train", "validation": 0.2, "seed": 0})
+    is_val = validation_rows(df, 0.2, seed=0)           # the split as a column (a hash of each row and the seed)
+    prep = Preprocessor(spec).fit(df, validate=True, rows=~is_val)   # ONE pass: every row checked, statistics of
+                                                        # the training rows (+ a small vocabulary job)
+    train, val = to_petastorm_split(df, prep, snapshot, is_val, key={"validation": 0.2, "seed": 0})  # ONE write
 
 and on every Horovod worker::
 
     ds = tf_dataset(train, hvd.rank(), hvd.size(), batch_size, prep.signature.input_shape, epochs=epochs)
     model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch(train, hvd.size(), batch_size))
 """
-from sparkdl.data.dataset import iterate_batches, shard_plan, split, steps_per_epoch, tf_dataset
+from sparkdl.data.dataset import iterate_batches, shard_plan, split, steps_per_epoch, tf_dataset, validation_rows
 from sparkdl.data.petastorm_io import (
                                        CacheInfo,
                                        PetastormDataset,
@@ -23,15 +23,16 @@ from sparkdl.data.petastorm_io import (
                                        list_caches,
                                        parent_cache_dir,
                                        to_petastorm,
+                                       to_petastorm_split,
 )
 from sparkdl.data.preprocess import FeatureSlots, PreparedBatch, Preprocessor, PreprocessorModel
 from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
-from sparkdl.data.validation import validate
+from sparkdl.data.validation import validate, validation_plan
 
 __all__ = [
-    "Feature", "FeatureSpec", "Label", "ModelSignature", "validate",
+    "Feature", "FeatureSpec", "Label", "ModelSignature", "validate", "validation_plan",
     "Preprocessor", "PreprocessorModel", "PreparedBatch", "FeatureSlots",
-    "PetastormDataset", "CacheInfo", "to_petastorm", "convert", "from_snapshot", "cache_key", "cleanup",
-    "list_caches", "parent_cache_dir",
-    "tf_dataset", "steps_per_epoch", "split", "shard_plan", "iterate_batches",
+    "PetastormDataset", "CacheInfo", "to_petastorm", "to_petastorm_split", "convert", "from_snapshot", "cache_key",
+    "cleanup", "list_caches", "parent_cache_dir",
+    "tf_dataset", "steps_per_epoch", "split", "validation_rows", "shard_plan", "iterate_batches",
 ]

@@ -669,4 +669,5 @@ def cleanup(older_than: dt.timedelta | None = None, key: dict | str | None = Non
 
 
 __all__ = ["PetastormDataset", "CacheInfo", "to_petastorm", "to_petastorm_split", "convert", "from_snapshot",
-           "cache_key", "key_hash", "plan_hash", "is_plain_scan", "parent_cache_dir", "list_caches", "cleanup", "local_path", "same_file"]
+           "cache_key", "key_hash", "plan_hash", "is_plain_scan", "parent_cache_dir", "list_caches", "cleanup",
+           "local_path", "same_file"]

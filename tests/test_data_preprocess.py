@@ -188,3 +188,26 @@ def test_fit_is_one_aggregation_whatever_the_number_of_features(spark, df):
     with_vocab = jobs(SPEC)
     assert many == one, "fitting must not run one job per feature"
     assert with_vocab > many   # the categorical vocabulary is the second, small job
+
+
+@pytest.mark.parametrize("label_ddl, label_values, task", [
+    ("string", ["cat", "dog", "eel"], "multiclass"),
+    ("int", [0, 1, 2], "multiclass"),
+    ("double", [0.5, -1.25, 3.0], "regression"),
+])
+def test_the_sql_preparation_of_cast_only_specs_equals_the_python_one(spark, label_ddl, label_values, task):
+    rng = np.random.default_rng(3)
+    rows = [(i, rng.normal(size=4).tolist(), rng.normal(size=(2, 3)).astype(np.float32).flatten().tolist(),
+             label_values[i % 3]) for i in range(60)]
+    df = spark.createDataFrame(rows, f"id long, a array<double>, b array<float>, y {label_ddl}")
+    spec = FeatureSpec.from_dict({"features": [{"name": "a", "kind": "vector", "shape": [4]},
+                                               {"name": "b", "kind": "vector", "shape": [2, 3]}],
+                                  "label": {"name": "y", "task": task}})
+    model = Preprocessor(spec).fit(df, validate=True)
+    sql = model.transform_validated_sql(df, keep_columns=["id"])
+    python = model.transform(df, keep_columns=["id"])
+    assert sql.schema.simpleString() == python.schema.simpleString()  # the types (nullability aside)
+    assert sql.orderBy("id").collect() == python.orderBy("id").collect()
+    scaled = FeatureSpec.from_dict({"features": [{"name": "a", "kind": "vector", "shape": [4], "scale": "standard"}],
+                                    "label": {"name": "y", "task": task}})
+    assert Preprocessor(scaled).fit(df).transform_validated_sql(df) is None  # not a cast: the Python path

@@ -315,14 +315,19 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
     return replace(data, image=image) if image is not None else data
 
 
-def _prepare(df, model, with_label: bool, spark, keep_columns=()):
-    """(prepared DataFrame, preprocessing fingerprint, image input, invalid-row counter) of `to_petastorm`."""
+def _prepare(df, model, with_label: bool, spark, keep_columns=(), validated: bool = False):
+    """(prepared DataFrame, preprocessing fingerprint, image input, invalid-row counter) of `to_petastorm`;
+    `validated` data whose preparation is only a cast is prepared by Spark SQL (`transform_validated_sql`)."""
     if model is None:
         missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
         if missing:
             raise ValidationError(f"to_petastorm without a model needs column(s) {missing}; the DataFrame has "
                                   f"{df.columns}", [])
         return df.select(*keep_columns, "features", *(["label"] if with_label else [])), None, None, None
+    if validated:
+        prepared = model.transform_validated_sql(df, keep_columns, with_label=with_label)
+        if prepared is not None:
+            return prepared, model.fingerprint, None, None
     counter = invalid_row_counter(spark or df.sparkSession)
     image = model.image_input
     if image is not None:  # the cache keeps the encoded bytes; the training reader decodes them
@@ -332,9 +337,9 @@ def _prepare(df, model, with_label: bool, spark, keep_columns=()):
     return prepared, model.fingerprint, image, counter
 
 
-def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, dtype: str = "float32",
-                       row_group_size_bytes: int = DEFAULT_ROW_GROUP_BYTES, parent: str | None = None,
-                       spark=None) -> tuple[PetastormDataset, PetastormDataset]:
+def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validated: bool = False,
+                       dtype: str = "float32", row_group_size_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+                       parent: str | None = None, spark=None) -> tuple[PetastormDataset, PetastormDataset]:
     """The training and validation caches of `df`, prepared and written by ONE Spark job (one pass over `df`).
 
     Args:
@@ -344,6 +349,8 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, dtype: 
         is_validation: a boolean Column over `df`'s columns: true on validation rows
             (`sparkdl.data.dataset.validation_rows`).
         key: how the split derives from the data (e.g. {"validation": 0.2, "seed": 0}).
+        validated: `df` passed `sparkdl.data.validation.validate`: a spec whose preparation is only a cast is then
+            prepared by Spark SQL, with no Python round trip (`PreprocessorModel.transform_validated_sql`).
         dtype, row_group_size_bytes, parent, spark: as in `to_petastorm`.
 
     Returns:
@@ -352,7 +359,8 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, dtype: 
     from pyspark.sql import functions as F
 
     labelled = df.withColumn(SPLIT_COLUMN, F.when(is_validation, "validation").otherwise("train"))
-    prepared, fingerprint, image, counter = _prepare(labelled, model, True, spark, keep_columns=[SPLIT_COLUMN])
+    prepared, fingerprint, image, counter = _prepare(labelled, model, True, spark, keep_columns=[SPLIT_COLUMN],
+                                                     validated=validated)
     columns = ["features:encoded" if image is not None else "features", "label"]
     extra = {**key, "split": "train+validation"}
     k = (cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True,

@@ -650,6 +650,36 @@ class PreprocessorModel:
         cols = list(keep_columns) + ["features"] + (["label"] if with_label else [])
         return out.where(F.col(VALID_COLUMN)).select(*cols)
 
+    def transform_validated_sql(self, df, keep_columns=(), with_label: bool = True):
+        """`transform`'s output computed by Spark SQL alone, when preparing is only a cast: every feature a
+        vector/sequence without scaling or imputation (one feature: the array as it is; several: concatenated), the
+        label cast as `_labels` does (regression: float; numeric classes: long; string classes: their index).
+        Rows stay in the JVM (no Python round trip), the values equal `transform`'s.
+
+        `df` must have passed validation (`sparkdl.data.validation`: no nulls, NaN, infinities, wrong lengths or
+        labels out of range), so no row is invalid; `sparkdl.train.prepared.prepare_data` validates first.
+        Returns None for any other spec.
+        """
+        from pyspark.sql import functions as F
+
+        if any(f.kind not in ("vector", "sequence") or f.scale or f.impute for f in self.spec.features):
+            return None
+        parts = [array_column(df, f.name).cast("array<float>") for f in self.spec.features]
+        cols = [F.col(c) for c in keep_columns]
+        cols.append((parts[0] if len(parts) == 1 else F.concat(*parts)).alias("features"))
+        if with_label:
+            label = self.spec.label
+            y = F.col(label.name)
+            if label.task == "regression":
+                y = y.cast("float")
+            elif self.label_classes is not None:
+                classes = F.array(*[F.lit(c) for c in self.label_classes])
+                y = (F.array_position(classes, y.cast("string")) - 1).cast("long")
+            else:
+                y = y.cast("long")
+            cols.append(y.alias("label"))
+        return df.select(*cols)
+
     def transform_encoded(self, df, keep_columns=(), with_label: bool = True, counter=None):
         """Like `transform` for a model of one image feature, but `features` holds each decodable image's
         encoded bytes (read from its path for a path column) instead of its pixels: what the training cache keeps.

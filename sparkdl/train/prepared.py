@@ -7,7 +7,8 @@ Before the first training step a fit makes two passes over the data, whatever it
    (`Preprocessor.fit(validate=True, rows=...)`). Categorical and text vocabularies and image channel statistics
    add one small job each when the spec has them.
 2. **One write** prepares every row with the fitted preprocessing and writes the training and validation caches
-   together (`to_petastorm_split`: the split is a column, `validation_rows`, not two DataFrames).
+   together (`to_petastorm_split`: the split is a column, `validation_rows`, not two DataFrames). When preparing
+   is only a cast (vectors without scaling or imputation) Spark SQL does it, with no Python round trip.
 
 A re-fit of the same snapshot, preprocessing and split finds the cache and skips the write. `KerasEstimator.prepare`
 returns this record, and `fit(prepared)` skips both passes: `sparkdl.tune` prepares once for all the trials that
@@ -84,7 +85,7 @@ def prepare_data(spec: FeatureSpec, df, snapshot, validation, seed: int,
     if is_val is None:
         train_data, val_data = to_petastorm(df, prep, snapshot, key={**key, "split": "train"}), None
     else:
-        train_data, val_data = to_petastorm_split(df, prep, snapshot, is_val, key=key)
+        train_data, val_data = to_petastorm_split(df, prep, snapshot, is_val, key=key, validated=True)
     phases = {"statistics": round(statistics_s, 3), "cache": round(time.perf_counter() - started - statistics_s, 3)}
     return PreparedData(df, snapshot, spec, validation, seed, prep, train_data, val_data, phases)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sparkdl import lake
@@ -93,17 +93,13 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
 
 
 def estimator_for(cfg: JobConfig, spec: FeatureSpec, store) -> KerasEstimator:
-    """The `KerasEstimator` of a job's `model` and `train` sections."""
+    """The `KerasEstimator` of a job's `model` and `train` sections: every `train.*` key is the estimator param of
+    the same name (tests/test_config.py checks that each one is)."""
+    train = {f.name: getattr(cfg.train, f.name) for f in fields(cfg.train)}
     return KerasEstimator(
-        model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
-        optimizer=cfg.train.optimizer, learning_rate=cfg.train.learning_rate, batch_size=cfg.train.batch_size,
-        epochs=cfg.train.epochs, validation=cfg.data.validation, num_proc=cfg.train.num_proc,
-        model_store=store, model_name=store_name(cfg), run_name=cfg.train.run_name, seed=cfg.train.seed,
-        early_stopping=cfg.train.early_stopping, resume=cfg.train.resume, warmup_epochs=cfg.train.warmup_epochs,
-        backward_passes_per_step=cfg.train.backward_passes_per_step, compression=cfg.train.compression,
-        fusion_threshold_mb=cfg.train.fusion_threshold_mb, cycle_time_ms=cfg.train.cycle_time_ms,
-        work_dir=os.path.expanduser(cfg.work_dir), mlflow=cfg.train.mlflow,
-        mlflow_experiment=cfg.train.mlflow_experiment)
+        **train, model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
+        validation=cfg.data.validation, model_store=store, model_name=store_name(cfg),
+        work_dir=os.path.expanduser(cfg.work_dir))
 
 
 def tune(cfg: JobConfig, spark=None) -> dict:

@@ -108,3 +108,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "data: [unclosed"))
     with pytest.raises(ConfigError, match=r"override 'train.epochs': expected dotted.key=value"):
         load_config(write(tmp_path, VALID), overrides=["train.epochs"])
+
+
+def test_every_train_key_is_the_estimator_param_of_that_name_with_its_default():
+    """The YAML `train.*` keys go to `KerasEstimator` by name (`workflows.estimator_for`): each must be one of its
+    declared params (`_PARAMS`), with the same default."""
+    from dataclasses import fields
+
+    from sparkdl.config import TrainSection
+    from sparkdl.train.estimator import _PARAMS
+
+    declared = {param.name: param.default for param in _PARAMS}
+    for f in fields(TrainSection):
+        assert f.name in declared, f"train.{f.name} is not a KerasEstimator param"
+        assert getattr(TrainSection(), f.name) == declared[f.name], f"train.{f.name}: default differs"

@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator
@@ -108,121 +108,123 @@ def worker_env(p: "FitSettings") -> dict[str, str]:
     return {**env, **(p.env or {})}
 
 
-# (snake_case keyword, camelCase Param, doc, converter, default)
-_PARAMS: list[tuple[str, str, str, Callable | None, Any]] = [
-    ("model", "model", "zoo model name (mlp, cnn, lstm, embedding, ...), a Keras model (either flavour), or a builder "
-                       "fn(signature, **hparams)", None, "mlp"),
-    ("keras", "keras", "Keras flavour the zoo model is built with: 'tf_keras' (Keras 2, Horovod's Keras wrappers) "
-                       "or 'keras3' (Keras 3 with sparkdl's Horovod step; TensorFlow >= 2.16). A ready model or a "
-                       "builder's model trains in its own flavour", None, "tf_keras"),
-    ("feature_spec", "featureSpec", "the FeatureSpec (or its dict/JSON): input features and label", _to_spec, None),
-    ("label", "label", "label column name overriding the spec's label name, or a Label/dict", None, None),
-    ("loss", "loss", "Keras loss (default: by task and model, see sparkdl.models.default_loss)", None, None),
-    ("optimizer", "optimizer", "optimizer name or Keras optimizer instance (of the model's flavour)", None, "adam"),
-    ("learning_rate", "learningRate", "learning rate of ONE process; multiplied by num_proc", TypeConverters.toFloat,
-     1e-3),
-    ("metrics", "metrics", "Keras metrics (default: sparkdl.models.default_metrics)", None, None),
-    ("batch_size", "batchSize", "batch size per process", TypeConverters.toInt, 64),
-    ("epochs", "epochs", "number of epochs", TypeConverters.toInt, 10),
-    ("steps_per_execution", "stepsPerExecution", "training steps run per tf.function call (Keras compile's "
-     "steps_per_execution): less Python overhead per step, the same SGD steps; per-batch callbacks (and the "
-     "warmup's learning-rate updates) run every N steps", TypeConverters.toInt, 8),
-    ("backward_passes_per_step", "backwardPassesPerStep", "local gradient aggregation (Horovod's "
-     "backward_passes_per_step): each rank sums the gradients of N batches and the ranks average and apply them "
-     "once, so one allreduce serves N batches (the effective batch is N x batch_size x num_proc; the learning rate "
-     "is not rescaled)", TypeConverters.toInt, 1),
-    ("compression", "compression", "gradient compression for the allreduce: 'none' or 'fp16' (float32 gradients "
-     "sent as float16: half the bytes, ~3 significant digits)", TypeConverters.toString, "none"),
-    ("fusion_threshold_mb", "fusionThresholdMb", "Horovod tensor fusion buffer in MiB (HOROVOD_FUSION_THRESHOLD; "
-     "None = Horovod's 128 MiB, 0 = no fusion: one allreduce per gradient tensor)", _to_opt_float, None),
-    ("cycle_time_ms", "cycleTimeMs", "milliseconds Horovod's background loop waits between negotiation rounds "
-     "(HOROVOD_CYCLE_TIME; each step waits for one round, so small models want it short)", TypeConverters.toFloat,
-     DEFAULT_CYCLE_TIME_MS),
-    ("validation", "validation", "fraction of rows held out for validation (0 = none), or the name of a boolean "
-                                 "column (true = validation row) or string column ('validation'/'val')",
-     _to_validation, 0.2),
-    ("callbacks", "callbacks", "extra Keras callbacks, run on every rank", _to_list, ()),
-    ("num_proc", "numProc", "number of Horovod processes (Spark tasks)", TypeConverters.toInt, 2),
-    ("model_store", "modelStore", "a sparkdl.registry.ModelStore or its root folder (default store if None)",
-     None, None),
-    ("model_name", "modelName", "name of the model in the store (default: the zoo name, else 'keras_model')",
-     None, None),
-    ("run_name", "runName", "run name: its folder keeps the checkpoints; rerunning it resumes (default: new name)",
-     None, None),
-    ("seed", "seed", "random seed (model init, shuffling, split)", TypeConverters.toInt, 0),
-    ("early_stopping", "earlyStopping", "patience in epochs on val_loss (loss without validation); None = off",
-     _to_opt_int, None),
-    ("resume", "resume", "resume the run's last complete checkpoint (False: start the run over)",
-     TypeConverters.toBoolean, True),
-    ("hparams", "hparams", "hyper-parameters for the model builder", None, None),
-    ("warmup_epochs", "warmupEpochs", "epochs of learning-rate warmup from lr to lr x num_proc", TypeConverters.toInt,
-     1),
-    ("checkpoint_every", "checkpointEvery", "checkpoint every N epochs", TypeConverters.toInt, 1),
-    ("keep_checkpoints", "keepCheckpoints", "complete checkpoints kept per run (0 = all)", TypeConverters.toInt, 2),
-    ("work_dir", "workDir", "sparkdl work folder for runs (default: sparkdl.session.work_dir())", None, None),
-    ("use_gpu", "useGpu", "None = GPUs when Spark tasks have them; True/False to force", None, None),
-    ("start_timeout", "startTimeout", "seconds for the Horovod tasks to start", TypeConverters.toInt, 120),
-    ("env", "env", "extra environment variables for the worker processes (override cycle_time_ms and "
-                   "fusion_threshold_mb)", None, None),
-    ("mlflow", "mlflow", "log the fit as an MLflow run: True, False, or None = when MLflow is installed and a "
-                         "tracking URI is set or a run is active (see sparkdl.mlflow.tracking)", None, None),
-    ("mlflow_experiment", "mlflowExperiment", "MLflow experiment name of the run (default: the active one)", None,
-     None),
-]
-_SNAKE_TO_CAMEL = {snake: camel for snake, camel, *_ in _PARAMS}
-
-
 @dataclass(frozen=True)
-class FitSettings:
-    """A fit's settings, validated once by `KerasEstimator._checked`: every param of `_PARAMS` (snake_case) and what
-    the checks derive from them."""
+class EstimatorParam:
+    """One `KerasEstimator` param, declared once: the keyword (`name`, snake_case, also the `FitSettings` field and
+    the YAML `train.*` key where the job config has one), the Spark ML Param (`spark_name`, with its getter and
+    setter), its type converter, default and doc; `tracked`: logged to the fit's MLflow run; `recorded`: kept in the
+    model's metadata under `training`."""
 
-    model: Any
-    keras: Any
-    feature_spec: Any
-    label: Any
-    loss: Any
-    optimizer: Any
-    learning_rate: Any
-    metrics: Any
-    batch_size: Any
-    epochs: Any
-    steps_per_execution: Any
-    backward_passes_per_step: Any
-    compression: Any
-    fusion_threshold_mb: Any
-    cycle_time_ms: Any
-    validation: Any
-    callbacks: Any
-    num_proc: Any
-    model_store: Any
-    model_name: Any
-    run_name: Any
-    seed: Any
-    early_stopping: Any
-    resume: Any
-    hparams: Any
-    warmup_epochs: Any
-    checkpoint_every: Any
-    keep_checkpoints: Any
-    work_dir: Any
-    use_gpu: Any
-    start_timeout: Any
-    env: Any
-    mlflow: Any
-    mlflow_experiment: Any
-    optimizer_spec: Any          # the optimizer name, or the instance's serialized config
-    optimizer_flavour: str | None  # the Keras flavour of an optimizer instance
-    track: bool                  # log the fit to MLflow
+    name: str
+    spark_name: str
+    converter: Callable | None
+    default: Any
+    tracked: bool = False
+    recorded: bool = False
+    doc: str = ""
+
+
+_PARAMS: tuple[EstimatorParam, ...] = (
+    EstimatorParam("model", "model", None, "mlp", tracked=True,
+                   doc="zoo model name (mlp, cnn, lstm, embedding, ...), a Keras model (either flavour), or a "
+                       "builder fn(signature, **hparams)"),
+    EstimatorParam("keras", "keras", None, "tf_keras", tracked=True,
+                   doc="Keras flavour the zoo model is built with: 'tf_keras' (Keras 2, Horovod's Keras wrappers) or "
+                       "'keras3' (Keras 3 with sparkdl's Horovod step; TensorFlow >= 2.16). A ready model or a "
+                       "builder's model trains in its own flavour"),
+    EstimatorParam("feature_spec", "featureSpec", _to_spec, None,
+                   doc="the FeatureSpec (or its dict/JSON): input features and label"),
+    EstimatorParam("label", "label", None, None,
+                   doc="label column name overriding the spec's label name, or a Label/dict"),
+    EstimatorParam("loss", "loss", None, None,
+                   doc="Keras loss (default: by task and model, see sparkdl.models.default_loss)"),
+    EstimatorParam("optimizer", "optimizer", None, "adam", tracked=True, recorded=True,
+                   doc="optimizer name or Keras optimizer instance (of the model's flavour)"),
+    EstimatorParam("learning_rate", "learningRate", TypeConverters.toFloat, 1e-3, tracked=True, recorded=True,
+                   doc="learning rate of ONE process; multiplied by num_proc"),
+    EstimatorParam("metrics", "metrics", None, None,
+                   doc="Keras metrics (default: sparkdl.models.default_metrics)"),
+    EstimatorParam("batch_size", "batchSize", TypeConverters.toInt, 64, tracked=True, recorded=True,
+                   doc="batch size per process"),
+    EstimatorParam("epochs", "epochs", TypeConverters.toInt, 10, tracked=True, recorded=True,
+                   doc="number of epochs"),
+    EstimatorParam("steps_per_execution", "stepsPerExecution", TypeConverters.toInt, 8, tracked=True,
+                   doc="training steps run per tf.function call (Keras compile's steps_per_execution): less Python "
+                       "overhead per step, the same SGD steps; per-batch callbacks (and the warmup's learning-rate "
+                       "updates) run every N steps"),
+    EstimatorParam("backward_passes_per_step", "backwardPassesPerStep", TypeConverters.toInt, 1, recorded=True,
+                   doc="local gradient aggregation (Horovod's backward_passes_per_step): each rank sums the "
+                       "gradients of N batches and the ranks average and apply them once, so one allreduce serves N "
+                       "batches (the effective batch is N x batch_size x num_proc; the learning rate is not rescaled)"),
+    EstimatorParam("compression", "compression", TypeConverters.toString, "none", recorded=True,
+                   doc="gradient compression for the allreduce: 'none' or 'fp16' (float32 gradients sent as float16: "
+                       "half the bytes, ~3 significant digits)"),
+    EstimatorParam("fusion_threshold_mb", "fusionThresholdMb", _to_opt_float, None,
+                   doc="Horovod tensor fusion buffer in MiB (HOROVOD_FUSION_THRESHOLD; None = Horovod's 128 MiB, 0 = "
+                       "no fusion: one allreduce per gradient tensor)"),
+    EstimatorParam("cycle_time_ms", "cycleTimeMs", TypeConverters.toFloat, DEFAULT_CYCLE_TIME_MS,
+                   doc="milliseconds Horovod's background loop waits between negotiation rounds (HOROVOD_CYCLE_TIME; "
+                       "each step waits for one round, so small models want it short)"),
+    EstimatorParam("validation", "validation", _to_validation, 0.2, tracked=True, recorded=True,
+                   doc="fraction of rows held out for validation (0 = none), or the name of a boolean column (true = "
+                       "validation row) or string column ('validation'/'val')"),
+    EstimatorParam("callbacks", "callbacks", _to_list, (),
+                   doc="extra Keras callbacks, run on every rank"),
+    EstimatorParam("num_proc", "numProc", TypeConverters.toInt, 2, tracked=True,
+                   doc="number of Horovod processes (Spark tasks)"),
+    EstimatorParam("model_store", "modelStore", None, None,
+                   doc="a sparkdl.registry.ModelStore or its root folder (default store if None)"),
+    EstimatorParam("model_name", "modelName", None, None, tracked=True,
+                   doc="name of the model in the store (default: the zoo name, else 'keras_model')"),
+    EstimatorParam("run_name", "runName", None, None, tracked=True,
+                   doc="run name: its folder keeps the checkpoints; rerunning it resumes (default: new name)"),
+    EstimatorParam("seed", "seed", TypeConverters.toInt, 0, tracked=True, recorded=True,
+                   doc="random seed (model init, shuffling, split)"),
+    EstimatorParam("early_stopping", "earlyStopping", _to_opt_int, None, tracked=True, recorded=True,
+                   doc="patience in epochs on val_loss (loss without validation); None = off"),
+    EstimatorParam("resume", "resume", TypeConverters.toBoolean, True,
+                   doc="resume the run's last complete checkpoint (False: start the run over)"),
+    EstimatorParam("hparams", "hparams", None, None, tracked=True,
+                   doc="hyper-parameters for the model builder"),
+    EstimatorParam("warmup_epochs", "warmupEpochs", TypeConverters.toInt, 1, tracked=True, recorded=True,
+                   doc="epochs of learning-rate warmup from lr to lr x num_proc"),
+    EstimatorParam("checkpoint_every", "checkpointEvery", TypeConverters.toInt, 1,
+                   doc="checkpoint every N epochs"),
+    EstimatorParam("keep_checkpoints", "keepCheckpoints", TypeConverters.toInt, 2,
+                   doc="complete checkpoints kept per run (0 = all)"),
+    EstimatorParam("work_dir", "workDir", None, None,
+                   doc="sparkdl work folder for runs (default: sparkdl.session.work_dir())"),
+    EstimatorParam("use_gpu", "useGpu", None, None,
+                   doc="None = GPUs when Spark tasks have them; True/False to force"),
+    EstimatorParam("start_timeout", "startTimeout", TypeConverters.toInt, 120,
+                   doc="seconds for the Horovod tasks to start"),
+    EstimatorParam("env", "env", None, None,
+                   doc="extra environment variables for the worker processes (override cycle_time_ms and "
+                       "fusion_threshold_mb)"),
+    EstimatorParam("mlflow", "mlflow", None, None,
+                   doc="log the fit as an MLflow run: True, False, or None = when MLflow is installed and a tracking "
+                       "URI is set or a run is active (see sparkdl.mlflow.tracking)"),
+    EstimatorParam("mlflow_experiment", "mlflowExperiment", None, None,
+                   doc="MLflow experiment name of the run (default: the active one)"),
+)
+_SNAKE_TO_CAMEL = {param.name: param.spark_name for param in _PARAMS}
+
+
+# A fit's settings, validated once by `KerasEstimator._checked`: every param of `_PARAMS` (by its snake_case name) and
+# what the checks derive from them: `optimizer_spec` (the optimizer name, or the instance's serialized config),
+# `optimizer_flavour` (the Keras flavour of an optimizer instance) and `track` (log the fit to MLflow).
+FitSettings = make_dataclass("FitSettings", [(param.name, Any) for param in _PARAMS]
+                             + [("optimizer_spec", Any), ("optimizer_flavour", Any), ("track", bool)], frozen=True)
 
 
 class _KerasEstimatorParams(Params):
     """The Params of `KerasEstimator` (getters `getX()` and setters `setX()` generated from `_PARAMS`)."""
 
 
-for _snake, _camel, _doc, _conv, _default in _PARAMS:
+for _param in _PARAMS:
+    _camel = _param.spark_name
     setattr(_KerasEstimatorParams, _camel,
-            Param(Params._dummy(), _camel, _doc, typeConverter=_conv or TypeConverters.identity))
+            Param(Params._dummy(), _camel, _param.doc, typeConverter=_param.converter or TypeConverters.identity))
     _cap = _camel[0].upper() + _camel[1:]
     setattr(_KerasEstimatorParams, f"get{_cap}", (lambda c: lambda self: self.getOrDefault(c))(_camel))
     setattr(_KerasEstimatorParams, f"set{_cap}", (lambda c: lambda self, value: self._set(**{c: value}))(_camel))
@@ -245,7 +247,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
 
     def __init__(self, **kwargs):
         super().__init__()
-        self._setDefault(**{camel: default for _, camel, _, _, default in _PARAMS})
+        self._setDefault(**{param.spark_name: param.default for param in _PARAMS})
         self.setParams(**kwargs)
         self.last_run = None  # RunStats of the last fit's Horovod job
         self._fit_run = None  # the MLflow run of the fit in progress (sparkdl.mlflow.tracking.FitRun)
@@ -279,7 +281,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
     # ------------------------------------------------------------------------------------------------ checks
     def _checked(self) -> FitSettings:
         """All params, validated, as one typed record. Raises ConfigError."""
-        p = {snake: self.getOrDefault(camel) for snake, camel, *_ in _PARAMS}
+        p = {param.name: self.getOrDefault(param.spark_name) for param in _PARAMS}
         if p["feature_spec"] is None:
             raise ConfigError("KerasEstimator: feature_spec is required")
         p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
@@ -519,10 +521,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             "model_name": p.model if isinstance(p.model, str) else p.model_name,
             "num_proc": p.num_proc,
             "run_name": p.run_name,
-            "training": {"epochs": p.epochs, "batch_size": p.batch_size, "learning_rate": p.learning_rate,
-                         "optimizer": p.optimizer_spec, "validation": p.validation, "seed": p.seed,
-                         "warmup_epochs": p.warmup_epochs, "early_stopping": p.early_stopping,
-                         "backward_passes_per_step": p.backward_passes_per_step, "compression": p.compression,
+            "training": {**_recorded_params(p),
                          "horovod_env": {k: v for k, v in worker_env(p).items() if k.startswith("HOROVOD_")},
                          "run_folder": str(run.path),
                          "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p.epochs - 1},
@@ -541,15 +540,24 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _tracked_params(p: FitSettings) -> dict:
-    """The fit's parameters as logged to MLflow."""
-    return {"model": p.model if isinstance(p.model, str) else p.model_name, "model_name": p.model_name,
-            "keras": p.keras, "num_proc": p.num_proc, "batch_size": p.batch_size, "epochs": p.epochs,
-            "learning_rate": p.learning_rate, "optimizer": p.optimizer_spec, "validation": p.validation,
-            "seed": p.seed, "warmup_epochs": p.warmup_epochs, "early_stopping": p.early_stopping,
-            "steps_per_execution": p.steps_per_execution, "run_name": p.run_name,
-            **{f"hparams.{k}": v for k, v in sorted(p.hparams.items())}}
+def _shown(p: FitSettings, name: str):
+    """A param's value as the MLflow run and the model's metadata show it."""
+    if name == "model":
+        return p.model if isinstance(p.model, str) else p.model_name
+    if name == "optimizer":
+        return p.optimizer_spec
+    return getattr(p, name)
 
+
+def _tracked_params(p: FitSettings) -> dict:
+    """The fit's parameters as logged to MLflow: the `tracked` params, hparams one by one."""
+    tracked = {param.name: _shown(p, param.name) for param in _PARAMS if param.tracked and param.name != "hparams"}
+    return {**tracked, **{f"hparams.{k}": v for k, v in sorted(p.hparams.items())}}
+
+
+def _recorded_params(p: FitSettings) -> dict:
+    """The `recorded` params, kept in the model's metadata under `training`."""
+    return {param.name: _shown(p, param.name) for param in _PARAMS if param.recorded}
 
 
 def _store(p: FitSettings):

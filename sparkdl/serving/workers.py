@@ -2,9 +2,9 @@
 
 One Python process scores on one core at a time (the GIL between the HTTP threads, the batcher and the model
 call), so a server on a machine with more cores runs several. The supervisor binds and listens on `host`:`port`
-once, then starts N worker processes (`python -m sparkdl.serving.workers`, a fresh interpreter each: TensorFlow
-must not be forked) that inherit the socket and accept on it; the kernel hands each connection to one of them.
-Each worker is a complete `ModelServer` (its own model copy, micro-batcher, hot reload and inference log).
+once, then starts N worker processes (`worker_main` in a fresh interpreter each: TensorFlow must not be forked)
+that inherit the socket and accept on it; the kernel hands each connection to one of them. Each worker is a
+complete `ModelServer` (its own model copy, micro-batcher, hot reload and inference log).
 
 Metrics use prometheus_client's multi-process mode: every worker writes its counters and histograms to files in a
 folder of the supervisor's (`PROMETHEUS_MULTIPROC_DIR`), and `GET /metrics`, whichever worker answers it, sums
@@ -24,12 +24,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from sparkdl.errors import ConfigError
+from sparkdl.errors import ConfigError, SparkDLError
 from sparkdl.log import get_logger
+from sparkdl.serving.server import ModelServer, wait_for_interrupt
 
 log = get_logger("serving")
 
 READY_LINE = "sparkdl-serving-worker-ready"
+_WORKER_COMMAND = ("import sys; from sparkdl.serving.workers import worker_main; "
+                   "worker_main(int(sys.argv[1]), sys.argv[2])")
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,12 @@ class ServerPool:
 
     def _spawn(self) -> subprocess.Popen:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
-        command = [sys.executable, "-m", "sparkdl.serving.workers", str(self.socket.fileno()),
-                   json.dumps(asdict(self.options))]
+        command = [sys.executable, "-c", _WORKER_COMMAND, str(self.socket.fileno()), json.dumps(asdict(self.options))]
         return subprocess.Popen(command, env=env, pass_fds=(self.socket.fileno(),), stdout=subprocess.PIPE,
                                 text=True)
 
     def start(self) -> "ServerPool":
         """Start the workers and return once every one has its model loaded and warmed up."""
-        from sparkdl.errors import SparkDLError
-
         self.processes = [self._spawn() for _ in range(self.workers)]
         deadline = time.monotonic() + self.ready_timeout_s
         for number, process in enumerate(self.processes):
@@ -119,8 +119,6 @@ class ServerPool:
 
     def serve_forever(self) -> None:
         """Serve until Ctrl-C or SIGTERM, then stop the workers (each answers its requests in flight first)."""
-        from sparkdl.serving.server import wait_for_interrupt
-
         self.start()
         try:
             wait_for_interrupt()
@@ -155,21 +153,17 @@ def _read_line_until(process: subprocess.Popen, deadline: float) -> str | None:
     return found[0] if found else None
 
 
-def _worker_main(fd: int, options_json: str) -> None:
+def worker_main(fd: int, options_json: str) -> None:
     """One worker: a ModelServer on the inherited socket; says it is ready on stdout, then serves."""
-    from sparkdl.serving.server import ModelServer
-
     options = WorkerOptions(**json.loads(options_json))
     listen_socket = socket.socket(fileno=fd)
     server = ModelServer(options.ref, store=options.store, max_batch_size=options.max_batch_size,
                          max_wait_ms=options.max_wait_ms, reload_s=options.reload_s, log_table=options.log_table,
                          listen_socket=listen_socket)
+
     def ready() -> None:
         print(READY_LINE, flush=True)
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from now on
 
     server.serve_forever(on_ready=ready)
 
-
-if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), sys.argv[2])

@@ -304,12 +304,8 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
                 return data
     prepared, fingerprint, image, counter = _prepare(df, model, with_label, spark)
     columns = ["features:encoded" if image is not None else "features"] + (["label"] if with_label else [])
-    if snapshot is not None and (scan or key):
-        k = cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype,
-                      with_label=with_label, extra=key)
-    else:
-        k = cache_key(df=df, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=with_label,
-                      extra=key)
+    k = cache_key(df=df, snapshot=snapshot if (scan or key) else None, columns=columns, fingerprint=fingerprint,
+                  dtype=dtype, with_label=with_label, extra=key)
     data = convert(prepared, k, temporary=temporary, dtype=dtype, row_group_size_bytes=row_group_size_bytes,
                    parent=parent, spark=spark, label_column="label" if with_label else None, counter=counter)
     return replace(data, image=image) if image is not None else data
@@ -362,13 +358,12 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validat
     prepared, fingerprint, image, counter = _prepare(labelled, model, True, spark, keep_columns=[SPLIT_COLUMN],
                                                      validated=validated)
     columns = ["features:encoded" if image is not None else "features", "label"]
-    extra = {**key, "split": "train+validation"}
-    k = (cache_key(snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True,
-                   extra=extra) if snapshot is not None
-         else cache_key(df=df, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True, extra=extra))
+    k = cache_key(df=df, snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True,
+                  extra={**key, "split": "train+validation"})
     url = convert(prepared, k, dtype=dtype, row_group_size_bytes=row_group_size_bytes, parent=parent, spark=spark,
                   counter=counter, part_column=SPLIT_COLUMN).url
-    train, validation = _load(url, "train"), _load(url, "validation")
+    meta = _read_marker(url)  # once for both parts
+    train, validation = _dataset(url, meta, "train"), _dataset(url, meta, "validation")
     if image is not None:
         train, validation = replace(train, image=image), replace(validation, image=image)
     return train, validation
@@ -391,7 +386,7 @@ def convert(df, key: dict | None = None, *, temporary: bool = False, dtype: str 
         parent: the parent cache folder URL (default: the Spark conf `petastorm.spark.converter.parentCacheDirUrl`).
         counter: an `invalid_row_counter` fed by `df`'s preprocessing; its counts are recorded with the cache.
         part_column: write one folder per value of this string column (in the same job); each is a part of the
-            cache that `_load(url, part)` reads (`to_petastorm_split`). The returned dataset is all of it.
+            cache (`_dataset(url, marker, part)`, `to_petastorm_split`). The returned dataset is all of it.
 
     Raises:
         ConfigError: a bad dtype/compression or a parent cache URL without a scheme.
@@ -524,9 +519,13 @@ def _read_marker(url: str) -> dict | None:
         return None
 
 
-def _load(url: str, part: str | None = None) -> PetastormDataset | None:
-    """The cache published at `url` (its marker names the data folder), or one `part` of it, or None."""
-    meta = _read_marker(url)
+def _load(url: str) -> PetastormDataset | None:
+    """The cache published at `url` (its marker names the data folder), or None."""
+    return _dataset(url, _read_marker(url))
+
+
+def _dataset(url: str, meta: dict | None, part: str | None = None) -> PetastormDataset | None:
+    """The cache whose marker is `meta`, or one `part` of it (`to_petastorm_split`); None without a marker."""
     if meta is None:
         return None
     data = join(url, meta["data_dir"]) if meta.get("data_dir") else url

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.preprocess import PreprocessorModel
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, ModelStoreError
@@ -26,33 +27,39 @@ class ModelMetadata:
 
     Attributes:
         name, version: the version in its store.
-        spec: the feature spec the preprocessing was fitted with.
-        preprocessing: the fitted `PreprocessorModel.to_dict()`.
+        spec: the feature spec the preprocessing was fitted with (None for a forecaster).
+        preprocessing: the fitted `PreprocessorModel.to_dict()` (a forecaster's `ForecastPreparation.to_dict()`).
         model_name: the zoo builder ("mlp", "cnn", "lstm", "embedding") or None for a custom model.
         task, num_classes: from the signature, else the spec's label (None when neither says).
         label_classes: the label values by class index, or None (class indices are the labels).
         raw: the whole metadata.json (history, metrics, lineage, ...).
+        forecast: a forecaster's fitted preparation (its task, grid and per-series scaling), else None.
     """
 
     name: str | None
     version: int | None
-    spec: "FeatureSpec"
+    spec: "FeatureSpec | None"
     preprocessing: dict
     model_name: str | None
     task: str | None
     num_classes: int | None
     label_classes: tuple | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    forecast: ForecastPreparation | None = None
 
     @classmethod
     def from_dict(cls, metadata: dict) -> "ModelMetadata":
         """Raises ModelStoreError: the metadata records no fitted preprocessing (not saved through sparkdl)."""
         where = f"model {metadata.get('name')}@{metadata.get('version')}"
         preprocessing = metadata.get("preprocessing")
-        if not isinstance(preprocessing, dict) or "spec" not in preprocessing:
+        if not isinstance(preprocessing, dict) or not ("spec" in preprocessing
+                                                       or ForecastPreparation.is_forecast(preprocessing)):
             raise ModelStoreError(f"{where}: its metadata records no 'preprocessing'; sparkdl scoring needs the "
                                   f"fitted PreprocessorModel (save models through sparkdl.train or pass "
                                   f"metadata={{'preprocessing': preprocessor.to_dict(), ...}} to ModelStore.save)")
+        if ForecastPreparation.is_forecast(preprocessing):
+            return cls(metadata.get("name"), metadata.get("version"), None, preprocessing, metadata.get("model_name"),
+                       "regression", None, None, metadata, ForecastPreparation.from_dict(preprocessing))
         spec = FeatureSpec.from_dict(preprocessing["spec"])
         stats_label = (preprocessing.get("stats") or {}).get("label") or {}
         signature = metadata.get("signature") or {}
@@ -70,6 +77,10 @@ class ModelMetadata:
         return f"model {self.name}@{self.version}"
 
     def preprocessor(self) -> "PreprocessorModel":
+        """The fitted preprocessing. Raises ModelStoreError for a forecaster (it has `forecast` instead)."""
+        if self.forecast is not None:
+            raise ModelStoreError(f"{self.where} is a forecaster: it scores windows of a long table "
+                                  f"(sparkdl.score.forecast), not rows of features")
         return PreprocessorModel.from_dict(self.preprocessing)
 
 

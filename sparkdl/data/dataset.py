@@ -52,8 +52,8 @@ PREFETCH_BATCHES = 4
 
 
 def _check(data: PetastormDataset, rank: int, size: int, batch_size: int) -> None:
-    if not isinstance(data, PetastormDataset):
-        raise ConfigError(f"data must be a PetastormDataset, got {type(data).__name__}")
+    if not isinstance(getattr(data, "num_rows", None), int):
+        raise ConfigError(f"data must be a PetastormDataset (or SeriesWindows), got {type(data).__name__}")
     if size < 1 or not 0 <= rank < size:
         raise ConfigError(f"rank must be in [0, size) and size >= 1, got rank={rank}, size={size}")
     if batch_size < 1:
@@ -350,34 +350,44 @@ def tf_dataset(data: PetastormDataset, rank: int, size: int, batch_size: int, in
         ConfigError: bad rank/size/batch size/epochs, or fewer rows than ranks.
         ValidationError (while iterating): feature rows whose length is not prod(input_shape).
     """
-    import tensorflow as tf
-
     _check(data, rank, size, batch_size)
     shape = tuple(int(d) for d in input_shape)
-    # The generator yields blocks of k batches as (k, batch, *shape) arrays (a free reshape of contiguous rows);
-    # `unbatch()` then splits them into batches in C++ — per batch, never per row.
-    x_spec = tf.TensorSpec((None, None) + shape, tf.float32)
+    y_dtype = (np.int64 if label_dtype(data) == np.int64 else np.float32) if with_label else None
+    return batches_dataset(lambda: iterate_blocks(data, rank, size, batch_size, shape, shuffle, seed, epochs,
+                                                  with_label, shuffle_buffer),
+                           batch_size, shape, () if with_label else None, y_dtype,
+                           steps_per_epoch(data, size, batch_size) * epochs)
+
+
+def batches_dataset(make_blocks, batch_size: int, x_shape: tuple, y_shape: tuple | None, y_dtype, steps: int):
+    """A finite `tf.data.Dataset` of batches from `make_blocks()`, an iterator of blocks `(x, y)` of rows (`y` None,
+    and `x` alone in the batches, when `y_shape` is None) of shapes (n, *x_shape) and (n, *y_shape), every block but
+    an epoch's last a whole number of batches; `steps` batches in all.
+
+    The generator yields blocks of k batches as (k, batch, ...) arrays (a free reshape of contiguous rows), and
+    `unbatch()` splits them into batches in C++: per batch, never per row."""
+    import tensorflow as tf
+
+    x_shape, with_label = tuple(x_shape), y_shape is not None
+    x_spec = tf.TensorSpec((None, None) + x_shape, tf.float32)
     if with_label:
-        y_dtype = tf.int64 if label_dtype(data) == np.int64 else tf.float32
-        signature = (x_spec, tf.TensorSpec((None, None), y_dtype))
+        y_shape = tuple(y_shape)
+        signature = (x_spec, tf.TensorSpec((None, None) + y_shape, tf.as_dtype(y_dtype)))
     else:
         signature = x_spec
-    np_y = np.int64 if with_label and y_dtype == tf.int64 else np.float32
 
     def generator():
-        for x, y in iterate_blocks(data, rank, size, batch_size, shape, shuffle, seed, epochs, with_label,
-                                   shuffle_buffer):
+        for x, y in make_blocks():
             full = len(x) // batch_size * batch_size
             for lo, hi, k in ((0, full, full // batch_size), (full, len(x), 1)):
                 if hi > lo:
-                    xs = np.ascontiguousarray(x[lo:hi]).reshape((k, (hi - lo) // k) + shape)
+                    xs = np.ascontiguousarray(x[lo:hi], dtype=np.float32).reshape((k, (hi - lo) // k) + x_shape)
                     if with_label:
-                        yield xs, np.asarray(y[lo:hi], dtype=np_y).reshape(k, (hi - lo) // k)
+                        yield xs, np.asarray(y[lo:hi], dtype=y_dtype).reshape((k, (hi - lo) // k) + y_shape)
                     else:
                         yield xs
 
     ds = tf.data.Dataset.from_generator(generator, output_signature=signature).unbatch()
-    steps = steps_per_epoch(data, size, batch_size) * epochs
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -246,9 +246,9 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """What a model builder needs: the prepared input tensor shape, the output (task, classes) and, for a text
-    feature, the number of token ids (`vocabulary_size`: its vocabulary plus the padding and out-of-vocabulary
-    ids)."""
+    """What a model builder needs: the prepared input tensor shape, the output (task, classes; `outputs`: values per
+    row of a regression, e.g. a forecaster's horizon, default 1) and, for a text feature, the number of token ids
+    (`vocabulary_size`: its vocabulary plus the padding and out-of-vocabulary ids)."""
 
     input_shape: tuple[int, ...]
     task: str
@@ -257,21 +257,28 @@ class ModelSignature:
     resize: bool | None = None
     flip: bool | None = None
     zoom: float | None = None
+    outputs: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         if self.task not in TASKS:
             raise ConfigError(f"model signature: task must be one of {TASKS}, got {self.task!r}")
+        if self.outputs is not None and (self.task != "regression" or int(self.outputs) < 1):
+            raise ConfigError(f"model signature: outputs (values per row) is a positive count of a regression, "
+                              f"got {self.outputs!r} for task {self.task!r}")
 
     def to_dict(self) -> dict:
         out = {"input_shape": list(self.input_shape), "task": self.task, "num_classes": self.num_classes}
         if self.vocabulary_size is not None:
             out["vocabulary_size"] = int(self.vocabulary_size)
+        if self.outputs is not None:
+            out["outputs"] = int(self.outputs)
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSignature":
-        return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"), data.get("vocabulary_size"))
+        return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"), data.get("vocabulary_size"),
+                   outputs=data.get("outputs"))
 
 
 def _check_keys(where: str, data: dict, allowed: set, required: set) -> None:

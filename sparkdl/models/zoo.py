@@ -1,5 +1,5 @@
-"""Model builders by name: `mlp`, `cnn`, `lstm`, `embedding`, `text_cnn`, `text_gru`, plus builders registered at
-run time.
+"""Model builders by name: `mlp`, `cnn`, `lstm`, `embedding`, `text_cnn`, `text_gru`, the forecasters
+`lstm_forecaster`, `gru_forecaster` and `tcn_forecaster` (`data.forecast`), plus builders registered at run time.
 
 A builder is `fn(signature: ModelSignature, **hparams) -> tf.keras.Model` (uncompiled). Its keyword arguments
 (with defaults) are the hyper-parameters it accepts; `build` rejects any other one before building anything.
@@ -92,13 +92,14 @@ def _activation(value, model: str):
 
 
 def _head(x, signature: ModelSignature):
-    """The output layer for the task: sigmoid(1), softmax(num_classes) or linear(1); float32 for mixed precision."""
+    """The output layer for the task: sigmoid(1), softmax(num_classes) or linear(`outputs`, default 1); float32 for
+    mixed precision."""
     if signature.task == "binary":
         return _k().layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
     if signature.task == "multiclass":
         return _k().layers.Dense(int(signature.num_classes), activation="softmax", dtype="float32",
                                      name="output")(x)
-    return _k().layers.Dense(1, activation=None, dtype="float32", name="output")(x)
+    return _k().layers.Dense(int(signature.outputs or 1), activation=None, dtype="float32", name="output")(x)
 
 
 def _dense_stack(x, hidden: tuple[int, ...], dropout: float, activation, prefix: str):
@@ -178,6 +179,62 @@ def build_lstm(signature: ModelSignature, *, units: int = 32, dense: int = 0, dr
     if dense:
         x = _k().layers.Dense(dense, activation="relu", name="lstm_dense")(x)
     return _k().Model(inputs, _head(x, signature), name="sparkdl_lstm")
+
+
+def _forecast_input(signature: ModelSignature, model: str):
+    """The (lookback, channels) input of a forecaster; it predicts `signature.outputs` (the horizon) values."""
+    shape = signature.input_shape
+    if signature.task != "regression" or len(shape) != 2:
+        raise ConfigError(f"model {model!r}: a forecaster reads windows (lookback, channels) and forecasts the "
+                          f"horizon (data.forecast); got input_shape {list(shape)} for task {signature.task!r}")
+    return _k().Input(shape=shape, name="input")
+
+
+def _recurrent_forecaster(layer: str, signature: ModelSignature, units, layers, dropout, dense, model: str):
+    units, layers = _positive("units", units, model), _positive("layers", layers, model)
+    dropout = _rate("dropout", dropout, model)
+    if not isinstance(dense, int) or isinstance(dense, bool) or dense < 0:
+        raise ConfigError(f"model {model!r}: hparam 'dense' must be an int >= 0 (0 = no dense layer), got {dense!r}")
+    inputs = x = _forecast_input(signature, model)
+    for i in range(layers):
+        x = getattr(_k().layers, layer)(units, return_sequences=i < layers - 1, dropout=dropout,
+                                        name=f"{layer.lower()}_{i}")(x)
+    if dense:
+        x = _k().layers.Dense(dense, activation="relu", name=f"{model}_dense")(x)
+    return _k().Model(inputs, _head(x, signature), name=f"sparkdl_{model}")
+
+
+def build_lstm_forecaster(signature: ModelSignature, *, units: int = 32, layers: int = 1, dropout: float = 0.0,
+                          dense: int = 0):
+    """Stacked LSTMs over a window (lookback, channels), then a linear layer of `horizon` forecasts."""
+    return _recurrent_forecaster("LSTM", signature, units, layers, dropout, dense, "lstm_forecaster")
+
+
+def build_gru_forecaster(signature: ModelSignature, *, units: int = 32, layers: int = 1, dropout: float = 0.0,
+                         dense: int = 0):
+    """Stacked GRUs over a window (lookback, channels), then a linear layer of `horizon` forecasts."""
+    return _recurrent_forecaster("GRU", signature, units, layers, dropout, dense, "gru_forecaster")
+
+
+def build_tcn_forecaster(signature: ModelSignature, *, filters: int = 32, kernel_size: int = 3,
+                         dilations: Sequence[int] = (1, 2, 4, 8), dropout: float = 0.0):
+    """A temporal convolutional network: residual blocks of dilated causal Conv1D (each step sees only the past),
+    the last step's features, then a linear layer of `horizon` forecasts."""
+    model = "tcn_forecaster"
+    filters, kernel_size = _positive("filters", filters, model), _positive("kernel_size", kernel_size, model)
+    dilations, dropout = _sizes("dilations", dilations, model), _rate("dropout", dropout, model)
+    layers = _k().layers
+    inputs = _forecast_input(signature, model)
+    x = layers.Conv1D(filters, 1, name="tcn_project")(inputs)
+    for i, rate in enumerate(dilations):
+        h = layers.Conv1D(filters, kernel_size, padding="causal", dilation_rate=rate, activation="relu",
+                          name=f"tcn_conv_{i}")(x)
+        if dropout:
+            h = layers.Dropout(dropout, name=f"tcn_dropout_{i}")(h)
+        x = layers.Add(name=f"tcn_residual_{i}")([x, h])
+    x = layers.Cropping1D((int(signature.input_shape[0]) - 1, 0), name="tcn_last_step")(x)  # no Lambda: loads safely
+    x = layers.Flatten(name="tcn_flatten")(x)
+    return _k().Model(inputs, _head(x, signature), name="sparkdl_tcn_forecaster")
 
 
 def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidden: Sequence[int] = (128,),
@@ -383,5 +440,7 @@ def default_metrics(signature: ModelSignature, model_name: str | None = None) ->
 
 
 for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding),
-                   ("text_cnn", build_text_cnn), ("text_gru", build_text_gru)):
+                   ("text_cnn", build_text_cnn), ("text_gru", build_text_gru),
+                   ("lstm_forecaster", build_lstm_forecaster), ("gru_forecaster", build_gru_forecaster),
+                   ("tcn_forecaster", build_tcn_forecaster)):
     register_builder(_name, _fn)

@@ -68,8 +68,9 @@ class LoadedScoringModel:
         self.ref = ref
         self.metadata = ModelMetadata.from_dict(loaded.metadata)
         self.model = loaded.model
-        self.preprocessor = self.metadata.preprocessor()
-        self.input_shape = tuple(int(d) for d in self.preprocessor.input_shape)
+        forecast = self.metadata.forecast  # a forecaster reads windows: it has no row preprocessing
+        self.preprocessor = self.metadata.preprocessor() if forecast is None else None
+        self.input_shape = tuple(int(d) for d in (forecast or self.preprocessor).input_shape)
         self._tf = tf
         self._fns: dict[str, object] = {}
         self._kernels: dict[tuple, object] = {}

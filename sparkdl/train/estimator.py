@@ -37,7 +37,9 @@ from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkdl import stack
 from sparkdl.data.dataset import steps_per_epoch
+from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.preprocess import PreprocessorModel
+from sparkdl.data.series import check_forecast_schema
 from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import check_schema
@@ -50,7 +52,7 @@ from sparkdl.registry import ModelStore, validate_name
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
-from sparkdl.train.prepared import PreparedData, prepare_data
+from sparkdl.train.prepared import PreparedData, prepare_data, prepare_forecast_data
 from sparkdl.train.rank_job import TrainJob
 from sparkdl.train.runner import HorovodRunner
 from sparkdl.train.serialization import model_flavour, model_from_bytes, model_to_bytes
@@ -77,6 +79,18 @@ def _to_spec(value) -> FeatureSpec:
     if isinstance(value, str):
         return FeatureSpec.from_json(value)
     raise TypeError(f"feature_spec must be a FeatureSpec, a dict or JSON, got {type(value).__name__}")
+
+
+def _to_forecast(value) -> ForecastSpec | None:
+    if value is None or isinstance(value, ForecastSpec):
+        return value
+    if isinstance(value, Mapping):
+        return ForecastSpec.from_dict(dict(value))
+    if isinstance(value, str):
+        import json
+
+        return ForecastSpec.from_dict(json.loads(value))
+    raise TypeError(f"forecast must be a ForecastSpec, a dict or JSON, got {type(value).__name__}")
 
 
 def _to_opt_int(value):
@@ -134,6 +148,10 @@ _PARAMS: tuple[EstimatorParam, ...] = (
                        "builder's model trains in its own flavour"),
     EstimatorParam("feature_spec", "featureSpec", _to_spec, None,
                    doc="the FeatureSpec (or its dict/JSON): input features and label"),
+    EstimatorParam("forecast", "forecast", _to_forecast, None,
+                   doc="a forecasting task instead of feature_spec: a ForecastSpec or the data.forecast dict (windows "
+                       "of a long table, per entity; see sparkdl.data.forecast); model a forecaster such as "
+                       "lstm_forecaster, gru_forecaster or tcn_forecaster"),
     EstimatorParam("label", "label", None, None,
                    doc="label column name overriding the spec's label name, or a Label/dict"),
     EstimatorParam("loss", "loss", None, None,
@@ -282,11 +300,19 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
     def _checked(self) -> FitSettings:
         """All params, validated, as one typed record. Raises ConfigError."""
         p = {param.name: self.getOrDefault(param.spark_name) for param in _PARAMS}
-        if p["feature_spec"] is None:
-            raise ConfigError("KerasEstimator: feature_spec is required")
-        p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
-        if p["feature_spec"].label is None:
-            raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
+        if p["forecast"] is not None:
+            if p["feature_spec"] is not None or p["label"] is not None:
+                raise ConfigError("KerasEstimator: set forecast or feature_spec (and label), not both: a forecaster "
+                                  "reads windows of its target")
+            if isinstance(p["validation"], str):
+                raise ConfigError(f"KerasEstimator: a forecaster's validation is the last fraction of the training "
+                                  f"period, not a column ({p['validation']!r})")
+        elif p["feature_spec"] is None:
+            raise ConfigError("KerasEstimator: feature_spec (or forecast) is required")
+        else:
+            p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
+            if p["feature_spec"].label is None:
+                raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
         for name in ("batch_size", "epochs", "num_proc", "checkpoint_every", "steps_per_execution",
                      "backward_passes_per_step"):
             if p[name] < 1:
@@ -340,12 +366,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         """
         p = self._checked()
         df, snapshot = _resolve_input(dataset)
-        _check_columns(p.feature_spec, df)
-        return prepare_data(p.feature_spec, df, snapshot, p.validation or None, p.seed)
+        _check_columns(p, df)
+        return _prepare(p, df, snapshot)
 
     def _fit(self, dataset) -> "SparkDLModel":
         p = self._checked()
-        spec: FeatureSpec = p.feature_spec
+        spec = p.forecast or p.feature_spec
         prepared = dataset if isinstance(dataset, PreparedData) else None
         if prepared is not None:
             prepared.check_fits(spec, p.validation or None, p.seed)
@@ -354,12 +380,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             df, snapshot = _resolve_input(dataset)
         self._source = _source_lineage(df, snapshot)
         spark = df.sparkSession
-        _check_columns(spec, df)
+        _check_columns(p, df)
         runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
                                threads_per_proc=self.threads_per_proc,
                                total_epochs=p.epochs, env=worker_env(p))
         runner.check_slots()
-        hint = signature_hint(spec)
+        hint = p.forecast.signature if p.forecast is not None else signature_hint(spec)
         if hint is not None:
             _build_model(p, hint)  # unknown model, bad hparams, input-shape mismatch: before any Spark job
 
@@ -391,15 +417,17 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         started = time.perf_counter()
         # every row checked and the statistics fitted in one pass, the caches in one write: before Horovod starts
         saved = (run.settings() or {}).get("preprocessor") if checkpoint is not None else None
-        resumed_prep = PreprocessorModel.from_dict(saved) if saved else None  # the same stats as attempt 1
+        # the same stats as attempt 1 (a forecaster's preparation is deterministic: it is prepared again)
+        resumed_prep = PreprocessorModel.from_dict(saved) if saved and p.forecast is None else None
         if prepared is None or (resumed_prep is not None and
                                 prepared.prep.fingerprint != resumed_prep.fingerprint):
-            prepared = prepare_data(spec, df, snapshot, p.validation or None, p.seed, resumed_prep)
+            prepared = _prepare(p, df, snapshot, resumed_prep)
             phases.update(prepared.phases)
         else:
             phases.update({"statistics": 0.0, "cache": 0.0})  # prepared before the fit (KerasEstimator.prepare)
         prep = prepared.prep
-        _check_label_classes(spec, prep)
+        if p.forecast is None:
+            _check_label_classes(spec, prep)
         signature = prep.signature
         attempt = int((run.settings() or {}).get("attempts", 0)) + 1
         run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
@@ -630,7 +658,7 @@ def _model_name(model, name) -> str:
 def _build_model(p: FitSettings, signature: ModelSignature):
     from sparkdl.models import Augmentation, build
 
-    image = p.feature_spec.image_feature
+    image = p.feature_spec.image_feature if p.feature_spec is not None else None
     augment = Augmentation(image.flip, image.zoom) if image is not None else None
     model = p.model
     if hasattr(model, "get_config") and hasattr(model, "predict"):
@@ -687,9 +715,19 @@ def _source_lineage(df, snapshot) -> dict | None:
     return None
 
 
-def _check_columns(spec: FeatureSpec, df) -> None:
+def _check_columns(p: FitSettings, df) -> None:
     """Missing columns and wrong types, from the schema only (no Spark job)."""
-    check_schema(spec, df.schema, "the training data does not match the feature spec")
+    if p.forecast is not None:
+        check_forecast_schema(p.forecast, df.schema, "the training data does not match the forecast spec")
+    else:
+        check_schema(p.feature_spec, df.schema, "the training data does not match the feature spec")
+
+
+def _prepare(p: FitSettings, df, snapshot, prep: PreprocessorModel | None = None) -> PreparedData:
+    """Validate, fit the preprocessing and write (or find) the caches of a fit (`sparkdl.train.prepared`)."""
+    if p.forecast is not None:
+        return prepare_forecast_data(p.forecast, df, snapshot, p.validation or None, p.seed)
+    return prepare_data(p.feature_spec, df, snapshot, p.validation or None, p.seed, prep)
 
 
 def _describe_model(model) -> str:
@@ -703,7 +741,7 @@ def _describe_model(model) -> str:
 
 def _run_settings(p: FitSettings, snapshot) -> dict:
     return {"model": _describe_model(p.model), "hparams": p.hparams,
-            "feature_spec": p.feature_spec.to_dict(),
+            "feature_spec": (p.forecast or p.feature_spec).to_dict(),
             "source": snapshot.lineage() if snapshot is not None else None,
             "validation": p.validation, "seed": p.seed}
 

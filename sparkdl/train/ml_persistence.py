@@ -8,9 +8,10 @@ Layout under the stage's path (written through Spark, like Spark ML's own `Defau
                        so a saved PipelineModel does not depend on the store it was trained with (local paths;
                        elsewhere the metadata keeps the store reference `modelStore` + `modelRef`)
 
-Param values must be JSON: a `FeatureSpec` is written as its dict and a `ModelStore` as its root; a Keras model or
-builder function, callbacks, or optimizer, loss or metric objects are refused at save with a `ConfigError` naming
-the param (give a zoo name with `hparams`, optimizer/loss/metric names or configs, or save the fitted model).
+Param values must be JSON: a `FeatureSpec` (or `ForecastSpec`) is written as its dict and a `ModelStore` as its root;
+a Keras model or builder function, callbacks, or optimizer, loss or metric objects are refused at save with a
+`ConfigError` naming the param (give a zoo name with `hparams`, optimizer/loss/metric names or configs, or save the
+fitted model).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 
+from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.registry import ModelStore
@@ -30,8 +32,8 @@ _TAG = "__sparkdl__"
 
 def _to_json(name: str, value):
     """A param value as JSON, or ConfigError naming the param."""
-    if isinstance(value, FeatureSpec):
-        return {_TAG: "FeatureSpec", "value": value.to_dict()}
+    if isinstance(value, (FeatureSpec, ForecastSpec)):
+        return {_TAG: type(value).__name__, "value": value.to_dict()}
     if isinstance(value, ModelStore):
         return {_TAG: "ModelStore", "root": str(value.root)}
     if isinstance(value, tuple):
@@ -50,6 +52,8 @@ def _to_json(name: str, value):
 def _from_json(value):
     if isinstance(value, dict) and value.get(_TAG) == "FeatureSpec":
         return FeatureSpec.from_dict(value["value"])
+    if isinstance(value, dict) and value.get(_TAG) == "ForecastSpec":
+        return ForecastSpec.from_dict(value["value"])
     if isinstance(value, dict) and value.get(_TAG) == "ModelStore":
         return ModelStore(value["root"])
     return value

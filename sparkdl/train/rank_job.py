@@ -9,6 +9,7 @@ from typing import Any
 
 from sparkdl import stack
 from sparkdl.data.dataset import tf_dataset
+from sparkdl.data.windows import SeriesWindows, windows_tf_dataset
 from sparkdl.train import progress
 from sparkdl.train.checkpoints import RankCheckpointing
 from sparkdl.train.serialization import model_to_bytes, optimizer_to_bytes
@@ -27,7 +28,7 @@ class TrainJob:
     epochs: int
     initial_epoch: int
     steps_per_epoch: int
-    train_data: Any                   # a sparkdl.data.petastorm_io dataset handle
+    train_data: Any                   # a sparkdl.data.petastorm_io dataset handle (SeriesWindows: a forecaster's)
     input_shape: tuple
     val_data: Any = None
     validation_steps: int | None = None
@@ -164,10 +165,11 @@ def job_datasets(job: TrainJob, rank: int, size: int):
     """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
     repeated for the epochs still to run."""
     remaining = job.epochs - job.initial_epoch
-    train = tf_dataset(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True,
-                       seed=job.seed, epochs=remaining)
+    reader = windows_tf_dataset if isinstance(job.train_data, SeriesWindows) else tf_dataset  # a forecaster's
+    train = reader(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True, seed=job.seed,
+                   epochs=remaining)
     val = None
     if job.val_data is not None and job.validation_steps:
-        val = tf_dataset(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False,
-                         seed=job.seed, epochs=remaining)
+        val = reader(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False, seed=job.seed,
+                     epochs=remaining)
     return train, val

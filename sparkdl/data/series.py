@@ -1,0 +1,347 @@
+"""Series built in Spark from a long table: one row per entity, each series once, contiguous and ordered.
+
+`build_series(df, spec)` runs ONE Spark job over the table: a grouped pandas function per entity puts its rows on
+the grid of `spec.frequency` (`sparkdl.data.forecast`), fills missing steps (and missing or non-finite values) by
+linear interpolation, counts what it filled, and fits the entity's scaling on the steps before `test_from`. The
+series rows go to a Petastorm-format cache (`sparkdl.data.petastorm_io.convert`: same key rules, marker, reuse):
+
+    entity columns... | start (grid step of values[0]) | offset | length | values (length × channels, row-major) |
+    mean, scale (per channel) | naive_mae (MASE's scale) | filled | duplicates | off_grid
+
+Nothing is copied per window: `sparkdl.data.windows` slices windows out of these rows as it reads them. Problems
+in the data (duplicate (entity, time) rows, times off the grid, series shorter than lookback + horizon) are
+counted by the same job and raised afterwards, all at once, naming the entities; schema problems are raised
+before any job (`check_forecast_schema`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparkdl.data.forecast import MICROS, ForecastSpec
+from sparkdl.data.petastorm_io import PetastormDataset, cache_key, convert
+from sparkdl.errors import Problem, ValidationError
+from sparkdl.log import get_logger
+from sparkdl.uri import filesystem
+
+log = get_logger("data.series")
+
+STEP, OFFSET, SERIES_KEY = "_sparkdl_step", "_sparkdl_offset", "_sparkdl_series"
+VALUES = "values"
+INFO_COLUMNS = ("start", "offset", "length", "mean", "scale", "naive_mae", "filled", "duplicates", "off_grid")
+MONTH_BITS = 42  # a monthly grid's offset: (month within the step) << 42 | microseconds into the month
+TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
+
+
+# ---------------------------------------------------------------------------------------------------- the grid
+def time_kind(df, spec: ForecastSpec) -> str:
+    """"date" or "timestamp" for the spec's time column (ValidationError otherwise)."""
+    name = df.schema[spec.time].dataType.typeName()
+    if name not in TIME_TYPES:
+        raise ValidationError(f"forecast.time: column {spec.time!r} must be a timestamp or date, found {name}",
+                              [Problem(spec.time, "wrong type", "timestamp or date", name)])
+    return "date" if name == "date" else "timestamp"
+
+
+def grid_columns(df, spec: ForecastSpec):
+    """(step, offset) Spark columns of each row's time on the spec's grid (exact integer arithmetic)."""
+    from pyspark.sql import functions as F
+
+    t = F.col(spec.time)
+    kind = time_kind(df, spec)
+    micros = (F.expr(f"unix_date(`{spec.time}`)") * F.lit(86400 * MICROS)) if kind == "date" \
+        else F.expr(f"unix_micros(CAST(`{spec.time}` AS TIMESTAMP))")
+    if not spec.grid.months:
+        step = F.lit(spec.grid.step_micros)
+        offset = F.pmod(micros, step)
+        return ((micros - offset) / step).cast("long"), offset
+    month = ((F.year(t) - 1970) * 12 + F.month(t) - 1).cast("long")
+    start = F.expr(f"unix_micros(CAST(date_trunc('month', `{spec.time}`) AS TIMESTAMP))")
+    if kind == "date":
+        start = F.expr(f"unix_date(trunc(`{spec.time}`, 'MM'))") * F.lit(86400 * MICROS)
+    phase = F.pmod(month, F.lit(spec.grid.count))
+    offset = F.shiftleft(phase, MONTH_BITS) + (micros - start)
+    return ((month - phase) / spec.grid.count).cast("long"), offset
+
+
+def time_of_step(spec: ForecastSpec, kind: str, step_col, offset: int):
+    """The Spark column of the time at grid step `step_col` (the inverse of `grid_columns`), typed like the time
+    column (`kind`)."""
+    from pyspark.sql import functions as F
+
+    if not spec.grid.months:
+        micros = step_col * F.lit(spec.grid.step_micros) + F.lit(int(offset))
+        if kind == "date":
+            return F.date_from_unix_date(F.floor(micros / F.lit(86400 * MICROS)).cast("int"))
+        return F.timestamp_micros(micros)
+    phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
+    month = step_col * F.lit(spec.grid.count) + F.lit(phase)
+    first = F.make_date(F.lit(1970) + F.floor(month / 12).cast("int"), F.pmod(month, F.lit(12)).cast("int") + 1,
+                        F.lit(1))
+    if kind == "date":
+        return F.date_add(first, F.lit(into // (86400 * MICROS)))
+    return F.timestamp_micros(F.unix_micros(first.cast("timestamp")) + F.lit(into))
+
+
+def step_time(spec: ForecastSpec, kind: str, step: int, offset: int, time_zone: str = "UTC"):
+    """The pandas Timestamp of grid step `step` (as `time_of_step`, on the driver: plots, logs)."""
+    import pandas as pd
+
+    if not spec.grid.months:
+        stamp = pd.Timestamp(int(step) * spec.grid.step_micros + int(offset), unit="us", tz="UTC")
+    else:
+        phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
+        month = int(step) * spec.grid.count + phase
+        first = pd.Timestamp(year=1970 + month // 12, month=month % 12 + 1, day=1,
+                             tz="UTC" if kind == "date" else time_zone)
+        stamp = first + pd.Timedelta(microseconds=into)
+    return stamp.tz_localize(None) if kind == "date" else stamp.tz_convert(time_zone)
+
+
+def first_step_from(spec: ForecastSpec, stamp, offset: int) -> int:
+    """The first grid step (of a series with `offset`) at or after the pandas Timestamp `stamp`."""
+    if not spec.grid.months:
+        step = spec.grid.step_micros
+        micros = stamp.value // 1000
+        return -((int(offset) - micros) // step)
+    phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
+    month = (stamp.year - 1970) * 12 + stamp.month - 1
+    start = stamp.normalize().replace(day=1)
+    micros_in = (stamp - start).value // 1000
+    at = month + (1 if micros_in > into else 0)  # the first month whose grid time is at or after the stamp
+    return -((phase - at) // spec.grid.count)
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+def check_forecast_schema(spec: ForecastSpec, schema, what: str) -> None:
+    """Missing columns and wrong types of a forecasting table, from the schema only (no Spark job).
+
+    Raises:
+        ValidationError: every problem at once, each naming its column and what was expected.
+    """
+    fields = {f.name: f.dataType for f in schema.fields}
+    problems = []
+    for role, names in (("time", [spec.time]), ("entity", list(spec.entity)), ("target", [spec.target]),
+                        ("covariate", list(spec.covariates))):
+        for name in names:
+            if name not in fields:
+                problems.append(Problem(name, "missing column", f"the forecast {role} column",
+                                        f"columns {sorted(fields)}"))
+                continue
+            kind = fields[name].typeName()
+            if role == "time" and kind not in TIME_TYPES:
+                problems.append(Problem(name, "wrong type", "timestamp or date", kind))
+            elif role in ("target", "covariate") and kind not in ("byte", "short", "integer", "long", "float",
+                                                                 "double", "decimal"):
+                problems.append(Problem(name, "wrong type", f"a numeric {role}", kind))
+            elif role == "entity" and kind in ("array", "map", "struct", "binary"):
+                problems.append(Problem(name, "wrong type", "a string, number or date naming a series", kind))
+    if problems:
+        raise ValidationError(f"{what}: " + "; ".join(str(p) for p in problems), problems)
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def _series_schema(df, spec: ForecastSpec):
+    from pyspark.sql import types as T
+
+    fields = [df.schema[c] for c in spec.entity] or [T.StructField(SERIES_KEY, T.IntegerType())]
+    return T.StructType(fields + [
+        T.StructField("start", T.LongType()), T.StructField("offset", T.LongType()),
+        T.StructField("length", T.IntegerType()), T.StructField(VALUES, T.ArrayType(T.FloatType())),
+        T.StructField("mean", T.ArrayType(T.DoubleType())), T.StructField("scale", T.ArrayType(T.DoubleType())),
+        T.StructField("naive_mae", T.DoubleType()), T.StructField("filled", T.IntegerType()),
+        T.StructField("duplicates", T.IntegerType()), T.StructField("off_grid", T.IntegerType())])
+
+
+def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
+    """The grouped pandas function of `build_series`: one entity's rows in, its series row out."""
+    import pandas as pd
+
+    channels = list(spec.channels)
+
+    def build(pdf: pd.DataFrame) -> pd.DataFrame:
+        offsets = pdf[OFFSET].to_numpy(np.int64)
+        values, counts = np.unique(offsets, return_counts=True)
+        offset = int(values[np.argmax(counts)])
+        on_grid = offsets == offset
+        rows = pdf[on_grid]
+        steps = rows[STEP].to_numpy(np.int64)
+        unique_steps, first = np.unique(steps, return_index=True)
+        start, length = int(unique_steps[0]), int(unique_steps[-1] - unique_steps[0] + 1)
+        grid = np.full((length, len(channels)), np.nan)
+        grid[unique_steps - start] = rows[channels].to_numpy(np.float64, na_value=np.nan)[first]
+        grid[~np.isfinite(grid)] = np.nan
+        missing = np.isnan(grid).any(axis=1)
+        filled = fill_gaps(grid)
+        train = length if test_stamp is None else int(np.clip(first_step_from(spec, test_stamp, offset) - start,
+                                                              0, length))
+        mean, scale = channel_scaling(filled[:train])
+        out = {k: [pdf[k].iloc[0]] for k in keys}
+        out.update({"start": [start], "offset": [offset], "length": [length],
+                    VALUES: [filled.astype(np.float32).ravel()], "mean": [mean], "scale": [scale],
+                    "naive_mae": [seasonal_naive_mae(filled[:train, 0], spec.season)],
+                    "filled": [int(missing.sum())], "duplicates": [int(len(steps) - len(unique_steps))],
+                    "off_grid": [int((~on_grid).sum())]})
+        return pd.DataFrame(out)
+
+    return build
+
+
+def fill_gaps(grid: np.ndarray) -> np.ndarray:
+    """Missing values (NaN) of each column filled by linear interpolation between the nearest known steps (the
+    first/last known value at the ends; 0 for a column with none)."""
+    out = grid.copy()
+    index = np.arange(len(grid))
+    for c in range(grid.shape[1]):
+        known = ~np.isnan(grid[:, c])
+        if not known.any():
+            out[:, c] = 0.0
+        elif not known.all():
+            out[:, c] = np.interp(index, index[known], grid[known, c])
+    return out
+
+
+def channel_scaling(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (1 where it is 0 or undefined) of `values` (steps × channels)."""
+    if len(values) == 0:
+        return [0.0] * values.shape[1], [1.0] * values.shape[1]
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def seasonal_naive_mae(target: np.ndarray, season: int) -> float:
+    """Mean |y[t] - y[t - season]| over a series' training steps: the scale of MASE (NaN when too short)."""
+    if len(target) <= season:
+        return float("nan")
+    return float(np.mean(np.abs(target[season:] - target[:-season])))
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """The series of a cache, without their values (read from the cache's small columns, on the driver).
+
+    Attributes:
+        data: the cache (`values` and the entity columns are what the window reader reads).
+        entities: one tuple of entity values per series (`(0,)` for a table that is one series).
+        start, offset, length: each series' first grid step, grid offset and number of steps.
+        mean, scale: (series × channels) fitted scaling; naive_mae: MASE's scale per series; filled: steps filled.
+    """
+
+    data: PetastormDataset
+    entities: tuple
+    start: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    naive_mae: np.ndarray
+    filled: np.ndarray
+    problems: tuple = field(default=())
+
+    @property
+    def num_series(self) -> int:
+        return len(self.entities)
+
+
+def read_series_info(data: PetastormDataset, spec: ForecastSpec) -> SeriesInfo:
+    """The small columns of every series in the cache, in file order (the order the window reader uses)."""
+    import pyarrow.parquet as pq
+
+    keys = list(spec.entity) or [SERIES_KEY]
+    tables = []
+    for f in data.files:
+        fs, path = filesystem(f)
+        with fs.open_input_file(path) as handle:
+            tables.append(pq.read_table(handle, columns=keys + list(INFO_COLUMNS)))
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        raise ValidationError("forecast: the table has no rows to build series from",
+                              [Problem(spec.target, "no rows", "at least one series", "0 rows")])
+    cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    entities = tuple(zip(*(cols[k] for k in keys)))
+    return SeriesInfo(data, entities, np.asarray(cols["start"], np.int64), np.asarray(cols["offset"], np.int64),
+                      np.asarray(cols["length"], np.int64), np.asarray(cols["mean"], np.float64),
+                      np.asarray(cols["scale"], np.float64), np.asarray(cols["naive_mae"], np.float64),
+                      np.asarray(cols["filled"], np.int64),
+                      _problems(spec, entities, cols))
+
+
+def _problems(spec: ForecastSpec, entities: tuple, cols: dict) -> tuple:
+    def named(mask) -> list:
+        return [entities[i] if len(entities[i]) > 1 else entities[i][0] for i in np.flatnonzero(mask)][:10]
+
+    entity = ", ".join(spec.entity) or "the series"
+    problems = []
+    duplicates = np.asarray(cols["duplicates"])
+    if duplicates.any():
+        problems.append(Problem(spec.time, "duplicate rows", f"one row per ({entity}, {spec.time})",
+                                f"{int(duplicates.sum())} duplicate row(s) in series {named(duplicates > 0)}",
+                                int(duplicates.sum())))
+    off_grid = np.asarray(cols["off_grid"])
+    offsets = np.asarray(cols["offset"])
+    if off_grid.any() or len(set(offsets.tolist())) > 1:
+        mixed = offsets != np.bincount(np.unique(offsets, return_inverse=True)[1]).argmax() \
+            if len(set(offsets.tolist())) > 1 else np.zeros(len(offsets), bool)
+        bad = (off_grid > 0) | mixed
+        problems.append(Problem(spec.time, "off the grid", f"times on one {spec.frequency} grid",
+                                f"{int(off_grid.sum())} row(s) between grid steps and {int(mixed.sum())} series on "
+                                f"another grid, in series {named(bad)}; choose a frequency that fits the data",
+                                int(off_grid.sum() + mixed.sum())))
+    lengths = np.asarray(cols["length"])
+    short = lengths < spec.window
+    if short.any():
+        problems.append(Problem(spec.target, "series too short", f">= lookback + horizon = {spec.window} steps",
+                                f"{int(short.sum())} series shorter, e.g. {named(short)} with "
+                                f"{sorted(set(lengths[short].tolist()))[:5]} steps", int(short.sum())))
+    return tuple(problems)
+
+
+def build_series(df, spec: ForecastSpec, snapshot=None, *, test_stamp=None, parent: str | None = None
+                 ) -> SeriesInfo:
+    """Build (or find) the series cache of `df` for `spec` in one Spark job; see the module docstring.
+
+    Args:
+        df: the long table.
+        spec: the forecast spec.
+        snapshot: the Delta snapshot `df` reads (the cache key), or None (the plan hash stands in).
+        test_stamp: `spec.test_time(...)` in the session's time zone (fits the scaling before it).
+        parent: the parent cache folder (default: the session's).
+
+    Raises:
+        ValidationError: schema problems (before any job), then data problems (duplicates, off-grid times, short
+            series), every one at once with the entities named.
+    """
+    from pyspark.sql import functions as F
+
+    check_forecast_schema(spec, df.schema, "the forecasting table does not match data.forecast")
+    step, offset = grid_columns(df, spec)
+    keys = list(spec.entity) or [SERIES_KEY]
+    long = df.select(*[F.col(c) for c in spec.entity], *([F.lit(0).alias(SERIES_KEY)] if not spec.entity else []),
+                     step.alias(STEP), offset.alias(OFFSET),
+                     *[F.col(c).cast("double").alias(c) for c in spec.channels])
+    series = long.groupBy(*keys).applyInPandas(series_builder(spec, test_stamp, keys), _series_schema(df, spec))
+    fingerprint = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "test": str(test_stamp)},
+                                            sort_keys=True).encode()).hexdigest()[:24]
+    key = cache_key(df=df, snapshot=snapshot, columns=[spec.time, *keys, *spec.channels], fingerprint=fingerprint,
+                    dtype=None, with_label=False, extra={"kind": "series"})
+    data = convert(series, key=key, dtype=None, feature_column=VALUES, label_column=None, parent=parent,
+                   spark=df.sparkSession)
+    info = read_series_info(data, spec)
+    if info.problems:
+        raise ValidationError("the forecasting table: " + "; ".join(str(p) for p in info.problems),
+                              list(info.problems))
+    if info.filled.any():
+        log.warning("filled %d missing step(s) by interpolation in %d of %d series", int(info.filled.sum()),
+                    int((info.filled > 0).sum()), info.num_series)
+    return info
+
+
+__all__ = ["SeriesInfo", "build_series", "check_forecast_schema", "fill_gaps", "first_step_from", "grid_columns",
+           "read_series_info", "step_time", "time_of_step"]

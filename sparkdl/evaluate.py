@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 
 from sparkdl import lake
 from sparkdl.errors import Problem, ValidationError
+from sparkdl.evaluate_forecast import forecast_metrics, forecast_plots
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.model_metadata import ModelMetadata
@@ -34,6 +35,8 @@ from sparkdl.ordered_scan import ordered_scan
 from sparkdl.plots import plot_confusion_matrix, plot_history
 from sparkdl.registry import ModelStore
 from sparkdl.score import score_dataframe
+from sparkdl.score.forecast import forecast_frame
+from sparkdl.score.model_ref import resolve_model
 
 log = get_logger("evaluate")
 
@@ -475,6 +478,9 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     (plus `confusion_matrix.png` and `training_curves.png` with `plots`) is written next to the model version, and
     one record is appended to the metric history (`<store root>/<name>/metric_history.jsonl` by default).
 
+    A forecaster is evaluated on its test windows (origin at or after its `test_from`) against seasonal naive
+    (`sparkdl.evaluate_forecast`), with `forecasts.png` and `error_by_step.png`.
+
     Returns:
         the metrics dict, with `model`, `data` (table, version) and `unscored_rows` (rows the model could not
         prepare, e.g. nulls without imputation: excluded from the metrics and counted here), and `plots`.
@@ -482,12 +488,58 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     Raises:
         ModelStoreError: unknown model; ValidationError: the table lacks the label or feature columns.
     """
-    from pyspark.sql import functions as F
-
     store = store if isinstance(store, ModelStore) else ModelStore(store)
     mv = store.resolve(model_ref)
     meta = store.metadata(mv)
     info = ModelMetadata.from_dict(meta)
+    if info.forecast is not None:
+        metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots)
+    else:
+        metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots)
+    if plots and meta.get("history"):
+        plot_paths.append(plot_history(meta["history"], store.artifact_path(mv, "training_curves.png",
+                                                                            must_exist=False)))
+    metrics["model"] = str(mv)
+    metrics["data"] = snap.lineage()
+    metrics["plots"] = [str(p) for p in plot_paths]
+    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=_json_default)))
+    history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
+    history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
+                    "data": snap.lineage()})
+    tracking.log_evaluation(meta, metrics, metrics["plots"])  # into the fit's MLflow run, when it had one
+    return metrics
+
+
+def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool):
+    """(metrics, plot paths, snapshot) of a forecaster on the test windows of `table`."""
+    prep = info.forecast
+    if prep.test_step is None:
+        raise ValidationError(f"model {mv}: it was trained without forecast.test_from, so it has no test period "
+                              f"to be evaluated on; set data.forecast.test_from and train it again")
+    df, snap = lake.read_table(table, version=version, spark=spark)
+    ref, _ = resolve_model(mv, store)
+    frame = forecast_frame(df, ref, prep, "forecast", mode="test").persist(StorageLevel.DISK_ONLY)
+    try:
+        metrics = forecast_metrics(frame, prep.spec)
+        if metrics["count"] == 0:
+            raise ValidationError(f"table {snap.table}@{snap.version}: no test window of model {mv} (origin at or "
+                                  f"after {prep.spec.test_from} with {prep.spec.horizon} steps after it)")
+        paths = forecast_plots(frame, prep.spec, metrics,
+                               lambda name: store.artifact_path(mv, name, must_exist=False)) if plots else []
+    finally:
+        frame.unpersist()
+    metrics.update({"task": "forecast", "season": prep.spec.season, "test_from": prep.spec.test_from,
+                    "horizon": prep.spec.horizon})
+    log.info("model %s: test MAE %.4g (seasonal naive %.4g), MASE %.3g over %d windows of %d series", mv,
+             metrics["mae"], metrics["seasonal_naive"]["mae"] or float("nan"), metrics["mase"] or float("nan"),
+             metrics["windows"], metrics["series"])
+    return metrics, paths, snap
+
+
+def _evaluate_rows(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool):
+    """(metrics, plot paths, snapshot) of a row model: the production scoring path, then the metrics above."""
+    from pyspark.sql import functions as F
+
     spec = info.spec
     if spec.label is None:
         raise ValidationError(f"model {mv}: its feature spec has no label, so it cannot be evaluated")
@@ -522,24 +574,12 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
         metrics = evaluate_predictions(frame, task, "label", "prediction")
     total = snap.num_rows if snap.num_rows is not None else df.count()  # the Delta log's stats when it has them
     metrics["unscored_rows"] = int(total - metrics.get("count", 0))
-    metrics["model"] = str(mv)
-    metrics["data"] = snap.lineage()
     plot_paths = []
-    if plots:
-        if classification and metrics.get("confusion_matrix"):
-            names = [str(c) for c in classes] if classes else [str(i) for i in range(len(metrics["confusion_matrix"]))]
-            plot_paths.append(plot_confusion_matrix(metrics["confusion_matrix"], names,
-                                                    store.artifact_path(mv, "confusion_matrix.png", must_exist=False)))
-        if meta.get("history"):
-            plot_paths.append(plot_history(meta["history"],
-                                           store.artifact_path(mv, "training_curves.png", must_exist=False)))
-    metrics["plots"] = [str(p) for p in plot_paths]
-    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=_json_default)))
-    history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
-    history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
-                    "data": snap.lineage()})
-    tracking.log_evaluation(meta, metrics, metrics["plots"])  # into the fit's MLflow run, when it had one
-    return metrics
+    if plots and classification and metrics.get("confusion_matrix"):
+        names = [str(c) for c in classes] if classes else [str(i) for i in range(len(metrics["confusion_matrix"]))]
+        plot_paths.append(plot_confusion_matrix(metrics["confusion_matrix"], names,
+                                                store.artifact_path(mv, "confusion_matrix.png", must_exist=False)))
+    return metrics, plot_paths, snap
 
 
-_HISTORY_KEYS = ("accuracy", "roc_auc", "macro_avg", "weighted_avg", "rmse", "mae", "r2", "count")
+_HISTORY_KEYS = ("accuracy", "roc_auc", "macro_avg", "weighted_avg", "rmse", "mae", "r2", "smape", "mase", "count")

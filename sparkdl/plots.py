@@ -228,3 +228,57 @@ def plot_over_time(series: Mapping[str, Sequence[float]], path: str | os.PathLik
     axes.legend()
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_forecasts(panels: Mapping[str, Mapping[str, Sequence[Any]]], path: str | os.PathLike) -> str:
+    """Forecast against actual for a few series, one panel each.
+
+    Params:
+        panels: series name -> {"time", "actual", "forecast"} (the one-step-ahead forecasts over the test period)
+            and optionally {"last_time", "last_forecast"} (the last window's forecast over its whole horizon).
+        path: the PNG file to write (parent folders are created).
+    Returns the path of the PNG.
+    Raises ValidationError: no panel, series of unequal lengths, or a path not ending in .png.
+    """
+    if not panels:
+        raise ValidationError("plot_forecasts needs at least one series")
+    for name, panel in panels.items():
+        if not (len(panel["time"]) == len(panel["actual"]) == len(panel["forecast"])):
+            raise ValidationError(f"series {name!r}: time, actual and forecast must have the same length")
+    columns = min(len(panels), 2)
+    rows = math.ceil(len(panels) / columns)
+    figure = _figure(6.0 * columns, 3.2 * rows)
+    for index, (name, panel) in enumerate(panels.items()):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.plot(panel["time"], panel["actual"], "-", color="black", label="actual", linewidth=1.2)
+        axes.plot(panel["time"], panel["forecast"], "-", color="tab:blue", label="forecast, 1 step ahead",
+                  linewidth=1.0)
+        if panel.get("last_time") is not None and len(panel["last_time"]):
+            axes.plot(panel["last_time"], panel["last_forecast"], "--o", color="tab:orange", markersize=3,
+                      label="last window's forecast")
+        axes.set_title(str(name))
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+        axes.tick_params(axis="x", labelrotation=30, labelsize=7)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_error_by_step(errors: Mapping[str, Sequence[float]], path: str | os.PathLike, metric: str = "MAE") -> str:
+    """The error per forecast step (1..horizon) of each forecaster (e.g. the model and seasonal naive).
+
+    Raises ValidationError: no series, or a path not ending in .png."""
+    if not errors:
+        raise ValidationError("plot_error_by_step needs at least one series of errors")
+    figure = _figure(6.0, 3.6)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, values in errors.items():
+        values = [float("nan") if v is None else float(v) for v in values]
+        axes.plot(range(1, len(values) + 1), values, "-o", markersize=3, label=str(name))
+    axes.set_xlabel("forecast step")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} by forecast step")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return _save(figure, path)

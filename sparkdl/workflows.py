@@ -10,6 +10,7 @@ from pathlib import Path
 from sparkdl import lake
 from sparkdl.baselines import baseline_accuracy
 from sparkdl.config import JobConfig, load_config
+from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.datasets import create_demo_tables
 from sparkdl.errors import ConfigError, TableError
@@ -26,7 +27,7 @@ from sparkdl.tune import tune as run_search
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
-DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml")
+DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml")
 
 
 def spark_for(cfg: JobConfig):
@@ -48,14 +49,32 @@ def store_name(cfg: JobConfig) -> str:
     return f"{Path(cfg.data.table).name}_{cfg.model.name}"
 
 
-def feature_spec(cfg: JobConfig):
+def feature_spec(cfg: JobConfig) -> FeatureSpec | None:
+    """The job's feature spec; None for a forecaster (`data.forecast`, see `forecast_spec`)."""
     if cfg.data is None:
         raise ConfigError(f"{cfg.origin}: missing required section 'data'")
+    if cfg.data.forecast is not None:
+        if cfg.data.features or cfg.data.label is not None:
+            raise ConfigError(f"{cfg.origin}: data: a forecaster (data.forecast) reads windows of its target; remove "
+                              f"data.features and data.label")
+        return None
+    if not cfg.data.features:
+        raise ConfigError(f"{cfg.origin}: data: data.features (or data.forecast) is required")
     try:
         return FeatureSpec.from_dict({"features": cfg.data.features, "label": cfg.data.label,
                                       "id_columns": cfg.data.id_columns})
     except ConfigError as exc:
         raise ConfigError(f"{cfg.origin}: data: {exc}") from exc
+
+
+def forecast_spec(cfg: JobConfig) -> ForecastSpec | None:
+    """The job's `data.forecast` block, checked; None when the job trains on features."""
+    if cfg.data is None or cfg.data.forecast is None:
+        return None
+    try:
+        return ForecastSpec.from_dict(dict(cfg.data.forecast))
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.origin}: data.{exc}") from exc
 
 
 @dataclass
@@ -92,12 +111,14 @@ def train(cfg: JobConfig, spark=None) -> TrainResult:
     return TrainResult(str(version), meta.get("metrics", {}), snapshot.lineage(), time.perf_counter() - started)
 
 
-def estimator_for(cfg: JobConfig, spec: FeatureSpec, store) -> KerasEstimator:
+def estimator_for(cfg: JobConfig, spec: FeatureSpec | None, store) -> KerasEstimator:
     """The `KerasEstimator` of a job's `model` and `train` sections: every `train.*` key is the estimator param of
-    the same name (tests/test_config.py checks that each one is)."""
+    the same name (tests/test_config.py checks that each one is); a forecaster's `data.forecast` is its
+    `forecast` param."""
     train = {f.name: getattr(cfg.train, f.name) for f in fields(cfg.train)}
     return KerasEstimator(
-        **train, model=cfg.model.name, feature_spec=spec, hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
+        **train, model=cfg.model.name, feature_spec=spec, forecast=forecast_spec(cfg),
+        hparams=dict(cfg.model.hparams), keras=cfg.model.keras,
         validation=cfg.data.validation, model_store=store, model_name=store_name(cfg),
         work_dir=os.path.expanduser(cfg.work_dir))
 
@@ -211,8 +232,8 @@ def demo(config_path: str | None = None, overrides: list[str] | None = None, wor
     """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
 
     Runs conf/digits.yaml (CNN on pixel arrays), conf/breast_cancer.yaml (MLP on a table), conf/fortunes.yaml
-    (text CNN on free text) and conf/digit_images.yaml (CNN on PNG files ingested through binaryFile), or only
-    `config_path`.
+    (text CNN on free text), conf/digit_images.yaml (CNN on PNG files ingested through binaryFile) and
+    conf/macro_forecast.yaml (an LSTM forecasting 12 macroeconomic series), or only `config_path`.
     Returns {"runs": [one summary per config], "seconds": ...}.
     """
     started = time.perf_counter()
@@ -257,8 +278,7 @@ def _demo_run(cfg: JobConfig) -> dict:
         "model": trained.model_ref,
         "train_seconds": round(trained.seconds, 1),
         "source_table": trained.source,
-        "test_metrics": {"accuracy": metrics.get("accuracy"), "roc_auc": metrics.get("roc_auc"),
-                         "macro_f1": (metrics.get("macro_avg") or {}).get("f1")},
+        "test_metrics": _demo_metrics(metrics),
         "baseline": metrics.get("baseline"),
         "scored_table": target,
         "scoring": report.to_dict(),
@@ -272,18 +292,35 @@ def _demo_run(cfg: JobConfig) -> dict:
     return summary
 
 
+def _demo_metrics(metrics: dict) -> dict:
+    if metrics.get("task") == "forecast":
+        naive = metrics["seasonal_naive"]
+        return {"forecast": True, **{k: metrics.get(k) for k in ("mae", "smape", "mase", "windows", "series")},
+                "naive_mae": naive.get("mae"), "naive_smape": naive.get("smape"), "naive_mase": naive.get("mase")}
+    return {"accuracy": metrics.get("accuracy"), "roc_auc": metrics.get("roc_auc"),
+            "macro_f1": (metrics.get("macro_avg") or {}).get("f1")}
+
+
+def _metrics_line(m: dict) -> str:
+    if m.get("forecast"):
+        return (f"  test MAE         {m['mae']:.4g}   sMAPE {m['smape']:.2f}%   MASE {m['mase']:.3f}   "
+                f"({m['windows']} windows of {m['series']} series)\n"
+                f"  seasonal naive   {m['naive_mae']:.4g}   sMAPE {m['naive_smape']:.2f}%   MASE {m['naive_mase']:.3f}")
+    auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
+    return f"  test accuracy    {m['accuracy']:.4f}   macro F1 {m['macro_f1'] or 0:.4f}   ROC AUC {auc}"
+
+
 def format_demo_report(result: dict) -> str:
     """The demo result as a short human-readable report."""
     lines = [f"sparkdl demo: done in {result['seconds']:.0f} s"]
     for summary in result["runs"]:
         m = summary["test_metrics"]
-        auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
         lines += [
             f"  [{Path(summary['config']).name}]",
             f"  model            {summary['model']}  ({summary['model_path']})",
             f"  trained on       {summary['source_table']['table']} @ version {summary['source_table']['version']}"
             f"  ({summary['train_seconds']:.0f} s, Horovod)",
-            f"  test accuracy    {m['accuracy']:.4f}   macro F1 {m['macro_f1'] or 0:.4f}   ROC AUC {auc}",
+            _metrics_line(m),
             *([f"  baseline         {summary['baseline']['accuracy']:.4f}   ({summary['baseline']['method']}, "
                f"same split)"] if summary.get("baseline") else []),
             f"  scored table     {summary['scored_table']}  ({summary['scoring']['scored_rows']} scored, "

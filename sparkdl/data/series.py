@@ -156,6 +156,40 @@ def _series_schema(df, spec: ForecastSpec):
         T.StructField("duplicates", T.IntegerType()), T.StructField("off_grid", T.IntegerType())])
 
 
+@dataclass(frozen=True)
+class GridSeries:
+    """One entity's rows on the grid: `values` (length × channels, gaps filled), `observed` (per step: the target
+    was in the data, not filled in), `start` (grid step of row 0), `offset`, and the counts of the steps filled and
+    of the rows duplicated or off the grid (those rows are dropped)."""
+
+    start: int
+    offset: int
+    values: np.ndarray
+    observed: np.ndarray
+    filled: int
+    duplicates: int
+    off_grid: int
+
+
+def on_grid(pdf, channels: list[str]) -> GridSeries:
+    """Put one entity's rows (with the `grid_columns` STEP and OFFSET) on the grid: the most common offset wins,
+    the first of duplicate steps is kept, missing and non-finite values are interpolated (`fill_gaps`)."""
+    offsets = pdf[OFFSET].to_numpy(np.int64)
+    found, counts = np.unique(offsets, return_counts=True)
+    offset = int(found[np.argmax(counts)])
+    on = offsets == offset
+    rows = pdf[on]
+    steps = rows[STEP].to_numpy(np.int64)
+    unique_steps, first = np.unique(steps, return_index=True)
+    start, length = int(unique_steps[0]), int(unique_steps[-1] - unique_steps[0] + 1)
+    grid = np.full((length, len(channels)), np.nan)
+    grid[unique_steps - start] = rows[channels].to_numpy(np.float64, na_value=np.nan)[first]
+    grid[~np.isfinite(grid)] = np.nan
+    missing = int(np.isnan(grid).any(axis=1).sum())
+    return GridSeries(start, offset, fill_gaps(grid), ~np.isnan(grid[:, 0]), missing,
+                      int(len(steps) - len(unique_steps)), int((~on).sum()))
+
+
 def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
     """The grouped pandas function of `build_series`: one entity's rows in, its series row out."""
     import pandas as pd
@@ -163,31 +197,32 @@ def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
     channels = list(spec.channels)
 
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
-        offsets = pdf[OFFSET].to_numpy(np.int64)
-        values, counts = np.unique(offsets, return_counts=True)
-        offset = int(values[np.argmax(counts)])
-        on_grid = offsets == offset
-        rows = pdf[on_grid]
-        steps = rows[STEP].to_numpy(np.int64)
-        unique_steps, first = np.unique(steps, return_index=True)
-        start, length = int(unique_steps[0]), int(unique_steps[-1] - unique_steps[0] + 1)
-        grid = np.full((length, len(channels)), np.nan)
-        grid[unique_steps - start] = rows[channels].to_numpy(np.float64, na_value=np.nan)[first]
-        grid[~np.isfinite(grid)] = np.nan
-        missing = np.isnan(grid).any(axis=1)
-        filled = fill_gaps(grid)
-        train = length if test_stamp is None else int(np.clip(first_step_from(spec, test_stamp, offset) - start,
+        g = on_grid(pdf, channels)
+        length = len(g.values)
+        train = length if test_stamp is None else int(np.clip(first_step_from(spec, test_stamp, g.offset) - g.start,
                                                               0, length))
-        mean, scale = channel_scaling(filled[:train])
+        mean, scale = channel_scaling(g.values[:train])
         out = {k: [pdf[k].iloc[0]] for k in keys}
-        out.update({"start": [start], "offset": [offset], "length": [length],
-                    VALUES: [filled.astype(np.float32).ravel()], "mean": [mean], "scale": [scale],
-                    "naive_mae": [seasonal_naive_mae(filled[:train, 0], spec.season)],
-                    "filled": [int(missing.sum())], "duplicates": [int(len(steps) - len(unique_steps))],
-                    "off_grid": [int((~on_grid).sum())]})
+        out.update({"start": [g.start], "offset": [g.offset], "length": [length],
+                    VALUES: [g.values.astype(np.float32).ravel()], "mean": [mean], "scale": [scale],
+                    "naive_mae": [seasonal_naive_mae(g.values[:train, 0], spec.season)],
+                    "filled": [g.filled], "duplicates": [g.duplicates], "off_grid": [g.off_grid]})
         return pd.DataFrame(out)
 
     return build
+
+
+def grid_frame(df, spec: ForecastSpec):
+    """(the long table's entity keys, STEP, OFFSET and channels as doubles, the key column names): what
+    `on_grid` reads, per entity after a groupBy of the keys."""
+    from pyspark.sql import functions as F
+
+    step, offset = grid_columns(df, spec)
+    keys = list(spec.entity) or [SERIES_KEY]
+    long = df.select(*[F.col(c) for c in spec.entity], *([F.lit(0).alias(SERIES_KEY)] if not spec.entity else []),
+                     step.alias(STEP), offset.alias(OFFSET),
+                     *[F.col(c).cast("double").alias(c) for c in spec.channels])
+    return long, keys
 
 
 def fill_gaps(grid: np.ndarray) -> np.ndarray:
@@ -318,14 +353,8 @@ def build_series(df, spec: ForecastSpec, snapshot=None, *, test_stamp=None, pare
         ValidationError: schema problems (before any job), then data problems (duplicates, off-grid times, short
             series), every one at once with the entities named.
     """
-    from pyspark.sql import functions as F
-
     check_forecast_schema(spec, df.schema, "the forecasting table does not match data.forecast")
-    step, offset = grid_columns(df, spec)
-    keys = list(spec.entity) or [SERIES_KEY]
-    long = df.select(*[F.col(c) for c in spec.entity], *([F.lit(0).alias(SERIES_KEY)] if not spec.entity else []),
-                     step.alias(STEP), offset.alias(OFFSET),
-                     *[F.col(c).cast("double").alias(c) for c in spec.channels])
+    long, keys = grid_frame(df, spec)
     series = long.groupBy(*keys).applyInPandas(series_builder(spec, test_stamp, keys), _series_schema(df, spec))
     fingerprint = hashlib.sha256(json.dumps({"spec": spec.to_dict(), "test": str(test_stamp)},
                                             sort_keys=True).encode()).hexdigest()[:24]
@@ -343,5 +372,5 @@ def build_series(df, spec: ForecastSpec, snapshot=None, *, test_stamp=None, pare
     return info
 
 
-__all__ = ["SeriesInfo", "build_series", "check_forecast_schema", "fill_gaps", "first_step_from", "grid_columns",
-           "read_series_info", "step_time", "time_of_step"]
+__all__ = ["GridSeries", "SeriesInfo", "build_series", "check_forecast_schema", "fill_gaps", "first_step_from",
+           "grid_columns", "grid_frame", "on_grid", "read_series_info", "step_time", "time_of_step"]

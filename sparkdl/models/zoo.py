@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from sparkdl import stack
 from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError
@@ -181,51 +183,82 @@ def build_lstm(signature: ModelSignature, *, units: int = 32, dense: int = 0, dr
     return _k().Model(inputs, _head(x, signature), name="sparkdl_lstm")
 
 
-def _forecast_input(signature: ModelSignature, model: str):
-    """The (lookback, channels) input of a forecaster; it predicts `signature.outputs` (the horizon) values."""
+def _forecast_input(signature: ModelSignature, model: str, from_last):
+    """The (lookback, channels) input of a forecaster, and what its layers read: with `from_last`, the window
+    relative to its last step (each channel minus its last value), so the same shape of history looks the same at
+    any level — a series past the level range of its training period included."""
     shape = signature.input_shape
     if signature.task != "regression" or len(shape) != 2:
         raise ConfigError(f"model {model!r}: a forecaster reads windows (lookback, channels) and forecasts the "
                           f"horizon (data.forecast); got input_shape {list(shape)} for task {signature.task!r}")
-    return _k().Input(shape=shape, name="input")
+    if not isinstance(from_last, bool):
+        raise ConfigError(f"model {model!r}: hparam 'from_last' must be true or false, got {from_last!r}")
+    layers = _k().layers
+    inputs = _k().Input(shape=shape, name="input")
+    if not from_last:
+        return inputs, inputs, None
+    last = layers.Flatten(name="last_step")(layers.Cropping1D((int(shape[0]) - 1, 0), name="last_step_crop")(inputs))
+    relative = layers.Subtract(name="relative")([inputs, layers.RepeatVector(int(shape[0]), name="repeat_last")(last)])
+    return inputs, relative, last
 
 
-def _recurrent_forecaster(layer: str, signature: ModelSignature, units, layers, dropout, dense, model: str):
+def _forecast_model(inputs, x, last, signature: ModelSignature, model: str):
+    """The forecaster: `horizon` linear outputs of the features `x`; with a `last` step (`from_last`), added to the
+    window's last target value (the network forecasts the change from it). The last value is picked by a frozen
+    Dense layer, not a Lambda, so the model loads safely."""
+    layers = _k().layers
+    horizon = int(signature.outputs or 1)
+    if last is None:
+        return _k().Model(inputs, _head(x, signature), name=f"sparkdl_{model}")
+    change = layers.Dense(horizon, dtype="float32", name="change")(x)
+    carry = layers.Dense(horizon, use_bias=False, trainable=False, dtype="float32", name="last_value")
+    out = layers.Add(dtype="float32", name="output")([change, carry(last)])
+    built = _k().Model(inputs, out, name=f"sparkdl_{model}")
+    kernel = np.zeros((int(signature.input_shape[1]), horizon), np.float32)
+    kernel[0] = 1.0  # channel 0 is the target
+    carry.set_weights([kernel])
+    return built
+
+
+def _recurrent_forecaster(layer: str, signature: ModelSignature, units, layers, dropout, dense, from_last,
+                          model: str):
     units, layers = _positive("units", units, model), _positive("layers", layers, model)
     dropout = _rate("dropout", dropout, model)
     if not isinstance(dense, int) or isinstance(dense, bool) or dense < 0:
         raise ConfigError(f"model {model!r}: hparam 'dense' must be an int >= 0 (0 = no dense layer), got {dense!r}")
-    inputs = x = _forecast_input(signature, model)
+    inputs, x, last = _forecast_input(signature, model, from_last)
     for i in range(layers):
         x = getattr(_k().layers, layer)(units, return_sequences=i < layers - 1, dropout=dropout,
                                         name=f"{layer.lower()}_{i}")(x)
     if dense:
         x = _k().layers.Dense(dense, activation="relu", name=f"{model}_dense")(x)
-    return _k().Model(inputs, _head(x, signature), name=f"sparkdl_{model}")
+    return _forecast_model(inputs, x, last, signature, model)
 
 
 def build_lstm_forecaster(signature: ModelSignature, *, units: int = 32, layers: int = 1, dropout: float = 0.0,
-                          dense: int = 0):
-    """Stacked LSTMs over a window (lookback, channels), then a linear layer of `horizon` forecasts."""
-    return _recurrent_forecaster("LSTM", signature, units, layers, dropout, dense, "lstm_forecaster")
+                          dense: int = 0, from_last: bool = True):
+    """Stacked LSTMs over a window (lookback, channels), then `horizon` forecasts (of the change from the last
+    value, with `from_last`: the default, see `_forecast_input`)."""
+    return _recurrent_forecaster("LSTM", signature, units, layers, dropout, dense, from_last, "lstm_forecaster")
 
 
 def build_gru_forecaster(signature: ModelSignature, *, units: int = 32, layers: int = 1, dropout: float = 0.0,
-                         dense: int = 0):
-    """Stacked GRUs over a window (lookback, channels), then a linear layer of `horizon` forecasts."""
-    return _recurrent_forecaster("GRU", signature, units, layers, dropout, dense, "gru_forecaster")
+                         dense: int = 0, from_last: bool = True):
+    """Stacked GRUs over a window (lookback, channels), then `horizon` forecasts (of the change from the last
+    value, with `from_last`)."""
+    return _recurrent_forecaster("GRU", signature, units, layers, dropout, dense, from_last, "gru_forecaster")
 
 
 def build_tcn_forecaster(signature: ModelSignature, *, filters: int = 32, kernel_size: int = 3,
-                         dilations: Sequence[int] = (1, 2, 4, 8), dropout: float = 0.0):
+                         dilations: Sequence[int] = (1, 2, 4, 8), dropout: float = 0.0, from_last: bool = True):
     """A temporal convolutional network: residual blocks of dilated causal Conv1D (each step sees only the past),
-    the last step's features, then a linear layer of `horizon` forecasts."""
+    the last step's features, then `horizon` forecasts (of the change from the last value, with `from_last`)."""
     model = "tcn_forecaster"
     filters, kernel_size = _positive("filters", filters, model), _positive("kernel_size", kernel_size, model)
     dilations, dropout = _sizes("dilations", dilations, model), _rate("dropout", dropout, model)
     layers = _k().layers
-    inputs = _forecast_input(signature, model)
-    x = layers.Conv1D(filters, 1, name="tcn_project")(inputs)
+    inputs, x, last = _forecast_input(signature, model, from_last)
+    x = layers.Conv1D(filters, 1, name="tcn_project")(x)
     for i, rate in enumerate(dilations):
         h = layers.Conv1D(filters, kernel_size, padding="causal", dilation_rate=rate, activation="relu",
                           name=f"tcn_conv_{i}")(x)
@@ -234,7 +267,7 @@ def build_tcn_forecaster(signature: ModelSignature, *, filters: int = 32, kernel
         x = layers.Add(name=f"tcn_residual_{i}")([x, h])
     x = layers.Cropping1D((int(signature.input_shape[0]) - 1, 0), name="tcn_last_step")(x)  # no Lambda: loads safely
     x = layers.Flatten(name="tcn_flatten")(x)
-    return _k().Model(inputs, _head(x, signature), name="sparkdl_tcn_forecaster")
+    return _forecast_model(inputs, x, last, signature, model)
 
 
 def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidden: Sequence[int] = (128,),

@@ -29,6 +29,8 @@ from sparkdl.errors import ConfigError
 from sparkdl.explain.integrated_gradients import Attribution
 from sparkdl.model_metadata import ModelMetadata
 
+REASON_COL = "_reason"  # why a row (or a forecaster's series) could not be scored; null when it was
+
 OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions")
 ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
 EMBEDDING_MODEL = "embedding"

@@ -31,15 +31,15 @@ from sparkdl.errors import ConfigError, ScoringError, one_line_reason
 from sparkdl.lake import exists, history, latest_version, read_table, write_table
 from sparkdl.lake.schema import plan_existing_table
 from sparkdl.log import get_logger
+from sparkdl.score.forecast import STEP_COL, forecast_frame
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import OutputPlan, plan_output
+from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output
 from sparkdl.score.runtime import scored_chunks
 from sparkdl.score.scan import map_batches
 from sparkdl.uri import normalize_table_uri
 
 log = get_logger("score.table")
 
-REASON_COL = "_reason"
 # How far back in a table's history a re-run looks for its own earlier commit (stream batches and batch re-runs).
 HISTORY_SCAN = 1000
 LINEAGE_COLUMNS = ("_model", "_model_version", "_source_version", "_scored_at")
@@ -218,21 +218,30 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
 
     started = time.perf_counter()
     ref, metadata = resolve_model(model_ref, store)
-    plan = plan_output(output, metadata, attribution)
-    output_col = output_col or output
+    forecaster = metadata.forecast
+    if forecaster is not None and (output != "prediction" or keep_columns is not None):
+        raise ConfigError(f"score_table({ref}): a forecaster writes its forecasts (output 'prediction') with the "
+                          f"entity, time and step columns; output={output!r} and keep_columns do not apply")
+    plan = plan_output(output, metadata, attribution) if forecaster is None else None
+    output_col = output_col or ("forecast" if forecaster is not None else output)
     df, snap = read_table(source, version=source_version, spark=spark)
     spark = df.sparkSession
-    feature_names = metadata.spec.feature_names
-    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
-    _check_options(mode, output_col, keep)
     where = f"score_table({ref}, source={snap.table}@{snap.version})"
-    check_columns(df, metadata.spec, keep, where)
+    if forecaster is not None:  # horizon rows per entity, from its latest lookback steps
+        feature_names, keep = [], [*forecaster.spec.entity, forecaster.spec.time, STEP_COL]
+        _check_options(mode, output_col, keep)
+    else:
+        feature_names = metadata.spec.feature_names
+        keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
+        _check_options(mode, output_col, keep)
+        check_columns(df, metadata.spec, keep, where)
     target_uri = normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     target_before = _version_or_none(target_uri, spark)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
-    scored = scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size)
+    scored = forecast_frame(df, ref, forecaster, output_col) if forecaster is not None else \
+        scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size)
     lineage = lineage_columns(ref, snap.version, scored_at)  # aware datetime: Spark converts it as UTC
     if mode == "append" and target_before is not None:
         # the appended rows must fit the target: find out from the schemas, before scoring the whole source
@@ -245,7 +254,10 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         except Exception as exc:  # noqa: BLE001 - Py4J/PythonException from the executors
             raise ScoringError(f"{where}: scoring failed; nothing was written to {target_uri} (still at version "
                                f"{target_before}): {one_line_reason(exc)[:800]}") from exc
-        input_rows = snap.num_rows if snap.num_rows is not None else df.count()
+        if forecaster is not None:  # a forecaster's input is its series: horizon rows each, or one quarantined
+            ok, input_rows = ok // forecaster.spec.horizon, ok // forecaster.spec.horizon + bad
+        else:
+            input_rows = snap.num_rows if snap.num_rows is not None else df.count()
         if ok + bad != input_rows:
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
                                f"nothing was written")
@@ -255,7 +267,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                   "model_store": ref.root, "output": output, "source_table": snap.table,
                   "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
-        if plan.attribution is not None:
+        if plan is not None and plan.attribution is not None:
             commit["attribution"] = asdict(plan.attribution)
         run_key = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
                    "output": output, "source_table": snap.table, "source_version": snap.version}

@@ -1,0 +1,148 @@
+"""A forecaster's accuracy on its test windows, beside the seasonal-naive forecast, computed in Spark.
+
+The test windows come from `sparkdl.score.forecast.forecast_frame(mode="test")`: every window whose origin is at or
+after the model's `test_from`. One aggregation by (entity, step) brings back sums only; the driver combines them
+into, for the model and for seasonal naive:
+
+* ``mae``, ``rmse``; ``smape`` (percent, 0..200: ``200 · |f − a| / (|a| + |f|)``); ``mase`` (the error scaled by
+  the series' in-sample seasonal-naive MAE over the training period; below 1 beats that naive forecast there);
+* ``mae_by_step``: one MAE per horizon step;
+* the same per entity (``per_entity``).
+
+Steps whose actual value was filled in (missing in the table) are left out of every metric.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from sparkdl.data.forecast import ForecastSpec
+from sparkdl.data.series import SERIES_KEY
+from sparkdl.log import get_logger
+from sparkdl.plots import plot_error_by_step, plot_forecasts
+from sparkdl.score.forecast import ORIGIN_COL, STEP_COL
+
+log = get_logger("evaluate.forecast")
+
+METRICS = ("mae", "rmse", "smape", "mase")
+PER_ENTITY_LIMIT = 1000   # entities listed in metrics.json (the worst by MAE when there are more)
+PLOTTED_SERIES = 4
+
+
+def _sums(frame, keys: list[str], forecast: str):
+    """Per (entity, step) sums of the model's and seasonal naive's errors, collected (small: entities × horizon)."""
+    from pyspark.sql import functions as F
+
+    def finite(name):
+        return F.when(~F.isnan(F.col(name)), F.col(name))
+
+    actual = F.col("actual")
+    aggs = []
+    for prefix, column in (("model", forecast), ("naive", "naive")):
+        pred = finite(column)
+        err = pred - actual
+        denom = F.abs(actual) + F.abs(pred)
+        scale = F.when(finite("mase_scale") > 0, F.col("mase_scale"))
+        aggs += [F.count(pred).alias(f"{prefix}_n"), F.sum(F.abs(err)).alias(f"{prefix}_abs"),
+                 F.sum(err * err).alias(f"{prefix}_sq"),
+                 F.sum(F.when(denom > 0, 2 * F.abs(err) / denom).otherwise(F.when(pred.isNotNull(), 0.0)))
+                 .alias(f"{prefix}_smape"),
+                 F.sum(F.abs(err) / scale).alias(f"{prefix}_scaled"),
+                 F.count(F.when(scale.isNotNull() & pred.isNotNull(), 1)).alias(f"{prefix}_scaled_n")]
+    rows = frame.where(F.col("observed")).groupBy(*keys, STEP_COL).agg(*aggs).collect()
+    return [r.asDict() for r in rows]
+
+
+def _metrics(rows: list[dict], prefix: str, horizon: int) -> dict:
+    def total(name):
+        return float(sum(r[f"{prefix}_{name}"] or 0.0 for r in rows))
+
+    n, scaled_n = total("n"), total("scaled_n")
+    by_step = []
+    for step in range(1, horizon + 1):
+        at = [r for r in rows if r[STEP_COL] == step]
+        count = sum(r[f"{prefix}_n"] or 0 for r in at)
+        by_step.append(sum(r[f"{prefix}_abs"] or 0.0 for r in at) / count if count else None)
+    return {"mae": total("abs") / n if n else None, "rmse": math.sqrt(total("sq") / n) if n else None,
+            "smape": 100.0 * total("smape") / n if n else None,
+            "mase": total("scaled") / scaled_n if scaled_n else None, "mae_by_step": by_step, "count": int(n)}
+
+
+def _name(values: Sequence) -> str:
+    return str(values[0]) if len(values) == 1 else "/".join(str(v) for v in values)
+
+
+def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast") -> dict:
+    """The metrics of a test-window frame (see the module docstring), overall and per entity.
+
+    Returns {"mae", "rmse", "smape", "mase", "mae_by_step", "count", "windows", "series", "seasonal_naive": {...},
+    "per_entity": {entity: {"mae", ..., "seasonal_naive": {...}}}}."""
+    keys = list(spec.entity) or [SERIES_KEY]
+    rows = _sums(frame, keys, forecast)
+    model = _metrics(rows, "model", spec.horizon)
+    naive = _metrics(rows, "naive", spec.horizon)
+    by_entity: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_entity.setdefault(tuple(r[k] for k in keys), []).append(r)
+    per_entity = {}
+    for entity, entity_rows in by_entity.items():
+        m = _metrics(entity_rows, "model", spec.horizon)
+        per_entity[_name(entity) if spec.entity else "series"] = {
+            **{k: m[k] for k in (*METRICS, "count")},
+            "seasonal_naive": {k: v for k, v in _metrics(entity_rows, "naive", spec.horizon).items()
+                               if k in METRICS}}
+    if len(per_entity) > PER_ENTITY_LIMIT:
+        worst = sorted(per_entity, key=lambda k: -(per_entity[k]["mae"] or 0.0))[:PER_ENTITY_LIMIT]
+        per_entity = {k: per_entity[k] for k in worst}
+    windows = sum(r["model_n"] or 0 for r in rows if r[STEP_COL] == 1)
+    return {**model, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
+            "per_entity": per_entity, "per_entity_listed": len(per_entity),
+            "beats_seasonal_naive": (model["mae"] is not None and naive["mae"] is not None
+                                     and model["mae"] < naive["mae"])}
+
+
+def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, forecast: str = "forecast") -> list[str]:
+    """`forecasts.png` (a few series: one-step-ahead forecasts and the last window's, against actual) and
+    `error_by_step.png` (the model's and seasonal naive's MAE per step) in `folder_path(name)`'s folder."""
+    from pyspark.sql import functions as F
+
+    paths = [plot_error_by_step({"model": metrics["mae_by_step"],
+                                 "seasonal naive": metrics["seasonal_naive"]["mae_by_step"]},
+                                folder_path("error_by_step.png"))]
+    keys = list(spec.entity) or [SERIES_KEY]
+    chosen = sorted(metrics["per_entity"])[:PLOTTED_SERIES]
+    if not spec.entity:
+        subset = frame
+    else:
+        picked = [e for e in frame.select(*keys).distinct().limit(200).collect()
+                  if _name(tuple(e)) in chosen][:PLOTTED_SERIES]
+        if not picked:
+            return paths
+        match = None
+        for e in picked:
+            cond = None
+            for k in keys:
+                c = F.col(k) == F.lit(e[k])
+                cond = c if cond is None else cond & c
+            match = cond if match is None else match | cond
+        subset = frame.where(match)
+    rows = subset.select(*keys, spec.time, ORIGIN_COL, STEP_COL, forecast, "actual").toPandas()
+    panels = {}
+    for entity, part in rows.groupby(keys, sort=True):
+        entity = entity if isinstance(entity, tuple) else (entity,)
+        # the actual values at every forecast time, the one-step-ahead forecasts, the last window's forecast
+        actual = part.drop_duplicates(spec.time).sort_values(spec.time).set_index(spec.time)["actual"]
+        one = part[part[STEP_COL] == 1].set_index(spec.time)[forecast].reindex(actual.index)
+        last = part[part[ORIGIN_COL] == part[ORIGIN_COL].max()].sort_values(STEP_COL)
+        panels[_name(entity) if spec.entity else "series"] = {
+            "time": actual.index.to_numpy(), "actual": actual.to_numpy(np.float64),
+            "forecast": one.to_numpy(np.float64), "last_time": last[spec.time].to_numpy(),
+            "last_forecast": last[forecast].to_numpy(np.float64)}
+    if panels:
+        paths.append(plot_forecasts(panels, folder_path("forecasts.png")))
+    return paths
+
+
+__all__ = ["METRICS", "forecast_metrics", "forecast_plots"]

@@ -1,0 +1,135 @@
+"""Forecasts of a stored forecaster over a long table: one grouped pandas function per entity, in one Spark job.
+
+Each entity's rows are put on the model's grid (`sparkdl.data.series.on_grid`: the training code), scaled with the
+series' scaling fitted at training (a series the model never saw: by its own history), cut into windows and run
+through the model (one load per Python worker, `sparkdl.score.runtime`). The result is long: per window, `horizon`
+rows of the entity column(s), the forecast time under the time column's own name, `step` (1..horizon) and the
+forecast.
+
+* `mode="latest"` (`score_table`, `score_stream`): one window per entity, from its latest `lookback` steps; an
+  entity with fewer steps gets one row with a `_reason` (quarantined).
+* `mode="test"` (`evaluate_model`): every window whose origin (first forecast step) is at or after `test_from`,
+  with the `actual` value, the seasonal-naive forecast `naive` (the value one season before, from the history the
+  window had), `mase_scale` (the series' training seasonal-naive MAE) and `observed` (false where the actual value
+  was filled in, which the metrics leave out).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sparkdl.data.forecast_fit import ForecastPreparation, entity_key
+from sparkdl.data.series import (
+    SERIES_KEY,
+    STEP,
+    channel_scaling,
+    check_forecast_schema,
+    grid_frame,
+    on_grid,
+    time_kind,
+    time_of_step,
+)
+from sparkdl.errors import ValidationError
+from sparkdl.score.model_ref import ModelRef
+from sparkdl.score.outputs import REASON_COL
+from sparkdl.score.runtime import get_model
+
+STEP_COL = "step"
+ORIGIN_COL = "origin"
+TEST_COLUMNS = ("actual", "naive", "mase_scale", "observed")
+
+
+def seasonal_naive(values: np.ndarray, positions: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """Seasonal-naive forecasts (windows × horizon) of windows whose first forecast step is at `positions` of
+    `values`: step h repeats the last value of the same season seen before the window (NaN when there is none)."""
+    h = np.arange(1, horizon + 1)
+    source = positions[:, None] - 1 + h - season * ((h - 1) // season + 1)
+    out = values[np.clip(source, 0, None)]
+    return np.where(source >= 0, out, np.nan)
+
+
+def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], output_col: str, mode: str):
+    import pandas as pd
+
+    spec = prep.spec
+    channels, lookback, horizon = list(spec.channels), spec.lookback, spec.horizon
+
+    def run(pdf: pd.DataFrame) -> pd.DataFrame:
+        key_values = {k: pdf[k].iloc[0] for k in keys}
+        g = on_grid(pdf, channels)
+        length = len(g.values)
+        if mode == "latest":
+            positions = np.array([length]) if length >= lookback else np.zeros(0, np.int64)
+        else:
+            first = max(lookback, (prep.test_step if prep.test_step is not None else length) - g.start)
+            positions = np.arange(first, length - horizon + 1)
+        if len(positions) == 0:
+            if mode != "latest":
+                return pd.DataFrame(columns=schema_names)
+            reason = f"series too short: {length} step(s) on the grid, the model needs lookback = {lookback}"
+            return pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], STEP_COL: [None],
+                                 output_col: [None], REASON_COL: [reason]})
+        scaling = prep.scaling(entity_key(key_values.values()))
+        mean, scale = scaling if scaling is not None else map(np.asarray, channel_scaling(g.values[-lookback:]))
+        scaled = ((g.values - mean) / scale).astype(np.float32)
+        x = scaled[(positions - lookback)[:, None] + np.arange(lookback)]
+        pred = np.asarray(get_model(ref).predict_fn("out")(x), np.float64) * scale[0] + mean[0]
+        n = len(positions)
+        out = {k: np.repeat(np.asarray([v], dtype=object), n * horizon) for k, v in key_values.items()}
+        out[STEP] = (g.start + positions[:, None] + np.arange(horizon)).ravel()
+        out[STEP_COL] = np.tile(np.arange(1, horizon + 1), n)
+        out[output_col] = pred.ravel()
+        out[REASON_COL] = np.full(n * horizon, None, dtype=object)
+        if mode == "test":
+            target_at = positions[:, None] + np.arange(horizon)
+            out[ORIGIN_COL] = np.repeat(g.start + positions, horizon)
+            out["actual"] = g.values[target_at, 0].ravel()
+            out["naive"] = seasonal_naive(g.values[:, 0], positions, horizon, spec.season).ravel()
+            mase = prep.naive_mae(entity_key(key_values.values()))
+            out["mase_scale"] = np.full(n * horizon, np.nan if mase is None else mase)
+            out["observed"] = g.observed[target_at].ravel()
+        return pd.DataFrame(out)
+
+    schema_names = list(keys) + [STEP, STEP_COL, output_col, REASON_COL] + \
+        ([ORIGIN_COL, *TEST_COLUMNS] if mode == "test" else [])
+    return run
+
+
+def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str = "forecast",
+                   mode: str = "latest"):
+    """The forecasts of every entity of `df` (see the module docstring), in one Spark job when acted on.
+
+    Returns a DataFrame of the entity column(s), the time column (the forecast time), `step`, `output_col` and
+    `_reason` (null when the entity was forecast); with `mode="test"` also `origin` (the window's first forecast
+    time) and `actual`, `naive`, `mase_scale`, `observed`.
+
+    Raises:
+        ValidationError: missing or mistyped columns, or a time column of another type than the model's (schema
+            only, before any Spark job).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    spec = prep.spec
+    check_forecast_schema(spec, df.schema, f"forecasting with {ref}: the table does not match the model's forecast")
+    kind = time_kind(df, spec)
+    if kind != prep.time_kind:
+        raise ValidationError(f"forecasting with {ref}: column {spec.time!r} is a {kind}, the model was trained "
+                              f"on a {prep.time_kind}")
+    long, keys = grid_frame(df, spec)
+    fields = [long.schema[k] for k in keys] + [
+        T.StructField(STEP, T.LongType()), T.StructField(STEP_COL, T.IntegerType()),
+        T.StructField(output_col, T.DoubleType()), T.StructField(REASON_COL, T.StringType())]
+    if mode == "test":
+        fields += [T.StructField(ORIGIN_COL, T.LongType()), T.StructField("actual", T.DoubleType()),
+                   T.StructField("naive", T.DoubleType()), T.StructField("mase_scale", T.DoubleType()),
+                   T.StructField("observed", T.BooleanType())]
+    out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode), T.StructType(fields))
+    columns = [*spec.entity, time_of_step(spec, kind, F.col(STEP), prep.offset).alias(spec.time), STEP_COL,
+               output_col, REASON_COL]
+    if mode == "test":
+        columns += [time_of_step(spec, kind, F.col(ORIGIN_COL), prep.offset).alias(ORIGIN_COL), *TEST_COLUMNS]
+        columns += [F.col(SERIES_KEY)] if not spec.entity else []
+    return out.select(*columns)
+
+
+__all__ = ["ORIGIN_COL", "STEP_COL", "forecast_frame", "seasonal_naive"]

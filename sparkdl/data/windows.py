@@ -116,23 +116,28 @@ def gather(values: np.ndarray, offsets: np.ndarray, series: np.ndarray, position
     return x, y
 
 
+def shard(num_windows: int, rank: int, size: int, epoch: int, shuffle: bool = True, seed: int = 0) -> np.ndarray:
+    """The indices (into `SeriesWindows.origins()`) of the windows rank `rank` of `size` reads in `epoch`."""
+    if size < 1 or not 0 <= rank < size:
+        raise ConfigError(f"rank must be in [0, size) and size >= 1, got rank={rank}, size={size}")
+    per = num_windows // size
+    if per == 0:
+        raise ConfigError(f"{num_windows} windows cannot be shared by {size} ranks")
+    order = np.random.default_rng([seed, epoch]).permutation(num_windows) if shuffle else np.arange(num_windows)
+    return order[rank * per:(rank + 1) * per]
+
+
 def iterate_windows(windows: SeriesWindows, rank: int, size: int, batch_size: int, shuffle: bool = True,
                     seed: int = 0, epochs: int = 1):
     """Yield blocks (x, y) of whole batches for one rank, epoch after epoch (see the module docstring)."""
-    if size < 1 or not 0 <= rank < size:
-        raise ConfigError(f"rank must be in [0, size) and size >= 1, got rank={rank}, size={size}")
-    per = windows.num_rows // size
-    if per == 0:
-        raise ConfigError(f"{windows.num_rows} windows cannot be shared by {size} ranks")
+    shard(windows.num_rows, rank, size, 0)  # bad rank/size: before the series are read
     values, offsets = load_series(windows)
     series, positions = windows.origins()
     row_bytes = (windows.lookback * windows.channels + windows.horizon) * 4
     block = max(batch_size, min(BLOCK_WINDOWS, BLOCK_BYTES // row_bytes) // batch_size * batch_size)
     for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(series)) if shuffle \
-            else np.arange(len(series))
-        mine = order[rank * per:(rank + 1) * per]
-        for lo in range(0, per, block):
+        mine = shard(len(series), rank, size, epoch, shuffle, seed)
+        for lo in range(0, len(mine), block):
             pick = mine[lo:lo + block]
             yield gather(values, offsets, series[pick], positions[pick], windows.lookback, windows.horizon)
 
@@ -149,4 +154,4 @@ def windows_tf_dataset(windows: SeriesWindows, rank: int, size: int, batch_size:
                            batch_size, shape, (windows.horizon,), np.float32, steps)
 
 
-__all__ = ["PERIODS", "SeriesWindows", "gather", "iterate_windows", "load_series", "windows_tf_dataset"]
+__all__ = ["PERIODS", "SeriesWindows", "gather", "iterate_windows", "load_series", "shard", "windows_tf_dataset"]

@@ -1,0 +1,121 @@
+"""A forecaster end to end on a Delta table: `KerasEstimator(forecast=...)` with Horovod, evaluation on the test
+windows against seasonal naive, forecasts written back to Delta per entity — on both session kinds."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparkdl import lake
+from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.evaluate import evaluate_model
+from sparkdl.score import score_table
+from sparkdl.train import KerasEstimator
+
+FORECAST = {"time": "ts", "entity": "city", "target": "temp", "covariates": ["hum"], "lookback": 24,
+            "horizon": 6, "frequency": "1h", "test_from": "2021-01-09 00:00:00"}
+
+
+def city_table(cities=("berlin", "oslo", "rome"), hours=240, seed=0) -> pd.DataFrame:
+    """Hourly temperatures with a daily cycle of its own phase and level per city, noise and a covariate."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k, city in enumerate(cities):
+        i = np.arange(hours)
+        temp = 5.0 * k + 4.0 * np.sin(2 * np.pi * i / 24 + k) + rng.normal(0, 0.2, hours)
+        parts.append(pd.DataFrame({"city": city, "ts": pd.date_range("2021-01-01", periods=hours, freq="h", tz="UTC"),
+                                   "temp": temp, "hum": 50 + 2 * temp}))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def forecaster(spark, tmp_path_factory, training_store):
+    """(lake folder, table, fitted SparkDLModel) of an LSTM forecaster on three cities."""
+    root = tmp_path_factory.mktemp("forecast-lake")
+    table = str(root / "temps")
+    lake.write_table(spark.createDataFrame(city_table()), table, mode="overwrite")
+    est = KerasEstimator(model="lstm_forecaster", forecast=FORECAST, hparams={"units": 16}, epochs=6, batch_size=32,
+                         learning_rate=0.005, num_proc=2, validation=0.1, model_store=training_store,
+                         model_name="temps_lstm")
+    return root, table, est.fit(table)
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_a_forecaster_trains_with_horovod_and_beats_nothing_it_should_not(forecaster, training_store):
+    _, table, model = forecaster
+    meta = model.getMetadata()
+    assert meta["signature"]["input_shape"] == [24, 2] and meta["signature"]["outputs"] == 6
+    assert meta["source"]["table"].endswith("temps") and meta["num_proc"] == 2
+    prep = meta["preprocessing"]
+    assert prep["forecast"]["horizon"] == 6 and set(prep["series"]) == {'["berlin"]', '["oslo"]', '["rome"]'}
+    assert prep["val_step"] < prep["test_step"]
+    history = model.getHistory()
+    assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0] and "val_loss" in history
+
+    metrics = evaluate_model(str(model.getModelVersion()), table, store=training_store)
+    assert metrics["task"] == "forecast" and metrics["series"] == 3 and metrics["season"] == 24
+    # test windows: origins from hour 192 to 240 - 6, for each city
+    assert metrics["windows"] == 3 * (240 - 6 - 192 + 1) and metrics["count"] == metrics["windows"] * 6
+    assert len(metrics["mae_by_step"]) == 6 and len(metrics["seasonal_naive"]["mae_by_step"]) == 6
+    for key in ("mae", "rmse", "smape", "mase"):
+        assert np.isfinite(metrics[key]) and np.isfinite(metrics["seasonal_naive"][key])
+    assert metrics["rmse"] >= metrics["mae"] > 0
+    assert set(metrics["per_entity"]) == {"berlin", "oslo", "rome"}
+    # the daily cycle repeats: seasonal naive's error is the noise's (about 0.2 * sqrt(2) * sqrt(2/pi))
+    assert metrics["seasonal_naive"]["mae"] == pytest.approx(0.226, abs=0.05)
+    names = {Path(p).name for p in metrics["plots"]}
+    assert {"forecasts.png", "error_by_step.png", "training_curves.png"} <= names
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in metrics["plots"])
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_forecasts_go_to_delta_per_entity_with_lineage_and_short_series_quarantined(spark, forecaster, training_store):
+    root, _, model = forecaster
+    recent = city_table(hours=260)
+    short = pd.DataFrame({"city": "tiny", "ts": pd.date_range("2021-01-01", periods=5, freq="h", tz="UTC"),
+                          "temp": 1.0, "hum": 50.0})
+    source, target = str(root / "recent"), str(root / "forecasts")
+    lake.write_table(spark.createDataFrame(pd.concat([recent, short])), source, mode="overwrite")
+    report = score_table(model, source, target, mode="append", store=training_store)
+    assert (report.input_rows, report.scored_rows, report.quarantined_rows) == (4, 3, 1)
+    assert "series too short" in next(iter(report.reasons))
+    out = lake.read_table(target, spark=spark)[0].toPandas()
+    assert len(out) == 3 * 6 and sorted(out.columns) == sorted(
+        ["city", "ts", "step", "forecast", "_model", "_model_version", "_source_version", "_scored_at"])
+    last = recent.ts.max()
+    for city, rows in out.groupby("city"):
+        times = pd.to_datetime(rows.sort_values("step").ts)
+        times = times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+        assert list(rows.sort_values("step").step) == list(range(1, 7))
+        assert list(times) == list(pd.date_range(last + dt.timedelta(hours=1), periods=6, freq="h"))
+    assert set(out._source_version) == {0} and set(out._model) == {"temps_lstm"}
+    # the forecasts follow each city's cycle: nearer the truth than the city's mean is
+    truth = city_table(hours=266).set_index(["city", "ts"]).temp
+    errors = [abs(r.forecast - truth[(r.city, pd.Timestamp(r.ts).tz_localize("UTC")
+                                       if pd.Timestamp(r.ts).tzinfo is None else pd.Timestamp(r.ts))])
+              for r in out.itertuples()]
+    assert np.mean(errors) < recent.groupby("city").temp.std().mean()
+    again = score_table(model, source, target, mode="append", store=training_store)
+    assert again.committed["target"] == "already" and again.target_version == report.target_version
+
+
+@pytest.mark.slow
+def test_bad_forecasting_input_fails_before_any_write(spark, forecaster, training_store, tmp_path):
+    root, table, model = forecaster
+    target = str(root / "forecasts_bad")
+    lake.write_table(spark.createDataFrame(city_table(hours=30)), target, mode="overwrite")
+    wrong = str(tmp_path / "wrong")
+    lake.write_table(spark.createDataFrame(pd.DataFrame({"city": ["a"], "ts": ["2021-01-01"], "temp": [1.0],
+                                                         "hum": [2.0]})), wrong, mode="overwrite")
+    with pytest.raises(ValidationError, match="ts: wrong type"):
+        score_table(model, wrong, target, mode="overwrite", store=training_store)
+    assert lake.latest_version(target) == 0
+    with pytest.raises(ConfigError, match="keep_columns do not apply"):
+        score_table(model, table, target, keep_columns=["city"], store=training_store)
+    with pytest.raises(ConfigError, match="forecast or feature_spec"):
+        KerasEstimator(model="lstm_forecaster", forecast=FORECAST, feature_spec={"features": ["temp"]}).fit(table)

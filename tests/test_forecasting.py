@@ -119,3 +119,36 @@ def test_bad_forecasting_input_fails_before_any_write(spark, forecaster, trainin
         score_table(model, table, target, keep_columns=["city"], store=training_store)
     with pytest.raises(ConfigError, match="forecast or feature_spec"):
         KerasEstimator(model="lstm_forecaster", forecast=FORECAST, feature_spec={"features": ["temp"]}).fit(table)
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_a_stream_forecasts_again_the_entities_that_received_rows(spark, forecaster, training_store, tmp_path):
+    from sparkdl.score import score_stream, stream_reports
+
+    root, _, model = forecaster
+    source, target, checkpoint = str(tmp_path / "live"), str(tmp_path / "live_forecasts"), str(tmp_path / "ckpt")
+    history = city_table(hours=200)
+    lake.write_table(spark.createDataFrame(history), source, mode="overwrite")
+    _finish(score_stream(model, source, target, checkpoint, trigger="availableNow", store=training_store))
+    first = lake.read_table(target, spark=spark)[0].toPandas()
+    assert len(first) == 3 * 6 and set(first.city) == {"berlin", "oslo", "rome"}
+
+    later = city_table(hours=210)
+    new_rows = later[(later.city == "oslo") & (later.ts > history.ts.max())]
+    version = lake.write_table(spark.createDataFrame(new_rows), source, mode="append").version
+    _finish(score_stream(model, source, target, checkpoint, trigger="availableNow", store=training_store))
+    out = lake.read_table(target, spark=spark)[0].toPandas()
+    again = out[out._source_version == version]
+    assert set(again.city) == {"oslo"} and len(again) == 6  # only the entity with new rows, from all its history
+    first_time = pd.Timestamp(again.sort_values("step").ts.iloc[0])
+    first_time = first_time.tz_localize("UTC") if first_time.tzinfo is None else first_time.tz_convert("UTC")
+    assert first_time == new_rows.ts.max() + dt.timedelta(hours=1)
+    assert [(r.scored_rows, r.quarantined_rows) for r in stream_reports(checkpoint)] == [(3, 0), (1, 0)]
+
+
+def _finish(query, timeout: int = 240) -> None:
+    finished = query.awaitTermination(timeout)
+    if not finished:
+        query.stop()
+    assert finished and query.exception() is None, query.exception()

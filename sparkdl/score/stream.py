@@ -8,6 +8,8 @@ the batch id (the role of Delta's `txn` action). Before writing, a batch looks f
 table's recent history and skips a table that already has it: when a query dies between the commit and Spark's
 checkpoint commit, the restarted query re-runs the batch with the same id and the same files, and nothing is
 written twice. The app id is created once per checkpoint and kept in `<checkpoint>/sparkdl_stream.json`.
+A forecaster forecasts again, in each batch, every entity that received new rows: from its history in the source
+snapshot the batch ends at (`horizon` rows per entity, as `score_table`).
 As in `score_table`, nothing is committed for nothing: an empty micro-batch writes nothing, and one whose rows are
 all quarantined commits to the quarantine table only (its report has `target_version=None`).
 """
@@ -20,11 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparkdl import jsonlines
+from sparkdl.data.series import check_forecast_schema
 from sparkdl.errors import ConfigError, TableError
 from sparkdl.fileutil import write_atomic
-from sparkdl.lake import exists, write_table
+from sparkdl.lake import exists, read_table, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
+from sparkdl.score.forecast import STEP_COL, forecast_frame
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import plan_output
 from sparkdl.score.table import (
@@ -125,19 +129,28 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
     spark = spark or get_spark()
     ref, metadata = resolve_model(model_ref, store)
-    plan = plan_output(output, metadata)
-    output_col = output_col or output
+    forecaster = metadata.forecast
+    if forecaster is not None and (output != "prediction" or keep_columns is not None):
+        raise ConfigError(f"score_stream({ref}): a forecaster writes its forecasts (output 'prediction') with the "
+                          f"entity, time and step columns; output={output!r} and keep_columns do not apply")
+    plan = plan_output(output, metadata) if forecaster is None else None
+    output_col = output_col or ("forecast" if forecaster is not None else output)
     source_uri, target_uri = normalize_table_uri(source), normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     if not exists(source_uri, spark=spark):
         raise TableError(f"score_stream: no Delta table at {source_uri}")
     schema = source_schema(source_uri)
     empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
-    feature_names = metadata.spec.feature_names
-    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, metadata.spec)
-    _check_options("append", output_col, keep)
     where = f"score_stream({ref}, {source_uri} -> {target_uri})"
-    check_columns(empty, metadata.spec, keep, where)
+    if forecaster is not None:
+        feature_names, keep = [], [*forecaster.spec.entity, forecaster.spec.time, STEP_COL]
+        _check_options("append", output_col, keep)
+        check_forecast_schema(forecaster.spec, empty.schema, where)
+    else:
+        feature_names = metadata.spec.feature_names
+        keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, metadata.spec)
+        _check_options("append", output_col, keep)
+        check_columns(empty, metadata.spec, keep, where)
     kwargs = _trigger_kwargs(trigger)
     app_id = _app_id(checkpoint, source_uri, target_uri)
 
@@ -154,12 +167,20 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
             log.info("%s: batch %d is already committed (app id %s); skipping", where, batch_id, app_id)
             return
         scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        scored = scored_frame(batch_df, ref, plan, feature_names, keep + [SOURCE_VERSION_COL], output_col,
-                              batch_size).persist(StorageLevel.DISK_ONLY)
+        if forecaster is not None:
+            frame = _touched_forecasts(batch_df, source_uri, ref, forecaster, output_col)
+            if frame is None:
+                return
+        else:
+            frame = scored_frame(batch_df, ref, plan, feature_names, keep + [SOURCE_VERSION_COL], output_col,
+                                 batch_size)
+        scored = frame.persist(StorageLevel.DISK_ONLY)
         try:
             ok, bad, reasons = count_outcomes(scored)
             if ok + bad == 0:
                 return
+            if forecaster is not None:  # counted in series, as score_table counts a forecaster's
+                ok //= forecaster.spec.horizon
             lineage = lineage_columns(ref, F.col(SOURCE_VERSION_COL), scored_at)
             good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
             commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
@@ -196,6 +217,22 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     query = writer.start()
     log.info("%s: started (app id %s, checkpoint %s)", where, app_id, checkpoint)
     return query
+
+
+def _touched_forecasts(batch_df, source_uri: str, ref, forecaster, output_col: str):
+    """The forecasts of the entities with rows in `batch_df`, from their history in the source snapshot the batch
+    ends at (None for an empty batch), with that version as `_source_version`."""
+    from pyspark.sql import functions as F
+
+    version = batch_df.agg(F.max(SOURCE_VERSION_COL)).first()[0]
+    if version is None:
+        return None
+    history, _ = read_table(source_uri, version=int(version), spark=batch_df.sparkSession)
+    keys = list(forecaster.spec.entity)
+    if keys:
+        history = history.join(batch_df.select(*keys).distinct(), on=keys, how="left_semi")
+    return forecast_frame(history, ref, forecaster, output_col).withColumn(SOURCE_VERSION_COL,
+                                                                            F.lit(int(version)).cast("long"))
 
 
 def _record_report(checkpoint: str, batch_id: int, report: ScoreReport) -> None:

@@ -219,3 +219,15 @@ def check() -> list[str]:
     except ConfigError as exc:
         problems.append(str(exc))
     return problems
+
+
+def arrow_schema(spark_schema):
+    """`pyspark.sql.pandas.types.to_arrow_schema` on either stack: PySpark 4.3 takes the time zone of timestamps
+    as `timezone` (and fails without it), 4.0 writes them as UTC (`timestamp_utc`). Timestamps are UTC either way."""
+    import inspect
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    if "timezone" in inspect.signature(to_arrow_schema).parameters:
+        return to_arrow_schema(spark_schema, timezone="UTC")
+    return to_arrow_schema(spark_schema)

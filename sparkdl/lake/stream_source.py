@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
+from sparkdl import stack
 from sparkdl.errors import TableError
 from sparkdl.lake.delta_rs import _location, latest_version, plain_files
 from sparkdl.lake.schema import spark_schema_from_delta_json
@@ -82,9 +83,8 @@ class DeltaLogStreamReader(DataSourceStreamReader):
     def read(self, partition: DeltaFilesPartition):
         import pyarrow as pa
         import pyarrow.parquet as pq
-        from pyspark.sql.pandas.types import to_arrow_schema
 
-        target = to_arrow_schema(self.schema)
+        target = stack.arrow_schema(self.schema)
         data_fields = [f for f in target if f.name != SOURCE_VERSION_COL]
         for uri, values in partition.files:
             fs, path = filesystem(uri)

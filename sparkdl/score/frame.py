@@ -16,6 +16,7 @@ not when the DataFrame is defined, so it is left to the session; the direct rout
 """
 from __future__ import annotations
 
+from sparkdl import stack
 from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
@@ -74,7 +75,6 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
         ValidationError: missing or mistyped feature columns, missing keep columns (from the schema, before any
             Spark job).
     """
-    from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructField, StructType
 
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
@@ -105,5 +105,5 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
         inputs.append((name, column))
     source = df.select(*selected)
     schema = StructType([df.schema[c] for c in keep] + [StructField(output_col, plan.spark_type(), True)])
-    fn = scoring_function(ref, plan, inputs, keep, to_arrow_schema(schema), batch_size, on_invalid, where)
+    fn = scoring_function(ref, plan, inputs, keep, stack.arrow_schema(schema), batch_size, on_invalid, where)
     return map_batches(source, fn, schema, direct=direct)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sparkdl import stack
 from sparkdl.log import get_logger
 from sparkdl.session_kind import connect_parquet_read, default_parallelism, optimized_plan, scan_partitions
 from sparkdl.uri import filesystem
@@ -191,9 +192,8 @@ def map_batches(df, fn, schema, direct: bool = True):
     scan = parquet_scan(df) if direct else None
     if scan is None:
         return df.mapInArrow(fn, schema)
-    from pyspark.sql.pandas.types import to_arrow_schema
 
-    input_schema = to_arrow_schema(df.schema)
+    input_schema = stack.arrow_schema(df.schema)
     batch_rows = READ_BATCH_ROWS
     log.debug("direct Parquet scan: %d unit(s) in %d task(s), columns %s", len(scan.units), len(scan.tasks),
               list(scan.columns))

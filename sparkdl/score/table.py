@@ -26,6 +26,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
+from sparkdl import stack
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.errors import ConfigError, ScoringError, one_line_reason
 from sparkdl.lake import exists, history, latest_version, read_table, write_table
@@ -98,9 +99,8 @@ def scored_frame(df, ref: ModelRef, plan: OutputPlan, feature_names: list[str], 
     fields += [StructField(c, source.schema[c].dataType, True) for c in features_out]
     fields += [StructField(output_col, plan.spark_type(), True), StructField(REASON_COL, StringType(), True)]
     schema = StructType(fields)
-    from pyspark.sql.pandas.types import to_arrow_schema
 
-    arrow_schema = to_arrow_schema(schema)
+    arrow_schema = stack.arrow_schema(schema)
 
     def score_batches(batches):
         for chunk, out, valid, reasons in scored_chunks(batches, ref, plan, batch_size):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import warnings
 
+from sparkdl import stack
 from sparkdl.data.validation import array_column
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
@@ -220,9 +221,8 @@ def transform_with_model(model, df, output: str | None = None, output_col: str |
                               f"{df.columns}", [Problem(c, "missing column", "present", f"columns {df.columns}")
                                                  for c in missing])
     try:
-        from pyspark.sql.pandas.types import to_arrow_schema
 
-        to_arrow_schema(df.schema)
+        stack.arrow_schema(df.schema)
     except Exception:  # noqa: BLE001 - a column Arrow cannot carry (e.g. an interval): the column UDF
 
         fn = ModelUDF(ref, output=output)

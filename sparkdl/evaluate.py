@@ -471,15 +471,16 @@ def _finite(value: Any) -> Any:
 # A stored model on a Delta table: score with the same UDF as production, then the metrics above.
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate_model(model_ref, table: str, version: int | None = None, store=None, spark=None, plots: bool = True,
-                   history_path: str | None = None) -> dict:
+                   history_path: str | None = None, forecast_until: int | None = None) -> dict:
     """Score `table` (a Delta table, optionally pinned to `version`) with a stored model and compute its metrics.
 
     The label column and task come from the model's feature spec. Metrics are computed in Spark; `metrics.json`
     (plus `confusion_matrix.png` and `training_curves.png` with `plots`) is written next to the model version, and
     one record is appended to the metric history (`<store root>/<name>/metric_history.jsonl` by default).
 
-    A forecaster is evaluated on its test windows (origin at or after its `test_from`) against seasonal naive
-    (`sparkdl.evaluate_forecast`), with `forecasts.png` and `error_by_step.png`.
+    A forecaster is evaluated on its test windows (origin at or after its `test_from`, and before the grid step
+    `forecast_until` when given: a backtest fold) against seasonal naive (`sparkdl.evaluate_forecast`), with
+    `forecasts.png` and `error_by_step.png`.
 
     Returns:
         the metrics dict, with `model`, `data` (table, version) and `unscored_rows` (rows the model could not
@@ -493,7 +494,8 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     meta = store.metadata(mv)
     info = ModelMetadata.from_dict(meta)
     if info.forecast is not None:
-        metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots)
+        metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots,
+                                                         forecast_until)
     else:
         metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots)
     if plots and meta.get("history"):
@@ -510,7 +512,8 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     return metrics
 
 
-def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool):
+def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool,
+                         until: int | None = None):
     """(metrics, plot paths, snapshot) of a forecaster on the test windows of `table`."""
     prep = info.forecast
     if prep.test_step is None:
@@ -518,7 +521,7 @@ def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, sp
                               f"to be evaluated on; set data.forecast.test_from and train it again")
     df, snap = lake.read_table(table, version=version, spark=spark)
     ref, _ = resolve_model(mv, store)
-    frame = forecast_frame(df, ref, prep, "forecast", mode="test").persist(StorageLevel.DISK_ONLY)
+    frame = forecast_frame(df, ref, prep, "forecast", mode="test", until=until).persist(StorageLevel.DISK_ONLY)
     try:
         metrics = forecast_metrics(frame, prep.spec)
         if metrics["count"] == 0:

@@ -11,6 +11,7 @@ from sparkdl import lake
 from sparkdl.baselines import baseline_accuracy
 from sparkdl.config import JobConfig, load_config
 from sparkdl.data.forecast import ForecastSpec
+from sparkdl.data.series import step_time
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.datasets import create_demo_tables
 from sparkdl.errors import ConfigError, TableError
@@ -185,9 +186,38 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     store.resolve(ref)
     metrics = evaluate_model(ref, cfg.table_uri(table), version=cfg.evaluate.version, store=store, spark=spark,
                              plots=cfg.evaluate.plots)
+    spec = forecast_spec(cfg)
+    if spec is not None and spec.backtest_folds:
+        metrics["backtest"] = backtest(cfg, ModelMetadata.from_dict(store.metadata(ref)).forecast,
+                                       cfg.table_uri(table), spark)
     if cfg.evaluate.baseline:
         metrics["baseline"] = _baseline(cfg, store.metadata(ref), table, spark)
     return metrics
+
+
+def backtest(cfg: JobConfig, prep, table: str, spark) -> list[dict]:
+    """A rolling-origin backtest of the job's forecaster: fold i (of `data.forecast.backtest_folds`) refits the model
+    on the data before origin `test_from + i * horizon` (stored as `<store name>_backtest`) and is evaluated on the
+    windows whose origin lies in that fold's `horizon` steps. Returns one record per fold."""
+    import copy
+
+    spec, folds = prep.spec, []
+    for i in range(spec.backtest_folds):
+        origin = prep.test_step + i * spec.horizon
+        test_from = str(step_time(spec, prep.time_kind, origin, prep.offset, prep.time_zone))
+        fold = copy.deepcopy(cfg)
+        fold.data.forecast = {**dict(cfg.data.forecast), "test_from": test_from, "backtest_folds": 0}
+        fold.model.store_name = f"{store_name(cfg)}_backtest"
+        fold.train.run_name = None
+        trained = train(fold, spark=spark)
+        m = evaluate_model(trained.model_ref, table, version=cfg.evaluate.version, store=model_store(cfg),
+                           spark=spark, plots=False, forecast_until=origin + spec.horizon)
+        folds.append({"fold": i + 1, "test_from": test_from, "model": trained.model_ref, "windows": m["windows"],
+                      **{k: m[k] for k in ("mae", "rmse", "smape", "mase", "mae_by_step")},
+                      "seasonal_naive": {k: m["seasonal_naive"][k] for k in ("mae", "rmse", "smape", "mase")}})
+        log.info("backtest fold %d/%d (origin %s): MAE %.4g, seasonal naive %.4g", i + 1, spec.backtest_folds,
+                 test_from, m["mae"], m["seasonal_naive"]["mae"] or float("nan"))
+    return folds
 
 
 def _baseline(cfg: JobConfig, metadata: dict, table: str, spark) -> dict:

@@ -152,3 +152,31 @@ def _finish(query, timeout: int = 240) -> None:
     if not finished:
         query.stop()
     assert finished and query.exception() is None, query.exception()
+
+
+@pytest.mark.slow
+def test_a_job_config_trains_evaluates_and_backtests_a_forecaster(spark, forecaster, tmp_path):
+    from sparkdl import workflows
+    from sparkdl.config import config_from_dict
+
+    _, table, _ = forecaster
+    cfg = config_from_dict({
+        "work_dir": str(tmp_path), "registry": {"root": str(tmp_path / "models")},
+        "data": {"table": table, "validation": 0.1, "forecast": {**FORECAST, "backtest_folds": 2}},
+        "model": {"name": "gru_forecaster", "store_name": "temps_gru", "hparams": {"units": 8}},
+        "train": {"num_proc": 2, "epochs": 2, "batch_size": 64}, "evaluate": {"table": table, "plots": False}})
+    trained = workflows.train(cfg, spark=spark)
+    assert trained.model_ref == "temps_gru@1"
+    metrics = workflows.evaluate(cfg, spark=spark)
+    assert metrics["model"] == "temps_gru@1" and metrics["windows"] == 3 * (240 - 6 - 192 + 1)
+    folds = metrics["backtest"]
+    assert [f["fold"] for f in folds] == [1, 2] and [f["model"] for f in folds] == ["temps_gru_backtest@1",
+                                                                                      "temps_gru_backtest@2"]
+    assert [pd.Timestamp(f["test_from"]).tz_convert("UTC") for f in folds] == [
+        pd.Timestamp("2021-01-09", tz="UTC"), pd.Timestamp("2021-01-09 06:00", tz="UTC")]
+    assert all(f["windows"] == 3 * 6 and np.isfinite(f["mae"]) and f["seasonal_naive"]["mae"] > 0 for f in folds)
+    with pytest.raises(ConfigError, match="remove data.features and data.label"):
+        workflows.feature_spec(config_from_dict({"data": {"table": table, "forecast": FORECAST,
+                                                          "features": ["temp"]}}))
+    with pytest.raises(ConfigError, match="data.forecast: unknown key"):
+        workflows.forecast_spec(config_from_dict({"data": {"table": table, "forecast": {**FORECAST, "lag": 1}}}))

@@ -47,7 +47,8 @@ def seasonal_naive(values: np.ndarray, positions: np.ndarray, horizon: int, seas
     return np.where(source >= 0, out, np.nan)
 
 
-def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], output_col: str, mode: str):
+def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], output_col: str, mode: str,
+                until: int | None = None):
     import pandas as pd
 
     spec = prep.spec
@@ -61,7 +62,8 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             positions = np.array([length]) if length >= lookback else np.zeros(0, np.int64)
         else:
             first = max(lookback, (prep.test_step if prep.test_step is not None else length) - g.start)
-            positions = np.arange(first, length - horizon + 1)
+            last = length - horizon if until is None else min(length - horizon, until - 1 - g.start)
+            positions = np.arange(first, last + 1)
         if len(positions) == 0:
             if mode != "latest":
                 return pd.DataFrame(columns=schema_names)
@@ -95,8 +97,10 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
 
 
 def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str = "forecast",
-                   mode: str = "latest"):
-    """The forecasts of every entity of `df` (see the module docstring), in one Spark job when acted on.
+                   mode: str = "latest", until: int | None = None):
+    """The forecasts of every entity of `df` (see the module docstring), in one Spark job when acted on; with
+    `mode="test"`, the windows whose origin is at or after the model's test period and before grid step `until`
+    (None: every one).
 
     Returns a DataFrame of the entity column(s), the time column (the forecast time), `step`, `output_col` and
     `_reason` (null when the entity was forecast); with `mode="test"` also `origin` (the window's first forecast
@@ -123,7 +127,8 @@ def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str
         fields += [T.StructField(ORIGIN_COL, T.LongType()), T.StructField("actual", T.DoubleType()),
                    T.StructField("naive", T.DoubleType()), T.StructField("mase_scale", T.DoubleType()),
                    T.StructField("observed", T.BooleanType())]
-    out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode), T.StructType(fields))
+    out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode, until),
+                                            T.StructType(fields))
     columns = [*spec.entity, time_of_step(spec, kind, F.col(STEP), prep.offset).alias(spec.time), STEP_COL,
                output_col, REASON_COL]
     if mode == "test":

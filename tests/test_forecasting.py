@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sparkdl import lake
+from sparkdl import lake, stack
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.evaluate import evaluate_model
 from sparkdl.score import score_table
@@ -180,3 +180,18 @@ def test_a_job_config_trains_evaluates_and_backtests_a_forecaster(spark, forecas
                                                           "features": ["temp"]}}))
     with pytest.raises(ConfigError, match="data.forecast: unknown key"):
         workflows.forecast_spec(config_from_dict({"data": {"table": table, "forecast": {**FORECAST, "lag": 1}}}))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(stack.keras_version("keras3") is None, reason="Keras 3 exists on the current stack only")
+def test_a_keras3_forecaster_trains_on_windows_with_sparkdls_step(forecaster, training_store):
+    _, table, _ = forecaster
+    est = KerasEstimator(model="tcn_forecaster", keras="keras3", forecast=FORECAST, hparams={"filters": 8},
+                         epochs=3, batch_size=32, num_proc=2, validation=0.1, model_store=training_store,
+                         model_name="temps_tcn_keras3")
+    model = est.fit(table)
+    history = model.getHistory()
+    assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0] and "val_loss" in history
+    assert stack.flavour_of(model.getModel()) == "keras3"
+    metrics = evaluate_model(str(model.getModelVersion()), table, store=training_store, plots=False)
+    assert metrics["windows"] == 3 * (240 - 6 - 192 + 1) and np.isfinite(metrics["mase"])

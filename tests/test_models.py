@@ -294,3 +294,33 @@ def test_knn_accuracy_checks_its_inputs(digits):
         models.knn_accuracy(x[:5], y[:5], x[5:10], y[5:10], k=6)
     with pytest.raises(ConfigError, match="10 train embeddings vs 9 labels"):
         models.knn_accuracy(x[:10], y[:9], x[10:12], y[10:12])
+
+
+@pytest.mark.parametrize("name, hparams", [("lstm_forecaster", {"units": 8}), ("gru_forecaster", {"layers": 2}),
+                                           ("tcn_forecaster", {"filters": 8, "dilations": [1, 2]}),
+                                           ("lstm_forecaster", {"from_last": False})])
+def test_forecasters_learn_windows_and_load_safely(name, hparams, tmp_path):
+    signature = ModelSignature((12, 2), "regression", outputs=4)
+    t = np.arange(3000, dtype="float32")
+    series = np.stack([np.sin(2 * np.pi * t / 12), np.cos(2 * np.pi * t / 12)], axis=1)
+    starts = np.arange(0, 3000 - 16)
+    x = np.stack([series[s:s + 12] for s in starts]) + 5.0  # a level the network must carry, not learn
+    y = np.stack([series[s + 12:s + 16, 0] for s in starts]) + 5.0
+    tf.keras.utils.set_random_seed(0)
+    model = models.build(name, signature, **hparams)
+    assert model.output_shape == (None, 4)
+    if hparams.get("from_last", True):  # the change head at zero: the forecast is the window's last target value
+        change = model.get_layer("change")
+        saved = change.get_weights()
+        change.set_weights([np.zeros_like(w) for w in saved])
+        np.testing.assert_allclose(model.predict(x[:5], verbose=0), np.repeat(x[:5, -1:, 0], 4, axis=1), atol=1e-6)
+        change.set_weights(saved)
+    model.compile(tf.keras.optimizers.Adam(1e-2), "mse")
+    history = model.fit(x, y, epochs=3, batch_size=64, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    path = tmp_path / "forecaster.keras"
+    model.save(path)
+    reloaded = tf.keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(x[:20], verbose=0), model.predict(x[:20], verbose=0), atol=1e-5)
+    with pytest.raises(ConfigError, match="a forecaster reads windows"):
+        models.build(name, ModelSignature((12,), "regression"))

@@ -19,14 +19,15 @@ def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # four demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
+@pytest.mark.timeout(1800)  # five demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
 def test_demo_end_to_end_then_rerun(tmp_path):
     first = _demo(tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     assert "sparkdl demo: done" in first.stdout and "test accuracy" in first.stdout
     result = json.loads(first.stdout[first.stdout.index("\n{") + 1:])
     runs = {Path(r["config"]).name: r for r in result["runs"]}
-    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml"}
+    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml",
+                         "macro_forecast.yaml"}
     assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
     assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
     # the image and text demos report a scikit-learn baseline on the same split, and beat or match it (1 point of
@@ -41,10 +42,17 @@ def test_demo_end_to_end_then_rerun(tmp_path):
         scoring = run["scoring"]
         assert scoring["input_rows"] == scoring["scored_rows"] + scoring["quarantined_rows"]
         assert all(Path(p).is_file() for p in run["plots"])
+        if run["test_metrics"].get("forecast"):
+            continue  # no SQL function over a forecaster's output
         assert sum(r["n"] for r in run["sql_query"]) == scoring["input_rows"]
         assert all(r["sql_agrees"] == r["n"] for r in run["sql_query"])  # SQL function == table scoring
         assert Path(run["model_path"], "model.keras").is_file()
     assert (tmp_path / "lake" / "digits_train" / "_delta_log").is_dir()
+    # the forecaster: 12 observed macroeconomic series, its test windows against seasonal naive, forecasts per series
+    forecast = runs["macro_forecast.yaml"]
+    assert forecast["test_metrics"]["series"] == 12 and forecast["scoring"]["scored_rows"] == 12
+    assert forecast["test_metrics"]["mae"] < forecast["test_metrics"]["naive_mae"]
+    assert "seasonal naive" in first.stdout and any(p.endswith("forecasts.png") for p in forecast["plots"])
     # the image demo's tables were ingested from PNG files in class folders (80/20 of the 1,797 digits)
     pngs = sorted((tmp_path / "lake" / "image_files").glob("*/*/*.png"))
     assert len(pngs) == 1797 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}

@@ -176,8 +176,12 @@ def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution |
     Raises:
         ConfigError: unknown output; probabilities of a regression model; anything but an embedding of an
             embedding model; `attribution` with another output, or a target class the model does not have;
-            attributions of a model with a text feature.
+            attributions of a model with a text feature; a forecaster (it scores series, not rows).
     """
+    if metadata.forecast is not None:
+        raise ConfigError(f"{metadata.where} is a forecaster: it forecasts series from a long table, not rows of "
+                          f"features; use score_table or score_stream (horizon rows per entity), or "
+                          f"sparkdl.score.forecast.forecast_frame for a DataFrame")
     if output not in OUTPUTS:
         raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}")
     if attribution is not None and output != "attributions":

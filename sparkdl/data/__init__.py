@@ -11,8 +11,13 @@ and on every Horovod worker::
 
     ds = tf_dataset(train, hvd.rank(), hvd.size(), batch_size, prep.signature.input_shape, epochs=epochs)
     model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch(train, hvd.size(), batch_size))
+
+A forecaster's data is a long table: `build_series` writes each entity's series once to a series cache (one Spark
+job), and `windows_tf_dataset` slices the windows of a `SeriesWindows` period out of it on every rank.
 """
 from sparkdl.data.dataset import iterate_batches, shard_plan, split, steps_per_epoch, tf_dataset, validation_rows
+from sparkdl.data.forecast import ForecastSpec, Frequency
+from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.petastorm_io import (
                                        CacheInfo,
                                        PetastormDataset,
@@ -26,8 +31,10 @@ from sparkdl.data.petastorm_io import (
                                        to_petastorm_split,
 )
 from sparkdl.data.preprocess import FeatureSlots, PreparedBatch, Preprocessor, PreprocessorModel
+from sparkdl.data.series import SeriesInfo, build_series
 from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
 from sparkdl.data.validation import validate, validation_plan
+from sparkdl.data.windows import SeriesWindows, windows_tf_dataset
 
 __all__ = [
     "Feature", "FeatureSpec", "Label", "ModelSignature", "validate", "validation_plan",
@@ -35,4 +42,6 @@ __all__ = [
     "PetastormDataset", "CacheInfo", "to_petastorm", "to_petastorm_split", "convert", "from_snapshot", "cache_key",
     "cleanup", "list_caches", "parent_cache_dir",
     "tf_dataset", "steps_per_epoch", "split", "validation_rows", "shard_plan", "iterate_batches",
+    "ForecastSpec", "Frequency", "ForecastPreparation", "SeriesInfo", "build_series", "SeriesWindows",
+    "windows_tf_dataset",
 ]

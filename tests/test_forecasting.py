@@ -102,6 +102,10 @@ def test_forecasts_go_to_delta_per_entity_with_lineage_and_short_series_quaranti
     assert np.mean(errors) < recent.groupby("city").temp.std().mean()
     again = score_table(model, source, target, mode="append", store=training_store)
     assert again.committed["target"] == "already" and again.target_version == report.target_version
+    # the Spark ML transform of a forecaster: the same forecasts, as a DataFrame
+    frame = model.transform(lake.read_table(source, spark=spark)[0]).where("_reason IS NULL").toPandas()
+    merged = frame.merge(out, on=["city", "step"])
+    assert len(merged) == 18 and np.allclose(merged.prediction, merged.forecast, atol=1e-5)
 
 
 @pytest.mark.slow

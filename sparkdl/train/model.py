@@ -14,7 +14,8 @@ from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.log import get_logger
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
-from sparkdl.score import transform_with_model
+from sparkdl.score import resolve_model, transform_with_model
+from sparkdl.score.forecast import forecast_frame
 from sparkdl.train.ml_persistence import ModelReader, ModelWriter
 
 log = get_logger("train")
@@ -23,7 +24,9 @@ log = get_logger("train")
 class SparkDLModel(Model, MLReadable, MLWritable):
     """A trained model: a version in the model store, its metadata, and (loaded on demand) the Keras model.
 
-    `transform(df)` adds the `outputCol` column using `sparkdl.score` (one model load per Python worker).
+    `transform(df)` adds the `outputCol` column using `sparkdl.score` (one model load per Python worker); a
+    forecaster's `transform(df)` returns its forecasts of every entity of the long table `df` instead: `horizon` rows
+    each (`sparkdl.score.forecast.forecast_frame`).
 
     Args:
         model: the Keras model, if already in memory (else loaded from the store on first `getModel()`).
@@ -98,6 +101,10 @@ class SparkDLModel(Model, MLReadable, MLWritable):
 
     # ---------------------------------------------------------------------------------------------- transform
     def _transform(self, dataset):
+        forecast = ModelMetadata.from_dict(self._metadata).forecast
+        if forecast is not None:
+            ref, _ = resolve_model(self)
+            return forecast_frame(dataset, ref, forecast, self.getOutputCol())
         return transform_with_model(self, dataset)
 
     # ---------------------------------------------------------------------------------------------- persistence

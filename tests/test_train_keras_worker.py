@@ -110,3 +110,25 @@ def test_after_the_first_step_every_rank_has_rank_0s_model_and_optimizer_variabl
     assert ranks[1]["after"] == ranks[0]["after"] == ranks[0]["before"]  # rank 0's weights (lr 0: unchanged)
     assert ranks[1]["slots"] == ranks[0]["slots"]  # Adam's moments of rank 0's data, and its step count
     assert ranks[0]["slots"][0] == 1 and any(np.any(np.asarray(s)) for s in ranks[0]["slots"][1:])
+
+
+def test_early_stopping_is_one_rule_for_both_flavours():
+    from sparkdl.train.keras_worker import EarlyStopping
+    from sparkdl.train.rank_job import EarlyStop
+
+    losses = EarlyStop("val_loss", patience=2)
+    assert [losses.should_stop({"val_loss": v}) for v in (1.0, 0.9, 0.95, 0.9, 0.8, 0.85, 0.8)] == \
+        [False, False, False, True, False, False, True]  # equal is no improvement
+    accuracy = EarlyStop("val_accuracy", patience=1)
+    assert [accuracy.should_stop({"val_accuracy": v}) for v in (0.5, 0.6, 0.55)] == [False, False, True]
+    assert not EarlyStop("val_loss", None).should_stop({"val_loss": 1.0})
+    assert not EarlyStop("val_loss", 1).should_stop({"loss": 1.0})  # no such value: never stops
+
+    class Model:
+        stop_training = False
+
+    callback = EarlyStopping("loss", 1)
+    callback.set_model(Model())
+    for value in (1.0, 1.0):
+        callback.on_epoch_end(0, {"loss": value})
+    assert callback.model.stop_training

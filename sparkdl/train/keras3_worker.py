@@ -26,18 +26,20 @@ checkpoint's model and optimizer state, and the same returned history. User call
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from sparkdl.train import progress
 from sparkdl.train.rank_job import (
+    EarlyStop,
     TrainJob,
     broadcast_variables,
+    examples_per_epoch,
     horovod_compression,
     job_datasets,
     make_optimizer,
     report_checkpoint,
     report_epoch,
+    report_first_step,
     warmup_learning_rate,
 )
 from sparkdl.train.serialization import model_from_bytes, model_to_bytes, restore_optimizer
@@ -157,25 +159,6 @@ def _metrics(keras, names, output_dim: int, integer_labels: bool) -> list:
     return out
 
 
-class _Monitor:
-    """Early stopping on an averaged epoch value: stop after `patience` epochs without improvement."""
-
-    def __init__(self, name: str, patience: int | None):
-        self.name, self.patience = name, patience
-        self.mode = max if ("acc" in name or "auc" in name) else min
-        self.best, self.wait = None, 0
-
-    def should_stop(self, logs: dict) -> bool:
-        if not self.patience or self.name not in logs:
-            return False
-        value = logs[self.name]
-        if self.best is None or self.mode(value, self.best) != self.best:
-            self.best, self.wait = value, 0
-            return False
-        self.wait += 1
-        return self.wait >= self.patience
-
-
 def train_keras3_on_rank(job: TrainJob) -> dict:
     """The Horovod function for a Keras 3 model (called by `keras_worker.train_on_rank`)."""
     import horovod.tensorflow as hvd
@@ -214,7 +197,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
         return {prefix + m.name: float(v) for m, v in zip(tracked, values.numpy())}
 
     broadcast_state(model, optimizer)
-    monitor = _Monitor(job.monitor, job.early_stopping)
+    monitor = EarlyStop(job.monitor, job.early_stopping)
     callbacks = list(job.callbacks)
     model.stop_training = False
     for callback in callbacks:
@@ -224,7 +207,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     epochs_done: list[int] = []
     train_iter = iter(train)
     val_iter = iter(val) if val is not None else None
-    examples = job.steps_per_epoch * job.batch_size * size
+    examples = examples_per_epoch(job, size)
     for epoch in range(job.initial_epoch, job.epochs):
         started = time.perf_counter()
         for callback in callbacks:
@@ -238,8 +221,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
             x, y = next(train_iter)
             train_step(x, y)
             if rank == 0 and epoch == job.initial_epoch and step == 0:
-                threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"},
-                                 daemon=True).start()
+                report_first_step()
         logs = averaged([loss_mean, *metrics])
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         if val_iter is not None:

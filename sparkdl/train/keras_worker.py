@@ -7,7 +7,6 @@ once written on the driver), so checkpoints land in the driver's work folder on 
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from sparkdl import stack
@@ -15,13 +14,16 @@ from sparkdl.tf_runtime import configure_tensorflow
 from sparkdl.train import progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import (
+    EarlyStop,
     TrainJob,
     broadcast_variables,
+    examples_per_epoch,
     horovod_compression,
     job_datasets,
     make_optimizer,
     report_checkpoint,
     report_epoch,
+    report_first_step,
     trace_allreduce_without_autograph,
     warmup_learning_rate,
 )
@@ -49,10 +51,9 @@ class EpochReporter(_callbacks_base()):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._first:  # sent from a thread: the first connection must not slow the training step down
+        if self._first:
             self._first = False
-            threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"},
-                             daemon=True).start()
+            report_first_step()
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - (self._start or time.perf_counter())
@@ -105,6 +106,19 @@ class BroadcastInitialState(_callbacks_base()):
         slots = optimizer.variables() if callable(optimizer.variables) else optimizer.variables
         broadcast_variables(list(self.model.variables) + list(slots), self.root_rank)
         self.done = True
+
+
+class EarlyStopping(_callbacks_base()):
+    """Every rank: `rank_job.EarlyStop` (the rule the Keras 3 loop applies too) on the epoch's averaged logs. After
+    Horovod's `MetricAverageCallback` in the list, so the logs it sees are the same on every rank."""
+
+    def __init__(self, monitor: str, patience: int):
+        super().__init__()
+        self.rule = EarlyStop(monitor, patience)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.rule.should_stop(dict(logs or {})):
+            self.model.stop_training = True
 
 
 class RunCheckpoint(_callbacks_base()):
@@ -192,10 +206,10 @@ def train_on_rank(job: TrainJob) -> dict:
     callbacks = [BroadcastInitialState(0), hvd.callbacks.MetricAverageCallback()]
     callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))
     if job.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=job.monitor, patience=int(job.early_stopping)))
+        callbacks.append(EarlyStopping(job.monitor, int(job.early_stopping)))
     callbacks += list(job.callbacks)
     if rank == 0:
-        examples = job.steps_per_epoch * job.batch_size * size
+        examples = examples_per_epoch(job, size)
         callbacks += [EpochReporter(job, examples), RunCheckpoint(job)]
 
     history = model.fit(train, epochs=job.epochs, initial_epoch=job.initial_epoch,

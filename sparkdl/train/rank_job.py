@@ -4,6 +4,7 @@ reports of epochs and checkpoints to the driver."""
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,37 @@ def warmup_learning_rate(scaled_lr: float, size: int, warmup_epochs: int, epoch:
     if progress_epochs >= warmup_epochs:
         return scaled_lr
     return scaled_lr / size * (progress_epochs * (size - 1) / warmup_epochs + 1)
+
+
+def examples_per_epoch(job: TrainJob, size: int) -> int:
+    """Examples all ranks train on per epoch (every rank runs the same steps)."""
+    return job.steps_per_epoch * job.batch_size * size
+
+
+def report_first_step() -> None:
+    """Rank 0: the `first_step` event, sent from a thread (the first connection must not slow the step down)."""
+    threading.Thread(target=progress.report, args=("event",), kwargs={"name": "first_step"}, daemon=True).start()
+
+
+class EarlyStop:
+    """The early-stopping rule of both Keras flavours, on the epoch's averaged logs (so every rank decides the
+    same): stop after `patience` epochs without improvement of `name` (higher is better for accuracy and AUC
+    metrics, lower for the rest); no patience, or no such value in the logs, never stops."""
+
+    def __init__(self, name: str, patience: int | None):
+        self.name, self.patience = name, patience
+        self.mode = max if ("acc" in name or "auc" in name) else min
+        self.best, self.wait = None, 0
+
+    def should_stop(self, logs: dict) -> bool:
+        if not self.patience or self.name not in logs:
+            return False
+        value = logs[self.name]
+        if self.best is None or self.mode(value, self.best) != self.best:
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
 
 
 # Rank 0's logs of this job's epochs (a rank process runs one job).

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
 LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
      "sparkdl.ordered_scan", "sparkdl.tf_runtime", "sparkdl.session_kind", "sparkdl.spark_jobs",
-     "sparkdl.jsonlines"),
+     "sparkdl.jsonlines", "sparkdl.parquet_reader"),
     ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking"),
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),

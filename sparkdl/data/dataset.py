@@ -33,13 +33,14 @@ import queue
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparkdl.data.arrow_utils import list_to_matrix, numeric_to_numpy
 from sparkdl.data.petastorm_io import PetastormDataset
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
-from sparkdl.uri import filesystem
+from sparkdl.parquet_reader import open_parquet, read_batches
 
 log = get_logger("data.dataset")
 
@@ -82,9 +83,8 @@ def _row_groups(data: PetastormDataset) -> list[tuple[int, int, int]]:
         return [tuple(r) for r in data.row_groups]
     out = []
     for i, f in enumerate(data.files):
-        fs, path = filesystem(f)
-        with fs.open_input_file(path) as handle:
-            meta = pq.ParquetFile(handle).metadata
+        with open_parquet(f) as parquet:
+            meta = parquet.metadata
         out += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     return out
 
@@ -126,15 +126,16 @@ class _Reader:
 
     def _file(self, index: int) -> pq.ParquetFile:
         if index not in self._files:
-            fs, path = filesystem(self.data.files[index])
-            self._files[index] = pq.ParquetFile(fs.open_input_file(path))
+            self._files[index] = open_parquet(self.data.files[index])
         return self._files[index]
 
     def read(self, file_index: int, row_group: int, start: int, stop: int):
         """Yield (features, labels) numpy pieces of rows [start, stop) of one row group, in Arrow batches."""
         pos = 0
-        for batch in self._file(file_index).iter_batches(batch_size=self.read_rows, row_groups=[row_group],
-                                                           columns=self.columns, use_threads=True):
+        parquet = self._file(file_index)
+        schema = pa.schema([parquet.schema_arrow.field(c) for c in self.columns])  # as written: no cast
+        for batch in read_batches(parquet, schema, row_groups=[row_group], batch_rows=self.read_rows,
+                                  use_threads=True):
             n = batch.num_rows
             lo, hi = max(start, pos), min(stop, pos + n)
             pos += n
@@ -204,9 +205,8 @@ def label_dtype(data: PetastormDataset):
     """int64 for integer/boolean labels, float32 otherwise (read from the first file's schema)."""
     import pyarrow as pa
 
-    fs, path = filesystem(data.files[0])
-    with fs.open_input_file(path) as handle:
-        schema = pq.ParquetFile(handle).schema_arrow
+    with open_parquet(data.files[0]) as parquet:
+        schema = parquet.schema_arrow
     t = schema.field(data.label_column).type
     return np.int64 if (pa.types.is_integer(t) or pa.types.is_boolean(t)) else np.float32
 

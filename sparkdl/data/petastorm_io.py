@@ -30,7 +30,6 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from sparkdl import stack
 from sparkdl.data.images import ImageInput
@@ -38,6 +37,7 @@ from sparkdl.data.preprocess import invalid_row_counter
 from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.log import get_logger
+from sparkdl.parquet_reader import open_parquet
 from sparkdl.session import work_dir
 from sparkdl.session_kind import optimized_plan, plan_fingerprint
 from sparkdl.spark_jobs import stopped_on_error
@@ -242,9 +242,8 @@ def _row_groups(files, columns) -> tuple[tuple | None, int]:
 
     out, total = [], 0
     for i, f in enumerate(files):
-        fs, path = filesystem(f)
-        with fs.open_input_file(path) as handle:
-            meta = pq.ParquetFile(handle).metadata
+        with open_parquet(f) as parquet:
+            meta = parquet.metadata
             schema = meta.schema.to_arrow_schema()
         for c in columns:
             if c not in schema.names:
@@ -500,9 +499,8 @@ def _list_folders(url: str, prefix: str) -> list[str]:
 def _footers(files: list[str]) -> tuple[list, int]:
     out, total = [], 0
     for i, f in enumerate(files):
-        fs, path = filesystem(f)
-        with fs.open_input_file(path) as handle:
-            meta = pq.ParquetFile(handle).metadata
+        with open_parquet(f) as parquet:
+            meta = parquet.metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
             out.append([i, g, n])

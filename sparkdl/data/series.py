@@ -25,7 +25,7 @@ from sparkdl.data.forecast import MICROS, ForecastSpec
 from sparkdl.data.petastorm_io import PetastormDataset, cache_key, convert
 from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
-from sparkdl.uri import filesystem
+from sparkdl.parquet_reader import read_columns
 
 log = get_logger("data.series")
 
@@ -285,17 +285,8 @@ class SeriesInfo:
 
 def read_series_info(data: PetastormDataset, spec: ForecastSpec) -> SeriesInfo:
     """The small columns of every series in the cache, in file order (the order the window reader uses)."""
-    import pyarrow.parquet as pq
-
     keys = list(spec.entity) or [SERIES_KEY]
-    tables = []
-    for f in data.files:
-        fs, path = filesystem(f)
-        with fs.open_input_file(path) as handle:
-            tables.append(pq.read_table(handle, columns=keys + list(INFO_COLUMNS)))
-    import pyarrow as pa
-
-    table = pa.concat_tables(tables) if tables else None
+    table = read_columns(data.files, keys + list(INFO_COLUMNS))
     if table is None or table.num_rows == 0:
         raise ValidationError("forecast: the table has no rows to build series from",
                               [Problem(spec.target, "no rows", "at least one series", "0 rows")])

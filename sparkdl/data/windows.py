@@ -22,7 +22,7 @@ from sparkdl.data.dataset import batches_dataset
 from sparkdl.data.petastorm_io import PetastormDataset
 from sparkdl.data.series import VALUES
 from sparkdl.errors import ConfigError
-from sparkdl.uri import filesystem
+from sparkdl.parquet_reader import read_columns
 
 PERIODS = ("train", "validation", "test")
 BLOCK_WINDOWS = 16_384  # windows gathered per block (bounded further by bytes)
@@ -85,13 +85,7 @@ class SeriesWindows:
 def load_series(windows: SeriesWindows) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets): every series' scaled values stacked into one (total steps, channels) float32 array, and
     each series' first row in it."""
-    import pyarrow.parquet as pq
-
-    parts = []
-    for f in windows.data.files:
-        fs, path = filesystem(f)
-        with fs.open_input_file(path) as handle:
-            parts.append(pq.read_table(handle, columns=[VALUES, "length", "mean", "scale"]))
+    parts = [read_columns([f], [VALUES, "length", "mean", "scale"]) for f in windows.data.files]
     lengths = np.concatenate([p.column("length").to_numpy() for p in parts]).astype(np.int64)
     if tuple(lengths.tolist()) != windows.lengths:
         raise ConfigError(f"the series cache {windows.data.url} changed since its windows were planned")

@@ -24,7 +24,8 @@ from sparkdl import stack
 from sparkdl.errors import TableError
 from sparkdl.lake.delta_rs import _location, latest_version, plain_files
 from sparkdl.lake.schema import spark_schema_from_delta_json
-from sparkdl.uri import filesystem, normalize_table_uri
+from sparkdl.parquet_reader import read_batches
+from sparkdl.uri import normalize_table_uri
 
 FORMAT = "sparkdl_delta"
 SOURCE_VERSION_COL = "_source_version"
@@ -82,28 +83,13 @@ class DeltaLogStreamReader(DataSourceStreamReader):
 
     def read(self, partition: DeltaFilesPartition):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         target = stack.arrow_schema(self.schema)
-        data_fields = [f for f in target if f.name != SOURCE_VERSION_COL]
-        for uri, values in partition.files:
-            fs, path = filesystem(uri)
-            with fs.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
-                present = set(parquet.schema_arrow.names)
-                for batch in parquet.iter_batches(batch_size=10_000,
-                                                  columns=[f.name for f in data_fields if f.name in present]):
-                    n = batch.num_rows
-                    arrays = []
-                    for f in data_fields:
-                        if f.name in present:
-                            arrays.append(batch.column(f.name).cast(f.type))
-                        elif f.name in values:
-                            arrays.append(pa.array([values[f.name]] * n, f.type))
-                        else:  # a column added to the table after this file was written
-                            arrays.append(pa.nulls(n, f.type))
-                    arrays.append(pa.array([partition.version] * n, pa.int64()))
-                    yield pa.RecordBatch.from_arrays(arrays, schema=target)
+        data = pa.schema([f for f in target if f.name != SOURCE_VERSION_COL])
+        for uri, values in partition.files:  # partition values from the log; columns added later read as nulls
+            for batch in read_batches(uri, data, partition_values=values, batch_rows=10_000):
+                version = pa.array([partition.version] * batch.num_rows, pa.int64())
+                yield pa.RecordBatch.from_arrays([*batch.columns, version], schema=target)
 
 
 def source_schema(table: str):

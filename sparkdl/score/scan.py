@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from sparkdl import stack
 from sparkdl.log import get_logger
+from sparkdl.parquet_reader import open_parquet, read_batches
 from sparkdl.session_kind import connect_parquet_read, default_parallelism, optimized_plan, scan_partitions
 from sparkdl.uri import filesystem
 
@@ -59,11 +60,8 @@ def _children(node) -> list:
 
 def _file_columns(uri: str) -> list[str]:
     """The column names one Parquet file holds (its footer)."""
-    import pyarrow.parquet as pq
-
-    fs, path = filesystem(uri)
-    with fs.open_input_file(path) as handle:
-        return pq.ParquetFile(handle).schema_arrow.names
+    with open_parquet(uri) as parquet:
+        return parquet.schema_arrow.names
 
 
 def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
@@ -126,12 +124,9 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
         tasks = max(default_parallelism(spark) or 1, scan_partitions(df) or 0)
     units: list[tuple[str, tuple[int, ...] | None]] = []
     if len(files) < tasks:
-        import pyarrow.parquet as pq
-
         for uri in files:
-            fs, path = filesystem(uri)
-            with fs.open_input_file(path) as handle:
-                groups = pq.ParquetFile(handle).metadata.num_row_groups
+            with open_parquet(uri) as parquet:
+                groups = parquet.metadata.num_row_groups
             units += [(uri, (g,)) for g in range(groups)] or [(uri, None)]
     else:
         units = [(uri, None) for uri in files]
@@ -142,42 +137,12 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
 
 
 def read_scan_batches(scan: ParquetScan, arrow_schema, unit_ids, batch_rows: int = READ_BATCH_ROWS):
-    """RecordBatches of the units `unit_ids`, conformed to `arrow_schema` (Spark's Arrow types for the columns)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """RecordBatches of the units `unit_ids`, conformed to `arrow_schema` (Spark's Arrow types for the columns) by
+    the one Parquet reader's rule (`sparkdl.parquet_reader`: Spark's name matching, casts, absent columns null)."""
     for unit in unit_ids:
         uri, groups = scan.units[unit]
-        fs, path = filesystem(uri)
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            present = parquet.schema_arrow.names
-            if scan.case_sensitive:
-                lookup = {n: n for n in present}
-            else:
-                lookup = {}
-                for n in present:
-                    lookup.setdefault(n.lower(), n)
-            source = [lookup.get(c if scan.case_sensitive else c.lower()) for c in scan.columns]
-            wanted = list(dict.fromkeys(s for s in source if s is not None))
-            if not wanted:  # no wanted column in the file: its rows, all null
-                n = parquet.metadata.num_rows if groups is None else sum(
-                    parquet.metadata.row_group(g).num_rows for g in groups)
-                for start in range(0, n, batch_rows):
-                    rows = min(batch_rows, n - start)
-                    yield pa.RecordBatch.from_arrays([pa.nulls(rows, f.type) for f in arrow_schema],
-                                                     schema=arrow_schema)
-                continue
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=wanted,
-                                              use_threads=False):
-                arrays = []
-                for name, field in zip(source, arrow_schema):
-                    if name is None:
-                        arrays.append(pa.nulls(batch.num_rows, field.type))
-                    else:
-                        column = batch.column(name)
-                        arrays.append(column if column.type == field.type else column.cast(field.type))
-                yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+        yield from read_batches(uri, arrow_schema, row_groups=list(groups) if groups is not None else None,
+                                case_sensitive=scan.case_sensitive, batch_rows=batch_rows)
 
 
 def map_batches(df, fn, schema, direct: bool = True):

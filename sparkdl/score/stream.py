@@ -22,25 +22,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparkdl import jsonlines
-from sparkdl.data.series import check_forecast_schema
 from sparkdl.errors import ConfigError, TableError
 from sparkdl.fileutil import write_atomic
 from sparkdl.lake import exists, read_table, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
-from sparkdl.score.forecast import STEP_COL, forecast_frame
+from sparkdl.score.forecast import forecast_frame
 from sparkdl.score.model_ref import resolve_model
-from sparkdl.score.outputs import plan_output
 from sparkdl.score.table import (
     QUARANTINE_SUFFIX,
     ScoreReport,
-    _check_options,
-    check_columns,
     committed_write,
     count_outcomes,
-    default_keep_columns,
     lineage_columns,
-    scored_frame,
+    scoring_columns,
     split_outcomes,
 )
 from sparkdl.session import get_spark
@@ -129,12 +124,6 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
 
     spark = spark or get_spark()
     ref, metadata = resolve_model(model_ref, store)
-    forecaster = metadata.forecast
-    if forecaster is not None and (output != "prediction" or keep_columns is not None):
-        raise ConfigError(f"score_stream({ref}): a forecaster writes its forecasts (output 'prediction') with the "
-                          f"entity, time and step columns; output={output!r} and keep_columns do not apply")
-    plan = plan_output(output, metadata) if forecaster is None else None
-    output_col = output_col or ("forecast" if forecaster is not None else output)
     source_uri, target_uri = normalize_table_uri(source), normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     if not exists(source_uri, spark=spark):
@@ -142,15 +131,9 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     schema = source_schema(source_uri)
     empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
     where = f"score_stream({ref}, {source_uri} -> {target_uri})"
-    if forecaster is not None:
-        feature_names, keep = [], [*forecaster.spec.entity, forecaster.spec.time, STEP_COL]
-        _check_options("append", output_col, keep)
-        check_forecast_schema(forecaster.spec, empty.schema, where)
-    else:
-        feature_names = metadata.spec.feature_names
-        keep = list(keep_columns) if keep_columns is not None else default_keep_columns(empty, metadata.spec)
-        _check_options("append", output_col, keep)
-        check_columns(empty, metadata.spec, keep, where)
+    columns = scoring_columns(empty, ref, metadata, "append", output, keep_columns, output_col, where)
+    keep, feature_names, output_col, forecaster = (columns.keep, columns.feature_names, columns.output_col,
+                                                   columns.forecaster)
     kwargs = _trigger_kwargs(trigger)
     app_id = _app_id(checkpoint, source_uri, target_uri)
 
@@ -167,20 +150,18 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
             log.info("%s: batch %d is already committed (app id %s); skipping", where, batch_id, app_id)
             return
         scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        if forecaster is not None:
+        if forecaster is not None:  # the entities with new rows, from their history
             frame = _touched_forecasts(batch_df, source_uri, ref, forecaster, output_col)
             if frame is None:
                 return
         else:
-            frame = scored_frame(batch_df, ref, plan, feature_names, keep + [SOURCE_VERSION_COL], output_col,
-                                 batch_size)
+            frame = columns.scored(batch_df, ref, batch_size, extra_keep=(SOURCE_VERSION_COL,))
         scored = frame.persist(StorageLevel.DISK_ONLY)
         try:
             ok, bad, reasons = count_outcomes(scored)
             if ok + bad == 0:
                 return
-            if forecaster is not None:  # counted in series, as score_table counts a forecaster's
-                ok //= forecaster.spec.horizon
+            ok, _ = columns.series_counts(ok, bad)  # a forecaster's in series, as score_table counts them
             lineage = lineage_columns(ref, F.col(SOURCE_VERSION_COL), scored_at)
             good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
             commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from sparkdl import stack
+from sparkdl.data.series import check_forecast_schema
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.errors import ConfigError, ScoringError, one_line_reason
 from sparkdl.lake import exists, history, latest_version, read_table, write_table
@@ -177,6 +178,58 @@ def _check_options(mode: str, output_col: str, keep_columns: list[str]) -> None:
                           f"({[output_col, REASON_COL, *LINEAGE_COLUMNS]}); rename them or pass output_col")
 
 
+@dataclass(frozen=True)
+class ScoringColumns:
+    """What a scoring job reads and writes, decided on the driver from the schema (`scoring_columns`): the output
+    plan (None for a forecaster), the output column, the feature columns, the kept columns and, for a forecaster,
+    its preparation."""
+
+    plan: OutputPlan | None
+    output_col: str
+    feature_names: list
+    keep: list
+    forecaster: object = None
+
+    def scored(self, df, ref: ModelRef, batch_size: int | None = None, extra_keep: tuple = ()):
+        """`df` through the model: `scored_frame`, or a forecaster's `forecast_frame` (horizon rows per entity)."""
+        if self.forecaster is not None:
+            return forecast_frame(df, ref, self.forecaster, self.output_col)
+        return scored_frame(df, ref, self.plan, self.feature_names, self.keep + list(extra_keep), self.output_col,
+                            batch_size)
+
+    def series_counts(self, ok: int, bad: int) -> tuple[int, int]:
+        """(scored, input) counts in the job's unit: rows, or a forecaster's series (horizon rows each)."""
+        if self.forecaster is None:
+            return ok, ok + bad
+        return ok // self.forecaster.spec.horizon, ok // self.forecaster.spec.horizon + bad
+
+
+def scoring_columns(df, ref: ModelRef, metadata, mode: str, output: str, keep_columns: list[str] | None,
+                    output_col: str | None, where: str, attribution=None) -> ScoringColumns:
+    """Check a scoring job's options and `df`'s schema against the model (no Spark job) and return its columns.
+
+    Raises:
+        ConfigError: bad options (a forecaster takes no output kind and no keep columns: it writes its entity,
+            time and step columns). ValidationError: missing or mistyped columns.
+    """
+    forecaster = metadata.forecast
+    if forecaster is not None:
+        if output != "prediction" or keep_columns is not None:
+            raise ConfigError(f"{where}: a forecaster writes its forecasts (output 'prediction') with the entity, "
+                              f"time and step columns; output={output!r} and keep_columns do not apply")
+        columns = ScoringColumns(None, output_col or "forecast", [],
+                                 [*forecaster.spec.entity, forecaster.spec.time, STEP_COL], forecaster)
+        _check_options(mode, columns.output_col, columns.keep)
+        check_forecast_schema(forecaster.spec, df.schema, where)
+        return columns
+    plan = plan_output(output, metadata, attribution)
+    keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
+    columns = ScoringColumns(plan, output_col or output, metadata.spec.feature_names, keep)
+    _check_options(mode, columns.output_col, keep)
+    check_columns(df, metadata.spec, keep, where)
+    return columns
+
+
 # ------------------------------------------------------------------------------------------------ score_table
 def score_table(model_ref, source, target, mode: str = "append", keep_columns: list[str] | None = None,
                 source_version: int | None = None, output: str = "prediction", quarantine: str | None = None,
@@ -218,35 +271,21 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
 
     started = time.perf_counter()
     ref, metadata = resolve_model(model_ref, store)
-    forecaster = metadata.forecast
-    if forecaster is not None and (output != "prediction" or keep_columns is not None):
-        raise ConfigError(f"score_table({ref}): a forecaster writes its forecasts (output 'prediction') with the "
-                          f"entity, time and step columns; output={output!r} and keep_columns do not apply")
-    plan = plan_output(output, metadata, attribution) if forecaster is None else None
-    output_col = output_col or ("forecast" if forecaster is not None else output)
     df, snap = read_table(source, version=source_version, spark=spark)
     spark = df.sparkSession
     where = f"score_table({ref}, source={snap.table}@{snap.version})"
-    if forecaster is not None:  # horizon rows per entity, from its latest lookback steps
-        feature_names, keep = [], [*forecaster.spec.entity, forecaster.spec.time, STEP_COL]
-        _check_options(mode, output_col, keep)
-    else:
-        feature_names = metadata.spec.feature_names
-        keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
-        _check_options(mode, output_col, keep)
-        check_columns(df, metadata.spec, keep, where)
+    columns = scoring_columns(df, ref, metadata, mode, output, keep_columns, output_col, where, attribution)
     target_uri = normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     target_before = _version_or_none(target_uri, spark)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
-    scored = forecast_frame(df, ref, forecaster, output_col) if forecaster is not None else \
-        scored_frame(df, ref, plan, feature_names, keep, output_col, batch_size)
+    scored = columns.scored(df, ref, batch_size)
     lineage = lineage_columns(ref, snap.version, scored_at)  # aware datetime: Spark converts it as UTC
     if mode == "append" and target_before is not None:
         # the appended rows must fit the target: find out from the schemas, before scoring the whole source
-        _check_appendable(split_outcomes(scored, keep, feature_names, output_col, lineage)[0].schema,
-                          target_uri, spark)
+        _check_appendable(split_outcomes(scored, columns.keep, columns.feature_names, columns.output_col,
+                                         lineage)[0].schema, target_uri, spark)
     scored = scored.persist(StorageLevel.DISK_ONLY)
     try:
         try:
@@ -254,56 +293,68 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         except Exception as exc:  # noqa: BLE001 - Py4J/PythonException from the executors
             raise ScoringError(f"{where}: scoring failed; nothing was written to {target_uri} (still at version "
                                f"{target_before}): {one_line_reason(exc)[:800]}") from exc
-        if forecaster is not None:  # a forecaster's input is its series: horizon rows each, or one quarantined
-            ok, input_rows = ok // forecaster.spec.horizon, ok // forecaster.spec.horizon + bad
-        else:
+        ok, input_rows = columns.series_counts(ok, bad)
+        if columns.forecaster is None:
             input_rows = snap.num_rows if snap.num_rows is not None else df.count()
         if ok + bad != input_rows:
             raise ScoringError(f"{where}: {input_rows} input rows but {ok} scored + {bad} quarantined = {ok + bad}; "
                                f"nothing was written")
-        good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
+        good_df, bad_df = split_outcomes(scored, columns.keep, columns.feature_names, columns.output_col, lineage)
         operation = "explain" if output == "attributions" else "score"
         commit = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
                   "model_store": ref.root, "output": output, "source_table": snap.table,
                   "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
-        if plan is not None and plan.attribution is not None:
-            commit["attribution"] = asdict(plan.attribution)
+        if columns.plan is not None and columns.plan.attribution is not None:
+            commit["attribution"] = asdict(columns.plan.attribution)
         run_key = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
                    "output": output, "source_table": snap.table, "source_version": snap.version}
-        committed = {"target": "nothing", "quarantine": "nothing"}
-        target_version = target_before
-        earlier = committed_write(target_uri, {**run_key, "part": "scored"}, spark) if mode == "append" else None
-        if ok and earlier is not None:
-            committed["target"], target_version = "already", earlier["version"]
-            log.warning("%s: %s already has these rows (version %s, scored %s); not written again", where,
-                        target_uri, earlier["version"], (earlier.get("metadata") or {}).get("scored_at"))
-        elif ok:
-            target_version = write_table(good_df, target_uri, mode=mode, commit_metadata={**commit, "part": "scored"},
-                                         schema_mode="overwrite" if mode == "overwrite" else None,
-                                         spark=spark).version
-            committed["target"] = "written"
-        else:
-            log.warning("%s: no row was scored (%d input, %d quarantined): %s stays at version %s", where,
-                        input_rows, bad, target_uri, target_before)
-        quarantine_version = None
-        if bad:
-            earlier = committed_write(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
-            if earlier is not None:
-                committed["quarantine"], quarantine_version = "already", earlier["version"]
-            else:
-                quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
-                                                 commit_metadata={**commit, "part": "quarantine",
-                                                                  "reasons": reasons}, spark=spark).version
-                committed["quarantine"] = "written"
-                log.warning("%s: %d row(s) quarantined to %s: %s", where, bad, quarantine_uri, reasons)
+        written = _commit_outcomes(good_df if ok else None, bad_df if bad else None, target_uri, quarantine_uri,
+                                   mode, commit, run_key, reasons, where, spark)
     finally:
         scored.unpersist()
+    target_version = written["target_version"] if written["target_version"] is not None else target_before
+    if not ok:
+        log.warning("%s: no row was scored (%d input, %d quarantined): %s stays at version %s", where, input_rows,
+                    bad, target_uri, target_before)
     report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_version,
-                         quarantine_uri if bad else None, quarantine_version, input_rows, ok, bad, reasons,
-                         scored_at.isoformat(), round(time.perf_counter() - started, 3), committed)
+                         quarantine_uri if bad else None, written["quarantine_version"], input_rows, ok, bad, reasons,
+                         scored_at.isoformat(), round(time.perf_counter() - started, 3), written["committed"])
     log.info("%s: %d scored -> %s@%s, %d quarantined", where, ok, target_uri, target_version, bad)
     return report
+
+
+def _commit_outcomes(good_df, bad_df, target_uri: str, quarantine_uri: str, mode: str, commit: dict, run_key: dict,
+                     reasons: dict, where: str, spark) -> dict:
+    """Write the scored rows to the target and the quarantined ones to the quarantine table (None: nothing to
+    write), each one atomic commit, each skipped when an earlier run with the same `run_key` committed it (append
+    mode for the target). Returns {"target_version", "quarantine_version", "committed": {table: what happened}}."""
+    out = {"target_version": None, "quarantine_version": None,
+           "committed": {"target": "nothing", "quarantine": "nothing"}}
+    if good_df is not None:
+        earlier = committed_write(target_uri, {**run_key, "part": "scored"}, spark) if mode == "append" else None
+        if earlier is not None:
+            out["committed"]["target"], out["target_version"] = "already", earlier["version"]
+            log.warning("%s: %s already has these rows (version %s, scored %s); not written again", where,
+                        target_uri, earlier["version"], (earlier.get("metadata") or {}).get("scored_at"))
+        else:
+            out["target_version"] = write_table(good_df, target_uri, mode=mode,
+                                                commit_metadata={**commit, "part": "scored"},
+                                                schema_mode="overwrite" if mode == "overwrite" else None,
+                                                spark=spark).version
+            out["committed"]["target"] = "written"
+    if bad_df is not None:
+        earlier = committed_write(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
+        if earlier is not None:
+            out["committed"]["quarantine"], out["quarantine_version"] = "already", earlier["version"]
+        else:
+            out["quarantine_version"] = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
+                                                    commit_metadata={**commit, "part": "quarantine",
+                                                                     "reasons": reasons}, spark=spark).version
+            out["committed"]["quarantine"] = "written"
+            log.warning("%s: %d row(s) quarantined to %s: %s", where, sum(reasons.values()), quarantine_uri,
+                        reasons)
+    return out
 
 
 def _check_appendable(schema, target_uri: str, spark) -> None:

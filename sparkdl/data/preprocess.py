@@ -45,7 +45,7 @@ from sparkdl.data.arrow_utils import (
     to_table,
 )
 from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
-from sparkdl.data.spec import Feature, FeatureSpec, ModelSignature
+from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt, validation_plan
 from sparkdl.errors import ConfigError, Problem, ValidationError
@@ -128,114 +128,136 @@ class Preprocessor:
             ValidationError: missing columns or wrong types (always checked, from the schema), bad data when
                 `validate`, or a label with more string classes than `num_classes`.
         """
-        from pyspark.ml.functions import array_to_vector
-        from pyspark.ml.stat import Summarizer
-        from pyspark.sql import functions as F
-
         spec = self.spec
         plan = validation_plan(spec, df) if validate else None
         if plan is not None and plan.schema_problems:
             plan.check(df.agg(*plan.aggs).first())  # raises, with the value problems of the other columns too
         check_schema(spec, df.schema, "cannot fit the preprocessor")
         train = df.where(rows) if rows is not None else df
-
-        def kept(condition):
-            return condition & rows if rows is not None else condition
-
-        aggs = [(F.count_if(rows) if rows is not None else F.count(F.lit(1))).alias("_rows")]
-        for i, f in enumerate(spec.features):
-            if f.kind == "numeric":
-                x = F.col(f.name).cast("double")
-                finite = F.when(kept(~F.isnan(x) & (F.abs(x) != float("inf"))), x)
-                aggs += [F.count(finite).alias(f"n{i}"), F.avg(finite).alias(f"mean{i}"),
-                         F.stddev_pop(finite).alias(f"std{i}"), F.min(finite).alias(f"min{i}"),
-                         F.max(finite).alias(f"max{i}")]
-                if f.impute == "median":
-                    aggs.append(F.percentile_approx(finite, 0.5, 10000).alias(f"median{i}"))
-            elif f.kind in ("vector", "sequence") and (f.scale or f.impute == "mean"):
-                arr = array_column(df, f.name)
-                good = kept(F.coalesce((F.size(arr) == f.size) & F.forall(
-                    arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False)))
-                vec = array_to_vector(F.when(good, arr.cast("array<double>"))
-                                      .otherwise(F.array_repeat(F.lit(0.0), f.size)))
-                aggs.append(Summarizer.metrics("mean", "variance", "min", "max", "count")
-                            .summary(vec, F.when(good, 1.0).otherwise(0.0)).alias(f"vec{i}"))
-        label = spec.label
-        if label is not None and label.task != "regression":
-            lt = df.schema[label.name].dataType
-            from pyspark.sql.types import StringType
-
-            y = F.when(rows, F.col(label.name)) if rows is not None else F.col(label.name)
-            if isinstance(lt, StringType):
-                aggs.append(F.array_sort(F.collect_set(y)).alias("_classes"))
-            else:
-                aggs.append(F.max(y.cast("double")).alias("_label_max"))
-        row = df.agg(*(plan.aggs if plan is not None else ()), *aggs).first()  # validation and statistics: one pass
-        if plan is not None:
+        row = df.agg(*(plan.aggs if plan is not None else ()), *_statistics_aggs(spec, df, rows)).first()
+        if plan is not None:  # validation and statistics: one pass
             plan.check(row)
-        stats: dict = {"num_rows": int(row["_rows"]), "features": {}}
+        stats: dict = {"num_rows": int(row["_rows"]), "features": _feature_stats(spec, row)}
         if stats["num_rows"] == 0:
             raise ValidationError("cannot fit the preprocessor on an empty DataFrame",
                                   [Problem("*", "no rows", expected="at least one row", found="0 rows", count=0)])
-        for i, f in enumerate(spec.features):
-            s: dict = {}
-            if f.kind == "numeric":
-                n = int(row[f"n{i}"])
-                s = {"count": n, "mean": _num(row[f"mean{i}"]), "std": _num(row[f"std{i}"]),
-                     "min": _num(row[f"min{i}"]), "max": _num(row[f"max{i}"])}
-                if f.impute == "median":
-                    s["median"] = _num(row[f"median{i}"])
-                if n == 0 and (f.scale or f.impute in ("mean", "median")):
-                    raise ValidationError(f"feature {f.name!r}: no finite values to compute statistics from",
-                                          [Problem(f.name, "no finite values", "at least one finite value", "none",
-                                                   count=0)])
-            elif f"vec{i}" in row.asDict():
-                v = row[f"vec{i}"]
-                n = int(v["count"]) if v is not None else 0
-                if n == 0:
-                    raise ValidationError(f"feature {f.name!r}: no complete rows to compute statistics from",
-                                          [Problem(f.name, "no complete rows", f"rows of {f.size} finite values",
-                                                   "none", count=0)])
-                var = np.asarray(v["variance"].toArray()) * ((n - 1) / n if n > 1 else 0.0)
-                s = {"count": n, "mean": v["mean"].toArray().tolist(), "std": np.sqrt(var).tolist(),
-                     "min": v["min"].toArray().tolist(), "max": v["max"].toArray().tolist()}
-            stats["features"][f.name] = s
-        cats = [f for f in spec.features if f.kind == "categorical"]
+        stats["features"].update(self._vocabulary_stats(train))
+        image = spec.image_feature
+        if image is not None and image.scale == "standard":
+            stats["features"][image.name] = _channel_stats(train, image)
+        stats["label"] = _label_stats(spec.label, row) if spec.label is not None else None
+        model = PreprocessorModel(spec, stats)
+        log.info("fitted preprocessing on %d rows: input_shape=%s, fingerprint %s", stats["num_rows"],
+                 model.signature.input_shape if spec.label else model.input_shape, model.fingerprint)
+        return model
+
+    def _vocabulary_stats(self, train) -> dict:
+        """The vocabularies of the categorical features (one job) and of the text features (one job)."""
+        out = {}
+        cats = [f for f in self.spec.features if f.kind == "categorical"]
         if cats:
             vocab = _vocabularies(train, cats, self.max_categories)
-            for f in cats:
-                stats["features"][f.name] = {"vocabulary": vocab.get(f.name, [])}
-        texts = [f for f in spec.features if f.kind == "text"]
+            out.update({f.name: {"vocabulary": vocab.get(f.name, [])} for f in cats})
+        texts = [f for f in self.spec.features if f.kind == "text"]
         if texts:
             for name, tokens in fit_vocabularies(train, texts).items():
                 if not tokens:
                     raise ValidationError(f"feature {name!r}: no tokens in any row to fit a vocabulary from",
                                           [Problem(name, "no tokens", "text with words or numbers",
                                                    "only empty or punctuation-only texts", count=0)])
-                stats["features"][name] = {"vocabulary": tokens}
-        image = spec.image_feature
-        if image is not None and image.scale == "standard":
-            stats["features"][image.name] = _channel_stats(train, image)
-        classes = None
-        num_classes = None
-        if label is not None and label.task != "regression":
-            if "_classes" in row.asDict():
-                classes = [str(c) for c in (row["_classes"] or [])]
-                if label.num_classes and len(classes) > label.num_classes:
-                    raise ValidationError(
-                        f"label {label.name!r}: {len(classes)} distinct classes but num_classes={label.num_classes}",
-                        [Problem(label.name, "too many classes", f"at most {label.num_classes}",
-                                 f"{len(classes)}: {classes[:10]}", len(classes), classes[:3])])
-                num_classes = label.num_classes or max(len(classes), 2)
-            else:
-                top = row["_label_max"]
-                num_classes = label.num_classes or max(2, int(top) + 1 if top is not None and math.isfinite(top)
-                                                       else 2)
-        stats["label"] = {"classes": classes, "num_classes": num_classes} if label is not None else None
-        model = PreprocessorModel(spec, stats)
-        log.info("fitted preprocessing on %d rows: input_shape=%s, fingerprint %s", stats["num_rows"],
-                 model.signature.input_shape if label else model.input_shape, model.fingerprint)
-        return model
+                out[name] = {"vocabulary": tokens}
+        return out
+
+
+def _statistics_aggs(spec: FeatureSpec, df, rows) -> list:
+    """The aggregate columns of `Preprocessor.fit`'s one pass over the rows where `rows` holds (all when None):
+    `_rows`, per numeric feature count/mean/std/min/max (+ median), per scaled or mean-imputed vector a
+    `Summarizer`, and the label's classes (strings) or largest index."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.ml.stat import Summarizer
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    def kept(condition):
+        return condition & rows if rows is not None else condition
+
+    aggs = [(F.count_if(rows) if rows is not None else F.count(F.lit(1))).alias("_rows")]
+    for i, f in enumerate(spec.features):
+        if f.kind == "numeric":
+            x = F.col(f.name).cast("double")
+            finite = F.when(kept(~F.isnan(x) & (F.abs(x) != float("inf"))), x)
+            aggs += [F.count(finite).alias(f"n{i}"), F.avg(finite).alias(f"mean{i}"),
+                     F.stddev_pop(finite).alias(f"std{i}"), F.min(finite).alias(f"min{i}"),
+                     F.max(finite).alias(f"max{i}")]
+            if f.impute == "median":
+                aggs.append(F.percentile_approx(finite, 0.5, 10000).alias(f"median{i}"))
+        elif f.kind in ("vector", "sequence") and (f.scale or f.impute == "mean"):
+            arr = array_column(df, f.name)
+            good = kept(F.coalesce((F.size(arr) == f.size) & F.forall(
+                arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False)))
+            vec = array_to_vector(F.when(good, arr.cast("array<double>"))
+                                  .otherwise(F.array_repeat(F.lit(0.0), f.size)))
+            aggs.append(Summarizer.metrics("mean", "variance", "min", "max", "count")
+                        .summary(vec, F.when(good, 1.0).otherwise(0.0)).alias(f"vec{i}"))
+    label = spec.label
+    if label is not None and label.task != "regression":
+        y = F.when(rows, F.col(label.name)) if rows is not None else F.col(label.name)
+        if isinstance(df.schema[label.name].dataType, StringType):
+            aggs.append(F.array_sort(F.collect_set(y)).alias("_classes"))
+        else:
+            aggs.append(F.max(y.cast("double")).alias("_label_max"))
+    return aggs
+
+
+def _feature_stats(spec: FeatureSpec, row) -> dict:
+    """Per numeric or vector feature, its statistics from the aggregated `row` of `_statistics_aggs`.
+
+    Raises ValidationError: a scaled or imputed feature with no finite value (no complete row for a vector)."""
+    out = {}
+    for i, f in enumerate(spec.features):
+        s: dict = {}
+        if f.kind == "numeric":
+            n = int(row[f"n{i}"])
+            s = {"count": n, "mean": _num(row[f"mean{i}"]), "std": _num(row[f"std{i}"]),
+                 "min": _num(row[f"min{i}"]), "max": _num(row[f"max{i}"])}
+            if f.impute == "median":
+                s["median"] = _num(row[f"median{i}"])
+            if n == 0 and (f.scale or f.impute in ("mean", "median")):
+                raise ValidationError(f"feature {f.name!r}: no finite values to compute statistics from",
+                                      [Problem(f.name, "no finite values", "at least one finite value", "none",
+                                               count=0)])
+        elif f"vec{i}" in row.asDict():
+            v = row[f"vec{i}"]
+            n = int(v["count"]) if v is not None else 0
+            if n == 0:
+                raise ValidationError(f"feature {f.name!r}: no complete rows to compute statistics from",
+                                      [Problem(f.name, "no complete rows", f"rows of {f.size} finite values",
+                                               "none", count=0)])
+            var = np.asarray(v["variance"].toArray()) * ((n - 1) / n if n > 1 else 0.0)
+            s = {"count": n, "mean": v["mean"].toArray().tolist(), "std": np.sqrt(var).tolist(),
+                 "min": v["min"].toArray().tolist(), "max": v["max"].toArray().tolist()}
+        out[f.name] = s
+    return out
+
+
+def _label_stats(label: Label, row) -> dict:
+    """The label's classes (strings, sorted) and class count, from the aggregated `row`.
+
+    Raises ValidationError: more string classes than `num_classes`."""
+    classes = num_classes = None
+    if label.task != "regression":
+        if "_classes" in row.asDict():
+            classes = [str(c) for c in (row["_classes"] or [])]
+            if label.num_classes and len(classes) > label.num_classes:
+                raise ValidationError(
+                    f"label {label.name!r}: {len(classes)} distinct classes but num_classes={label.num_classes}",
+                    [Problem(label.name, "too many classes", f"at most {label.num_classes}",
+                             f"{len(classes)}: {classes[:10]}", len(classes), classes[:3])])
+            num_classes = label.num_classes or max(len(classes), 2)
+        else:
+            top = row["_label_max"]
+            num_classes = label.num_classes or max(2, int(top) + 1 if top is not None and math.isfinite(top) else 2)
+    return {"classes": classes, "num_classes": num_classes}
 
 
 def _vocabularies(df, cats: list[Feature], cap: int) -> dict[str, list[str]]:

@@ -338,69 +338,14 @@ def drift_report(
     categorical = {n: _value(n, k) for n, k in kinds.items() if k == "categorical"}
     figures: dict[str, dict[str, Any]] = {}
     ref_rows = cur_rows = None
-
     if numeric:
-        probes = [i / bins for i in range(1, bins)]
-        staged = reference_df.select(*[v.alias(f"_q{i}") for i, v in enumerate(numeric.values())])
-        quantiles = staged.approxQuantile(list(staged.columns), probes, relative_error)
-        edges = {name: sorted(set(q)) for name, q in zip(numeric, quantiles, strict=True)}
-        ref_agg = reference_df.agg(*_numeric_aggregates(numeric, edges)).first()
-        cur_agg = current_df.agg(*_numeric_aggregates(numeric, edges)).first()
-        ref_rows, cur_rows = int(ref_agg["_rows"]), int(cur_agg["_rows"])
-        ref_n = [int(ref_agg[f"c{i}_n"]) for i in range(len(numeric))]
-        cur_n = [int(cur_agg[f"c{i}_n"]) for i in range(len(numeric))]
-        ks = _exact_ks(reference_df, current_df, numeric, ref_n, cur_n) if exact_ks else None
-        for i, name in enumerate(numeric):
-            ref_bins = [int(ref_agg[f"c{i}_b{b}"]) for b in range(len(edges[name]) + 1)]
-            cur_bins = [int(cur_agg[f"c{i}_b{b}"]) for b in range(len(edges[name]) + 1)]
-            ref_null, cur_null = ref_rows - ref_n[i], cur_rows - cur_n[i]
-            with_nulls = ref_null or cur_null
-            psi = _psi(
-                ref_bins + [ref_null] * bool(with_nulls), cur_bins + [cur_null] * bool(with_nulls), epsilon
-            )
-            figures[name] = {
-                "kind": kinds[name],
-                "psi": psi,
-                "drifted": psi > psi_threshold,
-                "ks": ks[i] if ks is not None else _binned_ks(ref_bins, cur_bins),
-                "ks_method": "exact" if ks is not None else "binned",
-                "reference": _summary(ref_rows, ref_null, ref_agg, i),
-                "current": _summary(cur_rows, cur_null, cur_agg, i),
-                "bins": {
-                    "edges": edges[name],
-                    "reference": ref_bins,
-                    "current": cur_bins,
-                    "null": {"reference": ref_null, "current": cur_null},
-                },
-            }
-
+        found, ref_rows, cur_rows = _numeric_drift(reference_df, current_df, numeric, kinds, bins, psi_threshold,
+                                                   epsilon, exact_ks, relative_error)
+        figures.update(found)
     if categorical:
-        ref_cats = _categories(reference_df, categorical, None, max_categories)
-        keep = {i: [v for v, _, _ in rows] + [NULL] for i, rows in enumerate(ref_cats)}
-        cur_cats = _categories(current_df, categorical, keep, max_categories)
-        for i, name in enumerate(categorical):
-            ref_total = ref_cats[i][0][2]
-            ref_counts = {v: n for v, n, _ in ref_cats[i]}
-            ref_counts[OTHER] = ref_total - sum(ref_counts.values())
-            ref_counts.setdefault(NULL, 0)  # nulls always have their own bucket, never "other"
-            cur_counts = {v: n for v, n, _ in cur_cats[i]}
-            cur_total = sum(cur_counts.values())
-            buckets = list(ref_counts)
-            psi = _psi([ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets], epsilon)
-            ref_rows, cur_rows = ref_total, cur_total
-            figures[name] = {
-                "kind": "categorical",
-                "psi": psi,
-                "drifted": psi > psi_threshold,
-                "ks": None,
-                "ks_method": None,
-                "reference": {"rows": ref_total, "nulls": ref_counts.get(NULL, 0)},
-                "current": {"rows": cur_total, "nulls": cur_counts.get(NULL, 0)},
-                "categories": {
-                    "reference": ref_counts,
-                    "current": {b: cur_counts.get(b, 0) for b in buckets},
-                },
-            }
+        found, ref_rows, cur_rows = _categorical_drift(reference_df, current_df, categorical, max_categories,
+                                                       psi_threshold, epsilon)
+        figures.update(found)
 
     report = DriftReport(
         columns={n: figures[n] for n in kinds},
@@ -413,6 +358,67 @@ def drift_report(
     if report.drifted:
         log.warning("drift above PSI %.3g in column(s): %s", psi_threshold, ", ".join(report.drifted))
     return report
+
+
+def _numeric_drift(reference_df: DataFrame, current_df: DataFrame, numeric: dict, kinds: dict, bins: int,
+                   psi_threshold: float, epsilon: float, exact_ks: bool, relative_error: float):
+    """({column: figures}, reference rows, current rows) of the numeric columns: PSI over the reference's
+    quantile bins (plus a null bucket), the KS statistic, summaries. Quantiles, one aggregation per frame, and one
+    sort over both with `exact_ks`."""
+    probes = [i / bins for i in range(1, bins)]
+    staged = reference_df.select(*[v.alias(f"_q{i}") for i, v in enumerate(numeric.values())])
+    quantiles = staged.approxQuantile(list(staged.columns), probes, relative_error)
+    edges = {name: sorted(set(q)) for name, q in zip(numeric, quantiles, strict=True)}
+    ref_agg = reference_df.agg(*_numeric_aggregates(numeric, edges)).first()
+    cur_agg = current_df.agg(*_numeric_aggregates(numeric, edges)).first()
+    ref_rows, cur_rows = int(ref_agg["_rows"]), int(cur_agg["_rows"])
+    ref_n = [int(ref_agg[f"c{i}_n"]) for i in range(len(numeric))]
+    cur_n = [int(cur_agg[f"c{i}_n"]) for i in range(len(numeric))]
+    ks = _exact_ks(reference_df, current_df, numeric, ref_n, cur_n) if exact_ks else None
+    figures = {}
+    for i, name in enumerate(numeric):
+        ref_bins = [int(ref_agg[f"c{i}_b{b}"]) for b in range(len(edges[name]) + 1)]
+        cur_bins = [int(cur_agg[f"c{i}_b{b}"]) for b in range(len(edges[name]) + 1)]
+        ref_null, cur_null = ref_rows - ref_n[i], cur_rows - cur_n[i]
+        with_nulls = ref_null or cur_null
+        psi = _psi(ref_bins + [ref_null] * bool(with_nulls), cur_bins + [cur_null] * bool(with_nulls), epsilon)
+        figures[name] = {
+            "kind": kinds[name], "psi": psi, "drifted": psi > psi_threshold,
+            "ks": ks[i] if ks is not None else _binned_ks(ref_bins, cur_bins),
+            "ks_method": "exact" if ks is not None else "binned",
+            "reference": _summary(ref_rows, ref_null, ref_agg, i),
+            "current": _summary(cur_rows, cur_null, cur_agg, i),
+            "bins": {"edges": edges[name], "reference": ref_bins, "current": cur_bins,
+                     "null": {"reference": ref_null, "current": cur_null}},
+        }
+    return figures, ref_rows, cur_rows
+
+
+def _categorical_drift(reference_df: DataFrame, current_df: DataFrame, categorical: dict, max_categories: int,
+                       psi_threshold: float, epsilon: float):
+    """({column: figures}, reference rows, current rows) of the categorical columns: PSI over the reference's
+    `max_categories` most frequent values, "other" and null. One job per frame."""
+    ref_cats = _categories(reference_df, categorical, None, max_categories)
+    keep = {i: [v for v, _, _ in rows] + [NULL] for i, rows in enumerate(ref_cats)}
+    cur_cats = _categories(current_df, categorical, keep, max_categories)
+    figures, ref_rows, cur_rows = {}, None, None
+    for i, name in enumerate(categorical):
+        ref_total = ref_cats[i][0][2]
+        ref_counts = {v: n for v, n, _ in ref_cats[i]}
+        ref_counts[OTHER] = ref_total - sum(ref_counts.values())
+        ref_counts.setdefault(NULL, 0)  # nulls always have their own bucket, never "other"
+        cur_counts = {v: n for v, n, _ in cur_cats[i]}
+        cur_total = sum(cur_counts.values())
+        buckets = list(ref_counts)
+        psi = _psi([ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets], epsilon)
+        ref_rows, cur_rows = ref_total, cur_total
+        figures[name] = {
+            "kind": "categorical", "psi": psi, "drifted": psi > psi_threshold, "ks": None, "ks_method": None,
+            "reference": {"rows": ref_total, "nulls": ref_counts.get(NULL, 0)},
+            "current": {"rows": cur_total, "nulls": cur_counts.get(NULL, 0)},
+            "categories": {"reference": ref_counts, "current": {b: cur_counts.get(b, 0) for b in buckets}},
+        }
+    return figures, ref_rows, cur_rows
 
 
 def _summary(rows: int, nulls: int, agg: Any, i: int) -> dict[str, Any]:

@@ -225,90 +225,56 @@ def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int
     read_rows = max(batch_size, min(READ_BATCH_ROWS, READ_BATCH_BYTES // row_bytes) // batch_size * batch_size)
     shuffle_buffer = min(shuffle_buffer, max(batch_size, SHUFFLE_BUFFER_BYTES // row_bytes))
     reader = _Reader(data, input_shape, with_label, read_rows)
-    rng = np.random.default_rng([seed, rank, 7919])
-    chunks = queue.Queue(maxsize=max(1, read_ahead))
-    stop = threading.Event()
-    end_of_epoch = object()
+    threshold = max(shuffle_buffer, batch_size) if shuffle else batch_size
+    chunks = _read_ahead(_pieces(data, reader, rank, size, epochs, shuffle, seed), read_ahead)
+    try:
+        yield from _batched_blocks(chunks, batch_size, shuffle, threshold, np.random.default_rng([seed, rank, 7919]),
+                                   with_label)
+    finally:
+        chunks.close()  # stops the reading thread before its files are closed
+        reader.close()
+
+
+_END_OF_EPOCH = object()
+
+
+def _pieces(data: PetastormDataset, reader: "_Reader", rank: int, size: int, epochs: int, shuffle: bool, seed: int):
+    """The rank's (features, labels) chunks in shard order, epoch after epoch, `_END_OF_EPOCH` after each."""
+    for epoch in range(epochs):
+        for piece in shard_plan(data, rank, size, epoch, shuffle, seed):
+            yield from reader.read(*piece)
+        yield _END_OF_EPOCH
+
+
+def _read_ahead(items, depth: int):
+    """`items`, produced by a background thread up to `depth` ahead (0: in the consuming thread). Closing this
+    generator stops the thread; an error of the producer is raised here."""
+    if depth <= 0:
+        yield from items
+        return
+    chunks: queue.Queue = queue.Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
 
     def produce():
         try:
-            for epoch in range(epochs):
-                for piece in shard_plan(data, rank, size, epoch, shuffle, seed):
-                    for chunk in reader.read(*piece):
-                        if stop.is_set():
-                            return
-                        chunks.put(chunk)
-                chunks.put(end_of_epoch)
-            chunks.put(None)
+            for item in items:
+                if stop.is_set():
+                    return
+                chunks.put(item)
+            chunks.put(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             chunks.put(exc)
 
-    def cat(parts):
-        if not with_label:
-            return (parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])), None
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    threshold = max(shuffle_buffer, batch_size) if shuffle else batch_size
     thread = threading.Thread(target=produce, name="sparkdl-reader", daemon=True)
-    if read_ahead > 0:
-        thread.start()
-    else:  # synchronous: read in the consuming thread
-        def _sync():
-            for epoch in range(epochs):
-                for piece in shard_plan(data, rank, size, epoch, shuffle, seed):
-                    yield from reader.read(*piece)
-                yield end_of_epoch
-            yield None
-
-        source = _sync()
-        chunks = type("Sync", (), {"get": staticmethod(lambda: next(source))})()
+    thread.start()
     try:
-        pending: list = []
-        pending_n = 0
         while True:
             item = chunks.get()
             if isinstance(item, BaseException):
                 raise item
-            if item is None:
+            if item is done:
                 return
-            end = item is end_of_epoch
-            if not end:
-                if not shuffle and pending_n:       # complete the carried-over batch with the head of this chunk
-                    need = batch_size - pending_n
-                    head = (item[0][:need], item[1][:need] if with_label else None)
-                    item = (item[0][need:], item[1][need:] if with_label else None)
-                    pending.append(head)
-                    pending_n += len(head[0])
-                    if pending_n == batch_size:
-                        yield cat(pending)
-                        pending, pending_n = [], 0
-                    if not len(item[0]):
-                        continue
-                if not shuffle:
-                    full = len(item[0]) // batch_size * batch_size
-                    if full:
-                        yield (item[0][:full], item[1][:full] if with_label else None)
-                    if full < len(item[0]):
-                        pending = [(item[0][full:], item[1][full:] if with_label else None)]
-                        pending_n = len(item[0]) - full
-                    continue
-                pending.append(item)
-                pending_n += len(item[0])
-                if pending_n < threshold:
-                    continue
-            if not pending_n:
-                continue
-            x, y = cat(pending)
-            if shuffle:
-                perm = rng.permutation(len(x))
-                x = np.take(x, perm, axis=0)
-                y = np.take(y, perm) if with_label else None
-            full = len(x) if end else len(x) // batch_size * batch_size
-            yield x[:full], (y[:full] if with_label else None)
-            pending = [(x[full:], y[full:] if with_label else None)] if full < len(x) else []
-            pending_n = len(x) - full
+            yield item
     finally:
         stop.set()
         while thread.is_alive():
@@ -316,7 +282,58 @@ def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int
                 chunks.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
-        reader.close()
+
+
+def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rng, with_label: bool):
+    """Blocks of whole batches from `chunks` (see `iterate_blocks`): unshuffled, chunks are cut at batch
+    boundaries (a remainder completed by the next chunk's head); shuffled, chunks gather in a buffer of
+    `threshold` rows that is permuted and cut. An epoch's last block takes its remainder as a smaller batch."""
+    def cat(parts):
+        if not with_label:
+            return (parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])), None
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    pending: list = []
+    pending_n = 0
+    for item in chunks:
+        end = item is _END_OF_EPOCH
+        if not end:
+            if not shuffle and pending_n:       # complete the carried-over batch with the head of this chunk
+                need = batch_size - pending_n
+                head = (item[0][:need], item[1][:need] if with_label else None)
+                item = (item[0][need:], item[1][need:] if with_label else None)
+                pending.append(head)
+                pending_n += len(head[0])
+                if pending_n == batch_size:
+                    yield cat(pending)
+                    pending, pending_n = [], 0
+                if not len(item[0]):
+                    continue
+            if not shuffle:
+                full = len(item[0]) // batch_size * batch_size
+                if full:
+                    yield (item[0][:full], item[1][:full] if with_label else None)
+                if full < len(item[0]):
+                    pending = [(item[0][full:], item[1][full:] if with_label else None)]
+                    pending_n = len(item[0]) - full
+                continue
+            pending.append(item)
+            pending_n += len(item[0])
+            if pending_n < threshold:
+                continue
+        if not pending_n:
+            continue
+        x, y = cat(pending)
+        if shuffle:
+            perm = rng.permutation(len(x))
+            x = np.take(x, perm, axis=0)
+            y = np.take(y, perm) if with_label else None
+        full = len(x) if end else len(x) // batch_size * batch_size
+        yield x[:full], (y[:full] if with_label else None)
+        pending = [(x[full:], y[full:] if with_label else None)] if full < len(x) else []
+        pending_n = len(x) - full
 
 
 def iterate_batches(data: PetastormDataset, rank: int, size: int, batch_size: int, input_shape, shuffle: bool = True,

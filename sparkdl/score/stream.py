@@ -19,7 +19,9 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sparkdl import jsonlines
 from sparkdl.errors import ConfigError, TableError
@@ -32,6 +34,7 @@ from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.table import (
     QUARANTINE_SUFFIX,
     ScoreReport,
+    ScoringColumns,
     committed_write,
     count_outcomes,
     lineage_columns,
@@ -120,7 +123,6 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
         ConfigError / ModelStoreError / ValidationError / TableError: bad options, model, columns or source, before
             the query starts. Batch failures surface as the query's exception (`query.exception()`).
     """
-    from pyspark.sql import functions as F
 
     spark = spark or get_spark()
     ref, metadata = resolve_model(model_ref, store)
@@ -132,59 +134,10 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     empty = spark.createDataFrame([], schema).drop(SOURCE_VERSION_COL)
     where = f"score_stream({ref}, {source_uri} -> {target_uri})"
     columns = scoring_columns(empty, ref, metadata, "append", output, keep_columns, output_col, where)
-    keep, feature_names, output_col, forecaster = (columns.keep, columns.feature_names, columns.output_col,
-                                                   columns.forecaster)
     kwargs = _trigger_kwargs(trigger)
     app_id = _app_id(checkpoint, source_uri, target_uri)
-
-    def write_batch(batch_df, batch_id: int) -> None:
-        from pyspark import StorageLevel
-
-        spark = batch_df.sparkSession  # under Spark Connect this runs in the server's own Python process
-
-        done_target = committed_batch(target_uri, app_id, spark)
-        done_quarantine = committed_batch(quarantine_uri, app_id, spark)
-        if done_target is not None and done_target >= batch_id and (
-                done_quarantine is not None and done_quarantine >= batch_id or not _expects_quarantine(
-                    target_uri, app_id, batch_id, spark)):
-            log.info("%s: batch %d is already committed (app id %s); skipping", where, batch_id, app_id)
-            return
-        scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        if forecaster is not None:  # the entities with new rows, from their history
-            frame = _touched_forecasts(batch_df, source_uri, ref, forecaster, output_col)
-            if frame is None:
-                return
-        else:
-            frame = columns.scored(batch_df, ref, batch_size, extra_keep=(SOURCE_VERSION_COL,))
-        scored = frame.persist(StorageLevel.DISK_ONLY)
-        try:
-            ok, bad, reasons = count_outcomes(scored)
-            if ok + bad == 0:
-                return
-            ok, _ = columns.series_counts(ok, bad)  # a forecaster's in series, as score_table counts them
-            lineage = lineage_columns(ref, F.col(SOURCE_VERSION_COL), scored_at)
-            good_df, bad_df = split_outcomes(scored, keep, feature_names, output_col, lineage)
-            commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
-                      "source_table": source_uri, APP_ID_KEY: app_id, BATCH_ID_KEY: int(batch_id),
-                      "scored_rows": ok, "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
-            target_version = quarantine_version = None
-            if ok and (done_target is None or done_target < batch_id):  # no empty target commit for 0 scored rows
-                target_version = write_table(good_df, target_uri, mode="append", spark=spark,
-                                             commit_metadata={**commit, "part": "scored"}).version
-            if bad and (done_quarantine is None or done_quarantine < batch_id):
-                quarantine_version = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
-                                                 spark=spark,
-                                                 commit_metadata={**commit, "part": "quarantine",
-                                                                  "reasons": reasons}).version
-            report = ScoreReport(ref.name, ref.version, source_uri, None, target_uri, target_version,
-                                 quarantine_uri if bad else None, quarantine_version, ok + bad, ok, bad, reasons,
-                                 scored_at.isoformat())
-            log.info("%s: batch %d: %d scored, %d quarantined", where, batch_id, ok, bad)
-            _record_report(checkpoint, batch_id, report)
-            if on_batch is not None:
-                on_batch(report)
-        finally:
-            scored.unpersist()
+    write_batch = StreamBatchWriter(ref, columns, source_uri, target_uri, quarantine_uri, app_id, checkpoint,
+                                    where, batch_size, on_batch)
 
     spark.dataSource.register(DeltaLogSource)
     reader = spark.readStream.format(FORMAT).schema(schema).option("path", source_uri)
@@ -198,6 +151,81 @@ def score_stream(model_ref, source, target, checkpoint: str, trigger=None, quara
     query = writer.start()
     log.info("%s: started (app id %s, checkpoint %s)", where, app_id, checkpoint)
     return query
+
+
+@dataclass(frozen=True)
+class StreamBatchWriter:
+    """`score_stream`'s `foreachBatch` function: one micro-batch scored (a forecaster: the entities it touched) and
+    committed to the target and the quarantine table, each commit carrying (app id, batch id); a batch whose
+    commits are already there is skipped (a re-run after a crash between the commit and Spark's checkpoint)."""
+
+    ref: Any
+    columns: ScoringColumns
+    source_uri: str
+    target_uri: str
+    quarantine_uri: str
+    app_id: str
+    checkpoint: str
+    where: str
+    batch_size: int | None = None
+    on_batch: Callable[[ScoreReport], None] | None = None
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        from pyspark import StorageLevel
+
+        spark = batch_df.sparkSession  # under Spark Connect this runs in the server's own Python process
+        done_target = committed_batch(self.target_uri, self.app_id, spark)
+        done_quarantine = committed_batch(self.quarantine_uri, self.app_id, spark)
+        if done_target is not None and done_target >= batch_id and (
+                done_quarantine is not None and done_quarantine >= batch_id or not _expects_quarantine(
+                    self.target_uri, self.app_id, batch_id, spark)):
+            log.info("%s: batch %d is already committed (app id %s); skipping", self.where, batch_id, self.app_id)
+            return
+        scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        frame = self._scored(batch_df)
+        if frame is None:
+            return
+        scored = frame.persist(StorageLevel.DISK_ONLY)
+        try:
+            ok, bad, reasons = count_outcomes(scored)
+            if ok + bad == 0:
+                return
+            ok, _ = self.columns.series_counts(ok, bad)  # a forecaster's in series, as score_table counts them
+            report = self._commit(scored, batch_id, ok, bad, reasons, scored_at, done_target, done_quarantine, spark)
+        finally:
+            scored.unpersist()
+        log.info("%s: batch %d: %d scored, %d quarantined", self.where, batch_id, ok, bad)
+        _record_report(self.checkpoint, batch_id, report)
+        if self.on_batch is not None:
+            self.on_batch(report)
+
+    def _scored(self, batch_df):
+        if self.columns.forecaster is not None:  # the entities with new rows, from their history
+            return _touched_forecasts(batch_df, self.source_uri, self.ref, self.columns.forecaster,
+                                      self.columns.output_col)
+        return self.columns.scored(batch_df, self.ref, self.batch_size, extra_keep=(SOURCE_VERSION_COL,))
+
+    def _commit(self, scored, batch_id: int, ok: int, bad: int, reasons: dict, scored_at, done_target,
+                done_quarantine, spark) -> ScoreReport:
+        from pyspark.sql import functions as F
+
+        c, ref = self.columns, self.ref
+        lineage = lineage_columns(ref, F.col(SOURCE_VERSION_COL), scored_at)
+        good_df, bad_df = split_outcomes(scored, c.keep, c.feature_names, c.output_col, lineage)
+        commit = {"sparkdl.operation": "score_stream", "model": ref.name, "model_version": ref.version,
+                  "source_table": self.source_uri, APP_ID_KEY: self.app_id, BATCH_ID_KEY: int(batch_id),
+                  "scored_rows": ok, "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
+        target_version = quarantine_version = None
+        if ok and (done_target is None or done_target < batch_id):  # no empty target commit for 0 scored rows
+            target_version = write_table(good_df, self.target_uri, mode="append", spark=spark,
+                                         commit_metadata={**commit, "part": "scored"}).version
+        if bad and (done_quarantine is None or done_quarantine < batch_id):
+            quarantine_version = write_table(bad_df, self.quarantine_uri, mode="append", schema_mode="merge",
+                                             spark=spark, commit_metadata={**commit, "part": "quarantine",
+                                                                           "reasons": reasons}).version
+        return ScoreReport(ref.name, ref.version, self.source_uri, None, self.target_uri, target_version,
+                           self.quarantine_uri if bad else None, quarantine_version, ok + bad, ok, bad, reasons,
+                           scored_at.isoformat())
 
 
 def _touched_forecasts(batch_df, source_uri: str, ref, forecaster, output_col: str):

@@ -367,7 +367,8 @@ def _distributed(args, work: str) -> dict:
     from sparkdl.train import HorovodRunner
     from sparkdl.train.runner import STANDBY_CONF
 
-    spark = get_spark(master=f"local[{args.cores}]", app_name="bench_train", work=work)
+    spark = (get_spark(remote=f"local[{args.cores}]", app_name="bench_train", work=work) if args.connect
+             else get_spark(master=f"local[{args.cores}]", app_name="bench_train", work=work))
     table = os.path.join(work, "lake", "train")
     write_table(synthetic_table(spark, args.rows, args.features), table, mode="overwrite")
 
@@ -422,8 +423,12 @@ def main() -> None:
                         "compression")
     parser.add_argument("--steps-per-execution", type=int, default=8, help="sparkdl's (and the in-memory "
                         "baseline's) Keras steps_per_execution")
+    parser.add_argument("--connect", action="store_true", help="sparkdl's side on a Spark Connect session (a local "
+                        "server, remote('local[N]'); current stack). Horovod's estimator needs a SparkContext: "
+                        "skipped, run the script without --connect for its figures")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.no_horovod = args.no_horovod or args.connect
     args.cores = args.cores or os.cpu_count() or 2
     if args.model == "cnn":
         args.features, args.no_horovod = CNN_SIDE * CNN_SIDE, True
@@ -446,7 +451,8 @@ def main() -> None:
     print(f"\nbench_train: {args.rows:,} rows x {args.features} features, {model}, batch {args.batch_size} "
           f"per process, {args.epochs} epochs, {args.num_proc} processes on {args.cores} cores, sparkdl "
           f"backward_passes_per_step {args.backward_passes_per_step} compression {args.compression}, validation "
-          f"{VALIDATION}, {args.repeats} round(s) (medians), load average {os.getloadavg()[0]:.1f}")
+          f"{VALIDATION}, {args.repeats} round(s) (medians), "
+          f"{'Spark Connect' if args.connect else 'classic'} session, load average {os.getloadavg()[0]:.1f}")
     rows = [("fit wall time (s)", "fit_s", "{:.1f}", "<= 0.5"), ("fit call -> first step (s)", "first_step_s",
             "{:.1f}", None), ("training examples/s, epochs 2..N", "examples_per_s", "{:,.0f}", ">= 1.0"),
             ("final validation accuracy", "val_accuracy", "{:.4f}", None),

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from pyspark.sql import functions as F
 
 from sparkdl.data.preprocess import Preprocessor, PreprocessorModel
 from sparkdl.data.spec import Feature, FeatureSpec, Label
@@ -208,6 +209,32 @@ def test_the_sql_preparation_of_cast_only_specs_equals_the_python_one(spark, lab
     python = model.transform(df, keep_columns=["id"])
     assert sql.schema.simpleString() == python.schema.simpleString()  # the types (nullability aside)
     assert sql.orderBy("id").collect() == python.orderBy("id").collect()
-    scaled = FeatureSpec.from_dict({"features": [{"name": "a", "kind": "vector", "shape": [4], "scale": "standard"}],
-                                    "label": {"name": "y", "task": task}})
-    assert Preprocessor(scaled).fit(df).transform_validated_sql(df) is None  # not a cast: the Python path
+
+
+def test_the_sql_preparation_of_imputed_scaled_and_one_hot_features_equals_the_python_one(spark):
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(80):
+        v = rng.normal(3.0, 2.0, size=4).tolist()
+        if i % 7 == 0:
+            v[i % 4] = float("nan")
+        rows.append((i, None if i % 5 == 0 else float(rng.normal(10, 3)), float(rng.uniform(-2, 8)),
+                     None if i % 11 == 0 else v, rng.normal(size=6).astype(np.float32).tolist(),
+                     None if i % 9 == 0 else ["red", "green", "blue", "teal"][i % 4], i % 3, i % 2))
+    ddl = "id long, n double, m double, v array<double>, q array<float>, c string, k int, y int"
+    df = spark.createDataFrame(rows, ddl)
+    spec = FeatureSpec.from_dict({"features": [
+        {"name": "n", "impute": "median", "scale": "standard"}, {"name": "m", "scale": "minmax"},
+        {"name": "v", "kind": "vector", "shape": [4], "impute": "mean", "scale": "standard"},
+        {"name": "q", "kind": "sequence", "shape": [3, 2], "scale": "minmax"},
+        {"name": "c", "kind": "categorical", "impute": "constant", "impute_value": -1},
+        {"name": "k", "kind": "categorical"}], "label": {"name": "y", "task": "binary"}})
+    model = Preprocessor(spec).fit(df.where("id < 60"), validate=True)  # later rows: values the vocabulary lacks
+    df = df.withColumn("c", F.when(F.col("id") == 70, "purple").otherwise(F.col("c")))
+    sql = model.transform_validated_sql(df, keep_columns=["id"])
+    python = model.transform(df, keep_columns=["id"])
+    assert sql.schema.simpleString() == python.schema.simpleString()
+    assert sql.orderBy("id").collect() == python.orderBy("id").collect()  # bit for bit
+    text = FeatureSpec.from_dict({"features": [{"name": "c", "kind": "text"}],
+                                  "label": {"name": "y", "task": "binary"}})
+    assert Preprocessor(text).fit(df).transform_validated_sql(df) is None  # the tokenizer is Python's

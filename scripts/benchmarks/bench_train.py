@@ -209,8 +209,10 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
     from sparkdl.train.checkpoints import RunFolder
 
     petastorm_io.cleanup()  # from cold, as Horovod's side
-    spec = FeatureSpec.from_dict({"features": [{"name": "x", "kind": "vector", "shape": list(input_shape(args))}],
-                                  "label": {"name": "y", "task": "binary"}})
+    feature = {"name": "x", "kind": "vector", "shape": list(input_shape(args))}
+    if args.scaled:
+        feature["scale"] = "standard"
+    spec = FeatureSpec.from_dict({"features": [feature], "label": {"name": "y", "task": "binary"}})
     run_name = f"bench-{round_}-{int(time.time())}"
     est = KerasEstimator(model=args.model, feature_spec=spec, hparams=hparams(args), batch_size=args.batch_size,
                          epochs=args.epochs, validation=VALIDATION, num_proc=args.num_proc, learning_rate=LR,
@@ -426,6 +428,8 @@ def main() -> None:
     parser.add_argument("--connect", action="store_true", help="sparkdl's side on a Spark Connect session (a local "
                         "server, remote('local[N]'); current stack). Horovod's estimator needs a SparkContext: "
                         "skipped, run the script without --connect for its figures")
+    parser.add_argument("--scaled", action="store_true", help="sparkdl's feature standardized (fitted means and "
+                        "deviations applied when the cache is written) instead of used as it is")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.no_horovod = args.no_horovod or args.connect

@@ -312,7 +312,8 @@ def to_petastorm(df, model=None, snapshot=None, *, with_label: bool = True, key:
 
 def _prepare(df, model, with_label: bool, spark, keep_columns=(), validated: bool = False):
     """(prepared DataFrame, preprocessing fingerprint, image input, invalid-row counter) of `to_petastorm`;
-    `validated` data whose preparation is only a cast is prepared by Spark SQL (`transform_validated_sql`)."""
+    `validated` data of numeric, vector and categorical features is prepared by Spark SQL
+    (`transform_validated_sql`)."""
     if model is None:
         missing = [c for c in ["features"] + (["label"] if with_label else []) if c not in df.columns]
         if missing:
@@ -344,8 +345,9 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validat
         is_validation: a boolean Column over `df`'s columns: true on validation rows
             (`sparkdl.data.dataset.validation_rows`).
         key: how the split derives from the data (e.g. {"validation": 0.2, "seed": 0}).
-        validated: `df` passed `sparkdl.data.validation.validate`: a spec whose preparation is only a cast is then
-            prepared by Spark SQL, with no Python round trip (`PreprocessorModel.transform_validated_sql`).
+        validated: `df` passed `sparkdl.data.validation.validate`: a spec of numeric, vector and categorical
+            features is then prepared by Spark SQL, with no Python round trip
+            (`PreprocessorModel.transform_validated_sql`).
         dtype, row_group_size_bytes, parent, spark: as in `to_petastorm`.
 
     Returns:

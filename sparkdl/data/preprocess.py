@@ -306,6 +306,13 @@ def _num(value) -> float | None:
     return None if value is None else float(value)
 
 
+def _float_array(values):
+    """A literal array<float> Spark column of float32 values (exactly those floats)."""
+    from pyspark.sql import functions as F
+
+    return F.array(*[F.lit(float(v)).cast("float") for v in np.asarray(values, dtype=np.float32)])
+
+
 def _category_key(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -673,20 +680,22 @@ class PreprocessorModel:
         return out.where(F.col(VALID_COLUMN)).select(*cols)
 
     def transform_validated_sql(self, df, keep_columns=(), with_label: bool = True):
-        """`transform`'s output computed by Spark SQL alone, when preparing is only a cast: every feature a
-        vector/sequence without scaling or imputation (one feature: the array as it is; several: concatenated), the
-        label cast as `_labels` does (regression: float; numeric classes: long; string classes: their index).
-        Rows stay in the JVM (no Python round trip), the values equal `transform`'s.
+        """`transform`'s output computed by Spark SQL alone, for specs of numeric, vector/sequence and categorical
+        features (text and images need Python): imputation, scaling and one-hot encoding as `prepare_batch` does
+        them — numbers in double then rounded to float, vectors in float, categories by their string form — the
+        features concatenated in the spec's order, the label cast as `_labels` does (regression: float; numeric
+        classes: long; string classes: their index). Rows stay in the JVM (no Python round trip); the values equal
+        `transform`'s (tests/test_data_preprocess.py).
 
         `df` must have passed validation (`sparkdl.data.validation`: no nulls, NaN, infinities, wrong lengths or
-        labels out of range), so no row is invalid; `sparkdl.train.prepared.prepare_data` validates first.
-        Returns None for any other spec.
+        labels out of range where there is no imputation), so no row is invalid; `sparkdl.train.prepared.
+        prepare_data` validates first. Returns None for any other spec.
         """
         from pyspark.sql import functions as F
 
-        if any(f.kind not in ("vector", "sequence") or f.scale or f.impute for f in self.spec.features):
+        parts = [self._sql_feature(df, f) for f in self.spec.features]
+        if any(part is None for part in parts):
             return None
-        parts = [array_column(df, f.name).cast("array<float>") for f in self.spec.features]
         cols = [F.col(c) for c in keep_columns]
         cols.append((parts[0] if len(parts) == 1 else F.concat(*parts)).alias("features"))
         if with_label:
@@ -701,6 +710,52 @@ class PreprocessorModel:
                 y = y.cast("long")
             cols.append(y.alias("label"))
         return df.select(*cols)
+
+    def _sql_feature(self, df, f: Feature):
+        """One feature's prepared values as an array<float> Spark column (`prepare_batch`'s math), or None when
+        Spark SQL cannot compute exactly what Python does (text, images, categories of floating-point columns)."""
+        from pyspark.sql import functions as F
+
+        s = self.stats["features"].get(f.name, {})
+        if f.kind == "numeric":
+            x = F.col(f.name).cast("double")
+            if f.impute:
+                fill = {"mean": s.get("mean"), "median": s.get("median"), "constant": f.impute_value}[f.impute]
+                x = F.when(x.isNull() | F.isnan(x), F.lit(float(fill))).otherwise(x)
+            if f.scale == "standard":
+                x = (x - F.lit(float(s["mean"]))) / F.lit(float(s["std"] or 1.0))
+            elif f.scale == "minmax":
+                x = (x - F.lit(float(s["min"]))) / F.lit(float((s["max"] - s["min"]) or 1.0))
+            return F.array(x.cast("float"))
+        if f.kind in ("vector", "sequence"):
+            arr = array_column(df, f.name).cast("array<float>")
+            if f.impute:
+                fill = (np.full(f.size, f.impute_value, dtype=np.float32) if f.impute == "constant"
+                        else np.asarray(s["mean"], dtype=np.float32))
+                fills = _float_array(fill)
+                arr = F.when(arr.isNull(), fills).otherwise(F.transform(
+                    arr, lambda e, i: F.when(e.isNull() | F.isnan(e), fills[i]).otherwise(e)))
+            if f.scale == "standard":
+                std = np.asarray(s["std"], dtype=np.float32)
+                shift, spread = np.asarray(s["mean"], dtype=np.float32), np.where(std > 0, std, 1.0)
+            elif f.scale == "minmax":
+                shift = np.asarray(s["min"], dtype=np.float32)
+                width = np.asarray(s["max"], dtype=np.float32) - shift
+                spread = np.where(width > 0, width, 1.0)
+            else:
+                return arr
+            shifts, spreads = _float_array(shift), _float_array(spread.astype(np.float32))
+            return F.transform(arr, lambda e, i: ((e - shifts[i]) / spreads[i]).cast("float"))
+        if f.kind == "categorical" and df.schema[f.name].dataType.typeName() in (
+                "string", "byte", "short", "integer", "long", "boolean"):
+            vocab = self._vocab(f.name)
+            v = F.col(f.name).cast("string")
+            if f.impute == "constant":
+                v = F.coalesce(v, F.lit(_category_key(f.impute_value)))
+            position = F.array_position(F.array(*[F.lit(c) for c in vocab]), v) if vocab else F.lit(0)
+            index = F.when(position > 0, position - 1).otherwise(F.lit(len(vocab)))
+            return F.transform(F.sequence(F.lit(0), F.lit(len(vocab))), lambda j: (j == index).cast("float"))
+        return None
 
     def transform_encoded(self, df, keep_columns=(), with_label: bool = True, counter=None):
         """Like `transform` for a model of one image feature, but `features` holds each decodable image's

@@ -8,7 +8,8 @@ Before the first training step a fit makes two passes over the data, whatever it
    add one small job each when the spec has them.
 2. **One write** prepares every row with the fitted preprocessing and writes the training and validation caches
    together (`to_petastorm_split`: the split is a column, `validation_rows`, not two DataFrames). When preparing
-   is only a cast (vectors without scaling or imputation) Spark SQL does it, with no Python round trip.
+   involves only numeric, vector and categorical features (imputed, scaled, one-hot) Spark SQL does it, with no
+   Python round trip.
 
 A re-fit of the same snapshot, preprocessing and split finds the cache and skips the write. `KerasEstimator.prepare`
 returns this record, and `fit(prepared)` skips both passes: `sparkdl.tune` prepares once for all the trials that

@@ -218,15 +218,17 @@ def test_the_sql_preparation_of_imputed_scaled_and_one_hot_features_equals_the_p
         v = rng.normal(3.0, 2.0, size=4).tolist()
         if i % 7 == 0:
             v[i % 4] = float("nan")
+        w = None if i % 13 == 0 else rng.normal(size=130).tolist()  # longer than ELEMENTWISE_MAX: a lambda
         rows.append((i, None if i % 5 == 0 else float(rng.normal(10, 3)), float(rng.uniform(-2, 8)),
-                     None if i % 11 == 0 else v, rng.normal(size=6).astype(np.float32).tolist(),
+                     None if i % 11 == 0 else v, rng.normal(size=6).astype(np.float32).tolist(), w,
                      None if i % 9 == 0 else ["red", "green", "blue", "teal"][i % 4], i % 3, i % 2))
-    ddl = "id long, n double, m double, v array<double>, q array<float>, c string, k int, y int"
+    ddl = "id long, n double, m double, v array<double>, q array<float>, w array<double>, c string, k int, y int"
     df = spark.createDataFrame(rows, ddl)
     spec = FeatureSpec.from_dict({"features": [
         {"name": "n", "impute": "median", "scale": "standard"}, {"name": "m", "scale": "minmax"},
         {"name": "v", "kind": "vector", "shape": [4], "impute": "mean", "scale": "standard"},
         {"name": "q", "kind": "sequence", "shape": [3, 2], "scale": "minmax"},
+        {"name": "w", "kind": "vector", "shape": [130], "impute": "mean", "scale": "standard"},
         {"name": "c", "kind": "categorical", "impute": "constant", "impute_value": -1},
         {"name": "k", "kind": "categorical"}], "label": {"name": "y", "task": "binary"}})
     model = Preprocessor(spec).fit(df.where("id < 60"), validate=True)  # later rows: values the vocabulary lacks

@@ -134,7 +134,9 @@ class Preprocessor:
             plan.check(df.agg(*plan.aggs).first())  # raises, with the value problems of the other columns too
         check_schema(spec, df.schema, "cannot fit the preprocessor")
         train = df.where(rows) if rows is not None else df
-        row = df.agg(*(plan.aggs if plan is not None else ()), *_statistics_aggs(spec, df, rows)).first()
+        flags, aggs = _statistics_aggs(spec, df, rows)
+        source = df.select("*", *flags) if flags else df  # per-row flags computed once, not once per aggregate
+        row = source.agg(*(plan.aggs if plan is not None else ()), *aggs).first()
         if plan is not None:  # validation and statistics: one pass
             plan.check(row)
         stats: dict = {"num_rows": int(row["_rows"]), "features": _feature_stats(spec, row)}
@@ -176,10 +178,11 @@ class Preprocessor:
 ELEMENTWISE_MAX = 128
 
 
-def _statistics_aggs(spec: FeatureSpec, df, rows) -> list:
-    """The aggregate columns of `Preprocessor.fit`'s one pass over the rows where `rows` holds (all when None):
-    `_rows`, per numeric feature count/mean/std/min/max (+ median), per scaled or mean-imputed vector a
-    `Summarizer`, and the label's classes (strings) or largest index."""
+def _statistics_aggs(spec: FeatureSpec, df, rows) -> tuple[list, list]:
+    """(flags, aggregates) of `Preprocessor.fit`'s one pass over the rows where `rows` holds (all when None): the
+    per-row columns the aggregates read (a vector's "complete row" flag), and the aggregate columns: `_rows`, per
+    numeric feature count/mean/std/min/max (+ median), per scaled or mean-imputed vector the same per element (a
+    `Summarizer` beyond `ELEMENTWISE_MAX` values), and the label's classes (strings) or largest index."""
     from pyspark.ml.functions import array_to_vector
     from pyspark.ml.stat import Summarizer
     from pyspark.sql import functions as F
@@ -188,6 +191,7 @@ def _statistics_aggs(spec: FeatureSpec, df, rows) -> list:
     def kept(condition):
         return condition & rows if rows is not None else condition
 
+    flags = []
     aggs = [(F.count_if(rows) if rows is not None else F.count(F.lit(1))).alias("_rows")]
     for i, f in enumerate(spec.features):
         if f.kind == "numeric":
@@ -203,6 +207,8 @@ def _statistics_aggs(spec: FeatureSpec, df, rows) -> list:
             good = kept(F.coalesce((F.size(arr) == f.size) & F.forall(
                 arr, lambda e: e.isNotNull() & ~F.isnan(e) & (F.abs(e) != float("inf"))), F.lit(False)))
             if f.size <= ELEMENTWISE_MAX:  # plain aggregates per element: no vector UDT per row
+                flags.append(good.alias(f"_sparkdl_complete{i}"))
+                good = F.col(f"_sparkdl_complete{i}")
                 xs = [F.when(good, arr[j].cast("double")) for j in range(f.size)]
                 aggs += [F.count_if(good).alias(f"vn{i}")] + [
                     F.array(*[agg(x) for x in xs]).alias(f"v{name}{i}")
@@ -219,7 +225,7 @@ def _statistics_aggs(spec: FeatureSpec, df, rows) -> list:
             aggs.append(F.array_sort(F.collect_set(y)).alias("_classes"))
         else:
             aggs.append(F.max(y.cast("double")).alias("_label_max"))
-    return aggs
+    return flags, aggs
 
 
 def _feature_stats(spec: FeatureSpec, row) -> dict:

@@ -203,10 +203,15 @@ class HorovodRunner:
             thread.join(ABORT_GRACE_S)
             server.close(drain_timeout=5.0)  # the ranks closed their connections before writing their results
             stats.record(server, started, starts)
+        return self._rank0_result(outcome, server.errors)
+
+    def _rank0_result(self, outcome: dict, errors: list) -> Any:
+        """Rank 0's result of a finished job, or the TrainingError that says which rank failed and why (`errors`:
+        the failures the ranks reported through the progress channel)."""
         if "error" in outcome:
             exc = outcome["error"]
-            if server.errors:
-                raise _training_error(server.errors) from exc
+            if errors:
+                raise _training_error(errors) from exc
             raise TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}") from exc
         records = outcome["records"]
         late = [r for r in records if r.get("error_type") == "StartTimeout"]
@@ -217,7 +222,7 @@ class HorovodRunner:
                 f"function (see the executor logs)")
         failed = [r for r in records if not r.get("ok")]
         if failed:
-            raise _training_error(failed + server.errors)
+            raise _training_error(failed + errors)
         return next(r["result"] for r in records if r.get("rank") == 0)
 
     def cancel(self) -> None:

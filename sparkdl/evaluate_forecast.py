@@ -112,12 +112,10 @@ def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, foreca
                                  "seasonal naive": metrics["seasonal_naive"]["mae_by_step"]},
                                 folder_path("error_by_step.png"))]
     keys = list(spec.entity) or [SERIES_KEY]
-    chosen = sorted(metrics["per_entity"])[:PLOTTED_SERIES]
     if not spec.entity:
         subset = frame
-    else:
-        picked = [e for e in frame.select(*keys).distinct().limit(200).collect()
-                  if _name(tuple(e)) in chosen][:PLOTTED_SERIES]
+    else:  # the first few entities in order
+        picked = frame.select(*keys).distinct().orderBy(*keys).limit(PLOTTED_SERIES).collect()
         if not picked:
             return paths
         match = None

@@ -14,7 +14,7 @@ batches with one fancy index.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class SeriesWindows:
            stride: int = 1, lo: int | None = None, hi: int | None = None) -> "SeriesWindows":
         made = cls(data, int(lookback), int(horizon), int(channels), int(stride), lo, hi,
                    tuple(int(s) for s in starts), tuple(int(n) for n in lengths))
-        return cls(**{**made.__dict__, "num_rows": len(made.origins()[0])})
+        return replace(made, num_rows=len(made.origins()[0]))
 
     def origins(self) -> tuple[np.ndarray, np.ndarray]:
         """(series index, position of the first target in the series) of every window, in cache order."""
@@ -72,8 +72,6 @@ class SeriesWindows:
                 last = min(last, self.hi - self.horizon - start)
             if last < first:
                 continue
-            if self.lo is None:  # training origins on the stride grid from the earliest possible one
-                first = self.lookback + -(-(first - self.lookback) // self.stride) * self.stride
             pos = np.arange(first, last + 1, self.stride, dtype=np.int64)
             series.append(np.full(len(pos), i, np.int64))
             positions.append(pos)

@@ -70,7 +70,8 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             reason = f"series too short: {length} step(s) on the grid, the model needs lookback = {lookback}"
             return pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], STEP_COL: [None],
                                  output_col: [None], REASON_COL: [reason]})
-        scaling = prep.scaling(entity_key(key_values.values()))
+        key = entity_key(key_values.values())
+        scaling = prep.scaling(key)
         mean, scale = scaling if scaling is not None else map(np.asarray, channel_scaling(g.values[-lookback:]))
         scaled = ((g.values - mean) / scale).astype(np.float32)
         x = scaled[(positions - lookback)[:, None] + np.arange(lookback)]
@@ -86,7 +87,7 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             out[ORIGIN_COL] = np.repeat(g.start + positions, horizon)
             out["actual"] = g.values[target_at, 0].ravel()
             out["naive"] = seasonal_naive(g.values[:, 0], positions, horizon, spec.season).ravel()
-            mase = prep.naive_mae(entity_key(key_values.values()))
+            mase = prep.naive_mae(key)
             out["mase_scale"] = np.full(n * horizon, np.nan if mase is None else mase)
             out["observed"] = g.observed[target_at].ravel()
         return pd.DataFrame(out)

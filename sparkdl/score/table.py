@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from sparkdl import stack
+from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.series import check_forecast_schema
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt
 from sparkdl.errors import ConfigError, ScoringError, one_line_reason
@@ -188,7 +189,7 @@ class ScoringColumns:
     output_col: str
     feature_names: list
     keep: list
-    forecaster: object = None
+    forecaster: ForecastPreparation | None = None
 
     def scored(self, df, ref: ModelRef, batch_size: int | None = None, extra_keep: tuple = ()):
         """`df` through the model: `scored_frame`, or a forecaster's `forecast_frame` (horizon rows per entity)."""

@@ -90,6 +90,9 @@ class TrainSection:
     seed: int = 0
     run_name: str | None = None
     resume: bool = True
+    max_failures: int = 3               # failures a fit recovers from (KerasEstimator params of the same names)
+    rank_timeout_s: float = 300.0
+    min_proc: int | None = None
     mlflow: bool | None = None
     mlflow_experiment: str | None = None
 

@@ -65,7 +65,21 @@ class ValidationError(SparkDLError, ValueError):
 
 
 class TrainingError(SparkDLError, RuntimeError):
-    """A distributed training job failed; the message carries the failing worker's traceback."""
+    """A distributed training job failed; the message carries the failing worker's traceback.
+
+    Attributes:
+        recoverable: the job lost a rank to its surroundings (process killed, executor lost, no progress within
+            the rank timeout) rather than to an error of its function: a relaunch from the last checkpoint may
+            succeed (`KerasEstimator`'s `max_failures`).
+        cause: what happened, in one line.
+        errors: the records of every rank that failed (rank, error_type, message, traceback, time).
+        failures: the causes of the failures a fit absorbed before this one (`KerasEstimator`).
+    """
+
+    recoverable: bool = False
+    cause: str = ""
+    errors: tuple = ()
+    failures: tuple = ()
 
 
 class ScoringError(SparkDLError, RuntimeError):

@@ -28,6 +28,7 @@ the dataset yields exactly `epochs * steps_per_epoch` batches.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -213,10 +214,12 @@ def label_dtype(data: PetastormDataset):
 
 def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int, input_shape, shuffle: bool = True,
                    seed: int = 0, epochs: int = 1, with_label: bool = True,
-                   shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, read_ahead: int = 4):
+                   shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, read_ahead: int = 4, first_epoch: int = 0):
     """Yield `(features, labels)` blocks for one rank: each block is a whole number of batches, except the last
     block of an epoch, which may end with one smaller batch. A background thread reads ahead `read_ahead` pieces.
-    Labels are None when `with_label` is False."""
+    Labels are None when `with_label` is False. The epochs are `first_epoch`, `first_epoch + 1`, ...: each one's
+    order is a function of the seed and its number only, so a run resumed at epoch k reads what an uninterrupted
+    run reads from epoch k on."""
     _check(data, rank, size, batch_size)
     if epochs < 1:
         raise ConfigError(f"epochs must be a finite number >= 1, got {epochs}")
@@ -226,10 +229,10 @@ def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int
     shuffle_buffer = min(shuffle_buffer, max(batch_size, SHUFFLE_BUFFER_BYTES // row_bytes))
     reader = _Reader(data, input_shape, with_label, read_rows)
     threshold = max(shuffle_buffer, batch_size) if shuffle else batch_size
-    chunks = _read_ahead(_pieces(data, reader, rank, size, epochs, shuffle, seed), read_ahead)
+    chunks = _read_ahead(_pieces(data, reader, rank, size, epochs, shuffle, seed, first_epoch), read_ahead)
+    rngs = (np.random.default_rng([seed, rank, 7919, epoch]) for epoch in itertools.count(first_epoch))
     try:
-        yield from _batched_blocks(chunks, batch_size, shuffle, threshold, np.random.default_rng([seed, rank, 7919]),
-                                   with_label)
+        yield from _batched_blocks(chunks, batch_size, shuffle, threshold, rngs, with_label)
     finally:
         chunks.close()  # stops the reading thread before its files are closed
         reader.close()
@@ -238,9 +241,10 @@ def iterate_blocks(data: PetastormDataset, rank: int, size: int, batch_size: int
 _END_OF_EPOCH = object()
 
 
-def _pieces(data: PetastormDataset, reader: "_Reader", rank: int, size: int, epochs: int, shuffle: bool, seed: int):
+def _pieces(data: PetastormDataset, reader: "_Reader", rank: int, size: int, epochs: int, shuffle: bool, seed: int,
+            first_epoch: int = 0):
     """The rank's (features, labels) chunks in shard order, epoch after epoch, `_END_OF_EPOCH` after each."""
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, first_epoch + epochs):
         for piece in shard_plan(data, rank, size, epoch, shuffle, seed):
             yield from reader.read(*piece)
         yield _END_OF_EPOCH
@@ -284,10 +288,12 @@ def _read_ahead(items, depth: int):
                 thread.join(timeout=0.05)
 
 
-def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rng, with_label: bool):
+def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rngs, with_label: bool):
     """Blocks of whole batches from `chunks` (see `iterate_blocks`): unshuffled, chunks are cut at batch
     boundaries (a remainder completed by the next chunk's head); shuffled, chunks gather in a buffer of
-    `threshold` rows that is permuted and cut. An epoch's last block takes its remainder as a smaller batch."""
+    `threshold` rows that is permuted and cut, with the generator of `rngs` (one per epoch). An epoch's last block
+    takes its remainder as a smaller batch."""
+    rng = next(rngs)
     def cat(parts):
         if not with_label:
             return (parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])), None
@@ -324,6 +330,8 @@ def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rng,
             if pending_n < threshold:
                 continue
         if not pending_n:
+            if end:
+                rng = next(rngs)
             continue
         x, y = cat(pending)
         if shuffle:
@@ -334,6 +342,8 @@ def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rng,
         yield x[:full], (y[:full] if with_label else None)
         pending = [(x[full:], y[full:] if with_label else None)] if full < len(x) else []
         pending_n = len(x) - full
+        if end:
+            rng = next(rngs)
 
 
 def iterate_batches(data: PetastormDataset, rank: int, size: int, batch_size: int, input_shape, shuffle: bool = True,
@@ -348,7 +358,7 @@ def iterate_batches(data: PetastormDataset, rank: int, size: int, batch_size: in
 
 def tf_dataset(data: PetastormDataset, rank: int, size: int, batch_size: int, input_shape, shuffle: bool = True,
                seed: int = 0, epochs: int = 1, with_label: bool = True,
-               shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+               shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, first_epoch: int = 0):
     """A `tf.data.Dataset` of `(features, label)` batches for Horovod rank `rank` of `size`.
 
     Args:
@@ -362,6 +372,8 @@ def tf_dataset(data: PetastormDataset, rank: int, size: int, batch_size: int, in
             batches on every rank.
         with_label: yield `(features, label)`; else features only.
         shuffle_buffer: rows shuffled together within a rank.
+        first_epoch: the number of the first epoch yielded (a resumed run's): the order of each epoch depends
+            only on the seed and the epoch's number.
 
     Raises:
         ConfigError: bad rank/size/batch size/epochs, or fewer rows than ranks.
@@ -371,7 +383,7 @@ def tf_dataset(data: PetastormDataset, rank: int, size: int, batch_size: int, in
     shape = tuple(int(d) for d in input_shape)
     y_dtype = (np.int64 if label_dtype(data) == np.int64 else np.float32) if with_label else None
     return batches_dataset(lambda: iterate_blocks(data, rank, size, batch_size, shape, shuffle, seed, epochs,
-                                                  with_label, shuffle_buffer),
+                                                  with_label, shuffle_buffer, first_epoch=first_epoch),
                            batch_size, shape, () if with_label else None, y_dtype,
                            steps_per_epoch(data, size, batch_size) * epochs)
 

@@ -120,14 +120,15 @@ def shard(num_windows: int, rank: int, size: int, epoch: int, shuffle: bool = Tr
 
 
 def iterate_windows(windows: SeriesWindows, rank: int, size: int, batch_size: int, shuffle: bool = True,
-                    seed: int = 0, epochs: int = 1):
-    """Yield blocks (x, y) of whole batches for one rank, epoch after epoch (see the module docstring)."""
+                    seed: int = 0, epochs: int = 1, first_epoch: int = 0):
+    """Yield blocks (x, y) of whole batches for one rank, epoch after epoch from `first_epoch` (each epoch's order
+    depends only on the seed and its number; see the module docstring)."""
     shard(windows.num_rows, rank, size, 0)  # bad rank/size: before the series are read
     values, offsets = load_series(windows)
     series, positions = windows.origins()
     row_bytes = (windows.lookback * windows.channels + windows.horizon) * 4
     block = max(batch_size, min(BLOCK_WINDOWS, BLOCK_BYTES // row_bytes) // batch_size * batch_size)
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, first_epoch + epochs):
         mine = shard(len(series), rank, size, epoch, shuffle, seed)
         for lo in range(0, len(mine), block):
             pick = mine[lo:lo + block]
@@ -135,14 +136,15 @@ def iterate_windows(windows: SeriesWindows, rank: int, size: int, batch_size: in
 
 
 def windows_tf_dataset(windows: SeriesWindows, rank: int, size: int, batch_size: int, input_shape=None,
-                       shuffle: bool = True, seed: int = 0, epochs: int = 1):
+                       shuffle: bool = True, seed: int = 0, epochs: int = 1, first_epoch: int = 0):
     """A `tf.data.Dataset` of `(inputs, targets)` batches for Horovod rank `rank` of `size`: the window
     counterpart of `sparkdl.data.dataset.tf_dataset` (same sharding rule, same finite length)."""
     shape = (windows.lookback, windows.channels)
     if input_shape is not None and tuple(int(d) for d in input_shape) != shape:
         raise ConfigError(f"the model's input shape {tuple(input_shape)} is not the windows' {shape}")
     steps = math.ceil(windows.num_rows // size / batch_size) * epochs
-    return batches_dataset(lambda: iterate_windows(windows, rank, size, batch_size, shuffle, seed, epochs),
+    return batches_dataset(lambda: iterate_windows(windows, rank, size, batch_size, shuffle, seed, epochs,
+                                                   first_epoch),
                            batch_size, shape, (windows.horizon,), np.float32, steps)
 
 

@@ -29,6 +29,7 @@ log = get_logger("mlflow")
 
 RUN_ID_KEY = "mlflow_run_id"
 MODEL_REF_TAG = "sparkdl.model_ref"
+RECOVERY_TAG_PREFIX = "sparkdl.recovery."  # + the failure's number: one tag per failure a fit recovered from
 _NEEDS = "install MLflow (pip install 'mlflow-skinny>=3.1') or set mlflow to False/None"
 
 
@@ -135,6 +136,23 @@ class FitRun:
                 self._client.log_batch(self.run_id, metrics=metrics)
             except Exception as exc:  # noqa: BLE001 - tracking never fails the training
                 log.warning("MLflow: could not log epoch %d metrics: %s", epoch, exc)
+
+    def log_recovery(self, number: int, record: dict) -> None:
+        """Failure `number` (from 1) the fit recovered from: the tag `sparkdl.recovery.<number>` (the record as
+        JSON: epoch, step, cause, seconds_lost, ...) and the metrics `recoveries` and `recovery_seconds_lost`
+        (step `number`)."""
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        try:
+            self._client.log_batch(self.run_id, metrics=[
+                Metric("recoveries", float(number), now, int(number)),
+                Metric("recovery_seconds_lost", float(record.get("seconds_lost", 0.0)), now, int(number))],
+                tags=[RunTag(f"{RECOVERY_TAG_PREFIX}{number}", _flat(record))])
+        except Exception as exc:  # noqa: BLE001 - tracking never fails the training
+            log.warning("MLflow: could not log recovery %d: %s", number, exc)
 
     def finish(self, model_ref: str | None, status: str = "FINISHED", metrics: dict | None = None,
                tags: dict | None = None) -> None:

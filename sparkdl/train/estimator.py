@@ -49,12 +49,14 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
+from sparkdl.train import recovery
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
 from sparkdl.train.prepared import PreparedData, prepare_data, prepare_forecast_data
 from sparkdl.train.rank_job import TrainJob
-from sparkdl.train.runner import HorovodRunner
+from sparkdl.train.recovery import RECOVERY_ABORT_GRACE_S, Recovery
+from sparkdl.train.runner import ABORT_GRACE_S, HorovodRunner
 from sparkdl.train.serialization import model_flavour, model_from_bytes, model_to_bytes
 
 if TYPE_CHECKING:
@@ -215,7 +217,17 @@ _PARAMS: tuple[EstimatorParam, ...] = (
     EstimatorParam("use_gpu", "useGpu", None, None,
                    doc="None = GPUs when Spark tasks have them; True/False to force"),
     EstimatorParam("start_timeout", "startTimeout", TypeConverters.toInt, 120,
-                   doc="seconds for the Horovod tasks to start"),
+                   doc="seconds for the Horovod tasks to start (and, after a failure, for lost task slots to "
+                       "come back)"),
+    EstimatorParam("max_failures", "maxFailures", TypeConverters.toInt, 3, tracked=True, recorded=True,
+                   doc="failures (a rank's process killed, a task or executor lost, a rank without progress) a "
+                       "fit absorbs by relaunching every rank from the last complete checkpoint; 0 = none"),
+    EstimatorParam("rank_timeout_s", "rankTimeoutS", TypeConverters.toFloat, 300.0, recorded=True,
+                   doc="seconds a rank may go without progress (a training or validation step) before it counts "
+                       "as failed"),
+    EstimatorParam("min_proc", "minProc", _to_opt_int, None, recorded=True,
+                   doc="after a failure, go on with as few as min_proc ranks when num_proc task slots do not come "
+                       "back within start_timeout (None: wait for num_proc, else fail)"),
     EstimatorParam("env", "env", None, None,
                    doc="extra environment variables for the worker processes (override cycle_time_ms and "
                        "fusion_threshold_mb)"),
@@ -317,6 +329,13 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                      "backward_passes_per_step"):
             if p[name] < 1:
                 raise ConfigError(f"KerasEstimator: {name} must be >= 1, got {p[name]}")
+        if p["max_failures"] < 0:
+            raise ConfigError(f"KerasEstimator: max_failures must be >= 0, got {p['max_failures']}")
+        if not p["rank_timeout_s"] > 0:
+            raise ConfigError(f"KerasEstimator: rank_timeout_s must be > 0 seconds, got {p['rank_timeout_s']}")
+        if p["min_proc"] is not None and not 1 <= p["min_proc"] <= p["num_proc"]:
+            raise ConfigError(f"KerasEstimator: min_proc must be in [1, num_proc={p['num_proc']}] or None, "
+                              f"got {p['min_proc']}")
         if p["keep_checkpoints"] < 0:
             raise ConfigError(f"KerasEstimator: keep_checkpoints must be >= 0, got {p['keep_checkpoints']}")
         if not isinstance(p["validation"], str) and not 0.0 <= p["validation"] < 1.0:
@@ -383,7 +402,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         _check_columns(p, df)
         runner = HorovodRunner(p.num_proc, spark=spark, use_gpu=p.use_gpu, start_timeout=p.start_timeout,
                                threads_per_proc=self.threads_per_proc,
-                               total_epochs=p.epochs, env=worker_env(p))
+                               total_epochs=p.epochs, env=worker_env(p), rank_timeout=p.rank_timeout_s,
+                               abort_grace_s=RECOVERY_ABORT_GRACE_S if p.max_failures else ABORT_GRACE_S)
         runner.check_slots()
         hint = p.forecast.signature if p.forecast is not None else signature_hint(spec)
         if hint is not None:
@@ -434,12 +454,14 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
 
         history = _history_until(checkpoint)
         initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+        self._recoveries = []
         if initial_epoch >= p.epochs:
             log.info("run %s: all %d epochs are already done (checkpoint of epoch %d/%d); nothing to train",
                      p.run_name, p.epochs, checkpoint.epoch + 1, p.epochs)
             result = {"model": checkpoint.model_bytes(), "history": {}, "epochs": []}
         else:
-            result = self._train(p, runner, run, attempt, signature, prepared, checkpoint, initial_epoch, history)
+            result, history = self._train_recovering(p, runner, run, attempt, signature, prepared, checkpoint,
+                                                     history)
             run_phases = self.last_run.phases() if self.last_run is not None else {}
             phases.update({k: round(v, 3) for k, v in run_phases.items()})
         for i, epoch in enumerate(result["epochs"]):  # rank 0's history is authoritative for this attempt
@@ -450,6 +472,45 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                  ", ".join(f"{k} {v:.1f}" for k, v in recorded.items()),
                  time.perf_counter() - started - sum(recorded.values()), time.perf_counter() - started)
         return fitted
+
+    def _train_recovering(self, p: FitSettings, runner, run, attempt, signature, prepared, checkpoint, history
+                          ) -> tuple[dict, dict]:
+        """`_train` from `checkpoint`, and again from the run's last complete checkpoint after each recoverable
+        failure (`sparkdl.train.recovery`), up to `max_failures` times. Returns the last attempt's result and the
+        history up to the checkpoint it started from. Raises the last TrainingError, with every cause, after
+        `max_failures`."""
+        recoveries: list[Recovery] = self._recoveries
+        while True:
+            attempt_started = time.time()
+            initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+            try:
+                return self._train(p, runner, run, attempt, signature, prepared, checkpoint, initial_epoch,
+                                   history), history
+            except TrainingError as exc:
+                if not exc.recoverable or isinstance(exc, FitStopped):
+                    raise
+                if len(recoveries) >= p.max_failures:
+                    raise recovery.exhausted(p.run_name, p.max_failures, recoveries, exc) from exc
+                failed_at = time.time()
+                checkpoint = run.latest() or checkpoint
+                written = float(checkpoint.info.get("written_at", 0.0)) if checkpoint is not None else 0.0
+                resume_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+                runner.num_proc = recovery.slots_for_relaunch(runner.spark, p.num_proc, p.min_proc,
+                                                              p.start_timeout)
+                steps = steps_per_epoch(prepared.train_data, runner.num_proc, p.batch_size)
+                record = Recovery(attempt=attempt, epoch=resume_epoch, step=resume_epoch * steps,
+                                  cause=exc.cause or str(exc).splitlines()[0],
+                                  seconds_lost=round(failed_at - max(written, attempt_started), 3),
+                                  num_proc=runner.num_proc)
+                recoveries.append(record)
+                log.warning("run %s: recovering from failure %d of max_failures=%d (%s): relaunching %d rank(s) "
+                            "at epoch %d/%d", p.run_name, len(recoveries), p.max_failures, record.cause,
+                            runner.num_proc, resume_epoch + 1, p.epochs)
+                if self._fit_run is not None:
+                    self._fit_run.log_recovery(len(recoveries), record.to_dict())
+                attempt += 1
+                run.write_settings({**(run.settings() or {}), "attempts": attempt})
+                history = _history_until(checkpoint)
 
     def _train(self, p: FitSettings, runner, run, attempt, signature, prepared, checkpoint, initial_epoch,
                history) -> dict:
@@ -476,14 +537,15 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                               f"is a {flavour} model; pass an optimizer of the model's Keras or its name")
         zoo_name = p.model if isinstance(p.model, str) else None
         train_data, val_data = prepared.train_data, prepared.val_data
-        steps = steps_per_epoch(train_data, p.num_proc, p.batch_size)
+        num_proc = runner.num_proc  # p.num_proc, or fewer after a failure with min_proc
+        steps = steps_per_epoch(train_data, num_proc, p.batch_size)
         val_steps = None
-        if val_data is not None and val_data.num_rows // p.num_proc == 0:
+        if val_data is not None and val_data.num_rows // num_proc == 0:
             log.warning("run %s: the validation split has %d row(s), fewer than the %d processes: no validation",
-                        p.run_name, val_data.num_rows, p.num_proc)
+                        p.run_name, val_data.num_rows, num_proc)
             val_data = None
         elif val_data is not None:
-            val_steps = steps_per_epoch(val_data, p.num_proc, p.batch_size)
+            val_steps = steps_per_epoch(val_data, num_proc, p.batch_size)
 
         job = TrainJob(
             model=model_bytes, optimizer=p.optimizer_spec, learning_rate=p.learning_rate,
@@ -513,7 +575,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
 
         runner.message_handlers.update({"epoch": on_epoch})
         log.info("run %s: training %s on %d process(es): %d steps/epoch of %d, epochs %d..%d, input %s",
-                 p.run_name, p.model_name, p.num_proc, steps, p.batch_size, initial_epoch,
+                 p.run_name, p.model_name, num_proc, steps, p.batch_size, initial_epoch,
                  p.epochs - 1, tuple(signature.input_shape))
         try:
             from sparkdl.train.keras_worker import train_on_rank  # TensorFlow: only once a fit runs
@@ -552,6 +614,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             "training": {**_recorded_params(p),
                          "horovod_env": {k: v for k, v in worker_env(p).items() if k.startswith("HOROVOD_")},
                          "run_folder": str(run.path),
+                         "recoveries": [r.to_dict() for r in getattr(self, "_recoveries", None) or []],
                          "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p.epochs - 1},
         }
         if getattr(self, "_fit_run", None) is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 
-from sparkdl.train import progress
+from sparkdl.train import heartbeat, progress
 from sparkdl.train.rank_job import (
     EarlyStop,
     TrainJob,
@@ -220,6 +220,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
                     scaled_lr, size, job.warmup_epochs, epoch, step, job.steps_per_epoch)
             x, y = next(train_iter)
             train_step(x, y)
+            heartbeat.beat()
             if rank == 0 and epoch == job.initial_epoch and step == 0:
                 report_first_step()
         logs = averaged([loss_mean, *metrics])
@@ -228,6 +229,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
             for _ in range(job.validation_steps):
                 x, y = next(val_iter)
                 val_step(x, y)
+                heartbeat.beat()
             logs.update(averaged([val_loss_mean, *val_metrics], "val_"))
         seconds = time.perf_counter() - started
         for callback in callbacks:  # before the epoch is reported and checkpointed, as in model.fit

@@ -11,7 +11,7 @@ import time
 
 from sparkdl import stack
 from sparkdl.tf_runtime import configure_tensorflow
-from sparkdl.train import progress
+from sparkdl.train import heartbeat, progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import (
     EarlyStop,
@@ -87,6 +87,19 @@ class LearningRateWarmup(_callbacks_base()):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self._backend.get_value(self.model.optimizer.learning_rate))
+
+
+class Heartbeat(_callbacks_base()):
+    """Every rank: a heartbeat (`sparkdl.train.heartbeat`) after every training and validation call and epoch."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        heartbeat.beat()
+
+    def on_test_batch_end(self, batch, logs=None):
+        heartbeat.beat()
+
+    def on_epoch_end(self, epoch, logs=None):
+        heartbeat.beat()
 
 
 class BroadcastInitialState(_callbacks_base()):
@@ -203,7 +216,7 @@ def train_on_rank(job: TrainJob) -> dict:
     build_before_first_trace(model, train.element_spec)
     progress.mark("data_ready")
 
-    callbacks = [BroadcastInitialState(0), hvd.callbacks.MetricAverageCallback()]
+    callbacks = [Heartbeat(), BroadcastInitialState(0), hvd.callbacks.MetricAverageCallback()]
     callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))
     if job.early_stopping:
         callbacks.append(EarlyStopping(job.monitor, int(job.early_stopping)))

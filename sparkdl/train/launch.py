@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 
 from sparkdl.log import configure_logging
 from sparkdl.tf_runtime import task_gpus
+from sparkdl.train import heartbeat
 from sparkdl.train.progress import ADDR_ENV, TOKEN_ENV, ProgressClient, close_client, report
 from sparkdl.train.resources import WorkerSetup, interface_towards
 
@@ -103,6 +104,8 @@ class RankLaunch:
         verbose: verbosity of Horovod's rendezvous server (0-2).
         start_timeout: seconds for the rank's function to start (its process imports, unpickles it) before the
             task stops the rank and reports `StartTimeout`.
+        rank_timeout: seconds a started rank may go without a heartbeat (`sparkdl.train.heartbeat`: a training
+            step, an epoch's end) before the task stops it and reports `RankTimeout` (None: no limit).
     """
 
     payload: bytes
@@ -111,6 +114,7 @@ class RankLaunch:
     standby: bool = True
     verbose: int = 0
     start_timeout: float | None = None
+    rank_timeout: float | None = None
 
     def __call__(self, batches: Iterable) -> Iterator:
         from pyspark import BarrierTaskContext
@@ -142,7 +146,8 @@ class RankLaunch:
             raise
         after_exit = rendezvous[0].stop if rendezvous else None
         record = run_rank(RankJob(self.payload, setup), env, slot.rank, process, standby=self.standby,
-                          after_exit=after_exit, start_timeout=self.start_timeout)
+                          after_exit=after_exit, start_timeout=self.start_timeout,
+                          rank_timeout=self.rank_timeout)
         yield from result_batches(partition, record)
 
 
@@ -276,14 +281,15 @@ def _spawn(env: Mapping[str, str], key: str, standby: bool = False) -> RankProce
 
 def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankProcess,
              standby: bool = False, after_exit: Callable[[], None] | None = None,
-             start_timeout: float | None = None) -> dict:
+             start_timeout: float | None = None, rank_timeout: float | None = None) -> dict:
     """Run one rank in `rank_proc` (from `rank_process`) and return its result record (`worker_main`'s) as soon as
     the rank has written it: the process's exit (Horovod's and TensorFlow's tear-down, seconds) then runs in the
     background, followed by `after_exit`, and the next rank of this worker waits for it (`rank_process`).
 
     The process dies with the task's thread (Linux parent-death signal), so a cancelled job leaves no rank behind.
     With `standby`, a standby for the next job is started once the rank has its result. A rank whose function has
-    not started within `start_timeout` seconds is stopped, with a `StartTimeout` record.
+    not started within `start_timeout` seconds is stopped, with a `StartTimeout` record; a started rank without a
+    heartbeat for `rank_timeout` seconds (stopped, or blocked in a collective) is killed, with a `RankTimeout` record.
     """
     folder = tempfile.mkdtemp(prefix=f"sparkdl-rank{rank}-")
     job_path, result_path = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
@@ -298,12 +304,20 @@ def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankPro
         rank_proc.process.stdin.close()
     except OSError:  # it exited before its job came (its error is on the executor's stderr)
         pass
-    late = False
+    late = stalled = False
+    polls = 0
     while not os.path.exists(result_path) and rank_proc.process.poll() is None:
+        polls += 1
         if start_timeout is not None and time.time() - started > start_timeout and not os.path.exists(started_path):
             late = True
             _stop(rank_proc.process)
             break
+        if rank_timeout is not None and polls % _HEARTBEAT_POLLS == 0:
+            silent = heartbeat.age(started_path)
+            if silent is not None and silent > rank_timeout and not os.path.exists(result_path):
+                stalled = True
+                _stop(rank_proc.process)
+                break
         time.sleep(_RESULT_POLL_S)
     record = None
     if os.path.exists(result_path):
@@ -330,9 +344,15 @@ def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankPro
         message = f"the function of rank {rank} did not start within start_timeout={start_timeout:g}s"
         return {"ok": False, "rank": rank, "error_type": "StartTimeout", "message": message, "traceback": message,
                 "time": time.time()}
-    message = (f"the process of rank {rank} exited with status {code} after {time.time() - started:.1f}s "
-               f"without a result (killed, out of memory, or a crash in native code; see the executor's log)")
-    error = {"ok": False, "rank": rank, "error_type": "RankProcessExit", "message": message,
+    if stalled:
+        error_type = "RankTimeout"
+        message = (f"rank {rank} made no progress for more than rank_timeout={rank_timeout:g}s (stopped, or blocked "
+                   f"in a collective whose peer is gone): its process was killed")
+    else:
+        error_type = "RankProcessExit"
+        message = (f"the process of rank {rank} exited with status {code} after {time.time() - started:.1f}s "
+                   f"without a result (killed, out of memory, or a crash in native code; see the executor's log)")
+    error = {"ok": False, "rank": rank, "error_type": error_type, "message": message,
              "traceback": message, "time": time.time()}
     _report_error(env, error)
     return error
@@ -341,6 +361,7 @@ def run_rank(job: RankJob, env: Mapping[str, str], rank: int, rank_proc: RankPro
 # The background wait for this worker's last rank process to exit (at most one: one task at a time per worker).
 _reaper: list[threading.Thread] = []
 _RESULT_POLL_S = 0.02
+_HEARTBEAT_POLLS = 25  # the heartbeat's age is read every 25 polls (half a second)
 _REAPER_WAIT_S = 60.0
 
 
@@ -396,8 +417,9 @@ def worker_main(job: RankJob, started_path: str | None = None) -> dict:
     try:
         fn, kwargs = cloudpickle.loads(job.payload)
         applied = job.setup.apply()
-        if started_path:  # the task's start timeout ends here
+        if started_path:  # the task's start timeout ends here; from now on the file carries the heartbeat
             open(started_path, "w").close()
+            heartbeat.start(started_path)
         report("event", name="fn_start", rank=rank, setup=applied, standby=_in_standby)
         result = fn(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver as data

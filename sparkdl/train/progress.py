@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 
 from sparkdl.log import get_logger
 from sparkdl.session_kind import client_host, conf_get, is_connect
+from sparkdl.train import heartbeat
 
 log = get_logger("train")
 
@@ -337,7 +338,9 @@ def close_client() -> None:
 
 
 def mark(name: str) -> None:
-    """Rank 0: report a named moment (an ``event``), timed on the driver (`RunStats.events`)."""
+    """Rank 0: report a named moment (an ``event``), timed on the driver (`RunStats.events`). Every rank: a
+    heartbeat (`sparkdl.train.heartbeat`)."""
+    heartbeat.beat()
     if os.environ.get("HOROVOD_RANK", "0") == "0":
         report("event", name=name)
 

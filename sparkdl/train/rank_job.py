@@ -195,11 +195,11 @@ def _is_number(value) -> bool:
 
 def job_datasets(job: TrainJob, rank: int, size: int):
     """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
-    repeated for the epochs still to run."""
+    repeated for the epochs still to run; a resumed job's epochs read what they would have read uninterrupted."""
     remaining = job.epochs - job.initial_epoch
     reader = windows_tf_dataset if isinstance(job.train_data, SeriesWindows) else tf_dataset  # a forecaster's
     train = reader(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True, seed=job.seed,
-                   epochs=remaining)
+                   epochs=remaining, first_epoch=job.initial_epoch)
     val = None
     if job.val_data is not None and job.validation_steps:
         val = reader(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False, seed=job.seed,

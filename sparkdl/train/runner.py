@@ -43,6 +43,12 @@ STANDBY_CONF = "spark.sparkdl.train.standbyRanks"
 # After a rank reported an error, how long the driver waits for the job to end on its own before cancelling it
 # (the other ranks may be blocked in a collective that will never complete).
 ABORT_GRACE_S = 20.0
+# Error types of a rank lost to its surroundings rather than to its function: its process died without a result
+# (killed, out of memory, its executor gone) or stopped making progress (`sparkdl.train.launch`).
+LOST_RANK_ERRORS = frozenset({"RankProcessExit", "RankTimeout"})
+# What the surviving ranks raise when a peer is gone in the middle of a collective.
+COLLECTIVE_ERRORS = frozenset({"HorovodInternalError", "HostsUpdatedInterrupt"})
+_COLLECTIVE_WORDS = ("horovod", "gloo", "connection closed by peer", "connection reset")
 
 
 @dataclass
@@ -99,6 +105,11 @@ class HorovodRunner:
         standby: run the ranks in the standby processes the last job's tasks left in their Spark Python workers
             (TensorFlow already imported; about two seconds less launch), and leave new ones for the next job.
             None = the Spark conf `spark.sparkdl.train.standbyRanks` (default true).
+        rank_timeout: seconds a started rank may go without a heartbeat (`sparkdl.train.heartbeat`) before it is
+            killed and reported as `RankTimeout`; None (default) = no limit. Only for functions that beat (the
+            Keras loops of `KerasEstimator` do).
+        abort_grace_s: after a rank reported an error, seconds the job may take to end by itself before it is
+            cancelled.
 
     Raises:
         ConfigError: num_proc < 1 or larger than the available task slots (raised by `run`, before launching).
@@ -107,7 +118,8 @@ class HorovodRunner:
     def __init__(self, num_proc: int, spark=None, use_gpu: bool | None = None,
                  env: Mapping[str, str] | None = None, start_timeout: int = DEFAULT_START_TIMEOUT,
                  threads_per_proc: int | None = None, message_handlers: Mapping[str, Handler] | None = None,
-                 total_epochs: int | None = None, verbose: int = 0, standby: bool | None = None):
+                 total_epochs: int | None = None, verbose: int = 0, standby: bool | None = None,
+                 rank_timeout: float | None = None, abort_grace_s: float = ABORT_GRACE_S):
         if not isinstance(num_proc, int) or isinstance(num_proc, bool) or num_proc < 1:
             raise ConfigError(f"HorovodRunner: num_proc must be a positive integer, got {num_proc!r}")
         self.num_proc = num_proc
@@ -120,6 +132,9 @@ class HorovodRunner:
         self.total_epochs = total_epochs
         self.verbose = verbose
         self.standby = standby
+        self.rank_timeout = rank_timeout
+        self.abort_grace_s = float(abort_grace_s)
+        self._cancelled = False
         self.last_run: RunStats | None = None
         self._active = None  # (job tag, SparkSession) of the job in progress
 
@@ -143,7 +158,10 @@ class HorovodRunner:
         Raises:
             ConfigError: num_proc larger than the task slots, or dynamic allocation on (before anything is launched).
             TrainingError: a rank raised (the message carries that rank's traceback), not every rank started
-                within `start_timeout`, or the Spark job failed.
+                within `start_timeout`, or the Spark job failed. Its `recoverable` attribute is True when the
+                failure was a rank lost to its surroundings (`LOST_RANK_ERRORS`, its peers' collective errors, a
+                failed Spark job: task or executor lost) rather than an error of the function, and `cause` says
+                what happened in one line.
         """
         import cloudpickle
 
@@ -165,7 +183,8 @@ class HorovodRunner:
         started = time.time()
         tag = f"sparkdl-horovod-{uuid.uuid4().hex[:12]}"
         done = threading.Event()
-        watchdog = _Watchdog(spark, tag, done)
+        self._cancelled = False
+        watchdog = _Watchdog(spark, tag, done, self.abort_grace_s)
         server.error_listeners.append(watchdog.on_error)
         starts = _Starts(self.num_proc, server.handlers.get("event"))
         server.handlers["event"] = starts.on_event
@@ -175,7 +194,7 @@ class HorovodRunner:
         if standby is None:
             standby = (conf_get(spark, STANDBY_CONF, "true") or "true").strip().lower() != "false"
         launch = RankLaunch(payload=payload, setup=setup, env=env, standby=bool(standby), verbose=self.verbose,
-                            start_timeout=self.start_timeout)
+                            start_timeout=self.start_timeout, rank_timeout=self.rank_timeout)
         outcome: dict[str, Any] = {}
         self._active = (tag, spark)
 
@@ -211,8 +230,12 @@ class HorovodRunner:
         if "error" in outcome:
             exc = outcome["error"]
             if errors:
-                raise _training_error(errors) from exc
-            raise TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}") from exc
+                raise _training_error(errors, cancelled=self._cancelled) from exc
+            error = TrainingError(f"the Horovod job on {self.num_proc} process(es) failed: {exc}")
+            error.errors = []
+            error.recoverable = not self._cancelled
+            error.cause = "the Spark job failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise error from exc
         records = outcome["records"]
         late = [r for r in records if r.get("error_type") == "StartTimeout"]
         if late:
@@ -222,7 +245,7 @@ class HorovodRunner:
                 f"function (see the executor logs)")
         failed = [r for r in records if not r.get("ok")]
         if failed:
-            raise _training_error(failed + errors)
+            raise _training_error(failed + errors, cancelled=self._cancelled)
         return next(r["result"] for r in records if r.get("rank") == 0)
 
     def cancel(self) -> None:
@@ -230,6 +253,7 @@ class HorovodRunner:
         cancelled by tag, which ends the tasks and with them the rank processes; `run` then raises TrainingError."""
         active = getattr(self, "_active", None)
         if active is not None:
+            self._cancelled = True
             tag, spark = active
             cancel_tag(spark, tag)
 
@@ -260,9 +284,20 @@ class _Starts:
         return len(self._ranks) >= self.num_proc
 
 
-def _training_error(errors: list[dict]) -> TrainingError:
-    """The error of the rank that failed first (others usually fail as a consequence)."""
-    first = min(errors, key=lambda e: e.get("time", float("inf")))
+def is_collective_error(error: dict) -> bool:
+    """Whether a rank's error is what a collective raises when a peer is gone (not an error of the function)."""
+    if error.get("error_type") in COLLECTIVE_ERRORS:
+        return True
+    message = str(error.get("message", "")).lower()
+    return str(error.get("error_type", "")).endswith("Error") and any(w in message for w in _COLLECTIVE_WORDS)
+
+
+def _training_error(errors: list[dict], cancelled: bool = False) -> TrainingError:
+    """The error of the rank that failed first (others usually fail as a consequence); a lost rank is named first
+    even when its peers' collective errors came earlier."""
+    lost = [e for e in errors if e.get("error_type") in LOST_RANK_ERRORS]
+    own = [e for e in errors if e.get("error_type") not in LOST_RANK_ERRORS and not is_collective_error(e)]
+    first = min(own or lost or errors, key=lambda e: e.get("time", float("inf")))
     others = sorted({e.get("rank") for e in errors} - {first.get("rank")})
     text = (f"training failed on rank {first.get('rank')}: {first.get('error_type')}: {first.get('message')}"
             + (f" (rank(s) {others} failed too)" if others else "")
@@ -271,14 +306,17 @@ def _training_error(errors: list[dict]) -> TrainingError:
     error.rank = first.get("rank")
     error.worker_traceback = first.get("traceback")
     error.error_type = first.get("error_type")
+    error.errors = list(errors)
+    error.recoverable = not cancelled and not own
+    error.cause = f"rank {first.get('rank')}: {first.get('error_type')}: {first.get('message')}".splitlines()[0]
     return error
 
 
 class _Watchdog:
     """Cancels the Horovod Spark job when a rank reported an error and the job did not end within ABORT_GRACE_S."""
 
-    def __init__(self, spark, tag: str, done: threading.Event):
-        self.spark, self.tag, self.done = spark, tag, done
+    def __init__(self, spark, tag: str, done: threading.Event, grace_s: float = ABORT_GRACE_S):
+        self.spark, self.tag, self.done, self.grace_s = spark, tag, done, grace_s
         self._armed = False
 
     def on_error(self, _message: dict) -> None:
@@ -288,10 +326,10 @@ class _Watchdog:
         threading.Thread(target=self._cancel_later, name="sparkdl-abort", daemon=True).start()
 
     def _cancel_later(self) -> None:
-        if self.done.wait(ABORT_GRACE_S):
+        if self.done.wait(self.grace_s):
             return
         log.warning("a rank failed and the others did not stop within %.0fs: cancelling the Spark jobs tagged %s",
-                    ABORT_GRACE_S, self.tag)
+                    self.grace_s, self.tag)
         try:
             cancel_tag(self.spark, self.tag)
         except Exception:  # noqa: BLE001

@@ -97,6 +97,19 @@ def default_parallelism(spark) -> int | None:
     return None
 
 
+def live_task_slots(spark) -> int | None:
+    """The tasks the executors registered right now can run at once, as Spark's barrier scheduler counts them
+    (classic sessions on a cluster; the default parallelism is never below 2 and lags executor loss). None on a
+    Spark Connect session or in local mode (nothing to count: the slots do not change)."""
+    if is_connect(spark) or local_cores(master(spark)) is not None:
+        return None
+    try:
+        context = spark.sparkContext._jsc.sc()
+        return int(context.maxNumConcurrentTasks(context.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - a Spark without this internal: the caller falls back on the settings
+        return None
+
+
 def dynamic_allocation(spark) -> bool:
     """True when the session's cluster adds and removes executors (barrier stages refuse to run there)."""
     return (conf_get(spark, "spark.dynamicAllocation.enabled", "false") or "false").strip().lower() == "true"

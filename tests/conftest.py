@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +215,66 @@ def tracking_uri(tmp_path, monkeypatch):
     while mlflow.active_run() is not None:
         mlflow.end_run()
     mlflow.set_tracking_uri("")
+
+
+class ClusterURL(str):
+    """A master URL that also holds the worker processes of the cluster it names."""
+
+    def __new__(cls, url: str, workers: list):
+        obj = super().__new__(cls, url)
+        obj.workers = workers
+        return obj
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standalone_cluster(tmp_path):
+    """A Spark standalone master and two 1-core workers on loopback, stopped afterwards. Yields the master URL; the
+    `Popen` of each worker JVM is in `standalone_cluster.workers` (as an attribute of the URL string)."""
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    env = dict(os.environ, SPARK_HOME=str(spark_home), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               SPARK_LOG_DIR=str(tmp_path / "logs"), SPARK_WORKER_DIR=str(tmp_path / "work"))
+    spark_class = spark_home / "bin" / "spark-class"
+    port = _free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = [subprocess.Popen([str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(_free_port())], env=env,
+                              stdout=open(tmp_path / "master.log", "w"), stderr=subprocess.STDOUT)]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(1)
+    for i in range(2):
+        procs.append(subprocess.Popen(
+            [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--cores", "1", "--memory", "3g",
+             "--host", "127.0.0.1", "--webui-port", str(_free_port()), url], env=env,
+            stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
+    def registered() -> int:
+        return sum("Successfully registered with master" in (tmp_path / f"worker{i}.log").read_text()
+                   for i in range(2))
+
+    deadline = time.time() + 120
+    while time.time() < deadline and registered() < 2:
+        time.sleep(1)
+    try:
+        assert registered() == 2, "standalone workers did not register:\n" + "\n".join(
+            (tmp_path / f"{name}.log").read_text()[-1500:] for name in ("master", "worker0", "worker1"))
+        yield ClusterURL(url, procs[1:])
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

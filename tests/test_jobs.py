@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -76,59 +75,6 @@ def _check_pipeline(work: Path, master: str, env: dict) -> None:
     assert explained["rows"] == 120 and explained["table"].endswith("digits_test")
     assert explained["top_attribution"][0][0] == "pixels" and explained["metric"] == "accuracy"
     assert {Path(p).name for p in explained["plots"]} == {"feature_importance.png", "saliency.png"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def standalone_cluster(tmp_path):
-    """A Spark standalone master and two 1-core workers on loopback, stopped afterwards."""
-    import pyspark
-
-    spark_home = Path(pyspark.__file__).parent
-    env = dict(os.environ, SPARK_HOME=str(spark_home), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
-               SPARK_LOG_DIR=str(tmp_path / "logs"), SPARK_WORKER_DIR=str(tmp_path / "work"))
-    spark_class = spark_home / "bin" / "spark-class"
-    port = _free_port()
-    url = f"spark://127.0.0.1:{port}"
-    procs = [subprocess.Popen([str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(port), "--webui-port", str(_free_port())], env=env,
-                              stdout=open(tmp_path / "master.log", "w"), stderr=subprocess.STDOUT)]
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(1)
-    for i in range(2):
-        procs.append(subprocess.Popen(
-            [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--cores", "1", "--memory", "3g",
-             "--host", "127.0.0.1", "--webui-port", str(_free_port()), url], env=env,
-            stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
-    def registered() -> int:
-        return sum("Successfully registered with master" in (tmp_path / f"worker{i}.log").read_text()
-                   for i in range(2))
-
-    deadline = time.time() + 120
-    while time.time() < deadline and registered() < 2:
-        time.sleep(1)
-    try:
-        assert registered() == 2, "standalone workers did not register:\n" + "\n".join(
-            (tmp_path / f"{name}.log").read_text()[-1500:] for name in ("master", "worker0", "worker1"))
-        yield url
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ it, with no traceback and no result. A marker file makes a fault happen on the f
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -161,3 +163,51 @@ def test_recovery_params_are_checked_before_any_spark_job(training_store):
             KerasEstimator(**params(training_store, "recovery-bad", **bad))._checked()
     estimator = KerasEstimator(**params(training_store, "recovery-defaults"))
     assert estimator.getMaxFailures() == 3 and estimator.getRankTimeoutS() == 300.0 and estimator.getMinProc() is None
+
+
+# A fit on a standalone cluster, in a process of its own (the test run's session is local[2]): the epoch listener
+# kills one Worker JVM (and with it its executor, its Python workers and the rank they ran) once epoch 0 is reported.
+CLUSTER_FIT = """
+import json, os, signal, sys
+from sparkdl.data.spec import FeatureSpec
+from sparkdl.session import get_spark
+from sparkdl.train import KerasEstimator
+
+master, table, store, worker_pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+spark = get_spark(master=master, conf={"spark.ui.enabled": "false", "spark.driver.memory": "1g"})
+spec = FeatureSpec.from_dict({"features": [{"name": n, "kind": "numeric", "scale": "standard"}
+                                           for n in sys.argv[5].split(",")],
+                              "label": {"name": "malignant", "task": "binary"}})
+estimator = KerasEstimator(model="mlp", feature_spec=spec, epochs=3, batch_size=16, num_proc=2, min_proc=1,
+                           max_failures=2, start_timeout=20, model_store=store, model_name="cluster-loss",
+                           run_name="cluster-loss", mlflow=False)
+killed = []
+def kill_a_worker(epoch, logs):
+    if epoch == 0 and not killed:
+        os.kill(worker_pid, signal.SIGKILL)
+        killed.append(epoch)
+    return False
+estimator.epoch_listener = kill_a_worker
+fitted = estimator.fit(table)
+print("RESULT " + json.dumps({"killed": killed, "history": fitted.getHistory(),
+                              "recoveries": fitted.getMetadata()["training"]["recoveries"]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_worker_on_a_standalone_cluster_is_recovered_on_the_slots_that_are_left(
+        demo_tables, standalone_cluster, tmp_path):
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARKDL_WORK_DIR=str(tmp_path / "work"), TF_CPP_MIN_LOG_LEVEL="2", SPARK_LOCAL_IP="127.0.0.1")
+    victim = standalone_cluster.workers[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", CLUSTER_FIT, standalone_cluster, demo_tables["breast_cancer_train"],
+         str(tmp_path / "models"), str(victim.pid), ",".join(FEATURES)],
+        env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["killed"] == [0] and victim.poll() is not None  # the Worker JVM is really gone
+    (recovery,) = result["recoveries"]
+    assert recovery["num_proc"] == 1  # one worker left: min_proc=1 goes on with one rank
+    assert recovery["epoch"] in (0, 1)  # epoch 0's checkpoint may or may not have been written before the kill
+    assert result["history"]["epoch"] == [0, 1, 2]

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from sparkdl.errors import TrainingError
 from sparkdl.log import get_logger
+from sparkdl.session_kind import live_task_slots
 from sparkdl.train.resources import task_slots
 
 log = get_logger("train")
@@ -56,11 +57,15 @@ def slots_for_relaunch(spark, num_proc: int, min_proc: int | None, timeout_s: fl
     Raises:
         TrainingError: fewer than `num_proc` slots (or `min_proc`, when set) after `timeout_s`.
     """
+    def count() -> int | None:
+        live = live_task_slots(spark)
+        return live if live is not None else task_slots(spark)
+
     deadline = time.monotonic() + timeout_s
-    slots = task_slots(spark)
+    slots = count()
     while slots is not None and slots < num_proc and time.monotonic() < deadline:
         time.sleep(_SLOT_POLL_S)
-        slots = task_slots(spark)
+        slots = count()
     if slots is None or slots >= num_proc:
         return num_proc
     if min_proc is not None and slots >= min_proc:

@@ -110,6 +110,39 @@ def test_keras3_rerun_resumes_after_the_last_complete_epoch(spark, demo_tables, 
     assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
 
 
+class KillRankOnce(_keras3_callback_base()):
+    """Rank 1 SIGKILLs its own process at the end of epoch `epoch`, on the first attempt only (`marker`)."""
+
+    def __init__(self, marker: str, epoch: int):
+        super().__init__()
+        self.marker, self.epoch = marker, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        import os
+        import signal
+
+        if epoch == self.epoch and os.environ.get("HOROVOD_RANK") == "1" and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.both_sessions
+def test_keras3_fit_recovers_from_a_killed_rank_inside_the_same_call(spark, demo_tables, training_store, tmp_path):
+    marker = tmp_path / "killed"
+    fitted = KerasEstimator(model="mlp", keras="keras3", feature_spec=cancer_spec(), epochs=4, batch_size=32,
+                            learning_rate=5e-3, num_proc=2, model_store=training_store, model_name="k3_recovery",
+                            run_name="test-recovery-k3", callbacks=[KillRankOnce(str(marker), 1)], mlflow=False
+                            ).fit(demo_tables["breast_cancer_train"])
+    assert marker.exists()
+    (recovery,) = fitted.getMetadata()["training"]["recoveries"]
+    assert "rank 1" in recovery["cause"] and recovery["epoch"] in (1, 2)  # epoch 1's checkpoint: before or after
+    log = [(e["epoch"], e["attempt"]) for e in RunFolder(None, "test-recovery-k3").epochs_log()]
+    assert [e for e, a in log if a == 1][:1] == [0] and not [e for e, a in log if a == 2 and e < 1]
+    assert fitted.getHistory()["epoch"] == [0, 1, 2, 3]
+    assert accuracy(fitted, demo_tables["breast_cancer_test"]) >= 0.9
+
+
 def _own_keras3_loop(epochs: int) -> dict:
     """A user's HorovodRunner function: a Keras 3 model trained with sparkdl's step and broadcast helpers."""
     import horovod.tensorflow as hvd

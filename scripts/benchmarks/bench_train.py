@@ -22,8 +22,15 @@ Workaround for Horovod on the pinned stack (in this script, not in sparkdl): Hor
 the legacy pyarrow dataset API that pyarrow 14 no longer returns by default; `_HorovodStore` hands it the new
 `ParquetDataset` behind those two names. Nothing else is changed.
 
+With `--kill-after-epoch K` it measures recovery instead (issue 39): one uninterrupted sparkdl fit, then the same
+fit in which, as soon as epoch K is reported, the driver SIGKILLs one rank process (found as a `rank_main` process
+holding Gloo connections). It prints the recovery time (kill -> first step of the relaunched ranks, target <= 15 s)
+and the fit's overhead against the uninterrupted run (target <= recovery time + the lost work, i.e. the epoch in
+progress).
+
 Usage:  python scripts/benchmarks/bench_train.py --rows 400000 --epochs 3 --batch-size 2048
         (small smoke run: --rows 20000 --epochs 2)
+        python scripts/benchmarks/bench_train.py --rows 200000 --epochs 6 --kill-after-epoch 2 --no-horovod
 """
 from __future__ import annotations
 
@@ -202,7 +209,26 @@ def folder_bytes(path: str) -> int:
     return total
 
 
-def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
+def kill_one_rank() -> float:
+    """SIGKILL one rank process of the running fit (a `rank_main` process with established connections, i.e. in a
+    Gloo job, not a waiting standby); returns the kill's wall-clock time."""
+    import signal
+
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "rank_main" in " ".join(proc.info["cmdline"] or []) and any(
+                    c.status == psutil.CONN_ESTABLISHED for c in proc.net_connections("tcp")):
+                killed_at = time.time()
+                os.kill(proc.pid, signal.SIGKILL)
+                return killed_at
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise RuntimeError("no running rank process found to kill")
+
+
+def sparkdl_fit(spark, table: str, args, work: str, round_: int, kill_after_epoch: int | None = None) -> dict:
     from sparkdl.data import petastorm_io
     from sparkdl.data.spec import FeatureSpec
     from sparkdl.train import KerasEstimator
@@ -223,6 +249,14 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
     cache = petastorm_io.parent_cache_dir(spark).removeprefix("file://")
     folders = [work] + ([] if os.path.abspath(cache).startswith(os.path.abspath(work)) else [cache])  # count once
     before = sum(folder_bytes(f) for f in folders)
+    killed: list[float] = []
+    if kill_after_epoch is not None:
+        def kill_after(epoch: int, logs: dict) -> bool:
+            if epoch == kill_after_epoch and not killed:
+                killed.append(kill_one_rank())
+            return False
+
+        est.epoch_listener = kill_after
     called = time.time()
     with DriverMemory() as memory:
         fitted = est.fit(table)
@@ -238,7 +272,11 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int) -> dict:
             "val_accuracy": fitted.getHistory()["val_accuracy"][-1], "disk_bytes": written,
             "peak_rss": memory.peak, "rss_rise": memory.peak - memory.start, "workers_peak_rss": memory.workers_peak,
             "plain_write_s": plain_write_s, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc,
-            "events": est.last_run.events, "standby_ranks": est.last_run.standby_ranks}
+            "events": est.last_run.events, "standby_ranks": est.last_run.standby_ranks,
+            "recoveries": fitted.getMetadata()["training"]["recoveries"],
+            "recovery_s": (est.last_run.started_at + est.last_run.events["first_step"] - killed[0]
+                           if killed and "first_step" in est.last_run.events else None),
+            "epoch_s": statistics.median(e["seconds"] for e in epochs)}
 
 
 def plain_write(spark, work: str) -> float:
@@ -391,6 +429,37 @@ def _distributed(args, work: str) -> dict:
     return out
 
 
+def recovery(args) -> None:
+    """`--kill-after-epoch K`: an uninterrupted fit, then one that loses a rank after epoch K (see the docstring)."""
+    from sparkdl.lake import write_table
+    from sparkdl.session import get_spark
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+        spark = (get_spark(remote=f"local[{args.cores}]", app_name="bench_train", work=work) if args.connect
+                 else get_spark(master=f"local[{args.cores}]", app_name="bench_train", work=work))
+        table = os.path.join(work, "lake", "train")
+        write_table(synthetic_table(spark, args.rows, args.features), table, mode="overwrite")
+        sparkdl_fit(spark, table, args, work, -1)  # warm-up: standby ranks and Python workers, as in later fits
+        plain = sparkdl_fit(spark, table, args, work, 0)
+        hit = sparkdl_fit(spark, table, args, work, 1, kill_after_epoch=args.kill_after_epoch)
+    (record,) = hit["recoveries"]
+    overhead = hit["fit_s"] - plain["fit_s"]
+    lost = record["seconds_lost"]
+    recovery_s = hit["recovery_s"]
+    print(f"\nbench_train --kill-after-epoch {args.kill_after_epoch}: {args.rows:,} rows x {args.features} features, "
+          f"MLP {HIDDEN}, batch {args.batch_size}, {args.epochs} epochs, {args.num_proc} processes, "
+          f"{'Spark Connect' if args.connect else 'classic'} session, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"  uninterrupted fit {plain['fit_s']:.1f} s (epoch {plain['epoch_s']:.1f} s); fit with a rank killed "
+          f"{hit['fit_s']:.1f} s; recovery: {record['cause'][:90]}")
+    print(f"  recovery time (kill -> first step of the relaunched ranks): {recovery_s:.1f} s "
+          f"(target <= 15 s: {'OK' if recovery_s <= 15 else 'MISS'})")
+    print(f"  overhead of the failure {overhead:.1f} s vs recovery time + lost work ({recovery_s:.1f} + "
+          f"{lost:.1f} = {recovery_s + lost:.1f} s): ratio {overhead / (recovery_s + lost):.2f} "
+          f"(target <= 1: {'OK' if overhead <= recovery_s + lost else 'MISS'}); validation accuracy "
+          f"{hit['val_accuracy']:.4f} vs {plain['val_accuracy']:.4f}")
+
+
 def log_side(name: str, round_: int, result: dict) -> None:
     print(f"  round {round_} {name}: fit {result['fit_s']:.1f} s, first step {result['first_step_s']:.1f} s, "
           f"{result['examples_per_s']:,.0f} ex/s, val acc {result['val_accuracy']:.4f}"
@@ -430,6 +499,8 @@ def main() -> None:
                         "skipped, run the script without --connect for its figures")
     parser.add_argument("--scaled", action="store_true", help="sparkdl's feature standardized (fitted means and "
                         "deviations applied when the cache is written) instead of used as it is")
+    parser.add_argument("--kill-after-epoch", type=int, default=None, help="measure recovery: kill one rank "
+                        "process once this epoch (0-based) is reported, against an uninterrupted fit")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.no_horovod = args.no_horovod or args.connect
@@ -438,6 +509,10 @@ def main() -> None:
         args.features, args.no_horovod = CNN_SIDE * CNN_SIDE, True
     if args.baseline_worker:
         print(json.dumps(baseline(args)))
+        return
+    if args.kill_after_epoch is not None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        recovery(args)
         return
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -61,6 +61,7 @@ class RunStats:
     total_s: float | None = None
     events: dict[str, float] = field(default_factory=dict)  # first time each named event was reported
     standby_ranks: int = 0  # ranks that ran in a standby process (TensorFlow imported before the job)
+    started_at: float | None = None  # the call's wall-clock time (time.time()), the origin of `events`
 
     @property
     def launch_s(self) -> float | None:
@@ -71,6 +72,7 @@ class RunStats:
         """Take the call's duration so far, the events the progress channel timed (driver clock) and how many
         ranks started in a standby process."""
         self.total_s = time.time() - started
+        self.started_at = started
         self.events = {k: v - started for k, v in server.events.items()}
         self.standby_ranks = starts.standby_count()
 

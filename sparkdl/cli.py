@@ -6,6 +6,7 @@ status 1 and a one-line reason on failure (`--debug` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
 from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
 from sparkdl.registry import ModelStore
-from sparkdl.serving import ModelServer, ServerPool, WorkerOptions
+from sparkdl.serving import ModelServer, ServerPool, ServingLimits, WorkerOptions, read_token
 from sparkdl.serving.export import export_saved_model
 
 log = get_logger("cli")
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
     p.add_argument("--log-table", default=None, metavar="TABLE",
                    help="append requests and predictions to this Delta table (for drift monitoring)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="require 'Authorization: Bearer <token>' on /invocations, the token read from FILE (use it "
+                        "whenever --host is not loopback)")
+    ServingLimits.add_arguments(p)
     _add_store_arg(p)
 
     p = verbs.add_parser("export", help="export a stored model as a TensorFlow SavedModel (preprocessing inside)",
@@ -190,14 +195,16 @@ def _dispatch(args: argparse.Namespace):
     if args.verb == "export":
         return {"saved_model": str(export_saved_model(args.ref, args.directory, store=args.store))}
     if args.verb == "serve":
+        limits, token = ServingLimits.from_arguments(args), read_token(args.token_file)
         if args.workers > 1:
             options = WorkerOptions(args.ref, store=args.store, max_batch_size=args.max_batch_size,
-                                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table)
+                                    max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table,
+                                    limits=dataclasses.asdict(limits), token=token)
             ServerPool(options, args.workers, host=args.host, port=args.port).serve_forever()
         else:
             ModelServer(args.ref, store=args.store, host=args.host, port=args.port,
                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, reload_s=args.reload_s,
-                        log_table=args.log_table).serve_forever()
+                        log_table=args.log_table, limits=limits, token=token).serve_forever()
         return None
     if args.verb == "cache":
         from datetime import timedelta

@@ -49,6 +49,15 @@ def loaded_models() -> list[tuple[str, str, int]]:
         return list(_MODELS)
 
 
+def release(ref: ModelRef) -> None:
+    """Drop this process's cached model and scorers of `ref` (a server that moved to another version frees the
+    old one's memory once its last request is answered)."""
+    with _LOCK:
+        _MODELS.pop(ref.key, None)
+        for key in [k for k in _SCORERS if k[0] == ref.key]:
+            del _SCORERS[key]
+
+
 def clear_cache() -> None:
     """Drop this process's cached models (the load counter is kept)."""
     with _LOCK:

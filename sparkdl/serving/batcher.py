@@ -46,6 +46,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.arriving = arriving or (lambda: 1)  # unknown: always wait up to max_wait_ms
         self._queue: queue.Queue = queue.Queue()
+        self._busy_since: float | None = None  # monotonic start of the model call in progress
         self._stop = threading.Event()
         self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sparkdl-serving-batcher", daemon=True)
@@ -60,6 +61,11 @@ class MicroBatcher:
                 raise BatcherClosed("this model version is no longer served")
             self._queue.put((table, future))
         return future
+
+    def busy_for(self) -> float:
+        """Seconds the model call in progress has run (0 when idle): a wedged model shows here."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
         """Score what is queued, then stop."""
@@ -98,7 +104,11 @@ class MicroBatcher:
                 for item in batch:
                     self._score([item], item[0].num_rows)
                 return
-            output, valid, reasons = self.score(table)
+            self._busy_since = time.monotonic()
+            try:
+                output, valid, reasons = self.score(table)
+            finally:
+                self._busy_since = None
             if self.on_batch is not None:
                 self.on_batch(rows)
             start = 0

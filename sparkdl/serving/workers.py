@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,11 +27,14 @@ from dataclasses import asdict, dataclass
 
 from sparkdl.errors import ConfigError, SparkDLError
 from sparkdl.log import get_logger
-from sparkdl.serving.server import ModelServer, wait_for_interrupt
+from sparkdl.serving.limits import ServingLimits
+from sparkdl.serving.server import ModelServer
 
 log = get_logger("serving")
 
 READY_LINE = "sparkdl-serving-worker-ready"
+RESTART_BACKOFF_MAX_S = 60.0
+RESTART_BACKOFF_RESET_S = 60.0  # a worker that ran this long before exiting is started again after 1 s
 _WORKER_COMMAND = ("import sys; from sparkdl.serving.workers import worker_main; "
                    "worker_main(int(sys.argv[1]), sys.argv[2])")
 
@@ -45,6 +49,8 @@ class WorkerOptions:
     max_wait_ms: float = 5.0
     reload_s: float = 2.0
     log_table: str | None = None
+    limits: dict | None = None      # ServingLimits' fields (None: its defaults)
+    token: str | None = None        # bearer token of /invocations
 
 
 class ServerPool:
@@ -70,6 +76,8 @@ class ServerPool:
         self.metrics_dir = tempfile.mkdtemp(prefix="sparkdl-serving-metrics-")
         self.processes: list[subprocess.Popen] = []
         self.restarts = 0
+        self._backoff = [0.0] * self.workers      # seconds before worker i is started again after its next exit
+        self._due: list[float | None] = [None] * self.workers  # when a dead worker i is to be started again
         self._stop = threading.Event()
 
     @property
@@ -102,30 +110,50 @@ class ServerPool:
         return self
 
     def _watch(self) -> None:
+        """Start a worker that exited again, after a back-off that doubles with each exit of that worker within
+        `RESTART_BACKOFF_RESET_S` of its start (1 s, 2 s, ... up to `RESTART_BACKOFF_MAX_S`): a worker that
+        crashes at once (a broken model, no memory) does not spin."""
         from prometheus_client import multiprocess
 
-        while not self._stop.wait(1.0):
+        started = [time.monotonic()] * self.workers
+        while not self._stop.wait(0.2):
             for number, process in enumerate(self.processes):
-                code = process.poll()
-                if code is None or self._stop.is_set():
-                    continue
-                multiprocess.mark_process_dead(process.pid, self.metrics_dir)
-                if process.stdout is not None:
-                    process.stdout.close()
-                log.warning("serving worker %d (pid %d) exited with code %s; starting it again", number,
-                            process.pid, code)
-                self.processes[number] = self._spawn()
-                self.restarts += 1
+                if self._stop.is_set():
+                    return
+                due = self._due[number]
+                if due is None:
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    multiprocess.mark_process_dead(process.pid, self.metrics_dir)
+                    if process.stdout is not None:
+                        process.stdout.close()
+                    quick = time.monotonic() - started[number] < RESTART_BACKOFF_RESET_S
+                    self._backoff[number] = (min(RESTART_BACKOFF_MAX_S, max(1.0, 2 * self._backoff[number]))
+                                             if quick else 1.0)
+                    self._due[number] = time.monotonic() + self._backoff[number]
+                    log.warning("serving worker %d (pid %d) exited with code %s; starting it again in %.0f s",
+                                number, process.pid, code, self._backoff[number])
+                elif time.monotonic() >= due:
+                    self._due[number] = None
+                    self.processes[number] = self._spawn()
+                    started[number] = time.monotonic()
+                    self.restarts += 1
 
     def serve_forever(self) -> None:
-        """Serve until Ctrl-C or SIGTERM, then stop the workers (each answers its requests in flight first)."""
+        """Serve until Ctrl-C or SIGTERM, then stop the workers (each stops accepting, answers its requests in
+        flight and flushes its inference log first)."""
         self.start()
         try:
             wait_for_interrupt()
         finally:
             self.stop()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop every worker (SIGTERM: each drains within its `drain_timeout_s`), killing those that take longer
+        than `timeout_s` (default: the drain timeout plus 10 s)."""
+        if timeout_s is None:
+            timeout_s = ServingLimits(**(self.options.limits or {})).drain_timeout_s + 10.0
         self._stop.set()
         for process in self.processes:
             if process.poll() is None:
@@ -159,7 +187,8 @@ def worker_main(fd: int, options_json: str) -> None:
     listen_socket = socket.socket(fileno=fd)
     server = ModelServer(options.ref, store=options.store, max_batch_size=options.max_batch_size,
                          max_wait_ms=options.max_wait_ms, reload_s=options.reload_s, log_table=options.log_table,
-                         listen_socket=listen_socket)
+                         listen_socket=listen_socket, limits=ServingLimits(**(options.limits or {})),
+                         token=options.token)
 
     def ready() -> None:
         print(READY_LINE, flush=True)
@@ -167,3 +196,16 @@ def worker_main(fd: int, options_json: str) -> None:
 
     server.serve_forever(on_ready=ready)
 
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C, or SIGTERM (a supervisor or a container stop) when called from the main thread."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

@@ -20,9 +20,9 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +31,7 @@ from typing import Any
 
 from sparkdl import stack
 from sparkdl.errors import ConfigError, ModelStoreError
-from sparkdl.fileutil import write_atomic
+from sparkdl.fileutil import is_safe_name, write_atomic
 from sparkdl.log import get_logger
 from sparkdl.session import work_dir
 
@@ -42,8 +42,8 @@ METADATA_FILE = "metadata.json"
 RESERVED_FILES = (MODEL_FILE, METADATA_FILE)
 STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file", "model_format", "keras_flavour",
               "model_sha256")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-ALIASES_FILE = "aliases.json"
+ALIASES_FILE = "aliases.json"  # all aliases in one file: read (written by earlier versions), never written
+ALIASES_DIR = "aliases"        # one <alias>.json per alias
 _TMP_PREFIX = ".tmp-"
 _MAX_PUBLISH_TRIES = 1000
 
@@ -81,7 +81,7 @@ class LoadedModel:
 
 def validate_name(name: str, what: str = "model name") -> str:
     """Return `name` if it matches [A-Za-z0-9_.-]+ (and is not `.`/`..`); else raise ConfigError."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or name.startswith(_TMP_PREFIX):
+    if not is_safe_name(name) or name.startswith(_TMP_PREFIX):
         raise ConfigError(f"invalid {what} {name!r}: use letters, digits, '_', '.' and '-' only")
     return name
 
@@ -311,7 +311,7 @@ class ModelStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _NAME.match(p.name) and not p.name.startswith(".")
+                      if p.is_dir() and is_safe_name(p.name) and not p.name.startswith(".")
                       and self._version_numbers(p))
 
     def list_versions(self, name: str) -> list[int]:
@@ -370,18 +370,39 @@ class ModelStore:
         return ModelVersion(name, int(version), self.root / name / str(version))
 
     def aliases(self, name: str) -> dict[str, int]:
-        """{alias: version} of model `name` (`<root>/<name>/aliases.json`; empty when none)."""
-        path = self.root / validate_name(name) / ALIASES_FILE
+        """{alias: version} of model `name`: one file per alias, `<root>/<name>/aliases/<alias>.json` (and the
+        single `aliases.json` earlier versions wrote, for aliases not set since)."""
+        folder = self.root / validate_name(name)
+        found: dict[str, int] = {}
+        legacy = folder / ALIASES_FILE
         try:
-            return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+            found.update({str(k): int(v) for k, v in json.loads(legacy.read_text()).items()})
         except FileNotFoundError:
-            return {}
+            pass
         except (ValueError, AttributeError) as exc:
-            raise ModelStoreError(f"{path} is not a JSON object of alias -> version: {exc}") from exc
+            raise ModelStoreError(f"{legacy} is not a JSON object of alias -> version: {exc}") from exc
+        try:
+            files = sorted((folder / ALIASES_DIR).glob("*.json"))
+        except OSError:
+            files = []
+        for path in files:
+            alias = path.name[:-len(".json")]
+            if is_safe_name(alias):
+                found[alias] = self._alias_file_version(path)
+        return found
+
+    @staticmethod
+    def _alias_file_version(path: Path) -> int:
+        try:
+            return int(json.loads(path.read_text())["version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelStoreError(f"{path} is not an alias file ({{\"version\": N}}): {exc}") from exc
 
     def set_alias(self, ref, alias: str) -> ModelVersion:
         """Point `alias` of the model at the version `ref` names ("name@3", "name@other-alias", ...); `name@alias`
-        then resolves to it everywhere a reference is taken (a server started on it follows the change).
+        then resolves to it everywhere a reference is taken (a server started on it follows the change). Each
+        alias is a file of its own, replaced atomically: processes setting different aliases at once never lose
+        each other's, and one alias is never rolled back by a write of another.
 
         Raises:
             ConfigError: an alias that is a number, 'latest', or not [A-Za-z0-9_.-]+.
@@ -391,8 +412,10 @@ class ModelStore:
         if alias.isdigit() or alias == "latest":
             raise ConfigError(f"alias {alias!r}: a number or 'latest' would shadow a version reference")
         version = self.resolve(ref)
-        aliases = {**self.aliases(version.name), alias: int(version.version)}
-        write_atomic(self.root / version.name / ALIASES_FILE, json.dumps(aliases, indent=2, sort_keys=True).encode())
+        folder = self.root / version.name / ALIASES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / f"{alias}.json",
+                     json.dumps({"version": int(version.version), "set_at": time.time()}).encode())
         log.info("model %s: alias %r -> version %d", version.name, alias, version.version)
         return version
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from sparkdl import lake
 from sparkdl.errors import ConfigError, FitStopped
+from sparkdl.fileutil import check_name
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore
@@ -195,7 +196,7 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
         raise ConfigError(f"tune: parallel={parallel} trials of trial_proc={trial_proc} need "
                           f"{parallel * trial_proc} task slots; the cluster has {slots}")
     snap = table if isinstance(table, lake.Snapshot) else lake.snapshot(str(table), spark=spark)
-    name = study or f"tune-{uuid.uuid4().hex[:8]}"
+    name = check_name(study, "study name") if study is not None else f"tune-{uuid.uuid4().hex[:8]}"
     folder = Path(work or default_work_dir()) / "tune"
     folder.mkdir(parents=True, exist_ok=True)
     from optuna.storages import JournalStorage

@@ -324,3 +324,62 @@ def test_forecasters_learn_windows_and_load_safely(name, hparams, tmp_path):
     np.testing.assert_allclose(reloaded.predict(x[:20], verbose=0), model.predict(x[:20], verbose=0), atol=1e-5)
     with pytest.raises(ConfigError, match="a forecaster reads windows"):
         models.build(name, ModelSignature((12,), "regression"))
+
+
+def _rewrite_config(source, target, edit) -> None:
+    """Copy the `.keras` archive `source` to `target` with `edit(config)` applied to its config.json."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        for item in archive.infolist():
+            data = archive.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            out.writestr(item, data)
+
+
+def _layers(config) -> list:
+    return config["config"]["layers"]
+
+
+def _dense(config) -> dict:
+    return next(layer for layer in _layers(config) if layer["class_name"] == "Dense")
+
+
+PROBE = "sparkdl_import_probe"  # a module whose import leaves a file behind
+
+
+@pytest.mark.parametrize("place", ["layer", "activation", "initializer", "regularizer", "nested model"])
+def test_a_model_whose_config_names_a_foreign_module_is_refused_before_anything_is_imported(place, tmp_path,
+                                                                                           monkeypatch):
+    import sys
+
+    from sparkdl.errors import SparkDLError
+    from sparkdl.models.saving import load_keras_file
+
+    marker = tmp_path / "imported"
+    (tmp_path / f"{PROBE}.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Dense: pass\n"
+                                          f"def relu(x): return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inputs = tf.keras.Input((4,))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(2, activation="relu")(inputs))
+    source, crafted = tmp_path / "model.keras", tmp_path / "crafted.keras"
+    model.save(source)
+
+    foreign = {"module": PROBE, "class_name": "Dense", "config": {}, "registered_name": None}
+    edits = {
+        "layer": lambda c: _dense(c).update(module=PROBE),
+        "activation": lambda c: _dense(c)["config"].update(
+            activation={"module": PROBE, "class_name": "function", "config": "relu", "registered_name": "function"}),
+        "initializer": lambda c: _dense(c)["config"].update(kernel_initializer=foreign),
+        "regularizer": lambda c: _dense(c)["config"].update(kernel_regularizer=foreign),
+        "nested model": lambda c: c.update(module=PROBE),
+    }
+    _rewrite_config(source, crafted, edits[place])
+    with pytest.raises(SparkDLError, match=f"from module '{PROBE}'"):
+        load_keras_file(crafted)
+    assert not marker.exists() and PROBE not in sys.modules
+    load_keras_file(source)  # the untouched archive loads

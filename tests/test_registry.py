@@ -84,7 +84,7 @@ def test_missing_name_or_version_lists_what_exists(store, model):
         store.metadata("other@latest")
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "../up", "sp ace", "x@y@z", ".tmp-x"])
+@pytest.mark.parametrize("bad", ["", "a/b", "../up", "sp ace", "x@y@z", ".tmp-x", "name\n", "..", "a\nb"])
 def test_invalid_names_are_config_errors(store, model, bad):
     with pytest.raises(ConfigError):
         store.save(bad, model, {})
@@ -234,6 +234,35 @@ def test_concurrent_publishers_never_share_a_version(store):
         assert content == f"{md['writer']}-{md['i']}"
         seen.add(content)
     assert len(seen) == 40
+
+
+def test_concurrent_alias_writers_lose_nothing(store, model):
+    """Two processes set 200 aliases each at once: all 400 are kept (one file per alias, replaced atomically)."""
+    store.save("aliased", model, {})
+    script = f"""
+        import sys
+        from sparkdl.registry import ModelStore
+        store = ModelStore({str(store.root)!r})
+        for i in range(200):
+            store.set_alias("aliased@1", f"{{sys.argv[1]}}-{{i}}")
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), f"w{w}"], env=env,
+                              stderr=subprocess.PIPE, text=True) for w in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    aliases = store.aliases("aliased")
+    assert len(aliases) == 400 and set(aliases.values()) == {1}
+    assert str(store.resolve("aliased@w1-199")) == "aliased@1"
+
+
+def test_aliases_written_by_earlier_versions_in_one_file_still_resolve(store, model):
+    store.save("legacy", model, {})
+    store.save("legacy", model, {})
+    (store.root / "legacy" / "aliases.json").write_text(json.dumps({"champion": 1, "old": 2}))
+    assert str(store.resolve("legacy@champion")) == "legacy@1"
+    store.set_alias("legacy@2", "champion")  # a new write wins over the old file
+    assert store.aliases("legacy") == {"champion": 2, "old": 2}
 
 
 def test_model_version_is_a_value(tmp_path):

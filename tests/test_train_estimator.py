@@ -396,7 +396,7 @@ def test_a_pipeline_with_the_estimator_fits_saves_loads_and_tunes_like_stock_sta
     `TrainValidationSplit` over a `ParamGridBuilder` grid of sparkdl params with a stock evaluator picks a model
     (its fits run in Spark ML's thread pool: each stores a loadable model)."""
     from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
     from pyspark.ml.feature import SQLTransformer
     from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 
@@ -416,11 +416,18 @@ def test_a_pipeline_with_the_estimator_fits_saves_loads_and_tunes_like_stock_sta
     after = loaded.transform(test).select("id", "prediction").orderBy("id").toPandas()
     assert before.equals(after) and len(after) == test.count()
 
+    # Spark ML's classifier columns: stock evaluators and tuners take transform's output as it is
+    scored = fitted.transform(test)
+    types = {f.name: f.dataType.typeName() for f in scored.schema.fields}
+    assert types["prediction"] == "double" and types["probability"] == types["rawPrediction"] == "vectorudt"
+    auc = BinaryClassificationEvaluator(labelCol="malignant", rawPredictionCol="rawPrediction").evaluate(scored)
+    assert auc >= 0.95
+    plain = fitted.stages[-1].copy().setSparkMlColumns(False).transform(test)
+    assert plain.schema["prediction"].dataType.typeName() != "double" and "probability" not in plain.columns
+
     grid = ParamGridBuilder().addGrid(est.learningRate, [1e-4, 5e-3]).build()
-    as_double = SQLTransformer(statement="SELECT *, CAST(prediction AS DOUBLE) AS predicted FROM __THIS__")
-    evaluator = MulticlassClassificationEvaluator(labelCol="malignant", predictionCol="predicted",
-                                                  metricName="accuracy")  # stock evaluators want doubles
-    tuned = TrainValidationSplit(estimator=Pipeline(stages=[est, as_double]), estimatorParamMaps=grid,
-                                 evaluator=evaluator, trainRatio=0.75, seed=1).fit(train)
+    evaluator = MulticlassClassificationEvaluator(labelCol="malignant", metricName="accuracy")
+    tuned = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, evaluator=evaluator, trainRatio=0.75,
+                                 seed=1).fit(train)
     assert len(tuned.validationMetrics) == 2 and max(tuned.validationMetrics) >= 0.9
     assert evaluator.evaluate(tuned.transform(test)) >= 0.9

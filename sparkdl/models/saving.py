@@ -23,10 +23,11 @@ import tempfile
 import zipfile
 
 from sparkdl import stack
+from sparkdl.errors import SparkDLError
 from sparkdl.models.layers import layer_classes
 from sparkdl.models.losses import loss_classes
 
-__all__ = ["load_keras_file", "save_keras_file"]
+__all__ = ["check_config", "load_keras_file", "save_keras_file"]
 
 
 def save_keras_file(model, path: str | os.PathLike) -> None:
@@ -46,6 +47,8 @@ def load_keras_file(path: str | os.PathLike, compile: bool = False):
     flavour = stack.saved_flavour(path)
     layer_classes(flavour)
     loss_classes(flavour)
+    with zipfile.ZipFile(path) as archive:
+        check_config(json.loads(archive.read("config.json")), flavour, str(path), compile=compile)
     load = stack.keras_module(flavour).models.load_model
     if flavour == "tf_keras" and not stack.legacy_keras_is_separate():
         with zipfile.ZipFile(path) as archive:
@@ -61,6 +64,50 @@ def load_keras_file(path: str | os.PathLike, compile: bool = False):
                             out.writestr(item, data)
                     return load(copy, compile=compile, safe_mode=True)
     return load(str(path), compile=compile, safe_mode=True)
+
+
+# Modules an object of a saved config may name: Keras's own. Anything else must be an object registered with Keras
+# (sparkdl's layers and losses, or the user's `register_keras_serializable` classes), which Keras finds by its
+# registered name without importing anything.
+_KERAS_MODULES = ("keras", "tf_keras")
+
+
+def check_config(config, flavour: str, where: str = "the model", compile: bool = False) -> None:
+    """Refuse a saved model whose config names a module Keras would import to rebuild it.
+
+    Keras 2's loader (and Keras 3's before 3.9, CVE-2025-1550) imports the `module` an object of `config.json`
+    names when the class is not registered: a crafted archive could run any importable module's code on load. Every
+    object (layer, activation, initializer, regularizer, constraint, loss, nested model...) must come from Keras
+    itself or be registered with Keras under its `registered_name`. The `compile_config` (optimizer, loss, metrics)
+    is read only for a `compile` load: Keras ignores it otherwise (a trained model records Horovod's optimizer
+    wrapper there).
+
+    Raises:
+        SparkDLError: an object names another module (the message names it, its class and where it is).
+    """
+    keras = stack.keras_module(flavour)
+    registered = keras.saving.get_registered_object
+    if not compile and isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "compile_config"}
+    stack_ = [(config, "config")]
+    while stack_:
+        node, at = stack_.pop()
+        if isinstance(node, list):
+            stack_.extend((item, f"{at}[{i}]") for i, item in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        module = node.get("module")
+        if module is not None and "class_name" in node:
+            known = isinstance(module, str) and (module in _KERAS_MODULES or module.startswith(
+                tuple(m + "." for m in _KERAS_MODULES)))
+            name = node.get("registered_name")
+            if not known and not (isinstance(name, str) and registered(name) is not None):
+                raise SparkDLError(
+                    f"{where}: refusing to load: {at} is a {node.get('class_name')!r} from module {module!r}, which "
+                    f"is neither Keras nor an object registered with Keras (register the class with "
+                    f"keras.saving.register_keras_serializable, or import the module that registers it, first)")
+        stack_.extend((value, f"{at}.{key}") for key, value in node.items() if isinstance(value, (dict, list)))
 
 
 def _as_keras_215(node):

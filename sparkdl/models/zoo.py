@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from sparkdl import stack
 from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError
+from sparkdl.fileutil import is_safe_name
 from sparkdl.log import get_logger
 from sparkdl.models.layers import layer_classes
 from sparkdl.models.losses import loss_classes
@@ -32,7 +32,6 @@ log = get_logger("models")
 Builder = Callable[..., Any]
 _FLAVOUR: contextvars.ContextVar[str] = contextvars.ContextVar("sparkdl_keras_flavour", default="tf_keras")
 _AUGMENT: contextvars.ContextVar[Augmentation | None] = contextvars.ContextVar("sparkdl_augment", default=None)
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _BUILDERS: dict[str, Builder] = {}
 EMBEDDING = "embedding"
 
@@ -346,7 +345,7 @@ def register_builder(name: str, fn: Builder, *, overwrite: bool = False) -> None
     Raises:
         ConfigError: `name` is not [A-Za-z0-9_.-]+, `fn` is not callable, or `name` exists and not `overwrite`.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not is_safe_name(name):
         raise ConfigError(f"register_builder: model name must match [A-Za-z0-9_.-]+, got {name!r}")
     if not callable(fn):
         raise ConfigError(f"register_builder: builder for {name!r} must be callable, got {type(fn).__name__}")

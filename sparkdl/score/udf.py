@@ -234,6 +234,33 @@ def transform_with_model(model, df, output: str | None = None, output_col: str |
     return scored
 
 
+CLASSIFICATION_TASKS = ("binary", "multiclass")
+# Spark ML's classifier columns beside `prediction`
+PROBABILITY_COL, RAW_PREDICTION_COL = "probability", "rawPrediction"
+
+
+def spark_ml_columns(model, df, store=None):
+    """`df` plus Spark ML's classifier columns (`SparkDLModel.transform` by default): the output column as a
+    double (the predicted label's value; a string label stays a string, as no stock evaluator takes one),
+    `probability` and `rawPrediction` as vectors of the class probabilities (binary: [P(0), P(1)]; the model has no
+    logits, and the probabilities rank rows as they would). One scoring pass: the `struct` output, then a
+    projection. Existing columns of those names are replaced."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType
+
+    output_col = _param(model, ("getOutputCol", "getPredictionCol")) or "prediction"
+    scored_col = "__sparkdl_scored"
+    scored = transform_with_model(model, df, output="struct", output_col=scored_col, store=store)
+    label = F.col(scored_col)["label"]
+    numeric = isinstance(scored.schema[scored_col].dataType["label"].dataType, NumericType)
+    probability = array_to_vector(F.col(scored_col)["probability"])
+    replaced = {output_col, PROBABILITY_COL, RAW_PREDICTION_COL, scored_col}
+    return scored.select(*[F.col(c) for c in df.columns if c not in replaced],
+                         (label.cast("double") if numeric else label).alias(output_col),
+                         probability.alias(PROBABILITY_COL), probability.alias(RAW_PREDICTION_COL))
+
+
 def _param(model, getters) -> str | None:
     for getter in getters:
         fn = getattr(model, getter, None)

@@ -27,19 +27,18 @@ from pathlib import Path
 
 from sparkdl import jsonlines
 from sparkdl.errors import ConfigError
-from sparkdl.fileutil import write_atomic
+from sparkdl.fileutil import is_safe_name, write_atomic
 from sparkdl.log import get_logger
 from sparkdl.session import work_dir as default_work_dir
 
 log = get_logger("train")
 
 _MARKER = re.compile(r"^epoch-(\d{4,})\.json$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def check_run_name(run_name: str) -> str:
     """Return `run_name` if it is a safe folder name; else raise ConfigError."""
-    if not isinstance(run_name, str) or not _RUN_NAME.match(run_name) or run_name in (".", ".."):
+    if not is_safe_name(run_name):
         raise ConfigError(f"run_name {run_name!r}: use letters, digits, '_', '.' and '-' only")
     return run_name
 

@@ -16,6 +16,7 @@ from sparkdl.model_metadata import ModelMetadata
 from sparkdl.registry import METADATA_FILE, ModelStore, ModelVersion
 from sparkdl.score import resolve_model, transform_with_model
 from sparkdl.score.forecast import forecast_frame
+from sparkdl.score.udf import CLASSIFICATION_TASKS, spark_ml_columns
 from sparkdl.train.ml_persistence import ModelReader, ModelWriter
 
 log = get_logger("train")
@@ -39,10 +40,15 @@ class SparkDLModel(Model, MLReadable, MLWritable):
                                               "(see sparkdl.score.OUTPUTS)", typeConverter=TypeConverters.toString)
     outputCol = Param(Params._dummy(), "outputCol", "name of the column transform adds",
                       typeConverter=TypeConverters.toString)
+    sparkMlColumns = Param(Params._dummy(), "sparkMlColumns",
+                           "classifiers: transform adds Spark ML's columns, prediction as a double (the label "
+                           "value; string labels stay strings), probability and rawPrediction as vectors, so "
+                           "stock evaluators and tuners work; false: sparkdl's prediction column of the label's "
+                           "own type only", typeConverter=TypeConverters.toBoolean)
 
     def __init__(self, model=None, version=None, metadata: dict | None = None, store=None):
         super().__init__()
-        self._setDefault(output="prediction", outputCol="prediction")
+        self._setDefault(output="prediction", outputCol="prediction", sparkMlColumns=True)
         if version is None:
             raise ConfigError("SparkDLModel needs the model-store version it stands for")
         if store is None:
@@ -99,12 +105,21 @@ class SparkDLModel(Model, MLReadable, MLWritable):
     def setOutputCol(self, value: str) -> "SparkDLModel":
         return self._set(outputCol=value)
 
+    def getSparkMlColumns(self) -> bool:
+        return self.getOrDefault(self.sparkMlColumns)
+
+    def setSparkMlColumns(self, value: bool) -> "SparkDLModel":
+        return self._set(sparkMlColumns=value)
+
     # ---------------------------------------------------------------------------------------------- transform
     def _transform(self, dataset):
         forecast = ModelMetadata.from_dict(self._metadata).forecast
         if forecast is not None:
             ref, _ = resolve_model(self)
             return forecast_frame(dataset, ref, forecast, self.getOutputCol())
+        if (self.getOrDefault(self.sparkMlColumns) and self.getOutput() == "prediction"
+                and ModelMetadata.from_dict(self._metadata).task in CLASSIFICATION_TASKS):
+            return spark_ml_columns(self, dataset)
         return transform_with_model(self, dataset)
 
     # ---------------------------------------------------------------------------------------------- persistence

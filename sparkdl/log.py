@@ -35,13 +35,26 @@ def configure_logging(level: str | int | None = None, quiet_third_party: bool = 
             logging.getLogger(name).setLevel(quiet_level)
 
 
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|(^|[._-])key$|^fs\.s3a\..*key", re.IGNORECASE)
+# A name part `key`, `pat` or `sas` (`fs.azure.account.key.<account>.dfs.core.windows.net`, `DATABRICKS_PAT`,
+# `fs.azure.sas.<container>...`), or any name with secret, password, token, credential or signature in it.
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|signature|(^|[._-])(key|pat|sas)([._-]|$)|"
+                         r"^fs\.s3a\..*key", re.IGNORECASE)
+# `;name=value` parameters of a Spark Connect URL (`sc://host:15002/;token=...;user_id=...`) and URL user info
+_URL_PARAM = re.compile(r";([^;=/\s]+)=([^;\s]*)")
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def looks_secret(key: str) -> bool:
-    """True for setting names that usually hold secrets (`*secret*`, `*password*`, `*token*`, `*.key`,
-    `fs.s3a.*key*`): their values are never logged."""
+    """True for setting names that usually hold secrets (`*secret*`, `*password*`, `*token*`, a `key`, `pat` or
+    `sas` name part, `fs.s3a.*key*`): their values are never logged."""
     return bool(_SECRET_KEY.search(key))
+
+
+def redact_url(text: str) -> str:
+    """`text` with the secret-looking `;name=value` parameters of Spark Connect URLs (`;token=...`) and the user
+    info of URLs (`user:password@`) replaced by `***`: for log lines and error messages that name an address."""
+    text = _URL_PARAM.sub(lambda m: f";{m.group(1)}=***" if looks_secret(m.group(1)) else m.group(0), text)
+    return _URL_USERINFO.sub("***@", text)
 
 
 def shown(key: str, value: object) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sparkdl.errors import SessionError
-from sparkdl.log import configure_logging, get_logger, shown
+from sparkdl.log import configure_logging, get_logger, redact_url, shown
 from sparkdl.session_kind import has_jvm_class, is_connect, require_connect_client, set_log_level
 from sparkdl.session_kind import master as master_of
 
@@ -159,8 +159,8 @@ def _start_remote(remote: str, conf: dict[str, str], folder: Path, app_name: str
     process, whose Python workers run this interpreter)."""
     remote = remote.strip()
     if not (remote.startswith("sc://") or remote.startswith("local")):
-        raise SessionError(f"spark.remote / SPARKDL_REMOTE: {remote!r} is not a Spark Connect address; expected "
-                           f"'sc://host:port' or 'local[N]'")
+        raise SessionError(f"spark.remote / SPARKDL_REMOTE: {redact_url(repr(remote))} is not a Spark Connect "
+                           f"address; expected 'sc://host:port' or 'local[N]'")
     require_connect_client()
     from pyspark.sql import SparkSession  # its builder starts a local server for `local[N]`, then connects
 
@@ -183,9 +183,10 @@ def _start_remote(remote: str, conf: dict[str, str], folder: Path, app_name: str
         spark.conf.set(PETASTORM_CACHE_KEY, conf.get(PETASTORM_CACHE_KEY) or (folder / "petastorm-cache").as_uri())
         version = spark.version
     except Exception as exc:
-        raise SessionError(f"could not start or reach the Spark Connect server {remote}: {exc}") from exc
+        raise SessionError(f"could not start or reach the Spark Connect server {redact_url(remote)}: "
+                           f"{redact_url(str(exc))}") from None
     log.info("started a Spark Connect session (Spark %s) on %s; work folder %s; Delta backend: %s",
-             version, remote, folder, delta_backend(spark))
+             version, redact_url(remote), folder, delta_backend(spark))
     return spark
 
 

@@ -196,6 +196,10 @@ def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, 
     left = [name for name in _staged(table) if name not in committed]
     assert len(left) == 1 and any((table / left[0]).rglob("*.parquet"))
     assert lk.read_table(table)[0].count() == 10  # readers follow the log
+    # the killed write's lease protects its folder until the lease is LEASE_TIMEOUT_S old (a process id says
+    # nothing across containers); then it is debris like any other
+    assert lk.clean_staging(table, older_than_hours=0, dry_run=True) == []
+    (table / staging.LEASES / left[0]).write_text(json.dumps({"time": time.time() - staging.LEASE_TIMEOUT_S - 1}))
 
     # a copy of the debris dated two hours back: the next successful write removes it, not the young one
     old = staging.folder_name("ab" * 16, now=time.time() - 2 * 3600)
@@ -258,3 +262,58 @@ def test_a_write_in_flight_is_never_cleaned_up_however_old(spark, lake):
         writer.join(120)
     assert outcome["snap"].num_rows == 15 and lk.read_table(table)[0].count() == 15
     assert staging.alive(*filesystem(lk.snapshot(table).table)) == set()  # the lease went with the write
+
+
+def test_a_lease_survives_another_writers_stop_and_a_removed_leases_folder(tmp_path):
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path)
+    first = staging.Lease(fs, root, "sparkdl-write-a", refresh_s=0.2).start()
+    second = staging.Lease(fs, root, "sparkdl-write-b", refresh_s=0.2).start()
+    first.stop()  # never takes the shared folder with it
+    assert staging.alive(fs, root) == {"sparkdl-write-b"}
+    shutil.rmtree(tmp_path / staging.LEASES)  # as an older writer's stop() did
+    time.sleep(0.6)
+    assert staging.alive(fs, root) == {"sparkdl-write-b"}  # the refresh recreated folder and lease
+    second.stop()
+    assert staging.alive(fs, root) == set() and (tmp_path / staging.LEASES).is_dir()
+
+
+def test_liveness_is_the_age_the_lease_records_not_its_mtime_or_its_process(tmp_path):
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path)
+    folder = tmp_path / staging.LEASES
+    folder.mkdir()
+    (folder / "sparkdl-write-old").write_text(json.dumps({"time": time.time() - 3600, "host": os.uname().nodename,
+                                                          "pid": os.getpid()}))
+    (folder / "sparkdl-write-new").write_text(json.dumps({"time": time.time(), "host": "elsewhere", "pid": 1}))
+    os.utime(folder / "sparkdl-write-new", (0, 0))  # an mtime that says nothing (storage without them)
+    assert staging.alive(fs, root) == {"sparkdl-write-new"}
+
+
+def test_a_write_that_lost_its_lease_or_its_files_is_fenced_off_before_the_commit(tmp_path):
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path)
+    name = "sparkdl-write-x"
+    (tmp_path / name).mkdir()
+    for part in ("part-0.parquet", "part-1.parquet"):
+        (tmp_path / name / part).write_bytes(b"x")
+    files = [f"{name}/part-0.parquet", f"{name}/part-1.parquet"]
+    lease = staging.Lease(fs, root, name, refresh_s=60).start()
+    try:
+        lease.fence(files)  # held, whole: the commit may go on
+        (tmp_path / name / "part-1.parquet").unlink()
+        with pytest.raises(TableError, match=r"1 staged file\(s\) of the write are gone \(e.g. .*part-1"):
+            lease.fence(files)
+        (tmp_path / name / "part-1.parquet").write_bytes(b"x")
+        (tmp_path / staging.LEASES / name).unlink()
+        with pytest.raises(TableError, match="is gone"):
+            lease.fence(files)
+        lease._touch()
+        lease._refreshed -= staging.LEASE_TIMEOUT_S  # no refresh for the whole timeout (a stalled process)
+        with pytest.raises(TableError, match="last refreshed"):
+            lease.fence(files)
+    finally:
+        lease.stop()

@@ -289,9 +289,18 @@ def test_settings_that_look_secret_are_never_logged(spark, sparkdl_log):
     from sparkdl.log import looks_secret
     from sparkdl.session import get_spark
 
+    from sparkdl.log import redact_url
+
     assert all(looks_secret(k) for k in ("spark.hadoop.fs.s3a.secret.key", "fs.s3a.access.key", "db.password",
-                                         "spark.databricks.token", "azure.account.key", "my_secret"))
-    assert not any(looks_secret(k) for k in ("spark.master", "spark.sql.shuffle.partitions", "spark.keytab.dir"))
+                                         "spark.databricks.token", "azure.account.key", "my_secret",
+                                         "spark.hadoop.fs.azure.account.key.myacct.dfs.core.windows.net",
+                                         "fs.azure.sas.container.myacct.blob.core.windows.net", "DATABRICKS_PAT",
+                                         "AWS_SECRET_ACCESS_KEY", "fs.azure.account.oauth2.client.secret"))
+    assert not any(looks_secret(k) for k in ("spark.master", "spark.sql.shuffle.partitions", "spark.keytab.dir",
+                                             "spark.sql.warehouse.path", "spark.sql.session.timeZone"))
+    assert (redact_url("could not reach sc://host:15002/;user_id=ann;token=dapi123 (timeout)")
+            == "could not reach sc://host:15002/;user_id=ann;token=*** (timeout)")
+    assert redact_url("https://ann:pw@host/x") == "https://***@host/x"
     get_spark(conf={"spark.hadoop.fs.s3a.secret.key": "hunter2-not-logged", "spark.driver.memory": "9g"})
     text = "\n".join(sparkdl_log)
     assert "hunter2-not-logged" not in text and "spark.hadoop.fs.s3a.secret.key=*** ignored" in text

@@ -387,6 +387,10 @@ def test_estimator_params_save_and_load_and_objects_spark_ml_cannot_write_are_re
     with pytest.raises(ConfigError, match=r"param 'callbacks' holds"):
         KerasEstimator(model="mlp", feature_spec=cancer_spec(), callbacks=[FailOnce("x", 1)]).save(
             str(tmp_path / "with-callbacks"))
+    with pytest.raises(ConfigError, match=r"env holds \['AWS_SECRET_ACCESS_KEY'\], which look like secrets"):
+        KerasEstimator(model="mlp", feature_spec=cancer_spec(), env={"AWS_SECRET_ACCESS_KEY": "hunter2"}).save(
+            str(tmp_path / "with-a-secret"))
+    assert not (tmp_path / "with-a-secret").exists()
 
 
 @pytest.mark.slow

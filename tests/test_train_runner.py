@@ -345,6 +345,42 @@ def test_the_progress_channel_takes_only_messages_signed_with_the_jobs_secret():
     assert server._server is None
 
 
+def test_the_progress_channel_caps_lines_before_checking_them_and_refuses_replayed_ones():
+    import socket
+
+    import psutil
+
+    from sparkdl.train import progress
+    from sparkdl.train.progress import ProgressClient, ProgressServer, signed_line
+
+    with ProgressServer(advertised_host="127.0.0.1") as server:
+        host, port = server.address.rsplit(":", 1)
+        rss = psutil.Process().memory_info().rss
+        with socket.create_connection((host, int(port))) as raw:  # 64 MiB without a newline, unauthenticated
+            chunk = b"x" * (1 << 20)
+            try:
+                for _ in range(64):
+                    raw.sendall(chunk)
+            except OSError:
+                pass  # closed by the driver once the line passed the cap
+            raw.settimeout(10)
+            assert raw.recv(1) == b""
+        assert psutil.Process().memory_info().rss - rss < 3 * progress.MAX_LINE_BYTES + (32 << 20)
+
+        client = ProgressClient(server.address, server.token)
+        client.send({"type": "event", "name": "first"}, required=True)
+        replay = signed_line(server.token, {"type": "event", "name": "replayed", "conn": client._conn, "seq": 1,
+                                            "rank": 0, "ack": False})
+        unnumbered = signed_line(server.token, {"type": "event", "name": "unnumbered", "rank": 0})
+        for line in (replay, unnumbered):
+            with socket.create_connection((host, int(port))) as raw:
+                raw.sendall(line)
+                raw.settimeout(10)
+                assert raw.recv(1) == b""  # closed
+        client.send({"type": "event", "name": "second"}, required=True)
+        assert set(server.events) == {"first", "second"}
+
+
 def test_the_cluster_check_names_what_a_barrier_stage_needs():
     from sparkdl.train.resources import cluster_problem
 

@@ -381,6 +381,7 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
                              f"{'' if read_version is None else f' (version {read_version})'}: "
                              f"{one_line_reason(exc)[:500]}") from exc
         try:
+            lease.fence([a.path for a in adds])  # still ours, every staged file still there
             table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id)
             version = _find_write(table, write_id, read_version)
             if version is None:

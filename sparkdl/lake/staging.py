@@ -6,9 +6,11 @@ process killed between the Spark job and the commit cannot: its folder holds fil
 never change what the table reads (readers follow the log), only its size.
 
 A write in flight holds a **lease** on its folder: a file `_sparkdl_leases/<folder name>` in the table's root,
-naming the writing process (host, pid), that the process rewrites every `LEASE_REFRESH_S` seconds and removes when
-the write ends. A lease is alive while it is younger than `LEASE_TIMEOUT_S` and, when its writer is a process of
-this host, that process still runs. A folder is **debris** when all of these hold:
+recording when it was last refreshed, that the writing process rewrites every `LEASE_REFRESH_S` seconds and
+removes when the write ends. A lease is alive while it is younger than `LEASE_TIMEOUT_S` (by the time it records,
+so storage without modification times works too). Before committing, a write checks that it still holds its lease
+and that its staged files are all there (`Lease.fence`), else it fails instead of committing files a clean-up may
+have taken. A folder is **debris** when all of these hold:
 * no live lease is on it (a write in flight, however long it takes, is never removed);
 * its name carries a write id that no commit in the log carries (the write never committed);
 * no file of the latest version is inside it;
@@ -23,15 +25,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from sparkdl.errors import TableError
 from sparkdl.lake.versions import history_entry
 from sparkdl.log import get_logger
 
@@ -71,31 +72,62 @@ def parse(name: str) -> StagingFolder | None:
 
 class Lease:
     """The lease of a write in flight on its staging folder (see the module docstring): `start()` writes it and
-    refreshes it from a daemon thread every `refresh_s` seconds; `stop()` removes it."""
+    refreshes it from a daemon thread every `refresh_s` seconds; `fence()` checks, right before the commit, that
+    it is still held; `stop()` removes it. Only the lease's own file is ever deleted here: the shared
+    `_sparkdl_leases/` folder is left to `clean_staging`, so a lease created meanwhile by another writer survives.
+    """
 
-    def __init__(self, fs, root: str, name: str, refresh_s: float = LEASE_REFRESH_S):
-        self.fs, self.path, self.refresh_s = fs, f"{root.rstrip('/')}/{LEASES}/{name}", refresh_s
+    def __init__(self, fs, root: str, name: str, refresh_s: float = LEASE_REFRESH_S,
+                 timeout_s: float = LEASE_TIMEOUT_S):
+        self.fs, self.root, self.name = fs, root.rstrip("/"), name
+        self.path, self.refresh_s, self.timeout_s = f"{self.root}/{LEASES}/{name}", refresh_s, timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refreshed = 0.0  # monotonic time of the last successful refresh
 
     def start(self) -> "Lease":
-        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
         self._touch()
         self._thread = threading.Thread(target=self._refresh, name=f"sparkdl-lease-{self.path[-12:]}", daemon=True)
         self._thread.start()
         return self
 
     def _touch(self) -> None:
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-        with self.fs.open_output_stream(self.path) as stream:  # a new object: its mtime is now
+        self.fs.create_dir(f"{self.root}/{LEASES}", recursive=True)  # another writer may have removed it
+        holder = {"time": time.time(), "refresh_s": self.refresh_s}
+        with self.fs.open_output_stream(self.path) as stream:
             stream.write(json.dumps(holder).encode())
+        self._refreshed = time.monotonic()
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.refresh_s):
             try:
                 self._touch()
-            except Exception as exc:  # noqa: BLE001 - the next refresh tries again
+            except Exception as exc:  # noqa: BLE001 - the next refresh tries again; the fence sees a stale lease
                 log.warning("could not refresh the write lease %s: %s", self.path, exc)
+
+    def fence(self, files: list[str] | None = None) -> None:
+        """Check, right before the commit, that this write still holds its lease: refreshed within the timeout
+        (less one refresh, the margin a cleaner's clock needs), its file still there, and its staged `files`
+        (paths relative to the table root, inside this lease's folder) all present, read in one listing. A write
+        that lost its lease may have lost files to a clean-up: committing would reference missing files.
+
+        Raises:
+            TableError: the lease is stale or gone, or staged files are missing.
+        """
+        age = time.monotonic() - self._refreshed
+        if age > self.timeout_s - self.refresh_s:
+            raise TableError(f"the write's lease {self.path} was last refreshed {age:.0f} s ago (timeout "
+                             f"{self.timeout_s:.0f} s): a clean-up may have removed its files; not committing")
+        if lease_time(self.fs, self.path) is None:
+            raise TableError(f"the write's lease {self.path} is gone: a clean-up may have removed its files; not "
+                             f"committing")
+        base = f"{self.root}/{self.name}"
+        present = {info.path[len(self.root) + 1:] for info in self.fs.get_file_info(
+            pafs.FileSelector(base, recursive=True, allow_not_found=True)) if info.type == pafs.FileType.File}
+        missing = sorted(set(files or []) - present)
+        if missing:
+            raise TableError(f"{len(missing)} staged file(s) of the write are gone (e.g. {missing[0]}); not "
+                             f"committing")
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,40 +135,41 @@ class Lease:
             self._thread.join()
         try:
             self.fs.delete_file(self.path)
-            folder = self.path.rsplit("/", 1)[0]
-            if not self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-                self.fs.delete_dir(folder)
         except Exception as exc:  # noqa: BLE001 - a stale lease only delays the folder's clean-up
             log.debug("could not remove the write lease %s: %s", self.path, exc)
 
 
-def alive(fs, root: str, now: float | None = None, timeout_s: float = LEASE_TIMEOUT_S) -> set[str]:
-    """The staging folders whose lease was refreshed within `timeout_s` seconds (their writes are in flight)."""
-    now = time.time() if now is None else now
-    names = set()
-    for info in fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{LEASES}", allow_not_found=True)):
-        if info.type == pafs.FileType.File and info.mtime is not None and now - info.mtime.timestamp() < timeout_s:
-            if _holder_runs(fs, info.path):
-                names.add(info.base_name)
-    return names
-
-
-def _holder_runs(fs, path: str) -> bool:
-    """False when the lease names a process of this host that no longer runs (a killed write); True otherwise."""
+def lease_time(fs, path: str) -> float | None:
+    """When the lease in `path` was last refreshed (the time it records; its mtime for a lease without one), or
+    None when there is no such lease."""
     try:
         with fs.open_input_stream(path) as stream:
             holder = json.loads(stream.read().decode())
-    except (OSError, ValueError):
-        return True  # being rewritten, or written by another kind of writer: count it as alive
-    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
-        return True
-    return True
+        if isinstance(holder, dict) and isinstance(holder.get("time"), (int, float)):
+            return float(holder["time"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being rewritten: its mtime tells
+        pass
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    return info.mtime.timestamp() if info.mtime is not None else time.time()  # no mtime either: count it alive
+
+
+def alive(fs, root: str, now: float | None = None, timeout_s: float = LEASE_TIMEOUT_S) -> set[str]:
+    """The staging folders whose lease was refreshed within `timeout_s` seconds (their writes are in flight). The
+    age is read from the lease itself, so this works on storage without modification times; liveness is never
+    judged by host name and process id (containers share host names, not process ids)."""
+    now = time.time() if now is None else now
+    names = set()
+    for info in fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{LEASES}", allow_not_found=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        refreshed = lease_time(fs, info.path)
+        if refreshed is not None and now - refreshed < timeout_s:
+            names.add(info.base_name)
+    return names
 
 
 def remove(fs, root: str, name: str) -> None:

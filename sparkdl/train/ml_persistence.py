@@ -24,6 +24,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.errors import ConfigError, ModelStoreError
+from sparkdl.log import looks_secret
 from sparkdl.registry import ModelStore
 from sparkdl.uri import local_path
 
@@ -31,7 +32,13 @@ _TAG = "__sparkdl__"
 
 
 def _to_json(name: str, value):
-    """A param value as JSON, or ConfigError naming the param."""
+    """A param value as JSON, or ConfigError naming the param (and the variable, for a secret-looking `env`)."""
+    if name == "env" and isinstance(value, dict):
+        secret = sorted(k for k in value if looks_secret(str(k)))
+        if secret:
+            raise ConfigError(f"KerasEstimator.save: env holds {secret}, which look like secrets; Spark ML "
+                              f"persistence would write them in clear. Give the workers secrets through the "
+                              f"cluster's environment or secret store, not the estimator's env")
     if isinstance(value, (FeatureSpec, ForecastSpec)):
         return {_TAG: type(value).__name__, "value": value.to_dict()}
     if isinstance(value, ModelStore):

@@ -40,6 +40,10 @@ TOKEN_ENV = "SPARKDL_PROGRESS_TOKEN"
 # Spark conf key: the host name or address executors reach this process under (default: see the module docstring).
 HOST_CONF = "spark.sparkdl.train.progressHost"
 CONNECT_TIMEOUT_S = 5.0
+# The driver reads at most this much of one line before its signature is checked, and drops a silent peer after
+# IDLE_TIMEOUT_S (an unauthenticated peer can hold neither memory nor a thread).
+MAX_LINE_BYTES = 4 * 1024 * 1024
+IDLE_TIMEOUT_S = 3600.0
 
 
 def sign(secret: str, data: bytes) -> str:
@@ -85,14 +89,30 @@ def epoch_bar(done: int, total: int, width: int = 20) -> str:
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # a peer silent this long is disconnected (the client reconnects when it speaks)
+
     def handle(self):
         server: ProgressServer = self.server.owner  # type: ignore[attr-defined]
         server._connections.add(threading.current_thread())
         try:
-            for raw in self.rfile:
+            while True:
+                try:
+                    raw = self.rfile.readline(MAX_LINE_BYTES + 1)  # capped before the signature is checked
+                except OSError:  # idle past the timeout, or reset
+                    return
+                if not raw:
+                    return
+                if len(raw) > MAX_LINE_BYTES:
+                    log.warning("progress channel: closed a connection from %s (a line over %d bytes)",
+                                self.client_address[0], MAX_LINE_BYTES)
+                    return
                 message = verified(server.token, raw)
                 if message is None:
                     log.warning("progress channel: closed a connection from %s (a line with a bad signature)",
+                                self.client_address[0])
+                    return
+                if not server.fresh(message):
+                    log.warning("progress channel: closed a connection from %s (a replayed line)",
                                 self.client_address[0])
                     return
                 server.connected = True
@@ -133,6 +153,8 @@ class ProgressServer:
         self._bar = None
         self._lock = threading.Lock()
         self._connections: set[threading.Thread] = set()
+        self._seq_lock = threading.Lock()
+        self._last_seq: dict[str, int] = {}  # per client: the number of the last message taken
         self._server: _TCPServer | None = None
         self._thread: threading.Thread | None = None
         self.error_listeners: list[Callable[[dict], None]] = []
@@ -186,6 +208,18 @@ class ProgressServer:
         self.close()
 
     # -- message handling --------------------------------------------------------------------------------------
+    def fresh(self, message: dict) -> bool:
+        """Whether a signed message is new: each client numbers its messages (`conn`, `seq`), and a line whose
+        number is not above the last one seen from that client is a replay."""
+        conn, seq = message.get("conn"), message.get("seq")
+        if not isinstance(conn, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return False
+        with self._seq_lock:
+            if seq <= self._last_seq.get(conn, -1):
+                return False
+            self._last_seq[conn] = seq
+            return True
+
     def dispatch(self, message: dict) -> bool:
         """Handle one message; returns False when its handler raised (logged, never propagated to the worker)."""
         kind = message.get("type")
@@ -249,6 +283,7 @@ class ProgressClient:
         self._rfile = None
         self._lock = threading.Lock()
         self._broken = False
+        self._conn, self._seq = secrets.token_hex(8), 0  # this client's messages are numbered (replays refused)
 
     @classmethod
     def from_env(cls) -> "ProgressClient | None":
@@ -271,16 +306,22 @@ class ProgressClient:
     def send(self, message: dict, required: bool = False) -> None:
         """Send one message. With `required`, wait for the driver's acknowledgement and raise OSError on failure;
         otherwise failures are logged once and further messages dropped (progress is best-effort)."""
-        payload = dict(message, ack=required, time=time.time())
-        payload.setdefault("rank", int(os.environ.get("HOROVOD_RANK", "0")))
-        data = signed_line(self.token, payload)
         with self._lock:
             if self._broken and not required:
                 return
+            self._seq += 1
+            payload = dict(message, ack=required, time=time.time(), conn=self._conn, seq=self._seq)
+            payload.setdefault("rank", int(os.environ.get("HOROVOD_RANK", "0")))
+            data = signed_line(self.token, payload)
             try:
                 if self._sock is None:
                     self._connect()
-                self._sock.sendall(data)
+                try:
+                    self._sock.sendall(data)
+                except OSError:  # the driver dropped an idle connection: one new one
+                    self._close()
+                    self._connect()
+                    self._sock.sendall(data)
                 if required:
                     answer = self._rfile.readline().strip()
                     if answer != b"ok":

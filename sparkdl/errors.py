@@ -99,6 +99,15 @@ class FitStopped(TrainingError):
         self.epoch = epoch
 
 
+class AlreadyCommitted(TableError):
+    """A write carrying a Delta transaction identifier (`sparkdl.lake.Txn`) that the table has already committed:
+    nothing was written. `version` is the table version the write found (the earlier commit's or a later one)."""
+
+    def __init__(self, message: str, version: int | None = None):
+        super().__init__(message)
+        self.version = version
+
+
 class RequestError(SparkDLError, ValueError):
     """A client's mistake in a request to `sparkdl serve`: answered with HTTP `status` (4xx) and this message."""
 

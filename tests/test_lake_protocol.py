@@ -317,3 +317,60 @@ def test_a_write_that_lost_its_lease_or_its_files_is_fenced_off_before_the_commi
             lease.fence(files)
     finally:
         lease.stop()
+
+
+def test_two_identical_writes_at_once_commit_once(spark, lake):
+    """Two writes with one Delta transaction identifier, held until both passed the check before their Spark jobs:
+    one commits, the other finds the identifier in the conflict and raises AlreadyCommitted; the rows are there
+    once. A later third one is refused before any Spark job."""
+    import threading
+
+    from pyspark.sql import functions as F
+
+    from sparkdl.errors import AlreadyCommitted
+
+    table, release = lake / "txn", lake / "release-txn"
+    lk.write_table(spark.range(3).withColumnRenamed("id", "x"), table)
+    release_path = str(release)
+
+    @F.udf("long")
+    def held(value):
+        import os
+        import time
+
+        deadline = time.monotonic() + 120
+        while not os.path.exists(release_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
+
+    outcomes: list = []
+
+    def write():
+        try:
+            outcomes.append(lk.write_table(spark.range(10, 15).select(held("id").alias("x")), table,
+                                           txn=lk.Txn("nightly-scoring", 7)).version)
+        except AlreadyCommitted as exc:
+            outcomes.append(exc)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for w in writers:
+        w.start()
+    time.sleep(3)  # both past the check, their jobs waiting
+    release.touch()
+    for w in writers:
+        w.join(180)
+    assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyCommitted", "int"]
+    assert lk.read_table(table)[0].count() == 3 + 5
+    assert DeltaTable(str(table)).transaction_version("nightly-scoring") == 7
+    started = time.monotonic()
+    with pytest.raises(AlreadyCommitted, match=r"already committed transaction 6 of nightly-scoring \(its latest is 7\)"):
+        lk.write_table(spark.range(2).withColumnRenamed("id", "x"), table, txn=lk.Txn("nightly-scoring", 6))
+    assert time.monotonic() - started < 5 and lk.read_table(table)[0].count() == 8
+
+
+def test_unreadable_storage_is_an_error_not_a_missing_table(monkeypatch):
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(TableError, match="cannot tell whether s3://sparkdl-unreachable/t holds a Delta table"):
+        delta_rs.exists(None, "s3://sparkdl-unreachable/t")

@@ -286,10 +286,8 @@ def test_a_model_file_outside_the_version_folder_is_refused(store, model, tmp_pa
 
 
 def test_settings_that_look_secret_are_never_logged(spark, sparkdl_log):
-    from sparkdl.log import looks_secret
+    from sparkdl.log import looks_secret, redact_url
     from sparkdl.session import get_spark
-
-    from sparkdl.log import redact_url
 
     assert all(looks_secret(k) for k in ("spark.hadoop.fs.s3a.secret.key", "fs.s3a.access.key", "db.password",
                                          "spark.databricks.token", "azure.account.key", "my_secret",

@@ -202,3 +202,25 @@ def test_a_rerun_after_a_partial_outcome_writes_only_what_is_missing(spark, lake
     again = score_table(version, source, target)
     assert again.committed == {"target": "already", "quarantine": "already"}
     assert again.target_version == report.target_version and read_table(target)[0].count() == 100
+
+
+def test_two_identical_runs_at_once_write_the_rows_once(spark, lake, digits_df, digits_mlp):
+    """The same (model version, source version) scored by two runs at the same time: the target has the rows once,
+    and one report says "written", the other "already"."""
+    import threading
+
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.score import score_table
+
+    version, _, _ = digits_mlp
+    source, target = str(lake / "twice_src"), str(lake / "twice_scored")
+    write_table(digits_df.where("id < 200"), source)
+    reports = []
+    runs = [threading.Thread(target=lambda: reports.append(score_table(version, source, target)))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(300)
+    assert sorted(r.committed["target"] for r in reports) == ["already", "written"]
+    assert read_table(target)[0].count() == 200

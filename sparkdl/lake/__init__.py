@@ -20,6 +20,7 @@ from sparkdl.lake.api import (
     write_table,
 )
 from sparkdl.lake.snapshot import Snapshot
+from sparkdl.lake.versions import Txn
 
 __all__ = ["read_table", "write_table", "history", "latest_version", "exists", "snapshot", "clean_staging",
-           "source_of", "Snapshot"]
+           "source_of", "Snapshot", "Txn"]

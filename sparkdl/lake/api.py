@@ -10,7 +10,7 @@ from sparkdl.errors import TableError
 from sparkdl.lake import delta_rs, delta_spark
 from sparkdl.lake.schema import validate_mode
 from sparkdl.lake.snapshot import Snapshot
-from sparkdl.lake.versions import check_commit_metadata, check_version_args
+from sparkdl.lake.versions import Txn, check_commit_metadata, check_version_args
 from sparkdl.log import get_logger
 from sparkdl.session import delta_backend, get_spark
 from sparkdl.uri import filesystem, is_catalog_name, normalize_table_uri, normalized
@@ -87,7 +87,7 @@ def read_table(table: str | os.PathLike, version: int | None = None, timestamp=N
 
 def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append", partition_by: list[str] | None = None,
                 schema_mode: str | None = None, commit_metadata: dict | None = None,
-                spark: "SparkSession | None" = None) -> Snapshot:
+                spark: "SparkSession | None" = None, txn: Txn | None = None) -> Snapshot:
     """Write a DataFrame to a Delta table in one atomic commit.
 
     Args:
@@ -101,6 +101,9 @@ def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append",
             added as nullable columns) or "overwrite" (with mode='overwrite': replace schema and partitioning).
         commit_metadata: dict of str -> str/JSON-able values stored in the commit info (see `history`).
         spark: the session (default: `sparkdl.session.get_spark()`).
+        txn: a Delta transaction identifier (`Txn(app_id, version)`): the write commits only if the table has not
+            committed that version (or a later one) for that app id, checked before the Spark job and again as
+            part of the commit (a concurrent identical write makes this one's commit fail, then it finds the txn).
 
     Returns:
         The Snapshot of the version this write committed.
@@ -111,6 +114,7 @@ def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append",
         SchemaMismatchError: columns/types do not fit the table (both sides named), unsupported column types,
             bad partition columns — raised before anything is written.
         UnsupportedTableFeature: the table needs delta-spark to be written correctly.
+        AlreadyCommitted: with `txn`, the table has already committed it (nothing was written; `.version`).
     """
     from pyspark.sql import DataFrame
 
@@ -125,7 +129,7 @@ def write_table(df: "DataFrame", table: str | os.PathLike, mode: str = "append",
     backend = _backend(spark)
     target = _target(table, backend)
     metadata = check_commit_metadata(commit_metadata, target)
-    return backend.write(spark, df, target, mode, partition_by, schema_mode, metadata)
+    return backend.write(spark, df, target, mode, partition_by, schema_mode, metadata, txn=txn)
 
 
 def snapshot(table: str | os.PathLike, version: int | None = None, timestamp=None,

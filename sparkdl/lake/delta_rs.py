@@ -28,7 +28,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from sparkdl.errors import SchemaMismatchError, SparkDLError, TableError, one_line_reason
+from sparkdl.errors import AlreadyCommitted, SchemaMismatchError, SparkDLError, TableError, one_line_reason
 from sparkdl.lake import column_mapping, features, partitions, staging
 from sparkdl.lake.commit_clock import commit_times, log_file_times, version_at
 from sparkdl.lake.deletion_vectors import DeletedRows, deleted_rows, drop_deleted, split_by_name
@@ -46,6 +46,7 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.lake.stats import file_stats
 from sparkdl.lake.versions import (
     WRITE_ID_KEY,
+    Txn,
     history_entry,
     iso_ms,
     parse_timestamp,
@@ -134,14 +135,20 @@ class _Table:
 
 
 def exists(spark, uri: str) -> bool:
-    """True when a Delta table (a `_delta_log` with commits) is at `uri`. (`spark` is unused here: every backend
-    takes the session first.)"""
+    """True when a Delta table (a `_delta_log` with commits) is at `uri`, False when there is none. (`spark` is
+    unused here: every backend takes the session first.)
+
+    Raises:
+        TableError: the storage could not be read (a missing table is False; an unreachable store is an error,
+            never "no table", which would let a write create a second table over it).
+    """
     from deltalake import DeltaTable
 
     try:
         return DeltaTable.is_deltatable(_location(uri))
-    except Exception:  # noqa: BLE001 - unreachable storage reads as "no table"
-        return False
+    except Exception as exc:  # noqa: BLE001 - storage that cannot be read is not "no table": say so
+        raise TableError(f"cannot tell whether {uri} holds a Delta table: the storage could not be read "
+                         f"({one_line_reason(exc)[:300]})") from exc
 
 
 def latest_version(spark, uri: str) -> int:
@@ -331,7 +338,7 @@ def _resolve_columns(columns, schema, uri: str) -> list[str] | None:
 # -- write -----------------------------------------------------------------------------------------------------
 
 def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | None = None,
-          schema_mode: str | None = None, commit_metadata: dict | None = None) -> Snapshot:
+          schema_mode: str | None = None, commit_metadata: dict | None = None, txn: Txn | None = None) -> Snapshot:
     """Write `df` to the table at `uri` in one commit; returns the Snapshot of the new version.
 
     An existing table is opened once (refreshed incrementally after the commit; a new table is opened once it is
@@ -350,6 +357,7 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
         if mode == "ignore":
             log.info("%s exists; mode='ignore' writes nothing", uri)
             return _snapshot(table, table.times().get(table.dt.version()))[0]
+        _check_txn(table, txn, uri)  # before any Spark job
         table_schema = spark_schema_from_delta_json(table.dt.schema().to_json())
         plan = plan_existing_table(df.schema, table_schema, list(table.dt.metadata().partition_columns), mode,
                                    partition_by, schema_mode, uri)
@@ -382,7 +390,7 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
                              f"{one_line_reason(exc)[:500]}") from exc
         try:
             lease.fence([a.path for a in adds])  # still ours, every staged file still there
-            table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id)
+            table = _commit(uri, table, plan, adds, mode, commit_metadata, write_id, txn)
             version = _find_write(table, write_id, read_version)
             if version is None:
                 raise TableError(f"the commit of write {write_id} to {uri} reported success but is not in the log")
@@ -390,6 +398,8 @@ def write(spark, df, uri: str, mode: str = "append", partition_by: list[str] | N
             version = _find_write(_Table.open_if_exists(uri), write_id, read_version)
             if version is None:
                 staging.remove(fs, root, staging_dir)
+                if isinstance(exc, AlreadyCommitted):
+                    raise
                 if isinstance(exc, SparkDLError):
                     raise
                 raise TableError(f"committing the write to {uri} failed; nothing was committed: "
@@ -508,17 +518,30 @@ def _add_actions(fs, root: str, staging: str, plan: WritePlan) -> list:
     return kept
 
 
+def _check_txn(table: "_Table | None", txn: Txn | None, uri: str) -> None:
+    """Raise AlreadyCommitted when `table` (as loaded) has committed `txn` or a later version of its app."""
+    if txn is None or table is None:
+        return
+    done = table.dt.transaction_version(txn.app_id)
+    if done is not None and int(done) >= txn.version:
+        raise AlreadyCommitted(f"{uri} has already committed transaction {txn.version} of {txn.app_id} (its latest "
+                               f"is {done}); nothing written", table.dt.version())
+
+
 def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode: str, commit_metadata: dict,
-            write_id: str) -> _Table:
+            write_id: str, txn: Txn | None = None) -> _Table:
     """Commit `adds` in one transaction, retrying conflicts of appends; returns the table, opened (or refreshed) after
-    the commit."""
+    the commit. With `txn`, the commit carries it: a concurrent commit of the same app id makes this one conflict,
+    and the retry finds it committed (AlreadyCommitted)."""
     from deltalake.exceptions import CommitFailedError
     from deltalake.schema import Field, Schema
-    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+    from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
 
     schema = Schema.from_json(delta_schema_json(plan.schema))
     custom = {**commit_metadata, WRITE_ID_KEY: write_id, "userMetadata": user_metadata(commit_metadata, write_id)}
-    props = CommitProperties(custom_metadata=custom, max_commit_retries=COMMIT_ATTEMPTS * 4)
+    app_transactions = [Transaction(txn.app_id, txn.version)] if txn is not None else None
+    props = CommitProperties(custom_metadata=custom, max_commit_retries=COMMIT_ATTEMPTS * 4,
+                             app_transactions=app_transactions)
     location = _location(uri)
     if plan.create:
         try:
@@ -538,6 +561,7 @@ def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode:
         return table
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         dt = table.dt
+        _check_txn(table, txn, uri)
         try:
             if plan.new_fields:
                 have = {f.name.lower() for f in spark_schema_from_delta_json(dt.schema().to_json()).fields}
@@ -553,11 +577,12 @@ def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode:
             dt.update_incremental()
             return table
         except CommitFailedError as exc:
+            dt.update_incremental()
+            _check_txn(table, txn, uri)  # the winner was an identical write: nothing to commit
             if mode == "overwrite" or attempt == COMMIT_ATTEMPTS:
                 raise
             log.info("commit conflict on %s (attempt %d): %s; retrying", uri, attempt, exc)
             time.sleep(0.05 * attempt)
-            dt.update_incremental()
     raise AssertionError("unreachable")
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 
-from sparkdl.errors import SparkDLError, TableError
+from sparkdl.errors import AlreadyCommitted, SparkDLError, TableError
 from sparkdl.lake.schema import plan_existing_table, plan_new_table, quote_name, schema_ddl
 from sparkdl.lake.snapshot import Snapshot
-from sparkdl.lake.versions import history_entry, parse_timestamp, user_metadata
+from sparkdl.lake.versions import Txn, history_entry, parse_timestamp, user_metadata
 from sparkdl.log import get_logger
 from sparkdl.uri import local_path
 
@@ -72,9 +72,10 @@ def history(spark, table: str, limit: int | None = None) -> list[dict]:
     return entries
 
 
-def _version_of_write(spark, table: str, write_id: str) -> int:
+def _version_of_write(spark, table: str, write_id: str, required: bool = True) -> int | None:
     """The version this process's write committed, found by its write id: among the newest commits first, then in
-    the whole history (never "the latest", which may be another writer's under concurrency)."""
+    the whole history (never "the latest", which may be another writer's under concurrency). None, when not
+    `required`, for a write Delta skipped (its transaction identifier was committed)."""
     for limit in (64, None):
         entries = history(spark, table, limit)
         version = next((e["version"] for e in entries if e["write_id"] == write_id), None)
@@ -82,6 +83,8 @@ def _version_of_write(spark, table: str, write_id: str) -> int:
             return version
         if limit is not None and len(entries) < limit:
             break
+    if not required:
+        return None
     raise TableError(f"{table}: the write {write_id} reported success but no commit carries its id; read the "
                      f"table's history to see what was committed")
 
@@ -151,8 +154,10 @@ def read(spark, table: str, version=None, timestamp=None, columns=None):
 
 
 def write(spark, df, table: str, mode: str = "append", partition_by=None, schema_mode=None,
-          commit_metadata=None) -> Snapshot:
-    """`df.write.format("delta")` with sparkdl's checks; returns the Snapshot of the new version."""
+          commit_metadata=None, txn: Txn | None = None) -> Snapshot:
+    """`df.write.format("delta")` with sparkdl's checks; returns the Snapshot of the new version. A `txn` goes to
+    Delta's own `txnAppId`/`txnVersion` options (Delta skips a write whose transaction the table has committed,
+    checked in the commit); a write Delta skipped raises AlreadyCommitted."""
     commit_metadata = commit_metadata or {}
     existed = exists(spark, table)
     if existed:
@@ -175,6 +180,8 @@ def write(spark, df, table: str, mode: str = "append", partition_by=None, schema
         writer = writer.option("mergeSchema", "true")
     if plan.replace_schema:
         writer = writer.option("overwriteSchema", "true")
+    if txn is not None:
+        writer = writer.option("txnAppId", txn.app_id).option("txnVersion", str(txn.version))
     try:
         if _is_name(table):
             writer.saveAsTable(table)
@@ -184,6 +191,9 @@ def write(spark, df, table: str, mode: str = "append", partition_by=None, schema
         raise
     except Exception as exc:  # noqa: BLE001 - a failed job commits nothing (Delta's optimistic commit)
         raise TableError(f"writing to {table} failed; nothing was committed: {exc}") from exc
-    version = _version_of_write(spark, table, write_id)
+    version = _version_of_write(spark, table, write_id, required=txn is None)
+    if version is None and txn is not None:
+        raise AlreadyCommitted(f"{table} has already committed transaction {txn.version} of {txn.app_id}; nothing "
+                               f"written (delta-spark skipped the write)", latest_version(spark, table))
     log.info("wrote %s as version %s (delta-spark)", table, version)
     return snapshot(spark, table, version=version)

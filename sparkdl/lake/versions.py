@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from dataclasses import dataclass
 
 from sparkdl.errors import TableError
 
@@ -103,3 +104,24 @@ def history_entry(version: int, info: dict, commit_millis: int | None = None) ->
         stamp = iso_ms(int(stamp))
     return {"version": int(version), "timestamp": stamp, "operation": info.get("operation"),
             "metadata": metadata, "write_id": write_id, "commit_info": info}
+
+
+@dataclass(frozen=True)
+class Txn:
+    """A Delta transaction identifier (the `txn` action Spark's streaming sinks write): a write carrying one
+    commits only if the table has not committed `version` (or a later one) for `app_id`, checked as part of the
+    commit itself, so two identical runs at once commit once.
+
+    Attributes:
+        app_id: who writes (a stream's id, a hash of a scoring run's inputs).
+        version: which of its writes this is (a micro-batch id; 0 for a one-off run).
+    """
+
+    app_id: str
+    version: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.app_id, str) or not self.app_id or len(self.app_id) > 256:
+            raise TableError(f"Txn.app_id must be a non-empty string of at most 256 characters, got {self.app_id!r}")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 0:
+            raise TableError(f"Txn.version must be an int >= 0, got {self.version!r}")

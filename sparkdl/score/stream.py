@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sparkdl import jsonlines
-from sparkdl.errors import ConfigError, TableError
+from sparkdl.errors import AlreadyCommitted, ConfigError, TableError
 from sparkdl.fileutil import write_atomic
-from sparkdl.lake import exists, read_table, write_table
+from sparkdl.lake import Txn, exists, read_table, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
 from sparkdl.score.forecast import forecast_frame
@@ -216,13 +216,23 @@ class StreamBatchWriter:
                   "source_table": self.source_uri, APP_ID_KEY: self.app_id, BATCH_ID_KEY: int(batch_id),
                   "scored_rows": ok, "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
         target_version = quarantine_version = None
+        # each commit carries the Delta transaction identifier (app id, batch id), as Spark's own Delta sink does:
+        # a batch replayed while its first run is still committing is committed once
         if ok and (done_target is None or done_target < batch_id):  # no empty target commit for 0 scored rows
-            target_version = write_table(good_df, self.target_uri, mode="append", spark=spark,
-                                         commit_metadata={**commit, "part": "scored"}).version
+            try:
+                target_version = write_table(good_df, self.target_uri, mode="append", spark=spark,
+                                             commit_metadata={**commit, "part": "scored"},
+                                             txn=Txn(f"{self.app_id}-scored", int(batch_id))).version
+            except AlreadyCommitted as done:
+                target_version = done.version
         if bad and (done_quarantine is None or done_quarantine < batch_id):
-            quarantine_version = write_table(bad_df, self.quarantine_uri, mode="append", schema_mode="merge",
-                                             spark=spark, commit_metadata={**commit, "part": "quarantine",
-                                                                           "reasons": reasons}).version
+            try:
+                quarantine_version = write_table(bad_df, self.quarantine_uri, mode="append", schema_mode="merge",
+                                                 spark=spark, commit_metadata={**commit, "part": "quarantine",
+                                                                               "reasons": reasons},
+                                                 txn=Txn(f"{self.app_id}-quarantine", int(batch_id))).version
+            except AlreadyCommitted as done:
+                quarantine_version = done.version
         return ScoreReport(ref.name, ref.version, self.source_uri, None, self.target_uri, target_version,
                            self.quarantine_uri if bad else None, quarantine_version, ok + bad, ok, bad, reasons,
                            scored_at.isoformat())

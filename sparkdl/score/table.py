@@ -23,6 +23,8 @@ a failure between the target's and the quarantine's commits writes only what is 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -30,8 +32,8 @@ from sparkdl import stack
 from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.series import check_forecast_schema
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt
-from sparkdl.errors import ConfigError, ScoringError, one_line_reason
-from sparkdl.lake import exists, history, latest_version, read_table, write_table
+from sparkdl.errors import AlreadyCommitted, ConfigError, ScoringError, one_line_reason
+from sparkdl.lake import Txn, exists, history, latest_version, read_table, write_table
 from sparkdl.lake.schema import plan_existing_table
 from sparkdl.log import get_logger
 from sparkdl.score.forecast import STEP_COL, forecast_frame
@@ -308,8 +310,9 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                   "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
         if columns.plan is not None and columns.plan.attribution is not None:
             commit["attribution"] = asdict(columns.plan.attribution)
-        run_key = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
-                   "output": output, "source_table": snap.table, "source_version": snap.version}
+        run_key = {"sparkdl.operation": operation, "model_store": str(ref.root), "model": ref.name,
+                   "model_version": ref.version, "output": output, "source_table": snap.table,
+                   "source_version": snap.version}
         written = _commit_outcomes(good_df if ok else None, bad_df if bad else None, target_uri, quarantine_uri,
                                    mode, commit, run_key, reasons, where, spark)
     finally:
@@ -325,37 +328,59 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     return report
 
 
+def run_txn(run_key: dict, part: str) -> Txn:
+    """The Delta transaction identifier of one part ("scored", "quarantine") of a scoring run: its app id is a hash
+    of what the run reads and writes (`run_key`), so an identical re-run, even one running at the same time,
+    commits nothing the first did (`write_table`'s `txn`, the mechanism `score_stream` uses per micro-batch)."""
+    digest = hashlib.sha256(json.dumps({**run_key, "part": part}, sort_keys=True, default=str).encode())
+    return Txn(f"sparkdl-run-{digest.hexdigest()[:40]}", 0)
+
+
 def _commit_outcomes(good_df, bad_df, target_uri: str, quarantine_uri: str, mode: str, commit: dict, run_key: dict,
                      reasons: dict, where: str, spark) -> dict:
     """Write the scored rows to the target and the quarantined ones to the quarantine table (None: nothing to
-    write), each one atomic commit, each skipped when an earlier run with the same `run_key` committed it (append
-    mode for the target). Returns {"target_version", "quarantine_version", "committed": {table: what happened}}."""
+    write), each one atomic commit carrying the run's transaction identifier (`run_txn`; the target's in append
+    mode): a part an identical run committed, before or at the same time, is not written again. Returns
+    {"target_version", "quarantine_version", "committed": {table: what happened}}."""
     out = {"target_version": None, "quarantine_version": None,
            "committed": {"target": "nothing", "quarantine": "nothing"}}
     if good_df is not None:
-        earlier = committed_write(target_uri, {**run_key, "part": "scored"}, spark) if mode == "append" else None
-        if earlier is not None:
-            out["committed"]["target"], out["target_version"] = "already", earlier["version"]
-            log.warning("%s: %s already has these rows (version %s, scored %s); not written again", where,
-                        target_uri, earlier["version"], (earlier.get("metadata") or {}).get("scored_at"))
-        else:
+        try:
+            if mode == "append":  # a run committed before transaction identifiers: found by its commit metadata
+                _raise_if_committed(target_uri, {**run_key, "part": "scored"}, spark)
             out["target_version"] = write_table(good_df, target_uri, mode=mode,
                                                 commit_metadata={**commit, "part": "scored"},
                                                 schema_mode="overwrite" if mode == "overwrite" else None,
-                                                spark=spark).version
+                                                spark=spark,
+                                                txn=run_txn(run_key, "scored") if mode == "append" else None).version
             out["committed"]["target"] = "written"
+        except AlreadyCommitted as done:
+            earlier = committed_write(target_uri, {**run_key, "part": "scored"}, spark)
+            out["committed"]["target"] = "already"
+            out["target_version"] = earlier["version"] if earlier is not None else done.version
+            log.warning("%s: %s already has these rows (version %s); not written again", where, target_uri,
+                        out["target_version"])
     if bad_df is not None:
-        earlier = committed_write(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
-        if earlier is not None:
-            out["committed"]["quarantine"], out["quarantine_version"] = "already", earlier["version"]
-        else:
+        try:
+            _raise_if_committed(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
             out["quarantine_version"] = write_table(bad_df, quarantine_uri, mode="append", schema_mode="merge",
                                                     commit_metadata={**commit, "part": "quarantine",
-                                                                     "reasons": reasons}, spark=spark).version
+                                                                     "reasons": reasons}, spark=spark,
+                                                    txn=run_txn(run_key, "quarantine")).version
             out["committed"]["quarantine"] = "written"
             log.warning("%s: %d row(s) quarantined to %s: %s", where, sum(reasons.values()), quarantine_uri,
                         reasons)
+        except AlreadyCommitted as done:
+            earlier = committed_write(quarantine_uri, {**run_key, "part": "quarantine"}, spark)
+            out["committed"]["quarantine"] = "already"
+            out["quarantine_version"] = earlier["version"] if earlier is not None else done.version
     return out
+
+
+def _raise_if_committed(table: str, match: dict, spark) -> None:
+    earlier = committed_write(table, match, spark)
+    if earlier is not None:
+        raise AlreadyCommitted(f"{table} has a commit of this run (version {earlier['version']})", earlier["version"])
 
 
 def _check_appendable(schema, target_uri: str, spark) -> None:

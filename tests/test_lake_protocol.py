@@ -363,7 +363,7 @@ def test_two_identical_writes_at_once_commit_once(spark, lake):
     assert lk.read_table(table)[0].count() == 3 + 5
     assert DeltaTable(str(table)).transaction_version("nightly-scoring") == 7
     started = time.monotonic()
-    with pytest.raises(AlreadyCommitted, match=r"already committed transaction 6 of nightly-scoring \(its latest is 7\)"):
+    with pytest.raises(AlreadyCommitted, match=r"committed transaction 6 of nightly-scoring \(its latest is 7\)"):
         lk.write_table(spark.range(2).withColumnRenamed("id", "x"), table, txn=lk.Txn("nightly-scoring", 6))
     assert time.monotonic() - started < 5 and lk.read_table(table)[0].count() == 8
 

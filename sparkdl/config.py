@@ -90,6 +90,7 @@ class TrainSection:
     seed: int = 0
     run_name: str | None = None
     resume: bool = True
+    checkpoint_every_steps: int | None = None
     max_failures: int = 3               # failures a fit recovers from (KerasEstimator params of the same names)
     rank_timeout_s: float = 300.0
     min_proc: int | None = None

@@ -58,7 +58,8 @@ SAMPLERS = ("tpe", "random")
 # Estimator params a search may not set: where the fit runs and stores things, not what it learns.
 _NOT_TUNABLE = ("feature_spec", "forecast", "label", "model_store", "model_name", "run_name", "work_dir", "resume",
                 "num_proc", "callbacks", "mlflow", "mlflow_experiment", "env", "start_timeout", "use_gpu",
-                "keep_checkpoints", "checkpoint_every", "max_failures", "rank_timeout_s", "min_proc")
+                "keep_checkpoints", "checkpoint_every", "checkpoint_every_steps", "max_failures", "rank_timeout_s",
+                "min_proc")
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,22 @@ def test_shards_are_disjoint_and_cover_each_epoch(spark, parent, shuffle):
         assert not np.array_equal(per_epoch[0][0], per_epoch[0][1])  # a new order every epoch
 
 
+def test_a_resumed_epoch_reads_exactly_the_rows_an_uninterrupted_run_reads_after_the_checkpoint(spark, parent):
+    """Resuming at (epoch 1, step 5) — what a step checkpoint records — reads the rest of epoch 1 and epoch 2 batch
+    for batch as the uninterrupted run does: no row read twice, none skipped (the per-epoch order is a function of
+    the seed and the epoch's number only)."""
+    n, batch = 1001, 32
+    data = pio.convert(_id_df(spark, n, partitions=3), {"resume": n}, parent=parent, row_group_size_bytes=4096)
+    steps = steps_per_epoch(data, 2, batch)
+    for rank in (0, 1):
+        whole = list(iterate_batches(data, rank, 2, batch, (WIDTH,), shuffle=True, seed=9, epochs=3))
+        resumed = tf_dataset(data, rank, 2, batch, (WIDTH,), shuffle=True, seed=9, epochs=2, first_epoch=1).skip(5)
+        rest = [(x.numpy(), y.numpy()) for x, y in resumed]
+        assert len(rest) == 2 * steps - 5
+        np.testing.assert_array_equal(_ids(rest), _ids(whole[steps + 5:]))
+        np.testing.assert_array_equal(_ids(whole[steps:steps + 5]).size, 5 * batch)  # what the checkpoint had read
+
+
 def test_equal_steps_on_skewed_partitions(spark, parent):
     # partition 0 holds ids 0-996, partition 1 ids 997-999 (an RDD union keeps both partitions; Spark >= 4.3
     # may plan a DataFrame union of two one-partition scans as one partition)

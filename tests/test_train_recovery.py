@@ -41,9 +41,9 @@ class Fault(stack.keras_module("tf_keras").callbacks.Callback):
     """On rank `rank`, after the first training call of epoch `epoch`: send `signal` to the rank's own process —
     once (the first attempt, while `marker` does not exist), or on every attempt when `marker` is None."""
 
-    def __init__(self, epoch: int, signal: int, marker: str | None, rank: int = 1):
+    def __init__(self, epoch: int, signal: int, marker: str | None, rank: int = 1, batch: int = 0):
         super().__init__()
-        self.epoch, self.signal, self.marker, self.rank = epoch, signal, marker, rank
+        self.epoch, self.signal, self.marker, self.rank, self.batch = epoch, signal, marker, rank, batch
         self._epoch = -1
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -53,7 +53,7 @@ class Fault(stack.keras_module("tf_keras").callbacks.Callback):
         self._epoch = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._epoch != self.epoch or os.environ.get("HOROVOD_RANK") != str(self.rank):
+        if self._epoch != self.epoch or batch < self.batch or os.environ.get("HOROVOD_RANK") != str(self.rank):
             return
         if self.marker is not None:
             if os.path.exists(self.marker):
@@ -105,6 +105,28 @@ def test_a_killed_rank_is_relaunched_from_the_last_checkpoint_inside_the_same_fi
     assert history["epoch"] == reference["epoch"] == list(range(EPOCHS))
     assert history["val_loss"][-1] == pytest.approx(reference["val_loss"][-1], rel=0.005)
     assert uninterrupted.getMetadata()["training"]["recoveries"] == []
+
+
+@pytest.mark.slow
+def test_with_step_checkpoints_a_recovery_loses_at_most_those_steps_and_resumes_at_the_exact_data_position(
+        demo_tables, training_store, uninterrupted, tmp_path):
+    import signal
+
+    name = "recovery-steps"
+    # rank 1 dies after 7 steps of epoch 2; rank 0 wrote the checkpoint after step 4 (it cannot reach step 8)
+    fault = Fault(KILL_EPOCH, signal.SIGKILL, str(tmp_path / "killed-mid-epoch"), batch=6)
+    fitted = KerasEstimator(**params(training_store, name, callbacks=[fault], checkpoint_every_steps=4)).fit(
+        demo_tables["breast_cancer_train"])
+    (recovery,) = fitted.getMetadata()["training"]["recoveries"]
+    assert fitted.getMetadata()["training"]["checkpoint_every_steps"] == 4
+    per_epoch = 12  # ceil(355 training rows // 2 ranks / batch 16)
+    assert recovery["epoch"] == KILL_EPOCH and recovery["step"] == KILL_EPOCH * per_epoch + 4
+    log = attempts_by_epoch(name)
+    assert [e for e, a in log if a == 1] == list(range(KILL_EPOCH))
+    assert [e for e, a in log if a == 2] == list(range(KILL_EPOCH, EPOCHS))
+    # the same data in the same order as without the fault, from the step the checkpoint recorded
+    history, reference = fitted.getHistory(), uninterrupted.getHistory()
+    assert history["val_loss"][-1] == pytest.approx(reference["val_loss"][-1], rel=0.005)
 
 
 @pytest.mark.slow

@@ -348,10 +348,10 @@ def _batched_blocks(chunks, batch_size: int, shuffle: bool, threshold: int, rngs
 
 def iterate_batches(data: PetastormDataset, rank: int, size: int, batch_size: int, input_shape, shuffle: bool = True,
                     seed: int = 0, epochs: int = 1, with_label: bool = True,
-                    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, first_epoch: int = 0):
     """Yield numpy batches `(features, labels)` (or `features`) for one rank, as `tf_dataset` does."""
     for x, y in iterate_blocks(data, rank, size, batch_size, input_shape, shuffle, seed, epochs, with_label,
-                               shuffle_buffer):
+                               shuffle_buffer, first_epoch=first_epoch):
         for s in range(0, len(x), batch_size):
             yield (x[s:s + batch_size], y[s:s + batch_size]) if with_label else x[s:s + batch_size]
 

@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints of a training run, written by rank 0 (`RankCheckpointing`), and what a rerun resumes from.
+"""Checkpoints of a training run, written by rank 0 (`RankCheckpointing`), and what a rerun or a recovery resumes
+from: one per epoch (`checkpoint_every`), and with `checkpoint_every_steps` also within epochs.
 
 Layout under `<work_dir>/runs/<run_name>/`::
 
@@ -8,6 +9,11 @@ Layout under `<work_dir>/runs/<run_name>/`::
     checkpoints/epoch-0003.optimizer.npz   the optimizer's variables (iterations and slots), in order
     checkpoints/epoch-0003.json    {"epoch": 3, "history": {...}, ...}: written LAST, so it marks the
                                    checkpoint complete
+    checkpoints/epoch-0004-step-000120.*   the state after 120 steps of epoch 4 (the same three files)
+
+A checkpoint within an epoch holds the model, the optimizer and the data position: the epoch and how many of its
+steps were taken. Each epoch's data order depends only on the seed and the epoch's number
+(`sparkdl.data.dataset`), so a resumed rank skips exactly the batches it had read and reads the rest.
 
 Every file is written under a temporary name and renamed into place, and the JSON marker only after the model
 and optimizer files: a crash mid-write never leaves a half checkpoint that `latest()` would pick. Rank 0 writes
@@ -33,7 +39,7 @@ from sparkdl.session import work_dir as default_work_dir
 
 log = get_logger("train")
 
-_MARKER = re.compile(r"^epoch-(\d{4,})\.json$")
+_MARKER = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.json$")
 
 
 def check_run_name(run_name: str) -> str:
@@ -46,12 +52,30 @@ def check_run_name(run_name: str) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A complete checkpoint: the state after `epoch` (0-based) finished."""
+    """A complete checkpoint: the state after `epoch` (0-based) finished, or with `step`, after `step` steps of it.
+
+    `history` holds the logs of the epochs that finished before it."""
 
     epoch: int
     model_path: Path
     optimizer_path: Path
     info: dict
+    step: int | None = None
+
+    @property
+    def resume_epoch(self) -> int:
+        """The epoch a run resumed from this checkpoint trains first."""
+        return self.epoch if self.step is not None else self.epoch + 1
+
+    @property
+    def resume_step(self) -> int:
+        """The steps of `resume_epoch` already taken (skipped when resuming)."""
+        return self.step or 0
+
+    @property
+    def key(self) -> tuple[int, float]:
+        """Order of checkpoints: by epoch, a complete epoch after every step checkpoint of it."""
+        return (self.epoch, float("inf") if self.step is None else self.step)
 
     def model_bytes(self) -> bytes:
         return self.model_path.read_bytes()
@@ -97,54 +121,74 @@ class RunFolder:
             shutil.rmtree(self.path)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def _stem(self, epoch: int) -> str:
-        return f"epoch-{epoch:04d}"
+    @staticmethod
+    def _stem(epoch: int, step: int | None = None) -> str:
+        return f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step is not None else "")
 
-    def write(self, epoch: int, model: bytes, optimizer: bytes, info: dict) -> Checkpoint:
-        """Write the checkpoint of `epoch`; the JSON marker goes last (write-then-rename for every file)."""
+    def write(self, epoch: int, model: bytes, optimizer: bytes, info: dict, step: int | None = None) -> Checkpoint:
+        """Write the checkpoint of `epoch` (with `step`: after that many steps of it); the JSON marker goes last
+        (write-then-rename for every file)."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        stem = self._stem(epoch)
+        stem = self._stem(epoch, step)
         model_path = self.checkpoints / f"{stem}.keras"
         optimizer_path = self.checkpoints / f"{stem}.optimizer.npz"
         write_atomic(model_path, model)
         write_atomic(optimizer_path, optimizer)
-        info = {**info, "epoch": int(epoch), "written_at": time.time(),
+        info = {**info, "epoch": int(epoch), "step": step, "written_at": time.time(),
                 "model_file": model_path.name, "optimizer_file": optimizer_path.name}
         write_atomic(self.checkpoints / f"{stem}.json", json.dumps(info, sort_keys=True, default=str).encode())
-        return Checkpoint(int(epoch), model_path, optimizer_path, info)
+        return Checkpoint(int(epoch), model_path, optimizer_path, info, step)
 
-    def list(self) -> list[int]:
-        """Epochs with a complete checkpoint, ascending."""
+    def _keys(self) -> list[tuple[int, int | None]]:
+        """(epoch, step) of every checkpoint marker, oldest first (a complete epoch after its step checkpoints)."""
         if not self.checkpoints.is_dir():
             return []
-        epochs = []
+        keys = []
         for path in self.checkpoints.iterdir():
             match = _MARKER.match(path.name)
             if match:
-                epochs.append(int(match.group(1)))
-        return sorted(epochs)
+                keys.append((int(match.group(1)), int(match.group(2)) if match.group(2) else None))
+        return sorted(keys, key=lambda k: (k[0], float("inf") if k[1] is None else k[1]))
+
+    def list(self) -> list[int]:
+        """Epochs with a complete end-of-epoch checkpoint, ascending."""
+        return [epoch for epoch, step in self._keys() if step is None]
 
     def latest(self) -> Checkpoint | None:
-        """The newest complete checkpoint whose files are all present, or None."""
+        """The newest complete checkpoint (end of epoch or within one) whose files are all present, or None."""
+        for epoch, step in reversed(self._keys()):
+            checkpoint = self.latest_of(epoch, step)
+            if checkpoint is not None:
+                return checkpoint
+            log.warning("%s: checkpoint %s is unreadable or lacks its files, skipped", self, self._stem(epoch, step))
+        return None
+
+    def latest_epoch_end(self) -> Checkpoint | None:
+        """The newest complete end-of-epoch checkpoint (a resume on other shards cannot use a step position)."""
         for epoch in reversed(self.list()):
-            stem = self._stem(epoch)
-            try:
-                info = json.loads((self.checkpoints / f"{stem}.json").read_text())
-            except (OSError, ValueError):
-                log.warning("%s: unreadable checkpoint marker %s.json, skipped", self, stem)
-                continue
-            model_path = self.checkpoints / info.get("model_file", f"{stem}.keras")
-            optimizer_path = self.checkpoints / info.get("optimizer_file", f"{stem}.optimizer.npz")
-            if model_path.is_file() and optimizer_path.is_file():
-                return Checkpoint(epoch, model_path, optimizer_path, info)
-            log.warning("%s: checkpoint %s lacks its files, skipped", self, stem)
+            checkpoint = self.latest_of(epoch, None)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def latest_of(self, epoch: int, step: int | None) -> Checkpoint | None:
+        """The checkpoint (epoch, step) when complete, else None."""
+        stem = self._stem(epoch, step)
+        try:
+            info = json.loads((self.checkpoints / f"{stem}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        model_path = self.checkpoints / info.get("model_file", f"{stem}.keras")
+        optimizer_path = self.checkpoints / info.get("optimizer_file", f"{stem}.optimizer.npz")
+        if model_path.is_file() and optimizer_path.is_file():
+            return Checkpoint(epoch, model_path, optimizer_path, info, step)
         return None
 
     def prune(self, keep: int) -> None:
-        """Remove all but the newest `keep` complete checkpoints (and stray temporary files)."""
-        epochs = self.list()
-        for epoch in epochs[:-keep] if keep > 0 else []:
-            stem = self._stem(epoch)
+        """Remove all but the newest `keep` complete checkpoints (step checkpoints count as checkpoints)."""
+        keys = self._keys()
+        for epoch, step in keys[:-keep] if keep > 0 else []:
+            stem = self._stem(epoch, step)
             (self.checkpoints / f"{stem}.json").unlink(missing_ok=True)  # marker first: never a half "latest"
             for suffix in (".keras", ".optimizer.npz"):
                 (self.checkpoints / f"{stem}{suffix}").unlink(missing_ok=True)
@@ -182,6 +226,7 @@ class RankCheckpointing:
         attempt: this attempt's number (1 for a new run, +1 per resume).
         every: a checkpoint after every `every`-th epoch.
         keep: complete checkpoints kept (0 = all).
+        every_steps: also a checkpoint every this many steps within an epoch (None: at epochs' ends only).
         history: {epoch: logs} of the epochs before this attempt (a resumed run's).
     """
 
@@ -191,6 +236,7 @@ class RankCheckpointing:
     every: int = 1
     keep: int = 0
     history: dict = field(default_factory=dict)
+    every_steps: int | None = None
 
     def folder(self) -> RunFolder:
         return RunFolder(self.work_dir, self.run_name)
@@ -205,5 +251,15 @@ class RankCheckpointing:
         history = {**self.history, **epoch_logs}
         folder = self.folder()
         folder.write(epoch, model, optimizer, {"attempt": self.attempt, "history": keras_history(history, upto=epoch)})
+        if self.keep:
+            folder.prune(self.keep)
+
+    def write_step(self, epoch: int, step: int, model: bytes, optimizer: bytes,
+                   epoch_logs: Mapping[int, dict]) -> None:
+        """The checkpoint after `step` steps of `epoch` (with the history of the epochs before it); then prune."""
+        history = {**self.history, **epoch_logs}
+        folder = self.folder()
+        folder.write(epoch, model, optimizer, {"attempt": self.attempt,
+                                               "history": keras_history(history, upto=epoch - 1)}, step=step)
         if self.keep:
             folder.prune(self.keep)

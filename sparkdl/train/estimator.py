@@ -210,6 +210,9 @@ _PARAMS: tuple[EstimatorParam, ...] = (
                    doc="epochs of learning-rate warmup from lr to lr x num_proc"),
     EstimatorParam("checkpoint_every", "checkpointEvery", TypeConverters.toInt, 1,
                    doc="checkpoint every N epochs"),
+    EstimatorParam("checkpoint_every_steps", "checkpointEverySteps", _to_opt_int, None, recorded=True,
+                   doc="also checkpoint every N steps within an epoch (model, optimizer and data position), so a "
+                       "failure loses at most N steps (None: at epochs' ends only)"),
     EstimatorParam("keep_checkpoints", "keepCheckpoints", TypeConverters.toInt, 2,
                    doc="complete checkpoints kept per run (0 = all)"),
     EstimatorParam("work_dir", "workDir", None, None,
@@ -329,6 +332,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                      "backward_passes_per_step"):
             if p[name] < 1:
                 raise ConfigError(f"KerasEstimator: {name} must be >= 1, got {p[name]}")
+        if p["checkpoint_every_steps"] is not None and p["checkpoint_every_steps"] < 1:
+            raise ConfigError(f"KerasEstimator: checkpoint_every_steps must be >= 1 or None, "
+                              f"got {p['checkpoint_every_steps']}")
         if p["max_failures"] < 0:
             raise ConfigError(f"KerasEstimator: max_failures must be >= 0, got {p['max_failures']}")
         if not p["rank_timeout_s"] > 0:
@@ -453,7 +459,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         run.write_settings({**settings, "preprocessor": prep.to_dict(), "attempts": attempt})
 
         history = _history_until(checkpoint)
-        initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+        initial_epoch = checkpoint.resume_epoch if checkpoint is not None else 0
         self._recoveries = []
         if initial_epoch >= p.epochs:
             log.info("run %s: all %d epochs are already done (checkpoint of epoch %d/%d); nothing to train",
@@ -482,7 +488,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         recoveries: list[Recovery] = self._recoveries
         while True:
             attempt_started = time.time()
-            initial_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
+            initial_epoch = checkpoint.resume_epoch if checkpoint is not None else 0
             try:
                 return self._train(p, runner, run, attempt, signature, prepared, checkpoint, initial_epoch,
                                    history), history
@@ -494,11 +500,15 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                 failed_at = time.time()
                 checkpoint = run.latest() or checkpoint
                 written = float(checkpoint.info.get("written_at", 0.0)) if checkpoint is not None else 0.0
-                resume_epoch = checkpoint.epoch + 1 if checkpoint is not None else 0
-                runner.num_proc = recovery.slots_for_relaunch(runner.spark, p.num_proc, p.min_proc,
-                                                              p.start_timeout)
+                resume_epoch = checkpoint.resume_epoch if checkpoint is not None else 0
+                resume_step = checkpoint.resume_step if checkpoint is not None else 0
+                num_proc = recovery.slots_for_relaunch(runner.spark, p.num_proc, p.min_proc, p.start_timeout)
+                if num_proc != runner.num_proc and resume_step:  # a step position holds for the same shards only
+                    checkpoint = run.latest_epoch_end()
+                    resume_epoch, resume_step = (checkpoint.resume_epoch, 0) if checkpoint is not None else (0, 0)
+                runner.num_proc = num_proc
                 steps = steps_per_epoch(prepared.train_data, runner.num_proc, p.batch_size)
-                record = Recovery(attempt=attempt, epoch=resume_epoch, step=resume_epoch * steps,
+                record = Recovery(attempt=attempt, epoch=resume_epoch, step=resume_epoch * steps + resume_step,
                                   cause=exc.cause or str(exc).splitlines()[0],
                                   seconds_lost=round(failed_at - max(written, attempt_started), 3),
                                   num_proc=runner.num_proc)
@@ -520,8 +530,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             model_bytes, optimizer_state = checkpoint.model_bytes(), checkpoint.optimizer_bytes()
             # printed epochs count from 1 as in the progress lines and Keras's own "Epoch 1/8"; history and
             # epochs log keep Keras's 0-based History.epoch
-            log.info("run %s: resuming after epoch %d/%d (attempt %d)", p.run_name, checkpoint.epoch + 1,
-                     p.epochs, attempt)
+            log.info("run %s: resuming at epoch %d/%d%s (attempt %d)", p.run_name, checkpoint.resume_epoch + 1,
+                     p.epochs, f", step {checkpoint.resume_step}" if checkpoint.resume_step else "", attempt)
         else:
             stack.keras_module(p.keras).utils.set_random_seed(p.seed)
             model = _build_model(p, signature)
@@ -557,7 +567,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             warmup_epochs=p.warmup_epochs, early_stopping=p.early_stopping,
             monitor="val_loss" if val_data is not None else "loss", callbacks=list(p.callbacks),
             checkpointing=RankCheckpointing(str(run.path.parent.parent.resolve()), run.run_name, attempt,
-                                            p.checkpoint_every, p.keep_checkpoints, dict(history)),
+                                            p.checkpoint_every, p.keep_checkpoints, dict(history),
+                                            p.checkpoint_every_steps),
+            initial_step=checkpoint.resume_step if checkpoint is not None else 0,
             steps_per_execution=p.steps_per_execution, flavour=flavour,
             backward_passes_per_step=p.backward_passes_per_step, compression=p.compression)
 

@@ -31,6 +31,7 @@ import time
 from sparkdl.train import heartbeat, progress
 from sparkdl.train.rank_job import (
     EarlyStop,
+    StepCheckpoints,
     TrainJob,
     broadcast_variables,
     examples_per_epoch,
@@ -173,7 +174,7 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
         restore_optimizer(optimizer, model.trainable_variables, job.optimizer_state)  # builds the optimizer
     loss_fn = keras.losses.get(job.loss)
     progress.mark("model_ready")
-    train, val = job_datasets(job, rank, size)
+    train, val = job_datasets(job, rank, size, skip=job.initial_step)
     progress.mark("data_ready")
     integer_labels = train.element_spec[1].dtype.is_integer
     output_dim = int(model.outputs[0].shape[-1] or 1)
@@ -208,21 +209,25 @@ def train_keras3_on_rank(job: TrainJob) -> dict:
     train_iter = iter(train)
     val_iter = iter(val) if val is not None else None
     examples = examples_per_epoch(job, size)
+    step_checkpoints = StepCheckpoints(job)
     for epoch in range(job.initial_epoch, job.epochs):
         started = time.perf_counter()
         for callback in callbacks:
             callback.on_epoch_begin(epoch, {})
         for tracked in (loss_mean, *metrics, val_loss_mean, *val_metrics):
             tracked.reset_state()
-        for step in range(job.steps_per_epoch):
+        first = job.initial_step if epoch == job.initial_epoch else 0  # a step checkpoint's epoch: its rest
+        for step in range(first, job.steps_per_epoch):
             if job.warmup_epochs and size > 1:
                 optimizer.learning_rate = warmup_learning_rate(
                     scaled_lr, size, job.warmup_epochs, epoch, step, job.steps_per_epoch)
             x, y = next(train_iter)
             train_step(x, y)
             heartbeat.beat()
-            if rank == 0 and epoch == job.initial_epoch and step == 0:
-                report_first_step()
+            if rank == 0:
+                if epoch == job.initial_epoch and step == first:
+                    report_first_step()
+                step_checkpoints.after(epoch, step + 1, model, optimizer)
         logs = averaged([loss_mean, *metrics])
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         if val_iter is not None:

@@ -15,6 +15,7 @@ from sparkdl.train import heartbeat, progress
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import (
     EarlyStop,
+    StepCheckpoints,
     TrainJob,
     broadcast_variables,
     examples_per_epoch,
@@ -66,13 +67,16 @@ class LearningRateWarmup(_callbacks_base()):
     `LearningRateWarmupCallback` it stays exact with `steps_per_execution` > 1 (Keras then calls batch hooks once
     per k steps) and in resumed runs: after warm-up the rate is `scaled_lr` in every epoch."""
 
-    def __init__(self, scaled_lr: float, size: int, warmup_epochs: int, steps_per_epoch: int):
+    def __init__(self, scaled_lr: float, size: int, warmup_epochs: int, steps_per_epoch: int,
+                 skipped: tuple[int, int] = (0, 0)):
         super().__init__()
         self.scaled_lr, self.size, self.warmup_epochs = scaled_lr, size, warmup_epochs
         self.steps_per_epoch, self._epoch = steps_per_epoch, 0
+        self.skipped = skipped  # (epoch, steps): a resumed epoch's batches count from its first untaken step
         self._backend = stack.keras_module("tf_keras").backend  # looked up once: _set runs every k steps
 
     def _set(self, step: int) -> None:
+        step += self.skipped[1] if self._epoch == self.skipped[0] else 0
         rate = warmup_learning_rate(self.scaled_lr, self.size, self.warmup_epochs, self._epoch, step,
                                     self.steps_per_epoch)
         self._backend.set_value(self.model.optimizer.learning_rate, rate)
@@ -145,6 +149,22 @@ class RunCheckpoint(_callbacks_base()):
         report_checkpoint(self.job, epoch, logs, self.model, self.model.optimizer)
 
 
+class StepCheckpoint(_callbacks_base()):
+    """Rank 0: a checkpoint every `checkpoint_every_steps` steps within an epoch (`rank_job.StepCheckpoints`); the
+    steps of a resumed epoch count from the checkpoint it resumed from."""
+
+    def __init__(self, job):
+        super().__init__()
+        self.job, self.steps, self._epoch = job, StepCheckpoints(job), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = self.job.initial_step if self._epoch == self.job.initial_epoch else 0
+        self.steps.after(self._epoch, batch + 1 + skipped, self.model, self.model.optimizer)
+
+
 def build_before_first_trace(model, element_spec) -> None:
     """Create the optimizer's slots and the compiled loss's and metrics' variables of a compiled tf_keras `model`
     before `fit` traces its training step. Keras creates them inside the first trace, and a `tf.function` whose
@@ -212,26 +232,41 @@ def train_on_rank(job: TrainJob) -> dict:
         restore_optimizer(model.optimizer, model.trainable_variables, job.optimizer_state)
 
     progress.mark("model_ready")
-    train, val = job_datasets(job, rank, size)
+    skipped = int(job.initial_step or 0)  # resumed from a step checkpoint: the rest of that epoch comes first
+    train, val = job_datasets(job, rank, size, epochs=1 if skipped else None, skip=skipped)
     build_before_first_trace(model, train.element_spec)
     progress.mark("data_ready")
 
     callbacks = [Heartbeat(), BroadcastInitialState(0), hvd.callbacks.MetricAverageCallback()]
-    callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch))
+    callbacks.append(LearningRateWarmup(scaled_lr, size, job.warmup_epochs, job.steps_per_epoch,
+                                        skipped=(job.initial_epoch, skipped)))
     if job.early_stopping:
         callbacks.append(EarlyStopping(job.monitor, int(job.early_stopping)))
     callbacks += list(job.callbacks)
     if rank == 0:
         examples = examples_per_epoch(job, size)
-        callbacks += [EpochReporter(job, examples), RunCheckpoint(job)]
+        callbacks += [EpochReporter(job, examples), RunCheckpoint(job), StepCheckpoint(job)]
 
-    history = model.fit(train, epochs=job.epochs, initial_epoch=job.initial_epoch,
-                        steps_per_epoch=job.steps_per_epoch, validation_data=val,
-                        validation_steps=job.validation_steps if val is not None else None,
-                        callbacks=callbacks, verbose=0)
+    def fit(train, val, first: int, last: int, steps: int):
+        return model.fit(train, epochs=last, initial_epoch=first, steps_per_epoch=steps, validation_data=val,
+                         validation_steps=job.validation_steps if val is not None else None, callbacks=callbacks,
+                         verbose=0)
+
+    if not skipped:
+        histories = [fit(train, val, job.initial_epoch, job.epochs, job.steps_per_epoch)]
+    else:  # the resumed epoch's remaining steps (its logs average those), then the epochs after it
+        histories = [fit(train, val, job.initial_epoch, job.initial_epoch + 1, job.steps_per_epoch - skipped)]
+        if job.initial_epoch + 1 < job.epochs and not model.stop_training:
+            train, val = job_datasets(job, rank, size, first_epoch=job.initial_epoch + 1)
+            histories.append(fit(train, val, job.initial_epoch + 1, job.epochs, job.steps_per_epoch))
     if rank != 0:
         return {}
     progress.report("event", name="train_end")
-    return {"model": model_to_bytes(model), "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-            "epochs": [int(e) for e in history.epoch], "scaled_learning_rate": scaled_lr, "size": size}
+    merged: dict[str, list[float]] = {}
+    for history in histories:
+        for key, values in history.history.items():
+            merged.setdefault(key, []).extend(float(x) for x in values)
+    return {"model": model_to_bytes(model), "history": merged,
+            "epochs": [int(e) for history in histories for e in history.epoch], "scaled_learning_rate": scaled_lr,
+            "size": size}
 

@@ -44,6 +44,7 @@ class TrainJob:
     flavour: str = "tf_keras"         # the Keras flavour of `model` (sparkdl.stack); keras3 trains in keras3_worker
     backward_passes_per_step: int = 1  # local gradient aggregation: one allreduce per N batches
     compression: str = "none"         # "none" or "fp16": the gradients' dtype on the wire
+    initial_step: int = 0             # steps of initial_epoch already taken (resumed from a step checkpoint)
 
 
 def horovod_compression(name: str):
@@ -173,6 +174,30 @@ def report_epoch(job: TrainJob, epoch: int, logs, seconds: float, examples: int)
     progress.report("epoch", epoch=epoch, epochs=job.epochs, logs=floats, seconds=seconds, examples_per_s=rate)
 
 
+class StepCheckpoints:
+    """Rank 0: a checkpoint every `checkpoint_every_steps` steps within an epoch (`RankCheckpointing.every_steps`):
+    `after(epoch, step, model, optimizer)` is called with the steps of the epoch taken so far, and writes one each
+    time that count passes a multiple (Keras may report steps in groups of `steps_per_execution`). None at an
+    epoch's end: the end-of-epoch checkpoint covers it."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+        self.every = (job.checkpointing.every_steps or 0) if job.checkpointing is not None else 0
+        self._written = (-1, 0)  # (epoch, step) of the last one
+
+    def after(self, epoch: int, step: int, model, optimizer) -> None:
+        if not self.every or step >= self.job.steps_per_epoch:
+            return
+        last = self._written[1] if self._written[0] == epoch else (self.job.initial_step
+                                                                   if epoch == self.job.initial_epoch else 0)
+        if step // self.every <= last // self.every:
+            return
+        self._written = (epoch, step)
+        self.job.checkpointing.write_step(epoch, step, model_to_bytes(model), optimizer_to_bytes(optimizer),
+                                          _epoch_logs)
+        progress.report("event", name="step_checkpoint", epoch=epoch, step=step)
+
+
 def report_checkpoint(job: TrainJob, epoch: int, logs, model, optimizer) -> None:
     """Rank 0: write the model and optimizer state after `epoch` into the run's folder when a checkpoint is due."""
     if job.checkpointing is None or (epoch + 1) % max(1, int(job.checkpointing.every)):
@@ -193,15 +218,21 @@ def _is_number(value) -> bool:
         return False
 
 
-def job_datasets(job: TrainJob, rank: int, size: int):
-    """This rank's shard of the training data (shuffled) and of the validation data (None without one), each
-    repeated for the epochs still to run; a resumed job's epochs read what they would have read uninterrupted."""
-    remaining = job.epochs - job.initial_epoch
+def job_datasets(job: TrainJob, rank: int, size: int, first_epoch: int | None = None, epochs: int | None = None,
+                 skip: int = 0):
+    """This rank's shard of the training data (shuffled) and of the validation data (None without one), for
+    `epochs` epochs from `first_epoch` (default: the job's remaining ones), the training data without its first
+    `skip` batches (the steps a step checkpoint had taken). Each epoch reads what it would have read in an
+    uninterrupted run."""
+    first = job.initial_epoch if first_epoch is None else first_epoch
+    count = job.epochs - first if epochs is None else epochs
     reader = windows_tf_dataset if isinstance(job.train_data, SeriesWindows) else tf_dataset  # a forecaster's
     train = reader(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True, seed=job.seed,
-                   epochs=remaining, first_epoch=job.initial_epoch)
+                   epochs=count, first_epoch=first)
+    if skip:
+        train = train.skip(skip)
     val = None
     if job.val_data is not None and job.validation_steps:
         val = reader(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False, seed=job.seed,
-                     epochs=remaining)
+                     epochs=count)
     return train, val

@@ -39,7 +39,11 @@ log = get_logger("registry")
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
-RESERVED_FILES = (MODEL_FILE, METADATA_FILE)
+# Written last, once the version folder is in place: a version counts only once it is there, so a reader never
+# sees a version half copied by a store whose rename copies (a FUSE mount, an object-store mount).
+PUBLISHED_FILE = "_published"
+RESERVED_FILES = (MODEL_FILE, METADATA_FILE, PUBLISHED_FILE)
+STRAY_TMP_AGE_S = 3600.0  # `.tmp-*` folders older than this are a killed save's and are removed by the next save
 STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file", "model_format", "keras_flavour",
               "model_sha256")
 ALIASES_FILE = "aliases.json"  # all aliases in one file: read (written by earlier versions), never written
@@ -84,6 +88,31 @@ def validate_name(name: str, what: str = "model name") -> str:
     if not is_safe_name(name) or name.startswith(_TMP_PREFIX):
         raise ConfigError(f"invalid {what} {name!r}: use letters, digits, '_', '.' and '-' only")
     return name
+
+
+def _published(folder: Path) -> bool:
+    """Whether a version folder is published: its marker is there, or it was saved before markers (its metadata
+    does not say `published_by_marker`) and holds its model and metadata."""
+    if (folder / PUBLISHED_FILE).exists():
+        return True
+    if not ((folder / MODEL_FILE).exists() and (folder / METADATA_FILE).exists()):
+        return False
+    try:
+        return not json.loads((folder / METADATA_FILE).read_text()).get("published_by_marker", False)
+    except (OSError, ValueError, AttributeError):
+        return False  # being copied
+
+
+def _remove_stray_folders(parent: Path) -> None:
+    """Remove the `.tmp-*` folders killed saves left under `parent` (older than `STRAY_TMP_AGE_S`)."""
+    now = time.time()
+    for path in parent.glob(f"{_TMP_PREFIX}*"):
+        try:
+            if path.is_dir() and now - path.stat().st_mtime > STRAY_TMP_AGE_S:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by a killed save", path)
+        except OSError:
+            continue
 
 
 def default_root() -> Path:
@@ -225,6 +254,7 @@ class ModelStore:
 
         parent = self.root / name
         parent.mkdir(parents=True, exist_ok=True)
+        _remove_stray_folders(parent)
         tmp = parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -246,6 +276,7 @@ class ModelStore:
                 "model_format": "keras_v3",
                 "keras_flavour": stack.flavour_of(model),
                 "model_sha256": _sha256(model_path),
+                "published_by_marker": True,
             })
             version = self._publish(parent, tmp, metadata)
         finally:
@@ -263,6 +294,7 @@ class ModelStore:
             (tmp / METADATA_FILE).write_text(_dumps(metadata, "metadata"), encoding="utf-8")
             try:
                 os.rename(tmp, parent / str(version))
+                write_atomic(parent / str(version) / PUBLISHED_FILE, b"", _TMP_PREFIX)  # now readers see it
                 return version
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not isinstance(exc, FileExistsError):
@@ -472,14 +504,12 @@ class ModelStore:
     # ------------------------------------------------------------------------------------------------ internals
     @staticmethod
     def _version_numbers(parent: Path, complete_only: bool = True) -> list[int]:
-        """Numbered folders under `parent`; with `complete_only`, those holding model.keras or metadata.json
-        (published folders always do; an empty numbered folder is not a version)."""
+        """Numbered folders under `parent`; with `complete_only`, the published ones (`_published`)."""
         if not parent.is_dir():
             return []
         versions = []
         for p in parent.iterdir():
-            if p.name.isdigit() and p.is_dir() and (
-                    not complete_only or any((p / f).exists() for f in RESERVED_FILES)):
+            if p.name.isdigit() and p.is_dir() and (not complete_only or _published(p)):
                 versions.append(int(p.name))
         return sorted(versions)
 

@@ -328,3 +328,29 @@ def test_a_model_saved_twice_from_a_worker_thread_is_a_keras_v3_file_each_time(s
     assert all(zipfile.is_zipfile(io.BytesIO(b)) for b in blobs)
     assert all(zipfile.is_zipfile(r.path / "model.keras") for r in refs)
     assert store.load(refs[-1]) is not None  # and Keras loads it
+
+
+def test_a_version_counts_only_once_its_marker_is_written_and_stray_saves_are_cleaned(store, model):
+    """A store whose rename copies (a FUSE mount) shows a version folder before all of it is there: readers of
+    name@latest must not take it until the marker, written last, says it is whole; a killed save's `.tmp-*`
+    folder is removed by the next save once it is an hour old."""
+    import shutil
+    import time
+
+    first = store.save("published", model, {})
+    half = store.root / "published" / "2"
+    shutil.copytree(first.path, half)
+    (half / "_published").unlink()  # copied so far: model and metadata, no marker yet
+    assert store.list_versions("published") == [1] and str(store.resolve("published@latest")) == "published@1"
+    (half / "_published").touch()
+    assert store.list_versions("published") == [1, 2]
+
+    stale, fresh = store.root / "published" / ".tmp-killed", store.root / "published" / ".tmp-running"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.keras").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert store.save("published", model, {}).version == 3
+    assert not stale.exists() and fresh.exists()
+    assert "_published" not in store.artifacts("published@3")

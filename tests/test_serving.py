@@ -82,11 +82,13 @@ def test_client_mistakes_get_a_4xx_naming_the_column_and_the_server_goes_on(canc
     for raw, status, text in cases:
         got, answer = _call(server, "/invocations", raw=raw)
         assert got == status and text in answer["message"], (raw[:60], got, answer)
-    assert _call(server, "/invocations?output=embedding", good)[0] in (200, 400)
+    status, embedded = _call(server, "/invocations?output=embedding", good)  # the penultimate layer: 8 units
+    assert status == 200 and len(embedded["predictions"]) == 1 and len(embedded["predictions"][0]) == 8
+    assert _call(server, "/invocations?output=nonsense", good)[0] == 400
     assert _call(server, "/nowhere")[0] == 404
     assert _call(server, "/invocations", good)[0] == 200  # still serving
     metrics = _call(server, "/metrics")[1]
-    assert 'sparkdl_serving_requests_total{status="400"} 5.0' in metrics
+    assert 'sparkdl_serving_requests_total{status="400"} 6.0' in metrics
     assert 'sparkdl_serving_requests_total{status="422"} 1.0' in metrics
     assert "sparkdl_serving_request_seconds_bucket" in metrics and "sparkdl_serving_model_version" in metrics
 

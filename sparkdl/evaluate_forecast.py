@@ -51,6 +51,10 @@ def _sums(frame, keys: list[str], forecast: str):
                  .alias(f"{prefix}_smape"),
                  F.sum(F.abs(err) / scale).alias(f"{prefix}_scaled"),
                  F.count(F.when(scale.isNotNull() & pred.isNotNull(), 1)).alias(f"{prefix}_scaled_n")]
+    both = finite(forecast).isNotNull() & finite("naive").isNotNull()  # the windows both forecast: compared
+    aggs += [F.count(F.when(both, 1)).alias("both_n"),
+             F.sum(F.when(both, F.abs(finite(forecast) - actual))).alias("both_model_abs"),
+             F.sum(F.when(both, F.abs(finite("naive") - actual))).alias("both_naive_abs")]
     rows = frame.where(F.col("observed")).groupBy(*keys, STEP_COL).agg(*aggs).collect()
     return [r.asDict() for r in rows]
 
@@ -97,10 +101,14 @@ def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast") -> d
         worst = sorted(per_entity, key=lambda k: -(per_entity[k]["mae"] or 0.0))[:PER_ENTITY_LIMIT]
         per_entity = {k: per_entity[k] for k in worst}
     windows = sum(r["model_n"] or 0 for r in rows if r[STEP_COL] == 1)
+    paired_n = int(sum(r["both_n"] or 0 for r in rows))
+    paired = {"count": paired_n,
+              "mae": sum(r["both_model_abs"] or 0.0 for r in rows) / paired_n if paired_n else None,
+              "seasonal_naive_mae": sum(r["both_naive_abs"] or 0.0 for r in rows) / paired_n if paired_n else None}
     return {**model, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
-            "per_entity": per_entity, "per_entity_listed": len(per_entity),
-            "beats_seasonal_naive": (model["mae"] is not None and naive["mae"] is not None
-                                     and model["mae"] < naive["mae"])}
+            "per_entity": per_entity, "per_entity_listed": len(per_entity), "paired": paired,
+            # on the same forecasts only: seasonal naive has none where a series' history is shorter than a season
+            "beats_seasonal_naive": bool(paired_n) and paired["mae"] < paired["seasonal_naive_mae"]}
 
 
 def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, forecast: str = "forecast") -> list[str]:

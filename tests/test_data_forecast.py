@@ -104,6 +104,23 @@ def test_series_are_built_once_per_entity_with_gaps_filled_and_scaling_fitted_be
     assert raw[9:13] == pytest.approx([19.0, 20.0, 21.0, 22.0], abs=1e-4)
 
 
+def test_nothing_is_interpolated_across_test_from_and_test_gaps_are_filled_from_the_past(spark):
+    """Every training value is 1.0, every test value 100 + hour, and the four hours before test_from (hour 48) are
+    missing: the training part is filled from itself (scaling fitted on 1.0s: mean 1.0, not pulled towards the
+    test values), and a test gap takes the last value before it, never a later one."""
+    rows = [("a", dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=i),
+             1.0 if i < 48 else 100.0 + i, 0.0) for i in range(72) if i not in (44, 45, 46, 47, 60, 61)]
+    df = spark.createDataFrame(pd.DataFrame(rows, columns=["city", "ts", "temp", "hum"]),
+                               "city string, ts timestamp, temp double, hum double")
+    spec = ForecastSpec.from_dict(SPEC)
+    info = build_series(df, spec, test_stamp=spec.test_time("UTC"))
+    assert info.mean[0][0] == pytest.approx(1.0) and info.filled.tolist() == [6]
+    values, offsets = load_series(SeriesWindows.of(info.data, info.start, info.length, 6, 3, 2))
+    raw = values[:72, 0] * info.scale[0][0] + info.mean[0][0]
+    assert raw[40:48] == pytest.approx([1.0] * 8)                       # not interpolated towards hour 48's 148
+    assert raw[59:63] == pytest.approx([159.0, 159.0, 159.0, 162.0])    # carried forward, not from hour 62
+
+
 def test_the_series_cache_holds_each_series_once(spark, tmp_path):
     df, _ = hourly_table(spark, cities=tuple("abcdefgh"), hours=400)
     spec = ForecastSpec.from_dict(dict(SPEC, lookback=48, test_from=None))

@@ -67,6 +67,12 @@ def test_a_forecaster_trains_with_horovod_and_beats_nothing_it_should_not(foreca
     assert set(metrics["per_entity"]) == {"berlin", "oslo", "rome"}
     # the daily cycle repeats: seasonal naive's error is the noise's (about 0.2 * sqrt(2) * sqrt(2/pi))
     assert metrics["seasonal_naive"]["mae"] == pytest.approx(0.226, abs=0.05)
+    # the model against seasonal naive on the same forecasts: it learned the cycle (a flat forecast of each city's
+    # mean would be off by about 2.5), and the verdict is the paired comparison's
+    paired = metrics["paired"]
+    assert paired["count"] == metrics["count"] and paired["mae"] == pytest.approx(metrics["mae"])
+    assert paired["mae"] < 1.0
+    assert metrics["beats_seasonal_naive"] == (paired["mae"] < paired["seasonal_naive_mae"])
     names = {Path(p).name for p in metrics["plots"]}
     assert {"forecasts.png", "error_by_step.png", "training_curves.png"} <= names
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in metrics["plots"])

@@ -171,9 +171,11 @@ class GridSeries:
     off_grid: int
 
 
-def on_grid(pdf, channels: list[str]) -> GridSeries:
+def on_grid(pdf, channels: list[str], test_step=None) -> GridSeries:
     """Put one entity's rows (with the `grid_columns` STEP and OFFSET) on the grid: the most common offset wins,
-    the first of duplicate steps is kept, missing and non-finite values are interpolated (`fill_gaps`)."""
+    the first of duplicate steps is kept, missing and non-finite values are filled (`fill_gaps`). `test_step`
+    (offset -> the first grid step of the test period) splits the fill: nothing is interpolated across
+    `test_from`, and test steps are filled from the past only."""
     offsets = pdf[OFFSET].to_numpy(np.int64)
     found, counts = np.unique(offsets, return_counts=True)
     offset = int(found[np.argmax(counts)])
@@ -186,7 +188,8 @@ def on_grid(pdf, channels: list[str]) -> GridSeries:
     grid[unique_steps - start] = rows[channels].to_numpy(np.float64, na_value=np.nan)[first]
     grid[~np.isfinite(grid)] = np.nan
     missing = int(np.isnan(grid).any(axis=1).sum())
-    return GridSeries(start, offset, fill_gaps(grid), ~np.isnan(grid[:, 0]), missing,
+    split = None if test_step is None else int(np.clip(test_step(offset) - start, 0, length))
+    return GridSeries(start, offset, fill_gaps(grid, split), ~np.isnan(grid[:, 0]), missing,
                       int(len(steps) - len(unique_steps)), int((~on).sum()))
 
 
@@ -196,8 +199,11 @@ def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
 
     channels = list(spec.channels)
 
+    def test_step(offset: int) -> int:
+        return first_step_from(spec, test_stamp, offset)
+
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
-        g = on_grid(pdf, channels)
+        g = on_grid(pdf, channels, test_step if test_stamp is not None else None)
         length = len(g.values)
         train = length if test_stamp is None else int(np.clip(first_step_from(spec, test_stamp, g.offset) - g.start,
                                                               0, length))
@@ -225,17 +231,29 @@ def grid_frame(df, spec: ForecastSpec):
     return long, keys
 
 
-def fill_gaps(grid: np.ndarray) -> np.ndarray:
-    """Missing values (NaN) of each column filled by linear interpolation between the nearest known steps (the
-    first/last known value at the ends; 0 for a column with none)."""
+def fill_gaps(grid: np.ndarray, split: int | None = None) -> np.ndarray:
+    """Missing values (NaN) of each column filled. Before `split` (the training period; all of it without one):
+    linear interpolation between the nearest known steps of that period (the first/last known value at its ends;
+    0 for a column with none). From `split` on (the test period): the last value before the gap, so a test step
+    is never filled from later (or test) values and no training step from test values."""
+    split = len(grid) if split is None else split
     out = grid.copy()
-    index = np.arange(len(grid))
+    index = np.arange(split)
     for c in range(grid.shape[1]):
-        known = ~np.isnan(grid[:, c])
+        head = grid[:split, c]
+        known = ~np.isnan(head)
         if not known.any():
-            out[:, c] = 0.0
+            out[:split, c] = 0.0
         elif not known.all():
-            out[:, c] = np.interp(index, index[known], grid[known, c])
+            out[:split, c] = np.interp(index, index[known], head[known])
+        if split < len(grid):  # carried forward: each test step takes the last value at or before it
+            column = out[:, c] if split > 0 else np.concatenate([[0.0], out[:, c]])
+            start = split if split > 0 else split + 1
+            valid = ~np.isnan(column)
+            valid[:start] = True  # the training period (filled above) counts as known
+            last = np.maximum.accumulate(np.where(valid, np.arange(len(column)), 0))
+            filled = column[last]
+            out[split:, c] = filled[start:]
     return out
 
 

@@ -115,6 +115,34 @@ def test_forecasts_go_to_delta_per_entity_with_lineage_and_short_series_quaranti
 
 
 @pytest.mark.slow
+def test_an_entity_on_another_offset_is_forecast_on_its_own_grid_and_the_time_zone_is_enforced(spark, forecaster):
+    """Oslo read at half past the hour (the model was trained on the hour): its forecasts are labelled at half
+    past, one step after its own last reading; a job in another session time zone than the model's grid is
+    refused, naming both zones."""
+    from sparkdl.score import resolve_model
+    from sparkdl.score.forecast import forecast_frame
+
+    _, _, model = forecaster
+    ref, metadata = resolve_model(model)
+    recent = city_table(hours=260)
+    recent.loc[recent.city == "oslo", "ts"] += pd.Timedelta(minutes=30)
+    df = spark.createDataFrame(recent)
+    out = forecast_frame(df, ref, metadata.forecast).where("_reason IS NULL").toPandas()
+    for city, rows in out.groupby("city"):
+        first = pd.Timestamp(rows.sort_values("step").ts.iloc[0])
+        first = first.tz_localize("UTC") if first.tzinfo is None else first.tz_convert("UTC")
+        last_reading = recent[recent.city == city].ts.max()
+        assert first == last_reading + pd.Timedelta(hours=1), city
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        with pytest.raises(ValidationError, match=f"session time zone is America/New_York.*read in {zone}"):
+            forecast_frame(df, ref, metadata.forecast)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+@pytest.mark.slow
 def test_bad_forecasting_input_fails_before_any_write(spark, forecaster, training_store, tmp_path):
     root, table, model = forecaster
     target = str(root / "forecasts_bad")

@@ -67,23 +67,25 @@ def grid_columns(df, spec: ForecastSpec):
     return ((month - phase) / spec.grid.count).cast("long"), offset
 
 
-def time_of_step(spec: ForecastSpec, kind: str, step_col, offset: int):
+def time_of_step(spec: ForecastSpec, kind: str, step_col, offset):
     """The Spark column of the time at grid step `step_col` (the inverse of `grid_columns`), typed like the time
-    column (`kind`)."""
+    column (`kind`); `offset` is an int (one grid for all rows) or a column (each entity's own)."""
+    from pyspark.sql import Column
     from pyspark.sql import functions as F
 
+    offset = offset if isinstance(offset, Column) else F.lit(int(offset))
     if not spec.grid.months:
-        micros = step_col * F.lit(spec.grid.step_micros) + F.lit(int(offset))
+        micros = step_col * F.lit(spec.grid.step_micros) + offset
         if kind == "date":
             return F.date_from_unix_date(F.floor(micros / F.lit(86400 * MICROS)).cast("int"))
         return F.timestamp_micros(micros)
-    phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
-    month = step_col * F.lit(spec.grid.count) + F.lit(phase)
+    phase, into = F.shiftright(offset, MONTH_BITS), offset.bitwiseAND(F.lit((1 << MONTH_BITS) - 1))
+    month = step_col * F.lit(spec.grid.count) + phase
     first = F.make_date(F.lit(1970) + F.floor(month / 12).cast("int"), F.pmod(month, F.lit(12)).cast("int") + 1,
                         F.lit(1))
     if kind == "date":
-        return F.date_add(first, F.lit(into // (86400 * MICROS)))
-    return F.timestamp_micros(F.unix_micros(first.cast("timestamp")) + F.lit(into))
+        return F.date_add(first, F.floor(into / F.lit(86400 * MICROS)).cast("int"))
+    return F.timestamp_micros(F.unix_micros(first.cast("timestamp")) + into)
 
 
 def step_time(spec: ForecastSpec, kind: str, step: int, offset: int, time_zone: str = "UTC"):
@@ -173,7 +175,8 @@ class GridSeries:
 
 def on_grid(pdf, channels: list[str], test_step=None) -> GridSeries:
     """Put one entity's rows (with the `grid_columns` STEP and OFFSET) on the grid: the most common offset wins,
-    the first of duplicate steps is kept, missing and non-finite values are filled (`fill_gaps`). `test_step`
+    duplicate steps take the mean of their values (whatever the rows' order), missing and non-finite values are
+    filled (`fill_gaps`). `test_step`
     (offset -> the first grid step of the test period) splits the fill: nothing is interpolated across
     `test_from`, and test steps are filled from the past only."""
     offsets = pdf[OFFSET].to_numpy(np.int64)
@@ -182,11 +185,21 @@ def on_grid(pdf, channels: list[str], test_step=None) -> GridSeries:
     on = offsets == offset
     rows = pdf[on]
     steps = rows[STEP].to_numpy(np.int64)
-    unique_steps, first = np.unique(steps, return_index=True)
+    unique_steps, inverse = np.unique(steps, return_inverse=True)
     start, length = int(unique_steps[0]), int(unique_steps[-1] - unique_steps[0] + 1)
+    values = rows[channels].to_numpy(np.float64, na_value=np.nan)
+    values[~np.isfinite(values)] = np.nan
+    if len(unique_steps) < len(steps):  # duplicates: the mean of each step's known values, order-independent
+        known = ~np.isnan(values)
+        sums = np.zeros((len(unique_steps), len(channels)))
+        counts = np.zeros((len(unique_steps), len(channels)))
+        np.add.at(sums, inverse, np.where(known, values, 0.0))
+        np.add.at(counts, inverse, known)
+        values = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    else:
+        values = values[np.argsort(inverse)]
     grid = np.full((length, len(channels)), np.nan)
-    grid[unique_steps - start] = rows[channels].to_numpy(np.float64, na_value=np.nan)[first]
-    grid[~np.isfinite(grid)] = np.nan
+    grid[unique_steps - start] = values
     missing = int(np.isnan(grid).any(axis=1).sum())
     split = None if test_step is None else int(np.clip(test_step(offset) - start, 0, length))
     return GridSeries(start, offset, fill_gaps(grid, split), ~np.isnan(grid[:, 0]), missing,

@@ -19,10 +19,12 @@ import numpy as np
 
 from sparkdl.data.forecast_fit import ForecastPreparation, entity_key
 from sparkdl.data.series import (
+    OFFSET,
     SERIES_KEY,
     STEP,
     channel_scaling,
     check_forecast_schema,
+    first_step_from,
     grid_frame,
     on_grid,
     time_kind,
@@ -53,23 +55,30 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
 
     spec = prep.spec
     channels, lookback, horizon = list(spec.channels), spec.lookback, spec.horizon
+    test_stamp = spec.test_time(prep.time_zone)
+
+    def test_step(offset: int) -> int | None:
+        """The entity's first test step on its own grid (its offset may not be the model's)."""
+        return first_step_from(spec, test_stamp, offset) if test_stamp is not None else prep.test_step
 
     def run(pdf: pd.DataFrame) -> pd.DataFrame:
         key_values = {k: pdf[k].iloc[0] for k in keys}
-        g = on_grid(pdf, channels)
+        # a test window's inputs are never filled from its own targets (nothing interpolated across test_from)
+        g = on_grid(pdf, channels, test_step if mode == "test" and test_stamp is not None else None)
         length = len(g.values)
         if mode == "latest":
             positions = np.array([length]) if length >= lookback else np.zeros(0, np.int64)
         else:
-            first = max(lookback, (prep.test_step if prep.test_step is not None else length) - g.start)
+            first_test = test_step(g.offset)
+            first = max(lookback, (first_test if first_test is not None else length) - g.start)
             last = length - horizon if until is None else min(length - horizon, until - 1 - g.start)
             positions = np.arange(first, last + 1)
         if len(positions) == 0:
             if mode != "latest":
                 return pd.DataFrame(columns=schema_names)
             reason = f"series too short: {length} step(s) on the grid, the model needs lookback = {lookback}"
-            return pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], STEP_COL: [None],
-                                 output_col: [None], REASON_COL: [reason]})
+            return pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], OFFSET: [g.offset],
+                                 STEP_COL: [None], output_col: [None], REASON_COL: [reason]})
         key = entity_key(key_values.values())
         scaling = prep.scaling(key)
         mean, scale = scaling if scaling is not None else map(np.asarray, channel_scaling(g.values[-lookback:]))
@@ -79,6 +88,7 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
         n = len(positions)
         out = {k: np.repeat(np.asarray([v], dtype=object), n * horizon) for k, v in key_values.items()}
         out[STEP] = (g.start + positions[:, None] + np.arange(horizon)).ravel()
+        out[OFFSET] = np.full(n * horizon, g.offset, np.int64)  # forecast times on the entity's own grid
         out[STEP_COL] = np.tile(np.arange(1, horizon + 1), n)
         out[output_col] = pred.ravel()
         out[REASON_COL] = np.full(n * horizon, None, dtype=object)
@@ -92,7 +102,7 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             out["observed"] = g.observed[target_at].ravel()
         return pd.DataFrame(out)
 
-    schema_names = list(keys) + [STEP, STEP_COL, output_col, REASON_COL] + \
+    schema_names = list(keys) + [STEP, OFFSET, STEP_COL, output_col, REASON_COL] + \
         ([ORIGIN_COL, *TEST_COLUMNS] if mode == "test" else [])
     return run
 
@@ -120,9 +130,15 @@ def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str
     if kind != prep.time_kind:
         raise ValidationError(f"forecasting with {ref}: column {spec.time!r} is a {kind}, the model was trained "
                               f"on a {prep.time_kind}")
+    zone = df.sparkSession.conf.get("spark.sql.session.timeZone") or "UTC"
+    if kind == "timestamp" and zone != prep.time_zone and (spec.grid.months or spec.test_from is not None):
+        raise ValidationError(f"forecasting with {ref}: the session time zone is {zone}, the model's grid (monthly "
+                              f"steps, test_from) was read in {prep.time_zone}; set spark.sql.session.timeZone to "
+                              f"{prep.time_zone!r} for this job")
     long, keys = grid_frame(df, spec)
     fields = [long.schema[k] for k in keys] + [
-        T.StructField(STEP, T.LongType()), T.StructField(STEP_COL, T.IntegerType()),
+        T.StructField(STEP, T.LongType()), T.StructField(OFFSET, T.LongType()),
+        T.StructField(STEP_COL, T.IntegerType()),
         T.StructField(output_col, T.DoubleType()), T.StructField(REASON_COL, T.StringType())]
     if mode == "test":
         fields += [T.StructField(ORIGIN_COL, T.LongType()), T.StructField("actual", T.DoubleType()),
@@ -130,10 +146,10 @@ def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str
                    T.StructField("observed", T.BooleanType())]
     out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode, until),
                                             T.StructType(fields))
-    columns = [*spec.entity, time_of_step(spec, kind, F.col(STEP), prep.offset).alias(spec.time), STEP_COL,
+    columns = [*spec.entity, time_of_step(spec, kind, F.col(STEP), F.col(OFFSET)).alias(spec.time), STEP_COL,
                output_col, REASON_COL]
     if mode == "test":
-        columns += [time_of_step(spec, kind, F.col(ORIGIN_COL), prep.offset).alias(ORIGIN_COL), *TEST_COLUMNS]
+        columns += [time_of_step(spec, kind, F.col(ORIGIN_COL), F.col(OFFSET)).alias(ORIGIN_COL), *TEST_COLUMNS]
         columns += [F.col(SERIES_KEY)] if not spec.entity else []
     return out.select(*columns)
 

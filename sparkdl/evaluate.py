@@ -27,6 +27,8 @@ from pyspark.sql import types as T
 from sparkdl import lake
 from sparkdl.errors import Problem, ValidationError
 from sparkdl.evaluate_forecast import forecast_metrics, forecast_plots
+from sparkdl.fileutil import write_atomic
+from sparkdl.jsonlines import json_value
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.model_metadata import ModelMetadata
@@ -425,18 +427,6 @@ def evaluate_predictions(
     return metrics
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):  # numpy arrays
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"metrics value of type {type(value).__name__} is not JSON serializable: {value!r}")
-
-
 def save_report(metrics: Mapping[str, Any], folder: str | os.PathLike) -> str:
     """Write `metrics` to `folder`/metrics.json (folder created if missing); returns the file's path.
 
@@ -448,12 +438,10 @@ def save_report(metrics: Mapping[str, Any], folder: str | os.PathLike) -> str:
     path = Path(folder) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        text = json.dumps(_finite(metrics), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+        text = json.dumps(_finite(metrics), indent=2, sort_keys=True, default=json_value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"cannot write metrics report to {path}: {exc}") from exc
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (text + "\n").encode("utf-8"))
     return str(path)
 
 
@@ -489,7 +477,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     Raises:
         ModelStoreError: unknown model; ValidationError: the table lacks the label or feature columns.
     """
-    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    store = ModelStore.of(store)
     mv = store.resolve(model_ref)
     meta = store.metadata(mv)
     info = ModelMetadata.from_dict(meta)
@@ -504,7 +492,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     metrics["model"] = str(mv)
     metrics["data"] = snap.lineage()
     metrics["plots"] = [str(p) for p in plot_paths]
-    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=_json_default)))
+    store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=json_value)))
     history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
     history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
                     "data": snap.lineage()})

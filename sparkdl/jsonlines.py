@@ -1,5 +1,5 @@
 """Append-only JSON-lines files: the one way sparkdl appends records (the metric history, a run's epochs log) and
-reads them back.
+reads them back; and `json_value`, the one `default=` sparkdl's JSON writers use for values JSON has no type for.
 
 A writer that dies mid-line leaves a torn last line. `append` first ends such a line (so the new record starts on
 a line of its own and the torn one stays a single unreadable line), and `read` skips unreadable lines with a
@@ -10,12 +10,46 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from sparkdl.log import get_logger
 
 log = get_logger("jsonlines")
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-able stand-in for `value` (the `default=` of `json.dumps`): numpy scalars and arrays as Python values,
+    sets (sorted) and tuples as lists, paths as strings, dates and datetimes in ISO 8601, objects with `to_dict()`
+    (FeatureSpec, ModelSignature, ...) as their dict.
+
+    Raises:
+        TypeError: any other type (the caller names where the value came from).
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars, without importing numpy
+        return value.item()
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r:.200}")
+
+
+def json_value_or_text(value: Any) -> Any:
+    """`json_value`, or the value's text for a type it does not know (messages that must always go out)."""
+    try:
+        return json_value(value)
+    except TypeError:
+        return str(value)
 
 
 def append(path: str | os.PathLike, record: Mapping[str, Any], default: Callable | None = str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 from sparkdl import stack
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.fileutil import is_safe_name, write_atomic
+from sparkdl.jsonlines import json_value
 from sparkdl.log import get_logger
 from sparkdl.session import work_dir
 
@@ -142,23 +143,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _json_default(value):
-    if hasattr(value, "tolist"):  # numpy scalars and arrays, without importing numpy
-        return value.tolist()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "to_dict"):  # FeatureSpec, ModelSignature, ...
-        return value.to_dict()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _dumps(value, where: str) -> str:
     try:
-        return json.dumps(value, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+        return json.dumps(value, indent=2, sort_keys=True, default=json_value, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: not JSON-serializable ({exc})") from None
 
@@ -207,6 +194,11 @@ class ModelStore:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = _as_path(root) if root is not None else default_root()
+
+    @classmethod
+    def of(cls, store: "ModelStore | str | os.PathLike | None") -> "ModelStore":
+        """`store` itself when it is a ModelStore, else the store at that root (None: the default store)."""
+        return store if isinstance(store, ModelStore) else cls(store)
 
     def __repr__(self) -> str:
         return f"ModelStore({str(self.root)!r})"

@@ -238,7 +238,7 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
     best = (min if direction == "minimize" else max)(complete, key=lambda r: r.value) if complete else None
     if best is not None and best.model:
         store = estimator.getOrDefault("modelStore")
-        (store if isinstance(store, ModelStore) else ModelStore(store)).add_artifact(
+        ModelStore.of(store).add_artifact(
             best.model, "tune.json", {"study": name, "trial": best.number, "metric": metric, "value": best.value,
                                       "params": best.params})
     target = trials_table or _default_trials_table(snap.table, name)

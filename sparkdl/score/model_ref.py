@@ -43,14 +43,9 @@ def _store(store):
 def _from_spark_model(model, store):
     """(ref, store) from a SparkDLModel-like object: getModelVersion() plus an optional store accessor."""
     version = model.getModelVersion()
-    if store is None:
-        for attr in ("getModelStore", "getStoreRoot", "getStore"):
-            getter = getattr(model, attr, None)
-            if callable(getter):
-                value = getter()
-                if value:
-                    store = value if isinstance(value, ModelStore) else ModelStore(value)
-                    break
+    getter = getattr(model, "getModelStore", None)  # SparkDLModel's
+    if store is None and callable(getter) and getter():
+        store = ModelStore.of(getter())
     if store is None and isinstance(version, ModelVersion):
         store = ModelStore(Path(version.path).parent.parent)
     return version, store

@@ -36,7 +36,7 @@ def export_saved_model(ref, directory: str | os.PathLike, store=None) -> Path:
     """
     import tensorflow as tf
 
-    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    store = ModelStore.of(store)
     directory = Path(directory)
     if directory.exists():
         raise ConfigError(f"export: {directory} already exists; give a new folder")

@@ -104,7 +104,7 @@ class ModelServer:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.ref_text = str(ref)
-        self.store = store if isinstance(store, ModelStore) else ModelStore(store)
+        self.store = ModelStore.of(store)
         self.max_batch_size, self.max_wait_ms, self.reload_s = max_batch_size, max_wait_ms, reload_s
         self.limits = limits or ServingLimits()
         self.registry = CollectorRegistry()

@@ -664,7 +664,7 @@ def _recorded_params(p: FitSettings) -> dict:
 
 
 def _store(p: FitSettings):
-    return p.model_store if isinstance(p.model_store, ModelStore) else ModelStore(p.model_store)
+    return ModelStore.of(p.model_store)
 
 
 def _finished_model(run: RunFolder, p: FitSettings):

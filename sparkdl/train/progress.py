@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from sparkdl.jsonlines import json_value_or_text
 from sparkdl.log import get_logger
 from sparkdl.session_kind import client_host, conf_get, is_connect
 from sparkdl.train import heartbeat
@@ -53,7 +54,7 @@ def sign(secret: str, data: bytes) -> str:
 
 def signed_line(secret: str, message: dict) -> bytes:
     """One line of the channel: `<hmac> <json>`."""
-    data = json.dumps(message, default=_json_default).encode()
+    data = json.dumps(message, default=json_value_or_text).encode()
     return sign(secret, data).encode() + b" " + data + b"\n"
 
 
@@ -344,19 +345,6 @@ class ProgressClient:
     def close(self) -> None:
         with self._lock:
             self._close()
-
-
-def _json_default(value):
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    return str(value)
 
 
 _CLIENT: ProgressClient | None = None

@@ -1,4 +1,4 @@
-"""The `sparkdl` command: train, score, evaluate, explain, demo, models, cache, lake.
+"""The `sparkdl` command: train, score, evaluate, explain, tune, serve, export, demo, models, cache, lake.
 
 Every verb that runs a job takes `--config FILE` (YAML, see conf/) and `--set key=value` overrides, and exits with
 status 1 and a one-line reason on failure (`--debug` shows the traceback).
@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(p)
 
     p = verbs.add_parser("demo", help="the end-to-end demo on bundled data (tables, training, scoring, SQL, report)",
-                         description="Create Delta tables from scikit-learn's digits, train a CNN with Horovod on "
-                                     "2 processes, evaluate it, score a table, query the scores with a SQL function.")
+                         description="Five runs on bundled data, each from Delta tables through Horovod training "
+                                     "on 2 processes, evaluation, scoring and a SQL function: a CNN on digit pixel "
+                                     "arrays, an MLP on breast-cancer measurements, a text CNN on fortunes, a CNN "
+                                     "on PNG files, an LSTM forecasting 12 macroeconomic series (--config: one "
+                                     "of them).")
     p.add_argument("--work-dir", help="work folder for the demo (default $SPARKDL_WORK_DIR or ~/.sparkdl)")
     p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
     p.add_argument("--config", "-c", default=None, metavar="FILE",

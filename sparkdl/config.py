@@ -144,7 +144,7 @@ class TuneSection:
     trial_proc: int = 1                 # Horovod processes per trial
     parallel: int | None = None         # trials at once (default: free task slots // trial_proc)
     metric: str = "val_loss"
-    direction: str = "minimize"
+    direction: str | None = None        # minimize | maximize (default: the metric's own, sparkdl.metrics)
     pruner: str = "median"              # median | successive_halving | none
     sampler: str = "tpe"                # tpe | random
     seed: int = 0

@@ -43,6 +43,7 @@ from sparkdl import lake
 from sparkdl.errors import ConfigError, FitStopped
 from sparkdl.fileutil import check_name
 from sparkdl.log import get_logger
+from sparkdl.metrics import direction as metric_direction
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore
 from sparkdl.session import get_spark
@@ -160,7 +161,7 @@ def _sample(dim: Dimension):
 
 
 def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, parallel: int | None = None,
-         metric: str = "val_loss", direction: str = "minimize", pruner: str = "median", study: str | None = None,
+         metric: str = "val_loss", direction: str | None = None, pruner: str = "median", study: str | None = None,
          sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
     """Search `space` with `n_trials` fits of `estimator` on `table` (see the module docstring).
 
@@ -171,7 +172,8 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
         n_trials: trials the study should have in all (a resumed study runs only the missing ones).
         trial_proc: Horovod processes per trial.
         parallel: trials at once (default: task slots // trial_proc).
-        metric, direction: what a trial's value is (the last epoch's, from its history) and its goal.
+        metric, direction: what a trial's value is (the last epoch's, from its history) and its goal ("minimize"
+            or "maximize"; default: the metric's own, from `sparkdl.metrics`).
         pruner, sampler, seed: Optuna's pruner (median | successive_halving | none) and sampler (tpe | random).
         study: the study's name (resumable); default a new one.
         trials_table: the Delta table the trials are written to (default `<lake>/<study>_trials` next to `table`).
@@ -183,6 +185,8 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
 
     spark = spark or get_spark()
     dims = check_space(space, estimator)
+    if direction is None:
+        direction = metric_direction(metric)
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"tune: direction must be 'minimize' or 'maximize', got {direction!r}")
     if pruner not in PRUNERS or sampler not in SAMPLERS:

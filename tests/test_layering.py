@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
      "sparkdl.ordered_scan", "sparkdl.tf_runtime", "sparkdl.session_kind", "sparkdl.spark_jobs",
      "sparkdl.jsonlines", "sparkdl.parquet_reader"),
-    ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking"),
+    ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking", "sparkdl.metrics"),  # metrics: names only
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
     ("sparkdl.models", "sparkdl.explain.integrated_gradients"),  # the math of the "attributions" output

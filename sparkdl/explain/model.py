@@ -32,6 +32,7 @@ from sparkdl import lake
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.explain.integrated_gradients import Attribution
 from sparkdl.log import get_logger
+from sparkdl.metrics import larger_is_better
 from sparkdl.plots import plot_feature_importance, plot_over_time, plot_saliency
 from sparkdl.registry import ModelStore
 from sparkdl.score.frame import score_dataframe
@@ -358,7 +359,7 @@ def _permutation(sample, ref, spec, task, metric, repeats, seed):
     if ("", 0) not in table:
         return {}, None, 0
     base = _metric(table[("", 0)], metric)
-    higher_is_better = metric == "accuracy"
+    higher_is_better = larger_is_better(metric)
     out = {}
     for f in spec.features:
         drops = [(base - _metric(table[(f.name, r)], metric)) if higher_is_better

@@ -11,6 +11,7 @@ from typing import Any
 from sparkdl import stack
 from sparkdl.data.dataset import tf_dataset
 from sparkdl.data.windows import SeriesWindows, windows_tf_dataset
+from sparkdl.metrics import larger_is_better
 from sparkdl.train import progress
 from sparkdl.train.checkpoints import RankCheckpointing
 from sparkdl.train.serialization import model_to_bytes, optimizer_to_bytes
@@ -140,12 +141,12 @@ def report_first_step() -> None:
 
 class EarlyStop:
     """The early-stopping rule of both Keras flavours, on the epoch's averaged logs (so every rank decides the
-    same): stop after `patience` epochs without improvement of `name` (higher is better for accuracy and AUC
-    metrics, lower for the rest); no patience, or no such value in the logs, never stops."""
+    same): stop after `patience` epochs without improvement of `name` (its direction from `sparkdl.metrics`); no
+    patience, or no such value in the logs, never stops."""
 
     def __init__(self, name: str, patience: int | None):
         self.name, self.patience = name, patience
-        self.mode = max if ("acc" in name or "auc" in name) else min
+        self.mode = max if larger_is_better(name) else min
         self.best, self.wait = None, 0
 
     def should_stop(self, logs: dict) -> bool:

@@ -25,6 +25,11 @@ from sparkdl.train.checkpoints import RunFolder
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault callbacks travel to the workers
 
+# The launcher's fault handling is the same code on both stacks: the slowest fault tests run on the pinned one only
+# (the kill and step-checkpoint tests run on both, and the Keras 3 kill test in test_train_keras3).
+launcher_only = pytest.mark.skipif(stack.keras_version("keras3") is not None,
+                                   reason="launcher fault handling, identical on both stacks: run on the pinned one")
+
 FEATURES = ["mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness", "worst_radius",
             "worst_texture", "worst_perimeter", "worst_area", "worst_smoothness"]
 EPOCHS = 5
@@ -129,6 +134,7 @@ def test_with_step_checkpoints_a_recovery_loses_at_most_those_steps_and_resumes_
     assert history["val_loss"][-1] == pytest.approx(reference["val_loss"][-1], rel=0.005)
 
 
+@launcher_only
 @pytest.mark.slow
 def test_a_stopped_rank_is_caught_by_its_heartbeat_and_the_fit_recovers(demo_tables, training_store, tmp_path):
     import signal
@@ -141,10 +147,11 @@ def test_a_stopped_rank_is_caught_by_its_heartbeat_and_the_fit_recovers(demo_tab
     assert time.time() - started < 240  # no hang: the stopped rank was noticed and killed
     (recovery,) = fitted.getMetadata()["training"]["recoveries"]
     assert "RankTimeout" in recovery["cause"] and "rank_timeout=8s" in recovery["cause"]
-    assert recovery["epoch"] == KILL_EPOCH and recovery["seconds_lost"] >= 8
+    assert recovery["epoch"] == KILL_EPOCH and recovery["seconds_lost"] > 5  # ~rank_timeout_s since its last beat
     assert [e for e, a in attempts_by_epoch(name) if a == 2] == list(range(KILL_EPOCH, EPOCHS))
 
 
+@launcher_only
 @pytest.mark.slow
 def test_a_rank_killed_in_every_attempt_fails_the_fit_after_max_failures_and_registers_nothing(
         demo_tables, training_store):
@@ -216,6 +223,7 @@ print("RESULT " + json.dumps({"killed": killed, "history": fitted.getHistory(),
 """
 
 
+@launcher_only
 @pytest.mark.slow
 def test_a_lost_worker_on_a_standalone_cluster_is_recovered_on_the_slots_that_are_left(
         demo_tables, standalone_cluster, tmp_path):

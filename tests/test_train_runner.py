@@ -378,6 +378,7 @@ def test_the_progress_channel_caps_lines_before_checking_them_and_refuses_replay
                 raw.settimeout(10)
                 assert raw.recv(1) == b""  # closed
         client.send({"type": "event", "name": "second"}, required=True)
+        client.close()  # the server drains its connections when it closes
         assert set(server.events) == {"first", "second"}
 
 

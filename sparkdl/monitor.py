@@ -15,6 +15,9 @@ Drift, per column kind:
     pass, a lower bound of the exact D).
 * array<numeric> columns (e.g. embeddings or a flattened image): the drift of the per-row mean of the array
   (empty or null arrays are null), handled as a numeric column; kind "array_mean".
+* beside PSI and KS, from the same counts (no other pass): the Jensen-Shannon distance of the buckets, the
+  Wasserstein distance of the binned values divided by the reference's standard deviation (numeric), the χ² test's
+  p-value (categorical), and the null rate of each side;
 * string and boolean columns: PSI over the reference's `max_categories` most frequent categories plus an
   "__other__" bucket (every other value, including values never seen in training) and a "__null__" bucket
   (nulls, always a bucket of its own).
@@ -186,8 +189,44 @@ def _psi(ref_counts: Sequence[int], cur_counts: Sequence[int], epsilon: float) -
     return psi
 
 
+def _js_distance(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two bucket distributions (None when one is empty)."""
+    from scipy.spatial.distance import jensenshannon
+
+    if not sum(ref_counts) or not sum(cur_counts):
+        return None
+    return float(jensenshannon(ref_counts, cur_counts, base=2))
+
+
+def _chi2_p(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
+    """The p-value of the χ² test that both samples come from one distribution over the buckets (the buckets
+    neither sample has are left out; None with fewer than two buckets left or an empty sample)."""
+    from scipy.stats import chi2_contingency
+
+    pairs = [(r, c) for r, c in zip(ref_counts, cur_counts, strict=True) if r or c]
+    if len(pairs) < 2 or not sum(r for r, _ in pairs) or not sum(c for _, c in pairs):
+        return None
+    return float(chi2_contingency([[r for r, _ in pairs], [c for _, c in pairs]])[1])
+
+
+def _binned_wasserstein(ref_bins: Sequence[int], ref_means: Sequence, cur_bins: Sequence[int], cur_means: Sequence,
+                        ref_std: float | None) -> float | None:
+    """Wasserstein distance between the two binned distributions, each bin's mass at the mean of its values on
+    that side (exact when a bin's values are one point; otherwise off by at most the bins' spread), divided by the
+    reference's standard deviation (Evidently's normalized form): None without values on a side or without
+    spread."""
+    from scipy.stats import wasserstein_distance
+
+    ref = [(float(m), n) for m, n in zip(ref_means, ref_bins, strict=True) if n and m is not None]
+    cur = [(float(m), n) for m, n in zip(cur_means, cur_bins, strict=True) if n and m is not None]
+    if not ref or not cur or not ref_std:
+        return None
+    return float(wasserstein_distance([m for m, _ in ref], [m for m, _ in cur], [n for _, n in ref],
+                                      [n for _, n in cur]) / ref_std)
+
+
 def _numeric_aggregates(values: Mapping[str, Column], edges: Mapping[str, list[float]]) -> list[Column]:
-    """One row of aggregates: per column the count per bin, non-null count, mean and sample std."""
+    """One row of aggregates: per column the count and mean value per bin, non-null count, mean and sample std."""
     aggs = [F.count(F.lit(1)).alias("_rows")]
     for i, (name, value) in enumerate(values.items()):
         bucket = sum((F.when(value >= F.lit(e), 1).otherwise(0) for e in edges[name]), F.lit(0))
@@ -195,6 +234,9 @@ def _numeric_aggregates(values: Mapping[str, Column], edges: Mapping[str, list[f
         aggs += [
             F.sum(F.when(bucket == b, 1).otherwise(0)).alias(f"c{i}_b{b}")
             for b in range(len(edges[name]) + 1)
+        ]
+        aggs += [  # each bin's mean value (the Wasserstein distance places a bin's mass there)
+            F.avg(F.when(bucket == b, value)).alias(f"c{i}_m{b}") for b in range(len(edges[name]) + 1)
         ]
         aggs += [
             F.count(value).alias(f"c{i}_n"),
@@ -382,11 +424,18 @@ def _numeric_drift(reference_df: DataFrame, current_df: DataFrame, numeric: dict
         ref_null, cur_null = ref_rows - ref_n[i], cur_rows - cur_n[i]
         with_nulls = ref_null or cur_null
         psi = _psi(ref_bins + [ref_null] * bool(with_nulls), cur_bins + [cur_null] * bool(with_nulls), epsilon)
+        reference = _summary(ref_rows, ref_null, ref_agg, i)
         figures[name] = {
             "kind": kinds[name], "psi": psi, "drifted": psi > psi_threshold,
             "ks": ks[i] if ks is not None else _binned_ks(ref_bins, cur_bins),
             "ks_method": "exact" if ks is not None else "binned",
-            "reference": _summary(ref_rows, ref_null, ref_agg, i),
+            "js_distance": _js_distance(ref_bins + [ref_null], cur_bins + [cur_null]),
+            "wasserstein_normalized": _binned_wasserstein(
+                ref_bins, [ref_agg[f"c{i}_m{b}"] for b in range(len(ref_bins))],
+                cur_bins, [cur_agg[f"c{i}_m{b}"] for b in range(len(cur_bins))], reference["std"]),
+            "null_rate": {"reference": ref_null / ref_rows if ref_rows else None,
+                          "current": cur_null / cur_rows if cur_rows else None},
+            "reference": reference,
             "current": _summary(cur_rows, cur_null, cur_agg, i),
             "bins": {"edges": edges[name], "reference": ref_bins, "current": cur_bins,
                      "null": {"reference": ref_null, "current": cur_null}},
@@ -412,8 +461,12 @@ def _categorical_drift(reference_df: DataFrame, current_df: DataFrame, categoric
         buckets = list(ref_counts)
         psi = _psi([ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets], epsilon)
         ref_rows, cur_rows = ref_total, cur_total
+        ref_list, cur_list = [ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets]
         figures[name] = {
             "kind": "categorical", "psi": psi, "drifted": psi > psi_threshold, "ks": None, "ks_method": None,
+            "js_distance": _js_distance(ref_list, cur_list), "chi2_p": _chi2_p(ref_list, cur_list),
+            "null_rate": {"reference": ref_counts.get(NULL, 0) / ref_total if ref_total else None,
+                          "current": cur_counts.get(NULL, 0) / cur_total if cur_total else None},
             "reference": {"rows": ref_total, "nulls": ref_counts.get(NULL, 0)},
             "current": {"rows": cur_total, "nulls": cur_counts.get(NULL, 0)},
             "categories": {"reference": ref_counts, "current": {b: cur_counts.get(b, 0) for b in buckets}},

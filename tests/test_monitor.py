@@ -82,6 +82,20 @@ def test_mean_shift_is_detected_with_exact_ks(spark, reference, no_coalesce):
     assert x_ref["mean"] == pytest.approx(ref_pdf.x.mean(), rel=1e-12)
     assert x_ref["std"] == pytest.approx(ref_pdf.x.std(ddof=1), rel=1e-12)
     assert x_cur["mean"] == pytest.approx(shifted_pdf.x.mean(), rel=1e-12)
+    # the other statistics, from the same counts: against references computed here from the raw samples
+    from scipy.stats import wasserstein_distance
+
+    x = report.columns["x"]
+    exact_w = wasserstein_distance(ref_pdf.x, shifted_pdf.x) / ref_pdf.x.std(ddof=1)
+    assert x["wasserstein_normalized"] == pytest.approx(exact_w, rel=0.15)  # binned: within a bin's width
+    assert x["wasserstein_normalized"] == pytest.approx(1.0, abs=0.2)  # the mean moved by one standard deviation
+    p = np.array(x["bins"]["reference"], float) / 2500
+    q = np.array(x["bins"]["current"], float) / 2000
+    m = (p + q) / 2
+    kl = lambda a, b: np.sum(np.where(a > 0, a * np.log2(np.where(a > 0, a, 1) / b), 0))  # noqa: E731
+    assert x["js_distance"] == pytest.approx(np.sqrt((kl(p, m) + kl(q, m)) / 2), rel=1e-9)
+    assert 0.3 < x["js_distance"] < 1 and report.columns["z"]["js_distance"] < 0.1
+    assert x["null_rate"] == {"reference": 0.0, "current": 0.0}
     binned = drift_report(reference, current, columns=["x"], exact_ks=False).columns["x"]
     assert binned["ks_method"] == "binned"
     assert 0 < binned["ks"] <= report.columns["x"]["ks"] + 1e-12
@@ -99,6 +113,10 @@ def test_categorical_drift_and_unseen_categories(spark, reference):
     assert color["categories"]["current"][OTHER] == 300
     assert color["current"]["nulls"] == 50 == color["categories"]["current"][NULL]
     assert color["categories"]["reference"][OTHER] == 0
+    assert color["chi2_p"] < 1e-12 and color["js_distance"] > 0.2
+    assert color["null_rate"]["current"] == pytest.approx(50 / len(pdf)) and color["null_rate"]["reference"] == 0
+    same = drift_report(reference, spark.createDataFrame(_sample(2), SCHEMA), columns=["color"]).columns["color"]
+    assert same["chi2_p"] > 0.01 and same["js_distance"] < 0.05
     assert sum(color["categories"]["current"].values()) == len(pdf)
     top1 = drift_report(reference, spark.createDataFrame(pdf, SCHEMA), columns=["color"], max_categories=1)
     assert set(top1.columns["color"]["categories"]["reference"]) == {"red", OTHER, NULL}

@@ -218,17 +218,10 @@ def test_folders_of_killed_writes_are_cleaned_up_and_committed_ones_kept(spark, 
         lk.clean_staging(table, older_than_hours=-1)
 
 
-@pytest.mark.slow
-def test_a_write_in_flight_is_never_cleaned_up_however_old(spark, lake):
-    """A write held open (its Spark job waits) while another process cleans the table with no age limit, as a
-    concurrent writer would an hour later: the write's folder is leased, so it stays, and the commit lands."""
-    import threading
-
+def held_until(release: Path):
+    """A UDF passing its value through once the file `release` exists (a Spark job held open on purpose)."""
     from pyspark.sql import functions as F
 
-    table, release = lake / "held", lake / "release"
-    lk.write_table(spark.range(10).withColumnRenamed("id", "x"), table)
-    before = set(_staged(table))
     release_path = str(release)
 
     @F.udf("long")
@@ -240,6 +233,20 @@ def test_a_write_in_flight_is_never_cleaned_up_however_old(spark, lake):
         while not os.path.exists(release_path) and time.monotonic() < deadline:
             time.sleep(0.05)
         return value
+
+    return held
+
+
+@pytest.mark.slow
+def test_a_write_in_flight_is_never_cleaned_up_however_old(spark, lake):
+    """A write held open (its Spark job waits) while another process cleans the table with no age limit, as a
+    concurrent writer would an hour later: the write's folder is leased, so it stays, and the commit lands."""
+    import threading
+
+    table, release = lake / "held", lake / "release"
+    lk.write_table(spark.range(10).withColumnRenamed("id", "x"), table)
+    before = set(_staged(table))
+    held = held_until(release)
 
     outcome = {}
     writer = threading.Thread(target=lambda: outcome.update(
@@ -325,23 +332,11 @@ def test_two_identical_writes_at_once_commit_once(spark, lake):
     once. A later third one is refused before any Spark job."""
     import threading
 
-    from pyspark.sql import functions as F
-
     from sparkdl.errors import AlreadyCommitted
 
     table, release = lake / "txn", lake / "release-txn"
     lk.write_table(spark.range(3).withColumnRenamed("id", "x"), table)
-    release_path = str(release)
-
-    @F.udf("long")
-    def held(value):
-        import os
-        import time
-
-        deadline = time.monotonic() + 120
-        while not os.path.exists(release_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return value
+    held = held_until(release)
 
     outcomes: list = []
 

@@ -187,7 +187,7 @@ def on_grid(pdf, channels: list[str], test_step=None) -> GridSeries:
     steps = rows[STEP].to_numpy(np.int64)
     unique_steps, inverse = np.unique(steps, return_inverse=True)
     start, length = int(unique_steps[0]), int(unique_steps[-1] - unique_steps[0] + 1)
-    values = rows[channels].to_numpy(np.float64, na_value=np.nan)
+    values = rows[channels].to_numpy(np.float64, na_value=np.nan, copy=True)  # pandas may hand out a read-only view
     values[~np.isfinite(values)] = np.nan
     if len(unique_steps) < len(steps):  # duplicates: the mean of each step's known values, order-independent
         known = ~np.isnan(values)

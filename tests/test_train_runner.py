@@ -61,6 +61,11 @@ def test_allreduce_of_rank_ids(spark):
     assert result["omp"] == "1" and result["tf_env"] == "1" and result["intra"] == 1
     assert result["cuda"] == "" and result["gpus"] == []
     assert runner.last_run.launch_s is not None and runner.last_run.launch_s < runner.last_run.total_s
+    # where the launch's seconds went: the Spark job until every barrier task runs, the host exchange, the hand-off
+    breakdown = runner.last_run.launch_breakdown()
+    assert list(breakdown)[:3] == ["spark_job_and_barrier_scheduling", "host_exchange", "rank_process_handoff"]
+    assert all(v >= 0 for v in breakdown.values())
+    assert sum(breakdown.values()) == pytest.approx(runner.last_run.events["fn_start"], abs=1e-3)
 
 
 def rank_and_pid(**_ignored):

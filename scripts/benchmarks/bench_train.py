@@ -273,6 +273,7 @@ def sparkdl_fit(spark, table: str, args, work: str, round_: int, kill_after_epoc
             "peak_rss": memory.peak, "rss_rise": memory.peak - memory.start, "workers_peak_rss": memory.workers_peak,
             "plain_write_s": plain_write_s, "phases": phases, "threads_per_proc": est.last_run.threads_per_proc,
             "events": est.last_run.events, "standby_ranks": est.last_run.standby_ranks,
+            "launch_breakdown": est.last_run.launch_breakdown(),
             "recoveries": fitted.getMetadata()["training"]["recoveries"],
             "recovery_s": (est.last_run.started_at + est.last_run.events["first_step"] - killed[0]
                            if killed and "first_step" in est.last_run.events else None),
@@ -565,6 +566,8 @@ def main() -> None:
           f"{last['workers_peak_rss'] / 1e6:,.0f} MB")
     events = sorted(ours[-1]["events"].items(), key=lambda item: item[1])
     print("  sparkdl launch timeline (s after run(), last round): " + ", ".join(f"{k} {v:.1f}" for k, v in events))
+    print("  sparkdl launch by phase (s, last round): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in ours[-1]["launch_breakdown"].items()))
     launch = _median(ours, "run_launch_s")
     standby = [r["standby_ranks"] for r in ours]
     print(f"  sparkdl ranks in standby processes, per round: {standby} of {args.num_proc}")

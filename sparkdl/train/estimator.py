@@ -631,6 +631,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         }
         if getattr(self, "_fit_run", None) is not None:
             metadata[tracking.RUN_ID_KEY] = self._fit_run.run_id
+        if getattr(self, "last_run", None) is not None:  # where the launch's seconds went (see RunStats)
+            metadata["training"]["launch_phases"] = self.last_run.launch_breakdown()
         phases = dict(getattr(self, "_phases", None) or {})
         if started is not None:  # the rest of the fit so far (model build, job set-up, history): all time is counted
             phases["other"] = round(time.perf_counter() - started - sum(phases.values()), 3)

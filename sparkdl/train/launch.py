@@ -123,6 +123,7 @@ class RankLaunch:
             pass
         ctx = BarrierTaskContext.get()
         partition = ctx.partitionId()
+        _task_event(self.env, "task_start", partition)  # the barrier stage was scheduled: every task has a slot
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         process = rank_process(env, self.standby)  # imports TensorFlow while the tasks exchange their hosts
         rendezvous = None
@@ -131,6 +132,7 @@ class RankLaunch:
                 rendezvous = _start_rendezvous(self.verbose)
             mine = {"host": host_hash(), "port": rendezvous[1] if rendezvous else None}
             gathered = [json.loads(m) for m in ctx.allGather(json.dumps(mine))]
+            _task_event(self.env, "rendezvous", partition)  # hosts and the Gloo server's port are known
             slot = slot_for([g["host"] for g in gathered], partition)
             rendezvous_host = task_host(ctx, 0)
             # a HOROVOD_GLOO_IFACE of the executor's or the job's environment wins
@@ -149,6 +151,18 @@ class RankLaunch:
                           after_exit=after_exit, start_timeout=self.start_timeout,
                           rank_timeout=self.rank_timeout)
         yield from result_batches(partition, record)
+
+
+def _task_event(env: Mapping[str, str], name: str, partition: int) -> None:
+    """Partition 0's task: a named moment of the launch to the driver (`RunStats.events`), best effort."""
+    if partition != 0 or not env.get(ADDR_ENV):
+        return
+    try:
+        client = ProgressClient(env[ADDR_ENV], env.get(TOKEN_ENV, ""), timeout=2.0)
+        client.send({"type": "event", "name": name, "rank": 0})
+        client.close()
+    except Exception:  # noqa: BLE001 - a timing only
+        pass
 
 
 def result_batches(partition: int, record: dict) -> Iterator:

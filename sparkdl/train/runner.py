@@ -76,6 +76,24 @@ class RunStats:
         self.events = {k: v - started for k, v in server.events.items()}
         self.standby_ranks = starts.standby_count()
 
+    # The launch's moments in order, and the phase each one ends (`launch_breakdown`).
+    LAUNCH_PHASES = (("task_start", "spark_job_and_barrier_scheduling"), ("rendezvous", "host_exchange"),
+                     ("fn_start", "rank_process_handoff"), ("tensorflow_imported", "tensorflow_setup"),
+                     ("horovod_initialized", "horovod_init"), ("model_ready", "model_build"),
+                     ("data_ready", "input_pipeline"), ("first_step", "first_step"))
+
+    def launch_breakdown(self) -> dict[str, float]:
+        """Seconds of each phase from the call to the first training step, as far as the moments were reported
+        (the driver must be reachable from the executors): the Spark job and its barrier scheduling, the host
+        exchange, the hand-off to the rank process, TensorFlow's set-up, Horovod's init, the model build, the
+        input pipeline, the first step (its trace)."""
+        out, last = {}, 0.0
+        for event, phase in self.LAUNCH_PHASES:
+            if event in self.events:
+                out[phase] = round(self.events[event] - last, 3)
+                last = self.events[event]
+        return out
+
     def phases(self) -> dict[str, float]:
         """Seconds of launch (call → first step), training (first step → rank 0's `train_end` event) and tear-down
         (→ the call's return), as far as the events were reported."""

@@ -14,6 +14,12 @@ Targets (issue 30): >= 3x MLflow's requests/s at concurrency 16, p99 no worse th
 concurrency 1. Prints the figures, the ratios and the load average.
 
     .venv/bin/python scripts/benchmarks/bench_serve.py --seconds 10
+
+`--hostile-minutes M` measures `sparkdl serve` alone under M minutes of mixed load instead (issue 40): 4 threads
+of valid requests beside slow clients (a request's headers, then nothing), oversize bodies (a length over the
+limit, and a 2 MB body over a 1 MB limit), malformed JSON and 20,000-key bodies; it samples the server's RSS every
+second and prints it at the start, its peak and its end, the requests by status, and the server errors (target: RSS
+flat, no 5xx).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -127,6 +134,82 @@ def load(port: int, body: bytes, concurrency: int, seconds: float) -> tuple[int,
     return len(latencies), latencies
 
 
+def hostile(port: int, pid: int, names: list[str], rows: list[list[float]], minutes: float) -> None:
+    """Mixed valid and hostile load on `sparkdl serve` for `minutes`; prints RSS and statuses (see the docstring)."""
+    import psutil
+
+    server = psutil.Process(pid)
+    stop = time.monotonic() + minutes * 60
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+    valid = json.dumps({"dataframe_split": {"columns": names, "data": rows[:4]}}).encode()
+    bad_bodies = [b"{not json", json.dumps({"dataframe_records": [{f"k{i}": 1.0} for i in range(20_000)]}).encode(),
+                  b"[" * 50_000 + b"]" * 50_000, b"x" * (2 * 1024 * 1024)]
+
+    def count(key) -> None:
+        with lock:
+            statuses[str(key)] = statuses.get(str(key), 0) + 1
+
+    def post(body: bytes) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                answer.read()
+                count(answer.status)
+        except urllib.error.HTTPError as exc:
+            count(exc.code)
+        except OSError as exc:
+            count(type(exc).__name__)
+
+    def valid_load():
+        while time.monotonic() < stop:
+            post(valid)
+
+    def hostile_load():
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            if i % 3 == 0:  # a slow client: headers started, never finished
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+                    threading.Timer(15, sock.close).start()
+                    count("slow-client")
+                except OSError as exc:
+                    count(type(exc).__name__)
+            elif i % 3 == 1:  # a length far over the limit
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1099511627776\r\n\r\n")
+                        count(int(sock.recv(64).split(b" ")[1]))
+                except (OSError, IndexError, ValueError) as exc:
+                    count(type(exc).__name__)
+            else:
+                post(bad_bodies[(i // 3) % len(bad_bodies)])
+            time.sleep(0.05)
+
+    samples = []
+    threads = [threading.Thread(target=valid_load) for _ in range(4)] + [threading.Thread(target=hostile_load)
+                                                                         for _ in range(2)]
+    for t in threads:
+        t.start()
+    while time.monotonic() < stop:
+        samples.append(server.memory_info().rss)
+        time.sleep(1.0)
+    for t in threads:
+        t.join()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    server_errors = next((line.split()[-1] for line in metrics.splitlines()
+                          if line.startswith('sparkdl_serving_errors_total{kind="server"}')), "?")
+    first, peak, last = samples[0], max(samples), samples[-1]
+    minute = samples[min(len(samples) - 1, 60)]
+    print(f"sparkdl serve under {minutes:g} min of mixed load: RSS {first / 1e6:.0f} MB at the start, "
+          f"{minute / 1e6:.0f} MB after a minute, peak {peak / 1e6:.0f} MB, {last / 1e6:.0f} MB at the end "
+          f"(end - one minute in: {(last - minute) / 1e6:+.0f} MB); statuses {dict(sorted(statuses.items()))}; "
+          f"server errors {server_errors}; load average {os.getloadavg()[0]:.2f}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -137,7 +220,24 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement (default 10)")
     parser.add_argument("--workers", type=int, default=2,
                         help="also measure both servers with this many worker processes (default 2; 1: skip)")
+    parser.add_argument("--hostile-minutes", type=float, default=None,
+                        help="measure sparkdl serve's RSS under this many minutes of mixed valid and hostile load")
     args = parser.parse_args(argv)
+    if args.hostile_minutes:
+        with tempfile.TemporaryDirectory(prefix="sparkdl-bench-serve-") as tmp:
+            store, ref, names, rows, _ = prepare(Path(tmp))
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "sparkdl.cli", "serve", ref, "--store", store, "--port",
+                                     str(port), "--reload-s", "0", "--max-body-bytes", str(1024 * 1024),
+                                     "--read-timeout-s", "5"], env={**os.environ, "SPARKDL_LOG_LEVEL": "WARNING"},
+                                    stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "serve.log", "w"))
+            try:
+                wait_ready(port)
+                hostile(port, proc.pid, names, rows, args.hostile_minutes)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+        return 0
     with tempfile.TemporaryDirectory(prefix="sparkdl-bench-serve-") as tmp:
         work = Path(tmp)
         store, ref, names, rows, model_uri = prepare(work)

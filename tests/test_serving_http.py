@@ -308,9 +308,9 @@ def test_sigterm_answers_the_requests_in_flight_and_flushes_the_inference_log(ca
 def test_the_cli_declares_every_limit_once():
     from sparkdl.cli import build_parser
 
-    help_text = build_parser().parse_args(["serve", "m"])
+    args = build_parser().parse_args(["serve", "m"])
     for name in ("max_body_bytes", "max_rows", "max_json_depth", "read_timeout_s", "keep_alive_s",
                  "max_connections", "scoring_timeout_s", "drain_timeout_s"):
-        assert getattr(help_text, name) == getattr(ServingLimits(), name)
+        assert getattr(args, name) == getattr(ServingLimits(), name)
     with pytest.raises(Exception, match="max_rows must be a positive number"):
         ServingLimits(max_rows=0)

@@ -20,16 +20,14 @@ _METRICS: dict[str, Metric] = {}
 
 
 def register_metric(m: Metric, overwrite: bool = False) -> Metric:
-    """Make metric `m` known by its name (and its `val_` form). Raises ConfigError for a name taken by another
-    definition unless `overwrite`."""
+    """Make metric `m` known by its name (and its `val_` form). Raises ConfigError for a name another definition
+    holds, unless `overwrite`."""
     if not isinstance(m, Metric) or not m.name:
         raise ConfigError(f"register_metric: expected a sparkdl.metrics.Metric with a name, got {m!r}")
     existing = _METRICS.get(m.name)
     if existing is not None and existing != m and not overwrite:
-        if existing.larger_is_better != m.larger_is_better:
-            raise ConfigError(f"register_metric: {m.name!r} is already a metric where "
-                              f"{'larger' if existing.larger_is_better else 'smaller'} is better")
-        m = Metric(m.name, m.larger_is_better, tuple(dict.fromkeys(existing.tasks + m.tasks)), existing.doc or m.doc)
+        raise ConfigError(f"register_metric: {m.name!r} is already a metric where "
+                          f"{'larger' if existing.larger_is_better else 'smaller'} is better (pass overwrite=True)")
     _METRICS[m.name] = m
     return m
 

@@ -363,6 +363,39 @@ def test_two_identical_writes_at_once_commit_once(spark, lake):
     assert time.monotonic() - started < 5 and lk.read_table(table)[0].count() == 8
 
 
+def test_two_commits_creating_a_table_with_one_txn_at_once_commit_once(spark, lake):
+    """The commit step of two writes that both found no table, released together: one creates the table, the other
+    raises AlreadyCommitted (delta-rs alone retries the losing creation as a second commit, so both land)."""
+    import threading
+
+    from pyspark.sql import types as T
+
+    from sparkdl.errors import AlreadyCommitted
+    from sparkdl.lake.schema import plan_new_table
+
+    schema = T.StructType([T.StructField("x", T.LongType())])
+    for trial in range(5):
+        uri = str(lake / f"created-at-once-{trial}")
+        start, outcomes = threading.Barrier(2), []
+
+        def commit(write_id):
+            start.wait()
+            try:
+                delta_rs._commit(uri, None, plan_new_table(schema, None, uri), [], "append", {}, write_id,
+                                 lk.Txn("nightly-scoring", 1))
+                outcomes.append("committed")
+            except AlreadyCommitted:
+                outcomes.append("already")
+
+        writers = [threading.Thread(target=commit, args=(f"w{trial}-{i}",)) for i in range(2)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(60)
+        assert sorted(outcomes) == ["already", "committed"], trial
+        assert DeltaTable(uri).version() == 0
+
+
 def test_unreadable_storage_is_an_error_not_a_missing_table(monkeypatch):
     for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
                        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():

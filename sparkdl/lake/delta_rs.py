@@ -544,9 +544,13 @@ def _commit(uri: str, table: "_Table | None", plan: WritePlan, adds: list, mode:
                              app_transactions=app_transactions)
     location = _location(uri)
     if plan.create:
+        # no retries: delta-rs retries a lost creation race as a second creating commit (two writers' rows, the
+        # txn not checked); the loser instead takes the append path below, which checks it
+        create_props = CommitProperties(custom_metadata=custom, max_commit_retries=0,
+                                        app_transactions=app_transactions)
         try:
             create_table_with_add_actions(location, schema, adds, mode="error", partition_by=plan.partition_columns,
-                                          commit_properties=props)
+                                          commit_properties=create_props)
             return _Table.open(uri)
         except Exception as exc:  # noqa: BLE001 - lost a creation race?
             table = _Table.open_if_exists(uri)

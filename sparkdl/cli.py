@@ -78,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Five runs on bundled data, each from Delta tables through Horovod training "
                                      "on 2 processes, evaluation, scoring and a SQL function: a CNN on digit pixel "
                                      "arrays, an MLP on breast-cancer measurements, a text CNN on fortunes, a CNN "
-                                     "on PNG files, an LSTM forecasting 12 macroeconomic series (--config: one "
+                                     "on PNG files, an LSTM forecasting 12 macroeconomic series (--config: some "
                                      "of them).")
     p.add_argument("--work-dir", help="work folder for the demo (default $SPARKDL_WORK_DIR or ~/.sparkdl)")
     p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
-    p.add_argument("--config", "-c", default=None, metavar="FILE",
-                   help="run only this job file (default: conf/digits.yaml and conf/breast_cancer.yaml)")
+    p.add_argument("--config", "-c", dest="configs", action="append", default=None, metavar="FILE",
+                   help="run only this job file; repeat for several (default: the five demo configs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3")
 
@@ -178,7 +178,7 @@ def _dispatch(args: argparse.Namespace):
             return workflows.explain(cfg, model_ref=args.model)
         return workflows.evaluate(cfg, model_ref=args.model)
     if args.verb == "demo":
-        summary = workflows.demo(config_path=args.config, overrides=args.overrides, work=args.work_dir)
+        summary = workflows.demo(config_paths=args.configs, overrides=args.overrides, work=args.work_dir)
         print(workflows.format_demo_report(summary))
         if args.json:
             return summary

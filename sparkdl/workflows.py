@@ -258,19 +258,19 @@ def explain(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     return summary
 
 
-def demo(config_path: str | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
+def demo(config_paths: list[str] | None = None, overrides: list[str] | None = None, work: str | None = None) -> dict:
     """The end-to-end demo: bundled data → Delta → Horovod training → evaluation → scoring → SQL.
 
     Runs conf/digits.yaml (CNN on pixel arrays), conf/breast_cancer.yaml (MLP on a table), conf/fortunes.yaml
     (text CNN on free text), conf/digit_images.yaml (CNN on PNG files ingested through binaryFile) and
-    conf/macro_forecast.yaml (an LSTM forecasting 12 macroeconomic series), or only `config_path`.
+    conf/macro_forecast.yaml (an LSTM forecasting 12 macroeconomic series), or only the files of `config_paths`.
     Returns {"runs": [one summary per config], "seconds": ...}.
     """
     started = time.perf_counter()
     if work:
         os.environ["SPARKDL_WORK_DIR"] = str(Path(work).expanduser().resolve())
-    paths = [Path(config_path)] if config_path else [PACKAGED_CONF / name for name in DEMO_CONFIGS]
-    if not config_path and not all(p.is_file() for p in paths):
+    paths = [Path(p) for p in config_paths] if config_paths else [PACKAGED_CONF / name for name in DEMO_CONFIGS]
+    if not config_paths and not all(p.is_file() for p in paths):
         raise ConfigError(f"the demo configs {list(DEMO_CONFIGS)} are in the source checkout's conf/ folder, not "
                           f"found at {PACKAGED_CONF}; run the demo from a checkout or pass --config FILE")
     configs = [load_config(path, overrides) for path in paths]  # every config is checked before any work

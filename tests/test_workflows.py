@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from sparkdl import stack
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+ALL_CONFIGS = {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml"}
+# The pinned stack runs every config and a rerun (what `make demo` runs). The current stack runs the three whose
+# preparation and models differ most between the stacks (text, PNG files, a forecaster), to keep CI under an hour;
+# numeric and vector tables train through the jobs on it in test_jobs and test_train_*.
+CONFIGS = ALL_CONFIGS if stack.stack_name() == "pinned" else {"fortunes.yaml", "digit_images.yaml",
+                                                                "macro_forecast.yaml"}
 
 
 def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
@@ -21,19 +31,23 @@ def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # five demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
 def test_demo_end_to_end_then_rerun(tmp_path):
-    first = _demo(tmp_path)
+    subset = [] if CONFIGS == ALL_CONFIGS else [a for c in sorted(CONFIGS)
+                                                for a in ("--config", str(ROOT / "conf" / c))]
+    first = _demo(tmp_path, *subset)
     assert first.returncode == 0, first.stderr[-4000:]
     assert "sparkdl demo: done" in first.stdout and "test accuracy" in first.stdout
     result = json.loads(first.stdout[first.stdout.index("\n{") + 1:])
     runs = {Path(r["config"]).name: r for r in result["runs"]}
-    assert set(runs) == {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml",
-                         "macro_forecast.yaml"}
-    assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
-    assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
+    assert set(runs) == CONFIGS
+    if "digits.yaml" in runs:
+        assert runs["digits.yaml"]["test_metrics"]["accuracy"] > 0.93
+        assert runs["breast_cancer.yaml"]["test_metrics"]["accuracy"] > 0.9
     # the image and text demos report a scikit-learn baseline on the same split, and beat or match it (1 point of
     # slack: one Horovod run, not a mean over seeds)
     for name, method in (("digits.yaml", "logistic_regression"), ("fortunes.yaml", "tfidf_logistic_regression"),
                          ("digit_images.yaml", "logistic_regression_pixels")):
+        if name not in runs:
+            continue
         baseline = runs[name]["baseline"]
         assert baseline["method"] == method and baseline["test_rows"] == runs[name]["scoring"]["input_rows"]
         assert runs[name]["test_metrics"]["accuracy"] >= baseline["accuracy"] - 0.01, (name, baseline)
@@ -56,6 +70,8 @@ def test_demo_end_to_end_then_rerun(tmp_path):
     # the image demo's tables were ingested from PNG files in class folders (80/20 of the 1,797 digits)
     pngs = sorted((tmp_path / "lake" / "image_files").glob("*/*/*.png"))
     assert len(pngs) == 1797 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
+    if "breast_cancer.yaml" not in runs:
+        return  # the current stack's subset: no explanation run, no rerun
     # the breast_cancer job explains its model: top features printed, plots and per-row attributions written
     explained = runs["breast_cancer.yaml"]["explanation"]
     assert "top features" in first.stdout and explained["top_attribution"][0][0] in first.stdout

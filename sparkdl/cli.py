@@ -32,6 +32,15 @@ def _add_job_args(parser: argparse.ArgumentParser, config_required: bool = True)
                         help="override a config key, e.g. --set train.epochs=3 (repeatable)")
 
 
+def _slice_arg(text: str):
+    """--slice: NAME=SQL, COL1,COL2 or COLUMN, in the forms of evaluate.slices."""
+    name, sep, where = text.partition("=")
+    if sep:
+        return {"name": name.strip(), "where": where.strip()}
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    return columns if len(columns) > 1 else text.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparkdl", description="Distributed deep learning on Spark over Delta Lake.",
@@ -60,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "plots next to the model version.")
     _add_job_args(p)
     p.add_argument("--model", help="model ref (default: evaluate.model, else model.store_name@latest)")
+    p.add_argument("--slice", dest="slices", action="append", default=None, metavar="SLICE",
+                   help="evaluate per slice (repeatable; replaces evaluate.slices): COLUMN, COL1,COL2 (a crossing) "
+                        "or NAME=SQL (a named boolean expression, e.g. 'young=age < 25')")
 
     p = verbs.add_parser("explain", help="explain a stored model on a Delta table (attributions, importance, plots)",
                          description="Integrated gradients per row and permutation importance per feature on "
@@ -93,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "alias"])
     p.add_argument("ref", nargs="?", help="for show and alias: name, name@version, name@latest or name@alias")
     p.add_argument("alias", nargs="?", help="for alias: the alias to point at REF's version")
+    p.add_argument("--force", action="store_true",
+                   help="for alias: promote even though the version's evaluation gates failed (recorded)")
     _add_store_arg(p)
 
     p = verbs.add_parser("serve", help="serve a stored model over HTTP (MLflow request formats, metrics, reload)",
@@ -176,6 +190,8 @@ def _dispatch(args: argparse.Namespace):
             return workflows.score(cfg, model_ref=args.model).to_dict()
         if args.verb == "explain":
             return workflows.explain(cfg, model_ref=args.model)
+        if args.slices:
+            cfg.evaluate.slices = [_slice_arg(a) for a in args.slices]
         return workflows.evaluate(cfg, model_ref=args.model)
     if args.verb == "demo":
         summary = workflows.demo(config_paths=args.configs, overrides=args.overrides, work=args.work_dir)
@@ -192,7 +208,7 @@ def _dispatch(args: argparse.Namespace):
         if args.action == "alias":
             if not args.alias:
                 raise SparkDLError("models alias: give the alias, e.g. sparkdl models alias digits_cnn@3 champion")
-            version = store.set_alias(args.ref, args.alias)
+            version = store.set_alias(args.ref, args.alias, force=args.force)
             return {"model": version.name, "alias": args.alias, "version": version.version}
         return _show_model(store, args.ref)
     if args.verb == "export":

@@ -117,6 +117,9 @@ class EvaluateSection:
     model: str | None = None
     plots: bool = True
     baseline: bool = False              # also fit a scikit-learn baseline on the training table (sparkdl.baselines)
+    slices: list[Any] = field(default_factory=list)       # column | [columns] | {name, where} (sparkdl.evaluation)
+    slice_options: dict[str, Any] = field(default_factory=dict)  # SliceOptions: sensitive, n_boot, min_slice_size...
+    metrics_table: str | None = None    # sliced metrics in long form, appended to this Delta table
 
 
 @dataclass
@@ -167,6 +170,7 @@ class JobConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     explain: ExplainSection = field(default_factory=ExplainSection)
     tune: TuneSection = field(default_factory=TuneSection)
+    gates: list[dict[str, Any]] = field(default_factory=list)   # promotion gates (sparkdl.evaluation.gates)
     origin: str = field(default="<dict>", repr=False, compare=False)  # the file it was loaded from
 
     def table_uri(self, name: str) -> str:

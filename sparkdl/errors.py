@@ -90,6 +90,15 @@ class ModelStoreError(SparkDLError, LookupError):
     """A model name or version is missing from the model store, or its files are corrupt."""
 
 
+class PromotionRefused(ModelStoreError):
+    """An alias was not moved: the version's evaluation gates failed (`failures`: the failing gate results, each
+    naming its slice, metric, value and limit). `set_alias(..., force=True)` overrides and records it."""
+
+    def __init__(self, message: str, failures: list | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+
 class FitStopped(TrainingError):
     """A fit stopped between epochs because its epoch listener asked (e.g. a pruned tuning trial); `epoch` is the
     last epoch that ran (0-based)."""

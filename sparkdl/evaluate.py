@@ -16,6 +16,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,25 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkdl import lake
-from sparkdl.errors import Problem, ValidationError
+from sparkdl.errors import ConfigError, ModelStoreError, Problem, ValidationError
 from sparkdl.evaluate_forecast import forecast_metrics, forecast_plots
+from sparkdl.evaluation.auc import auc_by_group
+from sparkdl.evaluation.gates import Gate, baseline_refs, check_gates, parse_gates
+from sparkdl.evaluation.report import TABLE_DDL, long_rows, mlflow_metrics, slice_plots
+from sparkdl.evaluation.sliced import SliceOptions, sliced_classification, sliced_regression
+from sparkdl.evaluation.slices import Slice, check_slices, parse_slices, referenced_columns
 from sparkdl.fileutil import write_atomic
 from sparkdl.jsonlines import json_value
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.monitor import MetricHistory
-from sparkdl.ordered_scan import ordered_scan
 from sparkdl.plots import plot_confusion_matrix, plot_history
-from sparkdl.registry import ModelStore
+from sparkdl.registry import GATES_FILE, ModelStore
 from sparkdl.score import score_dataframe
 from sparkdl.score.forecast import forecast_frame
 from sparkdl.score.model_ref import resolve_model
+from sparkdl.session import active_session
 
 log = get_logger("evaluate")
 
@@ -92,29 +98,6 @@ def _probability_column(field: T.StructField) -> tuple[Column, bool]:
         f"array<double|float> or a Spark ML vector of class probabilities, got {data_type.simpleString()}",
         [Problem(field.name, "wrong type", found=data_type.simpleString())],
     )
-
-
-def _auc_by_group(counts: DataFrame) -> dict[int, float | None]:
-    """Exact ROC AUC per group g from per-(g, score v) counts: `a` negatives, `b` positives.
-
-    Twice the Mann–Whitney U of one score value is pos·(2·neg_below + neg_at) = b·(2A − a), with A the running
-    negative count including the value. None for a group without positives or without negatives.
-    """
-    dec = "decimal(38,0)"
-
-    def twice_u(A: Column, B: Column) -> Column:  # noqa: N803 - the scan's running sums
-        return F.col("b").cast(dec) * (F.lit(2) * A - F.col("a")).cast(dec)
-
-    parts = ordered_scan(counts, {"u2": ("sum", twice_u)})
-    result: dict[int, float | None] = {}
-    state: dict[int, list[int]] = {}
-    for part in parts:
-        u2, neg_before, pos, neg = state.setdefault(part["g"], [0, 0, 0, 0])
-        u2 += part["u2"] + 2 * part["b_tot"] * neg_before
-        state[part["g"]] = [u2, neg_before + part["a_tot"], pos + part["b_tot"], neg + part["a_tot"]]
-    for group, (u2, _, pos, neg) in state.items():
-        result[group] = u2 / (2 * pos * neg) if pos and neg else None
-    return result
 
 
 # --------------------------------------------------------------------------------------------- classification
@@ -329,7 +312,7 @@ def _roc_auc(narrow: DataFrame, k: int, prob_is_array: bool, names: list[str]) -
         exploded = narrow.select(y, F.posexplode("s").alias("g", "v"))
         scored = exploded.select("g", "v", (F.col("y") == F.col("g")).cast("long").alias("b"))
     counts = scored.groupBy("g", "v").agg(F.sum(1 - F.col("b")).alias("a"), F.sum("b").alias("b"))
-    aucs = _auc_by_group(counts)
+    aucs = auc_by_group(counts)
     if k == 2:
         if aucs.get(0) is None:
             log.warning("ROC AUC is undefined: only one class is present in the labels")
@@ -459,12 +442,21 @@ def _finite(value: Any) -> Any:
 # A stored model on a Delta table: score with the same UDF as production, then the metrics above.
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate_model(model_ref, table: str, version: int | None = None, store=None, spark=None, plots: bool = True,
-                   history_path: str | None = None, forecast_until: int | None = None) -> dict:
+                   history_path: str | None = None, forecast_until: int | None = None,
+                   slices: Sequence[Any] | None = None, slice_options: SliceOptions | None = None,
+                   gates: Sequence[Any] | None = None, metrics_table: str | None = None) -> dict:
     """Score `table` (a Delta table, optionally pinned to `version`) with a stored model and compute its metrics.
 
     The label column and task come from the model's feature spec. Metrics are computed in Spark; `metrics.json`
     (plus `confusion_matrix.png` and `training_curves.png` with `plots`) is written next to the model version, and
     one record is appended to the metric history (`<store root>/<name>/metric_history.jsonl` by default).
+
+    With `slices` (see `sparkdl.evaluation.slices`: a column, a crossing, or `{"name", "where"}`), metrics per
+    slice with bootstrap intervals (`slice_options`: min_slice_size, n_boot, sensitive for fairness metrics, ...)
+    go under "slices", "suppressed" and "fairness", with a `slices_<metric>.png` per headline metric, and in long
+    form to the Delta table `metrics_table` when given. With `gates` (`sparkdl.evaluation.gates`), their report is
+    "gates" and `gates.json` beside the version: `ModelStore.set_alias` refuses to promote a version whose gates
+    failed. A baseline gate scores its baseline model on the same table version with the same slices.
 
     A forecaster is evaluated on its test windows (origin at or after its `test_from`, and before the grid step
     `forecast_until` when given: a backtest fold) against seasonal naive (`sparkdl.evaluate_forecast`), with
@@ -475,28 +467,42 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
         prepare, e.g. nulls without imputation: excluded from the metrics and counted here), and `plots`.
 
     Raises:
-        ModelStoreError: unknown model; ValidationError: the table lacks the label or feature columns.
+        ModelStoreError: unknown model; ValidationError: the table lacks the label or feature columns;
+        ConfigError: a bad slice, gate or option (before any Spark job).
     """
     store = ModelStore.of(store)
     mv = store.resolve(model_ref)
     meta = store.metadata(mv)
     info = ModelMetadata.from_dict(meta)
+    slice_specs, gate_specs = parse_slices(slices), parse_gates(gates)
+    options = slice_options or SliceOptions()
+    if (slice_specs or gate_specs) and info.forecast is not None:
+        raise ConfigError(f"model {mv} is a forecaster: slices and gates apply to row models")
+    if options.sensitive and options.sensitive not in {s.name for s in slice_specs if s.by_value}:
+        raise ConfigError(f"sensitive={options.sensitive!r} must name a column or crossing slice among the slices "
+                          f"({[s.name for s in slice_specs]})")
     if info.forecast is not None:
         metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots,
                                                          forecast_until)
     else:
-        metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots)
+        metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots, slice_specs,
+                                                   options, gate_specs)
     if plots and meta.get("history"):
         plot_paths.append(plot_history(meta["history"], store.artifact_path(mv, "training_curves.png",
                                                                             must_exist=False)))
     metrics["model"] = str(mv)
     metrics["data"] = snap.lineage()
     metrics["plots"] = [str(p) for p in plot_paths]
+    if metrics_table and metrics.get("slices"):
+        rows = long_rows(metrics, mv.name, mv.version, metrics["data"])
+        lake.write_table((spark or active_session()).createDataFrame(rows, TABLE_DDL), metrics_table, mode="append")
     store.add_artifact(mv, "metrics.json", json.loads(json.dumps(_finite(metrics), default=json_value)))
+    if gate_specs:
+        store.add_artifact(mv, GATES_FILE, json.loads(json.dumps(_finite(metrics["gates"]), default=json_value)))
     history = MetricHistory(history_path or store.root / mv.name / "metric_history.jsonl")
     history.append({"model": str(mv), "metrics": {k: metrics.get(k) for k in _HISTORY_KEYS if k in metrics},
                     "data": snap.lineage()})
-    tracking.log_evaluation(meta, metrics, metrics["plots"])  # into the fit's MLflow run, when it had one
+    tracking.log_evaluation(meta, {**metrics, **mlflow_metrics(metrics)}, metrics["plots"])
     return metrics
 
 
@@ -527,50 +533,121 @@ def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, sp
     return metrics, paths, snap
 
 
-def _evaluate_rows(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool):
-    """(metrics, plot paths, snapshot) of a row model: the production scoring path, then the metrics above."""
-    from pyspark.sql import functions as F
-
+def _prediction_frame(mv, info: ModelMetadata, df: DataFrame, where: str, store, extra: Sequence[str]):
+    """The production scoring path (Arrow batches, direct Parquet reads of the snapshot) of a row model over `df`:
+    a frame of `label`, `prediction` (class indices for a classifier) and `probability`, plus the `extra` columns
+    of `df`; and the number of classes (None for regression)."""
     spec = info.spec
     if spec.label is None:
         raise ValidationError(f"model {mv}: its feature spec has no label, so it cannot be evaluated")
-    df, snap = lake.read_table(table, version=version, spark=spark)
     needed = spec.feature_names + [spec.label.name]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise ValidationError(f"table {snap.table}@{snap.version}: missing column(s) {missing} needed by model {mv}; "
-                              f"it has {df.columns}")
+        raise ValidationError(f"table {where}: missing column(s) {missing} needed by model {mv}; it has {df.columns}")
     task = spec.label.task
     classification = task != "regression"
-    # the production scoring path (Arrow batches, direct Parquet reads of the snapshot), not a separate one
+    extra = [c for c in extra if c != spec.label.name]
     scored = score_dataframe(df, mv, output="struct" if classification else "prediction", output_col="out",
-                             keep_columns=[spec.label.name], store=store)
-    scored = scored.withColumnRenamed(spec.label.name, "label") if spec.label.name != "label" else scored
+                             keep_columns=[spec.label.name, *extra], store=store)
+    label = F.col(f"`{spec.label.name}`")
+    scored = scored.where(F.col("out").isNotNull())
+    if not classification:
+        return scored.select(label.cast("double").alias("label"), F.col("out").cast("double").alias("prediction"),
+                             *[F.col(f"`{c}`") for c in extra]), None
     classes = info.label_classes
-    if classification:
-        pred, prob = F.col("out.label"), F.col("out.probability")
-        label = F.col("label")
-        if classes and any(not isinstance(c, (int, float)) or isinstance(c, bool) or c != i
-                           for i, c in enumerate(classes)):
-            # label classes that are not 0..k-1: compare in index space
-            index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
-            label, pred = index[F.col("label")], index[pred]
-        frame = scored.where(F.col("out").isNotNull()).select(
-            label.cast("double").alias("label"), pred.cast("double").alias("prediction"), prob.alias("probability"))
-        num_classes = spec.label.num_classes or (len(classes) if classes else None)
-        metrics = evaluate_predictions(frame, task, "label", "prediction", "probability", num_classes=num_classes)
-    else:
-        frame = scored.where(F.col("out").isNotNull()).select(
-            F.col("label").cast("double").alias("label"), F.col("out").cast("double").alias("prediction"))
-        metrics = evaluate_predictions(frame, task, "label", "prediction")
+    pred, prob = F.col("out.label"), F.col("out.probability")
+    if classes and any(not isinstance(c, (int, float)) or isinstance(c, bool) or c != i
+                       for i, c in enumerate(classes)):
+        # label classes that are not 0..k-1: compare in index space
+        index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
+        label, pred = index[label], index[pred]
+    frame = scored.select(label.cast("double").alias("label"), pred.cast("double").alias("prediction"),
+                          prob.alias("probability"), *[F.col(f"`{c}`") for c in extra])
+    return frame, spec.label.num_classes or (len(classes) if classes else None)
+
+
+def _evaluate_rows(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool,
+                   slices: Sequence[Slice] = (), options: SliceOptions = SliceOptions(), gates: Sequence[Gate] = ()):
+    """(metrics, plot paths, snapshot) of a row model: the production scoring path, then the metrics above, and
+    with slices or gates the sliced report (and the baselines' on the same snapshot)."""
+    df, snap = lake.read_table(table, version=version, spark=spark)
+    where = f"{snap.table}@{snap.version}"
+    check_slices(slices, df, where)
+    task = info.spec.label.task if info.spec.label is not None else None
+    extra = referenced_columns(slices, df.columns)
+    frame, num_classes = _prediction_frame(mv, info, df, where, store, extra)
+    sliced = bool(slices or gates)
+    if sliced:
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)  # scored once for the overall and the sliced passes
+    try:
+        if task == "regression":
+            metrics = evaluate_predictions(frame, task, "label", "prediction")
+        else:
+            metrics = evaluate_predictions(frame, task, "label", "prediction", "probability",
+                                           num_classes=num_classes)
+        if sliced:
+            report = _sliced_report(frame, metrics, slices, options)
+    finally:
+        if sliced:
+            frame.unpersist()
     total = snap.num_rows if snap.num_rows is not None else df.count()  # the Delta log's stats when it has them
     metrics["unscored_rows"] = int(total - metrics.get("count", 0))
     plot_paths = []
-    if plots and classification and metrics.get("confusion_matrix"):
+    classes = info.label_classes
+    if plots and task != "regression" and metrics.get("confusion_matrix"):
         names = [str(c) for c in classes] if classes else [str(i) for i in range(len(metrics["confusion_matrix"]))]
         plot_paths.append(plot_confusion_matrix(metrics["confusion_matrix"], names,
                                                 store.artifact_path(mv, "confusion_matrix.png", must_exist=False)))
+    if sliced:
+        metrics.update(report)
+        baselines = {ref: _baseline_report(ref, store, df, where, slices, options, extra, metrics)
+                     for ref in baseline_refs(gates)}
+        if gates:
+            metrics["gates"] = check_gates(gates, report, baselines).to_dict()
+            _log_gates(mv, metrics["gates"])
+        if plots:
+            plot_paths += slice_plots(report, metrics["task"],
+                                      lambda name: store.artifact_path(mv, name, must_exist=False))
     return metrics, plot_paths, snap
+
+
+def _sliced_report(frame: DataFrame, metrics: dict, slices: Sequence[Slice], options: SliceOptions) -> dict:
+    if metrics["task"] == "regression":
+        return sliced_regression(frame.withColumnRenamed("label", "y").withColumnRenamed("prediction", "yhat"),
+                                 slices, options)
+    probability = _probability_column(frame.schema["probability"])[0]
+    narrowed = frame.select("*", F.col("label").cast("int").alias("y"), F.col("prediction").cast("int").alias("p"),
+                            probability.alias("prob"))
+    return sliced_classification(narrowed, slices, metrics["num_classes"], metrics["labels"], options)
+
+
+def _baseline_report(ref: str, store, df: DataFrame, where: str, slices, options, extra, candidate: dict):
+    """The sliced report of baseline model `ref` on the same snapshot, or None when `ref` does not resolve."""
+    try:
+        mv = store.resolve(ref)
+    except ModelStoreError:
+        log.info("baseline %s does not resolve: its gates are skipped", ref)
+        return None
+    info = ModelMetadata.from_dict(store.metadata(mv))
+    frame, num_classes = _prediction_frame(mv, info, df, where, store, extra)
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        task = candidate["task"]
+        if task == "regression":
+            return _sliced_report(frame, {"task": task}, slices, options)
+        return _sliced_report(frame, {"task": task, "num_classes": num_classes or candidate["num_classes"],
+                                      "labels": candidate["labels"]}, slices, replace(options, sensitive=None))
+    finally:
+        frame.unpersist()
+
+
+def _log_gates(mv, gates: dict) -> None:
+    failed = [r for r in gates["results"] if not r["passed"]]
+    if failed:
+        log.warning("model %s: %d gate(s) failed: %s", mv, len(failed),
+                    "; ".join(f"{r['slice']} {r['metric']}={r['value']} (limit {r['limit']})" for r in failed))
+    else:
+        log.info("model %s: all %d gate result(s) passed", mv, len(gates["results"]))
 
 
 _HISTORY_KEYS = ("accuracy", "roc_auc", "macro_avg", "weighted_avg", "rmse", "mae", "r2", "smape", "mase", "count")

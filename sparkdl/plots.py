@@ -282,3 +282,34 @@ def plot_error_by_step(errors: Mapping[str, Sequence[float]], path: str | os.Pat
     axes.legend()
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_slices(slices: Mapping[str, Mapping[str, Any]], metric: str, path: str | os.PathLike) -> str:
+    """One metric across slices: a point per slice with its confidence interval, the overall value as a line.
+
+    Params:
+        slices: a sliced report's "slices" ({name: {"n", "metrics": {metric: {"value", "lower", "upper"}}}}).
+        metric: the metric drawn; slices without it are left out.
+        path: the PNG file to write.
+    Returns the path of the PNG. Raises ValidationError: no slice has the metric, or a path not ending in .png.
+    """
+    rows = [(name, s["n"], s["metrics"][metric]) for name, s in slices.items()
+            if s.get("metrics", {}).get(metric, {}).get("value") is not None]
+    if not rows:
+        raise ValidationError(f"no slice has a value of {metric!r} to plot")
+    figure = _figure(6.5, 0.9 + 0.32 * len(rows))
+    ax = figure.add_subplot(1, 1, 1)
+    for i, (name, _, m) in enumerate(rows):
+        if m.get("lower") is not None and m.get("upper") is not None:
+            ax.plot([m["lower"], m["upper"]], [i, i], color="tab:blue", linewidth=2, alpha=0.5)
+        ax.plot([m["value"]], [i], "o", color="tab:blue" if name != "overall" else "black")
+    overall = slices.get("overall", {}).get("metrics", {}).get(metric, {}).get("value")
+    if overall is not None:
+        ax.axvline(overall, color="black", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{name} (n={n})" for name, n, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_title(f"{metric} by slice (bars: confidence intervals)", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)

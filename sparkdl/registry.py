@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from sparkdl import stack
-from sparkdl.errors import ConfigError, ModelStoreError
+from sparkdl.errors import ConfigError, ModelStoreError, PromotionRefused
 from sparkdl.fileutil import is_safe_name, write_atomic
 from sparkdl.jsonlines import json_value
 from sparkdl.log import get_logger
@@ -49,6 +49,7 @@ STORE_KEYS = ("name", "version", "created_at", "library_versions", "model_file",
               "model_sha256")
 ALIASES_FILE = "aliases.json"  # all aliases in one file: read (written by earlier versions), never written
 ALIASES_DIR = "aliases"        # one <alias>.json per alias
+GATES_FILE = "gates.json"      # the gate report of a version's last gated evaluation (sparkdl.evaluation.gates)
 _TMP_PREFIX = ".tmp-"
 _MAX_PUBLISH_TRIES = 1000
 
@@ -149,6 +150,10 @@ def _dumps(value, where: str) -> str:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: not JSON-serializable ({exc})") from None
 
+
+
+def _num(value) -> str:
+    return "none" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _content_bytes(filename: str, content) -> bytes:
@@ -422,26 +427,52 @@ class ModelStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelStoreError(f"{path} is not an alias file ({{\"version\": N}}): {exc}") from exc
 
-    def set_alias(self, ref, alias: str) -> ModelVersion:
+    def set_alias(self, ref, alias: str, force: bool = False) -> ModelVersion:
         """Point `alias` of the model at the version `ref` names ("name@3", "name@other-alias", ...); `name@alias`
         then resolves to it everywhere a reference is taken (a server started on it follows the change). Each
         alias is a file of its own, replaced atomically: processes setting different aliases at once never lose
         each other's, and one alias is never rolled back by a write of another.
 
+        A version whose last evaluation ran gates (`evaluate_model(..., gates=...)`, its `gates.json`) is promoted
+        only if they passed; `force=True` promotes anyway and records the failed gates in the alias file.
+
         Raises:
             ConfigError: an alias that is a number, 'latest', or not [A-Za-z0-9_.-]+.
             ModelStoreError: the version does not exist.
+            PromotionRefused: the version's gates failed (the message names each failing slice, metric, value and
+                limit) and `force` is not set.
         """
         validate_name(alias, "alias")
         if alias.isdigit() or alias == "latest":
             raise ConfigError(f"alias {alias!r}: a number or 'latest' would shadow a version reference")
         version = self.resolve(ref)
+        failed = self._failed_gates(version)
+        if failed and not force:
+            raise PromotionRefused(
+                f"model {version}: not promoted to {alias!r}, its evaluation gates failed: "
+                + "; ".join(f"slice {r['slice']!r} {r['metric']} = {_num(r['value'])} (limit {_num(r['limit'])}"
+                            f"{', ' + r['detail'] if r.get('detail') else ''})" for r in failed)
+                + " (force=True / --force overrides)", failed)
+        record = {"version": int(version.version), "set_at": time.time()}
+        if failed:
+            record.update({"forced": True, "failed_gates": failed})
+            log.warning("model %s: alias %r forced over %d failed gate(s)", version, alias, len(failed))
         folder = self.root / version.name / ALIASES_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / f"{alias}.json",
-                     json.dumps({"version": int(version.version), "set_at": time.time()}).encode())
+        write_atomic(folder / f"{alias}.json", json.dumps(record).encode())
         log.info("model %s: alias %r -> version %d", version.name, alias, version.version)
         return version
+
+    def _failed_gates(self, version: ModelVersion) -> list[dict]:
+        """The failing results of the version's stored gate report (`gates.json`), [] without one."""
+        path = version.path / GATES_FILE
+        if not path.is_file():
+            return []
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelStoreError(f"model {version}: unreadable {GATES_FILE} ({exc}); evaluate it again") from exc
+        return [r for r in report.get("results", []) if not r.get("passed")]
 
     def metadata(self, ref) -> dict:
         """The parsed metadata.json of a version — no TensorFlow import.

@@ -16,6 +16,7 @@ from sparkdl.data.spec import FeatureSpec
 from sparkdl.datasets import create_demo_tables
 from sparkdl.errors import ConfigError, TableError
 from sparkdl.evaluate import evaluate_model
+from sparkdl.evaluation import SliceOptions
 from sparkdl.explain import Attribution, explain_model, explain_table
 from sparkdl.log import get_logger
 from sparkdl.model_metadata import ModelMetadata
@@ -184,8 +185,12 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     ref = _model_ref(cfg, model_ref, cfg.evaluate.model)
     store = model_store(cfg)
     store.resolve(ref)
+    options = SliceOptions.from_dict(cfg.evaluate.slice_options, f"{cfg.origin}: evaluate.slice_options")
     metrics = evaluate_model(ref, cfg.table_uri(table), version=cfg.evaluate.version, store=store, spark=spark,
-                             plots=cfg.evaluate.plots)
+                             plots=cfg.evaluate.plots, slices=cfg.evaluate.slices or None, slice_options=options,
+                             gates=cfg.gates or None,
+                             metrics_table=cfg.table_uri(cfg.evaluate.metrics_table) if cfg.evaluate.metrics_table
+                             else None)
     spec = forecast_spec(cfg)
     if spec is not None and spec.backtest_folds:
         metrics["backtest"] = backtest(cfg, ModelMetadata.from_dict(store.metadata(ref)).forecast,

@@ -129,7 +129,7 @@ def cancer(spark, score_store):
     df = spark.createDataFrame(rows, ddl).cache()
     spec = {"features": [{"name": n, "scale": "standard"} for n in names],
             "label": {"name": "diagnosis", "task": "binary"}}
-    version, prep, model = train_and_save(score_store, "cancer", spec, df, "mlp", {"hidden": (8,)}, epochs=5)
+    version, prep, model = train_and_save(score_store, "cancer", spec, df, "mlp", {"hidden": (8,)}, epochs=30)
     return df, names, version, prep, model
 
 

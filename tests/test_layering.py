@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
     ("sparkdl.monitor",),
     # evaluate records metric history with sparkdl.monitor
-    ("sparkdl.evaluate", "sparkdl.evaluate_forecast", "sparkdl.baselines"),
+    ("sparkdl.evaluate", "sparkdl.evaluation", "sparkdl.evaluate_forecast", "sparkdl.baselines"),
     ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated
     ("sparkdl.tune",),      # hyper-parameter search: trials are KerasEstimator fits
     ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score

@@ -87,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(p)
 
     p = verbs.add_parser("demo", help="the end-to-end demo on bundled data (tables, training, scoring, SQL, report)",
-                         description="Five runs on bundled data, each from Delta tables through Horovod training "
+                         description="Six runs on bundled data, each from Delta tables through Horovod training "
                                      "on 2 processes, evaluation, scoring and a SQL function: a CNN on digit pixel "
                                      "arrays, an MLP on breast-cancer measurements, a text CNN on fortunes, a CNN "
-                                     "on PNG files, an LSTM forecasting 12 macroeconomic series (--config: some "
-                                     "of them).")
+                                     "on PNG files, an LSTM forecasting 12 macroeconomic series, an MLP on a survey "
+                                     "evaluated by slice with fairness metrics and gates (--config: some of them).")
     p.add_argument("--work-dir", help="work folder for the demo (default $SPARKDL_WORK_DIR or ~/.sparkdl)")
     p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
     p.add_argument("--config", "-c", dest="configs", action="append", default=None, metavar="FILE",
-                   help="run only this job file; repeat for several (default: the five demo configs)")
+                   help="run only this job file; repeat for several (default: the six demo configs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3")
 

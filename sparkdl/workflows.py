@@ -29,7 +29,8 @@ from sparkdl.tune import tune as run_search
 
 log = get_logger("workflows")
 PACKAGED_CONF = Path(__file__).resolve().parent.parent / "conf"
-DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml")
+DEMO_CONFIGS = ("digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml",
+                "fair_survey.yaml")
 
 
 def spark_for(cfg: JobConfig):
@@ -322,9 +323,46 @@ def _demo_run(cfg: JobConfig) -> dict:
         "model_path": str(model_store(cfg).resolve(trained.model_ref).path),
         "plots": metrics.get("plots", []) + (explained["plots"] if explained else []),
         "explanation": explained,
+        "slices": _demo_slices(metrics),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
+
+
+def _demo_slices(metrics: dict) -> dict | None:
+    """The sliced part of an evaluation, for the demo's report: per slice n, accuracy and recall with intervals;
+    the fairness metrics; the gates."""
+    if not metrics.get("slices"):
+        return None
+    keep = ("accuracy", "recall")
+    return {"slices": {name: {"n": s["n"], **{k: s["metrics"][k] for k in keep if k in s["metrics"]}}
+                       for name, s in metrics["slices"].items()},
+            "suppressed": metrics.get("suppressed", []),
+            "fairness": {k: v for k, v in (metrics.get("fairness") or {}).get("metrics", {}).items()
+                         if k.endswith("difference")},
+            "gates": metrics.get("gates")}
+
+
+def _slice_lines(sliced: dict) -> list[str]:
+    def interval(m: dict) -> str:
+        if m.get("value") is None:
+            return f"{'-':<22}"
+        ci = f" [{m['lower']:.3f}, {m['upper']:.3f}]" if m.get("lower") is not None else ""
+        return f"{m['value']:.3f}{ci:<17}"
+
+    lines = [f"  slices           {'slice':<34} {'n':>5}  {'accuracy [95% CI]':<22} recall [95% CI]"]
+    lines += [f"                   {name[:34]:<34} {s['n']:>5}  {interval(s.get('accuracy', {}))} "
+              f"{interval(s.get('recall', {}))}" for name, s in sliced["slices"].items()]
+    if sliced["suppressed"]:
+        lines.append("                   suppressed (under min_slice_size): "
+                     + ", ".join(f"{s['slice']} ({s['n']})" for s in sliced["suppressed"][:6])
+                     + (" ..." if len(sliced["suppressed"]) > 6 else ""))
+    for name, m in sliced["fairness"].items():
+        lines.append(f"  fairness         {name:<34} {interval(m)}")
+    for r in (sliced.get("gates") or {}).get("results", []):
+        value = "-" if r["value"] is None else f"{r['value']:.3f}"
+        lines.append(f"  gate             {'PASS' if r['passed'] else 'FAIL'}  {r['gate']}: {r['slice']} = {value}")
+    return lines
 
 
 def _demo_metrics(metrics: dict) -> dict:
@@ -369,6 +407,8 @@ def format_demo_report(result: dict) -> str:
             by_permutation = explained["top_permutation"][:5] or [("", float("nan"))] * 5
             lines += [f"                   {a:<24} {x:.4f}   {b:<24} {y:+.4f}"
                       for (a, x), (b, y) in zip(explained["top_attribution"][:5], by_permutation)]
+        if summary.get("slices"):
+            lines += _slice_lines(summary["slices"])
         if summary["sql_query"]:
             lines.append("  SQL per class    label  n   accuracy  sql_function_agrees")
             lines += [f"                   {r['label']:>5}  {r['n']:<3} {r['accuracy']:<9} {r['sql_agrees']}"

@@ -200,7 +200,7 @@ def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, l
                 table)
     metrics = evaluate_model(version, table, store=score_store, slices=["size", "site"],
                              slice_options=SliceOptions(n_boot=20, sensitive="size"),
-                             gates=[{"metric": "accuracy", "min": 0.8}, 
+                             gates=[{"metric": "accuracy", "min": 0.8},
                                     {"metric": "recall", "between": "size", "max_gap": 0.0},
                                     {"metric": "accuracy", "baseline": f"{version.name}@{version.version}"},
                                     {"metric": "accuracy", "baseline": f"{version.name}@production"}],

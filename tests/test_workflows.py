@@ -12,7 +12,8 @@ from sparkdl import stack
 ROOT = Path(__file__).resolve().parent.parent
 
 
-ALL_CONFIGS = {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml"}
+ALL_CONFIGS = {"digits.yaml", "breast_cancer.yaml", "fortunes.yaml", "digit_images.yaml", "macro_forecast.yaml",
+               "fair_survey.yaml"}
 # The pinned stack runs every config and a rerun (what `make demo` runs). The current stack runs the three whose
 # preparation and models differ most between the stacks (text, PNG files, a forecaster), to keep CI under an hour;
 # numeric and vector tables train through the jobs on it in test_jobs and test_train_*.
@@ -29,7 +30,7 @@ def _demo(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # five demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
+@pytest.mark.timeout(1800)  # six demo configs and a rerun, in subprocesses: more than the suite's 900 s per test
 def test_demo_end_to_end_then_rerun(tmp_path):
     subset = [] if CONFIGS == ALL_CONFIGS else [a for c in sorted(CONFIGS)
                                                 for a in ("--config", str(ROOT / "conf" / c))]
@@ -71,7 +72,15 @@ def test_demo_end_to_end_then_rerun(tmp_path):
     pngs = sorted((tmp_path / "lake" / "image_files").glob("*/*/*.png"))
     assert len(pngs) == 1797 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
     if "breast_cancer.yaml" not in runs:
-        return  # the current stack's subset: no explanation run, no rerun
+        return  # the current stack's subset: no explanation run, no sliced evaluation, no rerun
+    # the sliced evaluation: a slice per age band with intervals, fairness between them, and its two gates
+    sliced = runs["fair_survey.yaml"]["slices"]
+    bands = {name: s for name, s in sliced["slices"].items() if name.startswith("age_band=") and "," not in name}
+    assert set(bands) == {"age_band=under 30", "age_band=30-39", "age_band=40+"}
+    assert sum(s["n"] for s in bands.values()) == sliced["slices"]["overall"]["n"]
+    assert all(s["accuracy"]["lower"] <= s["accuracy"]["value"] <= s["accuracy"]["upper"] for s in bands.values())
+    assert "equal_opportunity_difference" in sliced["fairness"] and len(sliced["gates"]["results"]) == 2
+    assert "gate             " in first.stdout and "age_band=40+" in first.stdout
     # the breast_cancer job explains its model: top features printed, plots and per-row attributions written
     explained = runs["breast_cancer.yaml"]["explanation"]
     assert "top features" in first.stdout and explained["top_attribution"][0][0] in first.stdout

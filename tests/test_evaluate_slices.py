@@ -38,6 +38,7 @@ def _spark(spark, pdf: pd.DataFrame):
 SLICES = ["group", ["group", "region"], {"columns": ["region"], "top_k": 2}, {"name": "young", "where": "age < 30"}]
 
 
+@pytest.mark.both_sessions
 def test_binary_slices_and_fairness_equal_sklearn_and_fairlearn(spark):
     pdf = _frame(0, 2)
     report = sliced_classification(_spark(spark, pdf), parse_slices(SLICES), 2, ["0", "1"],
@@ -184,6 +185,7 @@ def test_gates_bound_gap_and_baseline():
 
 
 @pytest.mark.slow
+@pytest.mark.both_sessions
 def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, lake, cancer, score_store):
     """A stored model on a Delta table with a sensitive column: the report, the long-form Delta table, plots,
     gates.json, then `models alias` refused (naming slice, metric, value, limit), forced and recorded."""

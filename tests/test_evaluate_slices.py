@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from sparkdl.errors import ConfigError, PromotionRefused
 from sparkdl.evaluation import SliceOptions, check_gates, parse_gates, parse_slices, sliced_classification
-from sparkdl.evaluation.sliced import poisson_weight, sliced_regression
+from sparkdl.evaluation.sliced import sliced_regression
 
 TOL = 1e-9
 
@@ -133,15 +133,29 @@ def test_regression_slices_equal_sklearn(spark):
         assert m["rmse"]["lower"] < m["rmse"]["value"] < m["rmse"]["upper"]
 
 
-def test_poisson_weights_have_mean_and_variance_one_and_repeat(spark):
-    from pyspark.sql import functions as F
-
-    df = spark.range(40000).select(poisson_weight(F.col("id"), 1, 7).alias("w"), poisson_weight(F.col("id"), 2, 7)
-                                   .alias("w2"))
-    row = df.agg(F.mean("w").alias("m"), F.var_pop("w").alias("v"), F.corr("w", "w2").alias("r")).first()
-    assert row["m"] == pytest.approx(1.0, abs=0.02) and row["v"] == pytest.approx(1.0, abs=0.04)
-    assert abs(row["r"]) < 0.03  # replicates are independent draws
-    assert df.collect() == df.collect()  # the same draws on every recompute
+def test_intervals_are_those_of_a_row_level_poisson_bootstrap_and_repeat(spark):
+    """The replicates drawn from the cells' sums give the intervals of weighting every row by its own Poisson(1)
+    draw (done here in numpy, 400 replicates), for a count metric, log loss and ECE; the same seed, the same
+    intervals."""
+    pdf = _frame(3, 2, n=3000)
+    df = _spark(spark, pdf)
+    options = SliceOptions(n_boot=400, seed=11)
+    report = sliced_classification(df, parse_slices(["group"]), 2, ["0", "1"], options)
+    assert sliced_classification(df, parse_slices(["group"]), 2, ["0", "1"], options) == report
+    rng = np.random.default_rng(0)
+    for name, sub in (("overall", pdf), ("group=b", pdf[pdf.group == "b"])):
+        prob = np.stack(sub.prob.to_numpy())
+        y, p = sub.y.to_numpy(), sub.p.to_numpy()
+        conf, nll, correct = prob.max(axis=1), -np.log(prob[np.arange(len(y)), y]), (y == p).astype(float)
+        bins = np.minimum((conf * 10).astype(int), 9)
+        w = rng.poisson(1.0, size=(400, len(sub)))
+        ece = sum(np.abs(w[:, bins == b] @ (correct - conf)[bins == b]) for b in range(10)) / w.sum(axis=1)
+        expected = {"accuracy": w @ correct / w.sum(axis=1), "log_loss": w @ nll / w.sum(axis=1), "ece": ece}
+        for metric, values in expected.items():
+            low, high = np.percentile(values, [2.5, 97.5])
+            got = report["slices"][name]["metrics"][metric]
+            assert abs(got["lower"] - low) < 0.3 * (high - low), (name, metric, got, low, high)
+            assert abs(got["upper"] - high) < 0.3 * (high - low), (name, metric, got, low, high)
 
 
 def test_slice_and_gate_definitions_are_checked():

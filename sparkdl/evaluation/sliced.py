@@ -1,26 +1,32 @@
 """Metrics per slice with bootstrap confidence intervals, from one aggregation over the predictions.
 
 Each row is exploded into the slices it belongs to (`slices.slice_keys`), and one `groupBy` sums, per slice value
-and (label, prediction, confidence bin), the row count, the confidence and the negative log-likelihood — once as
-they are and once per bootstrap replicate, weighted by a Poisson(1) draw made from a hash of (row, replicate,
-seed): the Poisson bootstrap, with no resampling job per replicate. Every classification metric (accuracy,
-precision/recall/F1 per class, log loss, expected calibration error) and every fairness metric is a function of
-these sums, so slices, metrics and replicates all come from that one pass; the top-k values of a column slice are
-chosen afterwards on the driver, merging the rest into "other" (the sums add up). ROC AUC per slice is exact, from
-one more ordered scan over the kept predictions (`auc.auc_by_group`), and has no interval.
+and cell (label, prediction, confidence bin), the row count and the first and second moments of the confidence and
+the negative log-likelihood. Every classification metric (accuracy, precision/recall/F1 per class, log loss,
+expected calibration error) and every fairness metric is a function of these sums, so slices, metrics and the
+bootstrap all come from that one pass; the top-k values of a column slice are chosen afterwards on the driver,
+merging the rest into "other" (the sums add up). ROC AUC per slice is exact, from one more ordered scan, and has no
+interval.
 
-Regression sums (n, squared and absolute error, label and squared label) give RMSE, MAE and R² the same way.
+The intervals are those of the Poisson bootstrap (each row weighted by an independent Poisson(1) draw per
+replicate), drawn on the driver from the cells' sums instead of row by row: a cell's total weight is exactly
+Poisson(n) (a sum of n Poisson(1) draws), so metrics of counts (accuracy, precision, recall, F1, every fairness
+rate) get the Poisson bootstrap's exact distribution; a cell's weighted sums of values (confidence, log-likelihood,
+and the regression errors) are drawn normal given that count, with the mean and covariance the row weights would
+give (the central limit of a sum of weighted rows). No replicate costs a pass or an aggregate column.
+
+Regression sums (n, squared and absolute error, label and squared label, and their products) give RMSE, MAE and R²
+the same way.
 """
 from __future__ import annotations
 
 import json
-import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -36,8 +42,6 @@ log = get_logger("evaluation.sliced")
 # values than this is an error naming it (use a `where` slice or a coarser column).
 MAX_GROUPS = 200_000
 _EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clipping
-# P(Poisson(1) <= k), k = 0..11: a uniform u gives the draw #{k : cdf[k] <= u}
-_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(12)]).tolist()
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,6 @@ class _Group:
             self.sums[key] = self.sums[key] + value if key in self.sums else value.copy()
 
 
-def poisson_weight(key: Column, replicate: int, seed: int) -> Column:
-    """A Poisson(1) draw per row, from a hash of (`key`, replicate, seed): no state, the same on every recompute."""
-    h = F.xxhash64(key, F.lit(replicate), F.lit(seed))
-    u = F.shiftrightunsigned(h, 11).cast("double") / float(1 << 53)
-    return sum(((u >= c).cast("int") for c in _POISSON_CDF), F.lit(0))
-
 
 def sliced_classification(frame: DataFrame, slices: Sequence[Slice], num_classes: int, labels: Sequence[str],
                           options: SliceOptions = SliceOptions()) -> dict[str, Any]:
@@ -125,41 +123,36 @@ def sliced_classification(frame: DataFrame, slices: Sequence[Slice], num_classes
     """
     k, bins, reps = num_classes, options.ece_bins, options.n_boot
     has_prob = "prob" in frame.columns
-    key = F.monotonically_increasing_id()
     y, p = F.col("y").cast("int"), F.col("p").cast("int")
     if has_prob:
         conf = F.element_at("prob", p + 1)
         true_p = F.element_at("prob", y + 1)
         nll = -F.log(F.greatest(F.least(true_p, F.lit(1 - _EPS)), F.lit(_EPS)))
         bin_ = F.least(F.floor(conf * bins).cast("int"), F.lit(bins - 1))
+        score = F.col("prob")[1] if k == 2 else F.col("prob")
     else:
-        conf, nll, bin_ = F.lit(0.0), F.lit(0.0), F.lit(0)
+        conf, nll, bin_, score = F.lit(0.0), F.lit(0.0), F.lit(0), F.lit(None)
     narrow = frame.select(y.alias("y"), p.alias("p"), conf.alias("conf"), nll.alias("nll"), bin_.alias("bin"),
-                          *(["prob"] if has_prob else []), key.alias("_key"), slice_keys(slices).alias("_k"))
+                          score.alias("score"), slice_keys(slices).alias("_k"))
     rows = narrow.select("*", F.explode("_k").alias("_s")).select(
-        F.col("_s.slice").alias("slice"), F.col("_s.value").alias("value"), "y", "p", "bin", "conf", "nll",
-        *(["prob"] if has_prob else []), "_key")
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK) if has_prob else rows
-    try:
-        aggs = [F.count(F.lit(1)).alias("n"), F.sum("conf").alias("c0"), F.sum("nll").alias("l0")]
-        for r in range(1, reps + 1):
-            w = poisson_weight(F.col("_key"), r, options.seed)
-            aggs += [F.sum(w).alias(f"w{r}"), F.sum(w * F.col("conf")).alias(f"c{r}"),
-                     F.sum(w * F.col("nll")).alias(f"l{r}")]
-        collected = rows.groupBy("slice", "value", "y", "p", "bin").agg(*aggs).limit(MAX_GROUPS + 1).collect()
-        groups = _classification_groups(collected, k, bins, reps)
-        kept, suppressed = _top_k(groups, slices, options.min_slice_size)
-        report = {"slices": {}, "suppressed": suppressed, "n_boot": reps, "confidence": options.confidence}
-        for g in kept:
-            report["slices"][g.label] = {"definition": g.definition, "n": g.n,
-                                        "metrics": _intervals(_classification_values(g, k, labels, has_prob),
-                                                              options.confidence)}
-        if has_prob:
-            for name, auc in _sliced_auc(rows, kept, k).items():
-                report["slices"][name]["metrics"].update(auc)
-    finally:
-        if has_prob:
-            rows.unpersist()
+        F.col("_s.slice").alias("slice"), F.col("_s.value").alias("value"), "y", "p", "bin", "conf", "nll", "score")
+    values = {"conf": F.col("conf"), "nll": F.col("nll")}
+    collected = rows.groupBy("slice", "value", "y", "p", "bin").agg(*_moment_sums(values)).limit(
+        MAX_GROUPS + 1).collect()
+    groups = _groups(collected, len(values), lambda row: (int(row["y"]) * k + int(row["p"])) * bins + int(row["bin"]),
+                     k * k * bins, k)
+    kept, suppressed = _top_k(groups, slices, options.min_slice_size)
+    report = {"slices": {}, "suppressed": suppressed, "n_boot": reps, "confidence": options.confidence}
+    for g in kept:
+        counts, sums = _replicates(g, reps, options.seed)
+        g.sums = {"m": counts.reshape(-1, k, k, bins), "conf": sums[..., 0].reshape(-1, k * k, bins).sum(axis=1),
+                  "nll": sums[..., 1].sum(axis=1)}
+        report["slices"][g.label] = {"definition": g.definition, "n": g.n,
+                                    "metrics": _intervals(_classification_values(g, k, labels, has_prob),
+                                                          options.confidence)}
+    if has_prob:
+        for name, auc in _sliced_auc(rows, kept, k).items():
+            report["slices"][name]["metrics"].update(auc)
     if options.sensitive:
         report["fairness"] = _fairness(kept, options, labels)
     return report
@@ -171,34 +164,23 @@ def sliced_regression(frame: DataFrame, slices: Sequence[Slice],
     the shape of `sliced_classification`'s (no fairness metrics)."""
     reps = options.n_boot
     err = F.col("y") - F.col("yhat")
-    narrow = frame.select("y", "yhat", F.monotonically_increasing_id().alias("_key"),
-                          slice_keys(slices).alias("_k"))
+    narrow = frame.select("y", "yhat", slice_keys(slices).alias("_k"))
     rows = narrow.select("*", F.explode("_k").alias("_s")).select(
-        F.col("_s.slice").alias("slice"), F.col("_s.value").alias("value"), "y", "yhat", "_key")
-    parts = {"s2": err * err, "s1": F.abs(err), "y1": F.col("y"), "y2": F.col("y") * F.col("y")}
-    aggs = [F.count(F.lit(1)).alias("n")] + [F.sum(c).alias(f"{name}_0") for name, c in parts.items()]
-    for r in range(1, reps + 1):
-        w = poisson_weight(F.col("_key"), r, options.seed)
-        aggs += [F.sum(w).alias(f"w_{r}")] + [F.sum(w * c).alias(f"{name}_{r}") for name, c in parts.items()]
-    collected = rows.groupBy("slice", "value").agg(*aggs).limit(MAX_GROUPS + 1).collect()
-    _check_collected(collected)
-    groups = []
-    for row in collected:
-        g = _Group(row["slice"], row["value"], int(row["n"]))
-        g.sums["w"] = np.array([row["n"]] + [row[f"w_{r}"] for r in range(1, reps + 1)], dtype=float)
-        for name in parts:
-            g.sums[name] = np.array([row[f"{name}_{r}"] for r in range(reps + 1)], dtype=float)
-        groups.append(g)
+        F.col("_s.slice").alias("slice"), F.col("_s.value").alias("value"), "y", "yhat")
+    values = {"s2": err * err, "s1": F.abs(err), "y1": F.col("y"), "y2": F.col("y") * F.col("y")}
+    collected = rows.groupBy("slice", "value").agg(*_moment_sums(values)).limit(MAX_GROUPS + 1).collect()
+    groups = _groups(collected, len(values), lambda row: 0, 1, None)
     kept, suppressed = _top_k(groups, slices, options.min_slice_size)
     report = {"slices": {}, "suppressed": suppressed, "n_boot": reps, "confidence": options.confidence}
     for g in kept:
-        s, n = g.sums, g.sums["w"]
+        counts, sums = _replicates(g, reps, options.seed)
+        n, (s2, s1, y1, y2) = counts[:, 0], sums[:, 0, :].T
         with np.errstate(divide="ignore", invalid="ignore"):
-            sst = s["y2"] - s["y1"] ** 2 / n
-            r2 = np.where(sst > 1e-12 * np.maximum(s["y2"], 1.0), 1 - s["s2"] / sst, np.where(s["s2"] == 0, 1.0, 0.0))
-            values = {"rmse": np.sqrt(s["s2"] / n), "mae": s["s1"] / n, "r2": r2}
+            sst = y2 - y1 ** 2 / n
+            r2 = np.where(sst > 1e-12 * np.maximum(y2, 1.0), 1 - s2 / sst, np.where(s2 == 0, 1.0, 0.0))
+            metrics = {"rmse": np.sqrt(s2 / n), "mae": s1 / n, "r2": r2}
         report["slices"][g.label] = {"definition": g.definition, "n": g.n,
-                                    "metrics": _intervals(values, options.confidence)}
+                                    "metrics": _intervals(metrics, options.confidence)}
     return report
 
 
@@ -215,23 +197,54 @@ def _check_collected(collected: list) -> None:
                               f"evaluate each; slice by a coarser column or a named 'where' expression")
 
 
-def _classification_groups(collected: list, k: int, bins: int, reps: int) -> list[_Group]:
+def _moment_sums(values: dict[str, Column]) -> list[Column]:
+    """The aggregates of a cell: its count, the sum of each value and of each product of two values."""
+    names = list(values)
+    aggs = [F.count(F.lit(1)).alias("n")]
+    aggs += [F.sum(values[a]).alias(f"s_{i}") for i, a in enumerate(names)]
+    aggs += [F.sum(values[a] * values[b]).alias(f"q_{i}_{j}") for i, a in enumerate(names)
+             for j, b in enumerate(names) if j >= i]
+    return aggs
+
+
+def _groups(collected: list, d: int, cell_of, cells: int, k: int | None) -> list[_Group]:
+    """Per (slice, value): counts (cells,), value sums (cells, d) and product sums (cells, d, d) of its cells."""
     _check_collected(collected)
     groups: dict[tuple[str, str], _Group] = {}
     for row in collected:
-        y, p, b = int(row["y"]), int(row["p"]), int(row["bin"])
-        if not (0 <= y < k and 0 <= p < k):
+        if k is not None and not (0 <= int(row["y"]) < k and 0 <= int(row["p"]) < k):
             raise ValidationError(f"label or prediction outside the {k} classes in slice {row['slice']!r}: "
-                                  f"label {y}, prediction {p}")
+                                  f"label {row['y']}, prediction {row['p']}")
         g = groups.setdefault((row["slice"], row["value"]), _Group(row["slice"], row["value"]))
         if not g.sums:
-            g.sums = {"m": np.zeros((reps + 1, k, k, bins)), "conf": np.zeros((reps + 1, bins)),
-                      "nll": np.zeros(reps + 1)}
+            g.sums = {"n": np.zeros(cells), "s": np.zeros((cells, d)), "q": np.zeros((cells, d, d))}
+        c = cell_of(row)
         g.n += int(row["n"])
-        g.sums["m"][:, y, p, b] += [row["n"]] + [row[f"w{r}"] for r in range(1, reps + 1)]
-        g.sums["conf"][:, b] += [row["c0"]] + [row[f"c{r}"] for r in range(1, reps + 1)]
-        g.sums["nll"] += [row["l0"]] + [row[f"l{r}"] for r in range(1, reps + 1)]
+        g.sums["n"][c] += row["n"]
+        for i in range(d):
+            g.sums["s"][c, i] += row[f"s_{i}"] or 0.0
+            for j in range(i, d):
+                g.sums["q"][c, i, j] += row[f"q_{i}_{j}"] or 0.0
+                g.sums["q"][c, j, i] = g.sums["q"][c, i, j]
     return list(groups.values())
+
+
+def _replicates(g: _Group, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(counts (reps + 1, cells), sums (reps + 1, cells, d)): row 0 the data as it is, then Poisson-bootstrap
+    replicates drawn from the cells' moments (see the module docstring); seeded by `seed` and the slice's name."""
+    n, s, q = g.sums["n"], g.sums["s"], g.sums["q"]
+    if reps == 0:
+        return n[None], s[None]
+    rng = np.random.default_rng([seed, zlib.crc32(g.label.encode())])
+    counts = rng.poisson(n, size=(reps, n.size)).astype(float)
+    safe = np.maximum(n, 1.0)
+    mean = s / safe[:, None]
+    cov = q / safe[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    eigval, eigvec = np.linalg.eigh(cov)
+    root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))[:, None, :]  # cov = root @ root.T
+    z = rng.standard_normal((reps, n.size, s.shape[1]))
+    sums = counts[..., None] * mean + np.sqrt(counts)[..., None] * np.einsum("cij,rcj->rci", root, z)
+    return np.concatenate([n[None], counts]), np.concatenate([s[None], sums])
 
 
 def _top_k(groups: list[_Group], slices: Sequence[Slice], min_size: int) -> tuple[list[_Group], list[dict]]:
@@ -317,26 +330,27 @@ def _intervals(values: dict[str, np.ndarray], confidence: float) -> dict[str, di
 
 
 def _sliced_auc(rows: DataFrame, kept: list[_Group], k: int) -> dict[str, dict]:
-    """Exact ROC AUC per kept slice (one-vs-rest macro for k > 2): one ordered scan over (slice, score) counts."""
-    to_name = F.create_map(*[x for g in kept for d, v in g.raw for x in (F.lit(f"{d}\u0000{v}"), F.lit(g.label))])
-    named = rows.select(to_name[F.concat_ws("\u0000", "slice", "value")].alias("g0"), "y", "prob").where(
+    """Exact ROC AUC per kept slice (one-vs-rest macro for k > 2): one ordered scan over (slice, score) counts, each
+    kept slice an integer group (slice i, or i * k + class)."""
+    to_id = F.create_map(*[x for i, g in enumerate(kept) for d, v in g.raw
+                           for x in (F.lit(f"{d}\u0000{v}"), F.lit(i))])
+    named = rows.select(to_id[F.concat_ws("\u0000", "slice", "value")].alias("g0"), "y", "score").where(
         F.col("g0").isNotNull())
     if k == 2:
-        scored = named.select(F.col("g0").alias("g"), F.col("prob")[1].alias("v"),
+        scored = named.select(F.col("g0").alias("g"), F.col("score").alias("v"),
                               (F.col("y") == 1).cast("long").alias("b"))
     else:
-        exploded = named.select("g0", "y", F.posexplode("prob").alias("c", "v"))
-        scored = exploded.select(F.concat_ws("\u0000", "g0", F.col("c").cast("string")).alias("g"), "v",
+        exploded = named.select("g0", "y", F.posexplode("score").alias("c", "v"))
+        scored = exploded.select((F.col("g0") * k + F.col("c")).alias("g"), "v",
                                  (F.col("y") == F.col("c")).cast("long").alias("b"))
     counts = scored.groupBy("g", "v").agg(F.sum(1 - F.col("b")).alias("a"), F.sum("b").alias("b"))
     aucs = auc_by_group(counts)
     out: dict[str, dict] = {}
-    for g in kept:
+    for i, g in enumerate(kept):
         if k == 2:
-            value = aucs.get(g.label)
+            value = aucs.get(i)
         else:
-            per_class = [aucs.get(f"{g.label}\u0000{c}") for c in range(k)]
-            defined = [v for v in per_class if v is not None]
+            defined = [v for v in (aucs.get(i * k + c) for c in range(k)) if v is not None]
             value = sum(defined) / len(defined) if defined else None
         out[g.label] = {"roc_auc": {"value": value, "lower": None, "upper": None}}
     return out

@@ -151,3 +151,55 @@ def test_one_pass_whatever_the_number_of_columns(spark):
     jobs_all = _jobs(spark, lambda: validate(_spec(), df))
     assert jobs_small >= 1
     assert jobs_all == jobs_small, "validation must not run one job per column"
+
+
+def test_each_kind_says_once_what_it_takes_in_spark_arrow_and_json():
+    """The feature-kind seam: one record per kind holds its Spark, Arrow and JSON rules and the words of the
+    errors; schema validation, the scoring UDF's batch check and HTTP requests all read it; a kind registered by a
+    user is known to the spec, and a taken name is refused."""
+    import dataclasses
+
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    from sparkdl.data.kinds import FeatureKind, feature_kind, register_kind
+    from sparkdl.data.validation import expected_type, type_ok
+    from sparkdl.errors import ConfigError, RequestError
+    from sparkdl.score.udf import _arrow_type_ok
+    from sparkdl.serving.requests import _typed
+
+    cases = {  # kind: (Spark types it takes, one it refuses, Arrow type it takes, one it refuses)
+        "numeric": (T.BooleanType(), T.StringType(), pa.int8(), pa.string()),
+        "categorical": (T.LongType(), T.DoubleType(), pa.large_string(), pa.float32()),
+        "text": (T.StringType(), T.LongType(), pa.string(), pa.binary()),
+        "image": (T.BinaryType(), T.LongType(), pa.binary(), pa.int64()),
+        "vector": (T.ArrayType(T.FloatType()), T.ArrayType(T.StringType()), pa.list_(pa.float64()),
+                   pa.list_(pa.string())),
+    }
+    for kind, (takes, refuses, arrow_takes, arrow_refuses) in cases.items():
+        feature = Feature("x", kind=kind, shape={"vector": (3,), "image": (8, 8, 1)}.get(kind, ()))
+        assert type_ok(feature, takes) and not type_ok(feature, refuses), kind
+        assert _arrow_type_ok(kind, arrow_takes) and not _arrow_type_ok(kind, arrow_refuses), kind
+        assert _arrow_type_ok(kind, pa.null())  # an all-null batch is reported row by row, not as a type
+        assert expected_type(feature).startswith(feature_kind(kind).expects)
+    assert _typed(Feature("v", kind="vector", shape=(2,)), [[1, 2], None]).type == pa.list_(pa.float32())
+    with pytest.raises(RequestError, match=r"column 'n', row 1: expected a number, got True"):
+        _typed(Feature("n"), [1.5, True])
+
+    # a user's kind: the spec knows it, the type systems ask it
+    dates = FeatureKind("date", "a date column", lambda t: isinstance(t, T.DateType),
+                        pa.types.is_date32, lambda column, values: pa.array(values, pa.string()))
+    register_kind(dates)
+    try:
+        feature = Feature("day", kind="date")
+        assert type_ok(feature, T.DateType()) and not type_ok(feature, T.StringType())
+        assert expected_type(feature) == "a date column" and _arrow_type_ok("date", pa.date32())
+        register_kind(dates)  # the same record again is fine
+        with pytest.raises(ConfigError, match="feature kind 'date' exists"):
+            register_kind(dataclasses.replace(dates, expects="another"))
+    finally:
+        from sparkdl.data import kinds
+
+        kinds._KINDS.pop("date")
+    with pytest.raises(ConfigError, match=r"kind must be one of .*'image'.*got 'date'"):
+        Feature("day", kind="date")

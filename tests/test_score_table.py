@@ -109,7 +109,7 @@ def test_bad_input_is_refused_before_any_job(spark, lake, digits_df, digits_mlp)
     version, _, _ = digits_mlp
     source = str(lake / "wrong")
     write_table(digits_df.selectExpr("id", "digit AS pixels"), source)
-    with pytest.raises(ValidationError, match=r"pixels: wrong type \(expected array<float> of 64 values"):
+    with pytest.raises(ValidationError, match=r"pixels: wrong type \(expected array<numeric> of 64 values"):
         score_table(version, source, str(lake / "t"))
     with pytest.raises(ValidationError, match="nope: missing column"):
         score_table(version, source, str(lake / "t"), keep_columns=["nope"])

@@ -18,6 +18,7 @@ job), and `windows_tf_dataset` slices the windows of a `SeriesWindows` period ou
 from sparkdl.data.dataset import iterate_batches, shard_plan, split, steps_per_epoch, tf_dataset, validation_rows
 from sparkdl.data.forecast import ForecastSpec, Frequency
 from sparkdl.data.forecast_fit import ForecastPreparation
+from sparkdl.data.kinds import FeatureKind, feature_kind, register_kind
 from sparkdl.data.petastorm_io import (
                                        CacheInfo,
                                        PetastormDataset,
@@ -43,5 +44,5 @@ __all__ = [
     "cleanup", "list_caches", "parent_cache_dir",
     "tf_dataset", "steps_per_epoch", "split", "validation_rows", "shard_plan", "iterate_batches",
     "ForecastSpec", "Frequency", "ForecastPreparation", "SeriesInfo", "build_series", "SeriesWindows",
-    "windows_tf_dataset",
+    "windows_tf_dataset", "FeatureKind", "feature_kind", "register_kind",
 ]

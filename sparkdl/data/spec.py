@@ -26,9 +26,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from sparkdl.data.kinds import kind_names
 from sparkdl.errors import ConfigError
 
-FEATURE_KINDS = ("numeric", "vector", "categorical", "sequence", "text", "image")
 TASKS = ("binary", "multiclass", "regression")
 IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
@@ -70,8 +70,8 @@ class Feature:
                               f"not of a {self.kind} feature")
         if self.impute_value is not None and not _is_number(self.impute_value):
             raise ConfigError(f"{where}: impute_value must be a number, got {self.impute_value!r}")
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"{where}: kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
+        if self.kind not in kind_names():
+            raise ConfigError(f"{where}: kind must be one of {kind_names()} (sparkdl.data.kinds), got {self.kind!r}")
         if self.kind in ("vector", "sequence") and (not self.shape or any(d <= 0 for d in self.shape)):
             raise ConfigError(f"{where}: a {self.kind} feature needs a positive shape, e.g. [64] or [8, 8, 1]")
         if self.kind == "sequence" and len(self.shape) != 2:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkdl.data.images import decode_one
+from sparkdl.data.kinds import feature_kind, is_vector_udt, spark_integral, spark_numeric, spark_string
 from sparkdl.data.spec import Feature, FeatureSpec, Label
 from sparkdl.errors import Problem, ValidationError
 from sparkdl.log import get_logger
@@ -32,36 +33,10 @@ log = get_logger("data.validation")
 _SAMPLE_AGGS = ("first", "last", "min", "max")
 
 
-def is_vector_udt(data_type) -> bool:
-    """True for Spark ML (and old MLlib) vector columns."""
-    from pyspark.ml.linalg import VectorUDT
-    from pyspark.mllib.linalg import VectorUDT as OldVectorUDT
-
-    return isinstance(data_type, (VectorUDT, OldVectorUDT))
-
-
-def _numeric(data_type) -> bool:
-    from pyspark.sql.types import BooleanType, NumericType
-
-    return isinstance(data_type, (NumericType, BooleanType))
-
-
 def _floating(data_type) -> bool:
     from pyspark.sql.types import DecimalType, DoubleType, FloatType
 
     return isinstance(data_type, (DoubleType, FloatType, DecimalType))
-
-
-def _integral(data_type) -> bool:
-    from pyspark.sql.types import BooleanType, IntegralType
-
-    return isinstance(data_type, (IntegralType, BooleanType))
-
-
-def _string(data_type) -> bool:
-    from pyspark.sql.types import StringType
-
-    return isinstance(data_type, StringType)
 
 
 def expected_type(item: Feature | Label) -> str:
@@ -69,33 +44,21 @@ def expected_type(item: Feature | Label) -> str:
     if isinstance(item, Label):
         return {"regression": "a numeric column", "binary": "a numeric, boolean or string column",
                 "multiclass": "an integer or string column (or whole-number floats)"}[item.task]
-    return {"numeric": "a numeric or boolean column",
-            "vector": f"array<float> of {item.size} values or a Spark ML vector",
-            "sequence": f"array<float> of {item.size} values (shape {list(item.shape)})",
-            "categorical": "a string, integer or boolean column",
-            "text": "a string column",
-            "image": "a binary column of encoded images or a string column of paths"}[item.kind]
+    words = feature_kind(item.kind).expects
+    if item.kind == "vector":
+        return f"{words} of {item.size} values or a Spark ML vector"
+    if item.kind == "sequence":
+        return f"{words} of {item.size} values (shape {list(item.shape)})"
+    return words
 
 
 def type_ok(item: Feature | Label, data_type) -> bool:
     """Whether a column of `data_type` can hold `item` (a Feature or the Label)."""
-    from pyspark.sql.types import ArrayType
-
     if isinstance(item, Label):
         if item.task == "regression":
-            return _numeric(data_type)
-        return _numeric(data_type) or _string(data_type)
-    if item.kind == "numeric":
-        return _numeric(data_type)
-    if item.kind == "categorical":
-        return _integral(data_type) or _string(data_type)
-    if item.kind == "text":
-        return _string(data_type)
-    if item.kind == "image":
-        from pyspark.sql.types import BinaryType
-
-        return isinstance(data_type, BinaryType) or _string(data_type)
-    return is_vector_udt(data_type) or (isinstance(data_type, ArrayType) and _numeric(data_type.elementType))
+            return spark_numeric(data_type)
+        return spark_numeric(data_type) or spark_string(data_type)
+    return feature_kind(item.kind).spark_ok(data_type)
 
 
 def schema_problems(spec: FeatureSpec, schema, require_label: bool = True) -> list[Problem]:
@@ -177,7 +140,7 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
                 bad = F.exists(arr, lambda x: x.isNull() | F.isnan(x))
                 checks.append((item, "null or NaN element", "finite values (or set impute)",
                                F.coalesce(bad, F.lit(False)), F.lit("array with null/NaN")))
-            if not _integral(dtype.elementType if hasattr(dtype, "elementType") else dtype):
+            if not spark_integral(dtype.elementType if hasattr(dtype, "elementType") else dtype):
                 inf = F.exists(arr, lambda x: F.abs(x) == float("inf"))
                 checks.append((item, "infinite element", "finite values", F.coalesce(inf, F.lit(False)),
                                F.lit("array with inf")))
@@ -204,7 +167,7 @@ def _value_checks(df, columns_ok: list) -> list[tuple]:
                 checks.append((item, "NaN", "no NaN" + ("" if is_label else " (or set impute)"), F.isnan(col),
                                F.lit("NaN")))
             checks.append((item, "infinite", "finite values", F.abs(col) == float("inf"), col.cast("string")))
-        if is_label and _numeric(dtype) and item.task in ("binary", "multiclass"):
+        if is_label and spark_numeric(dtype) and item.task in ("binary", "multiclass"):
             finite = col.isNotNull() & ~F.isnan(col.cast("double")) & (F.abs(col.cast("double")) != float("inf"))
             d = col.cast("double")
             if item.task == "binary":
@@ -281,7 +244,7 @@ def validation_plan(spec: FeatureSpec, df, require_label: bool = True, max_examp
     examples = max(1, min(max_examples, len(_SAMPLE_AGGS)))
     aggs = [F.count(F.lit(1)).alias("v_rows")]
     label = spec.label if (require_label and spec.label in ok) else None
-    string_classes = bool(label is not None and label.num_classes and _string(fields[label.name]))
+    string_classes = bool(label is not None and label.num_classes and spark_string(fields[label.name]))
     if string_classes:
         aggs.append(F.count_distinct(F.col(label.name)).alias("v_classes"))
     for i, (_, _, _, cond, sample) in enumerate(checks):

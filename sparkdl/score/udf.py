@@ -20,6 +20,7 @@ import re
 import warnings
 
 from sparkdl import stack
+from sparkdl.data.kinds import feature_kind
 from sparkdl.data.validation import array_column
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
@@ -34,30 +35,11 @@ log = get_logger("score.udf")
 _SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _kind_expectation(kind: str) -> str:
-    return {"numeric": "a numeric or boolean column", "categorical": "a string, integer or boolean column",
-            "vector": "array<numeric>", "sequence": "array<numeric>", "text": "a string column",
-            "image": "a binary column of encoded images or a string column of paths"}[kind]
-
-
 def _arrow_type_ok(kind: str, arrow_type) -> bool:
     import pyarrow as pa
 
-    t = arrow_type
-    if pa.types.is_null(t):
-        return True  # an all-null batch: the preprocessor reports the nulls row by row
-    if kind in ("vector", "sequence"):
-        return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and (
-            pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type) or pa.types.is_null(t.value_type)
-            or pa.types.is_decimal(t.value_type))
-    if kind == "numeric":
-        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
-    if kind == "text":
-        return pa.types.is_string(t) or pa.types.is_large_string(t)
-    if kind == "image":
-        return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
-                or pa.types.is_large_string(t))
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+    # an all-null batch: the preprocessor reports the nulls row by row
+    return pa.types.is_null(arrow_type) or feature_kind(kind).arrow_ok(arrow_type)
 
 
 def signature_text(features: list[tuple[str, str, tuple]]) -> str:
@@ -65,7 +47,7 @@ def signature_text(features: list[tuple[str, str, tuple]]) -> str:
     parts = []
     for name, kind, shape in features:
         size = f"[{'x'.join(str(d) for d in shape)}]" if shape and kind not in ("text", "image") else ""
-        parts.append(f"{name} {_kind_expectation(kind)}{size}")
+        parts.append(f"{name} {feature_kind(kind).expects}{size}")
     return ", ".join(parts)
 
 
@@ -82,8 +64,9 @@ def make_udf_function(fn_name: str, ref: ModelRef, plan: OutputPlan, features: l
         bad = [(i, f, batch.column(i).type) for i, f in enumerate(features)
                if not _arrow_type_ok(f[1], batch.column(i).type)]
         if bad:
-            problems = [Problem(f[0], "wrong type", expected=_kind_expectation(f[1]), found=str(t)) for _, f, t in bad]
-            found = "; ".join(f"argument {i + 1} ({f[0]}): expected {_kind_expectation(f[1])}, got Arrow type {t}"
+            problems = [Problem(f[0], "wrong type", expected=feature_kind(f[1]).expects, found=str(t))
+                        for _, f, t in bad]
+            found = "; ".join(f"argument {i + 1} ({f[0]}): expected {feature_kind(f[1]).expects}, got Arrow type {t}"
                               for i, f, t in bad)
             raise ValidationError(f"{fn_name}: wrong argument type(s): {found}. Expected arguments: {expected}",
                                   problems)

@@ -9,12 +9,12 @@ feature kind, and a value that does not fit is a `RequestError` (HTTP 400) namin
 """
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from sparkdl.data.kinds import feature_kind
 from sparkdl.errors import RequestError
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -115,29 +115,13 @@ def _columns(payload, names: list[str], max_rows: int | None) -> tuple[dict[str,
 
 
 def _typed(feature, values: list) -> pa.Array:
-    """The values of one feature column as the Arrow type of its kind."""
-    kind = feature.kind
+    """The values of one feature column as the Arrow type of its kind (`sparkdl.data.kinds`)."""
     try:
-        if kind == "numeric":
-            for i, v in enumerate(values):
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                    raise RequestError(f"column {feature.name!r}, row {i}: expected a number, got {v!r}")
-            return pa.array(values, pa.float64())
-        if kind in ("vector", "sequence"):
-            for i, v in enumerate(values):
-                if v is not None and not isinstance(v, list):
-                    raise RequestError(f"column {feature.name!r}, row {i}: expected a list of numbers, got {v!r}")
-            inner = pa.list_(pa.float32()) if kind == "vector" else pa.list_(pa.list_(pa.float32()))
-            return pa.array(values, inner)
-        if kind == "text":
-            return pa.array(values, pa.string())
-        if kind == "image":
-            return pa.array([base64.b64decode(v) if isinstance(v, str) else v for v in values], pa.binary())
-        return pa.array(values)  # categorical: strings or integers, as trained
+        return feature_kind(feature.kind).from_json(feature.name, values)
     except RequestError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-        raise RequestError(f"column {feature.name!r}: the values do not fit a {kind} feature: {exc}") from None
+        raise RequestError(f"column {feature.name!r}: the values do not fit a {feature.kind} feature: {exc}") from None
 
 
 def invalid_rows_error(valid, reasons, first: int = 5) -> RequestError:

@@ -1,4 +1,4 @@
-"""The `sparkdl` command: train, score, evaluate, explain, tune, serve, export, demo, models, cache, lake.
+"""The `sparkdl` command: train, score, evaluate, explain, tune, monitor, serve, export, demo, models, cache, lake.
 
 Every verb that runs a job takes `--config FILE` (YAML, see conf/) and `--set key=value` overrides, and exits with
 status 1 and a one-line reason on failure (`--debug` shows the traceback).
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "model version; per-row attributions to explain.output_table when set.")
     _add_job_args(p)
     p.add_argument("--model", help="model ref (default: explain.model, else model.store_name@latest)")
+
+    p = verbs.add_parser("monitor", help="drift and performance of a logged or scored table in time windows",
+                         description="Monitor monitor.table (the inference log of sparkdl serve, or a scored "
+                                     "table) in windows of monitor.timestamp against the training table: PSI, KS, "
+                                     "Jensen-Shannon, Wasserstein, chi-squared, null and out-of-range rates per "
+                                     "column, window and slice, against the training data and the previous "
+                                     "window; estimated (CBPE) and realized performance; Delta tables and plots.")
+    _add_job_args(p)
 
     p = verbs.add_parser("tune", help="search hyper-parameters: each trial a distributed fit (Optuna, pruning)",
                          description="Run tune.trials fits of the job's model on data.table with the params of "
@@ -180,12 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace):
-    if args.verb in ("train", "score", "evaluate", "explain", "tune"):
+    if args.verb in ("train", "score", "evaluate", "explain", "tune", "monitor"):
         cfg = load_config(args.config, args.overrides)
         if args.verb == "train":
             return workflows.train(cfg).summary()
         if args.verb == "tune":
             return workflows.tune(cfg)
+        if args.verb == "monitor":
+            return workflows.monitor(cfg)
         if args.verb == "score":
             return workflows.score(cfg, model_ref=args.model).to_dict()
         if args.verb == "explain":

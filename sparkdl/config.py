@@ -139,6 +139,25 @@ class ExplainSection:
 
 
 @dataclass
+class MonitorSection:
+    """Monitoring in windows (`sparkdl monitor`, `sparkdl.monitoring.monitor_table`)."""
+
+    table: str | None = None            # the monitored table: the inference log of `sparkdl serve`, or a scored table
+    version: int | None = None
+    reference: str | None = None        # the training table (default: data.table)
+    reference_version: int | None = None
+    timestamp: str = "_served_at"       # the inference log's time column
+    columns: list[str] = field(default_factory=list)      # default: every column both tables have
+    slices: list[Any] = field(default_factory=list)       # as evaluate.slices
+    options: dict[str, Any] = field(default_factory=dict)  # MonitorOptions: window, bins, thresholds, sigma...
+    score: str | None = None            # a binary classifier's positive-class score column: CBPE estimates
+    label: str | None = None            # the label column (default: data.label's name)
+    labels_table: str | None = None     # labels that arrive later, joined on id_columns: realized metrics
+    id_columns: list[str] = field(default_factory=list)
+    output_prefix: str | None = None    # Delta tables <prefix>_drift and <prefix>_performance
+
+
+@dataclass
 class TuneSection:
     """A hyper-parameter search (`sparkdl tune`, `sparkdl.tune.tune`): trials of the `model` + `train` sections."""
 
@@ -170,6 +189,7 @@ class JobConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     explain: ExplainSection = field(default_factory=ExplainSection)
     tune: TuneSection = field(default_factory=TuneSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
     gates: list[dict[str, Any]] = field(default_factory=list)   # promotion gates (sparkdl.evaluation.gates)
     origin: str = field(default="<dict>", repr=False, compare=False)  # the file it was loaded from
 

@@ -313,3 +313,31 @@ def plot_slices(slices: Mapping[str, Mapping[str, Any]], metric: str, path: str 
     ax.set_title(f"{metric} by slice (bars: confidence intervals)", fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_statistic_over_windows(series: Mapping[str, Sequence[tuple[Any, float | None]]], statistic: str,
+                                threshold: float | None, path: str | os.PathLike) -> str:
+    """One drift statistic over time windows, a line per column, the alert threshold dashed.
+
+    Params:
+        series: column -> [(window start, value or None)], in time order.
+        statistic: its name (the y axis); threshold: drawn when given.
+        path: the PNG file to write.
+    Returns the path of the PNG. Raises ValidationError: no value to draw.
+    """
+    drawn = {name: [(t, v) for t, v in points if v is not None] for name, points in series.items()}
+    drawn = {name: points for name, points in drawn.items() if points}
+    if not drawn:
+        raise ValidationError(f"no value of {statistic!r} to plot")
+    figure = _figure(7.0, 3.4)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, points in drawn.items():
+        axes.plot([t for t, _ in points], [v for _, v in points], "-o", markersize=3, label=name)
+    if threshold is not None:
+        axes.axhline(threshold, color="red", linestyle="--", linewidth=1, label="threshold")
+    axes.set_ylabel(statistic)
+    axes.set_title(f"{statistic} per window against the reference", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    return _save(figure, path)

@@ -20,6 +20,7 @@ from sparkdl.evaluation import SliceOptions
 from sparkdl.explain import Attribution, explain_model, explain_table
 from sparkdl.log import get_logger
 from sparkdl.model_metadata import ModelMetadata
+from sparkdl.monitoring import MonitorOptions, monitor_table
 from sparkdl.registry import ModelStore
 from sparkdl.score import register_sql_function, score_table
 from sparkdl.session import get_spark
@@ -199,6 +200,40 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     if cfg.evaluate.baseline:
         metrics["baseline"] = _baseline(cfg, store.metadata(ref), table, spark)
     return metrics
+
+
+def monitor(cfg: JobConfig, spark=None) -> dict:
+    """Monitor `monitor.table` in windows against the training table (`sparkdl.monitoring.monitor_table`); drift and
+    performance go to the Delta tables of `monitor.output_prefix`, plots under `<work_dir>/monitor/<table name>`.
+    Returns a summary: windows, alerts, thresholds, performance records, outputs and plots."""
+    section = cfg.monitor
+    if not section.table:
+        raise ConfigError(f"{cfg.origin}: monitor.table is required to monitor")
+    reference = section.reference or (cfg.data.table if cfg.data is not None else None)
+    if not reference:
+        raise ConfigError(f"{cfg.origin}: monitor.reference (or data.table) is required: the training data")
+    label = section.label or (_label_name(cfg) if section.score else None)
+    table = cfg.table_uri(section.table)
+    for name, uri in (("monitor.table", table), ("monitor.reference", cfg.table_uri(reference))):
+        _require_table(cfg, uri, name)
+    options = MonitorOptions.from_dict(section.options, f"{cfg.origin}: monitor.options")
+    spark = spark or spark_for(cfg)
+    result = monitor_table(
+        table, cfg.table_uri(reference), section.timestamp, columns=section.columns or None,
+        slices=section.slices or None, options=options, version=section.version,
+        reference_version=section.reference_version, score=section.score, label=label,
+        labels_table=cfg.table_uri(section.labels_table) if section.labels_table else None,
+        id_columns=section.id_columns, spark=spark,
+        output_prefix=cfg.table_uri(section.output_prefix) if section.output_prefix else None,
+        plots_dir=str(Path(os.path.expanduser(cfg.work_dir)) / "monitor" / Path(table).name))
+    return {"table": result["table"], "reference": result["reference"], "windows": len(result["windows"]),
+            "alerts": result["alerts"], "thresholds": result["thresholds"], "performance": result["performance"],
+            "outputs": result["outputs"], "plots": result["plots"]}
+
+
+def _label_name(cfg: JobConfig) -> str | None:
+    label = cfg.data.label if cfg.data is not None else None
+    return label.get("name") if isinstance(label, dict) else label
 
 
 def backtest(cfg: JobConfig, prep, table: str, spark) -> list[dict]:

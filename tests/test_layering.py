@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.monitor",),
     # evaluate records metric history with sparkdl.monitor
     ("sparkdl.evaluate", "sparkdl.evaluation", "sparkdl.evaluate_forecast", "sparkdl.baselines"),
+    ("sparkdl.monitoring",),  # windows, slices and performance over logged traffic: reads evaluation's slices
     ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated
     ("sparkdl.tune",),      # hyper-parameter search: trials are KerasEstimator fits
     ("sparkdl.mlflow",),    # the pyfunc flavour scores through sparkdl.score

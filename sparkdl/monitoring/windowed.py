@@ -1,0 +1,338 @@
+"""Drift in time windows: every window and slice of a monitored table against the reference (the training data)
+and against the window before it, from one aggregation over the monitored table.
+
+The reference fixes the buckets: quantile bins of each numeric column (`approxQuantile`), the most frequent
+categories of each string/boolean column (plus "other" and null), and each numeric column's range. The monitored
+table is then read once: every row is exploded into its slices (as in `sparkdl.evaluation.slices`) and its
+(column, bucket) entries, and one `groupBy(window, slice, column, bucket)` counts rows, sums values (each bucket's
+mean places its mass for the Wasserstein distance) and counts values out of the reference's range. Every statistic
+of every window, slice and column comes from these counts on the driver, with `sparkdl.monitor`'s formulas (PSI,
+Jensen-Shannon distance, Wasserstein distance normalized by the reference's deviation, binned Kolmogorov-Smirnov,
+χ² p-value, null rate) plus the out-of-range rate.
+
+Thresholds are constants, or learned from the reference as NannyML does: the reference (when it has the timestamp
+column) is cut into the same windows, each window's statistic against the whole reference is computed from the
+same aggregation, and the threshold is their mean + `sigma` standard deviations (for the χ² p-value, mean -
+`sigma` deviations, floored at 0).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.evaluation.slices import OVERALL, Slice, check_slices, slice_keys
+from sparkdl.log import get_logger
+from sparkdl.monitor import (  # one copy of the drift formulas
+    NULL,
+    OTHER,
+    _binned_ks,
+    _binned_wasserstein,
+    _categories,
+    _chi2_p,
+    _js_distance,
+    _psi,
+    _resolve_columns,
+    _value,
+)
+
+log = get_logger("monitoring.windowed")
+
+# statistic -> (constant threshold, whether an alert is a value ABOVE it)
+STATISTICS = {"psi": (0.2, True), "js_distance": (0.1, True), "wasserstein_normalized": (0.1, True),
+              "ks": (0.1, True), "chi2_p": (0.01, False), "null_rate": (0.05, True),
+              "out_of_range_rate": (0.05, True)}
+BASELINES = ("reference", "previous")
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    """How a table is monitored.
+
+    Params:
+        window: the window length, a Spark interval ("1 day", "6 hours").
+        bins: quantile bins of numeric columns; max_categories: categories kept by name.
+        thresholds: statistic -> constant threshold (see STATISTICS); a statistic not named is learned from the
+            reference's windows when `learn_thresholds` and the reference has the timestamp column, else its
+            default constant.
+        sigma: the learned threshold's width in standard deviations.
+        min_window_rows: a (window, slice) with fewer rows gets no statistics (reported with its count).
+    """
+
+    window: str = "1 day"
+    bins: int = 10
+    max_categories: int = 20
+    thresholds: dict[str, float] = field(default_factory=dict)
+    learn_thresholds: bool = True
+    sigma: float = 3.0
+    min_window_rows: int = 30
+    epsilon: float = 1e-4
+
+    def __post_init__(self):
+        unknown = sorted(set(self.thresholds) - set(STATISTICS))
+        if unknown:
+            raise ConfigError(f"thresholds: unknown statistic(s) {unknown}; known: {', '.join(STATISTICS)}")
+        if not isinstance(self.bins, int) or self.bins < 2:
+            raise ConfigError(f"bins must be an integer >= 2, got {self.bins!r}")
+        if not isinstance(self.window, str) or not self.window.strip():
+            raise ConfigError(f"window must be a Spark interval such as '1 day', got {self.window!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None, where: str = "monitor") -> MonitorOptions:
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+def edges_below(value: Column, edges: Sequence[float]) -> Column:
+    """How many of `edges` are <= `value` (its bin among edges), as one flat expression."""
+    if not edges:
+        return F.lit(0)
+    return F.size(F.filter(F.array(*[F.lit(float(e)) for e in edges]), lambda e: e <= value))
+
+
+@dataclass(frozen=True)
+class _Buckets:
+    """The reference's buckets of one column: numeric edges and range, or kept categories."""
+
+    name: str
+    kind: str
+    value: Column
+    edges: tuple[float, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    categories: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:  # buckets, the null bucket last
+        return (len(self.edges) + 1 if self.kind != "categorical" else len(self.categories) + 1) + 1
+
+    def bucket(self) -> Column:
+        # flat expressions (no chain of CASEs or sums): Spark Connect caps an expression's nesting depth
+        v = self.value
+        null = self.size - 1
+        if self.kind == "categorical":
+            position = F.array_position(F.array(*[F.lit(c) for c in self.categories] or [F.lit(NULL)]), v)
+            index = F.when(position > 0, position - 1).otherwise(F.lit(len(self.categories)))  # else "other"
+            return F.when(v == F.lit(NULL), F.lit(null)).otherwise(index.cast("int"))
+        return F.when(v.isNull(), F.lit(null)).otherwise(edges_below(v, self.edges))
+
+    def out_of_range(self) -> Column:
+        if self.kind == "categorical" or self.low is None:
+            return F.lit(0)
+        return F.when((self.value < F.lit(self.low)) | (self.value > F.lit(self.high)), 1).otherwise(0)
+
+
+def monitor_frames(reference: DataFrame, current: DataFrame, timestamp: str, columns: Sequence[str] | None = None,
+                   slices: Sequence[Slice] = (), options: MonitorOptions = MonitorOptions()) -> dict[str, Any]:
+    """Drift of each window (of `timestamp`) and slice of `current`, per column, against `reference` and against
+    the previous window.
+
+    Returns {"windows": [{"start", "end", "slice", "rows"}], "drift": [records: window start/end, slice,
+    column, statistic, baseline ("reference" | "previous"), value, threshold, alert], "thresholds": {statistic:
+    {"value", "learned": bool}}, "alerts": the alerting records}.
+
+    Raises:
+        ValidationError / ConfigError: a missing or non-timestamp `timestamp` column, missing or unsupported
+            columns, bad slices; an empty reference.
+    """
+    for frame, side in ((current, "monitored"), (reference, "reference")):
+        if side == "monitored" or timestamp in frame.columns:
+            field_ = next((f for f in frame.schema.fields if f.name == timestamp), None)
+            if field_ is None or not isinstance(field_.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+                found = f"it is {field_.dataType.simpleString()}" if field_ else f"columns: {frame.columns}"
+                raise ValidationError(f"the {side} table needs a timestamp column {timestamp!r}; {found}")
+    check_slices(slices, current, "the monitored table")
+    kinds, skipped = _resolve_columns(reference, current, [c for c in columns] if columns else None)
+    kinds = {n: k for n, k in kinds.items() if n != timestamp}
+    buckets = _reference_buckets(reference, kinds, options)
+    window = F.window(F.col(f"`{timestamp}`"), options.window)
+    cur = _counts(current, buckets, slices, window)
+    ref_has_time = timestamp in reference.columns
+    ref_slices = [s for s in slices if all(c in reference.columns for c in s.columns) and not s.where]
+    ref = _counts(reference, buckets, ref_slices, window if ref_has_time else None)
+    whole_ref = _merge_windows(ref)
+    thresholds = _thresholds(ref, whole_ref, buckets, options, ref_has_time)
+
+    records, windows = [], []
+    by_slice: dict[str, list] = {}
+    for key in sorted(cur):
+        by_slice.setdefault(key[1], []).append(key[0])
+    for slice_name, starts in by_slice.items():
+        previous = None
+        for start in starts:
+            counts = cur[(start, slice_name)]
+            windows.append({"start": start[0], "end": start[1], "slice": slice_name, "rows": counts["rows"]})
+            if counts["rows"] < options.min_window_rows:
+                previous = None
+                continue
+            baseline = whole_ref.get(slice_name) or whole_ref[OVERALL]
+            for base_name, base in (("reference", baseline), ("previous", previous)):
+                if base is None:
+                    continue
+                for column, stats in _statistics(base, counts, buckets, options).items():
+                    for stat, value in stats.items():
+                        limit = thresholds[stat]["value"]
+                        above = STATISTICS[stat][1]
+                        alert = value is not None and (value > limit if above else value < limit)
+                        records.append({"window_start": start[0], "window_end": start[1], "slice": slice_name,
+                                        "column": column, "statistic": stat, "baseline": base_name,
+                                        "value": value, "threshold": limit, "alert": bool(alert)})
+            previous = counts
+    alerts = [r for r in records if r["alert"]]
+    if alerts:
+        log.warning("%d drift alert(s) over %d window(s): %s", len(alerts), len(windows),
+                    ", ".join(sorted({f"{r['column']}.{r['statistic']}" for r in alerts})[:10]))
+    return {"windows": windows, "drift": records, "thresholds": thresholds, "alerts": alerts,
+            "skipped": skipped, "columns": kinds}
+
+
+def _reference_buckets(reference: DataFrame, kinds: dict[str, str], options: MonitorOptions) -> list[_Buckets]:
+    if reference.isEmpty():
+        raise ValidationError("the reference table is empty: monitoring needs the training data's distribution")
+    numeric = {n: _value(n, k) for n, k in kinds.items() if k != "categorical"}
+    categorical = {n: _value(n, k) for n, k in kinds.items() if k == "categorical"}
+    out = []
+    if numeric:
+        probes = [i / options.bins for i in range(1, options.bins)]
+        staged = reference.select(*[v.alias(f"_q{i}") for i, v in enumerate(numeric.values())])
+        quantiles = staged.approxQuantile(list(staged.columns), probes, 1e-3)
+        ranges = staged.agg(*[F.min(c).alias(f"lo{i}") for i, c in enumerate(staged.columns)],
+                            *[F.max(c).alias(f"hi{i}") for i, c in enumerate(staged.columns)]).first()
+        for i, (name, value) in enumerate(numeric.items()):
+            out.append(_Buckets(name, kinds[name], value, tuple(sorted(set(quantiles[i]))), ranges[f"lo{i}"],
+                                ranges[f"hi{i}"]))
+    if categorical:
+        cats = _categories(reference, categorical, None, options.max_categories)
+        for i, (name, value) in enumerate(categorical.items()):
+            out.append(_Buckets(name, "categorical", value,
+                                categories=tuple(v for v, _, _ in cats[i] if v != NULL)))
+    return out
+
+
+def _counts(frame: DataFrame, buckets: list[_Buckets], slices: Sequence[Slice], window: Column | None) -> dict:
+    """{((window start, end) | (None, None), slice name): {"rows", column: {"n": [per bucket], "sum": [...],
+    "oor": count}}} from one aggregation."""
+    entries = F.array(*[F.struct(F.lit(i).alias("c"), b.bucket().alias("b"),
+                                 (b.value if b.kind != "categorical" else F.lit(None).cast("double")).alias("v"),
+                                 b.out_of_range().alias("o")) for i, b in enumerate(buckets)])
+    win = (F.struct(window.start.alias("s"), window.end.alias("e")) if window is not None
+           else F.struct(F.lit(None).cast("timestamp").alias("s"), F.lit(None).cast("timestamp").alias("e")))
+    staged = frame.select(win.alias("_w"), slice_keys(slices).alias("_k"), entries.alias("_e"))
+    rows = staged.select("_w", F.explode("_k").alias("_s"), "_e").select("_w", "_s", F.explode("_e").alias("x"))
+    grouped = rows.groupBy(F.col("_w.s").alias("ws"), F.col("_w.e").alias("we"), F.col("_s.slice").alias("d"),
+                           F.col("_s.value").alias("sv"), F.col("x.c").alias("c"), F.col("x.b").alias("b")).agg(
+        F.count(F.lit(1)).alias("n"), F.sum("x.v").alias("total"), F.sum(F.col("x.v") * F.col("x.v")).alias("sq"),
+        F.sum("x.o").alias("oor")).collect()
+    out: dict = {}
+    for row in grouped:
+        name = _slice_name(row["d"], row["sv"], slices)
+        entry = out.setdefault(((row["ws"], row["we"]), name), {"rows": 0})
+        b = buckets[row["c"]]
+        col = entry.setdefault(b.name, {"n": [0] * b.size, "sum": [0.0] * b.size, "sq": 0.0, "oor": 0})
+        col["n"][row["b"]] += int(row["n"])
+        col["sum"][row["b"]] += float(row["total"] or 0.0)
+        col["sq"] += float(row["sq"] or 0.0)
+        col["oor"] += int(row["oor"])
+    for entry in out.values():
+        entry["rows"] = max(sum(v["n"]) for k, v in entry.items() if k != "rows")
+    return out
+
+
+def _slice_name(definition: str, value: str, slices: Sequence[Slice]) -> str:
+    import json
+
+    spec = next((s for s in slices if s.name == definition), None)
+    if spec is None or not spec.by_value:
+        return value
+    return spec.label(json.loads(value))
+
+
+def _merge_windows(counts: dict) -> dict[str, dict]:
+    """The reference's counts summed over its windows, per slice."""
+    merged: dict[str, dict] = {}
+    for (_, name), entry in counts.items():
+        target = merged.setdefault(name, {"rows": 0})
+        target["rows"] += entry["rows"]
+        for column, col in entry.items():
+            if column == "rows":
+                continue
+            t = target.setdefault(column, {"n": [0] * len(col["n"]), "sum": [0.0] * len(col["n"]), "sq": 0.0,
+                                           "oor": 0})
+            t["n"] = [a + b for a, b in zip(t["n"], col["n"])]
+            t["sum"] = [a + b for a, b in zip(t["sum"], col["sum"])]
+            t["sq"] += col["sq"]
+            t["oor"] += col["oor"]
+    return merged
+
+
+def _statistics(base: dict, counts: dict, buckets: list[_Buckets], options: MonitorOptions) -> dict[str, dict]:
+    """{column: {statistic: value}} of `counts` against `base` (both from `_counts`)."""
+    out = {}
+    for b in buckets:
+        ref, cur = base.get(b.name), counts.get(b.name)
+        if ref is None or cur is None:
+            continue
+        rn, cn = ref["n"], cur["n"]
+        stats: dict[str, float | None] = {
+            "psi": _psi(rn, cn, options.epsilon) if sum(rn) and sum(cn) else None,
+            "js_distance": _js_distance(rn, cn),
+            "null_rate": cn[-1] / sum(cn) if sum(cn) else None,
+        }
+        if b.kind == "categorical":
+            stats["chi2_p"] = _chi2_p(rn, cn)
+        else:
+            values_r, values_c = rn[:-1], cn[:-1]
+            means_r = [s / n if n else None for s, n in zip(ref["sum"][:-1], values_r)]
+            means_c = [s / n if n else None for s, n in zip(cur["sum"][:-1], values_c)]
+            std = _std(ref)
+            stats["wasserstein_normalized"] = _binned_wasserstein(values_r, means_r, values_c, means_c, std)
+            stats["ks"] = _binned_ks(values_r, values_c)
+            stats["out_of_range_rate"] = cur["oor"] / sum(values_c) if sum(values_c) else None
+        out[b.name] = stats
+    return out
+
+
+def _std(ref: dict) -> float | None:
+    """The reference's sample standard deviation of a numeric column, from its sums."""
+    n, total = sum(ref["n"][:-1]), sum(ref["sum"][:-1])
+    if n < 2:
+        return None
+    return math.sqrt(max(ref["sq"] - total * total / n, 0.0) / (n - 1)) or None
+
+
+def _thresholds(ref_counts: dict, whole: dict, buckets: list[_Buckets], options: MonitorOptions,
+                learn: bool) -> dict[str, dict]:
+    """Each statistic's threshold: constant when given (or when nothing can be learned), else learned from the
+    reference's windows against the whole reference (mean ± sigma deviations over windows and columns)."""
+    learned: dict[str, list[float]] = {s: [] for s in STATISTICS}
+    if learn and options.learn_thresholds:
+        for (start, name), counts in ref_counts.items():
+            if name != OVERALL or start[0] is None or counts["rows"] < options.min_window_rows:
+                continue
+            for stats in _statistics(whole[OVERALL], counts, buckets, options).values():
+                for stat, value in stats.items():
+                    if value is not None and math.isfinite(value):
+                        learned[stat].append(value)
+    out = {}
+    for stat, (default, above) in STATISTICS.items():
+        values = learned[stat]
+        if stat in options.thresholds or len(values) < 3:
+            out[stat] = {"value": float(options.thresholds.get(stat, default)), "learned": False}
+        else:
+            mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+            limit = mean + options.sigma * std if above else max(mean - options.sigma * std, 0.0)
+            out[stat] = {"value": limit, "learned": True, "windows": len(values)}
+    return out
+
+
+__all__ = ["BASELINES", "MonitorOptions", "OTHER", "STATISTICS", "monitor_frames"]

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "column, window and slice, against the training data and the previous "
                                      "window; estimated (CBPE) and realized performance; Delta tables and plots.")
     _add_job_args(p)
+    p.add_argument("--retrain", action="store_true",
+                   help="decide the latest window by monitor.retrain: train a challenger when the policy fires and "
+                        "move the alias only if it wins (one decision record per window)")
 
     p = verbs.add_parser("tune", help="search hyper-parameters: each trial a distributed fit (Optuna, pruning)",
                          description="Run tune.trials fits of the job's model on data.table with the params of "
@@ -195,7 +198,7 @@ def _dispatch(args: argparse.Namespace):
         if args.verb == "tune":
             return workflows.tune(cfg)
         if args.verb == "monitor":
-            return workflows.monitor(cfg)
+            return workflows.monitor(cfg, retrain=args.retrain)
         if args.verb == "score":
             return workflows.score(cfg, model_ref=args.model).to_dict()
         if args.verb == "explain":

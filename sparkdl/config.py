@@ -155,6 +155,7 @@ class MonitorSection:
     labels_table: str | None = None     # labels that arrive later, joined on id_columns: realized metrics
     id_columns: list[str] = field(default_factory=list)
     output_prefix: str | None = None    # Delta tables <prefix>_drift and <prefix>_performance
+    retrain: dict[str, Any] = field(default_factory=dict)  # RetrainPolicy, for `sparkdl monitor --retrain`
 
 
 @dataclass

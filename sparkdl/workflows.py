@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from pyspark.sql import functions as F
+
 from sparkdl import lake
 from sparkdl.baselines import baseline_accuracy
 from sparkdl.config import JobConfig, load_config
@@ -14,13 +16,15 @@ from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.series import step_time
 from sparkdl.data.spec import FeatureSpec
 from sparkdl.datasets import create_demo_tables
-from sparkdl.errors import ConfigError, TableError
+from sparkdl.errors import AlreadyCommitted, ConfigError, ModelStoreError, TableError
 from sparkdl.evaluate import evaluate_model
 from sparkdl.evaluation import SliceOptions
 from sparkdl.explain import Attribution, explain_model, explain_table
 from sparkdl.log import get_logger
+from sparkdl.metrics import larger_is_better
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.monitoring import MonitorOptions, monitor_table
+from sparkdl.monitoring.retrain import DECISIONS_DDL, RetrainPolicy, decision_record, latest_window, tests_fired
 from sparkdl.registry import ModelStore
 from sparkdl.score import register_sql_function, score_table
 from sparkdl.session import get_spark
@@ -202,10 +206,12 @@ def evaluate(cfg: JobConfig, model_ref: str | None = None, spark=None) -> dict:
     return metrics
 
 
-def monitor(cfg: JobConfig, spark=None) -> dict:
+def monitor(cfg: JobConfig, spark=None, retrain: bool = False) -> dict:
     """Monitor `monitor.table` in windows against the training table (`sparkdl.monitoring.monitor_table`); drift and
     performance go to the Delta tables of `monitor.output_prefix`, plots under `<work_dir>/monitor/<table name>`.
-    Returns a summary: windows, alerts, thresholds, performance records, outputs and plots."""
+    With `retrain`, the latest window is decided by the policy `monitor.retrain` (`sparkdl.monitoring.retrain`).
+    Returns a summary: windows, alerts, thresholds, performance records, outputs, plots (and the decision)."""
+    policy = RetrainPolicy.from_dict(cfg.monitor.retrain, f"{cfg.origin}: monitor.retrain") if retrain else None
     section = cfg.monitor
     if not section.table:
         raise ConfigError(f"{cfg.origin}: monitor.table is required to monitor")
@@ -226,9 +232,88 @@ def monitor(cfg: JobConfig, spark=None) -> dict:
         id_columns=section.id_columns, spark=spark,
         output_prefix=cfg.table_uri(section.output_prefix) if section.output_prefix else None,
         plots_dir=str(Path(os.path.expanduser(cfg.work_dir)) / "monitor" / Path(table).name))
-    return {"table": result["table"], "reference": result["reference"], "windows": len(result["windows"]),
-            "alerts": result["alerts"], "thresholds": result["thresholds"], "performance": result["performance"],
-            "outputs": result["outputs"], "plots": result["plots"]}
+    summary = {"table": result["table"], "reference": result["reference"], "windows": len(result["windows"]),
+               "alerts": result["alerts"], "thresholds": result["thresholds"], "performance": result["performance"],
+               "outputs": result["outputs"], "plots": result["plots"]}
+    if policy is not None:
+        summary["retrain"] = _retrain(cfg, policy, result, spark)
+    return summary
+
+
+def _retrain(cfg: JobConfig, policy: RetrainPolicy, result: dict, spark) -> dict:
+    """Decide the latest window once: nothing when the policy does not fire; else train a challenger on the newest
+    training data, judge it, move the alias only if it wins. The decision record commits with a Delta transaction
+    identifier per (monitored table, window), so a window is decided once."""
+    name = policy.decisions_table or (f"{cfg.monitor.output_prefix}_decisions" if cfg.monitor.output_prefix else None)
+    if not name:
+        raise ConfigError(f"{cfg.origin}: monitor --retrain needs monitor.retrain.decisions_table or "
+                          f"monitor.output_prefix (the decisions table)")
+    uri, window = cfg.table_uri(name), latest_window(result)
+    if window is None:
+        return {"decision": None, "reason": "no window in the monitored table"}
+    monitored = result["table"]
+    txn = lake.Txn(f"sparkdl-retrain:{monitored['table']}", int(window[0].replace(tzinfo=None).timestamp()))
+    if lake.exists(uri):
+        done = lake.read_table(uri, spark=spark)[0].where(
+            (F.col("monitored_table") == monitored["table"]) & (F.col("window_start") == window[0])).limit(1).collect()
+        if done:
+            log.info("monitor: window %s already decided (%s): nothing to do", window[0], done[0]["decision"])
+            return {"window": window, "decision": done[0]["decision"], "already_decided": True}
+    fired = tests_fired(policy, result, window[0])
+    store = model_store(cfg)
+    champion = f"{store_name(cfg)}@{policy.alias}"
+    try:
+        store.resolve(champion)
+    except ModelStoreError:
+        champion = None
+    if not fired:
+        record = decision_record(window, monitored, fired, "no_retrain", champion=champion)
+    else:
+        record = _challenge(cfg, policy, window, monitored, fired, champion, store, spark)
+    try:
+        lake.write_table(spark.createDataFrame([record], DECISIONS_DDL), uri, mode="append", txn=txn)
+    except AlreadyCommitted:
+        log.info("monitor: a concurrent run recorded window %s first", window[0])
+    log.info("monitor: window %s: %s (%s)", window[0], record[5], "; ".join(fired) or "no test fired")
+    return {"window": window, "decision": record[5], "tests_fired": fired, "challenger": record[8],
+            "champion": record[9], "judge": record[10], "challenger_value": record[11], "champion_value": record[12]}
+
+
+def _challenge(cfg: JobConfig, policy: RetrainPolicy, window, monitored, fired, champion, store, spark) -> tuple:
+    """Train a challenger on the newest training data (a run named after the window: a crashed retrain resumes),
+    judge it against the champion, move the alias if it wins; the decision record."""
+    import copy
+
+    if not cfg.evaluate.table:
+        raise ConfigError(f"{cfg.origin}: retraining judges on evaluate.table (held-out rows); set it")
+    fresh = copy.deepcopy(cfg)
+    fresh.data.version, fresh.data.timestamp = None, None
+    fresh.train.run_name = f"retrain-{store_name(cfg)}-{window[0]:%Y%m%dT%H%M%S}"
+    trained = train(fresh, spark=spark)
+    challenger = trained.model_ref
+    table = cfg.table_uri(cfg.evaluate.table)
+    if cfg.gates:
+        metrics = evaluate(cfg, model_ref=challenger, spark=spark)
+        wins, judge = metrics["gates"]["passed"], "gates"
+        mine = theirs = None
+    else:
+        judge = policy.judge_metric
+        mine = evaluate_model(challenger, table, version=cfg.evaluate.version, store=store, spark=spark,
+                              plots=False).get(judge)
+        theirs = (evaluate_model(champion, table, version=cfg.evaluate.version, store=store, spark=spark,
+                                 plots=False).get(judge) if champion else None)
+        if mine is None:
+            raise ConfigError(f"{cfg.origin}: monitor.retrain.judge_metric {judge!r} is not a metric of the "
+                              f"evaluation (one of accuracy, roc_auc, rmse, mae, r2, ...)")
+        larger = larger_is_better(judge)
+        gain = (mine - theirs if larger else theirs - mine) if theirs is not None else None
+        wins = gain is None or gain > policy.min_improvement or (policy.min_improvement == 0 and gain == 0)
+    if wins:
+        store.set_alias(challenger, policy.alias)
+    log.info("monitor: challenger %s %s the champion %s on %s", challenger, "beats" if wins else "does not beat",
+             champion, judge)
+    return decision_record(window, monitored, fired, "promoted" if wins else "kept_champion", trained.source,
+                           challenger, champion, judge, mine, theirs)
 
 
 def _label_name(cfg: JobConfig) -> str | None:

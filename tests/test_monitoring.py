@@ -123,3 +123,70 @@ def test_cbpe_estimates_accuracy_and_auc_under_covariate_shift_and_the_job_write
                    f"id_columns: [id], options: {{window: 1 day}}, output_prefix: mon_cli}}\n")
     assert cli.main(["monitor", "--config", str(job)]) == 0
     assert read_table(str(lake / "mon_cli_performance"))[0].where("kind = 'realized'").count() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("sparkdl").stack.stack_name() != "pinned",
+                    reason="three Horovod fits: the retraining decisions are the same Python on both stacks, and "
+                           "training is tested on each")
+def test_retraining_fires_once_promotes_a_winner_and_keeps_the_champion_otherwise(spark, lake, tmp_path):
+    """The concept changes (label x1 + x2 > 0 becomes x1 - x2 > 0) while the inputs drift. `sparkdl monitor
+    --retrain` fires on the drifted window, trains a challenger on the newest training data, which beats the
+    champion on the held-out rows: the alias moves. The same run again does nothing; a later window whose
+    challenger must win by more than it can keeps the alias where it is."""
+    import yaml
+
+    from sparkdl import cli, workflows
+    from sparkdl.config import load_config
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.registry import ModelStore
+
+    rng = np.random.default_rng(3)
+
+    def rows(n, shift, concept, day=None):
+        x1, x2 = rng.normal(shift, 1, n), rng.normal(shift, 1, n)
+        frame = pd.DataFrame({"x1": x1, "x2": x2, "y": ((x1 + concept * x2) > 2 * shift * (concept > 0)).astype(int)})
+        if day is not None:
+            frame["ts"] = [START + day * DAY] * n
+        return frame
+
+    write_table(spark.createDataFrame(rows(1500, 0.0, 1)), str(lake / "train"))
+    write_table(spark.createDataFrame(rows(800, 1.0, -1)), str(lake / "holdout"))
+    write_table(spark.createDataFrame(pd.concat([rows(400, 0.0, 1, 0), rows(400, 1.0, -1, 1)]).drop(columns="y")),
+                str(lake / "log"))
+    job = {"lake": {"root": str(lake)}, "work_dir": str(tmp_path), "registry": {"root": str(tmp_path / "models")},
+           "data": {"table": "train", "features": [{"name": "x1", "scale": "standard"},
+                                                   {"name": "x2", "scale": "standard"}],
+                    "label": {"name": "y", "task": "binary"}},
+           "model": {"name": "mlp", "store_name": "concept", "hparams": {"hidden": [16]}},
+           "train": {"num_proc": 1, "epochs": 8, "batch_size": 32, "learning_rate": 0.01, "seed": 0},
+           "evaluate": {"table": "holdout", "plots": False},
+           "monitor": {"table": "log", "timestamp": "ts", "columns": ["x1", "x2"], "output_prefix": "mon",
+                       "options": {"window": "1 day"},
+                       "retrain": {"drift_share": 0.5, "alias": "production", "judge_metric": "accuracy"}}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    cfg = load_config(path)
+    champion = workflows.train(cfg, spark=spark).model_ref
+    store = ModelStore(tmp_path / "models")
+    store.set_alias(champion, "production")
+    write_table(spark.createDataFrame(rows(3000, 1.0, -1)), str(lake / "train"))  # the newest training data
+
+    assert cli.main(["monitor", "--config", str(path), "--retrain"]) == 0
+    decisions = read_table(str(lake / "mon_decisions"))[0].collect()
+    assert len(decisions) == 1 and decisions[0]["decision"] == "promoted"
+    assert decisions[0]["window_start"] == START + DAY and "drift share 2/2" in decisions[0]["tests_fired"]
+    assert decisions[0]["challenger_value"] > decisions[0]["champion_value"] + 0.1
+    assert decisions[0]["data_version"] == 1
+    promoted = store.resolve("concept@production")
+    assert promoted.version == 2
+
+    again = workflows.monitor(load_config(path), spark=spark, retrain=True)["retrain"]
+    assert again["already_decided"] and store.list_versions("concept") == [1, 2]
+    assert read_table(str(lake / "mon_decisions"))[0].count() == 1
+
+    write_table(spark.createDataFrame(rows(400, 1.0, -1, 2).drop(columns="y")), str(lake / "log"))
+    later = workflows.monitor(load_config(path, ["monitor.retrain.min_improvement=1.0"]), spark=spark,
+                              retrain=True)["retrain"]
+    assert later["decision"] == "kept_champion" and later["challenger"] == "concept@3"
+    assert store.resolve("concept@production").version == 2

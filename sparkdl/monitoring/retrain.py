@@ -1,0 +1,110 @@
+"""The retraining policy of `sparkdl monitor --retrain`: when a window calls for a new model, and the record of
+each decision.
+
+A policy (YAML `monitor.retrain`) fires on a window when any of its tests does:
+
+- `drift_share`: at least this share of the watched columns alert against the reference (overall slice);
+- `statistic`: this statistic alerts on any watched column;
+- `metric` + `below`: this performance metric of the window (realized when labels are there, else estimated) is
+  below the floor.
+
+When it fires, the job trains a challenger on the newest version of the training table, judges it (the job's
+`gates` when it has some, else `judge_metric` against the champion on the same held-out rows) and moves `alias` only
+if the challenger wins; servers on that alias follow by hot reload. One decision record per window goes to a Delta
+table; a window that has one is not decided again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sparkdl.errors import ConfigError
+from sparkdl.evaluation.slices import OVERALL
+from sparkdl.monitoring.windowed import STATISTICS
+
+DECISIONS_DDL = ("window_start timestamp, window_end timestamp, monitored_table string, monitored_version long, "
+                 "tests_fired string, decision string, data_table string, data_version long, challenger string, "
+                 "champion string, judge string, challenger_value double, champion_value double, "
+                 "decided_at timestamp")
+DECISIONS = ("no_retrain", "promoted", "kept_champion")
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """See the module docstring.
+
+    Params:
+        alias: the champion's alias, moved to a winning challenger.
+        drift_share, statistic, metric, below: the tests (at least one).
+        judge_metric: without gates, the metric the challenger must beat the champion on (its direction from
+            `sparkdl.metrics`), by at least `min_improvement`.
+        decisions_table: the Delta table of decision records (default `<monitor.output_prefix>_decisions`).
+    """
+
+    alias: str = "production"
+    drift_share: float | None = None
+    statistic: str | None = None
+    metric: str | None = None
+    below: float | None = None
+    judge_metric: str = "accuracy"
+    min_improvement: float = 0.0
+    decisions_table: str | None = None
+
+    def __post_init__(self):
+        if self.drift_share is None and self.statistic is None and self.metric is None:
+            raise ConfigError("monitor.retrain: set at least one test: drift_share, statistic, or metric with below")
+        if self.statistic is not None and self.statistic not in STATISTICS:
+            raise ConfigError(f"monitor.retrain.statistic: unknown {self.statistic!r}; known: {', '.join(STATISTICS)}")
+        if (self.metric is None) != (self.below is None):
+            raise ConfigError("monitor.retrain: 'metric' and 'below' go together")
+        if self.drift_share is not None and not 0 < self.drift_share <= 1:
+            raise ConfigError(f"monitor.retrain.drift_share must be in (0, 1], got {self.drift_share!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "monitor.retrain") -> RetrainPolicy:
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+def latest_window(result: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(start, end) of the monitored table's last window (overall slice), None without windows."""
+    overall = sorted((w["start"], w["end"]) for w in result["windows"] if w["slice"] == OVERALL)
+    return overall[-1] if overall else None
+
+
+def tests_fired(policy: RetrainPolicy, result: dict[str, Any], window_start) -> list[str]:
+    """The policy's tests that fire on the window starting at `window_start`, each as a short sentence."""
+    fired = []
+    records = [r for r in result["drift"] if r["window_start"] == window_start and r["slice"] == OVERALL
+               and r["baseline"] == "reference"]
+    if policy.drift_share is not None:
+        columns = sorted({r["column"] for r in records})
+        drifted = sorted({r["column"] for r in records if r["alert"]})
+        if columns and len(drifted) / len(columns) >= policy.drift_share:
+            fired.append(f"drift share {len(drifted)}/{len(columns)} >= {policy.drift_share:g} ({', '.join(drifted)})")
+    if policy.statistic is not None:
+        hits = sorted({r["column"] for r in records if r["statistic"] == policy.statistic and r["alert"]})
+        if hits:
+            fired.append(f"{policy.statistic} over its threshold on {', '.join(hits)}")
+    if policy.metric is not None:
+        values = {r["kind"]: r["value"] for r in result.get("performance", [])
+                  if r["window_start"] == window_start and r["slice"] == OVERALL and r["metric"] == policy.metric}
+        kind = "realized" if values.get("realized") is not None else "estimated"
+        value = values.get(kind)
+        if value is not None and value < policy.below:
+            fired.append(f"{kind} {policy.metric} {value:.4g} < {policy.below:g}")
+    return fired
+
+
+def decision_record(window: tuple, monitored: dict, fired: list[str], decision: str, data: dict | None = None,
+                    challenger: str | None = None, champion: str | None = None, judge: str | None = None,
+                    challenger_value: float | None = None, champion_value: float | None = None) -> tuple:
+    """One row of the decisions table, in `DECISIONS_DDL` order."""
+    assert decision in DECISIONS, decision
+    return (window[0], window[1], monitored["table"], monitored["version"], json.dumps(fired), decision,
+            (data or {}).get("table"), (data or {}).get("version"), challenger, champion, judge,
+            challenger_value, champion_value, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))

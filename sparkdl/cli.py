@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-s", type=float, default=2.0, help="seconds between alias checks (0: never)")
     p.add_argument("--log-table", default=None, metavar="TABLE",
                    help="append requests and predictions to this Delta table (for drift monitoring)")
+    p.add_argument("--drift-window", type=int, default=0, metavar="N",
+                   help="export the drift of the last N requested rows per feature as Prometheus gauges "
+                        "(sparkdl_serving_drift; 0: off)")
+    p.add_argument("--drift-reference", default=None, metavar="TABLE",
+                   help="the Delta table live drift compares with (default: the model's training snapshot)")
     p.add_argument("--token-file", default=None, metavar="FILE",
                    help="require 'Authorization: Bearer <token>' on /invocations, the token read from FILE (use it "
                         "whenever --host is not loopback)")
@@ -231,12 +236,14 @@ def _dispatch(args: argparse.Namespace):
         if args.workers > 1:
             options = WorkerOptions(args.ref, store=args.store, max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms, reload_s=args.reload_s, log_table=args.log_table,
-                                    limits=dataclasses.asdict(limits), token=token)
+                                    limits=dataclasses.asdict(limits), token=token,
+                                    drift_window=args.drift_window, drift_reference=args.drift_reference)
             ServerPool(options, args.workers, host=args.host, port=args.port).serve_forever()
         else:
             ModelServer(args.ref, store=args.store, host=args.host, port=args.port,
                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, reload_s=args.reload_s,
-                        log_table=args.log_table, limits=limits, token=token).serve_forever()
+                        log_table=args.log_table, limits=limits, token=token, drift_window=args.drift_window,
+                        drift_reference=args.drift_reference).serve_forever()
         return None
     if args.verb == "cache":
         from datetime import timedelta

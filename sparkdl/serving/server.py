@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sparkdl.errors import BatcherClosed, RequestError, SparkDLError
+from sparkdl.errors import BatcherClosed, ConfigError, RequestError, SparkDLError
 from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.score import runtime
@@ -47,6 +47,7 @@ from sparkdl.serving.batcher import MicroBatcher
 from sparkdl.serving.http import build_app, listening_socket, uvicorn_server, warn_if_exposed
 from sparkdl.serving.inference_log import InferenceLog
 from sparkdl.serving.limits import ServingLimits
+from sparkdl.serving.live_drift import LiveDrift, read_reference
 from sparkdl.serving.requests import ParsedRequest, invalid_rows_error, parse_request
 
 log = get_logger("serving")
@@ -100,7 +101,7 @@ class ModelServer:
     def __init__(self, ref: str, store=None, host: str = "127.0.0.1", port: int = 8080, max_batch_size: int = 64,
                  max_wait_ms: float = 5.0, reload_s: float = 2.0, log_table: str | None = None,
                  listen_socket: socket.socket | None = None, limits: ServingLimits | None = None,
-                 token: str | None = None):
+                 token: str | None = None, drift_window: int = 0, drift_reference: str | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.ref_text = str(ref)
@@ -131,12 +132,28 @@ class ModelServer:
         self._stop = threading.Event()
         self._closed = False
         self.inference_log = InferenceLog(log_table) if log_table else None
+        self.live_drift = self._live_drift(drift_window, drift_reference) if drift_window else None
         warn_if_exposed(host if listen_socket is None else listen_socket.getsockname()[0], token)
         self.socket = listen_socket if listen_socket is not None else listening_socket(host, port)
         self._on_ready = None
         self.app = build_app(self, self.limits, token=token, on_shutdown=self.close)
         self._uvicorn = uvicorn_server(self.app, self.limits)
         self._threads: list[threading.Thread] = []
+
+    def _live_drift(self, window: int, reference: str | None) -> LiveDrift:
+        """Live drift against `reference` (a Delta table), else the model's training snapshot."""
+        loaded = self.loaded
+        features = [(f.name, f.kind) for f in loaded.metadata.spec.features]
+        source = loaded.metadata.raw.get("source") or {}
+        table, version = (reference, None) if reference else (source.get("table"), source.get("version"))
+        if not table:
+            raise ConfigError(f"live drift: {loaded.ref} records no training table; pass --drift-reference TABLE")
+        try:
+            data = read_reference(table, version, [n for n, _ in features])
+        except Exception as exc:  # noqa: BLE001 - any storage error: name the table
+            raise ConfigError(f"live drift: cannot read the reference {table}"
+                              f"{'' if version is None else f'@{version}'}: {exc}") from exc
+        return LiveDrift(data, features, self.registry, window)
 
     # -- model ------------------------------------------------------------------------------------------------
     @property
@@ -240,6 +257,8 @@ class ModelServer:
             raise invalid_rows_error(scored.valid, scored.reasons)
         if self.inference_log is not None and queued.output == "prediction":
             self.inference_log.add(queued.parsed.table, scored.output, queued.loaded.ref)
+        if self.live_drift is not None:
+            self.live_drift.observe(queued.parsed.table)
         return {"predictions": _plain(scored.output)}
 
     def invocations(self, body: bytes, output: str = "prediction") -> dict:
@@ -265,6 +284,8 @@ class ModelServer:
                 "source": loaded.metadata.raw.get("source"), "pid": os.getpid()}
 
     def metrics(self) -> tuple[bytes, str]:
+        if self.live_drift is not None:
+            self.live_drift.update()
         return metrics_text(self.registry)
 
     # -- life cycle -------------------------------------------------------------------------------------------

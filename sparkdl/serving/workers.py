@@ -51,6 +51,8 @@ class WorkerOptions:
     log_table: str | None = None
     limits: dict | None = None      # ServingLimits' fields (None: its defaults)
     token: str | None = None        # bearer token of /invocations
+    drift_window: int = 0           # live drift over the last N requested rows (0: off)
+    drift_reference: str | None = None
 
 
 class ServerPool:
@@ -188,7 +190,8 @@ def worker_main(fd: int, options_json: str) -> None:
     server = ModelServer(options.ref, store=options.store, max_batch_size=options.max_batch_size,
                          max_wait_ms=options.max_wait_ms, reload_s=options.reload_s, log_table=options.log_table,
                          listen_socket=listen_socket, limits=ServingLimits(**(options.limits or {})),
-                         token=options.token)
+                         token=options.token, drift_window=options.drift_window,
+                         drift_reference=options.drift_reference)
 
     def ready() -> None:
         print(READY_LINE, flush=True)

@@ -92,6 +92,7 @@ class TrainSection:
     resume: bool = True
     checkpoint_every_steps: int | None = None
     max_failures: int = 3               # failures a fit recovers from (KerasEstimator params of the same names)
+    dp: dict[str, Any] | None = None    # differentially private training: {epsilon, delta, clip_norm, ...}
     rank_timeout_s: float = 300.0
     min_proc: int | None = None
     mlflow: bool | None = None

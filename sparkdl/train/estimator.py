@@ -24,6 +24,7 @@ goes to the sparkdl model store instead (see `SparkDLModel`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -49,8 +50,9 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
-from sparkdl.train import recovery
+from sparkdl.train import dp, recovery
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
+from sparkdl.train.dp import DPConfig
 from sparkdl.train.ml_persistence import EstimatorReader, EstimatorWriter
 from sparkdl.train.model import SparkDLModel
 from sparkdl.train.prepared import PreparedData, prepare_data, prepare_forecast_data
@@ -109,6 +111,12 @@ def _to_validation(value):
 
 def _to_list(value):
     return list(value) if value is not None else []
+
+
+def _to_dp(value):
+    """The `dp` param as a plain dict (Spark ML persistence stores JSON), checked by `DPConfig`."""
+    config = DPConfig.of(value)
+    return None if config is None else dataclasses.asdict(config)
 
 
 def _to_opt_float(value):
@@ -231,6 +239,10 @@ _PARAMS: tuple[EstimatorParam, ...] = (
     EstimatorParam("min_proc", "minProc", _to_opt_int, None, recorded=True,
                    doc="after a failure, go on with as few as min_proc ranks when num_proc task slots do not come "
                        "back within start_timeout (None: wait for num_proc, else fail)"),
+    EstimatorParam("dp", "dp", _to_dp, None, tracked=True, recorded=True,
+                   doc="differentially private training (DP-SGD, sparkdl.train.dp): {epsilon, delta, clip_norm, "
+                       "noise_multiplier, accountant}; Poisson-sampled steps at the expected batch batch_size x "
+                       "num_proc, per-example clipping, the noise added once across ranks; None = off"),
     EstimatorParam("env", "env", None, None,
                    doc="extra environment variables for the worker processes (override cycle_time_ms and "
                        "fusion_threshold_mb)"),
@@ -337,6 +349,13 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                               f"got {p['checkpoint_every_steps']}")
         if p["max_failures"] < 0:
             raise ConfigError(f"KerasEstimator: max_failures must be >= 0, got {p['max_failures']}")
+        if p["dp"] is not None:
+            if p["forecast"] is not None or p["model"] == "embedding":
+                raise ConfigError("KerasEstimator: dp needs a loss per example; a forecaster's windows and the "
+                                  "embedding model's triplet loss are not (train them without dp)")
+            if p["backward_passes_per_step"] != 1 or p["checkpoint_every_steps"] is not None:
+                raise ConfigError("KerasEstimator: dp takes its own steps: backward_passes_per_step and "
+                                  "checkpoint_every_steps do not apply (leave them at their defaults)")
         if not p["rank_timeout_s"] > 0:
             raise ConfigError(f"KerasEstimator: rank_timeout_s must be > 0 seconds, got {p['rank_timeout_s']}")
         if p["min_proc"] is not None and not 1 <= p["min_proc"] <= p["num_proc"]:
@@ -557,6 +576,14 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         elif val_data is not None:
             val_steps = steps_per_epoch(val_data, num_proc, p.batch_size)
 
+        privacy = None
+        if p.dp is not None:  # checked before the launch: the model's layers, the budget against the steps
+            dp.refuse_unsafe_layers(model_from_bytes(model_bytes))
+            privacy = dataclasses.asdict(dp.plan(DPConfig.of(p.dp), train_data.num_rows, p.batch_size * num_proc,
+                                                 p.epochs - initial_epoch))
+            log.info("run %s: differentially private: q=%.4g, sigma=%.4g, %d step(s) of %d requested, epsilon %.3g "
+                     "at delta %.1e (%s)", p.run_name, privacy["q"], privacy["noise_multiplier"], privacy["steps"],
+                     privacy["steps_requested"], privacy["epsilon"], privacy["delta"], privacy["accountant"])
         job = TrainJob(
             model=model_bytes, optimizer=p.optimizer_spec, learning_rate=p.learning_rate,
             loss=p.loss if p.loss is not None else default_loss(signature, zoo_name, flavour),
@@ -571,7 +598,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                                             p.checkpoint_every_steps),
             initial_step=checkpoint.resume_step if checkpoint is not None else 0,
             steps_per_execution=p.steps_per_execution, flavour=flavour,
-            backward_passes_per_step=p.backward_passes_per_step, compression=p.compression)
+            backward_passes_per_step=p.backward_passes_per_step, compression=p.compression, dp=privacy)
 
         tracked_epochs: set[int] = set()
         stopped: dict[str, int] = {}
@@ -629,6 +656,12 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                          "recoveries": [r.to_dict() for r in getattr(self, "_recoveries", None) or []],
                          "stopped_early": bool(result["epochs"]) and result["epochs"][-1] < p.epochs - 1},
         }
+        if result.get("privacy"):
+            metadata["privacy"] = result["privacy"]
+            if getattr(self, "_fit_run", None) is not None:
+                self._fit_run.log_epoch(len(result["epochs"]), {f"dp_{k}": v for k, v in result["privacy"].items()
+                                                                 if k in ("epsilon", "delta", "noise_multiplier",
+                                                                          "q", "steps")})
         if getattr(self, "_fit_run", None) is not None:
             metadata[tracking.RUN_ID_KEY] = self._fit_run.run_id
         if getattr(self, "last_run", None) is not None:  # where the launch's seconds went (see RunStats)

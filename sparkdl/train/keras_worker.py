@@ -12,6 +12,7 @@ import time
 from sparkdl import stack
 from sparkdl.tf_runtime import configure_tensorflow
 from sparkdl.train import heartbeat, progress
+from sparkdl.train.dp_worker import train_dp_on_rank
 from sparkdl.train.keras3_worker import train_keras3_on_rank
 from sparkdl.train.rank_job import (
     EarlyStop,
@@ -199,6 +200,8 @@ def train_on_rank(job: TrainJob) -> dict:
     step (`keras3_worker`)."""
     configure_tensorflow()
     progress.mark("tensorflow_imported")
+    if job.dp is not None:
+        return train_dp_on_rank(job)
     if job.flavour == "keras3":
         import horovod.tensorflow
 

@@ -46,6 +46,7 @@ class TrainJob:
     backward_passes_per_step: int = 1  # local gradient aggregation: one allreduce per N batches
     compression: str = "none"         # "none" or "fp16": the gradients' dtype on the wire
     initial_step: int = 0             # steps of initial_epoch already taken (resumed from a step checkpoint)
+    dp: dict | None = None            # a differentially private fit's plan (sparkdl.train.dp.DPPlan as a dict)
 
 
 def horovod_compression(name: str):

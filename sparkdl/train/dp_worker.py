@@ -1,0 +1,113 @@
+"""What every Horovod rank runs for a differentially private fit (`KerasEstimator(dp=...)`), in either Keras flavour.
+
+The rank reads its shard of the training data once into memory, then for each of the plan's steps: the rows of the
+shard that step t's Poisson sample holds (`dp.poisson_mask`), their per-example gradients (one Jacobian of the
+per-example losses, vectorized by TensorFlow's pfor), each clipped to `clip_norm` and summed; rank 0 adds the
+Gaussian noise; one sum-allreduce; division by the expected global batch; one optimizer update (the learning rate is
+that of the expected global batch, not scaled by the number of ranks). Every rank applies the same update to the
+same starting model, so they stay identical without broadcasts. An "epoch" is round(1/q) steps; each epoch reports
+the mean training loss of the rows sampled.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sparkdl import stack
+from sparkdl.train import dp, heartbeat, progress
+from sparkdl.train.rank_job import TrainJob, job_datasets, make_optimizer, report_epoch
+from sparkdl.train.serialization import model_from_bytes, model_to_bytes
+
+
+def noisy_sum(sums: list, plan_noise: float, clip_norm: float, rank: int, rng: np.random.Generator) -> list:
+    """Rank 0's clipped-gradient sums plus N(0, (σ·C)²) per coordinate; other ranks' sums unchanged (the noise is
+    added once across all ranks, before the sum-allreduce)."""
+    if rank != 0:
+        return sums
+    return [s + rng.normal(0.0, plan_noise * clip_norm, size=np.shape(s)).astype(np.float32) for s in sums]
+
+
+def read_shard(job: TrainJob, rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's shard of the training data as (features, labels) arrays, in storage order."""
+    train, _ = job_datasets(job, rank, size, first_epoch=0, epochs=1)  # shuffled batches: order does not matter
+    xs, ys = [], []
+    for x, y in train.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def train_dp_on_rank(job: TrainJob) -> dict:
+    """The Horovod function of a DP fit (see the module docstring). Returns (on rank 0) the model bytes, the
+    history and the privacy report."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    progress.mark("horovod_initialized")
+    rank, size = hvd.rank(), hvd.size()
+    keras = stack.keras_module(job.flavour)
+    keras.utils.set_random_seed(job.seed)
+    model = model_from_bytes(job.model)
+    optimizer, lr = make_optimizer(job.optimizer, job.learning_rate, 1, job.flavour)
+    loss_fn = keras.losses.get(job.loss)
+    if isinstance(loss_fn, keras.losses.Loss):
+        loss_fn = loss_fn.__class__.from_config({**loss_fn.get_config(), "reduction": "none"})
+    variables = model.trainable_variables
+    progress.mark("model_ready")
+
+    x_all, y_all = read_shard(job, rank, size)
+    plan = dp.DPPlan(**job.dp)
+    row_ids = np.arange(len(x_all), dtype=np.uint64) + np.uint64(rank) * np.uint64(1 << 40)
+    progress.mark("data_ready")
+    clip = float(plan.clip_norm)
+
+    @tf.function(reduce_retracing=True)
+    def clipped_sum(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            if pred.shape.rank == y.shape.rank + 1 and pred.shape[-1] == 1:  # one output unit: labels as a column
+                y = tf.cast(tf.expand_dims(y, -1), pred.dtype)
+            losses = tf.reshape(loss_fn(y, pred), [-1])  # one loss per example
+        jacobians = tape.jacobian(losses, list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        squares = tf.add_n([tf.reduce_sum(tf.reshape(j, [tf.shape(j)[0], -1]) ** 2, axis=1) for j in jacobians])
+        factors = tf.minimum(1.0, clip / (tf.sqrt(squares) + 1e-12))
+        return [tf.tensordot(factors, j, axes=1) for j in jacobians], tf.reduce_sum(losses)
+
+    rng = np.random.default_rng([job.seed, 7919])
+    steps_per_epoch = max(1, int(round(1 / plan.q)))
+    history: dict[str, list[float]] = {"loss": []}
+    epochs_done: list[int] = []
+    step, epoch = 0, 0
+    epoch_started, loss_sum, rows_seen = time.perf_counter(), 0.0, 0
+    while step < plan.steps:
+        mask = dp.poisson_mask(row_ids, step, job.seed, plan.q)
+        if mask.any():
+            sums, loss = clipped_sum(tf.constant(x_all[mask]), tf.constant(y_all[mask]))
+            sums = [s.numpy() for s in sums]
+            loss = float(loss.numpy())
+        else:
+            sums, loss = [np.zeros(v.shape, np.float32) for v in variables], 0.0
+        sums = noisy_sum(sums, plan.noise_multiplier, clip, rank, rng)
+        totals = hvd.grouped_allreduce([tf.constant(s) for s in sums] + [tf.constant([loss, float(mask.sum())])],
+                                       op=hvd.Sum)
+        grads = [t / plan.expected_batch for t in totals[:-1]]
+        optimizer.apply_gradients(zip(grads, variables))
+        loss_sum += float(totals[-1][0])
+        rows_seen += int(totals[-1][1])
+        step += 1
+        heartbeat.beat()
+        if step % steps_per_epoch == 0 or step == plan.steps:
+            logs = {"loss": loss_sum / max(rows_seen, 1)}
+            history["loss"].append(logs["loss"])
+            epochs_done.append(epoch)
+            if rank == 0:
+                report_epoch(job, epoch, logs, time.perf_counter() - epoch_started, rows_seen)
+            epoch += 1
+            epoch_started, loss_sum, rows_seen = time.perf_counter(), 0.0, 0
+    if rank != 0:
+        return {}
+    progress.report("event", name="train_end")
+    return {"model": model_to_bytes(model), "history": history, "epochs": epochs_done, "scaled_learning_rate": lr,
+            "size": size, "privacy": dp.with_steps(plan, step).to_dict()}

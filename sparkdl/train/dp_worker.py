@@ -16,7 +16,7 @@ import numpy as np
 
 from sparkdl import stack
 from sparkdl.train import dp, heartbeat, progress
-from sparkdl.train.rank_job import TrainJob, job_datasets, make_optimizer, report_epoch
+from sparkdl.train.rank_job import TrainJob, job_datasets, make_optimizer, report_epoch, report_first_step
 from sparkdl.train.serialization import model_from_bytes, model_to_bytes
 
 
@@ -98,6 +98,8 @@ def train_dp_on_rank(job: TrainJob) -> dict:
         rows_seen += int(totals[-1][1])
         step += 1
         heartbeat.beat()
+        if step == 1 and rank == 0:
+            report_first_step()
         if step % steps_per_epoch == 0 or step == plan.steps:
             logs = {"loss": loss_sum / max(rows_seen, 1)}
             history["loss"].append(logs["loss"])

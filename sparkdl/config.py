@@ -216,6 +216,19 @@ _ENV_OVERRIDES = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def options_from_mapping(cls: type, values: dict | None, where: str):
+    """An options dataclass (`SliceOptions`, `MonitorOptions`, `RetrainPolicy`, ...) from a YAML mapping; the
+    dataclass checks its values. Raises ConfigError naming `where` and an unknown key."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: "
+                          f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+    return cls(**values)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None, cls: type = JobConfig):
     """Load a YAML job file into `cls` (default `JobConfig`).
 

@@ -30,6 +30,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from sparkdl.config import options_from_mapping
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.evaluation.auc import auc_by_group
 from sparkdl.evaluation.fairness import fairness_metrics
@@ -66,12 +67,8 @@ class SliceOptions:
 
     @classmethod
     def from_dict(cls, values: dict | None, where: str = "slice_options") -> SliceOptions:
-        """From a mapping such as YAML `evaluate.slice_options`; ConfigError names an unknown key."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
+        """From a mapping such as its YAML section; ConfigError names an unknown key."""
+        return options_from_mapping(cls, values, where)
 
     def __post_init__(self):
         for name, low in (("min_slice_size", 1), ("n_boot", 0), ("ece_bins", 1)):

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sparkdl.config import options_from_mapping
 from sparkdl.errors import ConfigError
 from sparkdl.evaluation.slices import OVERALL
 from sparkdl.monitoring.windowed import STATISTICS
@@ -63,11 +64,9 @@ class RetrainPolicy:
             raise ConfigError(f"monitor.retrain.drift_share must be in (0, 1], got {self.drift_share!r}")
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "monitor.retrain") -> RetrainPolicy:
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
+    def from_dict(cls, values: dict | None, where: str = "monitor.retrain") -> RetrainPolicy:
+        """From a mapping such as its YAML section; ConfigError names an unknown key."""
+        return options_from_mapping(cls, values, where)
 
 
 def latest_window(result: dict[str, Any]) -> tuple[Any, Any] | None:

@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparkdl.config import options_from_mapping
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.evaluation.slices import OVERALL, Slice, check_slices, slice_keys
 from sparkdl.log import get_logger
@@ -86,11 +87,8 @@ class MonitorOptions:
 
     @classmethod
     def from_dict(cls, values: dict | None, where: str = "monitor") -> MonitorOptions:
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
+        """From a mapping such as its YAML section; ConfigError names an unknown key."""
+        return options_from_mapping(cls, values, where)
 
 
 def edges_below(value: Column, edges: Sequence[float]) -> Column:

@@ -20,6 +20,7 @@ import pyarrow as pa
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.monitor import _js_distance, _psi
+from sparkdl.uri import normalize_table_uri
 
 log = get_logger("serving.live_drift")
 
@@ -121,8 +122,6 @@ def _reference(name: str, kind: str, values: list, bins: int, max_categories: in
 def read_reference(table: str, version: int | None, columns: list[str], max_rows: int = 100_000) -> pa.Table:
     """Up to `max_rows` rows of `columns` of a Delta table (pinned to `version`), through delta-rs."""
     from deltalake import DeltaTable
-
-    from sparkdl.uri import normalize_table_uri
 
     dt = DeltaTable(normalize_table_uri(table), version=version)
     present = [c for c in columns if c in {f.name for f in dt.schema().fields}]

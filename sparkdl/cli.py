@@ -18,6 +18,7 @@ from sparkdl.errors import SparkDLError, one_line_reason
 from sparkdl.explain.model import EXPLANATION_FILE, load_explanation
 from sparkdl.lake import clean_staging
 from sparkdl.log import configure_logging, get_logger
+from sparkdl.model_metadata import data_values
 from sparkdl.registry import ModelStore
 from sparkdl.serving import ModelServer, ServerPool, ServingLimits, WorkerOptions, read_token
 from sparkdl.serving.export import export_saved_model
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", nargs="?", help="for alias: the alias to point at REF's version")
     p.add_argument("--force", action="store_true",
                    help="for alias: promote even though the version's evaluation gates failed (recorded)")
+    p.add_argument("--data-values", action="store_true",
+                   help="for show: list every raw value of the training data the version stores, by feature")
     _add_store_arg(p)
 
     p = verbs.add_parser("serve", help="serve a stored model over HTTP (MLflow request formats, metrics, reload)",
@@ -228,6 +231,8 @@ def _dispatch(args: argparse.Namespace):
                 raise SparkDLError("models alias: give the alias, e.g. sparkdl models alias digits_cnn@3 champion")
             version = store.set_alias(args.ref, args.alias, force=args.force)
             return {"model": version.name, "alias": args.alias, "version": version.version}
+        if args.data_values:
+            return data_values(store.metadata(args.ref))
         return _show_model(store, args.ref)
     if args.verb == "export":
         return {"saved_model": str(export_saved_model(args.ref, args.directory, store=args.store))}

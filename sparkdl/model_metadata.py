@@ -9,7 +9,7 @@ Every module that scores, explains or evaluates a stored model reads what it nee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.preprocess import PreprocessorModel
@@ -82,6 +82,27 @@ class ModelMetadata:
             raise ModelStoreError(f"{self.where} is a forecaster: it scores windows of a long table "
                                   f"(sparkdl.score.forecast), not rows of features")
         return PreprocessorModel.from_dict(self.preprocessing)
+
+
+def data_values(metadata: dict) -> dict[str, Any]:
+    """Every raw value of the training data a model version's metadata stores, by where it comes from:
+    categorical and text vocabularies per feature (a `pii` feature: "hashed into N buckets", no value), the label's
+    classes, a forecaster's entity keys. Numeric statistics (means, deviations, ranges) are aggregates, not listed.
+    What `sparkdl models show --data-values` prints."""
+    preprocessing = metadata.get("preprocessing") or {}
+    out: dict[str, Any] = {}
+    if ForecastPreparation.is_forecast(preprocessing):
+        out["forecast entities"] = sorted((preprocessing.get("series") or {}).keys())
+    for name, entry in ((preprocessing.get("stats") or {}).get("features") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("hash_buckets") is not None:
+            out[f"feature {name}"] = f"hashed into {entry['hash_buckets']} buckets (pii): no value stored"
+        elif entry.get("vocabulary"):
+            out[f"feature {name}"] = list(entry["vocabulary"])
+    if metadata.get("label_classes"):
+        out["label classes"] = list(metadata["label_classes"])
+    return out
 
 
 def _classes(classes, where: str) -> tuple | None:

@@ -1,6 +1,8 @@
 """Preprocessor: statistics match numpy, prepare_batch (scoring) == transform (training), invalid rows reported."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -240,3 +242,44 @@ def test_the_sql_preparation_of_imputed_scaled_and_one_hot_features_equals_the_p
     text = FeatureSpec.from_dict({"features": [{"name": "c", "kind": "text"}],
                                   "label": {"name": "y", "task": "binary"}})
     assert Preprocessor(text).fit(df).transform_validated_sql(df) is None  # the tokenizer is Python's
+
+
+def test_a_pii_column_is_hashed_and_no_raw_value_is_stored_with_the_model(spark, score_store):
+    """`pii: true` on a categorical column: each value goes to a salted hash bucket, by the same rule in Spark SQL
+    and in Python (bit for bit), and no email address is in any file of the saved model version; without `pii` the
+    vocabulary would store them. `models show --data-values` lists what a version stores."""
+    import zipfile
+
+    from test_score_udf import train_and_save
+
+    from sparkdl import cli
+    from sparkdl.model_metadata import data_values
+
+    domains = ["acme", "globex", "initech", "umbrella"]
+    rows = [(i, f"person{i}@{domains[i % 4]}.example", float(i % 17), int(i % 4 == 0)) for i in range(400)]
+    df = spark.createDataFrame(rows, "id long, email string, amount double, y int")
+    spec = {"features": [{"name": "email", "kind": "categorical", "pii": True, "hash_buckets": 64},
+                         {"name": "amount", "scale": "standard"}], "label": {"name": "y", "task": "binary"}}
+    prep = Preprocessor(FeatureSpec.from_dict(spec)).fit(df)
+    sql = prep.transform_validated_sql(df, keep_columns=["id"])
+    assert sql.orderBy("id").collect() == prep.transform(df, keep_columns=["id"]).orderBy("id").collect()
+    assert prep.input_shape == (64 + 1 + 1,)  # buckets, the null slot, amount
+
+    version, _, _ = train_and_save(score_store, "pii_emails", spec, df, "mlp", {"hidden": (8,)}, epochs=1)
+    blobs = []
+    for path in version.path.rglob("*"):
+        if path.is_file():
+            blobs.append(path.read_bytes())
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    blobs += [archive.read(member) for member in archive.namelist()]
+    assert blobs and not any(f"person{i}@".encode() in blob for blob in blobs for i in range(400))
+    stored = data_values(score_store.metadata(version))
+    assert stored["feature email"] == "hashed into 64 buckets (pii): no value stored"
+    assert cli.main(["models", "show", str(version), "--data-values", "--store", str(score_store.root)]) == 0
+
+    plain = Preprocessor(FeatureSpec.from_dict({**spec, "features": [{"name": "email", "kind": "categorical"}]})
+                         ).fit(df)
+    assert "person0@acme.example" in json.dumps(plain.to_dict())  # what pii keeps out of the artifact
+    with pytest.raises(ConfigError, match="pii: true takes categorical features .* a text feature cannot"):
+        Feature("bio", kind="text", pii=True)

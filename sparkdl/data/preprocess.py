@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,7 +157,9 @@ class Preprocessor:
     def _vocabulary_stats(self, train) -> dict:
         """The vocabularies of the categorical features (one job) and of the text features (one job)."""
         out = {}
-        cats = [f for f in self.spec.features if f.kind == "categorical"]
+        cats = [f for f in self.spec.features if f.kind == "categorical" and not f.pii]
+        out.update({f.name: {"hash_buckets": f.hash_buckets, "salt": secrets.token_hex(16)}  # no raw value kept
+                    for f in self.spec.features if f.kind == "categorical" and f.pii})
         if cats:
             vocab = _vocabularies(train, cats, self.max_categories)
             out.update({f.name: {"vocabulary": vocab.get(f.name, [])} for f in cats})
@@ -286,6 +289,16 @@ def _label_stats(label: Label, row) -> dict:
     return {"classes": classes, "num_classes": num_classes}
 
 
+def hash_buckets(values: list, buckets: int, salt: str) -> np.ndarray:
+    """Each value's bucket: the first 60 bits of sha256(salt + value) modulo `buckets` (nulls: the slot after the
+    buckets). The same rule as the Spark SQL preparation's (`sha2`, `conv`), so both paths agree bit for bit."""
+    out = np.full(len(values), buckets, dtype=np.int64)
+    for i, v in enumerate(values):
+        if v is not None:
+            out[i] = int(hashlib.sha256((salt + v).encode("utf-8")).hexdigest()[:15], 16) % buckets
+    return out
+
+
 def _vocabularies(df, cats: list[Feature], cap: int) -> dict[str, list[str]]:
     """The `cap` most frequent values of each categorical column, in one small Spark job."""
     from pyspark.sql import Window
@@ -377,7 +390,7 @@ class PreprocessorModel:
     def _build_layout(self) -> list[tuple[Feature, int, int]]:
         layout, start = [], 0
         for f in self.spec.features:
-            width = f.size if f.kind != "categorical" else len(self._vocab(f.name)) + 1
+            width = f.size if f.kind != "categorical" else self._categories(f.name) + 1
             layout.append((f, start, width))
             start += width
         self._width = start
@@ -385,6 +398,16 @@ class PreprocessorModel:
 
     def _vocab(self, name: str) -> list[str]:
         return self.stats["features"].get(name, {}).get("vocabulary", [])
+
+    def _categories(self, name: str) -> int:
+        """A categorical's slots before the out-of-vocabulary one: its vocabulary, or a pii feature's buckets."""
+        hashed = self.stats["features"].get(name, {}).get("hash_buckets")
+        return int(hashed) if hashed is not None else len(self._vocab(name))
+
+    def _hashed(self, name: str) -> tuple[int, str] | None:
+        """(buckets, salt) of a pii categorical, None for a vocabulary one."""
+        entry = self.stats["features"].get(name, {})
+        return (int(entry["hash_buckets"]), str(entry["salt"])) if entry.get("hash_buckets") is not None else None
 
     def _value_set(self, name: str) -> pa.Array:
         """A feature's vocabulary as a pyarrow array, built once per model (not once per batch)."""
@@ -598,8 +621,12 @@ class PreprocessorModel:
             null = np.zeros(len(strings), bool)
         else:
             self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
-        index = pc.index_in(strings, value_set=self._value_set(f.name))
-        idx = index.fill_null(len(vocab)).to_numpy(zero_copy_only=False).astype(np.int64)
+        hashed = self._hashed(f.name)
+        if hashed is not None:
+            idx = hash_buckets(strings.to_pylist(), *hashed)
+        else:
+            index = pc.index_in(strings, value_set=self._value_set(f.name))
+            idx = index.fill_null(len(vocab)).to_numpy(zero_copy_only=False).astype(np.int64)
         out[:] = 0.0
         out[np.arange(len(idx)), idx] = 1.0
         if null.any():
@@ -793,15 +820,20 @@ class PreprocessorModel:
             return F.transform(arr, element)
         if f.kind == "categorical" and df.schema[f.name].dataType.typeName() in (
                 "string", "byte", "short", "integer", "long", "boolean"):
-            vocab = self._vocab(f.name)
+            vocab, slots = self._vocab(f.name), self._categories(f.name)
             v = F.col(f.name).cast("string")
             if f.impute == "constant":
                 v = F.coalesce(v, F.lit(_category_key(f.impute_value)))
-            position = F.array_position(F.array(*[F.lit(c) for c in vocab]), v) if vocab else F.lit(0)
-            index = F.when(position > 0, position - 1).otherwise(F.lit(len(vocab)))
-            if len(vocab) + 1 <= ELEMENTWISE_MAX:
-                return F.array(*[(index == j).cast("float") for j in range(len(vocab) + 1)])
-            return F.transform(F.sequence(F.lit(0), F.lit(len(vocab))), lambda j: (j == index).cast("float"))
+            hashed = self._hashed(f.name)
+            if hashed is not None:  # hash_buckets' rule in SQL: the first 60 bits of sha256(salt + value) mod B
+                digest = F.conv(F.substring(F.sha2(F.concat(F.lit(hashed[1]), v), 256), 1, 15), 16, 10)
+                index = F.when(v.isNull(), F.lit(slots)).otherwise(F.pmod(digest.cast("long"), F.lit(hashed[0])))
+            else:
+                position = F.array_position(F.array(*[F.lit(c) for c in vocab]), v) if vocab else F.lit(0)
+                index = F.when(position > 0, position - 1).otherwise(F.lit(len(vocab)))
+            if slots + 1 <= ELEMENTWISE_MAX:
+                return F.array(*[(index == j).cast("float") for j in range(slots + 1)])
+            return F.transform(F.sequence(F.lit(0), F.lit(slots)), lambda j: (j == index).cast("float"))
         return None
 
     def transform_encoded(self, df, keep_columns=(), with_label: bool = True, counter=None):

@@ -6,6 +6,8 @@ A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind
 * ``vector``      – a fixed-length ``array<float>`` (or Spark ML vector) column; ``shape`` gives its tensor shape,
                     e.g. ``(64,)`` or ``(8, 8, 1)`` for an 8×8 grey image stored flat in row-major order;
 * ``categorical`` – a string or integer column, indexed with an out-of-vocabulary bucket and one-hot encoded;
+                    with ``pii: true`` (personal data) no vocabulary is kept: each value goes to one of
+                    ``hash_buckets`` (1024) buckets by a hash salted per model;
 * ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``;
 * ``text``        – a string column, tokenized (`sparkdl.data.text`) into ``max_length`` token ids with a
                     vocabulary of the ``vocabulary_size`` most frequent tokens fitted in Spark; 0 pads, 1 is
@@ -34,6 +36,7 @@ IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
 DEFAULT_MAX_LENGTH = 64
 DEFAULT_VOCABULARY_SIZE = 20000
+DEFAULT_HASH_BUCKETS = 1024
 IMAGE_SETTINGS = ("resize", "flip", "zoom")
 
 
@@ -52,11 +55,14 @@ class Feature:
     resize: bool | None = None
     flip: bool | None = None
     zoom: float | None = None
+    pii: bool = False                 # personal data: no raw value of it is stored with the model
+    hash_buckets: int | None = None   # a pii categorical's buckets (salted hash instead of a vocabulary)
 
     def __post_init__(self):
         where = f"feature {self.name!r}"
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"{where}: name must be a non-empty string")
+        self._pii_settings(where)
         object.__setattr__(self, "shape", _shape(f"{where}: shape", self.shape))
         if self.kind == "text":
             self._text_settings(where)
@@ -86,6 +92,21 @@ class Feature:
             raise ConfigError(f"{where}: scale must be one of {SCALE}, got {self.scale!r}")
         if self.kind == "categorical" and (self.scale or self.impute in ("mean", "median")):
             raise ConfigError(f"{where}: a categorical feature takes no scaling and no mean/median imputation")
+
+    def _pii_settings(self, where: str) -> None:
+        if not isinstance(self.pii, bool):
+            raise ConfigError(f"{where}: pii must be true or false, got {self.pii!r}")
+        if self.pii and self.kind not in ("categorical", "numeric"):
+            raise ConfigError(f"{where}: pii: true takes categorical features (hashed, no vocabulary is stored) and "
+                              f"numeric ones (only statistics are stored); a {self.kind} feature cannot be hashed "
+                              f"yet: hash or drop the column upstream")
+        if self.hash_buckets is not None and not (self.pii and self.kind == "categorical"):
+            raise ConfigError(f"{where}: hash_buckets is a setting of a categorical feature with pii: true")
+        if self.pii and self.kind == "categorical":
+            buckets = DEFAULT_HASH_BUCKETS if self.hash_buckets is None else self.hash_buckets
+            if isinstance(buckets, bool) or not isinstance(buckets, numbers.Integral) or buckets < 2:
+                raise ConfigError(f"{where}: hash_buckets must be an integer >= 2, got {self.hash_buckets!r}")
+            object.__setattr__(self, "hash_buckets", int(buckets))
 
     def _text_settings(self, where: str) -> None:
         for key, default in (("max_length", DEFAULT_MAX_LENGTH), ("vocabulary_size", DEFAULT_VOCABULARY_SIZE)):
@@ -130,6 +151,10 @@ class Feature:
         for key in ("impute", "impute_value", "scale", "max_length", "vocabulary_size") + IMAGE_SETTINGS:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.pii:
+            out["pii"] = True
+            if self.hash_buckets is not None:
+                out["hash_buckets"] = self.hash_buckets
         return out
 
 
@@ -229,7 +254,8 @@ class FeatureSpec:
             if isinstance(item, str):
                 item = {"name": item}
             _check_keys(f"features[{i}]", item, {"name", "kind", "shape", "impute", "impute_value", "scale",
-                                                 "max_length", "vocabulary_size", *IMAGE_SETTINGS}, {"name"})
+                                                 "max_length", "vocabulary_size", "pii", "hash_buckets",
+                                                 *IMAGE_SETTINGS}, {"name"})
             features.append(Feature(**{**item, "shape": item.get("shape") or ()}))
         label = data.get("label")
         if isinstance(label, str):

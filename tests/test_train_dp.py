@@ -91,6 +91,9 @@ def test_layers_and_settings_that_break_the_guarantee_are_refused_by_name():
         dp.DPConfig.of({"clip_norm": 1})
     from sparkdl.train import KerasEstimator
 
+    with pytest.raises(ConfigError, match="early_stopping do not apply"):
+        KerasEstimator(feature_spec={"features": ["a"], "label": {"name": "y", "task": "binary"}}, early_stopping=2,
+                       dp={"epsilon": 1})._checked()
     with pytest.raises(ConfigError, match="triplet loss"):
         KerasEstimator(model="embedding", feature_spec={"features": ["a"], "label": {"name": "y", "task": "binary"}},
                        dp={"epsilon": 1})._checked()

@@ -353,9 +353,10 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             if p["forecast"] is not None or p["model"] == "embedding":
                 raise ConfigError("KerasEstimator: dp needs a loss per example; a forecaster's windows and the "
                                   "embedding model's triplet loss are not (train them without dp)")
-            if p["backward_passes_per_step"] != 1 or p["checkpoint_every_steps"] is not None:
-                raise ConfigError("KerasEstimator: dp takes its own steps: backward_passes_per_step and "
-                                  "checkpoint_every_steps do not apply (leave them at their defaults)")
+            if (p["backward_passes_per_step"] != 1 or p["checkpoint_every_steps"] is not None
+                    or p["early_stopping"] is not None):
+                raise ConfigError("KerasEstimator: dp takes its own steps: backward_passes_per_step, "
+                                  "checkpoint_every_steps and early_stopping do not apply (leave them unset)")
         if not p["rank_timeout_s"] > 0:
             raise ConfigError(f"KerasEstimator: rank_timeout_s must be > 0 seconds, got {p['rank_timeout_s']}")
         if p["min_proc"] is not None and not 1 <= p["min_proc"] <= p["num_proc"]:

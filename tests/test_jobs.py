@@ -106,8 +106,8 @@ def test_spark_submit_on_standalone_cluster_then_the_cli(demo_tables, standalone
 def test_cli_help_explains_every_verb():
     proc = _run([sys.executable, "-m", "sparkdl.cli", "--help"], dict(os.environ))
     assert proc.returncode == 0
-    for verb in ("train", "score", "evaluate", "explain", "tune", "serve", "export", "demo", "models", "cache",
-                 "lake"):
+    for verb in ("train", "score", "evaluate", "explain", "tune", "monitor", "serve", "export", "demo", "models",
+                 "cache", "lake"):
         assert verb in proc.stdout
     proc = _run([sys.executable, "-m", "sparkdl.cli", "train", "--help"], dict(os.environ))
     assert "--config" in proc.stdout and "--set" in proc.stdout

@@ -200,21 +200,25 @@ def test_gates_bound_gap_and_baseline():
 
 @pytest.mark.slow
 @pytest.mark.both_sessions
-def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, lake, cancer, score_store):
+def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, lake, cancer, score_store, tmp_path):
     """A stored model on a Delta table with a sensitive column: the report, the long-form Delta table, plots,
-    gates.json, then `models alias` refused (naming slice, metric, value, limit), forced and recorded."""
+    gates.json, then `models alias` refused (naming slice, metric, value, limit), forced and recorded. The model is
+    copied into a store of the test's own (its gates would refuse other tests' aliases of the shared one)."""
     from pyspark.sql import functions as F
 
     from sparkdl import cli
     from sparkdl.evaluate import evaluate_model
     from sparkdl.lake import read_table, write_table
+    from sparkdl.registry import ModelStore
 
-    df, _, version, _, _ = cancer
+    df, _, shared, _, model = cancer
+    store = ModelStore(tmp_path / "models")
+    version = store.save(shared.name, model, score_store.metadata(shared))
     table = str(lake / "cancer_sliced")
     write_table(df.withColumn("size", F.when(F.col("mean_radius") > 14, "large").otherwise("small"))
                 .withColumn("site", F.element_at(F.array(*map(F.lit, "ABC")), (F.col("id") % 3 + 1).cast("int"))),
                 table)
-    metrics = evaluate_model(version, table, store=score_store, slices=["size", "site"],
+    metrics = evaluate_model(version, table, store=store, slices=["size", "site"],
                              slice_options=SliceOptions(n_boot=20, sensitive="size"),
                              gates=[{"metric": "accuracy", "min": 0.8},
                                     {"metric": "recall", "between": "size", "max_gap": 0.0},
@@ -234,12 +238,12 @@ def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, l
     rows, _ = read_table(str(lake / "slice_metrics"))
     assert rows.where("slice = 'size=large' and metric = 'accuracy'").count() == 1
     assert rows.where("slice = 'fairness:size'").count() == 10
-    assert json.loads(score_store.artifact_path(version, "gates.json").read_text())["passed"] is False
+    assert json.loads(store.artifact_path(version, "gates.json").read_text())["passed"] is False
 
     with pytest.raises(PromotionRefused, match=r"slice 'size=\w+ vs size=\w+' recall = [0-9.]+ \(limit 0"):
-        score_store.set_alias(version, "production")
-    assert cli.main(["models", "alias", str(version), "production", "--store", str(score_store.root),
+        store.set_alias(version, "production")
+    assert cli.main(["models", "alias", str(version), "production", "--store", str(store.root),
                      "--force"]) == 0
-    record = json.loads((score_store.root / version.name / "aliases" / "production.json").read_text())
+    record = json.loads((store.root / version.name / "aliases" / "production.json").read_text())
     assert record["forced"] is True and record["failed_gates"][0]["metric"] == "recall"
-    assert score_store.resolve(f"{version.name}@production").version == version.version
+    assert store.resolve(f"{version.name}@production").version == version.version

@@ -1,10 +1,12 @@
 """Differentially private training (DP-SGD) on Horovod: the settings, the privacy accountant, the sampling.
 
 A fit with `dp=` trains each step on a Poisson sample of the rows: each row is in step t's batch with probability
-q, decided by a hash of (row, t, seed), so no state is shared between ranks and the sample is the one the
-accountant assumes. Each rank computes per-example gradients of its rows in the batch (vectorized: one Jacobian of
-the per-example losses), clips each to L2 norm `clip_norm` and sums them; rank 0 alone adds Gaussian noise of
-standard deviation `noise_multiplier × clip_norm`; a sum-allreduce adds the ranks' sums, and the result is divided by
+q, decided by a hash of (row, t, key), so no state is shared between ranks and the sample is the one the
+accountant assumes. The key is drawn from the OS's entropy for each fit and never stored (subsampling amplifies
+privacy only while the sample is secret), and the noise comes from the OS's entropy too. Each rank computes
+per-example gradients of its rows in the batch (vectorized: one Jacobian of the per-example losses), clips each to
+L2 norm `clip_norm` and sums them; rank 0 alone adds Gaussian noise of standard deviation `noise_multiplier ×
+clip_norm`; a sum-allreduce adds the ranks' sums, and the result is divided by
 the expected global batch q·N (Opacus' DistributedDPOptimizer recipe; Horovod's averaging optimizer is not used, so
 nothing is scaled twice). `sparkdl.train.dp_worker` runs that loop for either Keras flavour.
 
@@ -161,7 +163,7 @@ def budget_steps(q: float, sigma: float, epsilon: float, delta: float, most: int
 
 def poisson_mask(row_ids: np.ndarray, step: int, seed: int, q: float) -> np.ndarray:
     """Which rows are in step `step`'s batch: a uniform from a hash (splitmix64) of (row id, step, seed) below q.
-    The same on every rank and every run; independent across rows and steps."""
+    The same on every rank for one seed; independent across rows and steps. A DP fit passes a secret seed."""
     with np.errstate(over="ignore"):
         x = (row_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
              + np.uint64((step * 0x632BE59BD9B4E019 + seed * 0x8CB92BA72F3D8DD7) & 0xFFFFFFFFFFFFFFFF))

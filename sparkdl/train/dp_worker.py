@@ -10,6 +10,7 @@ the mean training loss of the rows sampled.
 """
 from __future__ import annotations
 
+import secrets
 import time
 
 import numpy as np
@@ -75,14 +76,17 @@ def train_dp_on_rank(job: TrainJob) -> dict:
         factors = tf.minimum(1.0, clip / (tf.sqrt(squares) + 1e-12))
         return [tf.tensordot(factors, j, axes=1) for j in jacobians], tf.reduce_sum(losses)
 
-    rng = np.random.default_rng([job.seed, 7919])
+    # The noise and the sample must be unknown to anyone holding the model or its settings: the noise comes from
+    # the OS's entropy, the sample from a secret the driver drew for this fit (never stored with the model)
+    rng = np.random.default_rng(secrets.randbits(128))
+    sampling_key = int(job.dp_secret)
     steps_per_epoch = max(1, int(round(1 / plan.q)))
     history: dict[str, list[float]] = {"loss": []}
     epochs_done: list[int] = []
     step, epoch = 0, 0
     epoch_started, loss_sum, rows_seen = time.perf_counter(), 0.0, 0
     while step < plan.steps:
-        mask = dp.poisson_mask(row_ids, step, job.seed, plan.q)
+        mask = dp.poisson_mask(row_ids, step, sampling_key, plan.q)
         if mask.any():
             sums, loss = clipped_sum(tf.constant(x_all[mask]), tf.constant(y_all[mask]))
             sums = [s.numpy() for s in sums]

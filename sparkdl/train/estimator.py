@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -599,7 +600,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                                             p.checkpoint_every_steps),
             initial_step=checkpoint.resume_step if checkpoint is not None else 0,
             steps_per_execution=p.steps_per_execution, flavour=flavour,
-            backward_passes_per_step=p.backward_passes_per_step, compression=p.compression, dp=privacy)
+            backward_passes_per_step=p.backward_passes_per_step, compression=p.compression, dp=privacy,
+            dp_secret=secrets.randbits(63) if privacy else 0)
 
         tracked_epochs: set[int] = set()
         stopped: dict[str, int] = {}

@@ -47,6 +47,7 @@ class TrainJob:
     compression: str = "none"         # "none" or "fp16": the gradients' dtype on the wire
     initial_step: int = 0             # steps of initial_epoch already taken (resumed from a step checkpoint)
     dp: dict | None = None            # a differentially private fit's plan (sparkdl.train.dp.DPPlan as a dict)
+    dp_secret: int = 0                # its sampling key, drawn per fit and never stored (see dp_worker)
 
 
 def horovod_compression(name: str):

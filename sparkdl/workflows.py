@@ -1,4 +1,4 @@
-"""The jobs behind `sparkdl train|score|evaluate|explain|demo` and `jobs/*.py`: config in, library calls, summary
+"""The jobs behind `sparkdl train|score|evaluate|explain|monitor|demo` and `jobs/*.py`: config in, library calls, summary
 out."""
 from __future__ import annotations
 

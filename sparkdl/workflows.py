@@ -1,5 +1,5 @@
-"""The jobs behind `sparkdl train|score|evaluate|explain|monitor|demo` and `jobs/*.py`: config in, library calls, summary
-out."""
+"""The jobs behind `sparkdl train|score|evaluate|explain|monitor|demo` and `jobs/*.py`: config in, library calls,
+summary out."""
 from __future__ import annotations
 
 import os

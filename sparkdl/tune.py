@@ -161,7 +161,7 @@ def _sample(dim: Dimension):
 
 
 def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, parallel: int | None = None,
-         metric: str = "val_loss", direction: str | None = None, pruner: str = "median", study: str | None = None,
+         metric: str = "val_loss", direction: str | None = None, pruner="median", study: str | None = None,
          sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
     """Search `space` with `n_trials` fits of `estimator` on `table` (see the module docstring).
 
@@ -174,8 +174,10 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
         parallel: trials at once (default: task slots // trial_proc).
         metric, direction: what a trial's value is (the last epoch's, from its history) and its goal ("minimize"
             or "maximize"; default: the metric's own, from `sparkdl.metrics`).
-        pruner, sampler, seed: Optuna's pruner (median | successive_halving | none) and sampler (tpe | random).
-        study: the study's name (resumable); default a new one.
+        pruner, sampler, seed: Optuna's pruner (median | successive_halving | none, or an
+            `optuna.pruners.BasePruner`) and sampler (tpe | random).
+        study: the study's name (resumable); default a new one. Several `tune` calls on one study at once (other
+            threads or processes sharing `work`) share its trials: together they run up to `n_trials`.
         trials_table: the Delta table the trials are written to (default `<lake>/<study>_trials` next to `table`).
 
     Raises:
@@ -189,7 +191,7 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
         direction = metric_direction(metric)
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"tune: direction must be 'minimize' or 'maximize', got {direction!r}")
-    if pruner not in PRUNERS or sampler not in SAMPLERS:
+    if not isinstance(pruner, optuna.pruners.BasePruner) and pruner not in PRUNERS or sampler not in SAMPLERS:
         raise ConfigError(f"tune: pruner must be one of {PRUNERS} and sampler one of {SAMPLERS}, got "
                           f"{pruner!r}, {sampler!r}")
     if not isinstance(n_trials, int) or n_trials < 1:
@@ -218,20 +220,31 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
                "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
                "none": lambda: optuna.pruners.NopPruner()}
     opt = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=samplers[sampler](),
-                              pruner=pruners[pruner](), load_if_exists=True)
-    for left in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        opt.tell(left.number, state=optuna.trial.TrialState.FAIL)  # an interrupted search's trial
-    done = len(opt.get_trials(deepcopy=False))
+                              pruner=pruner if isinstance(pruner, optuna.pruners.BasePruner) else pruners[pruner](),
+                              load_if_exists=True)
+    with _StudyLock(folder / f"{name}.lock") as alone:
+        if alone:  # no other search runs the study: its RUNNING trials were left by an interrupted one
+            for left in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                opt.tell(left.number, state=optuna.trial.TrialState.FAIL)
+        return _search(opt, name, estimator, snap, space, dims, n_trials, trial_proc, parallel, metric, direction,
+                       pruner, sampler, seed, trials_table, spark)
+
+
+def _search(opt, name, estimator, snap, space, dims, n_trials, trial_proc, parallel, metric, direction, pruner,
+            sampler, seed, trials_table, spark) -> TuneResult:
+    """The trials a study still needs, then the study's result (`tune` past its checks, holding the study lock)."""
+    done = _started(opt)
     todo = max(0, n_trials - done)
     log.info("study %s: %d trial(s) done, %d to run, %d at once (%d process(es) each) on %s@%s", name, done, todo,
              parallel, trial_proc, snap.table, snap.version)
     preparations = _Preparations(snap)
     preparations.get(estimator)  # bad data fails the search here, before any trial
     study_run = _start_study_run(estimator, name, space, snap, n_trials=n_trials, trial_proc=trial_proc,
-                                 parallel=parallel, metric=metric, direction=direction, pruner=pruner,
+                                 parallel=parallel, metric=metric, direction=direction,
+                                 pruner=pruner if isinstance(pruner, str) else type(pruner).__name__,
                                  sampler=sampler, seed=seed)
     try:
-        _run_trials(opt, todo, parallel, estimator, dims, preparations, trial_proc, metric, name,
+        _run_trials(opt, todo, n_trials, parallel, estimator, dims, preparations, trial_proc, metric, name,
                     study_run.run_id if study_run else None, cores_per_task(spark, parallel * trial_proc))
     except BaseException:
         if study_run is not None:
@@ -259,6 +272,38 @@ def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, para
              result.best_value, result.best_params, result.best_model, len(complete),
              sum(r.state == "PRUNED" for r in records), sum(r.state == "FAIL" for r in records))
     return result
+
+
+def _started(opt) -> int:
+    """The study's trials that started (any state but WAITING: a trial enqueued and not yet asked for)."""
+    import optuna
+
+    return len(opt.get_trials(deepcopy=False, states=tuple(s for s in optuna.trial.TrialState
+                                                            if s != optuna.trial.TrialState.WAITING)))
+
+
+class _StudyLock:
+    """A study's lock file, held shared by every search running the study; entered, it says whether this search
+    is alone (it got the lock exclusively first, then shares it). Other searches on the study wait only for that
+    check, never for each other's trials."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> bool:
+        import fcntl
+
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed in __exit__
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(self._file, fcntl.LOCK_SH)  # from exclusive: a conversion; else waits for the check above
+        return alone
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()  # releases the lock
 
 
 def _start_study_run(estimator, study: str, space: dict, snap, **settings):
@@ -296,17 +341,18 @@ class _Preparations:
         return future.result()
 
 
-def _run_trials(opt, todo: int, parallel: int, estimator, dims, preparations, trial_proc, metric, study,
-                parent_run_id, threads: int) -> None:
-    """`todo` trials, `parallel` at once: each thread asks the study for a trial and fits it, until none is left;
-    each process of a trial gets `threads` threads (its share of the cores the trials run on together)."""
+def _run_trials(opt, todo: int, n_trials: int, parallel: int, estimator, dims, preparations, trial_proc, metric,
+                study, parent_run_id, threads: int) -> None:
+    """`todo` trials, `parallel` at once: each thread asks the study for a trial and fits it, until none is left
+    or the study has `n_trials` (with another search's); each process of a trial gets `threads` threads (its share
+    of the cores the trials run on together)."""
     lock = threading.Lock()
     remaining = [todo]
 
     def worker() -> None:
         while True:
             with lock:
-                if remaining[0] <= 0:
+                if remaining[0] <= 0 or _started(opt) >= n_trials:
                     return
                 remaining[0] -= 1
                 trial = opt.ask()

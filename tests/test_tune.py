@@ -39,25 +39,42 @@ def test_more_processes_per_trial_than_task_slots_is_refused_before_any_job(spar
              {"learning_rate": {"type": "uniform", "low": 1e-3, "high": 1e-2}}, n_trials=2, trial_proc=3, spark=spark)
 
 
+def _journal_study(work, name: str):
+    """The study `tune` keeps under `work` (Optuna's own API, as another process would open it)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (work / "tune").mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(work / "tune" / f"{name}.journal")))
+    return optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
+
+
 @pytest.mark.slow
 def test_a_study_of_distributed_fits_prunes_records_failures_and_resumes(spark, demo_tables, training_store,
                                                                         tmp_path, tracking_uri):
+    import optuna
+
     from sparkdl.lake import read_table
     from sparkdl.registry import ModelStore
 
-    space = {"learning_rate": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
+    space = {"learning_rate": {"type": "loguniform", "low": 1e-7, "high": 3e-2},
              "hparams.hidden": {"type": "choice", "values": [[16], [-1]]}}  # a width of -1 cannot be built
+    queued = _journal_study(tmp_path, "cancer-search")
+    # two learning trials, one that cannot be built, then two that cannot learn: each of the last starts when a
+    # learning trial has completed (2 at once), so the median pruner must stop it
+    for lr, hidden in [(1e-2, 0), (1e-2, 1), (1e-2, 0), (1e-7, 0), (1e-7, 0)]:
+        queued.enqueue_trial({"learning_rate": lr, "hparams.hidden#index": hidden})
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1)
     result = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=5,
                   trial_proc=1, parallel=2, metric="val_loss", study="cancer-search", sampler="random",
-                  work=tmp_path, spark=spark)
-    assert len(result.trials) == 5 and {t.state for t in result.trials} <= {"COMPLETE", "PRUNED", "FAIL"}
-    for t in result.trials:
-        if t.params["hparams.hidden"] == [-1]:
-            assert t.state == "FAIL" and t.reason
-        elif t.state == "COMPLETE":
-            assert t.model and t.value is not None and t.epochs == 3
+                  pruner=pruner, work=tmp_path, spark=spark)
+    states = [t.state for t in result.trials]
+    assert states[0] == "COMPLETE" and states[1] == "FAIL" and states[3:] == ["PRUNED", "PRUNED"], states
+    assert result.trials[1].reason and all(t.epochs < 3 for t in result.trials[3:])
     complete = [t for t in result.trials if t.state == "COMPLETE"]
-    assert complete and result.best_value == min(t.value for t in complete)
+    assert all(t.model and t.value is not None and t.epochs == 3 for t in complete)
+    assert result.best_value == min(t.value for t in complete)
     best = ModelStore(training_store.root)
     assert "tune.json" in best.artifacts(result.best_model)
     trials = read_table(result.trials_table, spark=spark)[0].toPandas()
@@ -74,13 +91,33 @@ def test_a_study_of_distributed_fits_prunes_records_failures_and_resumes(spark, 
             assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state]
             assert float(run.data.params["learning_rate"]) == pytest.approx(t.params["learning_rate"])
 
-    again = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=6, trial_proc=1,
+    _journal_study(tmp_path, "cancer-search").ask()  # a trial a killed search left RUNNING
+    again = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=7, trial_proc=1,
                  parallel=1, study="cancer-search", sampler="random", work=tmp_path, spark=spark)
-    assert len(again.trials) == 6 and [t.number for t in again.trials][:5] == list(range(5))  # one more trial
+    assert len(again.trials) == 7 and [t.number for t in again.trials][:5] == list(range(5))  # kept
+    assert again.trials[5].state == "FAIL" and again.trials[5].reason == "interrupted"
     resumed = _study_runs("cancer-search")
     assert resumed["parent"].info.run_id == runs["parent"].info.run_id  # the same parent run, taken up again
     assert resumed["parent"].info.status == "FINISHED"
-    assert again.trials[5].state == "FAIL" or "cancer-search-trial-5" in resumed["trials"]
+    assert again.trials[6].state == "FAIL" or "cancer-search-trial-6" in resumed["trials"]
+
+
+def test_a_search_joining_a_running_study_leaves_its_trials_running(spark, demo_tables, training_store, tmp_path):
+    """Another search holds the study (its lock, a RUNNING trial): a second `tune` on it must not fail that trial;
+    once the other search is gone, the trial it left is an interrupted one."""
+    from sparkdl.tune import _StudyLock
+
+    running = _journal_study(tmp_path, "shared-search").ask()
+    space = {"learning_rate": {"type": "uniform", "low": 1e-3, "high": 1e-2}}
+    with _StudyLock(tmp_path / "tune" / "shared-search.lock") as alone:
+        assert alone
+        joined = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=1,
+                      study="shared-search", work=tmp_path, spark=spark)
+    assert [t.state for t in joined.trials] == ["RUNNING"]  # the other search's trial, untouched
+    assert _journal_study(tmp_path, "shared-search").trials[0].number == running.number
+    alone = tune(_estimator(training_store), demo_tables["breast_cancer_train"], space, n_trials=1,
+                 study="shared-search", work=tmp_path, spark=spark)
+    assert [(t.state, t.reason) for t in alone.trials] == [("FAIL", "interrupted")]
 
 
 def _study_runs(study: str) -> dict:

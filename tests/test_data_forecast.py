@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 
 from sparkdl.data.forecast import ForecastSpec, Frequency
-from sparkdl.data.series import build_series, first_step_from, on_grid, seasonal_naive_mae, step_time
+from sparkdl.data.series import (
+    MONTH_END,
+    build_series,
+    first_step_from,
+    grid_frame,
+    on_grid,
+    seasonal_naive_mae,
+    step_time,
+    time_of_step,
+)
 from sparkdl.data.windows import SeriesWindows, gather, iterate_windows, load_series, shard
 from sparkdl.errors import ConfigError, ValidationError
 from sparkdl.score.forecast import seasonal_naive
@@ -72,6 +81,61 @@ def test_grid_steps_and_times_invert_each_other(frequency, kind, stamp):
     back = step_time(spec, kind, step, offset, tz)
     assert (back if kind == "date" else back.tz_convert(tz)) == (at.tz_localize(None) if kind == "date" else at)
     assert first_step_from(spec, at + pd.Timedelta(seconds=1), offset) == step + 1  # just after: the next step
+
+
+def _one_series_on_grid(spark, pdf, schema, spec):
+    """(GridSeries, the local times of the three grid steps after it) of a one-entity table, as forecasting sees
+    it: `grid_frame` in Spark, `on_grid` on its rows, `time_of_step` in Spark in the session time zone."""
+    from pyspark.sql import functions as F
+
+    long, _ = grid_frame(spark.createDataFrame(pdf, schema), spec)
+    g = on_grid(long.toPandas(), list(spec.channels))
+    kind = "date" if "ts date" in schema else "timestamp"
+    after = spark.range(1, 4).select(time_of_step(spec, kind, F.col("id") + F.lit(g.start + len(g.values) - 1),
+                                                  g.offset).alias("t"))
+    return g, [r.t for r in after.select(F.date_format("t", "yyyy-MM-dd HH:mm").alias("t")).orderBy("t").collect()]
+
+
+def test_daily_readings_at_local_midnight_stay_on_the_grid_across_a_dst_change(spark):
+    """Berlin's clocks moved on 2021-03-28: a reading at local midnight is 23:00 UTC before and 22:00 UTC after.
+    A daily grid counts wall-clock days: no reading is off the grid and forecasts are labelled at local midnight."""
+    spec = ForecastSpec.from_dict(dict(SPEC, frequency="1d", lookback=3, horizon=2, test_from=None))
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "Europe/Berlin")
+    try:
+        days = pd.date_range("2021-03-20", "2021-04-05", freq="D", tz="Europe/Berlin")
+        pdf = pd.DataFrame({"city": "a", "ts": days, "temp": np.arange(len(days), dtype=float), "hum": 1.0})
+        g, after = _one_series_on_grid(spark, pdf, "city string, ts timestamp, temp double, hum double", spec)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    assert (g.off_grid, g.duplicates, len(g.values)) == (0, 0, len(days))
+    assert g.values[:, 0].tolist() == list(range(len(days)))  # nothing filled in
+    assert after == ["2021-04-06 00:00", "2021-04-07 00:00", "2021-04-08 00:00"]
+    stamp = pd.Timestamp("2021-03-29", tz="Europe/Berlin")  # the day after the change, on the driver
+    step = first_step_from(spec, stamp, g.offset)
+    assert step_time(spec, "timestamp", step, g.offset, "Europe/Berlin") == stamp
+    assert step_time(spec, "timestamp", step - 2, g.offset, "Europe/Berlin") == pd.Timestamp("2021-03-27",
+                                                                                             tz="Europe/Berlin")
+
+
+@pytest.mark.parametrize("kind", ["date", "timestamp"])
+def test_month_end_data_is_anchored_at_the_month_end(spark, kind):
+    """Jan 31, Feb 29, Mar 31, ...: from the month's start these are on four offsets (most of Feb's row would be
+    off the grid); anchored at the month's end they share one, and forecasts fall on the next month ends."""
+    spec = ForecastSpec.from_dict(dict(SPEC, frequency="1mo", lookback=3, horizon=2, test_from=None))
+    ends = pd.date_range("2020-02-01", periods=14, freq="MS") - pd.Timedelta(days=1)  # 2020-01-31 .. 2021-02-28
+    pdf = pd.DataFrame({"city": "a", "ts": ends.date if kind == "date" else ends.tz_localize("UTC"),
+                        "temp": np.arange(14, dtype=float), "hum": 1.0})
+    g, after = _one_series_on_grid(spark, pdf, f"city string, ts {kind}, temp double, hum double", spec)
+    assert (g.off_grid, len(g.values), bool(g.offset & MONTH_END)) == (0, 14, True)
+    assert g.values[:, 0].tolist() == list(range(14))
+    assert [t[:10] for t in after] == ["2021-03-31", "2021-04-30", "2021-05-31"]
+    assert str(step_time(spec, kind, g.start + 1, g.offset))[:10] == "2020-02-29"
+    assert first_step_from(spec, pd.Timestamp("2020-02-15", tz="UTC"), g.offset) == g.start + 1
+    # data on the 28th stays anchored at the start (February's 28th is its end, the others' not)
+    on_28th = pdf.assign(ts=[d.replace(day=28) for d in pdf.ts])
+    g28, _ = _one_series_on_grid(spark, on_28th, f"city string, ts {kind}, temp double, hum double", spec)
+    assert (g28.off_grid, bool(g28.offset & MONTH_END)) == (0, False)
 
 
 def test_seasonal_naive_repeats_the_last_season_before_the_window():

@@ -143,6 +143,42 @@ def test_an_entity_on_another_offset_is_forecast_on_its_own_grid_and_the_time_zo
 
 
 @pytest.mark.slow
+def test_duplicate_and_off_grid_rows_at_scoring_are_counted_and_the_forecast_ignores_row_order(spark, forecaster,
+                                                                                             training_store):
+    """Rome's last reading twice (two values, in either order) counts once with their mean; a Berlin reading at
+    ten past is left out; `score_table` reports both counts and the forecasts do not depend on the rows' order."""
+    from sparkdl.score import resolve_model
+    from sparkdl.score.forecast import data_counts, forecast_frame
+
+    root, _, model = forecaster
+    ref, metadata = resolve_model(model)
+    recent = city_table(hours=260)
+    last = recent[recent.city == "rome"].index[-1]
+    first_copy, second_copy = recent.loc[[last]].assign(temp=recent.temp[last] + 3.0), recent.loc[[last]]
+    stray = recent[recent.city == "berlin"].iloc[[100]].assign(ts=lambda d: d.ts + pd.Timedelta(minutes=10))
+    averaged = recent.copy()
+    averaged.loc[last, "temp"] += 1.5
+    forecasts = {}
+    for name, pdf in {"one order": pd.concat([recent.drop(index=last), first_copy, second_copy, stray]),
+                      "other order": pd.concat([second_copy, stray, recent.drop(index=last), first_copy]),
+                      "averaged": averaged}.items():
+        frame = forecast_frame(spark.createDataFrame(pdf.reset_index(drop=True)), ref, metadata.forecast,
+                               data_counts=True).persist()
+        forecasts[name] = frame.where("city = 'rome'").orderBy("step").toPandas().forecast.to_numpy()
+        counts = data_counts(frame)
+        assert counts == ({"duplicate_rows": 0, "off_grid_rows": 0} if name == "averaged"
+                          else {"duplicate_rows": 1, "off_grid_rows": 1}), name
+        frame.unpersist()
+    np.testing.assert_array_equal(forecasts["one order"], forecasts["other order"])
+    np.testing.assert_allclose(forecasts["one order"], forecasts["averaged"], rtol=1e-6)
+    source = str(root / "recent-with-duplicates")
+    lake.write_table(spark.createDataFrame(pd.concat([recent, first_copy, stray]).reset_index(drop=True)), source,
+                     mode="overwrite")
+    report = score_table(model, source, str(root / "forecasts-with-duplicates"), store=training_store)
+    assert report.adjusted == {"duplicate_rows": 1, "off_grid_rows": 1} and report.scored_rows == 3
+
+
+@pytest.mark.slow
 def test_bad_forecasting_input_fails_before_any_write(spark, forecaster, training_store, tmp_path):
     root, table, model = forecaster
     target = str(root / "forecasts_bad")

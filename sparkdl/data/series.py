@@ -33,6 +33,17 @@ STEP, OFFSET, SERIES_KEY = "_sparkdl_step", "_sparkdl_offset", "_sparkdl_series"
 VALUES = "values"
 INFO_COLUMNS = ("start", "offset", "length", "mean", "scale", "naive_mae", "filled", "duplicates", "off_grid")
 MONTH_BITS = 42  # a monthly grid's offset: (month within the step) << 42 | microseconds into the month
+# a monthly grid anchored at the month's end (`OFFSET_END`, chosen per series by `on_grid`): the flag, and its
+# offset's microseconds counted from END_SPAN before the next month's start
+MONTH_END, END_SPAN = 1 << 50, 32 * 86400 * MICROS
+OFFSET_END = "_sparkdl_offset_end"
+DAY_MICROS = 86400 * MICROS
+
+
+def calendar_days(spec: ForecastSpec, kind: str) -> bool:
+    """Whether a timestamp grid of whole days (1d, 1w) counts local wall-clock time (of the session time zone): a
+    reading at local midnight stays on the grid across a daylight-saving change."""
+    return kind == "timestamp" and not spec.grid.months and spec.grid.step_micros % DAY_MICROS == 0
 TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
 
 
@@ -46,24 +57,32 @@ def time_kind(df, spec: ForecastSpec) -> str:
     return "date" if name == "date" else "timestamp"
 
 
-def grid_columns(df, spec: ForecastSpec):
-    """(step, offset) Spark columns of each row's time on the spec's grid (exact integer arithmetic)."""
+def grid_columns(df, spec: ForecastSpec, month_end: bool = False):
+    """(step, offset) Spark columns of each row's time on the spec's grid (exact integer arithmetic). Whole-day
+    grids of timestamps count wall-clock time (`calendar_days`); `month_end` gives a monthly grid's offset
+    anchored at the month's end (month-end data: Jan 31, Feb 28, ... share one offset)."""
     from pyspark.sql import functions as F
 
     t = F.col(spec.time)
     kind = time_kind(df, spec)
-    micros = (F.expr(f"unix_date(`{spec.time}`)") * F.lit(86400 * MICROS)) if kind == "date" \
+    micros = (F.expr(f"unix_date(`{spec.time}`)") * F.lit(DAY_MICROS)) if kind == "date" \
         else F.expr(f"unix_micros(CAST(`{spec.time}` AS TIMESTAMP))")
+    if calendar_days(spec, kind):
+        micros = (F.expr(f"unix_date(CAST(`{spec.time}` AS DATE))") * F.lit(DAY_MICROS)
+                  + F.hour(t).cast("long") * F.lit(3600 * MICROS) + F.minute(t).cast("long") * F.lit(60 * MICROS)
+                  + F.expr(f"CAST(date_part('SECOND', `{spec.time}`) * 1000000 AS BIGINT)"))
     if not spec.grid.months:
         step = F.lit(spec.grid.step_micros)
         offset = F.pmod(micros, step)
         return ((micros - offset) / step).cast("long"), offset
     month = ((F.year(t) - 1970) * 12 + F.month(t) - 1).cast("long")
-    start = F.expr(f"unix_micros(CAST(date_trunc('month', `{spec.time}`) AS TIMESTAMP))")
-    if kind == "date":
-        start = F.expr(f"unix_date(trunc(`{spec.time}`, 'MM'))") * F.lit(86400 * MICROS)
+    unit = f"trunc(`{spec.time}`, 'MM')" if not month_end else f"add_months(trunc(`{spec.time}`, 'MM'), 1)"
+    start = F.expr(f"unix_date({unit})") * F.lit(DAY_MICROS) if kind == "date" \
+        else F.expr(f"unix_micros(CAST({unit} AS TIMESTAMP))")
     phase = F.pmod(month, F.lit(spec.grid.count))
     offset = F.shiftleft(phase, MONTH_BITS) + (micros - start)
+    if month_end:
+        offset = offset + F.lit(MONTH_END + END_SPAN)
     return ((month - phase) / spec.grid.count).cast("long"), offset
 
 
@@ -77,15 +96,41 @@ def time_of_step(spec: ForecastSpec, kind: str, step_col, offset):
     if not spec.grid.months:
         micros = step_col * F.lit(spec.grid.step_micros) + offset
         if kind == "date":
-            return F.date_from_unix_date(F.floor(micros / F.lit(86400 * MICROS)).cast("int"))
+            return F.date_from_unix_date(F.floor(micros / F.lit(DAY_MICROS)).cast("int"))
+        if calendar_days(spec, kind):  # wall-clock time in the session time zone
+            day = F.date_from_unix_date(F.floor(micros / F.lit(DAY_MICROS)).cast("int"))
+            into = F.pmod(micros, F.lit(DAY_MICROS))
+            return F.make_timestamp(F.year(day), F.month(day), F.dayofmonth(day),
+                                    (into / F.lit(3600 * MICROS)).cast("int"),
+                                    (F.pmod(into, F.lit(3600 * MICROS)) / F.lit(60 * MICROS)).cast("int"),
+                                    (F.pmod(into, F.lit(60 * MICROS)) / F.lit(MICROS)).cast("decimal(16,6)"))
         return F.timestamp_micros(micros)
-    phase, into = F.shiftright(offset, MONTH_BITS), offset.bitwiseAND(F.lit((1 << MONTH_BITS) - 1))
-    month = step_col * F.lit(spec.grid.count) + phase
+    end = offset.bitwiseAND(F.lit(MONTH_END)) != 0
+    plain = offset - F.when(end, F.lit(MONTH_END)).otherwise(F.lit(0))
+    phase, into = F.shiftright(plain, MONTH_BITS), plain.bitwiseAND(F.lit((1 << MONTH_BITS) - 1))
+    month = step_col * F.lit(spec.grid.count) + phase + F.when(end, 1).otherwise(0)
+    into = into - F.when(end, F.lit(END_SPAN)).otherwise(F.lit(0))
     first = F.make_date(F.lit(1970) + F.floor(month / 12).cast("int"), F.pmod(month, F.lit(12)).cast("int") + 1,
                         F.lit(1))
     if kind == "date":
-        return F.date_add(first, F.floor(into / F.lit(86400 * MICROS)).cast("int"))
+        return F.date_add(first, F.floor(into / F.lit(DAY_MICROS)).cast("int"))
     return F.timestamp_micros(F.unix_micros(first.cast("timestamp")) + into)
+
+
+def _month_parts(offset: int) -> tuple[int, int, bool]:
+    """(month within the step, microseconds from the anchor, anchored at the month's end) of a monthly offset."""
+    end = bool(int(offset) & MONTH_END)
+    plain = int(offset) - (MONTH_END if end else 0)
+    return plain >> MONTH_BITS, (plain & ((1 << MONTH_BITS) - 1)) - (END_SPAN if end else 0), end
+
+
+def _month_time(month: int, into: int, end: bool, tz: str):
+    """The pandas Timestamp `into` microseconds after the start of `month` (the next one's when `end`)."""
+    import pandas as pd
+
+    month += 1 if end else 0
+    first = pd.Timestamp(year=1970 + month // 12, month=month % 12 + 1, day=1, tz=tz)
+    return first + pd.Timedelta(microseconds=into)
 
 
 def step_time(spec: ForecastSpec, kind: str, step: int, offset: int, time_zone: str = "UTC"):
@@ -93,27 +138,29 @@ def step_time(spec: ForecastSpec, kind: str, step: int, offset: int, time_zone: 
     import pandas as pd
 
     if not spec.grid.months:
-        stamp = pd.Timestamp(int(step) * spec.grid.step_micros + int(offset), unit="us", tz="UTC")
+        micros = int(step) * spec.grid.step_micros + int(offset)
+        if calendar_days(spec, kind):
+            return pd.Timestamp(micros, unit="us").tz_localize(time_zone, ambiguous=True,
+                                                              nonexistent="shift_forward")
+        stamp = pd.Timestamp(micros, unit="us", tz="UTC")
     else:
-        phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
-        month = int(step) * spec.grid.count + phase
-        first = pd.Timestamp(year=1970 + month // 12, month=month % 12 + 1, day=1,
-                             tz="UTC" if kind == "date" else time_zone)
-        stamp = first + pd.Timedelta(microseconds=into)
+        phase, into, end = _month_parts(offset)
+        stamp = _month_time(int(step) * spec.grid.count + phase, into, end, "UTC" if kind == "date" else time_zone)
     return stamp.tz_localize(None) if kind == "date" else stamp.tz_convert(time_zone)
 
 
 def first_step_from(spec: ForecastSpec, stamp, offset: int) -> int:
-    """The first grid step (of a series with `offset`) at or after the pandas Timestamp `stamp`."""
+    """The first grid step (of a series with `offset`) at or after the pandas Timestamp `stamp` (aware, in the
+    grid's time zone: UTC for dates)."""
     if not spec.grid.months:
         step = spec.grid.step_micros
-        micros = stamp.value // 1000
+        local = stamp.tz_localize(None) if calendar_days(spec, "timestamp") and stamp.tzinfo is not None else stamp
+        micros = local.value // 1000
         return -((int(offset) - micros) // step)
-    phase, into = int(offset) >> MONTH_BITS, int(offset) & ((1 << MONTH_BITS) - 1)
+    phase, into, end = _month_parts(offset)
     month = (stamp.year - 1970) * 12 + stamp.month - 1
-    start = stamp.normalize().replace(day=1)
-    micros_in = (stamp - start).value // 1000
-    at = month + (1 if micros_in > into else 0)  # the first month whose grid time is at or after the stamp
+    # the first month (around the stamp's own) whose grid time is at or after the stamp
+    at = next(m for m in (month - 1, month, month + 1) if _month_time(m, into, end, str(stamp.tz or "UTC")) >= stamp)
     return -((phase - at) // spec.grid.count)
 
 
@@ -174,13 +221,19 @@ class GridSeries:
 
 
 def on_grid(pdf, channels: list[str], test_step=None) -> GridSeries:
-    """Put one entity's rows (with the `grid_columns` STEP and OFFSET) on the grid: the most common offset wins,
+    """Put one entity's rows (with the `grid_columns` STEP and OFFSET) on the grid: the most common offset wins
+    (of a monthly grid's OFFSET and OFFSET_END, the anchor that puts more rows on one offset),
     duplicate steps take the mean of their values (whatever the rows' order), missing and non-finite values are
     filled (`fill_gaps`). `test_step`
     (offset -> the first grid step of the test period) splits the fill: nothing is interpolated across
     `test_from`, and test steps are filled from the past only."""
     offsets = pdf[OFFSET].to_numpy(np.int64)
     found, counts = np.unique(offsets, return_counts=True)
+    if OFFSET_END in pdf.columns:  # a monthly grid: anchored at the month's start, or its end if that fits better
+        ends = pdf[OFFSET_END].to_numpy(np.int64)
+        found_end, counts_end = np.unique(ends, return_counts=True)
+        if counts_end.max() > counts.max():
+            offsets, found, counts = ends, found_end, counts_end
     offset = int(found[np.argmax(counts)])
     on = offsets == offset
     rows = pdf[on]
@@ -232,14 +285,16 @@ def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
 
 
 def grid_frame(df, spec: ForecastSpec):
-    """(the long table's entity keys, STEP, OFFSET and channels as doubles, the key column names): what
+    """(the long table's entity keys, STEP, OFFSET (and a monthly grid's OFFSET_END) and channels as doubles, the
+    key column names): what
     `on_grid` reads, per entity after a groupBy of the keys."""
     from pyspark.sql import functions as F
 
     step, offset = grid_columns(df, spec)
+    ends = [grid_columns(df, spec, month_end=True)[1].alias(OFFSET_END)] if spec.grid.months else []
     keys = list(spec.entity) or [SERIES_KEY]
     long = df.select(*[F.col(c) for c in spec.entity], *([F.lit(0).alias(SERIES_KEY)] if not spec.entity else []),
-                     step.alias(STEP), offset.alias(OFFSET),
+                     step.alias(STEP), offset.alias(OFFSET), *ends,
                      *[F.col(c).cast("double").alias(c) for c in spec.channels])
     return long, keys
 

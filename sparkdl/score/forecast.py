@@ -22,6 +22,7 @@ from sparkdl.data.series import (
     OFFSET,
     SERIES_KEY,
     STEP,
+    calendar_days,
     channel_scaling,
     check_forecast_schema,
     first_step_from,
@@ -38,6 +39,7 @@ from sparkdl.score.runtime import get_model
 STEP_COL = "step"
 ORIGIN_COL = "origin"
 TEST_COLUMNS = ("actual", "naive", "mase_scale", "observed")
+DUPLICATES_COL, OFF_GRID_COL = "_duplicate_rows", "_off_grid_rows"  # per entity, on its first output row
 
 
 def seasonal_naive(values: np.ndarray, positions: np.ndarray, horizon: int, season: int) -> np.ndarray:
@@ -50,7 +52,7 @@ def seasonal_naive(values: np.ndarray, positions: np.ndarray, horizon: int, seas
 
 
 def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], output_col: str, mode: str,
-                until: int | None = None):
+                until: int | None = None, data_counts: bool = False):
     import pandas as pd
 
     spec = prep.spec
@@ -77,8 +79,9 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             if mode != "latest":
                 return pd.DataFrame(columns=schema_names)
             reason = f"series too short: {length} step(s) on the grid, the model needs lookback = {lookback}"
-            return pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], OFFSET: [g.offset],
-                                 STEP_COL: [None], output_col: [None], REASON_COL: [reason]})
+            short = pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], OFFSET: [g.offset],
+                                  STEP_COL: [None], output_col: [None], REASON_COL: [reason]})
+            return with_counts(short, g)
         key = entity_key(key_values.values())
         scaling = prep.scaling(key)
         mean, scale = scaling if scaling is not None else map(np.asarray, channel_scaling(g.values[-lookback:]))
@@ -100,18 +103,28 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             mase = prep.naive_mae(key)
             out["mase_scale"] = np.full(n * horizon, np.nan if mase is None else mase)
             out["observed"] = g.observed[target_at].ravel()
-        return pd.DataFrame(out)
+        return with_counts(pd.DataFrame(out), g)
+
+    def with_counts(frame: pd.DataFrame, g) -> pd.DataFrame:
+        """The entity's duplicate and off-grid row counts on its first row (0 on the others)."""
+        if data_counts:
+            for col, count in ((DUPLICATES_COL, g.duplicates), (OFF_GRID_COL, g.off_grid)):
+                frame[col] = np.where(np.arange(len(frame)) == 0, count, 0)
+        return frame
 
     schema_names = list(keys) + [STEP, OFFSET, STEP_COL, output_col, REASON_COL] + \
-        ([ORIGIN_COL, *TEST_COLUMNS] if mode == "test" else [])
+        ([ORIGIN_COL, *TEST_COLUMNS] if mode == "test" else []) + \
+        ([DUPLICATES_COL, OFF_GRID_COL] if data_counts else [])
     return run
 
 
 def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str = "forecast",
-                   mode: str = "latest", until: int | None = None):
+                   mode: str = "latest", until: int | None = None, data_counts: bool = False):
     """The forecasts of every entity of `df` (see the module docstring), in one Spark job when acted on; with
     `mode="test"`, the windows whose origin is at or after the model's test period and before grid step `until`
-    (None: every one).
+    (None: every one). Duplicate (entity, time) rows count once with the mean of their values (whatever the rows'
+    order), rows off the entity's grid (another offset than most of its rows) are left out; `data_counts` adds
+    how many of each there were per entity (`_duplicate_rows`, `_off_grid_rows`, on its first row).
 
     Returns a DataFrame of the entity column(s), the time column (the forecast time), `step`, `output_col` and
     `_reason` (null when the entity was forecast); with `mode="test"` also `origin` (the window's first forecast
@@ -131,10 +144,11 @@ def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str
         raise ValidationError(f"forecasting with {ref}: column {spec.time!r} is a {kind}, the model was trained "
                               f"on a {prep.time_kind}")
     zone = df.sparkSession.conf.get("spark.sql.session.timeZone") or "UTC"
-    if kind == "timestamp" and zone != prep.time_zone and (spec.grid.months or spec.test_from is not None):
+    if kind == "timestamp" and zone != prep.time_zone and (spec.grid.months or calendar_days(spec, kind)
+                                                           or spec.test_from is not None):
         raise ValidationError(f"forecasting with {ref}: the session time zone is {zone}, the model's grid (monthly "
-                              f"steps, test_from) was read in {prep.time_zone}; set spark.sql.session.timeZone to "
-                              f"{prep.time_zone!r} for this job")
+                              f"or daily steps, test_from) was read in {prep.time_zone}; set "
+                              f"spark.sql.session.timeZone to {prep.time_zone!r} for this job")
     long, keys = grid_frame(df, spec)
     fields = [long.schema[k] for k in keys] + [
         T.StructField(STEP, T.LongType()), T.StructField(OFFSET, T.LongType()),
@@ -144,14 +158,24 @@ def forecast_frame(df, ref: ModelRef, prep: ForecastPreparation, output_col: str
         fields += [T.StructField(ORIGIN_COL, T.LongType()), T.StructField("actual", T.DoubleType()),
                    T.StructField("naive", T.DoubleType()), T.StructField("mase_scale", T.DoubleType()),
                    T.StructField("observed", T.BooleanType())]
-    out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode, until),
+    counts = [DUPLICATES_COL, OFF_GRID_COL] if data_counts else []
+    fields += [T.StructField(c, T.LongType()) for c in counts]
+    out = long.groupBy(*keys).applyInPandas(_forecaster(ref, prep, keys, output_col, mode, until, data_counts),
                                             T.StructType(fields))
     columns = [*spec.entity, time_of_step(spec, kind, F.col(STEP), F.col(OFFSET)).alias(spec.time), STEP_COL,
                output_col, REASON_COL]
     if mode == "test":
         columns += [time_of_step(spec, kind, F.col(ORIGIN_COL), F.col(OFFSET)).alias(ORIGIN_COL), *TEST_COLUMNS]
         columns += [F.col(SERIES_KEY)] if not spec.entity else []
-    return out.select(*columns)
+    return out.select(*columns, *counts)
 
 
-__all__ = ["ORIGIN_COL", "STEP_COL", "forecast_frame", "seasonal_naive"]
+def data_counts(forecasts) -> dict:
+    """{"duplicate_rows", "off_grid_rows"} over a `forecast_frame(..., data_counts=True)`, in one aggregation."""
+    from pyspark.sql import functions as F
+
+    row = forecasts.agg(F.sum(DUPLICATES_COL).alias("d"), F.sum(OFF_GRID_COL).alias("o")).first()
+    return {"duplicate_rows": int(row["d"] or 0), "off_grid_rows": int(row["o"] or 0)}
+
+
+__all__ = ["ORIGIN_COL", "STEP_COL", "data_counts", "forecast_frame", "seasonal_naive"]

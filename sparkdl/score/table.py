@@ -36,7 +36,7 @@ from sparkdl.errors import AlreadyCommitted, ConfigError, ScoringError, one_line
 from sparkdl.lake import Txn, exists, history, latest_version, read_table, write_table
 from sparkdl.lake.schema import plan_existing_table
 from sparkdl.log import get_logger
-from sparkdl.score.forecast import STEP_COL, forecast_frame
+from sparkdl.score.forecast import STEP_COL, data_counts, forecast_frame
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output
 from sparkdl.score.runtime import scored_chunks
@@ -70,6 +70,7 @@ class ScoreReport:
     scored_at: str = ""
     seconds: float = 0.0
     committed: dict = field(default_factory=dict)  # {"target"/"quarantine": "written" | "already" | "nothing"}
+    adjusted: dict = field(default_factory=dict)  # a forecaster's {"duplicate_rows", "off_grid_rows"}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +197,7 @@ class ScoringColumns:
     def scored(self, df, ref: ModelRef, batch_size: int | None = None, extra_keep: tuple = ()):
         """`df` through the model: `scored_frame`, or a forecaster's `forecast_frame` (horizon rows per entity)."""
         if self.forecaster is not None:
-            return forecast_frame(df, ref, self.forecaster, self.output_col)
+            return forecast_frame(df, ref, self.forecaster, self.output_col, data_counts=True)
         return scored_frame(df, ref, self.plan, self.feature_names, self.keep + list(extra_keep), self.output_col,
                             batch_size)
 
@@ -297,6 +298,10 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
             raise ScoringError(f"{where}: scoring failed; nothing was written to {target_uri} (still at version "
                                f"{target_before}): {one_line_reason(exc)[:800]}") from exc
         ok, input_rows = columns.series_counts(ok, bad)
+        adjusted = data_counts(scored) if columns.forecaster is not None else {}
+        if any(adjusted.values()):
+            log.warning("%s: %d duplicate (entity, time) row(s) counted once with their mean, %d row(s) off their "
+                        "entity's grid left out", where, adjusted["duplicate_rows"], adjusted["off_grid_rows"])
         if columns.forecaster is None:
             input_rows = snap.num_rows if snap.num_rows is not None else df.count()
         if ok + bad != input_rows:
@@ -307,7 +312,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
         commit = {"sparkdl.operation": operation, "model": ref.name, "model_version": ref.version,
                   "model_store": ref.root, "output": output, "source_table": snap.table,
                   "source_version": snap.version, "input_rows": input_rows, "scored_rows": ok,
-                  "quarantined_rows": bad, "scored_at": scored_at.isoformat()}
+                  "quarantined_rows": bad, "scored_at": scored_at.isoformat(), **adjusted}
         if columns.plan is not None and columns.plan.attribution is not None:
             commit["attribution"] = asdict(columns.plan.attribution)
         run_key = {"sparkdl.operation": operation, "model_store": str(ref.root), "model": ref.name,
@@ -323,7 +328,7 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
                     bad, target_uri, target_before)
     report = ScoreReport(ref.name, ref.version, snap.table, snap.version, target_uri, target_version,
                          quarantine_uri if bad else None, written["quarantine_version"], input_rows, ok, bad, reasons,
-                         scored_at.isoformat(), round(time.perf_counter() - started, 3), written["committed"])
+                         scored_at.isoformat(), round(time.perf_counter() - started, 3), written["committed"], adjusted)
     log.info("%s: %d scored -> %s@%s, %d quarantined", where, ok, target_uri, target_version, bad)
     return report
 

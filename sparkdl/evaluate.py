@@ -492,6 +492,8 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
                                                                             must_exist=False)))
     metrics["model"] = str(mv)
     metrics["data"] = snap.lineage()
+    if meta.get("privacy"):  # a DP-SGD fit's guarantee (epsilon, delta, sigma, q, steps), beside its metrics
+        metrics["privacy"] = meta["privacy"]
     metrics["plots"] = [str(p) for p in plot_paths]
     if metrics_table and metrics.get("slices"):
         rows = long_rows(metrics, mv.name, mv.version, metrics["data"])
@@ -517,12 +519,13 @@ def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, sp
     ref, _ = resolve_model(mv, store)
     frame = forecast_frame(df, ref, prep, "forecast", mode="test", until=until).persist(StorageLevel.DISK_ONLY)
     try:
-        metrics = forecast_metrics(frame, prep.spec)
+        metrics = forecast_metrics(frame, prep.spec, entity_label=prep.entity_label)
         if metrics["count"] == 0:
             raise ValidationError(f"table {snap.table}@{snap.version}: no test window of model {mv} (origin at or "
                                   f"after {prep.spec.test_from} with {prep.spec.horizon} steps after it)")
         paths = forecast_plots(frame, prep.spec, metrics,
-                               lambda name: store.artifact_path(mv, name, must_exist=False)) if plots else []
+                               lambda name: store.artifact_path(mv, name, must_exist=False),
+                               entity_label=prep.entity_label) if plots else []
     finally:
         frame.unpersist()
     metrics.update({"task": "forecast", "season": prep.spec.season, "test_from": prep.spec.test_from,

@@ -78,11 +78,12 @@ def _name(values: Sequence) -> str:
     return str(values[0]) if len(values) == 1 else "/".join(str(v) for v in values)
 
 
-def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast") -> dict:
+def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", entity_label=None) -> dict:
     """The metrics of a test-window frame (see the module docstring), overall and per entity.
 
     Returns {"mae", "rmse", "smape", "mase", "mae_by_step", "count", "windows", "series", "seasonal_naive": {...},
-    "per_entity": {entity: {"mae", ..., "seasonal_naive": {...}}}}."""
+    "per_entity": {entity: {"mae", ..., "seasonal_naive": {...}}}}; `entity_label` (entity values -> name) names
+    the entities (default: their values joined by "/")."""
     keys = list(spec.entity) or [SERIES_KEY]
     rows = _sums(frame, keys, forecast)
     model = _metrics(rows, "model", spec.horizon)
@@ -93,7 +94,7 @@ def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast") -> d
     per_entity = {}
     for entity, entity_rows in by_entity.items():
         m = _metrics(entity_rows, "model", spec.horizon)
-        per_entity[_name(entity) if spec.entity else "series"] = {
+        per_entity[(entity_label or _name)(entity) if spec.entity else "series"] = {
             **{k: m[k] for k in (*METRICS, "count")},
             "seasonal_naive": {k: v for k, v in _metrics(entity_rows, "naive", spec.horizon).items()
                                if k in METRICS}}
@@ -111,7 +112,8 @@ def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast") -> d
             "beats_seasonal_naive": bool(paired_n) and paired["mae"] < paired["seasonal_naive_mae"]}
 
 
-def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, forecast: str = "forecast") -> list[str]:
+def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, forecast: str = "forecast",
+                   entity_label=None) -> list[str]:
     """`forecasts.png` (a few series: one-step-ahead forecasts and the last window's, against actual) and
     `error_by_step.png` (the model's and seasonal naive's MAE per step) in `folder_path(name)`'s folder."""
     from pyspark.sql import functions as F
@@ -142,7 +144,7 @@ def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, foreca
         actual = part.drop_duplicates(spec.time).sort_values(spec.time).set_index(spec.time)["actual"]
         one = part[part[STEP_COL] == 1].set_index(spec.time)[forecast].reindex(actual.index)
         last = part[part[ORIGIN_COL] == part[ORIGIN_COL].max()].sort_values(STEP_COL)
-        panels[_name(entity) if spec.entity else "series"] = {
+        panels[(entity_label or _name)(entity) if spec.entity else "series"] = {
             "time": actual.index.to_numpy(), "actual": actual.to_numpy(np.float64),
             "forecast": one.to_numpy(np.float64), "last_time": last[spec.time].to_numpy(),
             "last_forecast": last[forecast].to_numpy(np.float64)}

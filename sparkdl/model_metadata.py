@@ -92,7 +92,9 @@ def data_values(metadata: dict) -> dict[str, Any]:
     preprocessing = metadata.get("preprocessing") or {}
     out: dict[str, Any] = {}
     if ForecastPreparation.is_forecast(preprocessing):
-        out["forecast entities"] = sorted((preprocessing.get("series") or {}).keys())
+        keys = sorted((preprocessing.get("series") or {}).keys())
+        out["forecast entities"] = (f"{len(keys)} series keyed by a salted hash (entity_pii): no value stored"
+                                    if preprocessing.get("entity_salt") else keys)
     for name, entry in ((preprocessing.get("stats") or {}).get("features") or {}).items():
         if not isinstance(entry, dict):
             continue

@@ -4,6 +4,7 @@ series cache (periods that never overlap, equal shards per rank, no copy per win
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,26 @@ def test_month_end_data_is_anchored_at_the_month_end(spark, kind):
     on_28th = pdf.assign(ts=[d.replace(day=28) for d in pdf.ts])
     g28, _ = _one_series_on_grid(spark, on_28th, f"city string, ts {kind}, temp double, hum double", spec)
     assert (g28.off_grid, bool(g28.offset & MONTH_END)) == (0, False)
+
+
+def test_entity_pii_keys_series_by_a_salted_hash_and_stores_no_entity_value(spark):
+    """`entity_pii`: the preparation saved with the model holds no entity value (customer ids here), finds each
+    series' scaling by the values, names series by their hash in reports, and salts per model."""
+    from sparkdl.data.forecast_fit import ForecastPreparation
+    from sparkdl.model_metadata import data_values
+
+    df, pdf = hourly_table(spark, cities=("cust-0001@acme", "cust-0002@acme"), hours=72)
+    spec = ForecastSpec.from_dict(dict(SPEC, entity_pii=True))
+    prep = prepare_forecast_data(spec, df, None, validation=None).prep
+    stored = json.dumps(prep.to_dict())
+    assert "cust-000" not in stored and ForecastPreparation.from_dict(prep.to_dict()) == prep
+    mean, _ = prep.scaling(("cust-0002@acme",))
+    assert mean[0] == pytest.approx(pdf[pdf.city == "cust-0002@acme"].temp[:48].mean())  # before test_from
+    assert prep.entity_label(("cust-0001@acme",)).startswith("h:") and prep.scaling(("someone else",)) is None
+    assert "no value stored" in data_values({"preprocessing": prep.to_dict()})["forecast entities"]
+    assert prepare_forecast_data(spec, df, None, validation=None).prep.entity_salt != prep.entity_salt
+    with pytest.raises(ConfigError, match="entity_pii: the table has no entity column"):
+        ForecastSpec.from_dict({k: v for k, v in dict(SPEC, entity_pii=True).items() if k != "entity"})
 
 
 def test_seasonal_naive_repeats_the_last_season_before_the_window():

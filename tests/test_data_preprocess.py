@@ -281,5 +281,31 @@ def test_a_pii_column_is_hashed_and_no_raw_value_is_stored_with_the_model(spark,
     plain = Preprocessor(FeatureSpec.from_dict({**spec, "features": [{"name": "email", "kind": "categorical"}]})
                          ).fit(df)
     assert "person0@acme.example" in json.dumps(plain.to_dict())  # what pii keeps out of the artifact
-    with pytest.raises(ConfigError, match="pii: true takes categorical features .* a text feature cannot"):
-        Feature("bio", kind="text", pii=True)
+    with pytest.raises(ConfigError, match="pii: true takes categorical and text features .* a vector feature"):
+        Feature("embedding", kind="vector", shape=(4,), pii=True)
+
+
+def test_a_pii_text_feature_hashes_its_tokens_and_stores_no_token(spark):
+    """`pii: true` on a text column: no vocabulary job and no token in the fitted statistics; a token's id is
+    2 + its salted hash bucket, the same token the same id in every row and batch, and two models' salts differ."""
+    from sparkdl.data.hashing import hash_buckets
+    from sparkdl.data.text import TOKEN_ID_OFFSET
+
+    rows = [(i, f"ticket from Person{i % 7} about order {i % 5}", int(i % 2)) for i in range(60)]
+    df = spark.createDataFrame(rows, "id long, note string, y int")
+    spec = FeatureSpec.from_dict({"features": [{"name": "note", "kind": "text", "pii": True, "hash_buckets": 50,
+                                                "max_length": 8}], "label": {"name": "y", "task": "binary"}})
+    prep = Preprocessor(spec).fit(df)
+    stored = json.dumps(prep.to_dict())
+    assert "person3" not in stored and "ticket" not in stored and '"hash_buckets": 50' in stored
+    assert prep.signature.vocabulary_size == 50 + TOKEN_ID_OFFSET
+    batch = pa.RecordBatch.from_pydict({"note": ["Ticket from PERSON3", "person3 person3", "", None]})
+    prepared = prep.prepare_batch(batch, with_label=False)
+    x, reasons = prepared.features, prepared.reasons
+    salt = prep.stats["features"]["note"]["salt"]
+    expected = hash_buckets(["ticket", "from", "person3"], 50, salt) + TOKEN_ID_OFFSET
+    assert x[0, :3].tolist() == expected.tolist() and x[0, 3:].tolist() == [0] * 5  # padded
+    assert x[1, 0] == x[1, 1] == expected[2]  # a token's id is the same wherever it appears
+    assert reasons[0] is None and reasons[2] and reasons[3]  # no token, null
+    other = Preprocessor(spec).fit(df)
+    assert other.stats["features"]["note"]["salt"] != salt  # salted per model

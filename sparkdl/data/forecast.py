@@ -29,7 +29,7 @@ from sparkdl.data.spec import ModelSignature
 from sparkdl.errors import ConfigError
 
 FORECAST_KEYS = ("time", "entity", "target", "covariates", "lookback", "horizon", "frequency", "stride",
-                 "test_from", "season", "backtest_folds")
+                 "test_from", "season", "backtest_folds", "entity_pii")
 _FREQUENCY = re.compile(r"^\s*(\d+)?\s*(s|min|h|d|w|mo)\s*$")
 _UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MICROS = 1_000_000
@@ -89,6 +89,8 @@ class ForecastSpec:
             session time zone); None: no test period (all windows train, `sparkdl evaluate` needs one).
         season: steps per season for the seasonal-naive baseline and MASE (default from the frequency).
         backtest_folds: rolling-origin folds of `sparkdl evaluate` (0: none).
+        entity_pii: the entity values are personal data (customer or patient ids): the model stores each series'
+            scaling under a salted hash of its key, and evaluation reports name series by that hash.
     """
 
     time: str
@@ -102,6 +104,7 @@ class ForecastSpec:
     test_from: str | None = None
     season: int | None = None
     backtest_folds: int = 0
+    entity_pii: bool = False
     grid: Frequency = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -120,6 +123,10 @@ class ForecastSpec:
         if not isinstance(self.backtest_folds, numbers.Integral) or isinstance(self.backtest_folds, bool) \
                 or self.backtest_folds < 0:
             raise ConfigError(f"{where}.backtest_folds: expected an integer >= 0, got {self.backtest_folds!r}")
+        if not isinstance(self.entity_pii, bool):
+            raise ConfigError(f"{where}.entity_pii: expected true or false, got {self.entity_pii!r}")
+        if self.entity_pii and not self.entity:
+            raise ConfigError(f"{where}.entity_pii: the table has no entity column (forecast.entity) to hash")
         object.__setattr__(self, "grid", Frequency.parse(self.frequency, f"{where}.frequency"))
         object.__setattr__(self, "frequency", str(self.grid))
         season = self.season if self.season is not None else self.grid.default_season()
@@ -162,7 +169,8 @@ class ForecastSpec:
         return {"time": self.time, "entity": list(self.entity), "target": self.target,
                 "covariates": list(self.covariates), "lookback": self.lookback, "horizon": self.horizon,
                 "frequency": self.frequency, "stride": self.stride, "test_from": self.test_from,
-                "season": self.season, "backtest_folds": self.backtest_folds}
+                "season": self.season, "backtest_folds": self.backtest_folds,
+                **({"entity_pii": True} if self.entity_pii else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -45,9 +45,10 @@ from sparkdl.data.arrow_utils import (
     numeric_to_numpy,
     to_table,
 )
+from sparkdl.data.hashing import hash_buckets
 from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
 from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
-from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, token_ids, tokenize
+from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, hashed_token_ids, token_ids, tokenize
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt, validation_plan
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
@@ -159,11 +160,11 @@ class Preprocessor:
         out = {}
         cats = [f for f in self.spec.features if f.kind == "categorical" and not f.pii]
         out.update({f.name: {"hash_buckets": f.hash_buckets, "salt": secrets.token_hex(16)}  # no raw value kept
-                    for f in self.spec.features if f.kind == "categorical" and f.pii})
+                    for f in self.spec.features if f.kind in ("categorical", "text") and f.pii})
         if cats:
             vocab = _vocabularies(train, cats, self.max_categories)
             out.update({f.name: {"vocabulary": vocab.get(f.name, [])} for f in cats})
-        texts = [f for f in self.spec.features if f.kind == "text"]
+        texts = [f for f in self.spec.features if f.kind == "text" and not f.pii]
         if texts:
             for name, tokens in fit_vocabularies(train, texts).items():
                 if not tokens:
@@ -289,16 +290,6 @@ def _label_stats(label: Label, row) -> dict:
     return {"classes": classes, "num_classes": num_classes}
 
 
-def hash_buckets(values: list, buckets: int, salt: str) -> np.ndarray:
-    """Each value's bucket: the first 60 bits of sha256(salt + value) modulo `buckets` (nulls: the slot after the
-    buckets). The same rule as the Spark SQL preparation's (`sha2`, `conv`), so both paths agree bit for bit."""
-    out = np.full(len(values), buckets, dtype=np.int64)
-    for i, v in enumerate(values):
-        if v is not None:
-            out[i] = int(hashlib.sha256((salt + v).encode("utf-8")).hexdigest()[:15], 16) % buckets
-    return out
-
-
 def _vocabularies(df, cats: list[Feature], cap: int) -> dict[str, list[str]]:
     """The `cap` most frequent values of each categorical column, in one small Spark job."""
     from pyspark.sql import Window
@@ -400,12 +391,13 @@ class PreprocessorModel:
         return self.stats["features"].get(name, {}).get("vocabulary", [])
 
     def _categories(self, name: str) -> int:
-        """A categorical's slots before the out-of-vocabulary one: its vocabulary, or a pii feature's buckets."""
+        """A categorical's slots before the out-of-vocabulary one (a text's token ids from TOKEN_ID_OFFSET on): its
+        vocabulary, or a pii feature's buckets."""
         hashed = self.stats["features"].get(name, {}).get("hash_buckets")
         return int(hashed) if hashed is not None else len(self._vocab(name))
 
     def _hashed(self, name: str) -> tuple[int, str] | None:
-        """(buckets, salt) of a pii categorical, None for a vocabulary one."""
+        """(buckets, salt) of a pii categorical or text feature, None for a vocabulary one."""
         entry = self.stats["features"].get(name, {})
         return (int(entry["hash_buckets"]), str(entry["salt"])) if entry.get("hash_buckets") is not None else None
 
@@ -462,7 +454,7 @@ class PreprocessorModel:
     def signature(self) -> ModelSignature:
         if self.spec.label is None:
             raise ConfigError("the feature spec has no label, so there is no model signature")
-        texts = [len(self._vocab(f.name)) + TOKEN_ID_OFFSET for f in self.spec.features if f.kind == "text"]
+        texts = [self._categories(f.name) + TOKEN_ID_OFFSET for f in self.spec.features if f.kind == "text"]
         return ModelSignature(self.input_shape, self.spec.label.task, self.num_classes,
                               max(texts) if texts else None)
 
@@ -606,7 +598,9 @@ class PreprocessorModel:
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             raise ValidationError(f"feature {f.name!r}: expected a string column, got Arrow type {column.type}",
                                   [Problem(f.name, "wrong type", expected="string", found=str(column.type))])
-        ids, lengths = token_ids(tokenize(column), self._value_set(f.name), f.max_length)
+        hashed = self._hashed(f.name)
+        ids, lengths = (hashed_token_ids(tokenize(column), *hashed, f.max_length) if hashed is not None
+                        else token_ids(tokenize(column), self._value_set(f.name), f.max_length))
         null = np.asarray(column.is_null(), dtype=bool)
         self._flag(reasons, null, f"feature {f.name!r}: null (no imputation)")
         self._flag(reasons, lengths == 0, f"feature {f.name!r}: no tokens (empty or punctuation-only text)")

@@ -11,7 +11,9 @@ A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind
 * ``sequence``    – an ``array<float>`` of ``timesteps × features`` values, ``shape=(timesteps, features)``;
 * ``text``        – a string column, tokenized (`sparkdl.data.text`) into ``max_length`` token ids with a
                     vocabulary of the ``vocabulary_size`` most frequent tokens fitted in Spark; 0 pads, 1 is
-                    out-of-vocabulary. Its prepared shape is ``(max_length,)``;
+                    out-of-vocabulary. Its prepared shape is ``(max_length,)``. With ``pii: true`` no
+                    vocabulary is kept: a token's id is 2 + its salted hash bucket (``hash_buckets``, default
+                    ``vocabulary_size``);
 * ``image``       – a binary column of encoded images (PNG, JPEG...) or a string column of paths/URIs, decoded by
                     `sparkdl.data.images` to ``shape=(height, width, channels)`` (channels 1, 3 or 4), resized
                     unless ``resize: false``, scaled by ``scale`` (none: 0..255, ``minmax``: ÷255, ``standard``:
@@ -96,14 +98,16 @@ class Feature:
     def _pii_settings(self, where: str) -> None:
         if not isinstance(self.pii, bool):
             raise ConfigError(f"{where}: pii must be true or false, got {self.pii!r}")
-        if self.pii and self.kind not in ("categorical", "numeric"):
-            raise ConfigError(f"{where}: pii: true takes categorical features (hashed, no vocabulary is stored) and "
-                              f"numeric ones (only statistics are stored); a {self.kind} feature cannot be hashed "
-                              f"yet: hash or drop the column upstream")
-        if self.hash_buckets is not None and not (self.pii and self.kind == "categorical"):
-            raise ConfigError(f"{where}: hash_buckets is a setting of a categorical feature with pii: true")
-        if self.pii and self.kind == "categorical":
-            buckets = DEFAULT_HASH_BUCKETS if self.hash_buckets is None else self.hash_buckets
+        if self.pii and self.kind not in ("categorical", "text", "numeric"):
+            raise ConfigError(f"{where}: pii: true takes categorical and text features (hashed, no vocabulary is "
+                              f"stored) and numeric ones (only statistics are stored); a {self.kind} feature cannot "
+                              f"be hashed: hash or drop the column upstream")
+        if self.hash_buckets is not None and not (self.pii and self.kind in ("categorical", "text")):
+            raise ConfigError(f"{where}: hash_buckets is a setting of a categorical or text feature with pii: true")
+        if self.pii and self.kind in ("categorical", "text"):
+            default = DEFAULT_HASH_BUCKETS if self.kind == "categorical" else \
+                (self.vocabulary_size or DEFAULT_VOCABULARY_SIZE)
+            buckets = default if self.hash_buckets is None else self.hash_buckets
             if isinstance(buckets, bool) or not isinstance(buckets, numbers.Integral) or buckets < 2:
                 raise ConfigError(f"{where}: hash_buckets must be an integer >= 2, got {self.hash_buckets!r}")
             object.__setattr__(self, "hash_buckets", int(buckets))

@@ -12,14 +12,18 @@ every scoring path. So a token counted at fit time is the token looked up at sco
 
 Token ids: 0 pads a text shorter than ``max_length``, 1 is a token outside the vocabulary, and the vocabulary's
 tokens (the ``vocabulary_size`` most frequent in the training data, ties broken by the token) are 2, 3, ... in
-order of frequency. A text longer than ``max_length`` tokens keeps its first ``max_length``. A text with no token
-at all (empty, or punctuation only) cannot be prepared: the row is reported with a reason, never silently dropped.
+order of frequency. A `pii` text feature has no vocabulary: a token's id is 2 + its salted hash bucket
+(`sparkdl.data.hashing`), so no token of the data is stored with the model. A text longer than ``max_length``
+tokens keeps its first ``max_length``. A text with no token at all (empty, or punctuation only) cannot be
+prepared: the row is reported with a reason, never silently dropped.
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from sparkdl.data.hashing import hash_buckets
 
 PAD_ID = 0
 OOV_ID = 1
@@ -54,11 +58,27 @@ def token_ids(tokens: pa.ListArray, vocabulary: list[str] | pa.Array,
     """(ids float32 (n, max_length), number of tokens per row int64) for lists of tokens; nulls give no tokens.
 
     `vocabulary` may be given as a pyarrow string array, built once for many batches."""
-    n = len(tokens)
     flat = tokens.flatten()
     value_set = vocabulary if isinstance(vocabulary, pa.Array) else pa.array(vocabulary, type=pa.string())
     index = pc.index_in(flat, value_set=value_set)
-    ids = pc.add(index, TOKEN_ID_OFFSET).fill_null(OOV_ID).to_numpy(zero_copy_only=False)
+    return _laid_out(tokens, pc.add(index, TOKEN_ID_OFFSET).fill_null(OOV_ID).to_numpy(zero_copy_only=False),
+                     max_length)
+
+
+def hashed_token_ids(tokens: pa.ListArray, buckets: int, salt: str, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """As `token_ids`, each token's id being TOKEN_ID_OFFSET + its salted hash bucket (a `pii` text feature); each
+    distinct token of the batch is hashed once."""
+    flat = tokens.flatten()
+    distinct = pc.unique(flat)
+    buckets_of = hash_buckets(distinct.to_pylist(), buckets, salt) + TOKEN_ID_OFFSET
+    index = pc.index_in(flat, value_set=distinct).to_numpy(zero_copy_only=False)
+    return _laid_out(tokens, buckets_of[index] if len(flat) else np.zeros(0, np.int64), max_length)
+
+
+def _laid_out(tokens: pa.ListArray, ids: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids float32 (n, max_length) padded with PAD_ID, tokens per row) from the flat ids of `tokens`' values."""
+    n = len(tokens)
+    flat = tokens.flatten()
     lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     row = np.repeat(np.arange(n), lengths)
     position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -102,4 +122,4 @@ def fit_vocabularies(df, features: list) -> dict[str, list[str]]:
     return {name: [token for _, token in sorted(items)] for name, items in out.items()}
 
 
-__all__ = ["tokenize", "token_ids", "fit_vocabularies", "PAD_ID", "OOV_ID", "TOKEN_ID_OFFSET"]
+__all__ = ["tokenize", "token_ids", "hashed_token_ids", "fit_vocabularies", "PAD_ID", "OOV_ID", "TOKEN_ID_OFFSET"]

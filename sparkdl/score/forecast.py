@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparkdl.data.forecast_fit import ForecastPreparation, entity_key
+from sparkdl.data.forecast_fit import ForecastPreparation
 from sparkdl.data.series import (
     OFFSET,
     SERIES_KEY,
@@ -82,7 +82,7 @@ def _forecaster(ref: ModelRef, prep: ForecastPreparation, keys: list[str], outpu
             short = pd.DataFrame({**{k: [v] for k, v in key_values.items()}, STEP: [None], OFFSET: [g.offset],
                                   STEP_COL: [None], output_col: [None], REASON_COL: [reason]})
             return with_counts(short, g)
-        key = entity_key(key_values.values())
+        key = list(key_values.values())
         scaling = prep.scaling(key)
         mean, scale = scaling if scaling is not None else map(np.asarray, channel_scaling(g.values[-lookback:]))
         scaled = ((g.values - mean) / scale).astype(np.float32)

@@ -18,13 +18,14 @@ share a split.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sparkdl.data.dataset import validation_rows
 from sparkdl.data.forecast import ForecastSpec
-from sparkdl.data.forecast_fit import ForecastPreparation, entity_key
+from sparkdl.data.forecast_fit import ForecastPreparation, series_key
 from sparkdl.data.petastorm_io import PetastormDataset, to_petastorm, to_petastorm_split
 from sparkdl.data.preprocess import Preprocessor, PreprocessorModel
 from sparkdl.data.series import build_series, check_forecast_schema, first_step_from, time_kind
@@ -139,11 +140,12 @@ def prepare_forecast_data(spec: ForecastSpec, df, snapshot, validation: float | 
             f"needs lookback + horizon = {spec.window} steps before it); move test_from later or shorten the "
             f"windows", [Problem(spec.time, "no training windows", f">= {spec.window} steps before the held-out "
                                  f"periods", f"series of {sorted(set(info.length.tolist()))[:5]} steps")])
-    series = {entity_key(e): {"mean": info.mean[i].tolist(), "scale": info.scale[i].tolist(),
+    salt = secrets.token_hex(16) if spec.entity_pii else None  # per model; no entity value is stored
+    series = {series_key(e, salt): {"mean": info.mean[i].tolist(), "scale": info.scale[i].tolist(),
                               "naive_mae": None if not math.isfinite(info.naive_mae[i]) else float(info.naive_mae[i]),
                               "last_step": int(info.start[i] + info.length[i] - 1)}
               for i, e in enumerate(info.entities)}
-    prep = ForecastPreparation(spec, kind, time_zone, offset, val_step, test_step, series)
+    prep = ForecastPreparation(spec, kind, time_zone, offset, val_step, test_step, series, salt)
     phases = {"statistics": 0.0, "cache": round(time.perf_counter() - started, 3)}
     return PreparedData(df, snapshot, spec, validation or None, seed, prep, train, val, phases)
 

@@ -106,7 +106,7 @@ def _kind(data_type: T.DataType) -> str | None:
     return None
 
 
-def _resolve_columns(
+def resolve_columns(
     reference: DataFrame, current: DataFrame, columns: Sequence[str] | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """({column: kind}, {skipped column: reason}); ValidationError for missing or unsupported explicit
@@ -164,7 +164,7 @@ def _resolve_columns(
     return kinds, skipped
 
 
-def _value(name: str, kind: str) -> Column:
+def drift_value(name: str, kind: str) -> Column:
     """The per-row value checked for drift: double (NaN → null) for numeric kinds, string for categorical."""
     col = F.col(f"`{name}`")
     if kind == "categorical":
@@ -179,7 +179,8 @@ def _value(name: str, kind: str) -> Column:
 
 
 # --------------------------------------------------------------------------------------------- drift
-def _psi(ref_counts: Sequence[int], cur_counts: Sequence[int], epsilon: float) -> float:
+# (the formulas and column helpers below are shared with sparkdl.monitoring and sparkdl.serving.live_drift)
+def psi_value(ref_counts: Sequence[int], cur_counts: Sequence[int], epsilon: float) -> float:
     ref_total, cur_total = sum(ref_counts), sum(cur_counts)
     psi = 0.0
     for r, c in zip(ref_counts, cur_counts, strict=True):
@@ -189,7 +190,7 @@ def _psi(ref_counts: Sequence[int], cur_counts: Sequence[int], epsilon: float) -
     return psi
 
 
-def _js_distance(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
+def jensen_shannon(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
     """Jensen-Shannon distance (base 2, in [0, 1]) between two bucket distributions (None when one is empty)."""
     from scipy.spatial.distance import jensenshannon
 
@@ -198,7 +199,7 @@ def _js_distance(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float 
     return float(jensenshannon(ref_counts, cur_counts, base=2))
 
 
-def _chi2_p(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
+def chi2_pvalue(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | None:
     """The p-value of the χ² test that both samples come from one distribution over the buckets (the buckets
     neither sample has are left out; None with fewer than two buckets left or an empty sample)."""
     from scipy.stats import chi2_contingency
@@ -209,7 +210,7 @@ def _chi2_p(ref_counts: Sequence[int], cur_counts: Sequence[int]) -> float | Non
     return float(chi2_contingency([[r for r, _ in pairs], [c for _, c in pairs]])[1])
 
 
-def _binned_wasserstein(ref_bins: Sequence[int], ref_means: Sequence, cur_bins: Sequence[int], cur_means: Sequence,
+def binned_wasserstein(ref_bins: Sequence[int], ref_means: Sequence, cur_bins: Sequence[int], cur_means: Sequence,
                         ref_std: float | None) -> float | None:
     """Wasserstein distance between the two binned distributions, each bin's mass at the mean of its values on
     that side (exact when a bin's values are one point; otherwise off by at most the bins' spread), divided by the
@@ -290,7 +291,7 @@ def _exact_ks(
     ]
 
 
-def _binned_ks(ref_counts: list[int], cur_counts: list[int]) -> float | None:
+def binned_ks(ref_counts: list[int], cur_counts: list[int]) -> float | None:
     ref_total, cur_total = sum(ref_counts), sum(cur_counts)
     if not ref_total or not cur_total:
         return None
@@ -301,7 +302,7 @@ def _binned_ks(ref_counts: list[int], cur_counts: list[int]) -> float | None:
     return gap
 
 
-def _categories(
+def top_categories(
     frame: DataFrame, values: Mapping[str, Column], keep: Mapping[int, list[str]] | None, max_categories: int
 ) -> list[list[tuple[str, int, int]]]:
     """Per categorical column: (category, count, column total) rows.
@@ -371,13 +372,13 @@ def drift_report(
         raise ValidationError(f"max_categories must be an integer >= 1, got {max_categories!r}")
     if not 0 < epsilon < 1:
         raise ValidationError(f"epsilon must be in (0, 1), got {epsilon!r}")
-    kinds, skipped = _resolve_columns(reference_df, current_df, columns)
+    kinds, skipped = resolve_columns(reference_df, current_df, columns)
     for frame, label in ((reference_df, "reference"), (current_df, "current")):
         if frame.isEmpty():
             raise ValidationError(f"the {label} DataFrame is empty: drift needs rows on both sides")
 
-    numeric = {n: _value(n, k) for n, k in kinds.items() if k != "categorical"}
-    categorical = {n: _value(n, k) for n, k in kinds.items() if k == "categorical"}
+    numeric = {n: drift_value(n, k) for n, k in kinds.items() if k != "categorical"}
+    categorical = {n: drift_value(n, k) for n, k in kinds.items() if k == "categorical"}
     figures: dict[str, dict[str, Any]] = {}
     ref_rows = cur_rows = None
     if numeric:
@@ -423,14 +424,14 @@ def _numeric_drift(reference_df: DataFrame, current_df: DataFrame, numeric: dict
         cur_bins = [int(cur_agg[f"c{i}_b{b}"]) for b in range(len(edges[name]) + 1)]
         ref_null, cur_null = ref_rows - ref_n[i], cur_rows - cur_n[i]
         with_nulls = ref_null or cur_null
-        psi = _psi(ref_bins + [ref_null] * bool(with_nulls), cur_bins + [cur_null] * bool(with_nulls), epsilon)
+        psi = psi_value(ref_bins + [ref_null] * bool(with_nulls), cur_bins + [cur_null] * bool(with_nulls), epsilon)
         reference = _summary(ref_rows, ref_null, ref_agg, i)
         figures[name] = {
             "kind": kinds[name], "psi": psi, "drifted": psi > psi_threshold,
-            "ks": ks[i] if ks is not None else _binned_ks(ref_bins, cur_bins),
+            "ks": ks[i] if ks is not None else binned_ks(ref_bins, cur_bins),
             "ks_method": "exact" if ks is not None else "binned",
-            "js_distance": _js_distance(ref_bins + [ref_null], cur_bins + [cur_null]),
-            "wasserstein_normalized": _binned_wasserstein(
+            "js_distance": jensen_shannon(ref_bins + [ref_null], cur_bins + [cur_null]),
+            "wasserstein_normalized": binned_wasserstein(
                 ref_bins, [ref_agg[f"c{i}_m{b}"] for b in range(len(ref_bins))],
                 cur_bins, [cur_agg[f"c{i}_m{b}"] for b in range(len(cur_bins))], reference["std"]),
             "null_rate": {"reference": ref_null / ref_rows if ref_rows else None,
@@ -447,9 +448,9 @@ def _categorical_drift(reference_df: DataFrame, current_df: DataFrame, categoric
                        psi_threshold: float, epsilon: float):
     """({column: figures}, reference rows, current rows) of the categorical columns: PSI over the reference's
     `max_categories` most frequent values, "other" and null. One job per frame."""
-    ref_cats = _categories(reference_df, categorical, None, max_categories)
+    ref_cats = top_categories(reference_df, categorical, None, max_categories)
     keep = {i: [v for v, _, _ in rows] + [NULL] for i, rows in enumerate(ref_cats)}
-    cur_cats = _categories(current_df, categorical, keep, max_categories)
+    cur_cats = top_categories(current_df, categorical, keep, max_categories)
     figures, ref_rows, cur_rows = {}, None, None
     for i, name in enumerate(categorical):
         ref_total = ref_cats[i][0][2]
@@ -459,12 +460,12 @@ def _categorical_drift(reference_df: DataFrame, current_df: DataFrame, categoric
         cur_counts = {v: n for v, n, _ in cur_cats[i]}
         cur_total = sum(cur_counts.values())
         buckets = list(ref_counts)
-        psi = _psi([ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets], epsilon)
+        psi = psi_value([ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets], epsilon)
         ref_rows, cur_rows = ref_total, cur_total
         ref_list, cur_list = [ref_counts[b] for b in buckets], [cur_counts.get(b, 0) for b in buckets]
         figures[name] = {
             "kind": "categorical", "psi": psi, "drifted": psi > psi_threshold, "ks": None, "ks_method": None,
-            "js_distance": _js_distance(ref_list, cur_list), "chi2_p": _chi2_p(ref_list, cur_list),
+            "js_distance": jensen_shannon(ref_list, cur_list), "chi2_p": chi2_pvalue(ref_list, cur_list),
             "null_rate": {"reference": ref_counts.get(NULL, 0) / ref_total if ref_total else None,
                           "current": cur_counts.get(NULL, 0) / cur_total if cur_total else None},
             "reference": {"rows": ref_total, "nulls": ref_counts.get(NULL, 0)},

@@ -254,7 +254,7 @@ def test_live_drift_gauges_follow_shifted_traffic(cancer, score_store, tmp_path)
     traffic like the training data reads low, a shifted feature reads high, the others stay low; the PSI equals
     the one computed here from the reference's quantile bins."""
     from sparkdl.lake import write_table
-    from sparkdl.monitor import _psi
+    from sparkdl.monitor import psi_value
 
     df, names, version, _, _ = cancer
     reference = str(tmp_path / "reference")
@@ -286,6 +286,6 @@ def test_live_drift_gauges_follow_shifted_traffic(cancer, score_store, tmp_path)
         ref = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1).tolist() + [0]
         cur = np.bincount(np.searchsorted(edges, shifted["mean_radius"].to_numpy(), side="right"),
                           minlength=len(edges) + 1).tolist() + [0]
-        assert gauge("mean_radius") == pytest.approx(_psi(ref, cur, 1e-4), rel=1e-9)
+        assert gauge("mean_radius") == pytest.approx(psi_value(ref, cur, 1e-4), rel=1e-9)
     finally:
         server.stop()

@@ -34,14 +34,14 @@ from sparkdl.log import get_logger
 from sparkdl.monitor import (  # one copy of the drift formulas
     NULL,
     OTHER,
-    _binned_ks,
-    _binned_wasserstein,
-    _categories,
-    _chi2_p,
-    _js_distance,
-    _psi,
-    _resolve_columns,
-    _value,
+    binned_ks,
+    binned_wasserstein,
+    chi2_pvalue,
+    drift_value,
+    jensen_shannon,
+    psi_value,
+    resolve_columns,
+    top_categories,
 )
 
 log = get_logger("monitoring.windowed")
@@ -150,7 +150,7 @@ def monitor_frames(reference: DataFrame, current: DataFrame, timestamp: str, col
                 found = f"it is {field_.dataType.simpleString()}" if field_ else f"columns: {frame.columns}"
                 raise ValidationError(f"the {side} table needs a timestamp column {timestamp!r}; {found}")
     check_slices(slices, current, "the monitored table")
-    kinds, skipped = _resolve_columns(reference, current, [c for c in columns] if columns else None)
+    kinds, skipped = resolve_columns(reference, current, [c for c in columns] if columns else None)
     kinds = {n: k for n, k in kinds.items() if n != timestamp}
     buckets = _reference_buckets(reference, kinds, options)
     window = F.window(F.col(f"`{timestamp}`"), options.window)
@@ -197,8 +197,8 @@ def monitor_frames(reference: DataFrame, current: DataFrame, timestamp: str, col
 def _reference_buckets(reference: DataFrame, kinds: dict[str, str], options: MonitorOptions) -> list[_Buckets]:
     if reference.isEmpty():
         raise ValidationError("the reference table is empty: monitoring needs the training data's distribution")
-    numeric = {n: _value(n, k) for n, k in kinds.items() if k != "categorical"}
-    categorical = {n: _value(n, k) for n, k in kinds.items() if k == "categorical"}
+    numeric = {n: drift_value(n, k) for n, k in kinds.items() if k != "categorical"}
+    categorical = {n: drift_value(n, k) for n, k in kinds.items() if k == "categorical"}
     out = []
     if numeric:
         probes = [i / options.bins for i in range(1, options.bins)]
@@ -210,7 +210,7 @@ def _reference_buckets(reference: DataFrame, kinds: dict[str, str], options: Mon
             out.append(_Buckets(name, kinds[name], value, tuple(sorted(set(quantiles[i]))), ranges[f"lo{i}"],
                                 ranges[f"hi{i}"]))
     if categorical:
-        cats = _categories(reference, categorical, None, options.max_categories)
+        cats = top_categories(reference, categorical, None, options.max_categories)
         for i, (name, value) in enumerate(categorical.items()):
             out.append(_Buckets(name, "categorical", value,
                                 categories=tuple(v for v, _, _ in cats[i] if v != NULL)))
@@ -282,19 +282,19 @@ def _statistics(base: dict, counts: dict, buckets: list[_Buckets], options: Moni
             continue
         rn, cn = ref["n"], cur["n"]
         stats: dict[str, float | None] = {
-            "psi": _psi(rn, cn, options.epsilon) if sum(rn) and sum(cn) else None,
-            "js_distance": _js_distance(rn, cn),
+            "psi": psi_value(rn, cn, options.epsilon) if sum(rn) and sum(cn) else None,
+            "js_distance": jensen_shannon(rn, cn),
             "null_rate": cn[-1] / sum(cn) if sum(cn) else None,
         }
         if b.kind == "categorical":
-            stats["chi2_p"] = _chi2_p(rn, cn)
+            stats["chi2_p"] = chi2_pvalue(rn, cn)
         else:
             values_r, values_c = rn[:-1], cn[:-1]
             means_r = [s / n if n else None for s, n in zip(ref["sum"][:-1], values_r)]
             means_c = [s / n if n else None for s, n in zip(cur["sum"][:-1], values_c)]
             std = _std(ref)
-            stats["wasserstein_normalized"] = _binned_wasserstein(values_r, means_r, values_c, means_c, std)
-            stats["ks"] = _binned_ks(values_r, values_c)
+            stats["wasserstein_normalized"] = binned_wasserstein(values_r, means_r, values_c, means_c, std)
+            stats["ks"] = binned_ks(values_r, values_c)
             stats["out_of_range_rate"] = cur["oor"] / sum(values_c) if sum(values_c) else None
         out[b.name] = stats
     return out

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
-from sparkdl.monitor import _js_distance, _psi
+from sparkdl.monitor import jensen_shannon, psi_value
 from sparkdl.uri import normalize_table_uri
 
 log = get_logger("serving.live_drift")
@@ -94,8 +94,8 @@ class LiveDrift:
                 continue
             ref = self.references[name]
             current = ref.buckets(values)
-            stats = {"psi": _psi(list(ref.counts), list(current), 1e-4),
-                     "js_distance": _js_distance(list(ref.counts), list(current)),
+            stats = {"psi": psi_value(list(ref.counts), list(current), 1e-4),
+                     "js_distance": jensen_shannon(list(ref.counts), list(current)),
                      "null_rate": float(current[-1] / current.sum())}
             for stat, value in stats.items():
                 if value is not None:

@@ -20,6 +20,8 @@ from sparkdl.train import dp, heartbeat, progress
 from sparkdl.train.rank_job import TrainJob, job_datasets, make_optimizer, report_epoch, report_first_step
 from sparkdl.train.serialization import model_from_bytes, model_to_bytes
 
+PAD_TO = 32  # a step's sampled rows are padded (with weight 0) to a multiple of this
+
 
 def noisy_sum(sums: list, plan_noise: float, clip_norm: float, rank: int, rng: np.random.Generator) -> list:
     """Rank 0's clipped-gradient sums plus N(0, (σ·C)²) per coordinate; other ranks' sums unchanged (the noise is
@@ -64,8 +66,10 @@ def train_dp_on_rank(job: TrainJob) -> dict:
     progress.mark("data_ready")
     clip = float(plan.clip_norm)
 
-    @tf.function(reduce_retracing=True)
-    def clipped_sum(x, y):
+    @tf.function
+    def clipped_sum(x, y, weight):
+        """The clipped per-example gradients of the rows with weight 1, summed (weight-0 rows pad the batch to a
+        multiple of PAD_TO: a few static shapes keep the Jacobian's graph fast)."""
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             if pred.shape.rank == y.shape.rank + 1 and pred.shape[-1] == 1:  # one output unit: labels as a column
@@ -73,8 +77,12 @@ def train_dp_on_rank(job: TrainJob) -> dict:
             losses = tf.reshape(loss_fn(y, pred), [-1])  # one loss per example
         jacobians = tape.jacobian(losses, list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
         squares = tf.add_n([tf.reduce_sum(tf.reshape(j, [tf.shape(j)[0], -1]) ** 2, axis=1) for j in jacobians])
-        factors = tf.minimum(1.0, clip / (tf.sqrt(squares) + 1e-12))
-        return [tf.tensordot(factors, j, axes=1) for j in jacobians], tf.reduce_sum(losses)
+        factors = weight * tf.minimum(1.0, clip / (tf.sqrt(squares) + 1e-12))
+        return [tf.tensordot(factors, j, axes=1) for j in jacobians], tf.reduce_sum(weight * losses)
+
+    @tf.function
+    def apply(totals):  # one graph: an eager optimizer update cost as much as the clipped gradients
+        optimizer.apply_gradients(zip([t / plan.expected_batch for t in totals], variables))
 
     # The noise and the sample must be unknown to anyone holding the model or its settings: the noise comes from
     # the OS's entropy, the sample from a secret the driver drew for this fit (never stored with the model)
@@ -88,7 +96,11 @@ def train_dp_on_rank(job: TrainJob) -> dict:
     while step < plan.steps:
         mask = dp.poisson_mask(row_ids, step, sampling_key, plan.q)
         if mask.any():
-            sums, loss = clipped_sum(tf.constant(x_all[mask]), tf.constant(y_all[mask]))
+            rows = np.flatnonzero(mask)
+            padded = np.zeros(-(-len(rows) // PAD_TO) * PAD_TO, np.int64)
+            padded[:len(rows)] = rows
+            weight = (np.arange(len(padded)) < len(rows)).astype(np.float32)
+            sums, loss = clipped_sum(tf.constant(x_all[padded]), tf.constant(y_all[padded]), tf.constant(weight))
             sums = [s.numpy() for s in sums]
             loss = float(loss.numpy())
         else:
@@ -96,8 +108,7 @@ def train_dp_on_rank(job: TrainJob) -> dict:
         sums = noisy_sum(sums, plan.noise_multiplier, clip, rank, rng)
         totals = hvd.grouped_allreduce([tf.constant(s) for s in sums] + [tf.constant([loss, float(mask.sum())])],
                                        op=hvd.Sum)
-        grads = [t / plan.expected_batch for t in totals[:-1]]
-        optimizer.apply_gradients(zip(grads, variables))
+        apply(totals[:-1])
         loss_sum += float(totals[-1][0])
         rows_seen += int(totals[-1][1])
         step += 1

@@ -130,30 +130,41 @@ def test_cbpe_estimates_accuracy_and_auc_under_covariate_shift_and_the_job_write
                     reason="three Horovod fits: the retraining decisions are the same Python on both stacks, and "
                            "training is tested on each")
 def test_retraining_fires_once_promotes_a_winner_and_keeps_the_champion_otherwise(spark, lake, tmp_path):
-    """The concept changes (label x1 + x2 > 0 becomes x1 - x2 > 0) while the inputs drift. `sparkdl monitor
-    --retrain` fires on the drifted window, trains a challenger on the newest training data, which beats the
-    champion on the held-out rows: the alias moves. The same run again does nothing; a later window whose
-    challenger must win by more than it can keeps the alias where it is."""
-    import yaml
+    """The loop through a running server: `sparkdl serve` on concept@production logs its traffic to Delta; the
+    traffic drifts and the concept changes (label x1 + x2 > 0 becomes x1 - x2 > 0). `sparkdl monitor --retrain`
+    fires on the logged window, trains a challenger on the newest training data, which beats the champion on the
+    held-out rows: the alias moves and the server reloads the new version. The same run again does nothing; a later
+    window whose challenger must win by more than it can keeps the alias where it is."""
+    import json
+    import time
+    import urllib.request
 
+    import yaml
+    from pyspark.sql import functions as F
+
+    pytest.importorskip("prometheus_client", reason="the serve extra (prometheus-client) is not installed")
     from sparkdl import cli, workflows
     from sparkdl.config import load_config
     from sparkdl.lake import read_table, write_table
     from sparkdl.registry import ModelStore
+    from sparkdl.serving import ModelServer
 
     rng = np.random.default_rng(3)
 
-    def rows(n, shift, concept, day=None):
+    def rows(n, shift, concept):
         x1, x2 = rng.normal(shift, 1, n), rng.normal(shift, 1, n)
-        frame = pd.DataFrame({"x1": x1, "x2": x2, "y": ((x1 + concept * x2) > 2 * shift * (concept > 0)).astype(int)})
-        if day is not None:
-            frame["ts"] = [START + day * DAY] * n
-        return frame
+        return pd.DataFrame({"x1": x1, "x2": x2, "y": ((x1 + concept * x2) > 2 * shift * (concept > 0)).astype(int)})
+
+    def get(server, path, payload=None):
+        data = json.dumps(payload).encode() if payload is not None else None
+        host, port = server.address
+        request = urllib.request.Request(f"http://{host}:{port}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read())
 
     write_table(spark.createDataFrame(rows(1500, 0.0, 1)), str(lake / "train"))
     write_table(spark.createDataFrame(rows(800, 1.0, -1)), str(lake / "holdout"))
-    write_table(spark.createDataFrame(pd.concat([rows(400, 0.0, 1, 0), rows(400, 1.0, -1, 1)]).drop(columns="y")),
-                str(lake / "log"))
     job = {"lake": {"root": str(lake)}, "work_dir": str(tmp_path), "registry": {"root": str(tmp_path / "models")},
            "data": {"table": "train", "features": [{"name": "x1", "scale": "standard"},
                                                    {"name": "x2", "scale": "standard"}],
@@ -161,7 +172,7 @@ def test_retraining_fires_once_promotes_a_winner_and_keeps_the_champion_otherwis
            "model": {"name": "mlp", "store_name": "concept", "hparams": {"hidden": [16]}},
            "train": {"num_proc": 1, "epochs": 8, "batch_size": 32, "learning_rate": 0.01, "seed": 0},
            "evaluate": {"table": "holdout", "plots": False},
-           "monitor": {"table": "log", "timestamp": "ts", "columns": ["x1", "x2"], "output_prefix": "mon",
+           "monitor": {"table": "log", "timestamp": "_served_at", "columns": ["x1", "x2"], "output_prefix": "mon",
                        "options": {"window": "1 day"},
                        "retrain": {"drift_share": 0.5, "alias": "production", "judge_metric": "accuracy"}}}
     path = tmp_path / "job.yaml"
@@ -172,20 +183,36 @@ def test_retraining_fires_once_promotes_a_winner_and_keeps_the_champion_otherwis
     store.set_alias(champion, "production")
     write_table(spark.createDataFrame(rows(3000, 1.0, -1)), str(lake / "train"))  # the newest training data
 
-    assert cli.main(["monitor", "--config", str(path), "--retrain"]) == 0
-    decisions = read_table(str(lake / "mon_decisions"))[0].collect()
-    assert len(decisions) == 1 and decisions[0]["decision"] == "promoted"
-    assert decisions[0]["window_start"] == START + DAY and "drift share 2/2" in decisions[0]["tests_fired"]
-    assert decisions[0]["challenger_value"] > decisions[0]["champion_value"] + 0.1
-    assert decisions[0]["data_version"] == 1
-    promoted = store.resolve("concept@production")
-    assert promoted.version == 2
+    server = ModelServer("concept@production", store=store, port=0, reload_s=0.5, log_table=str(lake / "log")).start()
+    try:
+        traffic = rows(400, 1.0, -1)  # drifted inputs
+        for part in np.array_split(traffic[["x1", "x2"]].to_numpy(), 8):
+            get(server, "/invocations", {"dataframe_split": {"columns": ["x1", "x2"], "data": part.tolist()}})
+        server.inference_log.flush()
+        assert get(server, "/version")["version"] == 1
+
+        assert cli.main(["monitor", "--config", str(path), "--retrain"]) == 0
+        decisions = read_table(str(lake / "mon_decisions"))[0].collect()
+        assert len(decisions) == 1 and decisions[0]["decision"] == "promoted"
+        assert "drift share 2/2" in decisions[0]["tests_fired"]
+        assert decisions[0]["challenger_value"] > decisions[0]["champion_value"] + 0.1
+        assert decisions[0]["data_version"] == 1
+        assert store.resolve("concept@production").version == 2
+        deadline = time.monotonic() + 60
+        while get(server, "/version")["version"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert get(server, "/version")["version"] == 2  # the server followed the alias
+    finally:
+        server.stop()
+    logged = read_table(str(lake / "log"))[0]
+    assert logged.count() == 400 and {r[0] for r in logged.select("_model_version").distinct().collect()} == {1}
 
     again = workflows.monitor(load_config(path), spark=spark, retrain=True)["retrain"]
     assert again["already_decided"] and store.list_versions("concept") == [1, 2]
     assert read_table(str(lake / "mon_decisions"))[0].count() == 1
 
-    write_table(spark.createDataFrame(rows(400, 1.0, -1, 2).drop(columns="y")), str(lake / "log"))
+    # the same traffic two days later (a batch of scored rows appended to the log): a new window
+    write_table(logged.withColumn("_served_at", F.col("_served_at") + F.expr("INTERVAL 2 DAYS")), str(lake / "log"))
     later = workflows.monitor(load_config(path, ["monitor.retrain.min_improvement=1.0"]), spark=spark,
                               retrain=True)["retrain"]
     assert later["decision"] == "kept_champion" and later["challenger"] == "concept@3"

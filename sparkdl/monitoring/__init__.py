@@ -33,6 +33,11 @@ PERFORMANCE_DDL = ("window_start timestamp, window_end timestamp, slice string, 
                    "value double, kind string")
 
 
+def _double(value):
+    """A statistic as the double its table column holds (a rate of 0 may come as the int 0)."""
+    return None if value is None else float(value)
+
+
 def monitor_table(table: str, reference: str, timestamp: str, *, columns: Sequence[str] | None = None,
                   slices: Sequence[Any] | None = None, options: MonitorOptions | None = None,
                   version: int | None = None, reference_version: int | None = None, score: str | None = None,
@@ -89,13 +94,15 @@ def monitor_table(table: str, reference: str, timestamp: str, *, columns: Sequen
     outputs = {}
     if output_prefix:
         session = current.sparkSession
-        drift_rows = [tuple(r[k] for k in ("window_start", "window_end", "slice", "column", "statistic", "baseline",
-                                           "value", "threshold", "alert")) for r in result["drift"]]
+        drift_rows = [tuple(_double(r[k]) if k in ("value", "threshold") else r[k]
+                            for k in ("window_start", "window_end", "slice", "column", "statistic", "baseline",
+                                      "value", "threshold", "alert")) for r in result["drift"]]
         outputs["drift"] = lake.write_table(session.createDataFrame(drift_rows, DRIFT_DDL), f"{output_prefix}_drift",
                                             mode="overwrite", commit_metadata={"source": snap.lineage()}).version
         if performance:
-            perf_rows = [tuple(r[k] for k in ("window_start", "window_end", "slice", "rows", "metric", "value",
-                                              "kind")) for r in performance]
+            perf_rows = [tuple(_double(r[k]) if k == "value" else r[k]
+                               for k in ("window_start", "window_end", "slice", "rows", "metric", "value", "kind"))
+                         for r in performance]
             outputs["performance"] = lake.write_table(session.createDataFrame(perf_rows, PERFORMANCE_DDL),
                                                       f"{output_prefix}_performance", mode="overwrite",
                                                       commit_metadata={"source": snap.lineage()}).version

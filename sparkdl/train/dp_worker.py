@@ -5,8 +5,8 @@ shard that step t's Poisson sample holds (`dp.poisson_mask`), their per-example 
 per-example losses, vectorized by TensorFlow's pfor), each clipped to `clip_norm` and summed; rank 0 adds the
 Gaussian noise; one sum-allreduce; division by the expected global batch; one optimizer update (the learning rate is
 that of the expected global batch, not scaled by the number of ranks). Every rank applies the same update to the
-same starting model, so they stay identical without broadcasts. An "epoch" is round(1/q) steps; each epoch reports
-the mean training loss of the rows sampled.
+same starting model, so they stay identical without broadcasts. An "epoch" is a 1/epochs share of the steps;
+each epoch reports the mean training loss of the rows sampled.
 """
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def train_dp_on_rank(job: TrainJob) -> dict:
     # the OS's entropy, the sample from a secret the driver drew for this fit (never stored with the model)
     rng = np.random.default_rng(secrets.randbits(128))
     sampling_key = int(job.dp_secret)
-    steps_per_epoch = max(1, int(round(1 / plan.q)))
+    epochs = max(1, int(round(plan.steps_requested * plan.q)))  # the plan's steps are round(epochs / q)
+    steps_per_epoch = -(-plan.steps_requested // epochs)  # so the last epoch is never a stub of a step or two
     history: dict[str, list[float]] = {"loss": []}
     epochs_done: list[int] = []
     step, epoch = 0, 0

@@ -24,7 +24,14 @@ from sparkdl.log import get_logger
 from sparkdl.metrics import larger_is_better
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.monitoring import MonitorOptions, monitor_table
-from sparkdl.monitoring.retrain import DECISIONS_DDL, RetrainPolicy, decision_record, latest_window, tests_fired
+from sparkdl.monitoring.retrain import (
+    DECISIONS_DDL,
+    RetrainPolicy,
+    decision_record,
+    latest_window,
+    recent_labeled_rows,
+    tests_fired,
+)
 from sparkdl.registry import ModelStore
 from sparkdl.score import register_sql_function, score_table
 from sparkdl.session import get_spark
@@ -288,6 +295,8 @@ def _challenge(cfg: JobConfig, policy: RetrainPolicy, window, monitored, fired, 
         raise ConfigError(f"{cfg.origin}: retraining judges on evaluate.table (held-out rows); set it")
     fresh = copy.deepcopy(cfg)
     fresh.data.version, fresh.data.timestamp = None, None
+    if policy.recent_windows:
+        fresh.data.table = _retraining_data(cfg, policy, window, monitored, spark)
     fresh.train.run_name = f"retrain-{store_name(cfg)}-{window[0]:%Y%m%dT%H%M%S}"
     trained = train(fresh, spark=spark)
     challenger = trained.model_ref
@@ -314,6 +323,30 @@ def _challenge(cfg: JobConfig, policy: RetrainPolicy, window, monitored, fired, 
              champion, judge)
     return decision_record(window, monitored, fired, "promoted" if wins else "kept_champion", trained.source,
                            challenger, champion, judge, mine, theirs)
+
+
+def _retraining_data(cfg: JobConfig, policy: RetrainPolicy, window, monitored: dict, spark) -> str:
+    """The newest training table unioned with the labeled rows of the monitored table's last
+    `policy.recent_windows` windows (`recent_labeled_rows`), written over `policy.training_table`; its URI."""
+    name = policy.training_table or (f"{cfg.monitor.output_prefix}_retrain_data" if cfg.monitor.output_prefix
+                                     else None)
+    if not name:
+        raise ConfigError(f"{cfg.origin}: monitor.retrain.recent_windows needs monitor.retrain.training_table or "
+                          f"monitor.output_prefix")
+    train_df, train_snap = lake.read_table(cfg.table_uri(cfg.data.table), spark=spark)
+    current, _ = lake.read_table(monitored["table"], version=monitored["version"], spark=spark)
+    section = cfg.monitor
+    labels = lake.read_table(cfg.table_uri(section.labels_table), spark=spark)[0] if section.labels_table else None
+    recent = recent_labeled_rows(current, section.timestamp, window, policy.recent_windows, train_df.schema,
+                                 section.label or _label_name(cfg), labels, section.id_columns)
+    uri = cfg.table_uri(name)
+    version = lake.write_table(train_df.unionByName(recent), uri, mode="overwrite", schema_mode="overwrite",
+                               commit_metadata={"sparkdl.operation": "retrain_data", "training": train_snap.lineage(),
+                                                "monitored": monitored, "window_start": str(window[0]),
+                                                "recent_windows": policy.recent_windows}).version
+    log.info("monitor: the challenger trains on %s@%s (%s@%s and the labeled rows of %d recent window(s))", uri,
+             version, train_snap.table, train_snap.version, policy.recent_windows)
+    return uri
 
 
 def _label_name(cfg: JobConfig) -> str | None:

@@ -217,3 +217,43 @@ def test_retraining_fires_once_promotes_a_winner_and_keeps_the_champion_otherwis
                               retrain=True)["retrain"]
     assert later["decision"] == "kept_champion" and later["challenger"] == "concept@3"
     assert store.resolve("concept@production").version == 2
+
+
+def test_recent_labeled_windows_join_the_challengers_training_data(spark, lake, tmp_path):
+    """`monitor.retrain.recent_windows: 2`: the labeled rows (labels arriving in their own table, joined on the id)
+    of the last two daily windows are appended to the newest training data, as the training table's columns and
+    types, in the table the challenger trains on; rows without a label and older windows stay out."""
+    import yaml
+
+    from sparkdl import workflows
+    from sparkdl.config import load_config
+    from sparkdl.errors import ConfigError
+    from sparkdl.lake import read_table, write_table
+    from sparkdl.monitoring.retrain import RetrainPolicy, recent_labeled_rows
+
+    write_table(spark.createDataFrame(pd.DataFrame({"x1": [0.0, 1.0], "y": [0, 1]})), str(lake / "train"))
+    log = pd.DataFrame({"id": range(9), "x1": np.arange(9, dtype=float),
+                        "ts": [START + (i // 3) * DAY for i in range(9)]})  # three rows a day, days 0..2
+    write_table(spark.createDataFrame(log), str(lake / "log"))
+    write_table(spark.createDataFrame(pd.DataFrame({"id": [1, 4, 5, 7, 8], "y": [1, 0, 1, 1, 0]})),
+                str(lake / "labels"))
+    job = {"lake": {"root": str(lake)}, "work_dir": str(tmp_path), "registry": {"root": str(tmp_path / "models")},
+           "data": {"table": "train", "features": [{"name": "x1"}], "label": {"name": "y", "task": "binary"}},
+           "monitor": {"table": "log", "timestamp": "ts", "labels_table": "labels", "id_columns": ["id"],
+                       "output_prefix": "mon", "retrain": {"drift_share": 0.5, "recent_windows": 2}}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    cfg = load_config(path)
+    policy = RetrainPolicy.from_dict(cfg.monitor.retrain)
+    monitored = {"table": str(lake / "log"), "version": 0}
+    uri = workflows._retraining_data(cfg, policy, (START + 2 * DAY, START + 3 * DAY), monitored, spark)
+    data = read_table(uri, spark=spark)[0]
+    assert data.schema == read_table(str(lake / "train"), spark=spark)[0].schema  # x1 double, y long
+    assert sorted(map(tuple, data.toPandas()[["x1", "y"]].to_numpy().tolist())) == [
+        (0.0, 0), (1.0, 1), (4.0, 0), (5.0, 1), (7.0, 1), (8.0, 0)]  # day 0's id 1 is too old
+    with pytest.raises(ConfigError, match=r"lacks training column\(s\) \['z'\]"):
+        train = spark.createDataFrame(pd.DataFrame({"x1": [0.0], "z": [1.0], "y": [0]})).schema
+        recent_labeled_rows(read_table(str(lake / "log"), spark=spark)[0], "ts", (START, START + DAY), 1, train,
+                            "y", read_table(str(lake / "labels"), spark=spark)[0], ["id"])
+    with pytest.raises(ConfigError, match="recent_windows must be an integer >= 0"):
+        RetrainPolicy.from_dict({"drift_share": 0.5, "recent_windows": -1})

@@ -60,7 +60,7 @@ def main() -> None:
             cols = [(F.randn(seed + i) + (shift if i % 2 == 0 else F.lit(0.0))).alias(n) for i, n in enumerate(names)]
             return spark.range(rows, numPartitions=8).select(
                 F.timestamp_seconds(F.lit(1_767_225_600) + day * 86400 + (F.col("id") % 86400)).alias("ts"),
-                (F.col("id") % args.slices).cast("string").alias("segment"), *cols)
+                (F.floor(F.col("id") / 7) % args.slices).cast("string").alias("segment"), *cols)
 
         table, reference = f"{work}/log", f"{work}/reference"
         started = time.perf_counter()
@@ -75,7 +75,8 @@ def main() -> None:
             result = monitor_table(table, reference, "ts", columns=names,
                                    slices=[{"columns": ["segment"], "top_k": args.slices}],
                                    options=MonitorOptions(window="1 day"), spark=spark)
-            assert len(result["windows"]) == args.windows, result["windows"]
+            overall = [w for w in result["windows"] if w["slice"] == "overall"]
+            assert len(overall) == args.windows and len(result["windows"]) == args.windows * (args.slices + 1)
 
         count()
         base = median_seconds(count, args.rounds)

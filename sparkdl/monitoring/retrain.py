@@ -8,7 +8,9 @@ A policy (YAML `monitor.retrain`) fires on a window when any of its tests does:
 - `metric` + `below`: this performance metric of the window (realized when labels are there, else estimated) is
   below the floor.
 
-When it fires, the job trains a challenger on the newest version of the training table, judges it (the job's
+When it fires, the job trains a challenger on the newest version of the training table (with `recent_windows: N`,
+unioned with the labeled rows of the monitored table's last N windows, written to the Delta table `training_table`
+so the challenger's lineage names the data), judges it (the job's
 `gates` when it has some, else `judge_metric` against the champion on the same held-out rows) and moves `alias` only
 if the challenger wins; servers on that alias follow by hot reload. One decision record per window goes to a Delta
 table; a window that has one is not decided again.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,10 @@ class RetrainPolicy:
         judge_metric: without gates, the metric the challenger must beat the champion on (its direction from
             `sparkdl.metrics`), by at least `min_improvement`.
         decisions_table: the Delta table of decision records (default `<monitor.output_prefix>_decisions`).
+        recent_windows: the last N windows of the monitored table whose labeled rows (its label column, or
+            `monitor.labels_table` joined on `monitor.id_columns`) join the challenger's training data (0: none).
+        training_table: where that union goes (default `<monitor.output_prefix>_retrain_data`), replaced per
+            decision (its Delta history keeps each one).
     """
 
     alias: str = "production"
@@ -52,6 +59,8 @@ class RetrainPolicy:
     judge_metric: str = "accuracy"
     min_improvement: float = 0.0
     decisions_table: str | None = None
+    recent_windows: int = 0
+    training_table: str | None = None
 
     def __post_init__(self):
         if self.drift_share is None and self.statistic is None and self.metric is None:
@@ -60,6 +69,9 @@ class RetrainPolicy:
             raise ConfigError(f"monitor.retrain.statistic: unknown {self.statistic!r}; known: {', '.join(STATISTICS)}")
         if (self.metric is None) != (self.below is None):
             raise ConfigError("monitor.retrain: 'metric' and 'below' go together")
+        if isinstance(self.recent_windows, bool) or not isinstance(self.recent_windows, int) \
+                or self.recent_windows < 0:
+            raise ConfigError(f"monitor.retrain.recent_windows must be an integer >= 0, got {self.recent_windows!r}")
         if self.drift_share is not None and not 0 < self.drift_share <= 1:
             raise ConfigError(f"monitor.retrain.drift_share must be in (0, 1], got {self.drift_share!r}")
 
@@ -97,6 +109,35 @@ def tests_fired(policy: RetrainPolicy, result: dict[str, Any], window_start) -> 
         if value is not None and value < policy.below:
             fired.append(f"{kind} {policy.metric} {value:.4g} < {policy.below:g}")
     return fired
+
+
+def recent_labeled_rows(current, timestamp: str, window: tuple, recent_windows: int, training_schema, label: str,
+                        labels=None, id_columns: Sequence[str] = ()):
+    """The rows of the monitored DataFrame `current` in the `recent_windows` windows that end with `window`, that
+    have a label (`label` in `current`, else from `labels` joined on `id_columns`), as the columns of the training
+    table (`training_schema`), cast to its types.
+
+    Raises:
+        ConfigError: no label to use, or a training column the monitored rows lack (named).
+    """
+    from pyspark.sql import functions as F
+
+    start, end = window
+    first = start - (recent_windows - 1) * (end - start)
+    rows = current.where((F.col(f"`{timestamp}`") >= F.lit(first)) & (F.col(f"`{timestamp}`") < F.lit(end)))
+    if labels is not None:
+        if not id_columns:
+            raise ConfigError("monitor.retrain.recent_windows: labels_table needs id_columns to join the labels on")
+        rows = rows.drop(label) if label in rows.columns else rows
+        rows = rows.join(labels.select(*id_columns, label), list(id_columns), "inner")
+    if label not in rows.columns:
+        raise ConfigError(f"monitor.retrain.recent_windows: the monitored rows have no label column {label!r} and "
+                          f"no monitor.labels_table gives one")
+    missing = [f.name for f in training_schema.fields if f.name not in rows.columns]
+    if missing:
+        raise ConfigError(f"monitor.retrain.recent_windows: the monitored table lacks training column(s) {missing}")
+    return rows.where(F.col(f"`{label}`").isNotNull()).select(
+        *[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in training_schema.fields])
 
 
 def decision_record(window: tuple, monitored: dict, fired: list[str], decision: str, data: dict | None = None,

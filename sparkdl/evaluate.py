@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 
 from sparkdl import lake
 from sparkdl.errors import ConfigError, ModelStoreError, Problem, ValidationError
-from sparkdl.evaluate_forecast import forecast_metrics, forecast_plots
+from sparkdl.evaluate_forecast import entity_slices, forecast_metrics, forecast_plots
 from sparkdl.evaluation.auc import auc_by_group
 from sparkdl.evaluation.gates import Gate, baseline_refs, check_gates, parse_gates
 from sparkdl.evaluation.report import TABLE_DDL, long_rows, mlflow_metrics, slice_plots
@@ -476,14 +476,16 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     info = ModelMetadata.from_dict(meta)
     slice_specs, gate_specs = parse_slices(slices), parse_gates(gates)
     options = slice_options or SliceOptions()
-    if (slice_specs or gate_specs) and info.forecast is not None:
-        raise ConfigError(f"model {mv} is a forecaster: slices and gates apply to row models")
+    if gate_specs and info.forecast is not None:
+        raise ConfigError(f"model {mv} is a forecaster: gates apply to row models (its slices are reported)")
+    if slice_specs and info.forecast is not None and not info.forecast.spec.entity:
+        raise ConfigError(f"model {mv} forecasts one series (no forecast.entity): there are no slices of entities")
     if options.sensitive and options.sensitive not in {s.name for s in slice_specs if s.by_value}:
         raise ConfigError(f"sensitive={options.sensitive!r} must name a column or crossing slice among the slices "
                           f"({[s.name for s in slice_specs]})")
     if info.forecast is not None:
         metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots,
-                                                         forecast_until)
+                                                         forecast_until, slice_specs, options)
     else:
         metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots, slice_specs,
                                                    options, gate_specs)
@@ -509,23 +511,30 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
 
 
 def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool,
-                         until: int | None = None):
-    """(metrics, plot paths, snapshot) of a forecaster on the test windows of `table`."""
+                         until: int | None = None, slices: Sequence[Slice] = (),
+                         options: SliceOptions = SliceOptions()):
+    """(metrics, plot paths, snapshot) of a forecaster on the test windows of `table`, per slice of entities with
+    `slices` (see `sparkdl.evaluate_forecast`)."""
     prep = info.forecast
     if prep.test_step is None:
         raise ValidationError(f"model {mv}: it was trained without forecast.test_from, so it has no test period "
                               f"to be evaluated on; set data.forecast.test_from and train it again")
     df, snap = lake.read_table(table, version=version, spark=spark)
+    check_slices(slices, df, f"{snap.table}@{snap.version}")
+    memberships = entity_slices(df, prep.spec, slices) if slices else None
     ref, _ = resolve_model(mv, store)
     frame = forecast_frame(df, ref, prep, "forecast", mode="test", until=until).persist(StorageLevel.DISK_ONLY)
     try:
-        metrics = forecast_metrics(frame, prep.spec, entity_label=prep.entity_label)
+        metrics = forecast_metrics(frame, prep.spec, entity_label=prep.entity_label, slices=slices,
+                                   memberships=memberships, min_slice_size=options.min_slice_size)
         if metrics["count"] == 0:
             raise ValidationError(f"table {snap.table}@{snap.version}: no test window of model {mv} (origin at or "
                                   f"after {prep.spec.test_from} with {prep.spec.horizon} steps after it)")
         paths = forecast_plots(frame, prep.spec, metrics,
                                lambda name: store.artifact_path(mv, name, must_exist=False),
                                entity_label=prep.entity_label) if plots else []
+        if plots and slices:
+            paths += slice_plots(metrics, "forecast", lambda name: store.artifact_path(mv, name, must_exist=False))
     finally:
         frame.unpersist()
     metrics.update({"task": "forecast", "season": prep.spec.season, "test_from": prep.spec.test_from,

@@ -7,7 +7,12 @@ into, for the model and for seasonal naive:
 * ``mae``, ``rmse``; ``smape`` (percent, 0..200: ``200 · |f − a| / (|a| + |f|)``); ``mase`` (the error scaled by
   the series' in-sample seasonal-naive MAE over the training period; below 1 beats that naive forecast there);
 * ``mae_by_step``: one MAE per horizon step;
-* the same per entity (``per_entity``).
+* the same per entity (``per_entity``);
+* with slices (`sparkdl.evaluation.slices`: a column, a crossing, a named `where`), the same per slice of
+  entities (``slices``, in the sliced report's form): an entity belongs to the slices of its latest row
+  (`entity_slices`), a column slice keeps its `top_k` values by forecast count and merges the rest into "other",
+  and a slice with fewer than `min_slice_size` forecasts is reported as suppressed. Per-slice metrics come from the
+  same per-entity sums: no other pass over the forecasts.
 
 Steps whose actual value was filled in (missing in the table) are left out of every metric.
 """
@@ -78,12 +83,65 @@ def _name(values: Sequence) -> str:
     return str(values[0]) if len(values) == 1 else "/".join(str(v) for v in values)
 
 
-def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", entity_label=None) -> dict:
+def entity_slices(df, spec: ForecastSpec, slices: Sequence) -> dict[tuple, list[tuple[str, str]]]:
+    """{entity values: [(slice definition, value)]} from each entity's latest row of `df` (one small job)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from sparkdl.evaluation.slices import slice_keys
+
+    keys = list(spec.entity)
+    latest = df.withColumn("_sparkdl_latest", F.row_number().over(
+        Window.partitionBy(*keys).orderBy(F.col(f"`{spec.time}`").desc())))
+    rows = latest.where(F.col("_sparkdl_latest") == 1).select(*keys, slice_keys(slices).alias("_slices")).collect()
+    return {tuple(r[k] for k in keys): [(e["slice"], e["value"]) for e in r["_slices"]] for r in rows}
+
+
+def _sliced(by_entity: dict[tuple, list[dict]], memberships: dict, slices: Sequence, horizon: int,
+            min_size: int) -> dict:
+    """The sliced report (`sparkdl.evaluation.sliced`'s form, without intervals) of per-entity sums."""
+    import json
+
+    from sparkdl.evaluation.slices import OVERALL
+
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for entity in by_entity:
+        for definition, value in memberships.get(entity, [(OVERALL, OVERALL)]):
+            groups.setdefault((definition, value), []).append(entity)
+    count = {key: sum(r["model_n"] or 0 for e in members for r in by_entity[e]) for key, members in groups.items()}
+    named: dict[tuple[str, str], list[tuple]] = {}
+    for spec in slices:
+        values = sorted((k for k in groups if k[0] == spec.name), key=lambda k: (-count[k], k[1]))
+        if not spec.by_value:
+            named.update({(spec.name, spec.name): groups[k] for k in values})
+            continue
+        for k in values[:spec.top_k]:
+            named[(spec.name, spec.label(json.loads(k[1])))] = groups[k]
+        if values[spec.top_k:]:
+            named[(spec.name, spec.other_label())] = [e for k in values[spec.top_k:] for e in groups[k]]
+    report = {"slices": {}, "suppressed": [], "n_boot": 0, "confidence": None}
+    overall = [e for e in by_entity]
+    for (definition, label), members in [((OVERALL, OVERALL), overall), *named.items()]:
+        rows = [r for e in members for r in by_entity[e]]
+        model, naive = _metrics(rows, "model", horizon), _metrics(rows, "naive", horizon)
+        if label != OVERALL and model["count"] < min_size:
+            report["suppressed"].append({"slice": label, "definition": definition, "n": model["count"]})
+            continue
+        report["slices"][label] = {
+            "definition": definition, "n": model["count"], "series": len(members),
+            "metrics": {**{m: {"value": model[m], "lower": None, "upper": None} for m in METRICS},
+                        "seasonal_naive_mae": {"value": naive["mae"], "lower": None, "upper": None}}}
+    return report
+
+
+def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", entity_label=None,
+                     slices: Sequence = (), memberships: dict | None = None, min_slice_size: int = 30) -> dict:
     """The metrics of a test-window frame (see the module docstring), overall and per entity.
 
     Returns {"mae", "rmse", "smape", "mase", "mae_by_step", "count", "windows", "series", "seasonal_naive": {...},
     "per_entity": {entity: {"mae", ..., "seasonal_naive": {...}}}}; `entity_label` (entity values -> name) names
-    the entities (default: their values joined by "/")."""
+    the entities (default: their values joined by "/"). With `slices` and their `memberships` (`entity_slices`),
+    also "slices" and "suppressed" (see the module docstring)."""
     keys = list(spec.entity) or [SERIES_KEY]
     rows = _sums(frame, keys, forecast)
     model = _metrics(rows, "model", spec.horizon)
@@ -106,7 +164,8 @@ def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", enti
     paired = {"count": paired_n,
               "mae": sum(r["both_model_abs"] or 0.0 for r in rows) / paired_n if paired_n else None,
               "seasonal_naive_mae": sum(r["both_naive_abs"] or 0.0 for r in rows) / paired_n if paired_n else None}
-    return {**model, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
+    sliced = _sliced(by_entity, memberships or {}, slices, spec.horizon, min_slice_size) if slices else {}
+    return {**model, **sliced, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
             "per_entity": per_entity, "per_entity_listed": len(per_entity), "paired": paired,
             # on the same forecasts only: seasonal naive has none where a series' history is shorter than a season
             "beats_seasonal_naive": bool(paired_n) and paired["mae"] < paired["seasonal_naive_mae"]}
@@ -153,4 +212,4 @@ def forecast_plots(frame, spec: ForecastSpec, metrics: dict, folder_path, foreca
     return paths
 
 
-__all__ = ["METRICS", "forecast_metrics", "forecast_plots"]
+__all__ = ["METRICS", "entity_slices", "forecast_metrics", "forecast_plots"]

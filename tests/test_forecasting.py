@@ -179,6 +179,43 @@ def test_duplicate_and_off_grid_rows_at_scoring_are_counted_and_the_forecast_ign
 
 
 @pytest.mark.slow
+def test_forecast_metrics_per_slice_of_entities_match_the_forecasts_themselves(spark, forecaster, training_store):
+    """Slices of a forecaster are slices of entities (each entity in the slices of its latest row): MAE, RMSE and
+    sMAPE per slice equal those computed here from the test forecasts in pandas; a small slice is suppressed."""
+    from sparkdl.evaluation import SliceOptions
+    from sparkdl.score import resolve_model
+    from sparkdl.score.forecast import forecast_frame
+
+    root, _, model = forecaster
+    table = str(root / "temps-with-regions")
+    regions = {"berlin": "north", "oslo": "north", "rome": "south"}
+    pdf = city_table().assign(region=lambda d: d.city.map(regions))
+    lake.write_table(spark.createDataFrame(pdf), table, mode="overwrite")
+    mv = str(model.getModelVersion())
+    metrics = evaluate_model(mv, table, store=training_store, plots=True,
+                             slices=["region", {"name": "cold", "where": "city = 'oslo'"}])
+    ref, metadata = resolve_model(model)
+    test = forecast_frame(lake.read_table(table, spark=spark)[0], ref, metadata.forecast, mode="test").toPandas()
+    test = test[test.observed]
+    err = test.forecast - test.actual
+    smape = 200 * err.abs() / (test.actual.abs() + test.forecast.abs())
+    expected = {"overall": test.city.notna(), "region=north": test.city.isin(["berlin", "oslo"]),
+                "region=south": test.city == "rome", "cold": test.city == "oslo"}
+    assert set(metrics["slices"]) == set(expected)
+    for name, rows in expected.items():
+        got = metrics["slices"][name]
+        assert got["n"] == rows.sum() and got["series"] == test.city[rows].nunique(), name
+        assert got["metrics"]["mae"]["value"] == pytest.approx(err[rows].abs().mean(), rel=1e-9), name
+        assert got["metrics"]["rmse"]["value"] == pytest.approx(np.sqrt((err[rows] ** 2).mean()), rel=1e-9), name
+        assert got["metrics"]["smape"]["value"] == pytest.approx(smape[rows].mean(), rel=1e-9), name
+    assert metrics["slices"]["overall"]["metrics"]["mae"]["value"] == pytest.approx(metrics["mae"], rel=1e-12)
+    assert any(Path(p).name == "slices_mae.png" for p in metrics["plots"])
+    tiny = evaluate_model(mv, table, store=training_store, plots=False, slices=["region"],
+                          slice_options=SliceOptions(min_slice_size=int(expected["region=north"].sum())))
+    assert [s["slice"] for s in tiny["suppressed"]] == ["region=south"] and "region=north" in tiny["slices"]
+
+
+@pytest.mark.slow
 def test_bad_forecasting_input_fails_before_any_write(spark, forecaster, training_store, tmp_path):
     root, table, model = forecaster
     target = str(root / "forecasts_bad")

@@ -12,7 +12,7 @@ from sparkdl.plots import plot_slices
 TABLE_DDL = ("model string, version int, definition string, slice string, metric string, value double, "
              "lower double, upper double, n long, data_table string, data_version long, evaluated_at timestamp")
 PLOTTED = {"binary": ("accuracy", "recall", "f1", "roc_auc"), "multiclass": ("accuracy", "f1", "roc_auc"),
-           "regression": ("rmse", "mae", "r2")}
+           "regression": ("rmse", "mae", "r2"), "forecast": ("mae", "mase")}
 
 
 def long_rows(report: Mapping[str, Any], model: str, version: int, data: Mapping[str, Any]) -> list[tuple]:

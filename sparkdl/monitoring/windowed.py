@@ -92,10 +92,15 @@ class MonitorOptions:
 
 
 def edges_below(value: Column, edges: Sequence[float]) -> Column:
-    """How many of `edges` are <= `value` (its bin among edges), as one flat expression."""
-    if not edges:
+    """How many of `edges` are <= `value` (its bin among edges): a balanced sum of comparisons, compiled (a
+    higher-order `filter` runs interpreted) and only log2(len(edges)) deep (Spark Connect caps an expression's
+    nesting depth)."""
+    terms = [(value >= F.lit(float(e))).cast("int") for e in edges]
+    if not terms:
         return F.lit(0)
-    return F.size(F.filter(F.array(*[F.lit(float(e)) for e in edges]), lambda e: e <= value))
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 @dataclass(frozen=True)

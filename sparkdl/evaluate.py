@@ -36,9 +36,9 @@ from sparkdl.evaluation.slices import Slice, check_slices, parse_slices, referen
 from sparkdl.fileutil import write_atomic
 from sparkdl.jsonlines import json_value
 from sparkdl.log import get_logger
+from sparkdl.metric_history import MetricHistory
 from sparkdl.mlflow import tracking
 from sparkdl.model_metadata import ModelMetadata
-from sparkdl.monitor import MetricHistory
 from sparkdl.plots import plot_confusion_matrix, plot_history
 from sparkdl.registry import GATES_FILE, ModelStore
 from sparkdl.score import score_dataframe

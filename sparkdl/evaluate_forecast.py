@@ -18,6 +18,7 @@ Steps whose actual value was filled in (missing in the table) are left out of ev
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.series import SERIES_KEY
+from sparkdl.evaluation.slices import OVERALL, slice_keys
 from sparkdl.log import get_logger
 from sparkdl.plots import plot_error_by_step, plot_forecasts
 from sparkdl.score.forecast import ORIGIN_COL, STEP_COL
@@ -88,8 +90,6 @@ def entity_slices(df, spec: ForecastSpec, slices: Sequence) -> dict[tuple, list[
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from sparkdl.evaluation.slices import slice_keys
-
     keys = list(spec.entity)
     latest = df.withColumn("_sparkdl_latest", F.row_number().over(
         Window.partitionBy(*keys).orderBy(F.col(f"`{spec.time}`").desc())))
@@ -100,10 +100,6 @@ def entity_slices(df, spec: ForecastSpec, slices: Sequence) -> dict[tuple, list[
 def _sliced(by_entity: dict[tuple, list[dict]], memberships: dict, slices: Sequence, horizon: int,
             min_size: int) -> dict:
     """The sliced report (`sparkdl.evaluation.sliced`'s form, without intervals) of per-entity sums."""
-    import json
-
-    from sparkdl.evaluation.slices import OVERALL
-
     groups: dict[tuple[str, str], list[tuple]] = {}
     for entity in by_entity:
         for definition, value in memberships.get(entity, [(OVERALL, OVERALL)]):

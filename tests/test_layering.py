@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparkdl"
 LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.errors", "sparkdl.log", "sparkdl.fileutil", "sparkdl.uri", "sparkdl.stack", "sparkdl.plots",
      "sparkdl.ordered_scan", "sparkdl.tf_runtime", "sparkdl.session_kind", "sparkdl.spark_jobs",
-     "sparkdl.jsonlines", "sparkdl.parquet_reader"),
+     "sparkdl.jsonlines", "sparkdl.parquet_reader", "sparkdl.metric_history"),
     ("sparkdl.config", "sparkdl.session", "sparkdl.mlflow.tracking", "sparkdl.metrics"),  # metrics: names only
     ("sparkdl.lake",),
     ("sparkdl.data", "sparkdl.datasets"),
@@ -24,7 +24,6 @@ LAYERS: list[tuple[str, ...]] = [
     ("sparkdl.score",),
     ("sparkdl.train",),     # training hands back a SparkDLModel, which scores through sparkdl.score
     ("sparkdl.monitor",),
-    # evaluate records metric history with sparkdl.monitor
     ("sparkdl.evaluate", "sparkdl.evaluation", "sparkdl.evaluate_forecast", "sparkdl.baselines"),
     ("sparkdl.monitoring",),  # windows, slices and performance over logged traffic: reads evaluation's slices
     ("sparkdl.explain",),   # explain_table / explain_model: the scoring path's attributions, aggregated

@@ -11,7 +11,8 @@ import pytest
 from scipy.stats import ks_2samp
 
 from sparkdl.errors import ValidationError
-from sparkdl.monitor import NULL, OTHER, DriftReport, MetricHistory, drift_report
+from sparkdl.metric_history import MetricHistory
+from sparkdl.monitor import NULL, OTHER, DriftReport, drift_report
 
 COLORS = np.array(["red", "green", "blue", "black"])
 

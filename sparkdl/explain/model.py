@@ -35,11 +35,11 @@ from sparkdl.log import get_logger
 from sparkdl.metrics import larger_is_better
 from sparkdl.plots import plot_feature_importance, plot_over_time, plot_saliency
 from sparkdl.registry import ModelStore
+from sparkdl.score.core import check_columns
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import plan_output
 from sparkdl.score.runtime import get_model
-from sparkdl.score.table import check_columns
 from sparkdl.session_kind import default_parallelism
 
 log = get_logger("explain.model")

@@ -10,7 +10,8 @@ cannot be prepared (with the reason), the same atomic commits and lineage column
 from __future__ import annotations
 
 from sparkdl.explain.integrated_gradients import Attribution
-from sparkdl.score.table import ScoreReport, score_table
+from sparkdl.score.core import ScoreReport
+from sparkdl.score.table import score_table
 
 
 def explain_table(model_ref, source, target, attribution: Attribution | None = None, mode: str = "append",

@@ -7,13 +7,14 @@ job and a Delta stream — all sharing one Arrow-native scoring path and one mod
     >>> report = score_table("digits@1", "/lake/images", "/lake/predictions")
     >>> similar("digits_emb@1", queries, "/lake/images", k=5)   # nearest rows by the model's embedding
 """
+from sparkdl.score.core import ScoreReport
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import OUTPUTS, OutputPlan, plan_output
 from sparkdl.score.runtime import load_count, loaded_models
 from sparkdl.score.similar import similar
 from sparkdl.score.stream import score_stream, stream_reports
-from sparkdl.score.table import ScoreReport, score_table
+from sparkdl.score.table import score_table
 from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
 
 __all__ = [

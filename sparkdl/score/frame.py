@@ -20,11 +20,11 @@ from sparkdl import stack
 from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
+from sparkdl.score.core import check_columns
 from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
 from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 from sparkdl.score.scan import map_batches
-from sparkdl.score.table import check_columns
 
 log = get_logger("score.frame")
 

@@ -29,9 +29,7 @@ from sparkdl.fileutil import write_atomic
 from sparkdl.lake import Txn, exists, read_table, write_table
 from sparkdl.lake.stream_source import FORMAT, SOURCE_VERSION_COL, DeltaLogSource, source_schema
 from sparkdl.log import get_logger
-from sparkdl.score.forecast import forecast_frame
-from sparkdl.score.model_ref import resolve_model
-from sparkdl.score.table import (
+from sparkdl.score.core import (
     QUARANTINE_SUFFIX,
     ScoreReport,
     ScoringColumns,
@@ -41,6 +39,8 @@ from sparkdl.score.table import (
     scoring_columns,
     split_outcomes,
 )
+from sparkdl.score.forecast import forecast_frame
+from sparkdl.score.model_ref import resolve_model
 from sparkdl.session import get_spark
 from sparkdl.uri import local_path, normalize_table_uri
 

@@ -247,30 +247,3 @@ def test_a_sliced_evaluation_writes_its_outputs_and_gates_the_promotion(spark, l
     record = json.loads((store.root / version.name / "aliases" / "production.json").read_text())
     assert record["forced"] is True and record["failed_gates"][0]["metric"] == "recall"
     assert store.resolve(f"{version.name}@production").version == version.version
-
-
-def test_auc_of_overlapping_groups_from_one_sort_equals_sklearn_across_partitions(spark):
-    """`auc_by_groups_sorted`: rows in several groups at once, tied scores, the sorted rows spread over several
-    partitions (stitched by their running negatives): each group's AUC equals scikit-learn's."""
-    from sklearn.metrics import roc_auc_score
-
-    from sparkdl.evaluation.auc import auc_by_groups_sorted
-
-    rng = np.random.default_rng(7)
-    n = 3000
-    y = rng.integers(0, 2, n)
-    v = np.round(np.clip(0.3 * y + rng.normal(0.4, 0.25, n), 0, 1), 2)  # ties on purpose
-    groups = [[0] + ([1] if i % 3 == 0 else []) + ([2] if i % 2 == 0 else []) for i in range(n)]
-    df = spark.createDataFrame(pd.DataFrame({"gs": groups, "v": v, "b": y}), "gs array<long>, v double, b long")
-    keys = ("spark.sql.adaptive.coalescePartitions.enabled", "spark.sql.shuffle.partitions")
-    before = [spark.conf.get(k) for k in keys]
-    spark.conf.set(keys[0], "false")
-    spark.conf.set(keys[1], "6")
-    try:
-        aucs = auc_by_groups_sorted(df)
-    finally:
-        for k, value in zip(keys, before):
-            spark.conf.set(k, value)
-    for g in (0, 1, 2):
-        inside = np.array([g in gs for gs in groups])
-        assert aucs[g] == pytest.approx(roc_auc_score(y[inside], v[inside]), abs=1e-12), g

@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from sparkdl.config import options_from_mapping
 from sparkdl.errors import ConfigError, ValidationError
-from sparkdl.evaluation.auc import auc_by_groups_sorted
+from sparkdl.evaluation.auc import auc_by_group
 from sparkdl.evaluation.fairness import fairness_metrics
 from sparkdl.evaluation.slices import OVERALL, Slice, slice_keys
 from sparkdl.log import get_logger
@@ -148,7 +148,7 @@ def sliced_classification(frame: DataFrame, slices: Sequence[Slice], num_classes
                                     "metrics": _intervals(_classification_values(g, k, labels, has_prob),
                                                           options.confidence)}
     if has_prob:
-        for name, auc in _sliced_auc(narrow, kept, k).items():
+        for name, auc in _sliced_auc(rows, kept, k).items():
             report["slices"][name]["metrics"].update(auc)
     if options.sensitive:
         report["fairness"] = _fairness(kept, options, labels)
@@ -326,22 +326,22 @@ def _intervals(values: dict[str, np.ndarray], confidence: float) -> dict[str, di
     return out
 
 
-def _sliced_auc(narrow: DataFrame, kept: list[_Group], k: int) -> dict[str, dict]:
-    """Exact ROC AUC per kept slice (one-vs-rest macro for k > 2): each row (each (row, class) for k > 2) sorted
-    once by score with the kept slices it belongs to (`auc_by_groups_sorted`), slice i's group i (i * k + class)."""
+def _sliced_auc(rows: DataFrame, kept: list[_Group], k: int) -> dict[str, dict]:
+    """Exact ROC AUC per kept slice (one-vs-rest macro for k > 2): one ordered scan over (slice, score) counts, each
+    kept slice an integer group (slice i, or i * k + class)."""
     to_id = F.create_map(*[x for i, g in enumerate(kept) for d, v in g.raw
                            for x in (F.lit(f"{d}\u0000{v}"), F.lit(i))])
-    ids = F.filter(F.transform("_k", lambda e: to_id[F.concat_ws("\u0000", e["slice"], e["value"])].cast("long")),
-                   lambda x: x.isNotNull())
-    named = narrow.select(ids.alias("ids"), "y", "score")
+    named = rows.select(to_id[F.concat_ws("\u0000", "slice", "value")].alias("g0"), "y", "score").where(
+        F.col("g0").isNotNull())
     if k == 2:
-        scored = named.select(F.col("ids").alias("gs"), F.col("score").alias("v"),
+        scored = named.select(F.col("g0").alias("g"), F.col("score").alias("v"),
                               (F.col("y") == 1).cast("long").alias("b"))
     else:
-        exploded = named.select("ids", "y", F.posexplode("score").alias("c", "v"))
-        scored = exploded.select(F.transform("ids", lambda i: i * k + F.col("c")).alias("gs"), "v",
+        exploded = named.select("g0", "y", F.posexplode("score").alias("c", "v"))
+        scored = exploded.select((F.col("g0") * k + F.col("c")).alias("g"), "v",
                                  (F.col("y") == F.col("c")).cast("long").alias("b"))
-    aucs = auc_by_groups_sorted(scored)
+    counts = scored.groupBy("g", "v").agg(F.sum(1 - F.col("b")).alias("a"), F.sum("b").alias("b"))
+    aucs = auc_by_group(counts)
     out: dict[str, dict] = {}
     for i, g in enumerate(kept):
         if k == 2:

@@ -19,17 +19,8 @@ Prints seconds, rows/s and the ratios sliced / unsliced (targets of issue 43: â‰
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
-
-def median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+from timing import load_line, median_seconds
 
 
 def main() -> None:
@@ -72,7 +63,7 @@ def main() -> None:
     for name, seconds in (("unsliced (classification_metrics)", base), ("sliced, no bootstrap", plain),
                           (f"sliced, {args.n_boot} bootstrap replicates", boot)):
         print(f"  {name:<40} {seconds:7.2f} s  {args.rows / seconds:12,.0f} rows/s  {seconds / base:5.2f}x unsliced")
-    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(load_line())
     spark.stop()
 
 

@@ -18,19 +18,11 @@ and slices in ≤ 2 passes) and the load average.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
 
-
-def median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+from timing import load_line, median_seconds
 
 
 def main() -> None:
@@ -87,7 +79,7 @@ def main() -> None:
         print(f"  count()          {base:7.2f} s  {args.rows / base:12,.0f} rows/s")
         print(f"  monitor_table    {seconds:7.2f} s  {args.rows / seconds:12,.0f} rows/s  "
               f"{seconds / base:5.2f}x count()")
-        print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        print(load_line())
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -224,18 +224,21 @@ def _reference_buckets(reference: DataFrame, kinds: dict[str, str], options: Mon
 
 def _counts(frame: DataFrame, buckets: list[_Buckets], slices: Sequence[Slice], window: Column | None) -> dict:
     """{((window start, end) | (None, None), slice name): {"rows", column: {"n": [per bucket], "sum": [...],
-    "oor": count}}} from one aggregation."""
-    entries = F.array(*[F.struct(F.lit(i).alias("c"), b.bucket().alias("b"),
-                                 (b.value if b.kind != "categorical" else F.lit(None).cast("double")).alias("v"),
-                                 b.out_of_range().alias("o")) for i, b in enumerate(buckets)])
-    win = (F.struct(window.start.alias("s"), window.end.alias("e")) if window is not None
-           else F.struct(F.lit(None).cast("timestamp").alias("s"), F.lit(None).cast("timestamp").alias("e")))
-    staged = frame.select(win.alias("_w"), slice_keys(slices).alias("_k"), entries.alias("_e"))
-    rows = staged.select("_w", F.explode("_k").alias("_s"), "_e").select("_w", "_s", F.explode("_e").alias("x"))
-    grouped = rows.groupBy(F.col("_w.s").alias("ws"), F.col("_w.e").alias("we"), F.col("_s.slice").alias("d"),
-                           F.col("_s.value").alias("sv"), F.col("x.c").alias("c"), F.col("x.b").alias("b")).agg(
-        F.count(F.lit(1)).alias("n"), F.sum("x.v").alias("total"), F.sum(F.col("x.v") * F.col("x.v")).alias("sq"),
-        F.sum("x.o").alias("oor")).collect()
+    "sq", "oor"}}} from one pass: each task counts its rows' buckets per (window, slice, column) with numpy
+    (`_bucket_counter`), and Spark adds the tasks' partial counts (small: windows × slices × columns × buckets)."""
+    none = F.lit(None).cast("long")
+    win = (F.struct(F.unix_micros(window.start.cast("timestamp")).alias("s"),
+                    F.unix_micros(window.end.cast("timestamp")).alias("e"))
+           if window is not None else F.struct(none.alias("s"), none.alias("e")))
+    staged = frame.select(win.alias("_w"), slice_keys(slices).alias("_k"),
+                          *[b.value.alias(f"_v{i}") for i, b in enumerate(buckets)])
+    schema = "ws long, we long, d string, sv string, c int, b int, n long, total double, sq double, oor long"
+    grouped = (staged.mapInArrow(_bucket_counter(buckets), schema)
+               .groupBy("ws", "we", "d", "sv", "c", "b")
+               .agg(F.sum("n").alias("n"), F.sum("total").alias("total"), F.sum("sq").alias("sq"),
+                    F.sum("oor").alias("oor"))
+               .select(F.timestamp_micros("ws").alias("ws"), F.timestamp_micros("we").alias("we"), "d", "sv", "c",
+                       "b", "n", "total", "sq", "oor")).collect()
     out: dict = {}
     for row in grouped:
         name = _slice_name(row["d"], row["sv"], slices)
@@ -249,6 +252,71 @@ def _counts(frame: DataFrame, buckets: list[_Buckets], slices: Sequence[Slice], 
     for entry in out.values():
         entry["rows"] = max(sum(v["n"]) for k, v in entry.items() if k != "rows")
     return out
+
+
+def _bucket_counter(buckets: list[_Buckets]):
+    """The mapInArrow function of `_counts`: per task, for each (window, slice entry) of its rows and each column,
+    the count, sum, sum of squares and out-of-range count of the values in each bucket — the buckets of
+    `_Buckets.bucket` (edges at or below the value; categories by position, "other", the null bucket last)."""
+    specs = [(b.kind, np.asarray(b.edges, np.float64), b.low, b.high, list(b.categories), b.size) for b in buckets]
+    width = max(size for *_, size in specs)
+
+    def count(batches):
+        import pandas as pd
+        import pyarrow as pa
+
+        totals: dict[tuple, np.ndarray] = {}  # (ws, we, d, sv) -> (4, columns, width): n, sum, sq, oor
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            w = batch.column("_w")
+            ws = w.field("s").to_numpy(zero_copy_only=False)
+            we = w.field("e").to_numpy(zero_copy_only=False)
+            keys = batch.column("_k")
+            lengths = keys.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+            parent = np.repeat(np.arange(batch.num_rows), lengths)
+            entries = keys.flatten()
+            frame = pd.DataFrame({"ws": ws[parent], "we": we[parent],
+                                  "d": entries.field("slice").to_numpy(zero_copy_only=False),
+                                  "sv": entries.field("value").to_numpy(zero_copy_only=False)})
+            ids, uniques = pd.MultiIndex.from_frame(frame).factorize()
+            n_keys = len(uniques)
+            acc = np.zeros((4, len(specs), n_keys, width))
+            for c, (kind, edges, low, high, categories, size) in enumerate(specs):
+                column = batch.column(f"_v{c}")
+                if kind == "categorical":
+                    values = column.to_numpy(zero_copy_only=False)
+                    index = pd.Index(categories).get_indexer(values)
+                    bucket = np.where(index >= 0, index, len(categories))
+                    bucket = np.where(values == NULL, size - 1, bucket)
+                    v = np.zeros(batch.num_rows)
+                    oor = np.zeros(batch.num_rows)
+                else:
+                    v = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+                    null = np.isnan(v)
+                    bucket = np.where(null, size - 1, np.searchsorted(edges, np.where(null, 0.0, v), side="right"))
+                    oor = ((v < low) | (v > high)).astype(float) if low is not None else np.zeros(batch.num_rows)
+                    v = np.where(null, 0.0, v)
+                cell = ids * width + bucket[parent]
+                for k, weights in enumerate((None, v[parent], (v * v)[parent], oor[parent])):
+                    acc[k, c] += np.bincount(cell, weights=weights, minlength=n_keys * width).reshape(n_keys, width)
+            for i, key in enumerate(uniques):
+                key = tuple(None if isinstance(x, float) and np.isnan(x) else x for x in key)
+                totals[key] = totals[key] + acc[:, :, i, :] if key in totals else acc[:, :, i, :].copy()
+        rows = {name: [] for name in ("ws", "we", "d", "sv", "c", "b", "n", "total", "sq", "oor")}
+        for (ws_, we_, d, sv), acc in totals.items():
+            for c, b in zip(*np.nonzero(acc[0])):
+                for name, value in (("ws", ws_), ("we", we_), ("d", d), ("sv", sv), ("c", int(c)), ("b", int(b)),
+                                    ("n", int(acc[0, c, b])), ("total", float(acc[1, c, b])),
+                                    ("sq", float(acc[2, c, b])), ("oor", int(round(acc[3, c, b])))):
+                    rows[name].append(value)
+        if rows["n"]:
+            yield pa.RecordBatch.from_pydict(
+                {k: pa.array(v, type=t) for (k, v), t in zip(rows.items(), (
+                    pa.int64(), pa.int64(), pa.string(), pa.string(), pa.int32(), pa.int32(), pa.int64(),
+                    pa.float64(), pa.float64(), pa.int64()))})
+
+    return count
 
 
 def _slice_name(definition: str, value: str, slices: Sequence[Slice]) -> str:

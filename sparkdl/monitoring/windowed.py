@@ -1,11 +1,12 @@
 """Drift in time windows: every window and slice of a monitored table against the reference (the training data)
-and against the window before it, from one aggregation over the monitored table.
+and against the window before it, from one pass over the monitored table.
 
 The reference fixes the buckets: quantile bins of each numeric column (`approxQuantile`), the most frequent
 categories of each string/boolean column (plus "other" and null), and each numeric column's range. The monitored
-table is then read once: every row is exploded into its slices (as in `sparkdl.evaluation.slices`) and its
-(column, bucket) entries, and one `groupBy(window, slice, column, bucket)` counts rows, sums values (each bucket's
-mean places its mass for the Wasserstein distance) and counts values out of the reference's range. Every statistic
+table is then read once: each task takes its Arrow batches, puts every row in its slices (as in
+`sparkdl.evaluation.slices`) and each value in its bucket (numpy `searchsorted`, the same rule as `_Buckets.bucket`),
+and counts rows, sums values (each bucket's mean places its mass for the Wasserstein distance) and counts values out
+of the reference's range per (window, slice, column, bucket) with `bincount`; Spark adds the tasks' partial counts. Every statistic
 of every window, slice and column comes from these counts on the driver, with `sparkdl.monitor`'s formulas (PSI,
 Jensen-Shannon distance, Wasserstein distance normalized by the reference's deviation, binned Kolmogorov-Smirnov,
 χ² p-value, null rate) plus the out-of-range rate.

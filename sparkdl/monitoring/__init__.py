@@ -7,7 +7,8 @@ they do, written to Delta tables with plots.
     ...               options=MonitorOptions(window="1 day"), score="probability_1", label="malignant",
     ...               output_prefix="/lake/cancer_monitor")
 
-Modules: `windowed` (drift per window from one pass: numpy bucket counts per task), `performance` (CBPE and realized metrics).
+Modules: `windowed` (drift per window from one pass: numpy bucket counts per task), `performance` (CBPE and
+realized metrics).
 """
 from __future__ import annotations
 

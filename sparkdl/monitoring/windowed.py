@@ -6,10 +6,10 @@ categories of each string/boolean column (plus "other" and null), and each numer
 table is then read once: each task takes its Arrow batches, puts every row in its slices (as in
 `sparkdl.evaluation.slices`) and each value in its bucket (numpy `searchsorted`, the same rule as `_Buckets.bucket`),
 and counts rows, sums values (each bucket's mean places its mass for the Wasserstein distance) and counts values out
-of the reference's range per (window, slice, column, bucket) with `bincount`; Spark adds the tasks' partial counts. Every statistic
-of every window, slice and column comes from these counts on the driver, with `sparkdl.monitor`'s formulas (PSI,
-Jensen-Shannon distance, Wasserstein distance normalized by the reference's deviation, binned Kolmogorov-Smirnov,
-χ² p-value, null rate) plus the out-of-range rate.
+of the reference's range per (window, slice, column, bucket) with `bincount`; Spark adds the tasks' partial counts.
+Every statistic of every window, slice and column comes from these counts on the driver, with `sparkdl.monitor`'s
+formulas (PSI, Jensen-Shannon distance, Wasserstein distance normalized by the reference's deviation, binned
+Kolmogorov-Smirnov, χ² p-value, null rate) plus the out-of-range rate.
 
 Thresholds are constants, or learned from the reference as NannyML does: the reference (when it has the timestamp
 column) is cut into the same windows, each window's statistic against the whole reference is computed from the

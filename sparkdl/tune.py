@@ -38,6 +38,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sparkdl import lake
 from sparkdl.errors import ConfigError, FitStopped
@@ -50,6 +51,9 @@ from sparkdl.session import get_spark
 from sparkdl.session import work_dir as default_work_dir
 from sparkdl.train.estimator import _SNAKE_TO_CAMEL
 from sparkdl.train.resources import check_cluster, cores_per_task, task_slots
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
 
 log = get_logger("tune")
 
@@ -161,8 +165,8 @@ def _sample(dim: Dimension):
 
 
 def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, parallel: int | None = None,
-         metric: str = "val_loss", direction: str | None = None, pruner="median", study: str | None = None,
-         sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
+         metric: str = "val_loss", direction: str | None = None, pruner: str | BasePruner = "median",
+         study: str | None = None, sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
     """Search `space` with `n_trials` fits of `estimator` on `table` (see the module docstring).
 
     Args:

@@ -166,7 +166,8 @@ def _sample(dim: Dimension):
 
 def tune(estimator, table, space: dict, n_trials: int, trial_proc: int = 1, parallel: int | None = None,
          metric: str = "val_loss", direction: str | None = None, pruner: str | BasePruner = "median",
-         study: str | None = None, sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None, spark=None) -> TuneResult:
+         study: str | None = None, sampler: str = "tpe", seed: int = 0, trials_table: str | None = None, work=None,
+         spark=None) -> TuneResult:
     """Search `space` with `n_trials` fits of `estimator` on `table` (see the module docstring).
 
     Args:

@@ -286,8 +286,7 @@ def series_builder(spec: ForecastSpec, test_stamp, keys: list[str]):
 
 def grid_frame(df, spec: ForecastSpec):
     """(the long table's entity keys, STEP, OFFSET (and a monthly grid's OFFSET_END) and channels as doubles, the
-    key column names): what
-    `on_grid` reads, per entity after a groupBy of the keys."""
+    key column names): what `on_grid` reads, per entity after a groupBy of the keys."""
     from pyspark.sql import functions as F
 
     step, offset = grid_columns(df, spec)

@@ -18,7 +18,6 @@ Steps whose actual value was filled in (missing in the table) are left out of ev
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
@@ -112,12 +111,11 @@ def _sliced(by_entity: dict[tuple, list[dict]], memberships: dict, slices: Seque
             named.update({(spec.name, spec.name): groups[k] for k in values})
             continue
         for k in values[:spec.top_k]:
-            named[(spec.name, spec.label(json.loads(k[1])))] = groups[k]
+            named[(spec.name, spec.name_of(k[1]))] = groups[k]
         if values[spec.top_k:]:
             named[(spec.name, spec.other_label())] = [e for k in values[spec.top_k:] for e in groups[k]]
     report = {"slices": {}, "suppressed": [], "n_boot": 0, "confidence": None}
-    overall = [e for e in by_entity]
-    for (definition, label), members in [((OVERALL, OVERALL), overall), *named.items()]:
+    for (definition, label), members in [((OVERALL, OVERALL), list(by_entity)), *named.items()]:
         rows = [r for e in members for r in by_entity[e]]
         model, naive = _metrics(rows, "model", horizon), _metrics(rows, "naive", horizon)
         if label != OVERALL and model["count"] < min_size:

@@ -20,7 +20,6 @@ the same way.
 """
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -258,7 +257,7 @@ def _top_k(groups: list[_Group], slices: Sequence[Slice], min_size: int) -> tupl
             continue
         members.sort(key=lambda g: (-g.n, g.label))
         for g in members[:spec.top_k]:
-            g.label = spec.label(json.loads(g.label))
+            g.label = spec.name_of(g.label)
             named.append(g)
         if members[spec.top_k:]:
             other = _Group(definition, spec.other_label(), raw=[])

@@ -12,6 +12,7 @@ there. Slice columns may be any columns of the evaluated table, model features o
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class Slice:
     def label(self, values: Sequence[Any]) -> str:
         """The slice name of one value tuple: ``sex=female, age_band=young``."""
         return ", ".join(f"{c}={'null' if v is None else v}" for c, v in zip(self.columns, values))
+
+    def name_of(self, value: str) -> str:
+        """The slice name of one `slice_keys` value: a column slice's JSON value tuple as `label` gives it, a
+        `where` slice's own name as it is."""
+        return self.label(json.loads(value)) if self.by_value else value
 
     def other_label(self) -> str:
         return ", ".join(f"{c}={OTHER}" for c in self.columns)

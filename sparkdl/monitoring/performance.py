@@ -15,7 +15,6 @@ Both from one aggregation over the monitored table.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from pyspark.sql import functions as F
 from sparkdl.errors import ValidationError
 from sparkdl.evaluation.sliced import SliceOptions, sliced_classification
 from sparkdl.evaluation.slices import Slice, parse_slices, slice_keys
-from sparkdl.monitoring.windowed import edges_below
+from sparkdl.monitoring.windowed import edges_below, slice_name
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def estimated_performance(frame: DataFrame, window: Column, score: str, calibrat
         F.count(F.lit(1)).alias("n"), F.sum("p").alias("pos"), F.sum("c").alias("correct")).collect()
     groups: dict[tuple, dict] = {}
     for row in rows:
-        g = groups.setdefault((row["ws"], row["we"], _name(row["d"], row["v"], slices)),
+        g = groups.setdefault((row["ws"], row["we"], slice_name(row["d"], row["v"], slices)),
                               {"n": 0, "correct": 0.0, "pos": np.zeros(auc_buckets), "neg": np.zeros(auc_buckets)})
         g["n"] += int(row["n"])
         g["correct"] += float(row["correct"])
@@ -147,11 +146,6 @@ def realized_performance(frame: DataFrame, window: Column, score: str, label: st
             out.append({"window_start": start, "window_end": end, "slice": slice_name, "rows": entry["n"],
                         "metric": metric, "value": entry["metrics"][metric]["value"], "kind": "realized"})
     return out
-
-
-def _name(definition: str, value: str, slices: Sequence[Slice]) -> str:
-    spec = next((s for s in slices if s.name == definition), None)
-    return spec.label(json.loads(value)) if spec is not None and spec.by_value else value
 
 
 def _realized_name(parts: dict[str, str]) -> str | None:

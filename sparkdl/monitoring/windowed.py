@@ -242,7 +242,7 @@ def _counts(frame: DataFrame, buckets: list[_Buckets], slices: Sequence[Slice], 
                        "b", "n", "total", "sq", "oor")).collect()
     out: dict = {}
     for row in grouped:
-        name = _slice_name(row["d"], row["sv"], slices)
+        name = slice_name(row["d"], row["sv"], slices)
         entry = out.setdefault(((row["ws"], row["we"]), name), {"rows": 0})
         b = buckets[row["c"]]
         col = entry.setdefault(b.name, {"n": [0] * b.size, "sum": [0.0] * b.size, "sq": 0.0, "oor": 0})
@@ -320,13 +320,10 @@ def _bucket_counter(buckets: list[_Buckets]):
     return count
 
 
-def _slice_name(definition: str, value: str, slices: Sequence[Slice]) -> str:
-    import json
-
+def slice_name(definition: str, value: str, slices: Sequence[Slice]) -> str:
+    """The slice name of a (definition, `slice_keys` value) pair of `slices` (the value itself when unknown)."""
     spec = next((s for s in slices if s.name == definition), None)
-    if spec is None or not spec.by_value:
-        return value
-    return spec.label(json.loads(value))
+    return spec.name_of(value) if spec is not None else value
 
 
 def _merge_windows(counts: dict) -> dict[str, dict]:

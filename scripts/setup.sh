@@ -90,9 +90,9 @@ setup_stack() {  # $1: pinned | current
   local venv constraints patches extras stamp hash t0
   t0=$SECONDS
   case "$STACK" in
-    pinned)  venv="${SPARKDL_VENV:-$ROOT/.venv}"; constraints=constraints.txt; patches=""; extras="cpu,petastorm,mlflow,serve,tune,test" ;;
+    pinned)  venv="${SPARKDL_VENV:-$ROOT/.venv}"; constraints=constraints.txt; patches=""; extras="cpu,petastorm,mlflow,serve,tune,ann,test" ;;
     current) venv="${SPARKDL_VENV_CURRENT:-$ROOT/.venv-current}"; constraints=constraints-current.txt
-             patches="$ROOT/scripts/patches/horovod-$HOROVOD_VERSION"; extras="cpu,tf-keras,mlflow,connect,serve,tune,test" ;;
+             patches="$ROOT/scripts/patches/horovod-$HOROVOD_VERSION"; extras="cpu,tf-keras,mlflow,connect,serve,tune,ann,test" ;;
     *) die "unknown stack '$STACK' (expected pinned, current or all)" ;;
   esac
   stamp="$venv/.sparkdl-setup-stamp"

@@ -278,3 +278,25 @@ def standalone_cluster(tmp_path):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="session")
+def digits_items(spark, digits_df):
+    """43,128 item rows: each digit image 24 times, shifted by a small per-copy offset (ids id*100 + copy)."""
+    from pyspark.sql import functions as F
+
+    copies = spark.range(24).withColumnRenamed("id", "copy")
+    return (digits_df.crossJoin(copies)
+            .select((F.col("id") * 100 + F.col("copy")).alias("id"),
+                    F.expr("transform(pixels, x -> x + CAST(copy AS FLOAT) * 0.05)").alias("pixels"),
+                    "digit"))
+
+
+@pytest.fixture(scope="session")
+def digits_index(digits_mlp, digits_items, score_store):
+    """(ModelVersion, IndexInfo): an approximate index of `digits_items` in two parts, stored with digits_mlp."""
+    from sparkdl.score import build_index
+
+    version = digits_mlp[0]
+    return version, build_index(version, digits_items, keep_columns=["id", "digit"], partitions=2,
+                                store=score_store, overwrite=True)

@@ -6,7 +6,10 @@ job and a Delta stream — all sharing one Arrow-native scoring path and one mod
     >>> score_dataframe(df, "digits@1", keep_columns=["id"])      # the fast path: Arrow batches, no pandas
     >>> report = score_table("digits@1", "/lake/images", "/lake/predictions")
     >>> similar("digits_emb@1", queries, "/lake/images", k=5)   # nearest rows by the model's embedding
+    >>> build_index("digits_emb@1", "/lake/images")             # an approximate index stored with the model
+    >>> similar("digits_emb@1", queries, approximate=True, k=5)
 """
+from sparkdl.score.ann_index import IndexInfo, build_index, read_index_info
 from sparkdl.score.core import ScoreReport
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
@@ -18,9 +21,7 @@ from sparkdl.score.table import score_table
 from sparkdl.score.udf import ModelUDF, model_udf, register_sql_function, transform_with_model
 
 __all__ = [
-    "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "ScoreReport", "load_count", "loaded_models",
-    "model_udf", "plan_output", "register_sql_function", "resolve_model", "score_dataframe", "score_stream",
-    "stream_reports",
-    "score_table", "similar", "transform_with_model",
+    "IndexInfo", "OUTPUTS", "ModelRef", "ModelUDF", "OutputPlan", "ScoreReport", "build_index", "load_count",
+    "loaded_models", "model_udf", "plan_output", "read_index_info", "register_sql_function", "resolve_model",
+    "score_dataframe", "score_stream", "score_table", "similar", "stream_reports", "transform_with_model",
 ]
-

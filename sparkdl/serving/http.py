@@ -31,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sparkdl.errors import ConfigError, RequestError
 from sparkdl.log import get_logger
 from sparkdl.serving.limits import ServingLimits
+from sparkdl.serving.retrieval import SimilarQuery
 
 log = get_logger("serving")
 
@@ -115,7 +116,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes | JSONResponse:
 def build_app(core, limits: ServingLimits, token: str | None = None,
               on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The ASGI app over `core` (a `sparkdl.serving.server.ModelServer`: `queue_request`, `finish_request`,
-    `arrive`, `health`, `version`, `metrics`, its metric objects)."""
+    `finish_similar`, `arrive`, `health`, `version`, `metrics`, its metric objects)."""
 
     def authorized(request: Request) -> bool:
         if token is None:
@@ -124,6 +125,20 @@ def build_app(core, limits: ServingLimits, token: str | None = None,
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
     async def invocations(request: Request) -> Response:
+        output = request.query_params.get("output", "prediction")
+        return await _counted(lambda queued: _invocation(request, queued, output, lambda: core.finish_request,
+                                                         "predictions", offload=False))
+
+    async def similar(request: Request) -> Response:
+        def finish():
+            query = SimilarQuery.from_params(request.query_params)
+            return lambda queued, scored: core.finish_similar(queued, scored, query)
+
+        return await _counted(lambda queued: _invocation(request, queued, "embedding", finish, "neighbors",
+                                                         offload=True))
+
+    async def _counted(answer) -> Response:
+        """`await answer(queued)`, counted in the metrics; `queued()` tells the batcher the request is queued."""
         started = time.perf_counter()
         core.arrive(1)  # the batcher waits for requests still arriving
         pending = [True]
@@ -135,7 +150,7 @@ def build_app(core, limits: ServingLimits, token: str | None = None,
 
         status = 200
         try:
-            response = await _invocation(request, queued)
+            response = await answer(queued)
             status = response.status_code
             return response
         except ClientDisconnect:
@@ -150,31 +165,34 @@ def build_app(core, limits: ServingLimits, token: str | None = None,
                 core.errors.labels(kind="client").inc()
             core.latency.observe(time.perf_counter() - started)
 
-    async def _invocation(request: Request, queued) -> Response:
+    async def _invocation(request: Request, queued, output: str, finisher, key: str, offload: bool) -> Response:
+        """Score the request's rows with `output`; `finisher()` (which may refuse the request's parameters) gives
+        `finish(queued_request, scored)`, the answer's body, run in a worker thread when `offload`."""
         if not authorized(request):
             return error(401, "UNAUTHENTICATED", "a valid 'Authorization: Bearer <token>' header is required",
                          close=True)
         body = await read_body(request, limits.max_body_bytes)
         if isinstance(body, Response):
             return body
-        output = request.query_params.get("output", "prediction")
         try:
+            finish = finisher()
             if len(body) <= _INLINE_PARSE_BYTES:
                 queued_request = core.queue_request(body, output)
             else:
                 queued_request = await run_in_threadpool(core.queue_request, body, output)
             queued()
             if queued_request.future is None:
-                return JSONResponse({"predictions": []})
+                return JSONResponse({key: []})
             try:
                 scored = await asyncio.wait_for(asyncio.wrap_future(queued_request.future),
                                                 timeout=limits.scoring_timeout_s)
             except asyncio.TimeoutError:
                 return error(503, "TIMEOUT", f"the model did not answer within scoring_timeout_s="
                                              f"{limits.scoring_timeout_s:g}")
-            return JSONResponse(core.finish_request(queued_request, scored))
+            return JSONResponse(await run_in_threadpool(finish, queued_request, scored) if offload
+                                else finish(queued_request, scored))
         except RequestError as exc:
-            code = "INVALID_PARAMETER_VALUE" if exc.status == 400 else "BAD_REQUEST"
+            code = {400: "INVALID_PARAMETER_VALUE", 404: "RESOURCE_DOES_NOT_EXIST"}.get(exc.status, "BAD_REQUEST")
             return error(exc.status, "REQUEST_TOO_LARGE" if exc.status == 413 else code, str(exc))
         except Exception:  # noqa: BLE001 - the server goes on; the details are in its log, not in the answer
             log.exception("scoring failed")
@@ -194,7 +212,7 @@ def build_app(core, limits: ServingLimits, token: str | None = None,
     async def not_found(request: Request) -> Response:
         return error(404, "NOT_FOUND", f"no endpoint {request.method} {request.url.path}")
 
-    routes = [Route("/invocations", invocations, methods=["POST"]),
+    routes = [Route("/invocations", invocations, methods=["POST"]), Route("/similar", similar, methods=["POST"]),
               Route("/ping", health, methods=["GET"]), Route("/health", health, methods=["GET"]),
               Route("/version", version, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
               Route("/{path:path}", not_found, methods=_ALL_METHODS)]

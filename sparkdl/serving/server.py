@@ -9,6 +9,10 @@ Endpoints (MLflow's scoring-server protocol where it has one), served by uvicorn
   mistyped column), 401 (a missing or wrong bearer token, when the server has one), 413 (a body over
   `max_body_bytes`, more rows than `max_rows`), 422 (rows the fitted preprocessing cannot prepare). 503: the model
   did not answer within `scoring_timeout_s`, or the server is at `max_connections`.
+* `POST /similar?k=10&index=default&nprobe=` — the same request body; answers `{"neighbors": [[{"rank",
+  "distance", kept columns...}, ...], ...]}`: each row's `k` nearest rows of the index `sparkdl.score.build_index`
+  stored with the model version (404 when it has none), by the model's embedding, as
+  `similar(..., approximate=True)` gives them.
 * `GET /ping`, `GET /health` — 200 once the model is loaded and warmed up; 503 while a model call has run longer
   than `scoring_timeout_s` (a wedged model).
 * `GET /version` — JSON: `model` ("name@version"), `version`, `source` (the training table and version), `pid`
@@ -49,6 +53,7 @@ from sparkdl.serving.inference_log import InferenceLog
 from sparkdl.serving.limits import ServingLimits
 from sparkdl.serving.live_drift import LiveDrift, read_reference
 from sparkdl.serving.requests import ParsedRequest, invalid_rows_error, parse_request
+from sparkdl.serving.retrieval import LoadedIndexes, SimilarQuery
 
 log = get_logger("serving")
 
@@ -57,12 +62,13 @@ RELOAD_BACKOFF_MAX_S = 300.0
 
 @dataclass(frozen=True)
 class Loaded:
-    """One loaded, warmed-up model version and its scorers by output kind."""
+    """One loaded, warmed-up model version, its scorers by output kind and its retrieval indexes."""
 
     ref: object           # sparkdl.score.model_ref.ModelRef
     metadata: object      # ModelMetadata
     scorers: dict
     batchers: dict
+    indexes: LoadedIndexes
 
     def close(self) -> None:
         for batcher in self.batchers.values():
@@ -177,7 +183,7 @@ class ModelServer:
                     for name, scorer in scorers.items()}
         self.version_served.labels(model=model_ref.name).set(model_ref.version)
         log.info("serving %s (outputs %s)", model_ref, sorted(scorers))
-        return Loaded(model_ref, metadata, scorers, batchers)
+        return Loaded(model_ref, metadata, scorers, batchers, LoadedIndexes(model_ref))
 
     def _reload_loop(self) -> None:
         while not self._stop.wait(self.reload_s):
@@ -260,6 +266,17 @@ class ModelServer:
         if self.live_drift is not None:
             self.live_drift.observe(queued.parsed.table)
         return {"predictions": _plain(scored.output)}
+
+    def finish_similar(self, queued: QueuedRequest, scored, query: SimilarQuery) -> dict:
+        """The answer of a `/similar` request whose rows were embedded: each row's nearest indexed rows.
+
+        Raises:
+            RequestError: 422 for rows the preprocessing could not prepare, 404 for a missing index.
+        """
+        if not np.all(scored.valid):
+            raise invalid_rows_error(scored.valid, scored.reasons)
+        embeddings = np.stack(scored.output.to_numpy(zero_copy_only=False)).astype(np.float32)
+        return {"neighbors": queued.loaded.indexes.search(embeddings, query)}
 
     def invocations(self, body: bytes, output: str = "prediction") -> dict:
         """Score one request body in this thread (what `POST /invocations` answers, without HTTP)."""

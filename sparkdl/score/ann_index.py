@@ -197,7 +197,7 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
             skipped += int((~good).sum())
             if good.any():
                 mask = pa.array(good)
-                embeddings.append(_matrix(column.filter(mask)))
+                embeddings.append(matrix(column.filter(mask)))
                 kept.append(pa.Table.from_batches([batch.filter(mask)]).select(keep))
         part = TaskContext.get().partitionId()
         if embeddings:
@@ -238,7 +238,7 @@ _PART_SCHEMA = pa.schema([("part", pa.int32()), ("rows", pa.int64()), ("kind", p
                           ("nlist", pa.int32()), ("skipped", pa.int64()), ("dimension", pa.int32())])
 
 
-def _matrix(column: pa.Array) -> np.ndarray:
+def matrix(column: pa.Array) -> np.ndarray:
     """A list<float> Arrow column without nulls as a float32 matrix."""
     flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     return flat.reshape(len(column), -1) if len(column) else flat.reshape(0, 0)
@@ -294,14 +294,22 @@ def default_keep(df, spec) -> list[str]:
     return ids or [c for c in df.columns if c not in features]
 
 
+_opened: dict[tuple[str, str, int], tuple] = {}  # the parts of the last index this process searched
+
+
 def open_part(info: IndexInfo, part: IndexPart):
-    """(faiss index, kept columns as an Arrow table) of one part, read from the index folder."""
+    """(faiss index, kept columns as an Arrow table) of one part, read from the index folder; kept in this process
+    (a reused Python worker, the server) while it searches the same build of the same index."""
     import pyarrow.parquet as pq
 
-    faiss = _faiss()
-    folder = Path(info.path)
-    index = faiss.read_index(str(folder / part.index_file))
-    return index, pq.read_table(folder / part.items_file)
+    key = (info.path, info.built_at, part.part)
+    if key not in _opened:
+        for stale in [k for k in _opened if k[:2] != key[:2]]:
+            del _opened[stale]
+        folder = Path(info.path)
+        index = _faiss().read_index(str(folder / part.index_file))
+        _opened[key] = (index, pq.read_table(folder / part.items_file))
+    return _opened[key]
 
 
 def search_part(index, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,10 @@ queries with one matrix product per Arrow batch and keeps each query's `k` neare
 partial lists (at most `k` rows per query and task) gives the global top `k`.
 
 With `approximate=True` the table is not embedded again: the queries are searched in the index `build_index`
-stored with the model version (`sparkdl.score.ann_index`), one Spark task per index part, and the per-part top
-`k` lists are ranked the same way. On 1M rows it answers in a fraction of the exact scan's time at ≥ 0.95 of its
-recall (`scripts/benchmarks/bench_similar.py`); `nprobe` trades recall for speed.
+stored with the model version (`sparkdl.score.ann_index`) in one Spark job, one task per index part (each embeds
+the collected queries itself and searches its part), and the driver merges the per-part top `k` lists. On 1M
+rows it answers in a fraction of the exact scan's time at ≥ 0.95 of its recall
+(`scripts/benchmarks/bench_similar.py`); `nprobe` trades recall for speed.
 
 How the exact search scales: the work is exact, O(table rows × queries × embedding size), spread over the
 executors, and only ``k × tasks`` candidates per query are shuffled, so it suits up to a few thousand queries
@@ -28,13 +29,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from sparkdl.data.validation import array_column, is_vector_udt
 from sparkdl.errors import ConfigError
 from sparkdl.lake import read_table
 from sparkdl.log import get_logger
 from sparkdl.score import ann_index
 from sparkdl.score.ann_index import EMBEDDING_COLUMN, default_keep
+from sparkdl.score.core import check_columns
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import resolve_model
+from sparkdl.score.outputs import plan_output
+from sparkdl.score.runtime import get_scorer, raise_if_invalid
 
 log = get_logger("score.similar")
 
@@ -67,7 +72,8 @@ def similar(model_ref, queries, table=None, k: int = 5, keep_columns: list[str] 
     Returns:
         A DataFrame: ``query`` (the query's position in `queries`, from 0), the `query_columns` prefixed
         ``query_``, ``rank`` (1 = nearest), ``distance`` (Euclidean) and the `keep_columns` — `k` rows per query
-        (fewer when the table has fewer rows).
+        (fewer when the table has fewer rows), ordered by query and rank. Exact: a lazy DataFrame; approximate: the
+        search has run, and the DataFrame holds its answer.
 
     Raises:
         ConfigError: `k` < 1, too many queries, an empty query set, no `table` for an exact search.
@@ -79,36 +85,37 @@ def similar(model_ref, queries, table=None, k: int = 5, keep_columns: list[str] 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"similar: k must be a positive int, got {k!r}")
     ann_index.check_nprobe(nprobe)
-    _, metadata = resolve_model(model_ref, store)
+    ref, metadata = resolve_model(model_ref, store)
+    qkeep = list(query_columns) if query_columns is not None else default_keep(queries, metadata.spec)
     if approximate:
         info = ann_index.read_index_info(model_ref, index, store)
         unknown = [c for c in keep_columns or () if c not in info.keep_columns]
         if unknown:
             raise ConfigError(f"similar: index {index!r} of {info.model} keeps {list(info.keep_columns)}, not "
                               f"{unknown}; rebuild it with build_index(..., keep_columns=[...])")
-    elif table is None:
+        keep = list(keep_columns) if keep_columns is not None else list(info.keep_columns)
+        return _approximate(ref, metadata, info, queries, qkeep, keep, k, nprobe)
+    if table is None:
         raise ConfigError("similar: an exact search needs the table to search (or approximate=True and an index)")
-    elif not isinstance(table, DataFrame):
+    if not isinstance(table, DataFrame):
         table, _ = read_table(table, spark=spark)
-    qkeep = list(query_columns) if query_columns is not None else default_keep(queries, metadata.spec)
-    query_rows = (score_dataframe(queries, model_ref, output="embedding", output_col=EMBEDDING_COLUMN,
-                                  keep_columns=qkeep, store=store, on_invalid="error")
-                  .limit(MAX_QUERIES + 1).collect())
-    if not query_rows:
+    # the limit before scoring: one job (a limit on the scored rows would take partitions in rounds of jobs)
+    query_rows = score_dataframe(queries.limit(MAX_QUERIES + 1), model_ref, output="embedding",
+                                 output_col=EMBEDDING_COLUMN, keep_columns=qkeep, store=store,
+                                 on_invalid="error").collect()
+    _check_query_count(len(query_rows))
+    q = np.asarray([r[EMBEDDING_COLUMN] for r in query_rows], dtype=np.float32)
+    keep = list(keep_columns) if keep_columns is not None else default_keep(table, metadata.spec)
+    log.info("similar: %d queries, k=%d, embedding size %d", len(q), k, q.shape[1])
+    return _ranked(_scan_candidates(table, model_ref, store, q, k, keep), queries, query_rows, qkeep, keep, k)
+
+
+def _check_query_count(rows: int) -> None:
+    if not rows:
         raise ConfigError("similar: the query DataFrame has no rows")
-    if len(query_rows) > MAX_QUERIES:
+    if rows > MAX_QUERIES:
         raise ConfigError(f"similar: at most {MAX_QUERIES} queries per call (they are held on every executor); "
                           f"for more, use pyspark.ml.feature.BucketedRandomProjectionLSH.approxSimilarityJoin")
-    q = np.asarray([r[EMBEDDING_COLUMN] for r in query_rows], dtype=np.float32)
-    if approximate:
-        keep = list(keep_columns) if keep_columns is not None else list(info.keep_columns)
-        candidates = _index_candidates(queries.sparkSession, info, q, k, nprobe, keep)
-    else:
-        keep = list(keep_columns) if keep_columns is not None else default_keep(table, metadata.spec)
-        candidates = _scan_candidates(table, model_ref, store, q, k, keep)
-    log.info("similar: %d queries, k=%d, embedding size %d%s", len(q), k, q.shape[1],
-             f", index {index!r}" if approximate else "")
-    return _ranked(candidates, queries, query_rows, qkeep, keep, k)
 
 
 def _scan_candidates(table, model_ref, store, q: np.ndarray, k: int, keep: list[str]):
@@ -145,22 +152,33 @@ def _scan_candidates(table, model_ref, store, q: np.ndarray, k: int, keep: list[
     return embedded.mapInArrow(nearest, schema)
 
 
-def _index_candidates(spark, info, q: np.ndarray, k: int, nprobe: int | None, keep: list[str]):
-    """Each index part's `k` nearest rows per query: one Spark task per part, reading it from the index folder."""
+def _approximate(ref, metadata, info, queries, qkeep: list[str], keep: list[str], k: int, nprobe: int | None):
+    """The approximate answer, in one Spark job: the raw queries (collected) travel to one task per index part,
+    which embeds them with the model and searches its part; the driver merges the parts' top `k` lists. The
+    DataFrame returned holds the answer (a local relation)."""
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import from_arrow_schema
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
-    if q.shape[1] != info.dimension:
-        raise ConfigError(f"similar: index {info.name!r} holds {info.dimension}-dim embeddings, the model gives "
-                          f"{q.shape[1]}; rebuild the index")
-    items_schema = pq.read_schema(Path(info.path) / info.parts[0].items_file)
-    fields = {f.name: f for f in from_arrow_schema(items_schema.remove_metadata()).fields}
-    schema = StructType([StructField("query", IntegerType(), False), StructField("distance", DoubleType(), False)]
-                        + [fields[c] for c in keep])
-    parts = info.parts
+    where = f"similar({ref})"
+    check_columns(queries, metadata.spec, qkeep, where)
+    features = metadata.spec.feature_names
+    columns = list(dict.fromkeys([*features, *qkeep]))
+    raw = queries.select(*[array_column(queries, c).alias(c) if is_vector_udt(queries.schema[c].dataType)
+                           else queries[c] for c in columns]).limit(MAX_QUERIES + 1).toArrow()
+    _check_query_count(raw.num_rows)
+    plan = plan_output("embedding", metadata)
+    feature_batch = raw.select(features).combine_chunks().to_batches()[0]
+    parts, dimension = info.parts, info.dimension
+    spark = queries.sparkSession
 
-    def nearest(batches):
+    def search(batches):
+        out, valid, reasons = get_scorer(ref, plan).score(feature_batch)
+        raise_if_invalid(where, valid, reasons)
+        q = ann_index.matrix(out)
+        if q.shape[1] != dimension:
+            raise ConfigError(f"{where}: index {info.name!r} holds {dimension}-dim embeddings, the model gives "
+                              f"{q.shape[1]}; rebuild the index")
         for batch in batches:
             for position in batch.column(0).to_pylist():
                 index, items = ann_index.open_part(info, parts[position])
@@ -173,7 +191,28 @@ def _index_candidates(spark, info, q: np.ndarray, k: int, nprobe: int | None, ke
                     + [items.column(c).take(take).combine_chunks() for c in keep],
                     names=["query", "distance"] + keep)
 
-    return spark.range(0, len(parts), 1, len(parts)).mapInArrow(nearest, schema)
+    items_fields = {f.name: f for f in from_arrow_schema(
+        pq.read_schema(Path(info.path) / parts[0].items_file).remove_metadata()).fields}
+    query_fields = [StructField("query", IntegerType(), False)] + [
+        StructField("query_" + c, queries.schema[c].dataType, True) for c in qkeep]
+    found = StructType([StructField("query", IntegerType(), False), StructField("distance", DoubleType(), False)]
+                       + [items_fields[c] for c in keep])
+    candidates = spark.range(0, len(parts), 1, len(parts)).mapInArrow(search, found).toArrow()
+    order = np.lexsort((candidates.column("distance").to_numpy(), candidates.column("query").to_numpy()))
+    query = candidates.column("query").to_numpy()[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(query)) + 1]
+    rank = np.arange(len(query)) - np.repeat(starts, np.diff(np.r_[starts, len(query)])) + 1
+    best = order[rank <= k]
+    top = candidates.take(pa.array(best))
+    query = top.column("query").combine_chunks()
+    answer = pa.Table.from_arrays(
+        [query] + [raw.column(c).combine_chunks().take(query) for c in qkeep]
+        + [pa.array(rank[rank <= k].astype(np.int32)), top.column("distance")] + [top.column(c) for c in keep],
+        names=["query", *["query_" + c for c in qkeep], "rank", "distance", *keep])
+    log.info("similar: %d queries, k=%d, index %r of %s (%d parts)", raw.num_rows, k, info.name, ref, len(parts))
+    schema = StructType(query_fields[:1] + query_fields[1:] + [StructField("rank", IntegerType(), False)]
+                        + list(found.fields[1:]))
+    return spark.createDataFrame(answer.select(schema.fieldNames()), schema)
 
 
 def _ranked(candidates, queries, query_rows, qkeep: list[str], keep: list[str], k: int):
@@ -190,7 +229,8 @@ def _ranked(candidates, queries, query_rows, qkeep: list[str], keep: list[str], 
         StructType([StructField("query", IntegerType(), False)]
                    + [StructField("query_" + c, queries.schema[c].dataType, True) for c in qkeep]))
     return (ranked.join(F.broadcast(queries_df), "query") if qkeep else ranked).select(
-        "query", *["query_" + c for c in qkeep], "rank", "distance", *keep).orderBy("query", "rank")
+        "query", *["query_" + c for c in qkeep], "rank", "distance", *keep).repartition(1).sortWithinPartitions(
+        "query", "rank")  # at most k rows per query: one partition, sorted without orderBy's sampling job
 
 
 __all__ = ["similar"]

@@ -13,7 +13,7 @@ task; ``manifest.json`` (an `IndexInfo`) is written last by the driver, and the 
 then, so a failed build leaves no index and an earlier index of the name untouched until the new one is whole.
 
 faiss was chosen by measurement (`scripts/benchmarks/bench_ann_libraries.py`): on 500k rows × 32 dims, its
-IVF-Flat builds in ~1 s where HNSW graphs (faiss's or usearch's) take 45–50 s, at the same recall and query time.
+IVF-Flat builds in 5 s where HNSW graphs (faiss's or usearch's) take 47–48 s, at the same recall and query time.
 
 The model folder must be reachable from the executors under the same path (a local folder in local mode, a shared
 mount on a cluster), as the training cache and the model itself are.
@@ -34,8 +34,11 @@ import pyarrow as pa
 
 from sparkdl.errors import ConfigError, ModelStoreError
 from sparkdl.fileutil import is_safe_name, write_atomic
+from sparkdl.lake import read_table
 from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
+from sparkdl.score.frame import score_dataframe
+from sparkdl.score.model_ref import resolve_model
 
 log = get_logger("score.ann_index")
 
@@ -110,8 +113,6 @@ def _check_name(name: str) -> str:
 
 def index_folder(model_ref, name: str = "default", store=None) -> tuple[Path, str]:
     """(the index folder of `name` in the model version's folder, "name@version")."""
-    from sparkdl.score.model_ref import resolve_model
-
     ref, _ = resolve_model(model_ref, store)
     version = ModelStore(ref.root).resolve(str(ref))
     return version.path / INDEX_DIR / _check_name(name), str(ref)
@@ -161,9 +162,6 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
     from pyspark.sql import DataFrame
     from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-    from sparkdl.lake import read_table
-    from sparkdl.score.frame import score_dataframe
-    from sparkdl.score.model_ref import resolve_model
 
     if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
                                    or partitions < 1):

@@ -59,11 +59,14 @@ def noise_of_two_ranks(steps: int, dim: int, sigma: float, clip: float):
     from sparkdl.train.dp_worker import noisy_sum
 
     hvd.init()
-    rng = np.random.default_rng([0, hvd.rank()])
-    totals = []
-    for _ in range(steps):
-        sums = noisy_sum([np.zeros(dim, np.float32)], sigma, clip, hvd.rank(), rng)
-        totals.append(hvd.allreduce(tf.constant(sums[0]), op=hvd.Sum).numpy())
+    generator = tf.random.Generator.from_seed(hvd.rank())
+
+    @tf.function
+    def step(zeros):  # as in the private step's graph: noise on the clipped sums, then one sum-allreduce
+        sums = noisy_sum([zeros], sigma * clip, hvd.rank(), generator)
+        return hvd.grouped_allreduce(sums, op=hvd.Sum, name="noise_test")[0]  # one name: the graphs differ
+
+    totals = [step(tf.zeros(dim)).numpy() for _ in range(steps)]
     return {"totals": np.stack(totals), "size": hvd.size()}
 
 

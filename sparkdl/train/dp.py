@@ -3,12 +3,12 @@
 A fit with `dp=` trains each step on a Poisson sample of the rows: each row is in step t's batch with probability
 q, decided by a hash of (row, t, key), so no state is shared between ranks and the sample is the one the
 accountant assumes. The key is drawn from the OS's entropy for each fit and never stored (subsampling amplifies
-privacy only while the sample is secret), and the noise comes from the OS's entropy too. Each rank computes
-per-example gradients of its rows in the batch (vectorized: one Jacobian of the per-example losses), clips each to
-L2 norm `clip_norm` and sums them; rank 0 alone adds Gaussian noise of standard deviation `noise_multiplier ×
-clip_norm`; a sum-allreduce adds the ranks' sums, and the result is divided by
-the expected global batch q·N (Opacus' DistributedDPOptimizer recipe; Horovod's averaging optimizer is not used, so
-nothing is scaled twice). `sparkdl.train.dp_worker` runs that loop for either Keras flavour.
+privacy only while the sample is secret), and the noise generator is seeded from the OS's entropy too. Each rank
+clips the gradient of each of its rows in the batch to L2 norm `clip_norm` and sums them
+(`sparkdl.train.dp_clipping`: ghost clipping, or the per-example Jacobian); rank 0 alone adds Gaussian noise of
+standard deviation `noise_multiplier × clip_norm`; a sum-allreduce adds the ranks' sums, and the result is divided
+by the expected global batch q·N (Opacus' DistributedDPOptimizer recipe; Horovod's averaging optimizer is not used,
+so nothing is scaled twice). `sparkdl.train.dp_worker` runs that loop for either Keras flavour.
 
 The accountant is Google's dp-accounting (`rdp` by default, or `pld`): it calibrates the noise multiplier for a
 target ε at δ over the fit's steps, or, with a given noise multiplier, gives the ε spent; training stops when the

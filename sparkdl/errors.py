@@ -130,6 +130,11 @@ class BatcherClosed(SparkDLError, RuntimeError):
     new version's."""
 
 
+class GhostClippingUnsupported(SparkDLError, RuntimeError):
+    """Found while tracing a DP step: the model's forward pass does not fit ghost clipping (a Dense layer applied
+    twice, or to an input of rank > 2); `sparkdl.train.dp_clipping` then uses the per-example Jacobian."""
+
+
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
 
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 
+from sparkdl.errors import GhostClippingUnsupported
 from sparkdl.log import get_logger
 
 log = get_logger("train.dp")
-
-
-class _NotGhostable(Exception):
-    """Raised while tracing when the model's forward pass does not fit ghost clipping (then the Jacobian is used)."""
 
 
 def _layers(model):
@@ -56,7 +53,7 @@ def _recording(layers, records: list):
     def recorder(layer):
         def call(inputs, *args, **kwargs):
             if inputs.shape.rank != 2:
-                raise _NotGhostable(f"layer {layer.name!r} gets a rank-{inputs.shape.rank} input")
+                raise GhostClippingUnsupported(f"layer {layer.name!r} gets a rank-{inputs.shape.rank} input")
             z = tf.matmul(inputs, layer.kernel)
             if layer.bias is not None:
                 z = z + layer.bias
@@ -107,7 +104,7 @@ def clipped_sum_function(model, variables, per_example_loss, clip_norm: float, m
             losses = per_example_loss(model, x, y)
             total = tf.reduce_sum(losses)  # on the tape: the gradient is taken from it
         if sorted(id(r[0]) for r in records) != sorted(id(layer) for layer in layers):
-            raise _NotGhostable("a Dense layer ran more or less than once in the forward pass")
+            raise GhostClippingUnsupported("a Dense layer ran more or less than once in the forward pass")
         grads = tape.gradient(total, [z for _, _, z in records])
         squares = tf.zeros_like(losses)
         for (layer, a, _), g in zip(records, grads):
@@ -126,7 +123,7 @@ def clipped_sum_function(model, variables, per_example_loss, clip_norm: float, m
         if clipped_sum.method == "ghost":
             try:
                 return ghost_sum(x, y, weight)
-            except _NotGhostable as exc:
+            except GhostClippingUnsupported as exc:
                 log.info("dp: per-example Jacobian instead of ghost clipping (%s)", exc)
                 clipped_sum.method = "jacobian"
         return jacobian_sum(x, y, weight)

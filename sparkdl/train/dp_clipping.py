@@ -97,7 +97,7 @@ def clipped_sum_function(model, variables, per_example_loss, clip_norm: float, m
         return jacobian_sum
     layers = list({id(layer): layer for layer, _ in owners.values()}.values())
 
-    @tf.function
+    @tf.function(autograph=False)  # plain Python over lists; its refusal must surface as itself, not a StagingError
     def ghost_sum(x, y, weight):
         records: list = []
         with _recording(layers, records), tf.GradientTape() as tape:

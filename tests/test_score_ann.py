@@ -83,3 +83,12 @@ def test_index_mistakes_are_named_and_an_index_is_replaced_whole(spark, digits_i
         "manifest.json", "part-00000.faiss", "part-00000.parquet"]
     found = similar(version, queries, approximate=True, index="small", k=2).toPandas()
     assert len(found) == 6 and (found["distance"] >= 0).all()
+
+    # a part changed after the build is refused before faiss parses it; a manifest that is not one, by its path
+    part = folder / "small" / "part-00000.faiss"
+    part.write_bytes(part.read_bytes()[:-64] + b"\xff" * 64)
+    with pytest.raises(Exception, match="is not what build_index wrote"):
+        similar(version, queries, approximate=True, index="small", k=2).collect()
+    (folder / "small" / "manifest.json").write_text('{"name": "small", "parts": "nonsense"}')
+    with pytest.raises(ModelStoreError, match=r"small/manifest.json is not an index manifest"):
+        read_index_info(version, "small")

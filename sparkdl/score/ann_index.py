@@ -20,6 +20,7 @@ mount on a cluster), as the training cache and the model itself are.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class IndexPart:
     rows: int
     kind: str       # "ivf_flat" or "flat"
     nlist: int      # inverted lists (0 for "flat")
+    sha256: str     # of the index file then the items file (checked before faiss reads a byte of it)
 
     @property
     def index_file(self) -> str:
@@ -91,10 +93,16 @@ class IndexInfo:
 
     @classmethod
     def from_json(cls, data: dict, path: Path) -> "IndexInfo":
-        return cls(data["name"], data["model"], str(path), int(data["dimension"]), int(data["rows"]),
-                   int(data["skipped_rows"]), tuple(data["keep_columns"]),
-                   tuple(IndexPart(**p) for p in data["parts"]), data.get("source"), data["built_at"],
-                   data["library"])
+        """Raises ModelStoreError naming the manifest when it is not one sparkdl wrote."""
+        try:
+            return cls(str(data["name"]), str(data["model"]), str(path), int(data["dimension"]),
+                       int(data["rows"]), int(data["skipped_rows"]), tuple(map(str, data["keep_columns"])),
+                       tuple(IndexPart(int(p["part"]), int(p["rows"]), str(p["kind"]), int(p["nlist"]),
+                                       str(p["sha256"])) for p in data["parts"]),
+                       data.get("source"), str(data["built_at"]), str(data["library"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelStoreError(f"{path / MANIFEST_FILE} is not an index manifest ({type(exc).__name__}: "
+                                  f"{exc}); rebuild the index with build_index(..., overwrite=True)") from None
 
 
 def _faiss():
@@ -131,7 +139,11 @@ def read_index_info(model_ref, name: str = "default", store=None) -> IndexInfo:
             if folder.parent.is_dir() else []
         raise ModelStoreError(f"model {model} has no index {name!r} (indexes: {have or 'none'}); "
                               f"build one with sparkdl.score.build_index({model!r}, items_table)")
-    return IndexInfo.from_json(json.loads(manifest.read_text()), folder)
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelStoreError(f"{manifest} cannot be read as JSON ({exc})") from None
+    return IndexInfo.from_json(data if isinstance(data, dict) else {}, folder)
 
 
 def build_index(model_ref, items, name: str = "default", keep_columns: list[str] | None = None,
@@ -203,17 +215,18 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
             info = _write_part(Path(target), part, x, pa.concat_tables(kept))
             yield pa.RecordBatch.from_pylist(
                 [{"part": part, "rows": info.rows, "kind": info.kind, "nlist": info.nlist, "skipped": skipped,
-                  "dimension": int(x.shape[1])}], schema=_PART_SCHEMA)
+                  "dimension": int(x.shape[1]), "sha256": info.sha256}], schema=_PART_SCHEMA)
         elif skipped:
             yield pa.RecordBatch.from_pylist([{"part": part, "rows": 0, "kind": "", "nlist": 0, "skipped": skipped,
-                                               "dimension": 0}], schema=_PART_SCHEMA)
+                                               "dimension": 0, "sha256": ""}], schema=_PART_SCHEMA)
 
     schema = StructType([StructField("part", IntegerType()), StructField("rows", LongType()),
                          StructField("kind", StringType()), StructField("nlist", IntegerType()),
-                         StructField("skipped", LongType()), StructField("dimension", IntegerType())])
+                         StructField("skipped", LongType()), StructField("dimension", IntegerType()),
+                         StructField("sha256", StringType())])
     try:
         rows = embedded.mapInArrow(build_parts, schema).collect()
-        parts = tuple(sorted((IndexPart(int(r["part"]), int(r["rows"]), r["kind"], int(r["nlist"]))
+        parts = tuple(sorted((IndexPart(int(r["part"]), int(r["rows"]), r["kind"], int(r["nlist"]), r["sha256"])
                               for r in rows if r["rows"]), key=lambda p: p.part))
         if not parts:
             raise ConfigError(f"build_index: no rows of the items could be embedded by {model} "
@@ -233,7 +246,8 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
 
 
 _PART_SCHEMA = pa.schema([("part", pa.int32()), ("rows", pa.int64()), ("kind", pa.string()),
-                          ("nlist", pa.int32()), ("skipped", pa.int64()), ("dimension", pa.int32())])
+                          ("nlist", pa.int32()), ("skipped", pa.int64()), ("dimension", pa.int32()),
+                          ("sha256", pa.string())])
 
 
 def matrix(column: pa.Array) -> np.ndarray:
@@ -259,12 +273,21 @@ def _write_part(folder: Path, part: int, x: np.ndarray, kept: pa.Table) -> Index
         sample = np.random.default_rng(part).choice(n, size=min(n, nlist * _TRAIN_ROWS_PER_LIST), replace=False)
         index.train(x[np.sort(sample)])
     index.add(x)
-    info = IndexPart(part, n, kind, nlist)
-    write_atomic(folder / info.index_file, faiss.serialize_index(index).tobytes())
+    index_bytes = faiss.serialize_index(index).tobytes()
     sink = pa.BufferOutputStream()
     pq.write_table(kept, sink)
-    write_atomic(folder / info.items_file, sink.getvalue().to_pybytes())
+    items_bytes = sink.getvalue().to_pybytes()
+    info = IndexPart(part, n, kind, nlist, _digest(index_bytes, items_bytes))
+    write_atomic(folder / info.index_file, index_bytes)
+    write_atomic(folder / info.items_file, items_bytes)
     return info
+
+
+def _digest(*contents: bytes) -> str:
+    digest = hashlib.sha256()
+    for content in contents:
+        digest.update(content)
+    return digest.hexdigest()
 
 
 def _remove_unlisted(staging: Path, parts: tuple[IndexPart, ...]) -> None:
@@ -297,7 +320,12 @@ _opened: dict[tuple[str, str, int], tuple] = {}  # the parts of the last index t
 
 def open_part(info: IndexInfo, part: IndexPart):
     """(faiss index, kept columns as an Arrow table) of one part, read from the index folder; kept in this process
-    (a reused Python worker, the server) while it searches the same build of the same index."""
+    (a reused Python worker, the server) while it searches the same build of the same index.
+
+    Raises:
+        ModelStoreError: the part's files are missing or not the bytes the manifest records (faiss never parses
+            a file that was changed or replaced).
+    """
     import pyarrow.parquet as pq
 
     key = (info.path, info.built_at, part.part)
@@ -305,8 +333,18 @@ def open_part(info: IndexInfo, part: IndexPart):
         for stale in [k for k in _opened if k[:2] != key[:2]]:
             del _opened[stale]
         folder = Path(info.path)
-        index = _faiss().read_index(str(folder / part.index_file))
-        _opened[key] = (index, pq.read_table(folder / part.items_file))
+        try:
+            index_bytes = (folder / part.index_file).read_bytes()
+            items_bytes = (folder / part.items_file).read_bytes()
+        except OSError as exc:
+            raise ModelStoreError(f"index {info.name!r} of {info.model}: part {part.part} cannot be read ({exc}); "
+                                  f"rebuild it") from None
+        if _digest(index_bytes, items_bytes) != part.sha256:
+            raise ModelStoreError(f"index {info.name!r} of {info.model}: {folder / part.index_file} or "
+                                  f"{part.items_file} is not what build_index wrote (sha256 differs); refused, "
+                                  f"rebuild the index")
+        index = _faiss().deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+        _opened[key] = (index, pq.read_table(pa.BufferReader(items_bytes)))
     return _opened[key]
 
 

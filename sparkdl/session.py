@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from sparkdl.errors import SessionError
 from sparkdl.log import configure_logging, get_logger, redact_url, shown
-from sparkdl.session_kind import has_jvm_class, is_connect, require_connect_client, set_log_level
+from sparkdl.session_kind import conf_get, has_jvm_class, is_connect, require_connect_client, set_log_level
 from sparkdl.session_kind import master as master_of
 
 log = get_logger("session")
@@ -92,7 +92,7 @@ def get_spark(
     active = active_session()
     if active is not None:
         _apply_runtime_conf(active, conf)
-        if not _get_conf(active, PETASTORM_CACHE_KEY):
+        if not conf_get(active, PETASTORM_CACHE_KEY):
             active.conf.set(PETASTORM_CACHE_KEY, (work_dir(work) / "petastorm-cache").as_uri())
         log.info("using the active %sSpark session (%s); Delta backend: %s",
                  "Spark Connect " if is_connect(active) else "", master_of(active), delta_backend(active))
@@ -192,19 +192,12 @@ def _start_remote(remote: str, conf: dict[str, str], folder: Path, app_name: str
 
 def delta_backend(spark) -> str:
     """`"delta-spark"` when the session can use Delta's Spark extension, else `"delta-rs"`."""
-    if _get_conf(spark, "spark.databricks.clusterUsageTags.clusterId"):
+    if conf_get(spark, "spark.databricks.clusterUsageTags.clusterId"):
         return "delta-spark"  # Databricks runtimes ship Delta built in
-    if DELTA_EXTENSION not in (_get_conf(spark, "spark.sql.extensions") or ""):
+    if DELTA_EXTENSION not in (conf_get(spark, "spark.sql.extensions") or ""):
         return "delta-rs"
     # configured but its classes absent: delta-rs; a Connect session cannot look, and trusts its configuration
     return "delta-rs" if has_jvm_class(spark, DELTA_EXTENSION) is False else "delta-spark"
-
-
-def _get_conf(spark, key: str) -> str | None:
-    try:
-        return spark.conf.get(key, None)
-    except Exception:  # noqa: BLE001 - Spark Connect may refuse some keys
-        return None
 
 
 def _apply_runtime_conf(spark, conf: Mapping[str, str]) -> None:
@@ -215,7 +208,7 @@ def _apply_runtime_conf(spark, conf: Mapping[str, str]) -> None:
                 continue
         except Exception:  # noqa: BLE001
             pass
-        if _get_conf(spark, key) != value:
+        if conf_get(spark, key) != value:
             log.warning("Spark setting %s=%s ignored: it is static and the session is already running", key,
                         shown(key, value))
 

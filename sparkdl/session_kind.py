@@ -53,12 +53,27 @@ def require_connect_client() -> None:
         raise SessionError(problem)
 
 
+# Settings fixed when a session starts: on Spark Connect each read is a round trip, so they are read once per session
+_STATIC_PREFIXES = ("spark.master", "spark.default.parallelism", "spark.executor.", "spark.task.",
+                    "spark.dynamicAllocation.", "spark.driver.host", "spark.python.task.killTimeout",
+                    "spark.sql.extensions", "spark.databricks.clusterUsageTags.")
+_static_settings: dict[tuple[str, str], str | None] = {}
+
+
 def conf_get(spark, key: str, default: str | None = None) -> str | None:
-    """A Spark setting of the session (runtime or static), `default` when unset or refused."""
-    try:
-        value = spark.conf.get(key, None)
-    except Exception:  # noqa: BLE001 - Spark Connect refuses some keys
-        value = None
+    """A Spark setting of the session (runtime or static), `default` when unset or refused. A static setting of a
+    Spark Connect session is read once per session."""
+    cached = (getattr(spark, "session_id", None), key) \
+        if key.startswith(_STATIC_PREFIXES) and is_connect(spark) else None
+    if cached is not None and cached in _static_settings:
+        value = _static_settings[cached]
+    else:
+        try:
+            value = spark.conf.get(key, None)
+        except Exception:  # noqa: BLE001 - Spark Connect refuses some keys
+            value = None
+        if cached is not None and cached[0] is not None:
+            _static_settings[cached] = value
     return default if value is None else str(value)
 
 

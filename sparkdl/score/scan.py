@@ -74,9 +74,6 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
     """
     spark = df.sparkSession
     try:
-        conf = spark.conf
-        if any(str(conf.get(k, "false")).lower() == "true" for k in _FLAGS_OFF):
-            return None
         if not all(_direct_type(f.dataType) for f in df.schema.fields):
             return None
         if len(set(c.lower() for c in df.columns)) != len(df.columns):
@@ -109,7 +106,11 @@ def parquet_scan(df, tasks: int | None = None) -> ParquetScan | None:
             return None
         if not set(df.columns) <= data_names:
             return None  # e.g. hidden file-metadata columns, or (Spark Connect) partition columns
-        case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
+        # one round trip for all the flags (on Spark Connect each conf.get is one): what was set; all default false
+        settings = {k: str(v).lower() for k, v in spark.conf.getAll.items()}
+        if any(settings.get(k) == "true" for k in _FLAGS_OFF):
+            return None
+        case_sensitive = settings.get("spark.sql.caseSensitive") == "true"
     except Exception as exc:  # noqa: BLE001 - a plan shape this check does not know: take Spark's route
         log.debug("direct Parquet scan not applicable: %s", exc)
         return None

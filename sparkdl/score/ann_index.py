@@ -39,7 +39,7 @@ from sparkdl.lake import read_table
 from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.score.frame import score_dataframe
-from sparkdl.score.model_ref import resolve_model
+from sparkdl.score.model_ref import ModelRef, resolve_model
 
 log = get_logger("score.ann_index")
 
@@ -120,8 +120,9 @@ def _check_name(name: str) -> str:
 
 
 def index_folder(model_ref, name: str = "default", store=None) -> tuple[Path, str]:
-    """(the index folder of `name` in the model version's folder, "name@version")."""
-    ref, _ = resolve_model(model_ref, store)
+    """(the index folder of `name` in the model version's folder, "name@version"); a `ModelRef` is taken as
+    resolved."""
+    ref = model_ref if isinstance(model_ref, ModelRef) else resolve_model(model_ref, store)[0]
     version = ModelStore(ref.root).resolve(str(ref))
     return version.path / INDEX_DIR / _check_name(name), str(ref)
 
@@ -178,7 +179,8 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
     if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
                                    or partitions < 1):
         raise ConfigError(f"build_index: partitions must be a positive int, got {partitions!r}")
-    folder, model = index_folder(model_ref, name, store)
+    ref, metadata = resolve_model(model_ref, store)
+    folder, model = index_folder(ref, name)
     if (folder / MANIFEST_FILE).is_file() and not overwrite:
         raise ConfigError(f"model {model} already has an index {name!r} at {folder}; pass overwrite=True to "
                           f"replace it")
@@ -186,12 +188,10 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
     if not isinstance(items, DataFrame):
         items, snapshot = read_table(items, spark=spark)
         source = {"table": snapshot.uri, "version": snapshot.version}
-    _, metadata = resolve_model(model_ref, store)
     keep = list(keep_columns) if keep_columns is not None else default_keep(items, metadata.spec)
     if partitions is not None:
         items = items.repartition(partitions)
-    embedded = score_dataframe(items, model_ref, output="embedding", output_col=EMBEDDING_COLUMN,
-                               keep_columns=keep, store=store)
+    embedded = score_dataframe(items, ref, output="embedding", output_col=EMBEDDING_COLUMN, keep_columns=keep)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".tmp-{uuid.uuid4().hex}-{name}"
     staging.mkdir()

@@ -88,7 +88,7 @@ def similar(model_ref, queries, table=None, k: int = 5, keep_columns: list[str] 
     ref, metadata = resolve_model(model_ref, store)
     qkeep = list(query_columns) if query_columns is not None else default_keep(queries, metadata.spec)
     if approximate:
-        info = ann_index.read_index_info(model_ref, index, store)
+        info = ann_index.read_index_info(ref, index)
         unknown = [c for c in keep_columns or () if c not in info.keep_columns]
         if unknown:
             raise ConfigError(f"similar: index {index!r} of {info.model} keeps {list(info.keep_columns)}, not "

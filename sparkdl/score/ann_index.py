@@ -173,8 +173,7 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
         ValidationError: missing or mistyped feature or keep columns (before any Spark job).
     """
     from pyspark.sql import DataFrame
-    from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
-
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
                                    or partitions < 1):
@@ -220,12 +219,8 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
             yield pa.RecordBatch.from_pylist([{"part": part, "rows": 0, "kind": "", "nlist": 0, "skipped": skipped,
                                                "dimension": 0, "sha256": ""}], schema=_PART_SCHEMA)
 
-    schema = StructType([StructField("part", IntegerType()), StructField("rows", LongType()),
-                         StructField("kind", StringType()), StructField("nlist", IntegerType()),
-                         StructField("skipped", LongType()), StructField("dimension", IntegerType()),
-                         StructField("sha256", StringType())])
     try:
-        rows = embedded.mapInArrow(build_parts, schema).collect()
+        rows = embedded.mapInArrow(build_parts, from_arrow_schema(_PART_SCHEMA)).collect()
         parts = tuple(sorted((IndexPart(int(r["part"]), int(r["rows"]), r["kind"], int(r["nlist"]), r["sha256"])
                               for r in rows if r["rows"]), key=lambda p: p.part))
         if not parts:

@@ -135,8 +135,7 @@ def _scan_candidates(table, model_ref, store, q: np.ndarray, k: int, keep: list[
             if not good.any():
                 continue
             rows = np.flatnonzero(good)
-            x = np.asarray(column.filter(pa.array(good)).flatten().to_numpy(zero_copy_only=False),
-                           dtype=np.float32).reshape(len(rows), q.shape[1])
+            x = ann_index.matrix(column.filter(pa.array(good)))
             d2 = np.maximum(np.square(x).sum(axis=1)[:, None] - 2.0 * (x @ q.T) + q_norms[None, :], 0.0)
             top = min(k, len(rows))
             best = np.argpartition(d2, top - 1, axis=0)[:top] if top < len(rows) else np.tile(

@@ -44,6 +44,7 @@ from sparkdl.errors import BatcherClosed, ConfigError, RequestError, SparkDLErro
 from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.score import runtime
+from sparkdl.score.ann_index import matrix
 from sparkdl.score.model_ref import resolve_model
 from sparkdl.score.outputs import OUTPUTS, plan_output
 from sparkdl.score.runtime import Scorer
@@ -275,7 +276,7 @@ class ModelServer:
         """
         if not np.all(scored.valid):
             raise invalid_rows_error(scored.valid, scored.reasons)
-        embeddings = np.stack(scored.output.to_numpy(zero_copy_only=False)).astype(np.float32)
+        embeddings = matrix(scored.output)
         return {"neighbors": queued.loaded.indexes.search(embeddings, query)}
 
     def invocations(self, body: bytes, output: str = "prediction") -> dict:

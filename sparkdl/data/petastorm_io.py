@@ -335,7 +335,8 @@ def _prepare(df, model, with_label: bool, spark, keep_columns=(), validated: boo
 
 def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validated: bool = False,
                        dtype: str = "float32", row_group_size_bytes: int = DEFAULT_ROW_GROUP_BYTES,
-                       parent: str | None = None, spark=None) -> tuple[PetastormDataset, PetastormDataset]:
+                       parent: str | None = None, spark=None, with_label: bool = True
+                       ) -> tuple[PetastormDataset, PetastormDataset]:
     """The training and validation caches of `df`, prepared and written by ONE Spark job (one pass over `df`).
 
     Args:
@@ -348,7 +349,7 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validat
         validated: `df` passed `sparkdl.data.validation.validate`: a spec of numeric, vector and categorical
             features is then prepared by Spark SQL, with no Python round trip
             (`PreprocessorModel.transform_validated_sql`).
-        dtype, row_group_size_bytes, parent, spark: as in `to_petastorm`.
+        dtype, row_group_size_bytes, parent, spark, with_label: as in `to_petastorm`.
 
     Returns:
         (train, validation): two `PetastormDataset`s of the one cache folder (`validation` may have 0 rows).
@@ -356,13 +357,13 @@ def to_petastorm_split(df, model, snapshot, is_validation, *, key: dict, validat
     from pyspark.sql import functions as F
 
     labelled = df.withColumn(SPLIT_COLUMN, F.when(is_validation, "validation").otherwise("train"))
-    prepared, fingerprint, image, counter = _prepare(labelled, model, True, spark, keep_columns=[SPLIT_COLUMN],
-                                                     validated=validated)
-    columns = ["features:encoded" if image is not None else "features", "label"]
-    k = cache_key(df=df, snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype, with_label=True,
-                  extra={**key, "split": "train+validation"})
+    prepared, fingerprint, image, counter = _prepare(labelled, model, with_label, spark,
+                                                     keep_columns=[SPLIT_COLUMN], validated=validated)
+    columns = ["features:encoded" if image is not None else "features"] + (["label"] if with_label else [])
+    k = cache_key(df=df, snapshot=snapshot, columns=columns, fingerprint=fingerprint, dtype=dtype,
+                  with_label=with_label, extra={**key, "split": "train+validation"})
     url = convert(prepared, k, dtype=dtype, row_group_size_bytes=row_group_size_bytes, parent=parent, spark=spark,
-                  counter=counter, part_column=SPLIT_COLUMN).url
+                  counter=counter, part_column=SPLIT_COLUMN, label_column="label" if with_label else None).url
     meta = _read_marker(url)  # once for both parts
     train, validation = _dataset(url, meta, "train"), _dataset(url, meta, "validation")
     if image is not None:

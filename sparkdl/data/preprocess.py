@@ -47,7 +47,7 @@ from sparkdl.data.arrow_utils import (
 )
 from sparkdl.data.hashing import hash_buckets
 from sparkdl.data.images import ImageInput, channel_moments, encoded_bytes
-from sparkdl.data.spec import Feature, FeatureSpec, Label, ModelSignature
+from sparkdl.data.spec import ANOMALY, Feature, FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET, fit_vocabularies, hashed_token_ids, token_ids, tokenize
 from sparkdl.data.validation import array_column, check_schema, is_vector_udt, validation_plan
 from sparkdl.errors import ConfigError, Problem, ValidationError
@@ -452,10 +452,10 @@ class PreprocessorModel:
 
     @property
     def signature(self) -> ModelSignature:
-        if self.spec.label is None:
-            raise ConfigError("the feature spec has no label, so there is no model signature")
+        """What the model builder gets. A spec without a label is an unsupervised detector's: task "anomaly"."""
         texts = [self._categories(f.name) + TOKEN_ID_OFFSET for f in self.spec.features if f.kind == "text"]
-        return ModelSignature(self.input_shape, self.spec.label.task, self.num_classes,
+        task = self.spec.label.task if self.spec.label is not None else ANOMALY
+        return ModelSignature(self.input_shape, task, self.num_classes if task != ANOMALY else None,
                               max(texts) if texts else None)
 
     @property

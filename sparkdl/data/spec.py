@@ -21,7 +21,9 @@ A `FeatureSpec` lists the input columns and the label. Each `Feature` has a kind
                     that fraction) augment training only. An image feature is the model's only input.
 
 The `Label` says the task: ``binary`` (0/1), ``multiclass`` (class index 0..n-1, or strings mapped to indices by
-the preprocessor) or ``regression``.
+the preprocessor), ``regression`` or ``anomaly``. An ``anomaly`` label names a column of known anomalies (0/1) that
+only evaluation reads: the detector (the zoo's ``autoencoder``) learns to reconstruct its inputs, never from labels.
+A spec with no label trains the same detector.
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 from sparkdl.data.kinds import kind_names
 from sparkdl.errors import ConfigError
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = ("binary", "multiclass", "regression", "anomaly")
+ANOMALY = "anomaly"  # the task of an unsupervised detector: its output is a reconstruction of its input
+AUTOENCODER = "autoencoder"  # the zoo's detector, trained on a spec with no label
 IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
 DEFAULT_MAX_LENGTH = 64
@@ -164,7 +168,8 @@ class Feature:
 
 @dataclass(frozen=True)
 class Label:
-    """The target column and its task (`binary`, `multiclass`, `regression`)."""
+    """The target column and its task (`binary`, `multiclass`, `regression`, `anomaly`: known anomalies, 0/1,
+    read by evaluation only)."""
 
     name: str
     task: str = "multiclass"
@@ -180,8 +185,8 @@ class Label:
         if self.num_classes is not None and (isinstance(self.num_classes, bool)
                                              or not isinstance(self.num_classes, numbers.Integral)):
             raise ConfigError(f"label {self.name!r}: num_classes must be an integer, got {self.num_classes!r}")
-        if self.task == "regression" and self.num_classes is not None:
-            raise ConfigError(f"label {self.name!r}: a regression label has no num_classes")
+        if self.task in ("regression", ANOMALY) and self.num_classes is not None:
+            raise ConfigError(f"label {self.name!r}: a {self.task} label has no num_classes")
         if self.num_classes is not None and int(self.num_classes) < 2:
             raise ConfigError(f"label {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
 

@@ -15,6 +15,7 @@ from sparkdl.models.zoo import (
     accepted_hparams,
     available,
     build,
+    build_autoencoder,
     build_cnn,
     build_embedding,
     build_gru_forecaster,
@@ -35,8 +36,8 @@ TripletLoss = TripletSemiHardLoss
 __all__ = [
     "Augmentation", "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams",
     "available",
-    "build", "build_cnn", "build_embedding", "build_gru_forecaster", "build_lstm", "build_lstm_forecaster",
-    "build_mlp", "build_tcn_forecaster", "build_text_cnn", "build_text_gru",
+    "build", "build_autoencoder", "build_cnn", "build_embedding", "build_gru_forecaster", "build_lstm",
+    "build_lstm_forecaster", "build_mlp", "build_tcn_forecaster", "build_text_cnn", "build_text_gru",
     "check_choice", "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",
 ]

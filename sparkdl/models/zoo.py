@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparkdl import stack
-from sparkdl.data.spec import ModelSignature
+from sparkdl.data.spec import ANOMALY, AUTOENCODER, ModelSignature
 from sparkdl.errors import ConfigError
 from sparkdl.fileutil import is_safe_name
 from sparkdl.log import get_logger
@@ -95,6 +95,9 @@ def _activation(value, model: str):
 def _head(x, signature: ModelSignature):
     """The output layer for the task: sigmoid(1), softmax(num_classes) or linear(`outputs`, default 1); float32 for
     mixed precision."""
+    if signature.task == ANOMALY:
+        raise ConfigError(f"this model predicts a label; an anomaly signature (no label, or task 'anomaly') is "
+                          f"trained by model {AUTOENCODER!r}, which reconstructs its input")
     if signature.task == "binary":
         return _k().layers.Dense(1, activation="sigmoid", dtype="float32", name="output")(x)
     if signature.task == "multiclass":
@@ -295,6 +298,40 @@ def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidde
     return _k().Model(inputs, outputs, name="sparkdl_embedding")
 
 
+def build_autoencoder(signature: ModelSignature, *, hidden: Sequence[int] = (32,), code: int = 8,
+                      dropout: float = 0.0, activation: str = "relu", units: int = 32):
+    """An anomaly detector: encoder → `code`-wide bottleneck → mirrored decoder → the input again (linear, float32).
+    Its anomaly score is the reconstruction error. A (timesteps, features) sequence input gets an LSTM encoder of
+    `units` and an LSTM decoder over the repeated code; any other input is flattened through Dense layers
+    (`hidden`, mirrored in the decoder)."""
+    name = AUTOENCODER
+    if signature.task != ANOMALY:
+        raise ConfigError(f"model {name!r} is an anomaly detector: it trains on a spec with no label or a label of "
+                          f"task 'anomaly', not task {signature.task!r}")
+    hidden, dropout = _sizes("hidden", hidden, name), _rate("dropout", dropout, name)
+    code, activation = _positive("code", code, name), _activation(activation, name)
+    shape = tuple(signature.input_shape)
+    inputs = _k().Input(shape=shape, name="input")
+    layers = _k().layers
+    if len(shape) == 2:  # a sequence: (timesteps, features)
+        units = _positive("units", units, name)
+        x = layers.LSTM(units, name="encoder_lstm")(inputs)
+        x = layers.Dense(code, activation=activation, name="code")(x)
+        x = layers.RepeatVector(shape[0], name="repeat_code")(x)
+        x = layers.LSTM(units, return_sequences=True, name="decoder_lstm")(x)
+        out = layers.TimeDistributed(layers.Dense(shape[1], dtype="float32"), name="output")(x)
+        return _k().Model(inputs, out, name="sparkdl_autoencoder")
+    width = int(np.prod(shape))
+    x = inputs if len(shape) == 1 else layers.Flatten(name="flatten")(inputs)
+    x = _dense_stack(x, hidden, dropout, activation, "encoder")
+    x = layers.Dense(code, activation=activation, name="code")(x)
+    x = _dense_stack(x, tuple(reversed(hidden)), dropout, activation, "decoder")
+    out = layers.Dense(width, activation=None, dtype="float32", name="output")(x)
+    if len(shape) != 1:
+        out = layers.Reshape(shape, name="unflatten")(out)
+    return _k().Model(inputs, out, name="sparkdl_autoencoder")
+
+
 def _token_input(signature: ModelSignature, model: str):
     """The token-id input of a text model and its embedded sequence (ids are floats in the prepared rows)."""
     shape = signature.input_shape
@@ -461,18 +498,18 @@ def default_loss(signature: ModelSignature, model_name: str | None = None, keras
     if model_name == EMBEDDING:
         return loss_classes(keras)["TripletSemiHardLoss"]()
     return {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
-            "regression": "mse"}[signature.task]
+            "regression": "mse", ANOMALY: "mse"}[signature.task]
 
 
 def default_metrics(signature: ModelSignature, model_name: str | None = None) -> list[str]:
     """Metrics to compile with: accuracy for classification, mae for regression, none for embeddings."""
     if model_name == EMBEDDING:
         return []
-    return ["mae"] if signature.task == "regression" else ["accuracy"]
+    return ["mae"] if signature.task in ("regression", ANOMALY) else ["accuracy"]
 
 
 for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding),
-                   ("text_cnn", build_text_cnn), ("text_gru", build_text_gru),
+                   (AUTOENCODER, build_autoencoder), ("text_cnn", build_text_cnn), ("text_gru", build_text_gru),
                    ("lstm_forecaster", build_lstm_forecaster), ("gru_forecaster", build_gru_forecaster),
                    ("tcn_forecaster", build_tcn_forecaster)):
     register_builder(_name, _fn)

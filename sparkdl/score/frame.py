@@ -25,6 +25,7 @@ from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
 from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 from sparkdl.score.scan import map_batches
+from sparkdl.score.thresholds import check_segment_columns, required_thresholds, with_flags
 
 log = get_logger("score.frame")
 
@@ -56,8 +57,9 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     Args:
         df: a DataFrame holding the model's feature columns (Spark ML vectors are converted to arrays).
         model_ref: store name (latest version), `"name@version"`, a `ModelVersion` or a `SparkDLModel`.
-        output: "prediction", "probabilities", "embedding", "struct" or "attributions" (see
-            `sparkdl.score.outputs`).
+        output: "prediction", "probabilities", "embedding", "struct" or "attributions"; an anomaly detector's
+            "prediction" (its score) or "anomaly" (struct<score, is_anomaly, threshold, contributions>, at the
+            thresholds stored with the model, `sparkdl.score.thresholds`). See `sparkdl.score.outputs`.
         output_col: name of the scored column (default: the output kind).
         keep_columns: columns of `df` to keep, in this order (default: all of them except `output_col`).
         store: a `ModelStore` or its root (default: the reference's own store, else the default store).
@@ -84,6 +86,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
         raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     ref, metadata = resolve_model(model_ref, store)
     plan = plan_output(output, metadata, attribution)
+    thresholds = required_thresholds(ref, f"score_dataframe({ref})") if plan.kind == "anomaly" else None
     output_col = output_col or output
     feature_names = metadata.spec.feature_names
     keep = list(keep_columns) if keep_columns is not None else [c for c in df.columns if c != output_col]
@@ -94,6 +97,10 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
         raise ConfigError(f"keep_columns has duplicates: {keep}")
     where = f"score_dataframe({ref})"
     check_columns(df, metadata.spec, keep, where)
+    segments = [c for c in (thresholds.options.segment_by if thresholds else ()) if c not in keep]
+    if thresholds is not None:
+        check_segment_columns(df, thresholds.options, where)
+    keep_out, keep = keep, keep + segments  # segment columns ride along until the flags are set
 
     # the batch columns: kept columns as they are, then each feature not kept (vectors as arrays)
     selected, inputs, chosen = [df[c] for c in keep], [], set(keep)
@@ -106,4 +113,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     source = df.select(*selected)
     schema = StructType([df.schema[c] for c in keep] + [StructField(output_col, plan.spark_type(), True)])
     fn = scoring_function(ref, plan, inputs, keep, stack.arrow_schema(schema), batch_size, on_invalid, where)
-    return map_batches(source, fn, schema, direct=direct)
+    scored = map_batches(source, fn, schema, direct=direct)
+    if thresholds is None:
+        return scored
+    return with_flags(scored, output_col, thresholds).select(*keep_out, output_col)

@@ -9,6 +9,10 @@ Outputs (`output=`):
 * ``embedding``      – array<float>: the output of an embedding model, or for any other model the input of its
                        output layer (the penultimate representation).
 * ``struct``         – struct<label, probability>: the prediction and (classification) the probabilities.
+* ``anomaly``        – anomaly detectors only: struct<score, contributions>: the reconstruction error (mean squared
+                       error over the prepared input) and `contributions`, a struct with one double per feature, its
+                       share of that error (they sum to the score). Output ``prediction`` of a detector is the score.
+                       `sparkdl.score.anomaly.with_flags` adds the segment's threshold and the flag.
 * ``attributions``   – struct<prediction, explained_class, output, baseline_output, delta, features>: the
                        prediction, which class was explained (null for regression), f(x) and f(baseline) of the
                        explained output, the completeness gap `delta` = Σ attributions − (output − baseline_output),
@@ -25,13 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from sparkdl.data.spec import ANOMALY
 from sparkdl.errors import ConfigError
 from sparkdl.explain.integrated_gradients import Attribution
 from sparkdl.model_metadata import ModelMetadata
 
 REASON_COL = "_reason"  # why a row (or a forecaster's series) could not be scored; null when it was
 
-OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions")
+OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions", "anomaly")
+DETECTOR_OUTPUTS = ("prediction", "anomaly")  # what an anomaly detector (task "anomaly") scores
 ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
 EMBEDDING_MODEL = "embedding"
 
@@ -46,7 +52,7 @@ class OutputPlan:
     label_classes: tuple | None
     label_arrow: str  # "int32" (class index), "string", "int64", "double", "bool"
     attribution: Attribution | None = None  # output "attributions" only
-    features: tuple[tuple[str, bool], ...] = ()  # output "attributions": (feature name, is an array) in spec order
+    features: tuple[tuple[str, bool], ...] = ()  # "attributions", "anomaly": (feature name, is an array) in order
 
     # ------------------------------------------------------------------ types
     def label_arrow_type(self) -> pa.DataType:
@@ -58,6 +64,8 @@ class OutputPlan:
             return self.label_arrow_type()
         if self.kind in ("probabilities", "embedding"):
             return pa.list_(pa.float32())
+        if self.kind == "anomaly":
+            return pa.struct([("score", pa.float64()), ("contributions", self.attributions_type())])
         if self.kind == "attributions":
             return pa.struct([("prediction", self.label_arrow_type()), ("explained_class", pa.int32()),
                               ("output", pa.float64()), ("baseline_output", pa.float64()), ("delta", pa.float64()),
@@ -79,13 +87,22 @@ class OutputPlan:
     # ------------------------------------------------------------------ values
     def to_arrow(self, raw: np.ndarray | None, valid: np.ndarray, explained: "Explained | None" = None) -> pa.Array:
         """The output column for one batch. `raw` is the model output (n, k) float32 (None when no row is
-        valid); rows where `valid` is False are null. Output "attributions" also takes `explained`, the
-        attributions of every row (zeros where not valid)."""
+        valid), a detector's score (n, 1); rows where `valid` is False are null. Output "attributions" also takes
+        `explained`, the attributions of every row (zeros where not valid); output "anomaly" a detector's
+        per-feature contributions {feature: (n,) float64}."""
         n = len(valid)
         if raw is None:
             return pa.nulls(n, self.arrow_type())
         if self.kind == "attributions":
             return self._attributions(raw, valid, explained)
+        if self.kind == "anomaly":
+            mask = ~np.asarray(valid, dtype=bool)
+            null = pa.array(mask) if mask.any() else None
+            contributions = pa.StructArray.from_arrays(
+                [pa.array(explained[name], mask=mask if null is not None else None) for name, _ in self.features],
+                fields=list(self.attributions_type()), mask=null)
+            score = pa.array(np.asarray(raw, dtype=np.float64).reshape(n), mask=mask if null is not None else None)
+            return pa.StructArray.from_arrays([score, contributions], fields=list(self.arrow_type()), mask=null)
         raw = np.asarray(raw, dtype=np.float32).reshape(n, -1)
         mask = ~np.asarray(valid, dtype=bool)
         if self.kind == "embedding":
@@ -126,7 +143,7 @@ class OutputPlan:
 
     def _labels(self, raw: np.ndarray, mask: np.ndarray) -> pa.Array:
         any_null = bool(mask.any())
-        if self.task == "regression":
+        if self.task in ("regression", ANOMALY):
             return pa.array(raw[:, 0].astype(np.float64), mask=mask if any_null else None)
         index = (raw[:, 0] >= 0.5).astype(np.int32) if self.task == "binary" else raw.argmax(axis=1).astype(np.int32)
         indices = pa.array(index, mask=mask if any_null else None)
@@ -195,6 +212,13 @@ def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution |
     if not task:
         raise ConfigError(f"{where}: its metadata has no signature task and no labelled feature spec; cannot tell "
                           f"what the model predicts")
+    if task == ANOMALY and output not in DETECTOR_OUTPUTS:
+        raise ConfigError(f"{where} is an anomaly detector: it scores {list(DETECTOR_OUTPUTS)}, not {output!r}")
+    if task != ANOMALY and output == "anomaly":
+        raise ConfigError(f"{where} is not an anomaly detector (task {task!r}): it has no output 'anomaly'")
+    if task == ANOMALY:
+        features = tuple((f.name, False) for f in metadata.spec.features)
+        return OutputPlan(output, task, None, None, "double", None, features if output == "anomaly" else ())
     if output == "probabilities" and task == "regression":
         raise ConfigError(f"{where} is a regression model: it has no probabilities; use output='prediction'")
     classes = metadata.label_classes if task != "regression" else None

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkdl import stack
+from sparkdl.data.spec import ANOMALY
 from sparkdl.errors import ValidationError
 from sparkdl.explain.integrated_gradients import AttributionKernel, baseline_row, explained_index, feature_attributions
 from sparkdl.log import get_logger
@@ -168,9 +169,24 @@ class Scorer:
             raw[valid] = good
         else:
             raw = None
-        explained = self.explain(prepared.features, raw, valid) if self.kernel is not None and raw is not None \
-            else None
+        if self.plan.task == ANOMALY and raw is not None:
+            raw, explained = self.reconstruction_errors(prepared.features, raw)
+        else:
+            explained = self.explain(prepared.features, raw, valid) if self.kernel is not None and raw is not None \
+                else None
         return self.plan.to_arrow(raw, valid, explained), valid, prepared.reasons
+
+    def reconstruction_errors(self, features: np.ndarray, reconstruction: np.ndarray
+                              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A detector's anomaly score per row, the mean squared error of its reconstruction over the prepared
+        input, and each feature's share of it {feature: (n,) float64} (its slots' squared errors / the width: the
+        shares sum to the score). Rows that were not prepared hold zeros and are masked by the caller."""
+        n = features.shape[0]
+        squared = np.square(reconstruction.reshape(n, -1).astype(np.float64) - features.reshape(n, -1))
+        width = squared.shape[1]
+        shares = {slot.name: squared[:, slot.start:slot.start + slot.width].sum(axis=1) / width
+                  for slot in self.loaded.preprocessor.slots}
+        return squared.mean(axis=1), shares
 
     def explain(self, features: np.ndarray, raw: np.ndarray, valid: np.ndarray) -> Explained:
         """Integrated gradients of the valid rows (zeros elsewhere), per feature, with the completeness gap."""

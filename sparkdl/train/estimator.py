@@ -42,7 +42,7 @@ from sparkdl.data.dataset import steps_per_epoch
 from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.preprocess import PreprocessorModel
 from sparkdl.data.series import check_forecast_schema
-from sparkdl.data.spec import FeatureSpec, Label, ModelSignature
+from sparkdl.data.spec import ANOMALY, AUTOENCODER, FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import check_schema
 from sparkdl.errors import ConfigError, FitStopped, ModelStoreError, TrainingError, ValidationError
@@ -51,6 +51,8 @@ from sparkdl.lake.snapshot import Snapshot
 from sparkdl.log import get_logger
 from sparkdl.mlflow import tracking
 from sparkdl.registry import ModelStore, validate_name
+from sparkdl.score.anomaly import fit_thresholds
+from sparkdl.score.thresholds import AnomalyOptions
 from sparkdl.train import dp, recovery
 from sparkdl.train.checkpoints import RankCheckpointing, RunFolder, check_run_name, keras_history
 from sparkdl.train.dp import DPConfig
@@ -118,6 +120,12 @@ def _to_dp(value):
     """The `dp` param as a plain dict (Spark ML persistence stores JSON), checked by `DPConfig`."""
     config = DPConfig.of(value)
     return None if config is None else dataclasses.asdict(config)
+
+
+def _to_anomaly(value):
+    """The `anomaly` param as a plain dict (Spark ML persistence stores JSON), checked by `AnomalyOptions`."""
+    options = AnomalyOptions.of(value)
+    return None if options is None else options.to_dict()
 
 
 def _to_opt_float(value):
@@ -244,6 +252,10 @@ _PARAMS: tuple[EstimatorParam, ...] = (
                    doc="differentially private training (DP-SGD, sparkdl.train.dp): {epsilon, delta, clip_norm, "
                        "noise_multiplier, accountant}; Poisson-sampled steps at the expected batch batch_size x "
                        "num_proc, per-example clipping, the noise added once across ranks; None = off"),
+    EstimatorParam("anomaly", "anomaly", _to_anomaly, None, tracked=True, recorded=True,
+                   doc="an anomaly detector's thresholds (model 'autoencoder', a spec without a label or with a "
+                       "label of task 'anomaly'): {segment_by, rate or percentile, min_segment_rows}, fitted on the "
+                       "training table after the fit (sparkdl.score.anomaly); default one threshold at rate 0.01"),
     EstimatorParam("env", "env", None, None,
                    doc="extra environment variables for the worker processes (override cycle_time_ms and "
                        "fusion_threshold_mb)"),
@@ -338,9 +350,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         elif p["feature_spec"] is None:
             raise ConfigError("KerasEstimator: feature_spec (or forecast) is required")
         else:
-            p["feature_spec"] = _with_label(p["feature_spec"], p["label"])
-            if p["feature_spec"].label is None:
-                raise ConfigError("KerasEstimator: the feature spec has no label; set feature_spec.label or label=")
+            p["feature_spec"], p["anomaly"] = _detector_spec(_with_label(p["feature_spec"], p["label"]),
+                                                             p["model"], p["anomaly"])
         for name in ("batch_size", "epochs", "num_proc", "checkpoint_every", "steps_per_execution",
                      "backward_passes_per_step"):
             if p[name] < 1:
@@ -351,6 +362,9 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         if p["max_failures"] < 0:
             raise ConfigError(f"KerasEstimator: max_failures must be >= 0, got {p['max_failures']}")
         if p["dp"] is not None:
+            if p["anomaly"] is not None:
+                raise ConfigError("KerasEstimator: dp is not offered for anomaly detectors: their thresholds are "
+                                  "quantiles of the training rows' scores, which no DP-SGD budget covers")
             if p["forecast"] is not None or p["model"] == "embedding":
                 raise ConfigError("KerasEstimator: dp needs a loss per example; a forecaster's windows and the "
                                   "embedding model's triplet loss are not (train them without dp)")
@@ -473,7 +487,7 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         else:
             phases.update({"statistics": 0.0, "cache": 0.0})  # prepared before the fit (KerasEstimator.prepare)
         prep = prepared.prep
-        if p.forecast is None:
+        if p.forecast is None and spec.label is not None:
             _check_label_classes(spec, prep)
         signature = prep.signature
         attempt = int((run.settings() or {}).get("attempts", 0)) + 1
@@ -494,6 +508,11 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
         for i, epoch in enumerate(result["epochs"]):  # rank 0's history is authoritative for this attempt
             history[epoch] = {k: v[i] for k, v in result["history"].items() if i < len(v)}
         fitted = self._save(p, run, prep, signature, snapshot, result, history, started)
+        if p.anomaly is not None:  # what counts as anomalous: quantiles of the training rows' scores
+            threshold_started = time.perf_counter()
+            fit_thresholds(fitted, prepared.df, p.anomaly)
+            log.info("run %s: anomaly thresholds fitted in %.1f s", p.run_name,
+                     time.perf_counter() - threshold_started)
         recorded = fitted.getMetadata()["training"]["phases"]
         log.info("run %s: fit phases (s): %s, save %.1f; total %.1f", p.run_name,
                  ", ".join(f"{k} {v:.1f}" for k, v in recorded.items()),
@@ -719,6 +738,31 @@ def _finished_model(run: RunFolder, p: FitSettings):
         return None
     log.info("run %s is finished: returning its model %s", run.run_name, model.getModelVersion())
     return model
+
+
+def _detector_spec(spec: FeatureSpec, model, anomaly) -> tuple[FeatureSpec, dict | None]:
+    """(the spec to train on, the anomaly options) of a fit. A label of task "anomaly" names known anomalies for
+    evaluation: it is taken off the training spec (a detector never learns from labels) into the options. A spec
+    without a label trains a detector: model "autoencoder", or a model or builder of the user's own.
+
+    Raises:
+        ConfigError: no label for a zoo model that predicts one; anomaly options for a labelled model."""
+    if spec.label is not None and spec.label.task == ANOMALY:
+        options = AnomalyOptions.of(anomaly) or AnomalyOptions()
+        if options.label not in (None, spec.label.name):
+            raise ConfigError(f"KerasEstimator: the label of task 'anomaly' is {spec.label.name!r} but "
+                              f"anomaly.label is {options.label!r}; name the known anomalies once")
+        return dataclasses.replace(spec, label=None), dataclasses.replace(options, label=spec.label.name).to_dict()
+    if spec.label is not None:
+        if anomaly is not None:
+            raise ConfigError(f"KerasEstimator: anomaly options apply to anomaly detectors, but label "
+                              f"{spec.label.name!r} has task {spec.label.task!r}")
+        return spec, None
+    if isinstance(model, str) and model != AUTOENCODER:
+        raise ConfigError(f"KerasEstimator: the feature spec has no label; set feature_spec.label or label=, or "
+                          f"train an anomaly detector with model={AUTOENCODER!r} (zoo model {model!r} predicts a "
+                          f"label)")
+    return spec, (AnomalyOptions.of(anomaly) or AnomalyOptions()).to_dict()
 
 
 def _with_label(spec: FeatureSpec, label) -> FeatureSpec:

@@ -91,10 +91,13 @@ def prepare_data(spec: FeatureSpec, df, snapshot, validation, seed: int,
         validate(spec, df, require_label=True)
     statistics_s = time.perf_counter() - started
     key = {"validation": validation, "seed": seed}
+    labelled = spec.label is not None  # a detector's spec has none: it reconstructs its features
     if is_val is None:
-        train_data, val_data = to_petastorm(df, prep, snapshot, key={**key, "split": "train"}), None
+        train_data, val_data = to_petastorm(df, prep, snapshot, key={**key, "split": "train"},
+                                            with_label=labelled), None
     else:
-        train_data, val_data = to_petastorm_split(df, prep, snapshot, is_val, key=key, validated=True)
+        train_data, val_data = to_petastorm_split(df, prep, snapshot, is_val, key=key, validated=True,
+                                                  with_label=labelled)
     phases = {"statistics": round(statistics_s, 3), "cache": round(time.perf_counter() - started - statistics_s, 3)}
     return PreparedData(df, snapshot, spec, validation, seed, prep, train_data, val_data, phases)
 

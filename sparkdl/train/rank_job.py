@@ -229,7 +229,10 @@ def job_datasets(job: TrainJob, rank: int, size: int, first_epoch: int | None = 
     uninterrupted run."""
     first = job.initial_epoch if first_epoch is None else first_epoch
     count = job.epochs - first if epochs is None else epochs
-    reader = windows_tf_dataset if isinstance(job.train_data, SeriesWindows) else tf_dataset  # a forecaster's
+    if isinstance(job.train_data, SeriesWindows):  # a forecaster's
+        reader = windows_tf_dataset
+    else:
+        reader = functools.partial(_features_and_targets, with_label=job.train_data.label_column is not None)
     train = reader(job.train_data, rank, size, job.batch_size, job.input_shape, shuffle=True, seed=job.seed,
                    epochs=count, first_epoch=first)
     if skip:
@@ -239,3 +242,10 @@ def job_datasets(job: TrainJob, rank: int, size: int, first_epoch: int | None = 
         val = reader(job.val_data, rank, size, job.batch_size, job.input_shape, shuffle=False, seed=job.seed,
                      epochs=count)
     return train, val
+
+
+def _features_and_targets(data, *args, with_label: bool, **kwargs):
+    """`tf_dataset` of (features, label) batches; without a label column (an anomaly detector's cache) the target is
+    the features themselves: the model learns to reconstruct its input."""
+    dataset = tf_dataset(data, *args, with_label=with_label, **kwargs)
+    return dataset if with_label else dataset.map(lambda x: (x, x))

@@ -93,6 +93,7 @@ class TrainSection:
     checkpoint_every_steps: int | None = None
     max_failures: int = 3               # failures a fit recovers from (KerasEstimator params of the same names)
     dp: dict[str, Any] | None = None    # differentially private training: {epsilon, delta, clip_norm, ...}
+    anomaly: dict[str, Any] | None = None  # a detector's thresholds: {segment_by, rate | percentile, ...}
     rank_timeout_s: float = 300.0
     min_proc: int | None = None
     mlflow: bool | None = None

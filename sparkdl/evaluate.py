@@ -26,8 +26,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkdl import lake
+from sparkdl.data.spec import ANOMALY
 from sparkdl.errors import ConfigError, ModelStoreError, Problem, ValidationError
 from sparkdl.evaluate_forecast import entity_slices, forecast_metrics, forecast_plots
+from sparkdl.evaluation.anomaly import evaluate_anomalies
 from sparkdl.evaluation.auc import auc_by_group
 from sparkdl.evaluation.gates import Gate, baseline_refs, check_gates, parse_gates
 from sparkdl.evaluation.report import TABLE_DDL, long_rows, mlflow_metrics, slice_plots
@@ -483,7 +485,13 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     if options.sensitive and options.sensitive not in {s.name for s in slice_specs if s.by_value}:
         raise ConfigError(f"sensitive={options.sensitive!r} must name a column or crossing slice among the slices "
                           f"({[s.name for s in slice_specs]})")
-    if info.forecast is not None:
+    if info.task == ANOMALY:
+        if slice_specs or gate_specs:
+            raise ConfigError(f"model {mv} is an anomaly detector: it is evaluated on all rows against its known "
+                              f"anomalies; slices and gates apply to classifiers and regressors")
+        df, snap = lake.read_table(table, version=version, spark=spark)
+        metrics, plot_paths = evaluate_anomalies(mv, df, store=store).to_dict(), []
+    elif info.forecast is not None:
         metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots,
                                                          forecast_until, slice_specs, options)
     else:

@@ -523,6 +523,10 @@ def _demo_metrics(metrics: dict) -> dict:
         naive = metrics["seasonal_naive"]
         return {"forecast": True, **{k: metrics.get(k) for k in ("mae", "smape", "mase", "windows", "series")},
                 "naive_mae": naive.get("mae"), "naive_smape": naive.get("smape"), "naive_mase": naive.get("mase")}
+    if metrics.get("isolation_forest") is not None:  # an anomaly detector's evaluation
+        return {"anomaly": True, **{k: metrics.get(k) for k in ("roc_auc", "pr_auc", "precision", "recall")},
+                "isolation_forest_roc_auc": metrics["isolation_forest"]["roc_auc"],
+                "isolation_forest_pr_auc": metrics["isolation_forest"]["pr_auc"]}
     return {"accuracy": metrics.get("accuracy"), "roc_auc": metrics.get("roc_auc"),
             "macro_f1": (metrics.get("macro_avg") or {}).get("f1")}
 
@@ -532,6 +536,10 @@ def _metrics_line(m: dict) -> str:
         return (f"  test MAE         {m['mae']:.4g}   sMAPE {m['smape']:.2f}%   MASE {m['mase']:.3f}   "
                 f"({m['windows']} windows of {m['series']} series)\n"
                 f"  seasonal naive   {m['naive_mae']:.4g}   sMAPE {m['naive_smape']:.2f}%   MASE {m['naive_mase']:.3f}")
+    if m.get("anomaly"):
+        return (f"  test ROC AUC     {m['roc_auc']:.4f}   PR AUC {m['pr_auc']:.4f}   "
+                f"precision {m['precision'] or 0:.3f}   recall {m['recall'] or 0:.3f}\n"
+                f"  IsolationForest  {m['isolation_forest_roc_auc']:.4f}   PR AUC {m['isolation_forest_pr_auc']:.4f}")
     auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "n/a"
     return f"  test accuracy    {m['accuracy']:.4f}   macro F1 {m['macro_f1'] or 0:.4f}   ROC AUC {auc}"
 

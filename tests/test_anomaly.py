@@ -89,8 +89,8 @@ def test_a_detector_flags_per_segment_explains_by_feature_and_beats_isolation_fo
     assert report.precision == pytest.approx(y[flagged].mean())
     assert report.recall == pytest.approx(flagged[y == 1].mean())
     # the coupling of the readings is what breaks: the forest, splitting one reading at a time, ranks worse
-    assert report.roc_auc > 0.95 and report.roc_auc > report.baseline.roc_auc
-    assert report.pr_auc > report.baseline.pr_auc
+    assert report.roc_auc > 0.95 and report.roc_auc > report.isolation_forest.roc_auc
+    assert report.pr_auc > report.isolation_forest.pr_auc
 
 
 def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, sensors, detector, lake):

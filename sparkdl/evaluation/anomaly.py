@@ -2,7 +2,7 @@
 
     >>> from sparkdl.evaluation.anomaly import evaluate_anomalies
     >>> report = evaluate_anomalies("cards@1", test_df)          # the label: the detector's anomaly.label
-    >>> report.roc_auc, report.pr_auc, report.precision, report.baseline.roc_auc
+    >>> report.roc_auc, report.pr_auc, report.precision, report.isolation_forest.roc_auc
 
 Every metric is computed in Spark over the scored rows: ROC AUC exactly (`sparkdl.evaluation.auc`, equal to
 scikit-learn's), PR AUC as average precision (scikit-learn's `average_precision_score`: Σ (Rₖ − Rₖ₋₁)·Pₖ over the
@@ -54,7 +54,7 @@ class AnomalyEvaluation:
     precision: float | None     # of the flagged rows, the share that are anomalies (None: nothing flagged)
     recall: float | None        # of the anomalies, the share flagged
     flagged_rate: float
-    baseline: RankingMetrics | None = None
+    isolation_forest: RankingMetrics | None = None  # the baseline on the same rows
 
     def to_dict(self) -> dict:
         return asdict(self)

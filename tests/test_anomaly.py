@@ -94,6 +94,7 @@ def test_a_detector_flags_per_segment_explains_by_feature_and_beats_isolation_fo
 
 
 def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, sensors, detector, lake):
+    from sparkdl.evaluate import evaluate_model
     from sparkdl.lake import read_table, write_table
     from sparkdl.score import score_dataframe, score_table
     from sparkdl.score.thresholds import AnomalyOptions
@@ -109,6 +110,12 @@ def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, s
     written = read_table(str(lake / "flags"))[0]
     assert written.columns[:2] == ["id", "anomaly"]
     assert written.where("anomaly.is_anomaly").count() == pytest.approx(3000 * RATE, abs=30)
+
+    metrics = evaluate_model(version, source, store=str(store), plots=False)  # `sparkdl evaluate` of a detector
+    assert metrics["rows"] == 3000 and metrics["roc_auc"] > metrics["isolation_forest"]["roc_auc"]
+    assert metrics["data"]["version"] == 0
+    with pytest.raises(ConfigError, match="anomaly detector: it is evaluated on all rows"):
+        evaluate_model(version, source, store=str(store), slices=["machine"])
 
     with pytest.raises(ConfigError, match="anomaly detector: it scores \\['prediction', 'anomaly'\\], not "
                                           "'probabilities'"):
@@ -126,8 +133,12 @@ def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, s
     with pytest.raises(ConfigError, match="anomaly options apply to anomaly detectors"):
         KerasEstimator(feature_spec={**spec, "label": {"name": "faulty", "task": "binary"}},
                        anomaly={"rate": 0.01}).fit(sensors)
-    with pytest.raises(ConfigError, match="is an anomaly detector: it trains on a spec with no label"):
-        from sparkdl.data.spec import ModelSignature
-        from sparkdl.models import build
+    from sparkdl.data.spec import ModelSignature
+    from sparkdl.models import build
 
+    with pytest.raises(ConfigError, match="is an anomaly detector: it trains on a spec with no label"):
         build("autoencoder", ModelSignature((8,), "binary", 2))
+    with pytest.raises(ConfigError, match="an anomaly signature .* is trained by model 'autoencoder'"):
+        build("mlp", ModelSignature((8,), "anomaly"))
+    sequence = build("autoencoder", ModelSignature((10, 3), "anomaly"), units=8)  # LSTM encoder and decoder
+    assert tuple(sequence.output_shape) == (None, 10, 3)

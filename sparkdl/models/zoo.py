@@ -300,7 +300,8 @@ def build_embedding(signature: ModelSignature, *, embedding_dim: int = 32, hidde
 
 def build_autoencoder(signature: ModelSignature, *, hidden: Sequence[int] = (32,), code: int = 8,
                       dropout: float = 0.0, activation: str = "relu", units: int = 32):
-    """An anomaly detector: encoder → `code`-wide bottleneck → mirrored decoder → the input again (linear, float32).
+    """An anomaly detector: encoder → a linear `code`-wide bottleneck → mirrored decoder → the input again (linear,
+    float32).
     Its anomaly score is the reconstruction error. A (timesteps, features) sequence input gets an LSTM encoder of
     `units` and an LSTM decoder over the repeated code; any other input is flattened through Dense layers
     (`hidden`, mirrored in the decoder)."""
@@ -316,7 +317,7 @@ def build_autoencoder(signature: ModelSignature, *, hidden: Sequence[int] = (32,
     if len(shape) == 2:  # a sequence: (timesteps, features)
         units = _positive("units", units, name)
         x = layers.LSTM(units, name="encoder_lstm")(inputs)
-        x = layers.Dense(code, activation=activation, name="code")(x)
+        x = layers.Dense(code, name="code")(x)
         x = layers.RepeatVector(shape[0], name="repeat_code")(x)
         x = layers.LSTM(units, return_sequences=True, name="decoder_lstm")(x)
         out = layers.TimeDistributed(layers.Dense(shape[1], dtype="float32"), name="output")(x)
@@ -324,7 +325,7 @@ def build_autoencoder(signature: ModelSignature, *, hidden: Sequence[int] = (32,
     width = int(np.prod(shape))
     x = inputs if len(shape) == 1 else layers.Flatten(name="flatten")(inputs)
     x = _dense_stack(x, hidden, dropout, activation, "encoder")
-    x = layers.Dense(code, activation=activation, name="code")(x)
+    x = layers.Dense(code, name="code")(x)  # linear: a ReLU here can silence code units for good
     x = _dense_stack(x, tuple(reversed(hidden)), dropout, activation, "decoder")
     out = layers.Dense(width, activation=None, dtype="float32", name="output")(x)
     if len(shape) != 1:

@@ -96,7 +96,7 @@ def test_a_detector_flags_per_segment_explains_by_feature_and_beats_isolation_fo
 def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, sensors, detector, lake):
     from sparkdl.evaluate import evaluate_model
     from sparkdl.lake import read_table, write_table
-    from sparkdl.score import score_dataframe, score_table
+    from sparkdl.score import model_udf, score_dataframe, score_table
     from sparkdl.score.thresholds import AnomalyOptions
     from sparkdl.train import KerasEstimator
 
@@ -120,6 +120,8 @@ def test_score_table_writes_flags_and_mistakes_are_named_before_any_job(spark, s
     with pytest.raises(ConfigError, match="anomaly detector: it scores \\['prediction', 'anomaly'\\], not "
                                           "'probabilities'"):
         score_dataframe(sensors, version, output="probabilities", store=str(store))
+    with pytest.raises(ConfigError, match="output 'anomaly' .* is set in Spark from the segment columns"):
+        model_udf(version, output="anomaly", store=str(store))
     with pytest.raises(ValidationError, match="segment column\\(s\\) \\['machine'\\]"):
         score_dataframe(sensors.drop("machine"), version, output="anomaly", store=str(store))
     with pytest.raises(ConfigError, match="rate .* must be in \\(0, 0.5\\]"):

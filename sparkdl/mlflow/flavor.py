@@ -20,7 +20,7 @@ import mlflow.pyfunc
 from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import OUTPUTS, plan_output
+from sparkdl.score.outputs import OUTPUTS, plan_output, refuse_row_level_flags
 from sparkdl.score.runtime import get_scorer
 
 log = get_logger("mlflow")
@@ -93,6 +93,7 @@ def log_model(model_ref, name: str = "model", output: str = "prediction", regist
         raise ConfigError(f"output must be one of {OUTPUTS}, got {output!r}")
     ref, metadata = resolve_model(model_ref, store)
     plan = plan_output(output, metadata)
+    refuse_row_level_flags(plan, f"log_model({ref})")
     with tempfile.TemporaryDirectory(prefix="sparkdl-mlflow-") as tmp:
         copy = Path(tmp) / "store"
         shutil.copytree(Path(ref.root) / ref.name / str(ref.version), copy / ref.name / str(ref.version))

@@ -17,6 +17,7 @@ from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output
 from sparkdl.score.runtime import scored_chunks
 from sparkdl.score.scan import map_batches
+from sparkdl.score.thresholds import Thresholds, check_segment_columns, required_thresholds, with_flags
 
 # How far back in a table's history a re-run looks for its own earlier commit (stream batches and batch re-runs).
 HISTORY_SCAN = 1000
@@ -166,13 +167,17 @@ class ScoringColumns:
     feature_names: list
     keep: list
     forecaster: ForecastPreparation | None = None
+    thresholds: Thresholds | None = None  # an anomaly detector's, for output "anomaly"
 
     def scored(self, df, ref: ModelRef, batch_size: int | None = None, extra_keep: tuple = ()):
-        """`df` through the model: `scored_frame`, or a forecaster's `forecast_frame` (horizon rows per entity)."""
+        """`df` through the model: `scored_frame` (a detector's output "anomaly" flagged at its segment's threshold,
+        `sparkdl.score.thresholds`), or a forecaster's `forecast_frame` (horizon rows per entity)."""
         if self.forecaster is not None:
             return forecast_frame(df, ref, self.forecaster, self.output_col, data_counts=True)
-        return scored_frame(df, ref, self.plan, self.feature_names, self.keep + list(extra_keep), self.output_col,
-                            batch_size)
+        kept = list(dict.fromkeys(self.keep + list(extra_keep)))
+        segments = [c for c in (self.thresholds.options.segment_by if self.thresholds else ()) if c not in kept]
+        scored = scored_frame(df, ref, self.plan, self.feature_names, kept + segments, self.output_col, batch_size)
+        return scored if self.thresholds is None else with_flags(scored, self.output_col, self.thresholds)
 
     def series_counts(self, ok: int, bad: int) -> tuple[int, int]:
         """(scored, input) counts in the job's unit: rows, or a forecaster's series (horizon rows each)."""
@@ -201,7 +206,10 @@ def scoring_columns(df, ref: ModelRef, metadata, mode: str, output: str, keep_co
         return columns
     plan = plan_output(output, metadata, attribution)
     keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
-    columns = ScoringColumns(plan, output_col or output, metadata.spec.feature_names, keep)
+    thresholds = required_thresholds(ref, where) if plan.kind == "anomaly" else None
+    columns = ScoringColumns(plan, output_col or output, metadata.spec.feature_names, keep, thresholds=thresholds)
     _check_options(mode, columns.output_col, keep)
     check_columns(df, metadata.spec, keep, where)
+    if thresholds is not None:
+        check_segment_columns(df, thresholds.options, where)
     return columns

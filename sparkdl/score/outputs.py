@@ -153,6 +153,15 @@ class OutputPlan:
         return classes.take(indices)
 
 
+def refuse_row_level_flags(plan: OutputPlan, where: str) -> None:
+    """A column function, SQL function or MLflow model scores feature columns only: a detector's flags need its
+    segment columns and thresholds applied in Spark. Raises ConfigError for output "anomaly" there."""
+    if plan.kind == "anomaly":
+        raise ConfigError(f"{where}: output 'anomaly' (score, flag, threshold) is set in Spark from the segment "
+                          f"columns; use score_dataframe, score_table or score_stream for it, or output "
+                          f"'prediction' for the score")
+
+
 @dataclass(frozen=True)
 class Explained:
     """The attributions of one batch (see `sparkdl.score.runtime.Scorer.score`): per row the explained output

@@ -43,7 +43,6 @@ from sparkdl.score.core import (
 )
 from sparkdl.score.forecast import data_counts
 from sparkdl.score.model_ref import resolve_model
-from sparkdl.score.thresholds import check_segment_columns, required_thresholds, with_flags
 from sparkdl.uri import normalize_table_uri
 
 log = get_logger("score.table")
@@ -96,18 +95,12 @@ def score_table(model_ref, source, target, mode: str = "append", keep_columns: l
     spark = df.sparkSession
     where = f"score_table({ref}, source={snap.table}@{snap.version})"
     columns = scoring_columns(df, ref, metadata, mode, output, keep_columns, output_col, where, attribution)
-    thresholds = required_thresholds(ref, where) if output == "anomaly" else None
-    segments = () if thresholds is None else tuple(c for c in thresholds.options.segment_by if c not in columns.keep)
-    if thresholds is not None:
-        check_segment_columns(df, thresholds.options, where)
     target_uri = normalize_table_uri(target)
     quarantine_uri = normalize_table_uri(quarantine) if quarantine else target_uri + QUARANTINE_SUFFIX
     target_before = _version_or_none(target_uri, spark)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
-    scored = columns.scored(df, ref, batch_size, extra_keep=segments)
-    if thresholds is not None:  # a detector's flags: its score against its segment's threshold
-        scored = with_flags(scored, columns.output_col, thresholds)
+    scored = columns.scored(df, ref, batch_size)
     lineage = lineage_columns(ref, snap.version, scored_at)  # aware datetime: Spark converts it as UTC
     if mode == "append" and target_before is not None:
         # the appended rows must fit the target: find out from the schemas, before scoring the whole source

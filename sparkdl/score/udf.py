@@ -26,7 +26,7 @@ from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.log import get_logger
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
+from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output, refuse_row_level_flags
 from sparkdl.score.pandas_arrow import arrow_to_series, series_to_batch
 from sparkdl.score.runtime import get_scorer, raise_if_invalid
 
@@ -99,6 +99,7 @@ class ModelUDF:
             raise ConfigError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
         self.ref, self.metadata = resolve_model(model_ref, store)
         self.plan = plan_output(output, self.metadata)
+        refuse_row_level_flags(self.plan, f"model_udf({self.ref})")
         self.output = output
         self.batch_size = batch_size
         self.on_invalid = on_invalid

@@ -172,6 +172,8 @@ class ModelServer:
         model_ref, metadata = resolve_model(ref, self.store)
         scorers = {}
         for output in OUTPUTS:
+            if output == "anomaly":  # flags need the row's segment columns and a Spark plan: the score is served
+                continue
             try:
                 scorers[output] = Scorer(model_ref, plan_output(output, metadata))
             except SparkDLError:  # an output this model has not (e.g. probabilities of a regression)

@@ -456,7 +456,8 @@ class PreprocessorModel:
         texts = [self._categories(f.name) + TOKEN_ID_OFFSET for f in self.spec.features if f.kind == "text"]
         task = self.spec.label.task if self.spec.label is not None else ANOMALY
         return ModelSignature(self.input_shape, task, self.num_classes if task != ANOMALY else None,
-                              max(texts) if texts else None)
+                              max(texts) if texts else None,
+                              layout=tuple((s.name, s.start, s.width) for s in self.slots))
 
     @property
     def feature_width(self) -> int:

@@ -38,6 +38,7 @@ from sparkdl.errors import ConfigError
 TASKS = ("binary", "multiclass", "regression", "anomaly")
 ANOMALY = "anomaly"  # the task of an unsupervised detector: its output is a reconstruction of its input
 AUTOENCODER = "autoencoder"  # the zoo's detector, trained on a spec with no label
+TWO_TOWER = "two_tower"      # the zoo's retrieval model: its label is the item's index
 IMPUTE = (None, "mean", "median", "constant")
 SCALE = (None, "standard", "minmax")
 DEFAULT_MAX_LENGTH = 64
@@ -282,8 +283,9 @@ class FeatureSpec:
 @dataclass(frozen=True)
 class ModelSignature:
     """What a model builder needs: the prepared input tensor shape, the output (task, classes; `outputs`: values per
-    row of a regression, e.g. a forecaster's horizon, default 1) and, for a text feature, the number of token ids
-    (`vocabulary_size`: its vocabulary plus the padding and out-of-vocabulary ids)."""
+    row of a regression, e.g. a forecaster's horizon, default 1), for a text feature the number of token ids
+    (`vocabulary_size`: its vocabulary plus the padding and out-of-vocabulary ids), and where each feature sits in
+    the flat prepared row (`layout`, when the preprocessor knows it: a builder can route features to towers)."""
 
     input_shape: tuple[int, ...]
     task: str
@@ -293,9 +295,11 @@ class ModelSignature:
     flip: bool | None = None
     zoom: float | None = None
     outputs: int | None = None
+    layout: tuple[tuple[str, int, int], ...] = ()  # (feature, first column, columns) in the flat prepared row
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "layout", tuple((str(n), int(a), int(w)) for n, a, w in self.layout))
         if self.task not in TASKS:
             raise ConfigError(f"model signature: task must be one of {TASKS}, got {self.task!r}")
         if self.outputs is not None and (self.task != "regression" or int(self.outputs) < 1):
@@ -308,12 +312,14 @@ class ModelSignature:
             out["vocabulary_size"] = int(self.vocabulary_size)
         if self.outputs is not None:
             out["outputs"] = int(self.outputs)
+        if self.layout:
+            out["layout"] = [list(slot) for slot in self.layout]
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSignature":
         return cls(tuple(data["input_shape"]), data["task"], data.get("num_classes"), data.get("vocabulary_size"),
-                   outputs=data.get("outputs"))
+                   outputs=data.get("outputs"), layout=tuple(tuple(s) for s in data.get("layout") or ()))
 
 
 def _check_keys(where: str, data: dict, allowed: set, required: set) -> None:

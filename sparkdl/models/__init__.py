@@ -9,7 +9,7 @@ Importing this package registers the custom layers and losses with Keras, so mod
 """
 from sparkdl.models.evaluation import knn_accuracy
 from sparkdl.models.layers import L2Normalize
-from sparkdl.models.losses import TripletHardLoss, TripletSemiHardLoss, pairwise_distances
+from sparkdl.models.losses import InBatchSoftmaxLoss, TripletHardLoss, TripletSemiHardLoss, pairwise_distances
 from sparkdl.models.zoo import (
     Augmentation,
     accepted_hparams,
@@ -25,6 +25,7 @@ from sparkdl.models.zoo import (
     build_tcn_forecaster,
     build_text_cnn,
     build_text_gru,
+    build_two_tower,
     check_choice,
     default_loss,
     default_metrics,
@@ -34,10 +35,10 @@ from sparkdl.models.zoo import (
 TripletLoss = TripletSemiHardLoss
 
 __all__ = [
-    "Augmentation", "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "accepted_hparams",
-    "available",
+    "Augmentation", "InBatchSoftmaxLoss", "L2Normalize", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss",
+    "accepted_hparams", "available",
     "build", "build_autoencoder", "build_cnn", "build_embedding", "build_gru_forecaster", "build_lstm",
-    "build_lstm_forecaster", "build_mlp", "build_tcn_forecaster", "build_text_cnn", "build_text_gru",
+    "build_lstm_forecaster", "build_mlp", "build_tcn_forecaster", "build_text_cnn", "build_text_gru", "build_two_tower",
     "check_choice", "default_loss", "default_metrics",
     "knn_accuracy", "pairwise_distances", "register_builder",
 ]

@@ -15,7 +15,8 @@ from sparkdl import stack
 
 @functools.cache
 def layer_classes(flavour: str = "tf_keras") -> dict[str, type]:
-    """{"L2Normalize": class} for a Keras flavour, registered as serializable under the package "sparkdl"."""
+    """{"L2Normalize": class, "SelectColumns": class} for a Keras flavour, registered as serializable under the
+    package "sparkdl"."""
     K = stack.keras_module(flavour)
 
     @K.saving.register_keras_serializable(package="sparkdl")
@@ -40,8 +41,27 @@ def layer_classes(flavour: str = "tf_keras") -> dict[str, type]:
         def get_config(self) -> dict:
             return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
 
+    @K.saving.register_keras_serializable(package="sparkdl")
+    class SelectColumns(K.layers.Layer):
+        """The given columns of a (batch, width) input, in order: routes a flat prepared row's features to the
+        tower that reads them (the zoo's two_tower)."""
+
+        def __init__(self, columns=(), **kwargs):
+            super().__init__(**kwargs)
+            self.columns = [int(c) for c in columns]
+
+        def call(self, inputs):
+            return tf.gather(inputs, self.columns, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (*tuple(input_shape)[:-1], len(self.columns))
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "columns": list(self.columns)}
+
     L2Normalize.__qualname__ = "L2Normalize"
-    return {"L2Normalize": L2Normalize}
+    SelectColumns.__qualname__ = "SelectColumns"
+    return {"L2Normalize": L2Normalize, "SelectColumns": SelectColumns}
 
 
 L2Normalize = layer_classes("tf_keras")["L2Normalize"]

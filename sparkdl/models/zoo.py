@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparkdl import stack
-from sparkdl.data.spec import ANOMALY, AUTOENCODER, ModelSignature
+from sparkdl.data.spec import ANOMALY, AUTOENCODER, TWO_TOWER, ModelSignature
 from sparkdl.errors import ConfigError
 from sparkdl.fileutil import is_safe_name
 from sparkdl.log import get_logger
@@ -333,6 +333,41 @@ def build_autoencoder(signature: ModelSignature, *, hidden: Sequence[int] = (32,
     return _k().Model(inputs, out, name="sparkdl_autoencoder")
 
 
+def build_two_tower(signature: ModelSignature, *, query_features: Sequence[str] = (), embedding_dim: int = 32,
+                    hidden: Sequence[int] = (64,), activation: str = "relu"):
+    """A two-tower retrieval model: the `query_features` of a row go through the query tower, the other features
+    through the item tower (Dense `hidden` layers, then `embedding_dim`, L2-normalized). The output is both
+    embeddings side by side, `query_embedding` then `item_embedding` (the layers of those names). The label is
+    the item's index (a multiclass label, one class per item); train it with `InBatchSoftmaxLoss`
+    (`default_loss`), which takes the rest of the global batch's items as negatives."""
+    name = TWO_TOWER
+    if signature.task != "multiclass":
+        raise ConfigError(f"model {name!r}: the label is the item's index (task 'multiclass', one class per item), "
+                          f"got task {signature.task!r}")
+    embedding_dim = _positive("embedding_dim", embedding_dim, name)
+    hidden, activation = _sizes("hidden", hidden, name), _activation(activation, name)
+    if len(signature.input_shape) != 1 or not signature.layout:
+        raise ConfigError(f"model {name!r}: needs a flat row of features with a known layout (numeric, vector, "
+                          f"categorical or text features), got input_shape {list(signature.input_shape)}")
+    names = [slot[0] for slot in signature.layout]
+    wanted = [query_features] if isinstance(query_features, str) else list(query_features or ())
+    unknown = [f for f in wanted if f not in names]
+    if not wanted or unknown or len(wanted) == len(names):
+        raise ConfigError(f"model {name!r}: hparam query_features must name some, not all, of the features "
+                          f"{names}; got {wanted}" + (f" (unknown: {unknown})" if unknown else ""))
+    columns = {n: list(range(start, start + width)) for n, start, width in signature.layout}
+    select, normalize = layer_classes(_FLAVOUR.get())["SelectColumns"], layer_classes(_FLAVOUR.get())["L2Normalize"]
+    inputs = _k().Input(shape=signature.input_shape, name="input")
+    towers = []
+    for tower, features in (("query", wanted), ("item", [n for n in names if n not in wanted])):
+        x = select([c for f in features for c in columns[f]], name=f"{tower}_features")(inputs)
+        x = _dense_stack(x, hidden, 0.0, activation, tower)
+        x = _k().layers.Dense(embedding_dim, dtype="float32", name=f"{tower}_projection")(x)
+        towers.append(normalize(name=f"{tower}_embedding", dtype="float32")(x))
+    out = _k().layers.Concatenate(name="output", dtype="float32")(towers)
+    return _k().Model(inputs, out, name="sparkdl_two_tower")
+
+
 def _token_input(signature: ModelSignature, model: str):
     """The token-id input of a text model and its embedded sequence (ids are floats in the prepared rows)."""
     shape = signature.input_shape
@@ -493,24 +528,30 @@ def build(name_or_model: str | Any | Builder, signature: ModelSignature, *, kera
     return model
 
 
-def default_loss(signature: ModelSignature, model_name: str | None = None, keras: str = "tf_keras"):
-    """The loss to compile with: binary_crossentropy / sparse_categorical_crossentropy / mse by task, or a
-    `TripletSemiHardLoss` (of the Keras flavour `keras`) for the `embedding` model."""
+def default_loss(signature: ModelSignature, model_name: str | None = None, keras: str = "tf_keras",
+                 item_counts: Sequence[float] | None = None):
+    """The loss to compile with: binary_crossentropy / sparse_categorical_crossentropy / mse by task, a
+    `TripletSemiHardLoss` (of the Keras flavour `keras`) for the `embedding` model, an `InBatchSoftmaxLoss` with
+    negatives shared across ranks for `two_tower` (`item_counts`: training rows per item index, for its log-Q
+    correction)."""
     if model_name == EMBEDDING:
         return loss_classes(keras)["TripletSemiHardLoss"]()
+    if model_name == TWO_TOWER:
+        return loss_classes(keras)["InBatchSoftmaxLoss"](item_counts=item_counts)
     return {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
             "regression": "mse", ANOMALY: "mse"}[signature.task]
 
 
 def default_metrics(signature: ModelSignature, model_name: str | None = None) -> list[str]:
     """Metrics to compile with: accuracy for classification, mae for regression, none for embeddings."""
-    if model_name == EMBEDDING:
+    if model_name in (EMBEDDING, TWO_TOWER):
         return []
     return ["mae"] if signature.task in ("regression", ANOMALY) else ["accuracy"]
 
 
 for _name, _fn in (("mlp", build_mlp), ("cnn", build_cnn), ("lstm", build_lstm), (EMBEDDING, build_embedding),
-                   (AUTOENCODER, build_autoencoder), ("text_cnn", build_text_cnn), ("text_gru", build_text_gru),
+                   (AUTOENCODER, build_autoencoder), (TWO_TOWER, build_two_tower),
+                   ("text_cnn", build_text_cnn), ("text_gru", build_text_gru),
                    ("lstm_forecaster", build_lstm_forecaster), ("gru_forecaster", build_gru_forecaster),
                    ("tcn_forecaster", build_tcn_forecaster)):
     register_builder(_name, _fn)

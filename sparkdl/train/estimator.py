@@ -42,7 +42,7 @@ from sparkdl.data.dataset import steps_per_epoch
 from sparkdl.data.forecast import ForecastSpec
 from sparkdl.data.preprocess import PreprocessorModel
 from sparkdl.data.series import check_forecast_schema
-from sparkdl.data.spec import ANOMALY, AUTOENCODER, FeatureSpec, Label, ModelSignature
+from sparkdl.data.spec import ANOMALY, AUTOENCODER, TWO_TOWER, FeatureSpec, Label, ModelSignature
 from sparkdl.data.text import TOKEN_ID_OFFSET
 from sparkdl.data.validation import check_schema
 from sparkdl.errors import ConfigError, FitStopped, ModelStoreError, TrainingError, ValidationError
@@ -365,9 +365,10 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
             if p["anomaly"] is not None:
                 raise ConfigError("KerasEstimator: dp is not offered for anomaly detectors: their thresholds are "
                                   "quantiles of the training rows' scores, which no DP-SGD budget covers")
-            if p["forecast"] is not None or p["model"] == "embedding":
-                raise ConfigError("KerasEstimator: dp needs a loss per example; a forecaster's windows and the "
-                                  "embedding model's triplet loss are not (train them without dp)")
+            if p["forecast"] is not None or p["model"] in ("embedding", TWO_TOWER):
+                raise ConfigError("KerasEstimator: dp needs a loss per example; a forecaster's windows, the "
+                                  "embedding model's triplet loss and the two-tower model's in-batch softmax are not "
+                                  "(train them without dp)")
             if (p["backward_passes_per_step"] != 1 or p["checkpoint_every_steps"] is not None
                     or p["early_stopping"] is not None):
                 raise ConfigError("KerasEstimator: dp takes its own steps: backward_passes_per_step, "
@@ -607,7 +608,8 @@ class KerasEstimator(Estimator, _KerasEstimatorParams, MLReadable, MLWritable):
                      privacy["steps_requested"], privacy["epsilon"], privacy["delta"], privacy["accountant"])
         job = TrainJob(
             model=model_bytes, optimizer=p.optimizer_spec, learning_rate=p.learning_rate,
-            loss=p.loss if p.loss is not None else default_loss(signature, zoo_name, flavour),
+            loss=p.loss if p.loss is not None else default_loss(
+                signature, zoo_name, flavour, _item_counts(prepared, signature) if zoo_name == TWO_TOWER else None),
             metrics=list(p.metrics) if p.metrics is not None else default_metrics(signature, zoo_name),
             batch_size=p.batch_size, epochs=p.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
             train_data=train_data, input_shape=tuple(signature.input_shape), val_data=val_data,
@@ -837,7 +839,9 @@ def signature_hint(spec: FeatureSpec) -> ModelSignature | None:
     classes = spec.label.num_classes or (2 if spec.label.task == "multiclass" else None)
     texts = [f for f in feats if f.kind == "text"]  # the fitted vocabulary may be smaller: an upper bound
     vocabulary = max(f.vocabulary_size for f in texts) + TOKEN_ID_OFFSET if texts else None
-    return ModelSignature(shape, spec.label.task, classes, vocabulary)
+    starts = [sum(f.size for f in feats[:i]) for i in range(len(feats))]
+    return ModelSignature(shape, spec.label.task, classes, vocabulary,
+                          layout=tuple((f.name, start, f.size) for f, start in zip(feats, starts)))
 
 
 def _resolve_input(dataset):
@@ -940,6 +944,20 @@ def _history_until(checkpoint) -> dict[int, dict]:
 
 
 __all__ = ["KerasEstimator", "signature_hint"]
+
+
+def _item_counts(prepared: PreparedData, signature: ModelSignature) -> list[float]:
+    """Rows per item index of the training table, for a two-tower loss's log-Q correction (one aggregation)."""
+    label = prepared.spec.label.name
+    classes = prepared.prep.label_classes
+    index = {c: i for i, c in enumerate(classes)} if classes is not None else None
+    counts = [0.0] * int(signature.num_classes)
+    for row in prepared.df.groupBy(label).count().collect():
+        value = row[label]
+        i = (index.get(value) if index is not None else int(value)) if value is not None else None
+        if i is not None and 0 <= i < len(counts):
+            counts[i] += float(row["count"])
+    return counts
 
 
 def _check_label_classes(spec: FeatureSpec, prep) -> None:

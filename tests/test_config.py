@@ -122,3 +122,16 @@ def test_every_train_key_is_the_estimator_param_of_that_name_with_its_default():
     for f in fields(TrainSection):
         assert f.name in declared, f"train.{f.name} is not a KerasEstimator param"
         assert getattr(TrainSection(), f.name) == declared[f.name], f"train.{f.name}: default differs"
+
+
+def test_every_shipped_job_config_loads_and_its_train_section_makes_an_estimator():
+    from pathlib import Path
+
+    from sparkdl.workflows import estimator_for, feature_spec
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "conf").glob("*.yaml"))
+    assert len(shipped) >= 8
+    for path in shipped:
+        cfg = load_config(path)
+        spec = feature_spec(cfg) if not cfg.data.forecast else None
+        estimator_for(cfg, spec, "/tmp/sparkdl-config-test-store")._checked()  # every param checked, no Spark

@@ -97,8 +97,11 @@ def test_negatives_shared_across_two_ranks_give_the_loss_and_gradients_of_one_ra
     assert alone["loss"] < shared["loss"] - 0.3  # 8 candidates per query instead of 16: an easier, other loss
 
 
-def test_a_two_tower_model_trained_on_two_ranks_retrieves_and_refuses_a_bad_split(spark, tmp_path):
+def test_a_two_tower_model_trained_on_two_ranks_retrieves_through_its_index_and_refuses_a_bad_split(spark,
+                                                                                                   tmp_path):
+    pytest.importorskip("faiss", reason="the ann extra (faiss-cpu) is not installed")
     from sparkdl.errors import ConfigError
+    from sparkdl.score import build_index, score_dataframe, similar
     from sparkdl.train import KerasEstimator
 
     frame, catalogue = interactions()
@@ -113,5 +116,19 @@ def test_a_two_tower_model_trained_on_two_ranks_retrieves_and_refuses_a_bad_spli
                            model_store=str(tmp_path / "store")).fit(df)
     recall = recall_at(model.getModel(), test, catalogue)
     assert recall > 0.3  # chance: 10 of 200 items = 0.05
+
+    # each tower scores alone: the catalogue has no user column, the queries no item column
+    version, store = model.getModelVersion(), str(tmp_path / "store")
+    build_index(version, spark.createDataFrame(catalogue), keep_columns=["item_id"], store=store)
+    queries = test.head(200)
+    found = similar(version, spark.createDataFrame(queries[["id", "user"]]), approximate=True, k=10,
+                    query_columns=["id"], store=store).toPandas()
+    truth = dict(zip(queries["id"], queries["item_id"]))
+    hits = found.groupby("query_id")["item_id"].apply(lambda items: truth[items.name] in set(items))
+    assert len(hits) == 200 and hits.mean() == pytest.approx(recall_at(model.getModel(), queries, catalogue),
+                                                             abs=0.01)
+    with pytest.raises(ConfigError, match="is a two-tower model: it scores \\['query_embedding', "
+                                          "'item_embedding'\\], not 'prediction'"):
+        score_dataframe(spark.createDataFrame(queries), version, store=store)
     with pytest.raises(ConfigError, match="query_features must name some, not all, of the features"):
         KerasEstimator(model="two_tower", feature_spec=spec, hparams={"query_features": ["user", "item"]}).fit(df)

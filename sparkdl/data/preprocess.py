@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -494,19 +495,24 @@ class PreprocessorModel:
         return f"PreprocessorModel(features={self.spec.feature_names}, input_shape={self.input_shape})"
 
     # ----- the math, once -----
-    def prepare_batch(self, batch, with_label: bool = True) -> PreparedBatch:
+    def prepare_batch(self, batch, with_label: bool = True, features: Collection[str] | None = None
+                      ) -> PreparedBatch:
         """Prepare one batch of rows with numpy/pyarrow (no per-row Python objects).
 
         Args:
             batch: a pyarrow RecordBatch or Table, or a pandas DataFrame, holding the spec's columns.
             with_label: also prepare the label column.
+            features: prepare only these features; the others' slots are zeros (for a part of a model that does
+                not read them, such as one tower of a two-tower model). Default: all.
 
         Raises:
             ValidationError: a needed column is missing from the batch.
         """
         table = to_table(batch)
         names = set(table.schema.names)
-        needed = self.spec.feature_names + ([self.spec.label.name] if with_label and self.spec.label else [])
+        wanted = self.spec.feature_names if features is None else [n for n in self.spec.feature_names
+                                                                     if n in set(features)]
+        needed = wanted + ([self.spec.label.name] if with_label and self.spec.label else [])
         if with_label and self.spec.label is None:
             raise ConfigError("with_label=True but the feature spec has no label")
         missing = [c for c in needed if c not in names]
@@ -515,9 +521,12 @@ class PreprocessorModel:
                                   [Problem(c, "missing column", expected="present", found=f"columns {sorted(names)}")
                                    for c in missing])
         n = table.num_rows
-        out = np.empty((n, self._width), dtype=np.float32)
+        out = np.empty((n, self._width), dtype=np.float32) if features is None else \
+            np.zeros((n, self._width), dtype=np.float32)
         reasons = np.full(n, None, dtype=object)
         for f, start, width in self._layout:
+            if features is not None and f.name not in wanted:
+                continue
             column = as_array(table.column(f.name))
             if f.kind == "numeric":
                 out[:, start] = self._numeric(f, column, reasons)

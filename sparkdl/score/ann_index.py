@@ -40,6 +40,7 @@ from sparkdl.log import get_logger
 from sparkdl.registry import ModelStore
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import ModelRef, resolve_model
+from sparkdl.score.outputs import retrieval_outputs
 
 log = get_logger("score.ann_index")
 
@@ -190,7 +191,8 @@ def build_index(model_ref, items, name: str = "default", keep_columns: list[str]
     keep = list(keep_columns) if keep_columns is not None else default_keep(items, metadata.spec)
     if partitions is not None:
         items = items.repartition(partitions)
-    embedded = score_dataframe(items, ref, output="embedding", output_col=EMBEDDING_COLUMN, keep_columns=keep)
+    embedded = score_dataframe(items, ref, output=retrieval_outputs(metadata)[1], output_col=EMBEDDING_COLUMN,
+                               keep_columns=keep)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".tmp-{uuid.uuid4().hex}-{name}"
     staging.mkdir()

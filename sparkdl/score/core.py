@@ -14,7 +14,7 @@ from sparkdl.errors import ConfigError
 from sparkdl.lake import exists, history
 from sparkdl.score.forecast import STEP_COL, forecast_frame
 from sparkdl.score.model_ref import ModelRef
-from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output
+from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output, scoring_spec
 from sparkdl.score.runtime import scored_chunks
 from sparkdl.score.scan import map_batches
 from sparkdl.score.thresholds import Thresholds, check_segment_columns, required_thresholds, with_flags
@@ -207,9 +207,10 @@ def scoring_columns(df, ref: ModelRef, metadata, mode: str, output: str, keep_co
     plan = plan_output(output, metadata, attribution)
     keep = list(keep_columns) if keep_columns is not None else default_keep_columns(df, metadata.spec)
     thresholds = required_thresholds(ref, where) if plan.kind == "anomaly" else None
-    columns = ScoringColumns(plan, output_col or output, metadata.spec.feature_names, keep, thresholds=thresholds)
+    spec = scoring_spec(metadata, plan)
+    columns = ScoringColumns(plan, output_col or output, spec.feature_names, keep, thresholds=thresholds)
     _check_options(mode, columns.output_col, keep)
-    check_columns(df, metadata.spec, keep, where)
+    check_columns(df, spec, keep, where)
     if thresholds is not None:
         check_segment_columns(df, thresholds.options, where)
     return columns

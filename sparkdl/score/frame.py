@@ -22,7 +22,7 @@ from sparkdl.errors import ConfigError
 from sparkdl.log import get_logger
 from sparkdl.score.core import check_columns
 from sparkdl.score.model_ref import ModelRef, resolve_model
-from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output
+from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output, scoring_spec
 from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 from sparkdl.score.scan import map_batches
 from sparkdl.score.thresholds import check_segment_columns, required_thresholds, with_flags
@@ -88,7 +88,8 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     plan = plan_output(output, metadata, attribution)
     thresholds = required_thresholds(ref, f"score_dataframe({ref})") if plan.kind == "anomaly" else None
     output_col = output_col or output
-    feature_names = metadata.spec.feature_names
+    spec = scoring_spec(metadata, plan)
+    feature_names = spec.feature_names
     keep = list(keep_columns) if keep_columns is not None else [c for c in df.columns if c != output_col]
     if output_col in keep:
         raise ConfigError(f"output_col {output_col!r} is also in keep_columns; drop it from keep_columns or choose "
@@ -96,7 +97,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
     if len(set(keep)) != len(keep):
         raise ConfigError(f"keep_columns has duplicates: {keep}")
     where = f"score_dataframe({ref})"
-    check_columns(df, metadata.spec, keep, where)
+    check_columns(df, spec, keep, where)
     segments = [c for c in (thresholds.options.segment_by if thresholds else ()) if c not in keep]
     if thresholds is not None:
         check_segment_columns(df, thresholds.options, where)

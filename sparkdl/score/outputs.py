@@ -8,6 +8,9 @@ Outputs (`output=`):
 * ``probabilities``  – classification only: array<float> of class probabilities (binary: [P(0), P(1)]).
 * ``embedding``      – array<float>: the output of an embedding model, or for any other model the input of its
                        output layer (the penultimate representation).
+* ``query_embedding``, ``item_embedding`` – two-tower models only (the zoo's ``two_tower``): array<float>, one
+                       tower's embedding. Each reads only its tower's features: an items table needs no query
+                       columns (``build_index`` and ``similar`` pick the tower themselves).
 * ``struct``         – struct<label, probability>: the prediction and (classification) the probabilities.
 * ``anomaly``        – anomaly detectors only: struct<score, contributions>: the reconstruction error (mean squared
                        error over the prepared input) and `contributions`, a struct with one double per feature, its
@@ -24,7 +27,7 @@ Rows that could not be prepared (see `PreprocessorModel.prepare_batch`) get a nu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -36,10 +39,13 @@ from sparkdl.model_metadata import ModelMetadata
 
 REASON_COL = "_reason"  # why a row (or a forecaster's series) could not be scored; null when it was
 
-OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions", "anomaly")
+OUTPUTS = ("prediction", "probabilities", "embedding", "struct", "attributions", "anomaly", "query_embedding",
+           "item_embedding")
+TOWER_OUTPUTS = ("query_embedding", "item_embedding")  # what a two-tower model scores, one tower each
 DETECTOR_OUTPUTS = ("prediction", "anomaly")  # what an anomaly detector (task "anomaly") scores
 ON_INVALID = ("null", "error")  # what a scoring UDF does with a row it cannot prepare
 EMBEDDING_MODEL = "embedding"
+TWO_TOWER_MODEL = "two_tower"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class OutputPlan:
     label_arrow: str  # "int32" (class index), "string", "int64", "double", "bool"
     attribution: Attribution | None = None  # output "attributions" only
     features: tuple[tuple[str, bool], ...] = ()  # "attributions", "anomaly": (feature name, is an array) in order
+    inputs: tuple[str, ...] = ()  # the features this output reads (a tower's); empty: all of the spec's
 
     # ------------------------------------------------------------------ types
     def label_arrow_type(self) -> pa.DataType:
@@ -62,7 +69,7 @@ class OutputPlan:
     def arrow_type(self) -> pa.DataType:
         if self.kind == "prediction":
             return self.label_arrow_type()
-        if self.kind in ("probabilities", "embedding"):
+        if self.kind in ("probabilities", "embedding", *TOWER_OUTPUTS):
             return pa.list_(pa.float32())
         if self.kind == "anomaly":
             return pa.struct([("score", pa.float64()), ("contributions", self.attributions_type())])
@@ -105,7 +112,7 @@ class OutputPlan:
             return pa.StructArray.from_arrays([score, contributions], fields=list(self.arrow_type()), mask=null)
         raw = np.asarray(raw, dtype=np.float32).reshape(n, -1)
         mask = ~np.asarray(valid, dtype=bool)
-        if self.kind == "embedding":
+        if self.kind in ("embedding", *TOWER_OUTPUTS):
             return _list_array(raw, mask)
         if self.kind == "probabilities":
             return _list_array(self._probabilities(raw), mask)
@@ -151,6 +158,21 @@ class OutputPlan:
             return indices
         classes = pa.array(list(self.label_classes), type=self.label_arrow_type())
         return classes.take(indices)
+
+
+def retrieval_outputs(metadata: ModelMetadata) -> tuple[str, str]:
+    """(the output embedding queries, the output embedding items) for nearest-neighbour search: a two-tower
+    model's two towers, any other model's "embedding"."""
+    if metadata.model_name == TWO_TOWER_MODEL:
+        return TOWER_OUTPUTS
+    return "embedding", "embedding"
+
+
+def scoring_spec(metadata: ModelMetadata, plan: OutputPlan):
+    """The feature spec a scoring input must hold for `plan`: the model's, or only a tower's features."""
+    if not plan.inputs:
+        return metadata.spec
+    return replace(metadata.spec, features=tuple(f for f in metadata.spec.features if f.name in plan.inputs))
 
 
 def refuse_row_level_flags(plan: OutputPlan, where: str) -> None:
@@ -215,6 +237,14 @@ def plan_output(output: str, metadata: ModelMetadata, attribution: Attribution |
     if attribution is not None and not isinstance(attribution, Attribution):
         raise ConfigError(f"attribution must be a sparkdl.explain.Attribution, got {type(attribution).__name__}")
     where = metadata.where
+    if (metadata.model_name == TWO_TOWER_MODEL) != (output in TOWER_OUTPUTS):
+        raise ConfigError(f"{where} is a two-tower model: it scores {list(TOWER_OUTPUTS)}, not {output!r}"
+                          if metadata.model_name == TWO_TOWER_MODEL else
+                          f"{where} is not a two-tower model: it has no output {output!r}")
+    if output in TOWER_OUTPUTS:
+        query = set((metadata.raw.get("hparams") or {}).get("query_features") or ())
+        tower = [n for n in metadata.spec.feature_names if (n in query) == (output == "query_embedding")]
+        return OutputPlan(output, metadata.task, None, None, "int32", inputs=tuple(tower))
     if metadata.model_name == EMBEDDING_MODEL and output != "embedding":
         raise ConfigError(f"{where} is an embedding model: it has no {output!r}; use output='embedding'")
     task, num_classes = metadata.task, metadata.num_classes

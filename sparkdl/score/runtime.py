@@ -27,7 +27,7 @@ from sparkdl.log import get_logger
 from sparkdl.model_metadata import ModelMetadata
 from sparkdl.registry import ModelStore, ModelVersion
 from sparkdl.score.model_ref import ModelRef
-from sparkdl.score.outputs import EMBEDDING_MODEL, Explained, OutputPlan
+from sparkdl.score.outputs import EMBEDDING_MODEL, TOWER_OUTPUTS, Explained, OutputPlan
 from sparkdl.tf_runtime import configure_tensorflow
 
 log = get_logger("score.runtime")
@@ -98,13 +98,15 @@ class LoadedScoringModel:
         """A traced `model(x, training=False)` for `kind` ("embedding" on a non-embedding model uses the input of
         the output layer); one trace for any batch size."""
         key = "embedding" if (kind == "embedding" and self.metadata.model_name != EMBEDDING_MODEL) else "out"
+        key = kind if kind in TOWER_OUTPUTS else key
         fn = self._fns.get(key)
         if fn is None:
             tf = self._tf
             model = self.model
-            if key == "embedding":
+            if key != "out":  # the penultimate layer, or one tower's embedding layer of a two-tower model
                 keras = stack.keras_module(stack.flavour_of(self.model) or "tf_keras")
-                model = keras.Model(self.model.inputs, self._penultimate(), name=f"{self.model.name}_embedding")
+                layer = self.model.get_layer(key).output if key in TOWER_OUTPUTS else self._penultimate()
+                model = keras.Model(self.model.inputs, layer, name=f"{self.model.name}_{key}")
             spec = tf.TensorSpec((None,) + self.input_shape, tf.float32)
             fn = tf.function(lambda x, m=model: m(x, training=False), input_signature=[spec])
             self._fns[key] = fn
@@ -159,7 +161,7 @@ class Scorer:
 
     def score(self, batch: pa.RecordBatch | pa.Table) -> tuple[pa.Array, np.ndarray, list]:
         """(output column, valid mask, reasons) for one batch holding the model's feature columns."""
-        prepared = self.loaded.preprocessor.prepare_batch(batch, with_label=False)
+        prepared = self.loaded.preprocessor.prepare_batch(batch, with_label=False, features=self.plan.inputs or None)
         valid = prepared.valid
         if valid.all():
             raw = self.predict(prepared.features) if len(valid) else np.zeros((0, 1), np.float32)

@@ -38,7 +38,7 @@ from sparkdl.score.ann_index import EMBEDDING_COLUMN, default_keep
 from sparkdl.score.core import check_columns
 from sparkdl.score.frame import score_dataframe
 from sparkdl.score.model_ref import resolve_model
-from sparkdl.score.outputs import plan_output
+from sparkdl.score.outputs import plan_output, retrieval_outputs, scoring_spec
 from sparkdl.score.runtime import get_scorer, raise_if_invalid
 
 log = get_logger("score.similar")
@@ -100,14 +100,16 @@ def similar(model_ref, queries, table=None, k: int = 5, keep_columns: list[str] 
     if not isinstance(table, DataFrame):
         table, _ = read_table(table, spark=spark)
     # the limit before scoring: one job (a limit on the scored rows would take partitions in rounds of jobs)
-    query_rows = score_dataframe(queries.limit(MAX_QUERIES + 1), model_ref, output="embedding",
+    query_output, item_output = retrieval_outputs(metadata)
+    query_rows = score_dataframe(queries.limit(MAX_QUERIES + 1), model_ref, output=query_output,
                                  output_col=EMBEDDING_COLUMN, keep_columns=qkeep, store=store,
                                  on_invalid="error").collect()
     _check_query_count(len(query_rows))
     q = np.asarray([r[EMBEDDING_COLUMN] for r in query_rows], dtype=np.float32)
     keep = list(keep_columns) if keep_columns is not None else default_keep(table, metadata.spec)
     log.info("similar: %d queries, k=%d, embedding size %d", len(q), k, q.shape[1])
-    return _ranked(_scan_candidates(table, model_ref, store, q, k, keep), queries, query_rows, qkeep, keep, k)
+    return _ranked(_scan_candidates(table, model_ref, store, q, k, keep, item_output), queries, query_rows, qkeep,
+                   keep, k)
 
 
 def _check_query_count(rows: int) -> None:
@@ -118,12 +120,12 @@ def _check_query_count(rows: int) -> None:
                           f"for more, use pyspark.ml.feature.BucketedRandomProjectionLSH.approxSimilarityJoin")
 
 
-def _scan_candidates(table, model_ref, store, q: np.ndarray, k: int, keep: list[str]):
-    """Each task's `k` nearest rows per query, by an exact scan of `table` embedded by the model."""
+def _scan_candidates(table, model_ref, store, q: np.ndarray, k: int, keep: list[str], output: str):
+    """Each task's `k` nearest rows per query, by an exact scan of `table` embedded by the model (`output`)."""
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
     q_norms = np.square(q).sum(axis=1)
-    embedded = score_dataframe(table, model_ref, output="embedding", output_col=EMBEDDING_COLUMN,
+    embedded = score_dataframe(table, model_ref, output=output, output_col=EMBEDDING_COLUMN,
                                keep_columns=keep, store=store)
     schema = StructType([StructField("query", IntegerType(), False), StructField("distance", DoubleType(), False)]
                         + [embedded.schema[c] for c in keep])
@@ -160,13 +162,14 @@ def _approximate(ref, metadata, info, queries, qkeep: list[str], keep: list[str]
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
     where = f"similar({ref})"
-    check_columns(queries, metadata.spec, qkeep, where)
-    features = metadata.spec.feature_names
+    plan = plan_output(retrieval_outputs(metadata)[0], metadata)
+    spec = scoring_spec(metadata, plan)
+    check_columns(queries, spec, qkeep, where)
+    features = spec.feature_names
     columns = list(dict.fromkeys([*features, *qkeep]))
     raw = queries.select(*[array_column(queries, c).alias(c) if is_vector_udt(queries.schema[c].dataType)
                            else queries[c] for c in columns]).limit(MAX_QUERIES + 1).toArrow()
     _check_query_count(raw.num_rows)
-    plan = plan_output("embedding", metadata)
     feature_batch = raw.select(features).combine_chunks().to_batches()[0]
     parts, dimension = info.parts, info.dimension
     spark = queries.sparkSession

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sparkdl.errors import ConfigError, RequestError
 from sparkdl.log import get_logger
 from sparkdl.serving.limits import ServingLimits
-from sparkdl.serving.retrieval import SimilarQuery
+from sparkdl.serving.retrieval import RETRIEVAL, SimilarQuery
 
 log = get_logger("serving")
 
@@ -134,7 +134,7 @@ def build_app(core, limits: ServingLimits, token: str | None = None,
             query = SimilarQuery.from_params(request.query_params)
             return lambda queued, scored: core.finish_similar(queued, scored, query)
 
-        return await _counted(lambda queued: _invocation(request, queued, "embedding", finish, "neighbors",
+        return await _counted(lambda queued: _invocation(request, queued, RETRIEVAL, finish, "neighbors",
                                                          offload=True))
 
     async def _counted(answer) -> Response:

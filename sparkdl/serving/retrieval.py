@@ -13,6 +13,7 @@ from sparkdl.fileutil import is_safe_name
 from sparkdl.score import ann_index
 
 MAX_K = 1000
+RETRIEVAL = "retrieval"  # the output a /similar query is embedded with: the server's `Loaded.retrieval_output`
 
 
 @dataclass(frozen=True)
@@ -98,4 +99,4 @@ class LoadedIndexes:
         return answers
 
 
-__all__ = ["LoadedIndexes", "SimilarQuery"]
+__all__ = ["RETRIEVAL", "LoadedIndexes", "SimilarQuery"]

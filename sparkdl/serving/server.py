@@ -46,7 +46,7 @@ from sparkdl.registry import ModelStore
 from sparkdl.score import runtime
 from sparkdl.score.ann_index import matrix
 from sparkdl.score.model_ref import resolve_model
-from sparkdl.score.outputs import OUTPUTS, plan_output
+from sparkdl.score.outputs import OUTPUTS, plan_output, retrieval_outputs, scoring_spec
 from sparkdl.score.runtime import Scorer
 from sparkdl.serving.batcher import MicroBatcher
 from sparkdl.serving.http import build_app, listening_socket, uvicorn_server, warn_if_exposed
@@ -54,7 +54,7 @@ from sparkdl.serving.inference_log import InferenceLog
 from sparkdl.serving.limits import ServingLimits
 from sparkdl.serving.live_drift import LiveDrift, read_reference
 from sparkdl.serving.requests import ParsedRequest, invalid_rows_error, parse_request
-from sparkdl.serving.retrieval import LoadedIndexes, SimilarQuery
+from sparkdl.serving.retrieval import RETRIEVAL, LoadedIndexes, SimilarQuery
 
 log = get_logger("serving")
 
@@ -70,6 +70,11 @@ class Loaded:
     scorers: dict
     batchers: dict
     indexes: LoadedIndexes
+
+    @property
+    def retrieval_output(self) -> str:
+        """The output that embeds a `/similar` query: the query tower of a two-tower model, else "embedding"."""
+        return retrieval_outputs(self.metadata)[0]
 
     def close(self) -> None:
         for batcher in self.batchers.values():
@@ -178,7 +183,7 @@ class ModelServer:
                 scorers[output] = Scorer(model_ref, plan_output(output, metadata))
             except SparkDLError:  # an output this model has not (e.g. probabilities of a regression)
                 continue
-        default = scorers["prediction"]
+        default = scorers.get("prediction") or next(iter(scorers.values()))  # a two-tower model has towers only
         shape = tuple(default.loaded.preprocessor.input_shape)
         default.predict(np.zeros((1, *shape), dtype=np.float32))  # warm-up: the first call traces the model
         batchers = {name: MicroBatcher(scorer.score, self.max_batch_size, self.max_wait_ms,
@@ -246,11 +251,12 @@ class ModelServer:
         """
         for _ in range(3):  # a reload may close the batcher between the lookup and the submit: take the new one
             loaded = self.loaded
+            output = loaded.retrieval_output if output == RETRIEVAL else output
             if output not in loaded.batchers:
                 raise RequestError(f"output {output!r} is not available for {loaded.ref}; available: "
                                    f"{sorted(loaded.batchers)}")
-            parsed = parse_request(body, loaded.metadata.spec, max_rows=self.limits.max_rows,
-                                   max_depth=self.limits.max_json_depth)
+            spec = scoring_spec(loaded.metadata, loaded.scorers[output].plan)  # a tower reads its own features
+            parsed = parse_request(body, spec, max_rows=self.limits.max_rows, max_depth=self.limits.max_json_depth)
             if parsed.rows == 0:
                 return QueuedRequest(None, loaded, parsed, output)
             try:

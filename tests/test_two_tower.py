@@ -127,6 +127,20 @@ def test_a_two_tower_model_trained_on_two_ranks_retrieves_through_its_index_and_
     hits = found.groupby("query_id")["item_id"].apply(lambda items: truth[items.name] in set(items))
     assert len(hits) == 200 and hits.mean() == pytest.approx(recall_at(model.getModel(), queries, catalogue),
                                                              abs=0.01)
+    pytest.importorskip("prometheus_client", reason="the serve extra (prometheus-client) is not installed")
+    from test_serving import _call
+
+    from sparkdl.serving import ModelServer
+
+    server = ModelServer(str(version), store=store, port=0, reload_s=0).start()
+    try:  # the server embeds a query with the query tower: the user's features are the whole request
+        body = {"dataframe_records": [{"user": [float(v) for v in u]} for u in queries["user"].head(3)]}
+        status, answer = _call(server, "/similar?k=10", body)
+        assert status == 200, answer
+        want = found[found["query_id"].isin(queries["id"].head(3))].groupby("query_id")["item_id"].apply(list)
+        assert [[n["item_id"] for n in near] for near in answer["neighbors"]] == want.tolist()
+    finally:
+        server.stop()
     with pytest.raises(ConfigError, match="is a two-tower model: it scores \\['query_embedding', "
                                           "'item_embedding'\\], not 'prediction'"):
         score_dataframe(spark.createDataFrame(queries), version, store=store)

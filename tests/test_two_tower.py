@@ -97,6 +97,7 @@ def test_negatives_shared_across_two_ranks_give_the_loss_and_gradients_of_one_ra
     assert alone["loss"] < shared["loss"] - 0.3  # 8 candidates per query instead of 16: an easier, other loss
 
 
+@pytest.mark.both_sessions
 def test_a_two_tower_model_trained_on_two_ranks_retrieves_through_its_index_and_refuses_a_bad_split(spark,
                                                                                                    tmp_path):
     pytest.importorskip("faiss", reason="the ann extra (faiss-cpu) is not installed")

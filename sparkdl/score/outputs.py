@@ -12,10 +12,12 @@ Outputs (`output=`):
                        tower's embedding. Each reads only its tower's features: an items table needs no query
                        columns (``build_index`` and ``similar`` pick the tower themselves).
 * ``struct``         – struct<label, probability>: the prediction and (classification) the probabilities.
-* ``anomaly``        – anomaly detectors only: struct<score, contributions>: the reconstruction error (mean squared
-                       error over the prepared input) and `contributions`, a struct with one double per feature, its
-                       share of that error (they sum to the score). Output ``prediction`` of a detector is the score.
-                       `sparkdl.score.anomaly.with_flags` adds the segment's threshold and the flag.
+* ``anomaly``        – anomaly detectors only: struct<score, is_anomaly, threshold, contributions>: the
+                       reconstruction error (mean squared error over the prepared input), whether it reaches the
+                       row's segment's threshold, that threshold, and `contributions`, one double per feature, its
+                       share of the error (they sum to the score). The scoring function returns score and
+                       contributions; `score_dataframe`, `score_table` and `score_stream` add the rest in Spark
+                       (`sparkdl.score.thresholds.with_flags`). Output ``prediction`` of a detector is the score.
 * ``attributions``   – struct<prediction, explained_class, output, baseline_output, delta, features>: the
                        prediction, which class was explained (null for regression), f(x) and f(baseline) of the
                        explained output, the completeness gap `delta` = Σ attributions − (output − baseline_output),

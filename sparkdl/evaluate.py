@@ -478,8 +478,6 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
     info = ModelMetadata.from_dict(meta)
     slice_specs, gate_specs = parse_slices(slices), parse_gates(gates)
     options = slice_options or SliceOptions()
-    if gate_specs and info.forecast is not None:
-        raise ConfigError(f"model {mv} is a forecaster: gates apply to row models (its slices are reported)")
     if slice_specs and info.forecast is not None and not info.forecast.spec.entity:
         raise ConfigError(f"model {mv} forecasts one series (no forecast.entity): there are no slices of entities")
     if options.sensitive and options.sensitive not in {s.name for s in slice_specs if s.by_value}:
@@ -493,7 +491,7 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
         metrics, plot_paths = evaluate_anomalies(mv, df, store=store).to_dict(), []
     elif info.forecast is not None:
         metrics, plot_paths, snap = _evaluate_forecaster(mv, info, table, version, store, spark, plots,
-                                                         forecast_until, slice_specs, options)
+                                                         forecast_until, slice_specs, options, gate_specs)
     else:
         metrics, plot_paths, snap = _evaluate_rows(mv, info, table, version, store, spark, plots, slice_specs,
                                                    options, gate_specs)
@@ -520,9 +518,10 @@ def evaluate_model(model_ref, table: str, version: int | None = None, store=None
 
 def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, spark, plots: bool,
                          until: int | None = None, slices: Sequence[Slice] = (),
-                         options: SliceOptions = SliceOptions()):
+                         options: SliceOptions = SliceOptions(), gates: Sequence[Gate] = ()):
     """(metrics, plot paths, snapshot) of a forecaster on the test windows of `table`, per slice of entities with
-    `slices` (see `sparkdl.evaluate_forecast`)."""
+    `slices` (see `sparkdl.evaluate_forecast`), and its `gates`: bounds and gaps on the sliced report, and a
+    baseline forecaster's report on the same table version and windows."""
     prep = info.forecast
     if prep.test_step is None:
         raise ValidationError(f"model {mv}: it was trained without forecast.test_from, so it has no test period "
@@ -534,7 +533,8 @@ def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, sp
     frame = forecast_frame(df, ref, prep, "forecast", mode="test", until=until).persist(StorageLevel.DISK_ONLY)
     try:
         metrics = forecast_metrics(frame, prep.spec, entity_label=prep.entity_label, slices=slices,
-                                   memberships=memberships, min_slice_size=options.min_slice_size)
+                                   memberships=memberships, min_slice_size=options.min_slice_size,
+                                   sliced=bool(slices or gates))
         if metrics["count"] == 0:
             raise ValidationError(f"table {snap.table}@{snap.version}: no test window of model {mv} (origin at or "
                                   f"after {prep.spec.test_from} with {prep.spec.horizon} steps after it)")
@@ -550,7 +550,31 @@ def _evaluate_forecaster(mv, info: ModelMetadata, table: str, version, store, sp
     log.info("model %s: test MAE %.4g (seasonal naive %.4g), MASE %.3g over %d windows of %d series", mv,
              metrics["mae"], metrics["seasonal_naive"]["mae"] or float("nan"), metrics["mase"] or float("nan"),
              metrics["windows"], metrics["series"])
+    if gates:
+        baselines = {ref: _forecast_baseline_report(ref, mv, store, df, until, slices, memberships, options)
+                     for ref in baseline_refs(gates)}
+        metrics["gates"] = check_gates(gates, metrics, baselines).to_dict()
+        _log_gates(mv, metrics["gates"])
     return metrics, paths, snap
+
+
+def _forecast_baseline_report(ref: str, candidate, store, df: DataFrame, until, slices, memberships,
+                              options: SliceOptions) -> dict | None:
+    """The sliced report of baseline forecaster `ref` on the same table version and test windows, or None when
+    `ref` does not resolve. Raises ConfigError when it is not a forecaster."""
+    try:
+        mv = store.resolve(ref)
+    except ModelStoreError:
+        log.info("baseline %s does not resolve: its gates are skipped", ref)
+        return None
+    info = ModelMetadata.from_dict(store.metadata(mv))
+    if info.forecast is None:
+        raise ConfigError(f"gate baseline {ref} of forecaster {candidate} is not a forecaster: a forecaster is "
+                          f"compared with another forecaster on the same windows")
+    base_ref, _ = resolve_model(mv, store)
+    frame = forecast_frame(df, base_ref, info.forecast, "forecast", mode="test", until=until)
+    return forecast_metrics(frame, info.forecast.spec, entity_label=info.forecast.entity_label, slices=slices,
+                            memberships=memberships, min_slice_size=options.min_slice_size, sliced=True)
 
 
 def _prediction_frame(mv, info: ModelMetadata, df: DataFrame, where: str, store, extra: Sequence[str]):

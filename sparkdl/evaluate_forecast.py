@@ -129,13 +129,15 @@ def _sliced(by_entity: dict[tuple, list[dict]], memberships: dict, slices: Seque
 
 
 def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", entity_label=None,
-                     slices: Sequence = (), memberships: dict | None = None, min_slice_size: int = 30) -> dict:
+                     slices: Sequence = (), memberships: dict | None = None, min_slice_size: int = 30,
+                     sliced: bool = False) -> dict:
     """The metrics of a test-window frame (see the module docstring), overall and per entity.
 
     Returns {"mae", "rmse", "smape", "mase", "mae_by_step", "count", "windows", "series", "seasonal_naive": {...},
     "per_entity": {entity: {"mae", ..., "seasonal_naive": {...}}}}; `entity_label` (entity values -> name) names
     the entities (default: their values joined by "/"). With `slices` and their `memberships` (`entity_slices`),
-    also "slices" and "suppressed" (see the module docstring)."""
+    also "slices" and "suppressed" (see the module docstring); with `sliced` and no slices, the report of the
+    overall slice alone (what gates read)."""
     keys = list(spec.entity) or [SERIES_KEY]
     rows = _sums(frame, keys, forecast)
     model = _metrics(rows, "model", spec.horizon)
@@ -158,8 +160,9 @@ def forecast_metrics(frame, spec: ForecastSpec, forecast: str = "forecast", enti
     paired = {"count": paired_n,
               "mae": sum(r["both_model_abs"] or 0.0 for r in rows) / paired_n if paired_n else None,
               "seasonal_naive_mae": sum(r["both_naive_abs"] or 0.0 for r in rows) / paired_n if paired_n else None}
-    sliced = _sliced(by_entity, memberships or {}, slices, spec.horizon, min_slice_size) if slices else {}
-    return {**model, **sliced, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
+    report = _sliced(by_entity, memberships or {}, slices, spec.horizon, min_slice_size) if (slices or sliced) \
+        else {}
+    return {**model, **report, "windows": int(windows), "series": len(by_entity), "seasonal_naive": naive,
             "per_entity": per_entity, "per_entity_listed": len(per_entity), "paired": paired,
             # on the same forecasts only: seasonal naive has none where a series' history is shorter than a season
             "beats_seasonal_naive": bool(paired_n) and paired["mae"] < paired["seasonal_naive_mae"]}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from sparkdl import lake, stack
-from sparkdl.errors import ConfigError, ValidationError
+from sparkdl.errors import ConfigError, PromotionRefused, ValidationError
 from sparkdl.evaluate import evaluate_model
 from sparkdl.score import score_table
 from sparkdl.train import KerasEstimator
@@ -213,6 +213,24 @@ def test_forecast_metrics_per_slice_of_entities_match_the_forecasts_themselves(s
     tiny = evaluate_model(mv, table, store=training_store, plots=False, slices=["region"],
                           slice_options=SliceOptions(min_slice_size=int(expected["region=north"].sum())))
     assert [s["slice"] for s in tiny["suppressed"]] == ["region=south"] and "region=north" in tiny["slices"]
+
+    # gates on a forecaster: a bound, a gap between slices of entities, and itself as the baseline forecaster
+    mae = metrics["slices"]["overall"]["metrics"]["mae"]["value"]
+    gap = abs(metrics["slices"]["region=north"]["metrics"]["mae"]["value"]
+              - metrics["slices"]["region=south"]["metrics"]["mae"]["value"])
+    gated = evaluate_model(mv, table, store=training_store, plots=False, slices=["region"], gates=[
+        {"metric": "mae", "max": mae * 1.01}, {"metric": "mae", "between": "region", "max_gap": gap / 2},
+        {"metric": "mae", "baseline": mv}])
+    results = gated["gates"]["results"]
+
+    def passed(text: str) -> list[bool]:
+        return [r["passed"] for r in results if text in r["gate"]]
+
+    assert passed("on slice 'overall'") == [True] and passed("gap between") == [False]
+    assert len(passed("no worse than")) == 3 and all(passed("no worse than"))  # overall and both regions
+    assert not gated["gates"]["passed"]
+    with pytest.raises(PromotionRefused, match="gates failed"):
+        training_store.set_alias(mv, "production")
 
 
 @pytest.mark.slow

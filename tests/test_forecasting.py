@@ -220,7 +220,7 @@ def test_forecast_metrics_per_slice_of_entities_match_the_forecasts_themselves(s
               - metrics["slices"]["region=south"]["metrics"]["mae"]["value"])
     gated = evaluate_model(mv, table, store=training_store, plots=False, slices=["region"], gates=[
         {"metric": "mae", "max": mae * 1.01}, {"metric": "mae", "between": "region", "max_gap": gap / 2},
-        {"metric": "mae", "baseline": mv}])
+        {"metric": "mae", "baseline": mv, "tolerance": 1e-9}])  # Spark's sums differ in the last bits between runs
     results = gated["gates"]["results"]
 
     def passed(text: str) -> list[bool]:

@@ -562,12 +562,10 @@ def _forecast_baseline_report(ref: str, candidate, store, df: DataFrame, until, 
                               options: SliceOptions) -> dict | None:
     """The sliced report of baseline forecaster `ref` on the same table version and test windows, or None when
     `ref` does not resolve. Raises ConfigError when it is not a forecaster."""
-    try:
-        mv = store.resolve(ref)
-    except ModelStoreError:
-        log.info("baseline %s does not resolve: its gates are skipped", ref)
+    found = _resolved_baseline(ref, store)
+    if found is None:
         return None
-    info = ModelMetadata.from_dict(store.metadata(mv))
+    mv, info = found
     if info.forecast is None:
         raise ConfigError(f"gate baseline {ref} of forecaster {candidate} is not a forecaster: a forecaster is "
                           f"compared with another forecaster on the same windows")
@@ -665,14 +663,22 @@ def _sliced_report(frame: DataFrame, metrics: dict, slices: Sequence[Slice], opt
     return sliced_classification(narrowed, slices, metrics["num_classes"], metrics["labels"], options)
 
 
-def _baseline_report(ref: str, store, df: DataFrame, where: str, slices, options, extra, candidate: dict):
-    """The sliced report of baseline model `ref` on the same snapshot, or None when `ref` does not resolve."""
+def _resolved_baseline(ref: str, store):
+    """(version, metadata) of a gate's baseline model, or None when `ref` does not resolve yet (its gates skip)."""
     try:
         mv = store.resolve(ref)
     except ModelStoreError:
         log.info("baseline %s does not resolve: its gates are skipped", ref)
         return None
-    info = ModelMetadata.from_dict(store.metadata(mv))
+    return mv, ModelMetadata.from_dict(store.metadata(mv))
+
+
+def _baseline_report(ref: str, store, df: DataFrame, where: str, slices, options, extra, candidate: dict):
+    """The sliced report of baseline model `ref` on the same snapshot, or None when `ref` does not resolve."""
+    found = _resolved_baseline(ref, store)
+    if found is None:
+        return None
+    mv, info = found
     frame, num_classes = _prediction_frame(mv, info, df, where, store, extra)
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -17,7 +17,13 @@ from sparkdl.score.model_ref import ModelRef
 from sparkdl.score.outputs import REASON_COL, OutputPlan, plan_output, scoring_spec
 from sparkdl.score.runtime import scored_chunks
 from sparkdl.score.scan import map_batches
-from sparkdl.score.thresholds import Thresholds, check_segment_columns, required_thresholds, with_flags
+from sparkdl.score.thresholds import (
+    Thresholds,
+    borrowed_segments,
+    check_segment_columns,
+    required_thresholds,
+    with_flags,
+)
 
 # How far back in a table's history a re-run looks for its own earlier commit (stream batches and batch re-runs).
 HISTORY_SCAN = 1000
@@ -175,7 +181,7 @@ class ScoringColumns:
         if self.forecaster is not None:
             return forecast_frame(df, ref, self.forecaster, self.output_col, data_counts=True)
         kept = list(dict.fromkeys(self.keep + list(extra_keep)))
-        segments = [c for c in (self.thresholds.options.segment_by if self.thresholds else ()) if c not in kept]
+        segments = borrowed_segments(self.thresholds, kept)
         scored = scored_frame(df, ref, self.plan, self.feature_names, kept + segments, self.output_col, batch_size)
         return scored if self.thresholds is None else with_flags(scored, self.output_col, self.thresholds)
 

@@ -25,7 +25,7 @@ from sparkdl.score.model_ref import ModelRef, resolve_model
 from sparkdl.score.outputs import ON_INVALID, OutputPlan, plan_output, scoring_spec
 from sparkdl.score.runtime import raise_if_invalid, scored_chunks
 from sparkdl.score.scan import map_batches
-from sparkdl.score.thresholds import check_segment_columns, required_thresholds, with_flags
+from sparkdl.score.thresholds import borrowed_segments, check_segment_columns, required_thresholds, with_flags
 
 log = get_logger("score.frame")
 
@@ -98,7 +98,7 @@ def score_dataframe(df, model_ref, output: str = "prediction", output_col: str |
         raise ConfigError(f"keep_columns has duplicates: {keep}")
     where = f"score_dataframe({ref})"
     check_columns(df, spec, keep, where)
-    segments = [c for c in (thresholds.options.segment_by if thresholds else ()) if c not in keep]
+    segments = borrowed_segments(thresholds, keep)
     if thresholds is not None:
         check_segment_columns(df, thresholds.options, where)
     keep_out, keep = keep, keep + segments  # segment columns ride along until the flags are set

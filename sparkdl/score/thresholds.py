@@ -176,6 +176,11 @@ def check_segment_columns(df, options: AnomalyOptions, where: str) -> None:
                                for c in missing])
 
 
+def borrowed_segments(thresholds: Thresholds | None, kept) -> list[str]:
+    """The segment columns a scoring job must carry (and not keep) so its flags can be set."""
+    return [c for c in (thresholds.options.segment_by if thresholds else ()) if c not in kept]
+
+
 def threshold_column(thresholds: Thresholds):
     """The Column of each row's threshold: its segment's, else the overall one."""
     from pyspark.sql import functions as F
@@ -206,4 +211,4 @@ def with_flags(scored, column: str, thresholds: Thresholds, drop: tuple[str, ...
     return out.drop(*drop) if drop else out
 
 
-__all__ = ["AnomalyOptions", "Thresholds", "read_thresholds", "save_thresholds", "with_flags"]
+__all__ = ["AnomalyOptions", "Thresholds", "borrowed_segments", "read_thresholds", "save_thresholds", "with_flags"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from pyspark import StorageLevel
 
 from sparkdl.errors import ConfigError, Problem, ValidationError
 from sparkdl.evaluation.auc import auc_by_group
@@ -93,15 +94,22 @@ def evaluate_anomalies(model_ref, df, label: str | None = None, baseline: bool =
                              output_col="anomaly", store=store)
     flagged = scored.where(F.col("anomaly").isNotNull()).select(
         F.col(f"`{label}`").cast("int").alias(_LABEL), F.col("anomaly.score").alias(_SCORE),
-        F.col("anomaly.is_anomaly").alias(_FLAG))
-    totals = flagged.agg(F.count("*").alias("n"), F.sum(_LABEL).alias("p"),
-                         F.sum(F.col(_FLAG).cast("int")).alias("f"),
-                         F.sum(F.when(F.col(_FLAG), F.col(_LABEL)).otherwise(0)).alias("tp")).first()
+        F.col("anomaly.is_anomaly").alias(_FLAG)).persist(StorageLevel.MEMORY_AND_DISK)  # scored once, read thrice
+    try:
+        totals = flagged.agg(F.count("*").alias("n"), F.sum(_LABEL).alias("p"),
+                             F.sum(F.col(_FLAG).cast("int")).alias("f"),
+                             F.sum(F.when(F.col(_FLAG), F.col(_LABEL)).otherwise(0)).alias("tp")).first()
+        ranking = ranking_metrics(flagged, _SCORE)
+    finally:
+        flagged.unpersist()
     n, positives, flags, tp = (int(totals[k] or 0) for k in ("n", "p", "f", "tp"))
-    ranking = ranking_metrics(flagged, _SCORE)
     base = None
     if baseline:
-        base = ranking_metrics(isolation_forest_scores(ref, df, label, baseline_rows, seed), _SCORE)
+        forest = isolation_forest_scores(ref, df, label, baseline_rows, seed).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            base = ranking_metrics(forest, _SCORE)
+        finally:
+            forest.unpersist()
     report = AnomalyEvaluation(str(ref), label, n, positives, ranking.roc_auc, ranking.pr_auc,
                                tp / flags if flags else None, tp / positives if positives else None,
                                flags / n if n else 0.0, base)
